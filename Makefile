@@ -1,0 +1,58 @@
+# offsite — build, run, test and benchmark. Every target installs what it is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+NODE_BIN := node_modules/.bin
+DATA ?= run-data
+VOLUME ?= vol1:1G
+ISCSI ?= 127.0.0.1:3260
+HTTP ?= 127.0.0.1:9464
+
+# Debian packages: real initiators for the tests, tgt for side-by-side benchmarks.
+TEST_PKGS := libiscsi-bin qemu-utils tgt
+BENCH_PKGS := $(TEST_PKGS) lz4
+
+.PHONY: build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: node_modules/.installed
+
+# apt-get only what is missing (dpkg-query tells), updating the package lists once first.
+define apt_install
+	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+sysdeps-test:
+	$(call apt_install,$(TEST_PKGS))
+
+sysdeps-bench:
+	$(call apt_install,$(BENCH_PKGS))
+
+build: deps
+	$(NODE_BIN)/tsc -p tsconfig.json
+
+# A primary on loopback with one default volume (the replica joins with issue 4).
+run: build sysdeps-test
+	@echo "offsite: serving $(VOLUME) from $(DATA)/ on iSCSI $(ISCSI), HTTP $(HTTP)"
+	@echo "  discover:  iscsi-ls -s iscsi://$(ISCSI)"
+	@echo "  use:       qemu-img info iscsi://$(ISCSI)/iqn.2026-11.dev.offsite:$(firstword $(subst :, ,$(VOLUME)))/0"
+	@echo "  status:    curl -s http://$(HTTP)/status"
+	node dist/src/cli/main.js serve --data $(DATA) --volume $(VOLUME) --iscsi $(ISCSI) --http $(HTTP)
+
+# Every compiled *.test.js under dist/test (unit, integration against real initiators, conformance).
+test: build sysdeps-test
+	node --test --test-timeout=600000 $$(find dist/test -name '*.test.js' | sort)
+
+bench: build sysdeps-bench
+	node dist/bench/run.js
+
+clean:
+	rm -rf dist

@@ -1,0 +1,206 @@
+/**
+ * Site configuration: one validated object built from a YAML file (`--config`), then
+ * command-line flags, then OFFSITE_* environment variables (each overriding the previous).
+ * Every error names the field and says why.
+ */
+import { readFileSync } from 'node:fs';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from '../common/errors';
+import { parseDuration, parseHostPort, parseSize, type HostPort } from '../common/units';
+
+export const DEFAULT_TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
+export const DEFAULT_ISCSI: HostPort = { host: '0.0.0.0', port: 3260 };
+export const DEFAULT_HTTP: HostPort = { host: '127.0.0.1', port: 9464 };
+
+export interface ChapSecret {
+  user: string;
+  secret: string;
+}
+
+export interface TargetAuthConfig {
+  chap?: ChapSecret;
+  mutualChap?: ChapSecret;
+  allowedInitiators?: string[];
+}
+
+export interface VolumeConfig {
+  name: string;
+  sizeBytes?: number;
+  readOnly?: boolean;
+}
+
+export interface ApplianceConfig {
+  role: 'primary' | 'replica';
+  dataDir: string;
+  volumes: VolumeConfig[];
+  iscsi: HostPort;
+  http: HostPort;
+  targetPrefix: string;
+  /** Auth applied to every target without its own entry in `targets`. */
+  auth: TargetAuthConfig;
+  /** Per-volume target auth overrides. */
+  targets: Record<string, TargetAuthConfig>;
+  journal: {
+    /** Benchmark-only switch: false serves the image files directly. */
+    enabled: boolean;
+    maxBytes?: number;
+    retainMs?: number;
+    retainBytes?: number;
+  };
+  logLevel: string;
+}
+
+// --- the YAML file schema (human units as strings or numbers) -------------------------
+const sizeField = z.union([z.number().int().positive(), z.string()]);
+const durationField = z.union([z.number().nonnegative(), z.string()]);
+const chapSchema = z.object({ user: z.string().min(1), secret: z.string().min(12, 'CHAP secrets must be 12 to 16+ characters (RFC 7143 §12.1.3 recommends at least 96 bits)') }).strict();
+const authSchema = z
+  .object({ chap: chapSchema.optional(), mutualChap: chapSchema.optional(), allowedInitiators: z.array(z.string().min(1)).optional() })
+  .strict();
+const fileSchema = z
+  .object({
+    role: z.enum(['primary', 'replica']).optional(),
+    data: z.string().min(1).optional(),
+    volumes: z.array(z.union([z.string(), z.object({ name: z.string(), size: sizeField.optional(), readOnly: z.boolean().optional() }).strict()])).optional(),
+    iscsi: z.string().optional(),
+    http: z.string().optional(),
+    targetPrefix: z.string().optional(),
+    auth: authSchema.optional(),
+    targets: z.record(z.string(), authSchema).optional(),
+    journal: z
+      .object({ enabled: z.boolean().optional(), max: sizeField.optional(), retain: durationField.optional(), retainSize: sizeField.optional() })
+      .strict()
+      .optional(),
+    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
+  })
+  .strict();
+
+export type ConfigFile = z.infer<typeof fileSchema>;
+
+/** Command-line flags as the CLI parsed them (strings; undefined when not given). */
+export interface ConfigFlags {
+  role?: string;
+  data?: string;
+  volume?: string[];
+  iscsi?: string;
+  http?: string;
+  targetPrefix?: string;
+  journal?: boolean;
+  journalMax?: string;
+  journalRetain?: string;
+  logLevel?: string;
+}
+
+export function loadConfigFile(path: string): ConfigFile {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`config: cannot read ${path}: ${(e as Error).message}`, 'config');
+  }
+  let raw: unknown;
+  try {
+    raw = YAML.parse(text);
+  } catch (e) {
+    throw new ConfigError(`config: ${path} is not valid YAML: ${(e as Error).message}`, 'config');
+  }
+  const parsed = fileSchema.safeParse(raw ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const field = issue.path.join('.') || '(top level)';
+    throw new ConfigError(`config: ${path}: field '${field}': ${issue.message}`, field);
+  }
+  return parsed.data;
+}
+
+/** "NAME:SIZE" or "NAME" (an existing volume). */
+export function parseVolumeSpec(spec: string, field = 'volume'): VolumeConfig {
+  const i = spec.indexOf(':');
+  if (i < 0) return { name: spec };
+  const name = spec.slice(0, i);
+  return { name, sizeBytes: parseSize(spec.slice(i + 1), `${field} ${name}`) };
+}
+
+function chapFromEnv(env: NodeJS.ProcessEnv, prefix: string): ChapSecret | undefined {
+  const user = env[`${prefix}_USER`];
+  const secret = env[`${prefix}_SECRET`];
+  if (user === undefined && secret === undefined) return undefined;
+  if (!user || !secret) throw new ConfigError(`${prefix}_USER and ${prefix}_SECRET must be set together`, prefix);
+  return { user, secret };
+}
+
+/** Build the effective configuration: file < flags < environment. */
+export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.ProcessEnv = process.env): ApplianceConfig {
+  const pick = <T>(...vals: (T | undefined)[]): T | undefined => {
+    let out: T | undefined;
+    for (const v of vals) if (v !== undefined && v !== '') out = v;
+    return out;
+  };
+  const role = pick(file.role, flags.role, env.OFFSITE_ROLE) ?? 'primary';
+  if (role !== 'primary' && role !== 'replica') throw new ConfigError(`role: '${role}' must be primary or replica`, 'role');
+  const dataDir = pick(file.data, flags.data, env.OFFSITE_DATA);
+  if (!dataDir) throw new ConfigError('data: a data directory is required (--data DIR)', 'data');
+
+  let volumes: VolumeConfig[] = (file.volumes ?? []).map((v) =>
+    typeof v === 'string' ? parseVolumeSpec(v, 'volumes') : { name: v.name, sizeBytes: v.size === undefined ? undefined : typeof v.size === 'number' ? v.size : parseSize(v.size, `volumes.${v.name}.size`), readOnly: v.readOnly },
+  );
+  if (flags.volume && flags.volume.length) volumes = flags.volume.map((s) => parseVolumeSpec(s, '--volume'));
+  if (env.OFFSITE_VOLUMES) volumes = env.OFFSITE_VOLUMES.split(',').filter(Boolean).map((s) => parseVolumeSpec(s.trim(), 'OFFSITE_VOLUMES'));
+  const seen = new Set<string>();
+  for (const v of volumes) {
+    if (seen.has(v.name)) throw new ConfigError(`volume: '${v.name}' is given twice`, 'volume');
+    seen.add(v.name);
+  }
+
+  const iscsiText = pick(file.iscsi, flags.iscsi, env.OFFSITE_ISCSI);
+  const httpText = pick(file.http, flags.http, env.OFFSITE_HTTP);
+  const targetPrefix = pick(file.targetPrefix, flags.targetPrefix, env.OFFSITE_TARGET_PREFIX) ?? DEFAULT_TARGET_PREFIX;
+  if (!/^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]*)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/.test(targetPrefix)) {
+    throw new ConfigError(`target-prefix: '${targetPrefix}' is not an iSCSI name (example: iqn.2026-11.dev.offsite)`, 'targetPrefix');
+  }
+
+  const auth: TargetAuthConfig = { ...(file.auth ?? {}) };
+  const envChap = chapFromEnv(env, 'OFFSITE_CHAP');
+  if (envChap) auth.chap = envChap;
+  const envMutual = chapFromEnv(env, 'OFFSITE_MUTUAL_CHAP');
+  if (envMutual) auth.mutualChap = envMutual;
+  const targets = file.targets ?? {};
+  for (const [name, a] of [['(all targets)', auth] as const, ...Object.entries(targets)]) {
+    if (a.mutualChap && !a.chap) throw new ConfigError(`auth for ${name}: mutualChap needs chap as well`, 'auth.mutualChap');
+    if (a.chap && a.mutualChap && a.chap.secret === a.mutualChap.secret) {
+      throw new ConfigError(`auth for ${name}: the mutual CHAP secret must differ from the initiator's (RFC 7143 §12.1.3)`, 'auth.mutualChap');
+    }
+  }
+
+  const journalEnabled = flags.journal ?? file.journal?.enabled ?? true;
+  const maxText = pick<string | number>(file.journal?.max, flags.journalMax, env.OFFSITE_JOURNAL_MAX);
+  const retainText = pick<string | number>(file.journal?.retain, flags.journalRetain, env.OFFSITE_JOURNAL_RETAIN);
+  const retainSize = file.journal?.retainSize;
+  const logLevel = pick(file.logLevel, flags.logLevel, env.OFFSITE_LOG_LEVEL) ?? 'info';
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(logLevel)) {
+    throw new ConfigError(`log-level: '${logLevel}' is not one of trace, debug, info, warn, error, fatal, silent`, 'logLevel');
+  }
+
+  return {
+    role,
+    dataDir,
+    volumes,
+    iscsi: iscsiText ? parseHostPort(iscsiText, 'iscsi') : DEFAULT_ISCSI,
+    http: httpText ? parseHostPort(httpText, 'http') : DEFAULT_HTTP,
+    targetPrefix,
+    auth,
+    targets,
+    journal: {
+      enabled: journalEnabled,
+      maxBytes: maxText === undefined ? undefined : typeof maxText === 'number' ? maxText : parseSize(maxText, 'journal-max'),
+      retainMs: retainText === undefined ? undefined : typeof retainText === 'number' ? retainText * 1000 : parseDuration(retainText, 'journal-retain'),
+      retainBytes: retainSize === undefined ? undefined : typeof retainSize === 'number' ? retainSize : parseSize(retainSize, 'journal.retainSize'),
+    },
+    logLevel,
+  };
+}
+
+export function targetName(prefix: string, volume: string): string {
+  return `${prefix}:${volume}`;
+}

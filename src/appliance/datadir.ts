@@ -1,0 +1,101 @@
+/**
+ * The data directory of one site: identity file, pid lock, and where each layer keeps its files.
+ *   offsite.json   {format:'offsite-data', version, siteId, createdAt}
+ *   offsite.pid    pid of the running appliance (stale files are taken over)
+ *   volumes/       image files (FileVolume)
+ *   journal/       LevelDB write-ahead journal
+ *   state/<vol>/   per-volume SCSI state (persistent reservations)
+ */
+import { randomUUID } from 'node:crypto';
+import { constants as fsc, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { OffsiteError } from '../common/errors';
+
+export const DATA_FORMAT = 'offsite-data';
+export const DATA_VERSION = 1;
+
+export class DataDirError extends OffsiteError {}
+
+export interface DataDirIdentity {
+  format: string;
+  version: number;
+  siteId: string;
+  createdAt: string;
+}
+
+export class DataDir {
+  constructor(readonly root: string) {}
+  get identityPath(): string { return path.join(this.root, 'offsite.json'); }
+  get pidPath(): string { return path.join(this.root, 'offsite.pid'); }
+  get volumesDir(): string { return path.join(this.root, 'volumes'); }
+  get journalDir(): string { return path.join(this.root, 'journal'); }
+  stateDir(volume: string): string { return path.join(this.root, 'state', volume); }
+
+  /** Create (or validate) the directory and its identity. */
+  async init(): Promise<DataDirIdentity> {
+    try {
+      await fsp.mkdir(this.root, { recursive: true, mode: 0o700 });
+      await fsp.access(this.root, fsc.W_OK | fsc.R_OK | fsc.X_OK);
+    } catch (e) {
+      throw new DataDirError('DATA_DIR_UNUSABLE', `data directory ${this.root} is not usable: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    const existing = await this.readIdentity().catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    });
+    if (existing) return existing;
+    const entries = await fsp.readdir(this.root);
+    if (entries.some((e) => !e.startsWith('.'))) {
+      throw new DataDirError('DATA_DIR_FOREIGN', `data directory ${this.root} is not empty and is not an offsite data directory (no offsite.json)`);
+    }
+    const identity: DataDirIdentity = { format: DATA_FORMAT, version: DATA_VERSION, siteId: randomUUID(), createdAt: new Date().toISOString() };
+    const tmp = `${this.identityPath}.tmp`;
+    await fsp.writeFile(tmp, JSON.stringify(identity, null, 2) + '\n', { mode: 0o600 });
+    await fsp.rename(tmp, this.identityPath);
+    await fsp.mkdir(this.volumesDir, { recursive: true, mode: 0o700 });
+    return identity;
+  }
+
+  async readIdentity(): Promise<DataDirIdentity> {
+    const identity = JSON.parse(await fsp.readFile(this.identityPath, 'utf8')) as DataDirIdentity;
+    if (identity.format !== DATA_FORMAT) {
+      throw new DataDirError('DATA_DIR_FOREIGN', `${this.identityPath} is not an offsite data directory identity`);
+    }
+    if (identity.version > DATA_VERSION) {
+      throw new DataDirError('DATA_DIR_VERSION', `${this.root} has data format version ${identity.version}; this offsite understands up to ${DATA_VERSION}`);
+    }
+    return identity;
+  }
+
+  /** The pid of a live appliance owning this directory, if any. */
+  async runningPid(): Promise<number | undefined> {
+    let text: string;
+    try {
+      text = await fsp.readFile(this.pidPath, 'utf8');
+    } catch {
+      return undefined;
+    }
+    const pid = Number(text.trim());
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
+    try {
+      process.kill(pid, 0);
+      return pid;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
+    }
+  }
+
+  /** Take the pid lock; refuses while another live appliance holds it. */
+  async lock(): Promise<void> {
+    const other = await this.runningPid();
+    if (other !== undefined) {
+      throw new DataDirError('DATA_DIR_LOCKED', `data directory ${this.root} is in use by a running appliance (pid ${other})`);
+    }
+    await fsp.writeFile(this.pidPath, `${process.pid}\n`, { mode: 0o600 });
+  }
+
+  async unlock(): Promise<void> {
+    const text = await fsp.readFile(this.pidPath, 'utf8').catch(() => '');
+    if (Number(text.trim()) === process.pid) await fsp.unlink(this.pidPath).catch(() => undefined);
+  }
+}

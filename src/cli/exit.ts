@@ -1,0 +1,25 @@
+/** Exit codes and the one place CLI commands turn errors into a message and an exit code. */
+import { ConfigError, OffsiteError } from '../common/errors';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+/** Print a one-line error (no stack trace for known errors) and set the exit code. */
+export function fail(err: unknown, prefix = 'offsite'): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`${prefix}: ${err.message}\n`);
+    process.exit(EXIT_USAGE);
+  }
+  if (err instanceof OffsiteError) {
+    process.stderr.write(`${prefix}: ${err.message} [${err.code}]\n`);
+    process.exit(EXIT_FAILURE);
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.code === 'string' && typeof e.message === 'string') {
+    process.stderr.write(`${prefix}: ${e.message}\n`);
+    process.exit(EXIT_FAILURE);
+  }
+  process.stderr.write(`${prefix}: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+  process.exit(EXIT_FAILURE);
+}

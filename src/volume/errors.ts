@@ -1,0 +1,13 @@
+import { OffsiteError } from '../common/errors';
+
+/** A volume operation failed; the SCSI layer turns it into MEDIUM ERROR (or DATA PROTECT). */
+export class VolumeError extends OffsiteError {}
+
+export const VolumeErrorCode = {
+  ReadOnly: 'VOLUME_READ_ONLY',
+  OutOfRange: 'VOLUME_OUT_OF_RANGE',
+  Io: 'VOLUME_IO',
+  SizeMismatch: 'VOLUME_SIZE_MISMATCH',
+  BadName: 'VOLUME_BAD_NAME',
+  NoSpace: 'VOLUME_NO_SPACE',
+} as const;

@@ -1,0 +1,204 @@
+/**
+ * A volume backed by a sparse file: `<dir>/<name>.img` plus `<dir>/<name>.json` holding its
+ * identity (uuid, size, block size). Reads and writes are positional (pread/pwrite on the
+ * libuv pool); flush is fdatasync; unmap writes zeros (LBPRZ=1) until hole punching exists.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fsp, constants as fsc } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { VolumeError, VolumeErrorCode } from './errors';
+import type { AllocationExtent, Volume, WriteOptions } from './volume';
+
+export const VOLUME_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+const META_VERSION = 1;
+
+interface VolumeMeta {
+  version: number;
+  name: string;
+  uuid: string;
+  sizeBytes: number;
+  blockSize: number;
+  createdAt: string;
+}
+
+export interface OpenVolumeOptions {
+  dir: string;
+  name: string;
+  /** Required to create; when the volume exists, must match (or be undefined). */
+  sizeBytes?: number;
+  blockSize?: number;
+  readOnly?: boolean;
+  /** Create the volume if missing (default true when sizeBytes is given). */
+  create?: boolean;
+}
+
+export class FileVolume implements Volume {
+  readonly thin = true;
+  private closed = false;
+
+  private constructor(
+    readonly name: string,
+    readonly sizeBytes: number,
+    readonly blockSize: number,
+    readonly uuid: Buffer,
+    public readOnly: boolean,
+    private readonly fh: FileHandle,
+    readonly imagePath: string,
+  ) {}
+
+  static imagePath(dir: string, name: string): string {
+    return path.join(dir, `${name}.img`);
+  }
+
+  /** Names of the volumes that exist in `dir`. */
+  static async list(dir: string): Promise<string[]> {
+    let entries: string[];
+    try {
+      entries = await fsp.readdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    return entries.filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).filter((n) => VOLUME_NAME_RE.test(n)).sort();
+  }
+
+  static async open(opts: OpenVolumeOptions): Promise<FileVolume> {
+    const { dir, name } = opts;
+    if (!VOLUME_NAME_RE.test(name)) {
+      throw new VolumeError(VolumeErrorCode.BadName, `invalid volume name '${name}': use 1-63 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit`);
+    }
+    const blockSize = opts.blockSize ?? 512;
+    const metaPath = path.join(dir, `${name}.json`);
+    const imagePath = FileVolume.imagePath(dir, name);
+    let meta: VolumeMeta | undefined;
+    try {
+      meta = JSON.parse(await fsp.readFile(metaPath, 'utf8')) as VolumeMeta;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new VolumeError(VolumeErrorCode.Io, `cannot read volume metadata ${metaPath}: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    if (meta) {
+      if (opts.sizeBytes !== undefined && opts.sizeBytes !== meta.sizeBytes) {
+        throw new VolumeError(VolumeErrorCode.SizeMismatch, `volume '${name}' exists with size ${meta.sizeBytes} bytes, not the requested ${opts.sizeBytes} bytes (resizing is not supported)`);
+      }
+    } else {
+      if (opts.sizeBytes === undefined || opts.create === false) {
+        throw new VolumeError(VolumeErrorCode.Io, `volume '${name}' does not exist in ${dir}`);
+      }
+      if (opts.sizeBytes <= 0 || opts.sizeBytes % blockSize !== 0) {
+        throw new VolumeError(VolumeErrorCode.SizeMismatch, `volume size must be a positive multiple of ${blockSize} bytes, got ${opts.sizeBytes}`);
+      }
+      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+      const fh = await fsp.open(imagePath, fsc.O_RDWR | fsc.O_CREAT, 0o600);
+      try {
+        await fh.truncate(opts.sizeBytes);
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      meta = {
+        version: META_VERSION,
+        name,
+        uuid: randomBytes(16).toString('hex'),
+        sizeBytes: opts.sizeBytes,
+        blockSize,
+        createdAt: new Date().toISOString(),
+      };
+      const tmp = `${metaPath}.tmp`;
+      await fsp.writeFile(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
+      const tfh = await fsp.open(tmp, 'r');
+      await tfh.datasync();
+      await tfh.close();
+      await fsp.rename(tmp, metaPath);
+      const dfh = await fsp.open(dir, 'r');
+      await dfh.sync().catch(() => undefined);
+      await dfh.close();
+    }
+    const fh = await fsp.open(imagePath, opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR);
+    const st = await fh.stat();
+    if (st.size !== meta.sizeBytes) {
+      await fh.close();
+      throw new VolumeError(VolumeErrorCode.SizeMismatch, `image ${imagePath} is ${st.size} bytes but its metadata says ${meta.sizeBytes}`);
+    }
+    return new FileVolume(name, meta.sizeBytes, meta.blockSize, Buffer.from(meta.uuid, 'hex'), opts.readOnly ?? false, fh, imagePath);
+  }
+
+  private check(offsetBytes: number, lengthBytes: number): void {
+    if (offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > this.sizeBytes) {
+      throw new VolumeError(VolumeErrorCode.OutOfRange, `range ${offsetBytes}+${lengthBytes} outside volume '${this.name}' of ${this.sizeBytes} bytes`);
+    }
+  }
+
+  private checkWritable(): void {
+    if (this.readOnly) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' is read-only`);
+  }
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.check(offsetBytes, lengthBytes);
+    const buf = Buffer.allocUnsafe(lengthBytes);
+    let done = 0;
+    while (done < lengthBytes) {
+      const { bytesRead } = await this.fh.read(buf, done, lengthBytes - done, offsetBytes + done);
+      if (bytesRead === 0) {
+        buf.fill(0, done);
+        break;
+      }
+      done += bytesRead;
+    }
+    return buf;
+  }
+
+  async write(offsetBytes: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    this.check(offsetBytes, data.length);
+    await this.pwriteAll(data, offsetBytes);
+    if (opts?.fua) await this.fh.datasync();
+  }
+
+  private async pwriteAll(data: Buffer, offsetBytes: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
+      done += bytesWritten;
+    }
+  }
+
+  async writeSame(offsetBytes: number, lengthBytes: number, pattern: Buffer, opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    this.check(offsetBytes, lengthBytes);
+    const chunkBytes = Math.min(lengthBytes, 1 << 20);
+    const chunk = Buffer.allocUnsafe(chunkBytes - (chunkBytes % pattern.length));
+    for (let o = 0; o < chunk.length; o += pattern.length) pattern.copy(chunk, o);
+    for (let o = 0; o < lengthBytes; o += chunk.length) {
+      const n = Math.min(chunk.length, lengthBytes - o);
+      await this.pwriteAll(chunk.subarray(0, n), offsetBytes + o);
+    }
+    if (opts?.fua) await this.fh.datasync();
+  }
+
+  async unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.checkWritable();
+    this.check(offsetBytes, lengthBytes);
+    const zero = Buffer.alloc(this.blockSize);
+    await this.writeSame(offsetBytes, lengthBytes, zero);
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.fh.datasync();
+  }
+
+  async allocation(offsetBytes: number, lengthBytes: number): Promise<AllocationExtent[]> {
+    this.check(offsetBytes, lengthBytes);
+    return [{ offsetBytes, lengthBytes, mapped: true }];
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.readOnly) await this.fh.datasync().catch(() => undefined);
+    await this.fh.close();
+  }
+}

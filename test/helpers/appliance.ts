@@ -1,0 +1,85 @@
+/**
+ * Start the real appliance (`node dist/src/cli/main.js serve`, the same entry command as the
+ * Dockerfile) on ephemeral ports and learn its addresses from its JSON log.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+export const TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
+
+export interface RunningAppliance {
+  proc: ChildProcess;
+  dataDir: string;
+  iscsiPort: number;
+  httpPort: number;
+  logs: Record<string, unknown>[];
+  url(volume: string, lun?: number, creds?: string): string;
+  status(): Promise<Record<string, unknown>>;
+  /** SIGTERM and wait for exit; returns the exit code. */
+  stop(): Promise<number | null>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+export function tempDir(prefix = 'offsite-test-'): string {
+  return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export async function startAppliance(opts: { dataDir?: string; volumes?: string[]; args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunningAppliance> {
+  const dataDir = opts.dataDir ?? path.join(tempDir(), 'data');
+  const args = [CLI, 'serve', '--data', dataDir, '--iscsi', '127.0.0.1:0', '--http', '127.0.0.1:0'];
+  for (const v of opts.volumes ?? ['vol1:64M']) args.push('--volume', v);
+  args.push(...(opts.args ?? []));
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json', ...opts.env } });
+  const logs: Record<string, unknown>[] = [];
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const ready = new Promise<{ iscsiPort: number; httpPort: number }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`appliance did not become ready; stderr: ${stderr}`)), opts.timeoutMs ?? 30_000);
+    let iscsiPort = 0;
+    readline.createInterface({ input: proc.stdout! }).on('line', (line) => {
+      let rec: Record<string, unknown>;
+      try {
+        rec = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(rec);
+      if (rec.msg === 'appliance serving') iscsiPort = Number(String(rec.iscsi).split(':').pop());
+      if (rec.msg === 'ready') {
+        clearTimeout(timer);
+        resolve({ iscsiPort, httpPort: Number(String(rec.http).split(':').pop()) });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`appliance exited with ${code} before ready; stderr: ${stderr}`));
+    });
+  });
+  const { iscsiPort, httpPort } = await ready;
+  return {
+    proc,
+    dataDir,
+    iscsiPort,
+    httpPort,
+    logs,
+    url: (volume, lun = 0, creds) => `iscsi://${creds ? `${creds}@` : ''}127.0.0.1:${iscsiPort}/${TARGET_PREFIX}:${volume}/${lun}`,
+    status: async () => (await (await fetch(`http://127.0.0.1:${httpPort}/status`)).json()) as Record<string, unknown>,
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      return exited;
+    },
+    kill: async (signal = 'SIGKILL') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
