@@ -36,7 +36,7 @@ sysdeps-test:
 sysdeps-bench:
 	$(call apt_install,$(BENCH_PKGS))
 
-build: deps
+build: deps native/build/blockio.node
 	$(NODE_BIN)/tsc -p tsconfig.json
 
 # A primary on loopback with one default volume (the replica joins with issue 4).
@@ -56,3 +56,9 @@ bench: build sysdeps-bench
 
 clean:
 	rm -rf dist
+
+# The N-API addon for hole punching (thin volumes); node's headers come with Debian's nodejs or node itself.
+NODE_INCLUDE := $(firstword $(wildcard /usr/include/node $(dir $(shell command -v node))../include/node))
+native/build/blockio.node: native/blockio.c
+	@mkdir -p native/build
+	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=blockio -I$(NODE_INCLUDE) $< -o $@

@@ -1,12 +1,14 @@
 /**
  * A volume backed by a sparse file: `<dir>/<name>.img` plus `<dir>/<name>.json` holding its
  * identity (uuid, size, block size). Reads and writes are positional (pread/pwrite on the
- * libuv pool); flush is fdatasync; unmap writes zeros (LBPRZ=1) until hole punching exists.
+ * libuv pool); flush is fdatasync. Thin when the blockio addon is built: unmap punches holes
+ * (reads back zeros, LBPRZ=1) and allocation comes from SEEK_DATA/SEEK_HOLE; otherwise thick.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { blockio, punchHole } from './blockio';
 import { VolumeError, VolumeErrorCode } from './errors';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
 
@@ -34,7 +36,7 @@ export interface OpenVolumeOptions {
 }
 
 export class FileVolume implements Volume {
-  readonly thin = true;
+  readonly thin = blockio !== undefined;
   private closed = false;
 
   private constructor(
@@ -181,8 +183,9 @@ export class FileVolume implements Volume {
   async unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
     this.checkWritable();
     this.check(offsetBytes, lengthBytes);
-    const zero = Buffer.alloc(this.blockSize);
-    await this.writeSame(offsetBytes, lengthBytes, zero);
+    if (lengthBytes === 0) return;
+    if (blockio) return punchHole(blockio, this.fh.fd, offsetBytes, lengthBytes);
+    await this.writeSame(offsetBytes, lengthBytes, Buffer.alloc(this.blockSize));
   }
 
   async flush(): Promise<void> {
@@ -192,7 +195,22 @@ export class FileVolume implements Volume {
 
   async allocation(offsetBytes: number, lengthBytes: number): Promise<AllocationExtent[]> {
     this.check(offsetBytes, lengthBytes);
-    return [{ offsetBytes, lengthBytes, mapped: true }];
+    if (!blockio) return [{ offsetBytes, lengthBytes, mapped: true }];
+    const end = offsetBytes + lengthBytes;
+    const extents: AllocationExtent[] = [];
+    let pos = offsetBytes;
+    while (pos < end) {
+      const data = blockio.seekData(this.fh.fd, pos);
+      const mapped = data === pos;
+      let next = mapped ? blockio.seekHole(this.fh.fd, pos) : data;
+      if (next < 0 || next > end) next = end;
+      // Holes are found at file-system block granularity; report whole logical blocks.
+      next = Math.min(end, Math.ceil(next / this.blockSize) * this.blockSize);
+      if (next <= pos) next = Math.min(end, pos + this.blockSize);
+      extents.push({ offsetBytes: pos, lengthBytes: next - pos, mapped });
+      pos = next;
+    }
+    return extents;
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,26 @@
+/**
+ * Hole punching and SEEK_DATA/SEEK_HOLE for thin volumes, from the small N-API addon in
+ * native/blockio.c (built by `make build`). Without it, volumes are thick: unmap writes zeros.
+ */
+import path from 'node:path';
+
+interface BlockIoAddon {
+  punchHole(fd: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+}
+
+function load(): BlockIoAddon | undefined {
+  if (process.env.OFFSITE_NO_BLOCKIO === '1') return undefined;
+  try {
+    return require(path.resolve(__dirname, '../../../native/build/blockio.node')) as BlockIoAddon;
+  } catch {
+    return undefined;
+  }
+}
+
+export const blockio = load();
+
+export function punchHole(addon: BlockIoAddon, fd: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => addon.punchHole(fd, offset, length, (err) => (err ? reject(err) : resolve())));
+}

@@ -1,0 +1,92 @@
+/** `offsite serve`: volumes created and reopened, clear errors and exit codes, /status, SIGTERM. */
+import assert from 'node:assert/strict';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import test from 'node:test';
+import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
+import { run } from '../helpers/exec';
+
+const serve = (args: string[]) => run(process.execPath, [CLI, 'serve', '--iscsi', '127.0.0.1:0', '--http', '127.0.0.1:0', ...args], { timeoutMs: 30_000 });
+
+test('volumes are sparse files created on first start, reopened later; /status reports them; SIGTERM exits 0', async () => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  const app = await startAppliance({ dataDir: data, volumes: ['alpha:64M', 'beta:1G'] });
+  const status = await app.status();
+  assert.equal(status.role, 'primary');
+  assert.deepEqual(
+    (status.volumes as { name: string; sizeBytes: number; readOnly: boolean }[]).map(({ name, sizeBytes, readOnly }) => ({ name, sizeBytes, readOnly })),
+    [
+      { name: 'alpha', sizeBytes: 64 * 1024 * 1024, readOnly: false },
+      { name: 'beta', sizeBytes: 1024 * 1024 * 1024, readOnly: false },
+    ],
+  );
+  const img = statSync(path.join(data, 'volumes', 'beta.img'));
+  assert.equal(img.size, 1024 * 1024 * 1024);
+  assert.ok(img.blocks * 512 < 1024 * 1024, 'the image is sparse');
+  const metrics = await (await fetch(`http://127.0.0.1:${app.httpPort}/metrics`)).text();
+  assert.match(metrics, /^offsite_volume_size_bytes\{volume="beta"\} 1073741824$/m);
+  assert.equal(await app.stop(), 0);
+
+  // Reopen without sizes: the existing volumes are served again.
+  const again = await startAppliance({ dataDir: data, volumes: [] });
+  assert.deepEqual(((await again.status()).volumes as { name: string }[]).map((v) => v.name), ['alpha', 'beta']);
+  assert.equal(await again.stop(), 0);
+  removeDir(dir);
+});
+
+test('a size that differs from the existing volume is a clear error, exit code 1, no stack trace', async () => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  const app = await startAppliance({ dataDir: data, volumes: ['alpha:64M'] });
+  await app.stop();
+  const r = await serve(['--data', data, '--volume', 'alpha:128M']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /alpha.*exists with size 67108864 bytes.*134217728/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  removeDir(dir);
+});
+
+test('bad volume names, bad sizes and bad addresses are configuration errors (exit 2)', async () => {
+  const dir = tempDir();
+  for (const [args, pattern] of [
+    [['--volume', 'Bad/Name:1G'], /invalid volume name/],
+    [['--volume', 'ok:12parsecs'], /not a size/],
+    [['--volume', 'ok:1G', '--volume', 'ok:2G'], /given twice/],
+    [['--volume', 'ok:1G', '--iscsi', 'nowhere'], /not HOST:PORT/],
+    [['--volume', 'ok:1G', '--log-level', 'loud'], /log-level/],
+  ] as [string[], RegExp][]) {
+    const r = await run(process.execPath, [CLI, 'serve', '--data', path.join(dir, 'data'), '--http', '127.0.0.1:0', ...args]);
+    assert.ok(r.code === 2 || r.code === 1, `exit code for ${args.join(' ')}: ${r.code}`);
+    assert.match(r.stderr, pattern, args.join(' '));
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  }
+  removeDir(dir);
+});
+
+test('an unusable or foreign data directory is refused', async () => {
+  const dir = tempDir();
+  const file = path.join(dir, 'a-file');
+  writeFileSync(file, 'x');
+  let r = await serve(['--data', path.join(file, 'sub'), '--volume', 'v:1M']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /not usable/);
+  const foreign = path.join(dir, 'foreign');
+  mkdirSync(foreign);
+  writeFileSync(path.join(foreign, 'precious.txt'), 'do not touch');
+  r = await serve(['--data', foreign, '--volume', 'v:1M']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /not an offsite data directory/);
+  removeDir(dir);
+});
+
+test('a second appliance on the same data directory is refused while the first runs', async () => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  const app = await startAppliance({ dataDir: data, volumes: ['alpha:8M'] });
+  const r = await serve(['--data', data]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, new RegExp(`in use by a running appliance \\(pid ${app.proc.pid}\\)`));
+  await app.stop();
+  removeDir(dir);
+});
