@@ -1,0 +1,193 @@
+/**
+ * The replication wire format: one long-lived TCP stream of frames, primary ⇄ replica.
+ * Pure encode/decode; the conversation lives in the shipper and receiver.
+ *
+ * Frame (all integers big-endian):
+ *   0  4  magic 'OFSR'
+ *   4  1  protocol version (PROTOCOL_VERSION)
+ *   5  1  frame type (FrameType)
+ *   6  1  flags: bit 0 = payload is lz4-compressed
+ *   7  1  reserved, 0
+ *   8  4  meta length   (msgpack map describing the frame)
+ *  12  4  payload length (bytes as sent; opaque to the codec)
+ *  16  4  CRC32C over bytes 0..15, then meta, then payload
+ *  20     meta, then payload
+ */
+import { crc32c } from '@node-rs/crc32';
+import { compressSync, uncompressSync } from 'lz4-napi';
+import { Packr } from 'msgpackr';
+import { ReplicationError, ReplicationErrorCode as Code } from './errors';
+
+export const FRAME_MAGIC = 0x4f465352; // 'OFSR'
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 20;
+export const MAX_META_BYTES = 1 << 20;
+export const MAX_PAYLOAD_BYTES = 64 << 20;
+export const FLAG_LZ4 = 0x01;
+
+export const enum FrameType {
+  /** primary → replica: versioned handshake (site identity, volumes, generation). */
+  Hello = 1,
+  /** replica → primary: its identity, durable and applied sequence, state. */
+  HelloAck = 2,
+  /** primary → replica: journal records [fromSeq, toSeq]. */
+  Segment = 3,
+  /** replica → primary: everything up to `seq` is durable at the replica. */
+  Ack = 4,
+  /** either way: liveness and round-trip time. */
+  Ping = 5,
+  Pong = 6,
+  /** primary → replica: a chunk of initial / delta sync data. */
+  SyncChunk = 7,
+  /** primary → replica: a sync pass finished at `seq`. */
+  SyncDone = 8,
+  /** either way: a refusal with a code, before closing. */
+  Error = 9,
+}
+
+const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+
+export interface Frame {
+  readonly type: FrameType;
+  readonly meta: Record<string, unknown>;
+  /** Decompressed payload (empty when none). */
+  readonly payload: Buffer;
+  /** Bytes this frame took on the wire. */
+  readonly wireBytes: number;
+  /** Payload bytes before compression. */
+  readonly rawPayloadBytes: number;
+}
+
+const packr = new Packr({ useRecords: false, variableMapSize: true, int64AsType: 'number' } as ConstructorParameters<typeof Packr>[0]);
+
+export function encodeMeta(meta: Record<string, unknown>): Buffer {
+  return packr.pack(meta);
+}
+
+/**
+ * Encode one frame. The payload is lz4-compressed when `compress` is set and it shrinks;
+ * otherwise it is sent raw. Returns the header+meta buffer and the payload to write after it
+ * (so a large payload is never copied).
+ */
+export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number } {
+  const metaBytes = packr.pack(meta);
+  let body = payload ?? EMPTY;
+  let flags = 0;
+  if (compress && body.length > 64) {
+    const z = compressSync(body);
+    if (z.length < body.length) {
+      body = z;
+      flags |= FLAG_LZ4;
+    }
+  }
+  if (metaBytes.length > MAX_META_BYTES || body.length > MAX_PAYLOAD_BYTES) {
+    throw new ReplicationError(Code.FrameTooLarge, `frame too large to send: meta ${metaBytes.length}, payload ${body.length}`);
+  }
+  const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES + metaBytes.length);
+  head.writeUInt32BE(FRAME_MAGIC, 0);
+  head[4] = PROTOCOL_VERSION;
+  head[5] = type;
+  head[6] = flags;
+  head[7] = 0;
+  head.writeUInt32BE(metaBytes.length, 8);
+  head.writeUInt32BE(body.length, 12);
+  metaBytes.copy(head, FRAME_HEADER_BYTES);
+  let crc = crc32c(head.subarray(0, 16));
+  crc = crc32c(head.subarray(FRAME_HEADER_BYTES), crc);
+  if (body.length) crc = crc32c(body, crc);
+  head.writeUInt32BE(crc >>> 0, 16);
+  return { head, payload: body, rawPayloadBytes: payload?.length ?? 0 };
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Streaming frame decoder: feed it chunks as they arrive; it yields whole, verified frames.
+ * Every length is capped before anything is allocated. Any error is final for the stream.
+ */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private failed?: ReplicationError;
+
+  push(chunk: Buffer): Frame[] {
+    if (this.failed) throw this.failed;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    const frames: Frame[] = [];
+    try {
+      for (let f = this.next(); f; f = this.next()) frames.push(f);
+    } catch (e) {
+      this.failed = e as ReplicationError;
+      throw e;
+    }
+    return frames;
+  }
+
+  /** Bytes held waiting for the rest of a frame. */
+  get pendingBytes(): number {
+    return this.buffered;
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0].length >= n) return this.chunks[0];
+    const all = Buffer.concat(this.chunks, this.buffered);
+    this.chunks = [all];
+    return all;
+  }
+
+  private take(n: number): Buffer {
+    const buf = this.peek(n);
+    const out = buf.subarray(0, n);
+    const rest = buf.subarray(n);
+    this.chunks[0] = rest;
+    if (rest.length === 0) this.chunks.shift();
+    this.buffered -= n;
+    return out;
+  }
+
+  private next(): Frame | undefined {
+    if (this.buffered < FRAME_HEADER_BYTES) return undefined;
+    const h = this.peek(FRAME_HEADER_BYTES);
+    const state = `(buffered ${this.buffered} bytes)`;
+    if (h.readUInt32BE(0) !== FRAME_MAGIC) throw new ReplicationError(Code.FrameMagic, `bad frame magic 0x${h.readUInt32BE(0).toString(16)} ${state}`);
+    if (h[4] !== PROTOCOL_VERSION) throw new ReplicationError(Code.FrameVersion, `unsupported protocol version ${h[4]} (this side speaks ${PROTOCOL_VERSION})`);
+    const type = h[5];
+    if (!FRAME_TYPES.has(type)) throw new ReplicationError(Code.FrameType, `unknown frame type ${type} ${state}`);
+    const flags = h[6];
+    const metaLen = h.readUInt32BE(8);
+    const payloadLen = h.readUInt32BE(12);
+    if (metaLen > MAX_META_BYTES || payloadLen > MAX_PAYLOAD_BYTES) {
+      throw new ReplicationError(Code.FrameTooLarge, `frame of type ${type} declares meta ${metaLen} and payload ${payloadLen} bytes, over the limits ${MAX_META_BYTES}/${MAX_PAYLOAD_BYTES}`);
+    }
+    const total = FRAME_HEADER_BYTES + metaLen + payloadLen;
+    if (this.buffered < total) return undefined;
+    const frame = this.take(total);
+    let crc = crc32c(frame.subarray(0, 16));
+    crc = crc32c(frame.subarray(FRAME_HEADER_BYTES), crc);
+    if ((crc >>> 0) !== frame.readUInt32BE(16)) throw new ReplicationError(Code.FrameCrc, `CRC32C mismatch on a frame of type ${type} (${total} bytes)`);
+    let meta: Record<string, unknown>;
+    try {
+      meta = packr.unpack(frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + metaLen)) as Record<string, unknown>;
+    } catch (e) {
+      throw new ReplicationError(Code.FrameMeta, `undecodable frame meta: ${(e as Error).message}`);
+    }
+    if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw new ReplicationError(Code.FrameMeta, 'frame meta is not a map');
+    let payload = frame.subarray(FRAME_HEADER_BYTES + metaLen);
+    const wirePayload = payload.length;
+    if (flags & FLAG_LZ4) {
+      // lz4-napi's block format prepends the decompressed size (u32 LE): cap it before allocating.
+      const declared = payload.length >= 4 ? payload.readUInt32LE(0) : -1;
+      if (declared < 0 || declared > MAX_PAYLOAD_BYTES) {
+        throw new ReplicationError(Code.FramePayload, `lz4 payload declares ${declared} bytes, outside 0..${MAX_PAYLOAD_BYTES}`);
+      }
+      try {
+        payload = uncompressSync(payload);
+      } catch (e) {
+        throw new ReplicationError(Code.FramePayload, `lz4 payload does not decompress: ${(e as Error).message}`);
+      }
+      if (payload.length !== declared) throw new ReplicationError(Code.FramePayload, `lz4 payload decompressed to ${payload.length} bytes, declared ${declared}`);
+    }
+    return { type, meta, payload, wireBytes: total, rawPayloadBytes: flags & FLAG_LZ4 ? payload.length : wirePayload };
+  }
+}
