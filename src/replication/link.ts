@@ -1,0 +1,95 @@
+/** A framed replication connection: decodes frames from a socket, writes frames with backpressure. */
+import type net from 'node:net';
+import { encodeFrame, FrameDecoder, type Frame, type FrameType } from './protocol';
+
+export interface LinkCounters {
+  framesSent: number;
+  framesReceived: number;
+  /** Payload bytes before compression, sent. */
+  bytesRawSent: number;
+  /** Bytes put on the wire (headers + meta + compressed payload). */
+  bytesWireSent: number;
+  bytesWireReceived: number;
+}
+
+export function newLinkCounters(): LinkCounters {
+  return { framesSent: 0, framesReceived: 0, bytesRawSent: 0, bytesWireSent: 0, bytesWireReceived: 0 };
+}
+
+export class FramedLink {
+  private readonly decoder = new FrameDecoder();
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly socket: net.Socket,
+    private readonly counters: LinkCounters,
+    onFrame: (f: Frame) => void,
+    onError: (e: Error) => void,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      counters.bytesWireReceived += chunk.length;
+      let frames: Frame[];
+      try {
+        frames = this.decoder.push(chunk);
+      } catch (e) {
+        onError(e as Error);
+        socket.destroy();
+        return;
+      }
+      for (const f of frames) {
+        counters.framesReceived++;
+        try {
+          onFrame(f);
+        } catch (e) {
+          onError(e as Error);
+          socket.destroy();
+          return;
+        }
+      }
+    });
+    socket.on('drain', () => {
+      const w = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const fn of w) fn();
+    });
+    socket.on('close', () => {
+      const w = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const fn of w) fn();
+    });
+  }
+
+  get open(): boolean {
+    return !this.socket.destroyed;
+  }
+
+  /** Queue a frame; returns its wire size. Resolve `drained()` before queueing more when it returns false. */
+  send(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false): number {
+    const f = encodeFrame(type, meta, payload, compress);
+    const wire = f.head.length + f.payload.length;
+    this.counters.framesSent++;
+    this.counters.bytesWireSent += wire;
+    this.counters.bytesRawSent += f.rawPayloadBytes;
+    if (this.socket.destroyed) return wire;
+    if (f.payload.length) {
+      this.socket.cork();
+      this.socket.write(f.head);
+      this.socket.write(f.payload);
+      this.socket.uncork();
+    } else {
+      this.socket.write(f.head);
+    }
+    return wire;
+  }
+
+  /** Resolves when the socket's write buffer has drained (or the socket closed). */
+  drained(): Promise<void> {
+    if (!this.socket.writableNeedDrain || this.socket.destroyed) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
