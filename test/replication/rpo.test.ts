@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { RpoController } from '../../src/replication/rpo';
+
+/** Simulate a primary writing at `writeRate` over a link of `linkRate` bytes/s for `seconds`. */
+function simulate(c: RpoController, writeRate: number, linkRate: number, seconds: number, overwriteFraction = 0) {
+  let backlog = 0;
+  const pending: { t: number; bytes: number }[] = [];
+  let maxRpo = 0;
+  let minWriteRate = Infinity;
+  for (let t = 0; t <= seconds * 1000; t += 100) {
+    const d = c.current;
+    // Throttling stretches each write: effective write rate falls as the per-write delay grows (4 KiB writes, QD 32).
+    const perWriteMs = 0.1 + d.throttleDelayMs;
+    const effective = Math.min(writeRate, (32 * 4096) / (perWriteMs / 1000));
+    minWriteRate = Math.min(minWriteRate, effective);
+    const appended = effective * 0.1;
+    pending.push({ t, bytes: appended });
+    backlog += appended;
+    let budget = linkRate * 0.1 * (d.coalesce ? 1 / (1 - overwriteFraction) : 1);
+    let acked = 0;
+    while (pending.length && budget > 0) {
+      const take = Math.min(budget, pending[0].bytes);
+      pending[0].bytes -= take;
+      budget -= take;
+      acked += take;
+      if (pending[0].bytes <= 0) pending.shift();
+    }
+    backlog -= acked;
+    const r = c.observe({ nowMs: t, oldestUnackedMs: pending.length ? pending[0].t : undefined, backlogBytes: backlog, ackedBytesDelta: acked, appendedBytesDelta: appended });
+    if (t > 2000) maxRpo = Math.max(maxRpo, r.rpoSeconds);
+  }
+  return { maxRpo, minWriteRate };
+}
+
+test('writes slower than the link: RPO stays near zero, no coalescing or throttling', () => {
+  const c = new RpoController(5, 'throttle');
+  const { maxRpo } = simulate(c, 6e6, 10e6, 30);
+  assert.ok(maxRpo < 0.5, `max rpo ${maxRpo}`);
+  assert.equal(c.current.throttleDelayMs, 0);
+  assert.equal(c.current.coalesce, false);
+});
+
+test('throttle policy: writes at twice the link rate are slowed and the RPO stays under the target', () => {
+  const c = new RpoController(5, 'throttle');
+  const { maxRpo, minWriteRate } = simulate(c, 20e6, 10e6, 120);
+  assert.ok(maxRpo < 5, `max rpo ${maxRpo}`);
+  assert.ok(minWriteRate < 12e6, `writers slowed to about the link rate (${minWriteRate})`);
+});
+
+test('alert policy: the target is missed and said so; nothing is slowed', () => {
+  const c = new RpoController(5, 'alert');
+  simulate(c, 20e6, 10e6, 60);
+  assert.equal(c.current.targetMissed, true);
+  assert.equal(c.current.throttleDelayMs, 0);
+  assert.equal(c.current.coalesce, false);
+});
+
+test('coalesce policy: coalescing turns on under pressure', () => {
+  const c = new RpoController(5, 'coalesce');
+  simulate(c, 20e6, 10e6, 20, 0.6);
+  assert.equal(c.current.coalesce, true);
+});
