@@ -65,7 +65,7 @@ function table(rows: string[][]): string {
 }
 
 async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppliance) => Promise<T>): Promise<T> {
-  const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('')}`), volumes: [`bench:${VOLUME_BYTES}`], args: [...args, '--log-level', 'warn'] });
+  const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('')}`), volumes: [`bench:${VOLUME_BYTES}`], args });
   try {
     return await fn(app);
   } finally {

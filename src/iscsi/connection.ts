@@ -1,0 +1,267 @@
+/**
+ * One TCP connection: the receive state machine feeding the login machine and then the
+ * session, the send path (header/data digests, padding, one writev per tick), liveness (NOP-In
+ * pings to an idle initiator, drop after a timeout), and backpressure (stop reading while the
+ * socket's send queue is long). Any protocol error ends in a Reject or a drop and a log line.
+ */
+import type * as net from 'node:net';
+import type { Logger } from '../common/logger';
+import { LoginStatus, RESERVED_TAG, RejectReason, TARGET_LIMITS, InitiatorOp, BHS_LENGTH, ISCSI_VERSION } from './constants';
+import { digestOf, writeDigest } from './digest';
+import { IscsiError, PduRejected } from './errors';
+import { LoginMachine, loginRequestFields, type LoginEnvironment, type LoginRequestFields } from './login';
+import * as P from './pdu';
+import { PduReader } from './reader';
+import type { Session } from './session';
+import { encodeText } from './text';
+
+const PAD = [Buffer.alloc(0), Buffer.alloc(1), Buffer.alloc(2), Buffer.alloc(3)];
+/** Stop reading from a socket whose unsent output exceeds this. */
+const SEND_QUEUE_HIGH = 64 * 1024 * 1024;
+
+export interface ConnectionHost {
+  readonly logger: Logger;
+  readonly loginEnv: LoginEnvironment;
+  readonly nopIntervalMs: number;
+  readonly nopTimeoutMs: number;
+  readonly loginTimeoutMs: number;
+  /** Login finished: create (or reinstate) the session. Throws LoginFailure-like errors as a status. */
+  openSession(conn: Connection, login: LoginMachine, first: LoginRequestFields): Session | LoginStatus;
+  connectionClosed(conn: Connection): void;
+  count(event: string, n?: number): void;
+}
+
+export class Connection {
+  statSN = 0;
+  session?: Session;
+  readonly reader: PduReader;
+  private login?: LoginMachine;
+  private loginFirst?: LoginRequestFields;
+  private loginExpCmdSN = 0;
+  private headerDigest = false;
+  private dataDigest = false;
+  private corked = false;
+  private closed = false;
+  private lastRx = Date.now();
+  private pingTtt = 0;
+  private pingSentAt = 0;
+  private timer?: NodeJS.Timeout;
+  private ending = false;
+  readonly remote: string;
+  readonly localAddress: string;
+  readonly localPort: number;
+  logger: Logger;
+
+  constructor(readonly socket: net.Socket, private readonly host: ConnectionHost, readonly id: number) {
+    this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.localAddress = socket.localAddress ?? '127.0.0.1';
+    this.localPort = socket.localPort ?? 0;
+    this.logger = host.logger.child({ conn: id, remote: this.remote });
+    this.reader = new PduReader(TARGET_LIMITS.loginMaxDataSegment, (pdu) => this.onPdu(pdu));
+    this.login = new LoginMachine(host.loginEnv);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (e) => this.logger.debug({ err: e }, 'socket error'));
+    socket.on('close', () => this.onClose());
+    socket.on('drain', () => socket.resume());
+    const tick = Math.max(50, Math.min(host.nopIntervalMs || host.loginTimeoutMs, host.loginTimeoutMs) / 2);
+    this.timer = setInterval(() => this.onTimer(), tick);
+    this.timer.unref();
+  }
+
+  private onData(chunk: Buffer): void {
+    this.lastRx = Date.now();
+    try {
+      this.reader.push(chunk);
+    } catch (e) {
+      this.protocolFailure(e);
+    }
+  }
+
+  private onPdu(pdu: P.Pdu): void {
+    if (this.closed || this.ending) return;
+    this.host.count('pdus_in');
+    try {
+      if (this.session) {
+        if (P.opcode(pdu.bhs) === InitiatorOp.NopOut && P.ttt(pdu.bhs) === this.pingTtt) this.pingSentAt = 0;
+        this.session.receive(pdu);
+      } else {
+        this.loginPdu(pdu);
+      }
+    } catch (e) {
+      if (e instanceof PduRejected && !e.fatal && this.session) {
+        this.host.count('rejects');
+        this.logger.warn({ reason: e.reason, err: e.message, opcode: P.opcode(pdu.bhs) }, 'PDU rejected');
+        this.sendReject(e.reason, pdu.bhs);
+        return;
+      }
+      throw e;
+    }
+  }
+
+  private protocolFailure(e: unknown): void {
+    if (e instanceof IscsiError || e instanceof PduRejected) {
+      this.host.count('protocol_errors');
+      this.logger.warn({ code: (e as IscsiError).code, err: (e as Error).message }, 'protocol error, dropping connection');
+      if (e instanceof PduRejected && this.session) this.sendReject(e.reason, Buffer.alloc(BHS_LENGTH));
+    } else {
+      this.logger.error({ err: e }, 'internal error, dropping connection');
+    }
+    this.destroy();
+  }
+
+  sendReject(reason: RejectReason, bhs: Buffer): void {
+    const s = this.session ? this.session.seq(true) : { statSN: this.statSN++, expCmdSN: 0, maxCmdSN: 0 };
+    const copy = Buffer.from(bhs.subarray(0, BHS_LENGTH));
+    this.send(P.reject(reason, s, copy.length), copy);
+  }
+
+  // ---- Login --------------------------------------------------------------------------------
+
+  private loginPdu(pdu: P.Pdu): void {
+    const op = P.opcode(pdu.bhs);
+    if (op !== InitiatorOp.LoginRequest || !this.login) {
+      throw new IscsiError('ISCSI_PROTOCOL', `opcode 0x${op.toString(16)} before login completed`);
+    }
+    const req = loginRequestFields(pdu.bhs);
+    if (!this.loginFirst) {
+      this.loginFirst = req;
+      this.statSN = req.expStatSN;
+      this.loginExpCmdSN = req.cmdSN;
+    }
+    const login = this.login;
+    let reply = login.step(req, pdu.data);
+    let tsih = req.tsih;
+    if (reply.status === LoginStatus.Success && this.loginFirst.tsih !== 0) {
+      reply = { ...reply, status: LoginStatus.SessionDoesNotExist, transit: false, pairs: [], complete: false, reason: 'adding a connection to a session is not supported (MaxConnections=1)' };
+    }
+    let session: Session | undefined;
+    if (reply.status === LoginStatus.Success && reply.complete) {
+      const opened = this.host.openSession(this, login, this.loginFirst);
+      if (typeof opened === 'number') reply = { ...reply, status: opened, transit: false, pairs: [], complete: false, reason: 'session could not be opened' };
+      else {
+        session = opened;
+        tsih = opened.tsih;
+      }
+    }
+    const data = reply.status === LoginStatus.Success ? encodeText(reply.pairs) : Buffer.alloc(0);
+    const seq = { statSN: this.statSN, expCmdSN: this.loginExpCmdSN, maxCmdSN: (this.loginExpCmdSN + TARGET_LIMITS.queueDepth - 1) >>> 0 };
+    this.statSN = (this.statSN + 1) >>> 0;
+    const hdr = P.loginResponse(
+      { transit: reply.transit, cont: false, csg: reply.csg, nsg: reply.nsg, versionMax: ISCSI_VERSION, versionActive: ISCSI_VERSION, isid: req.isid, tsih, itt: req.itt, status: reply.status },
+      seq,
+      data.length,
+    );
+    this.send(hdr, data);
+    if (reply.status !== LoginStatus.Success) {
+      this.host.count('login_failures');
+      this.logger.warn(
+        { initiator: login.initiatorName, target: login.target?.name, sessionType: login.sessionType, status: `0x${reply.status.toString(16).padStart(4, '0')}`, reason: reply.reason },
+        'login refused',
+      );
+      this.login = undefined;
+      this.end();
+      return;
+    }
+    if (session) {
+      this.login = undefined;
+      this.session = session;
+      const p = session.params;
+      // Digests and our data segment limit apply from the next PDU on (RFC 7143 §13.1).
+      this.headerDigest = this.reader.headerDigest = p.headerDigest;
+      this.dataDigest = this.reader.dataDigest = p.dataDigest;
+      this.reader.maxDataSegment = p.targetMaxRecvDataSegmentLength;
+      this.host.count('logins');
+      this.logger = session.logger;
+      this.logger.info(
+        {
+          initiator: session.initiatorName, target: session.target?.name, sessionType: session.type, isid: session.isid.toString('hex'), tsih: session.tsih,
+          headerDigest: p.headerDigest, dataDigest: p.dataDigest, chap: login.authenticated, maxBurst: p.maxBurstLength, firstBurst: p.firstBurstLength,
+          immediateData: p.immediateData, initialR2T: p.initialR2T, initiatorMaxRecv: p.initiatorMaxRecvDataSegmentLength,
+        },
+        'login',
+      );
+    }
+  }
+
+  // ---- Output -------------------------------------------------------------------------------
+
+  /** Queue one PDU. Writes within one tick go out as one writev. */
+  send(bhs: Buffer, data?: Buffer): void {
+    if (this.closed) return;
+    const s = this.socket;
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        s.uncork();
+      });
+    }
+    s.write(bhs);
+    if (this.headerDigest) s.write(writeDigest(digestOf([bhs])));
+    const len = data ? data.length : 0;
+    if (len) {
+      s.write(data!);
+      const pad = P.padLength(len);
+      if (pad) s.write(PAD[pad]);
+      if (this.dataDigest) s.write(writeDigest(digestOf([data!], pad)));
+    }
+    this.host.count('pdus_out');
+    if (s.writableLength > SEND_QUEUE_HIGH && !s.isPaused()) s.pause();
+  }
+
+  /** Close after what is queued has been written. */
+  end(): void {
+    if (this.closed || this.ending) return;
+    this.ending = true;
+    process.nextTick(() => this.socket.end());
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.socket.destroy();
+    this.onClose();
+  }
+
+  // ---- Liveness -----------------------------------------------------------------------------
+
+  private onTimer(): void {
+    const now = Date.now();
+    if (!this.session) {
+      if (now - this.lastRx > this.host.loginTimeoutMs) {
+        this.logger.warn({ ms: this.host.loginTimeoutMs }, 'login timed out, dropping connection');
+        this.destroy();
+      }
+      return;
+    }
+    if (!this.host.nopIntervalMs) return;
+    if (this.pingSentAt) {
+      if (now - this.pingSentAt > this.host.nopTimeoutMs && this.lastRx < this.pingSentAt) {
+        this.host.count('nop_timeouts');
+        this.logger.warn({ timeoutMs: this.host.nopTimeoutMs, initiator: this.session.initiatorName }, 'initiator did not answer NOP-In, dropping connection');
+        this.destroy();
+      } else if (this.lastRx >= this.pingSentAt) {
+        this.pingSentAt = 0;
+      }
+      return;
+    }
+    if (now - this.lastRx >= this.host.nopIntervalMs) {
+      this.pingTtt = (this.pingTtt % 0x7fffffff) + 1;
+      this.pingSentAt = now;
+      this.send(P.nopIn(RESERVED_TAG, this.pingTtt, undefined, this.session.seq(false), 0));
+    }
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    const s = this.session;
+    if (s) {
+      s.close().catch(() => undefined);
+      this.logger.info({ initiator: s.initiatorName, target: s.target?.name, tsih: s.tsih }, 'connection closed');
+    }
+    this.host.connectionClosed(this);
+  }
+}

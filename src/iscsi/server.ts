@@ -1,0 +1,163 @@
+/**
+ * The iSCSI target server: accepts connections, runs logins against the target directory,
+ * keeps the session table (TSIH allocation, reinstatement when an initiator port logs in
+ * again), fans task management out across sessions of a target, counts what happens, and
+ * shuts down by letting in-flight commands finish before dropping connections.
+ */
+import * as net from 'node:net';
+import type { Logger } from '../common/logger';
+import type { HostPort } from '../common/units';
+import { Connection, type ConnectionHost } from './connection';
+import { LoginStatus } from './constants';
+import type { LoginEnvironment, LoginMachine, LoginRequestFields } from './login';
+import { defaultOffer, type TargetOffer } from './negotiation';
+import { Session, type SessionHost } from './session';
+import type { TargetDirectory, TargetEntry } from './targets';
+
+export interface IscsiServerOptions {
+  directory: TargetDirectory;
+  logger: Logger;
+  portalGroupTag?: number;
+  offer?: Partial<TargetOffer>;
+  /** Ping an initiator idle this long (0: never). Default 5 s. */
+  nopIntervalMs?: number;
+  /** Drop a connection whose ping stays unanswered this long. Default 30 s. */
+  nopTimeoutMs?: number;
+  /** Drop a connection that has not finished logging in after this long. Default 15 s. */
+  loginTimeoutMs?: number;
+  /** Connections accepted at once (beyond: refused). Default 1024. */
+  maxConnections?: number;
+}
+
+export interface IscsiStats {
+  connections: number;
+  sessions: number;
+  sessionsByTarget: Record<string, number>;
+  /** Counters: logins, login_failures, logouts, pdus_in, pdus_out, rejects, protocol_errors, nop_timeouts, reinstatements, tmf_N... */
+  events: Record<string, number>;
+}
+
+export class IscsiServer implements ConnectionHost, SessionHost {
+  readonly logger: Logger;
+  readonly loginEnv: LoginEnvironment;
+  readonly offer: TargetOffer;
+  readonly portalGroupTag: number;
+  readonly nopIntervalMs: number;
+  readonly nopTimeoutMs: number;
+  readonly loginTimeoutMs: number;
+  private readonly maxConns: number;
+  private readonly server: net.Server;
+  private readonly connections = new Set<Connection>();
+  private readonly sessions = new Map<number, Session>();
+  private readonly events = new Map<string, number>();
+  private nextTsih = 1;
+  private nextConnId = 1;
+  private closing = false;
+
+  constructor(private readonly opts: IscsiServerOptions) {
+    this.logger = opts.logger;
+    this.portalGroupTag = opts.portalGroupTag ?? 1;
+    this.offer = { ...defaultOffer(), ...opts.offer };
+    this.loginEnv = { directory: opts.directory, offer: this.offer, portalGroupTag: this.portalGroupTag };
+    this.nopIntervalMs = opts.nopIntervalMs ?? 5000;
+    this.nopTimeoutMs = opts.nopTimeoutMs ?? 30000;
+    this.loginTimeoutMs = opts.loginTimeoutMs ?? 15000;
+    this.maxConns = opts.maxConnections ?? 1024;
+    this.server = net.createServer((s) => this.accept(s));
+    this.server.on('error', (e) => this.logger.error({ err: e }, 'iSCSI listener error'));
+  }
+
+  listen(host: string, port: number): Promise<HostPort> {
+    return new Promise((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        const a = this.server.address() as net.AddressInfo;
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.closing || this.connections.size >= this.maxConns) {
+      this.count('connections_refused');
+      socket.destroy();
+      return;
+    }
+    const conn = new Connection(socket, this, this.nextConnId++);
+    this.connections.add(conn);
+    this.count('connections_accepted');
+  }
+
+  count(event: string, n = 1): void {
+    this.events.set(event, (this.events.get(event) ?? 0) + n);
+  }
+
+  openSession(conn: Connection, login: LoginMachine, first: LoginRequestFields): Session | LoginStatus {
+    if (this.closing) return LoginStatus.ServiceUnavailable;
+    const tsih = this.allocTsih();
+    if (tsih === 0) return LoginStatus.OutOfResources;
+    const target = login.sessionType === 'Normal' ? login.target : undefined;
+    const logger = this.logger.child({ conn: conn.id, initiator: login.initiatorName, target: target?.name, tsih });
+    const session = new Session(tsih, login.sessionType, login.initiatorName!, first.isid, target, login.params, first.cmdSN, conn, this, logger);
+    // Reinstatement: the same initiator port (name + ISID) logging in again to the same target
+    // replaces the old session (RFC 7143 §6.3.5). The new nexus starts before the old one ends,
+    // so per-nexus SCSI state (unit attentions, reservations) carries over.
+    let old: Session | undefined;
+    if (target) for (const s of this.sessions.values()) if (s.key === session.key && !s.closed) old = s;
+    this.sessions.set(tsih, session);
+    if (session.nexus && target) target.scsi.nexusStarted(session.nexus, !!old);
+    if (old) {
+      this.count('reinstatements');
+      this.logger.info({ initiator: old.initiatorName, target: target?.name, oldTsih: old.tsih, tsih }, 'session reinstated');
+      for (const c of this.connections) if (c.session === old) c.destroy();
+    }
+    return session;
+  }
+
+  private allocTsih(): number {
+    for (let i = 0; i < 0xffff; i++) {
+      const t = this.nextTsih;
+      this.nextTsih = this.nextTsih >= 0xffff ? 1 : this.nextTsih + 1;
+      if (!this.sessions.has(t)) return t;
+    }
+    return 0;
+  }
+
+  sessionEnded(s: Session): void {
+    if (this.sessions.get(s.tsih) !== s) return;
+    this.sessions.delete(s.tsih);
+    if (s.nexus && s.target) s.target.scsi.nexusEnded(s.nexus);
+  }
+
+  sessionsOf(targetName: string): readonly Session[] {
+    return [...this.sessions.values()].filter((s) => s.target?.name === targetName && !s.closed);
+  }
+
+  visibleTargets(initiatorName: string): readonly TargetEntry[] {
+    return this.opts.directory.targets().filter((t) => !t.auth.allowedInitiators?.length || t.auth.allowedInitiators.includes(initiatorName));
+  }
+
+  connectionClosed(conn: Connection): void {
+    this.connections.delete(conn);
+  }
+
+  stats(): IscsiStats {
+    const sessionsByTarget: Record<string, number> = {};
+    for (const s of this.sessions.values()) if (s.target) sessionsByTarget[s.target.name] = (sessionsByTarget[s.target.name] ?? 0) + 1;
+    return { connections: this.connections.size, sessions: this.sessions.size, sessionsByTarget, events: Object.fromEntries(this.events) };
+  }
+
+  /** Stop accepting, let in-flight commands finish (bounded), then drop every connection. */
+  async close(drainMs = 5000): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    const listening = new Promise<void>((r) => this.server.close(() => r()));
+    const conns = [...this.connections];
+    await Promise.all(conns.map((c) => c.session?.drain(drainMs)));
+    for (const c of conns) c.destroy();
+    await listening;
+    if (conns.length) this.logger.info({ connections: conns.length }, 'iSCSI sessions dropped at shutdown');
+  }
+}

@@ -1,0 +1,619 @@
+/**
+ * Full feature phase of one session (RFC 7143 §4, §11): the CmdSN window, SCSI tasks with
+ * immediate, unsolicited and solicited (R2T) data-out, Data-In sequences bounded by
+ * MaxBurstLength with status in the last PDU, residuals, NOP, task management, text
+ * (SendTargets) and logout. One connection per session (MaxConnections=1). The session never
+ * looks inside a CDB: it hands commands to the target's `ScsiTarget`.
+ */
+import type { Logger } from '../common/logger';
+import { TaskAttribute, TmfFunction, TmfResponse, type Nexus, type ScsiResult } from '../scsi/port';
+import {
+  CMD_ATTR_MASK, CMD_READ, CMD_WRITE, FINAL_BIT, InitiatorOp, LogoutReason, LogoutResponseCode, RESERVED_TAG,
+  RESP_OVERFLOW, RESP_UNDERFLOW, RejectReason, ScsiResponseCode, TARGET_LIMITS,
+} from './constants';
+import { IscsiError, IscsiErrorCode, PduRejected } from './errors';
+import { negotiate, type SessionParams, type TargetOffer } from './negotiation';
+import * as P from './pdu';
+import type { SessionType } from './login';
+import type { TargetEntry } from './targets';
+import { encodeText, parseText, type TextPairs } from './text';
+
+/** What a session needs from its connection. */
+export interface SessionLink {
+  statSN: number;
+  send(bhs: Buffer, data?: Buffer): void;
+  /** Close after queued output is written. */
+  end(): void;
+  readonly localAddress: string;
+  readonly localPort: number;
+}
+
+/** What a session needs from the server. */
+export interface SessionHost {
+  readonly logger: Logger;
+  readonly offer: TargetOffer;
+  readonly portalGroupTag: number;
+  sessionsOf(targetName: string): readonly Session[];
+  visibleTargets(initiatorName: string): readonly TargetEntry[];
+  sessionEnded(s: Session): void;
+  count(event: string, n?: number): void;
+}
+
+interface R2tState {
+  offset: number;
+  length: number;
+  received: number;
+  nextDataSN: number;
+}
+
+interface Task {
+  itt: number;
+  immediate: boolean;
+  lun: number;
+  lunField: Buffer;
+  cdb: Buffer;
+  edtl: number;
+  read: boolean;
+  write: boolean;
+  attr: TaskAttribute;
+  /** Data-out buffer (the immediate data itself when it is all of it). */
+  data?: Buffer;
+  received: number;
+  /** Unsolicited Data-Out still allowed (InitialR2T=No, before the F bit). */
+  unsolicitedOpen: boolean;
+  unsolicitedLimit: number;
+  unsolicitedDataSN: number;
+  nextR2tOffset: number;
+  r2tSN: number;
+  r2ts: Map<number, R2tState>;
+  executing: boolean;
+  aborted: boolean;
+  done?: Promise<void>;
+}
+
+const LUN_INVALID = 0xffff;
+
+export class Session {
+  readonly nexus?: Nexus;
+  expCmdSN: number;
+  private held = new Map<number, P.Pdu>();
+  private tasks = new Map<number, Task>();
+  private windowed = 0;
+  private nextTtt = 1;
+  private bufferedDataOut = 0;
+  private loggingOut = false;
+  private textContinuation?: { itt: number; ttt: number; rest: Buffer };
+  private textPending: Buffer[] = [];
+  closed = false;
+  readonly startedAt = Date.now();
+  commands = 0;
+
+  constructor(
+    readonly tsih: number,
+    readonly type: SessionType,
+    readonly initiatorName: string,
+    readonly isid: Buffer,
+    readonly target: TargetEntry | undefined,
+    readonly params: SessionParams,
+    initialCmdSN: number,
+    private readonly link: SessionLink,
+    private readonly host: SessionHost,
+    readonly logger: Logger,
+  ) {
+    this.expCmdSN = initialCmdSN >>> 0;
+    if (type === 'Normal' && target) {
+      const isidHex = isid.toString('hex');
+      this.nexus = {
+        initiatorName,
+        isid,
+        targetName: target.name,
+        tpgt: host.portalGroupTag,
+        initiatorPortName: `${initiatorName},i,0x${isidHex}`,
+        relativeTargetPortId: 1,
+        targetPortGroup: 1,
+        sessionId: `${tsih}`,
+      };
+    }
+  }
+
+  get key(): string {
+    return `${this.target?.name ?? ''}|${this.initiatorName}|${this.isid.toString('hex')}`;
+  }
+
+  get maxCmdSN(): number {
+    return (this.expCmdSN + TARGET_LIMITS.queueDepth - 1 - this.windowed) >>> 0;
+  }
+
+  get outstanding(): number {
+    return this.tasks.size;
+  }
+
+  seq(withStatus: boolean): P.Sequencing {
+    const statSN = this.link.statSN;
+    if (withStatus) this.link.statSN = (statSN + 1) >>> 0;
+    return { statSN, expCmdSN: this.expCmdSN, maxCmdSN: this.maxCmdSN };
+  }
+
+  /** One full-feature-phase PDU from the connection. Throws IscsiError when the connection must drop. */
+  receive(pdu: P.Pdu): void {
+    const op = P.opcode(pdu.bhs);
+    if (op === InitiatorOp.DataOut) return this.dataOut(pdu);
+    if (op === InitiatorOp.SnackRequest) throw new PduRejected(RejectReason.SnackReject, 'SNACK is not supported at ErrorRecoveryLevel 0');
+    if (op === InitiatorOp.LoginRequest) throw new PduRejected(RejectReason.ProtocolError, 'Login Request in full feature phase');
+    if (op !== InitiatorOp.NopOut && op !== InitiatorOp.ScsiCommand && op !== InitiatorOp.TaskManagement && op !== InitiatorOp.TextRequest && op !== InitiatorOp.LogoutRequest) {
+      throw new PduRejected(RejectReason.CommandNotSupported, `opcode 0x${op.toString(16)} is not supported`);
+    }
+    // A NOP-Out answering our ping carries ITT 0xffffffff and does not take a CmdSN.
+    if (P.isImmediate(pdu.bhs) || (op === InitiatorOp.NopOut && P.itt(pdu.bhs) === RESERVED_TAG)) return this.dispatch(pdu, true);
+    const sn = P.cmdSN(pdu.bhs);
+    if (sn === this.expCmdSN) {
+      this.advance(pdu);
+      return;
+    }
+    if (P.snLessThan(this.expCmdSN, sn) && P.snLessOrEqual(sn, this.maxCmdSN) && !this.held.has(sn)) {
+      // Ahead of a gap: hold until the missing commands arrive.
+      this.held.set(sn, { bhs: Buffer.from(pdu.bhs), ahs: pdu.ahs && Buffer.from(pdu.ahs), data: Buffer.from(pdu.data) });
+      return;
+    }
+    // Outside the window: silently ignored (RFC 7143 §4.2.2.1).
+    this.host.count('cmdsn_outside_window');
+    this.logger.warn({ cmdSN: sn, expCmdSN: this.expCmdSN, maxCmdSN: this.maxCmdSN, opcode: op }, 'command outside the CmdSN window ignored');
+  }
+
+  private advance(pdu: P.Pdu): void {
+    for (let next: P.Pdu | undefined = pdu; next; ) {
+      this.expCmdSN = (this.expCmdSN + 1) >>> 0;
+      this.dispatch(next, false);
+      next = this.held.get(this.expCmdSN);
+      if (next) this.held.delete(this.expCmdSN);
+    }
+  }
+
+  private dispatch(pdu: P.Pdu, immediate: boolean): void {
+    const bhs = pdu.bhs;
+    switch (P.opcode(bhs)) {
+      case InitiatorOp.NopOut:
+        return this.nopOut(pdu);
+      case InitiatorOp.ScsiCommand:
+        return this.scsiCommand(pdu, immediate);
+      case InitiatorOp.TaskManagement:
+        if (this.type === 'Discovery') throw new PduRejected(RejectReason.ProtocolError, 'task management in a discovery session');
+        this.taskManagement(pdu).catch((e: unknown) => this.logger.error({ err: e }, 'task management failed'));
+        return;
+      case InitiatorOp.TextRequest:
+        return this.text(pdu);
+      case InitiatorOp.LogoutRequest:
+        this.logout(pdu).catch((e: unknown) => this.logger.error({ err: e }, 'logout failed'));
+        return;
+    }
+  }
+
+  // ---- NOP ----------------------------------------------------------------------------------
+
+  private nopOut(pdu: P.Pdu): void {
+    const itt = P.itt(pdu.bhs);
+    if (itt === RESERVED_TAG) return; // a ping answer; the connection already noted the traffic
+    const max = this.params.initiatorMaxRecvDataSegmentLength;
+    const data = pdu.data.length > max ? pdu.data.subarray(0, max) : pdu.data;
+    this.link.send(P.nopIn(itt, RESERVED_TAG, pdu.bhs.subarray(8, 16), this.seq(true), data.length), data);
+  }
+
+  // ---- SCSI commands ----------------------------------------------------------------------
+
+  private scsiCommand(pdu: P.Pdu, immediate: boolean): void {
+    const bhs = pdu.bhs;
+    if (this.type === 'Discovery' || !this.target || !this.nexus) throw new PduRejected(RejectReason.ProtocolError, 'SCSI command in a discovery session');
+    if (this.loggingOut) throw new PduRejected(RejectReason.WaitingForLogout, 'SCSI command while logging out');
+    const itt = P.itt(bhs);
+    if (this.tasks.has(itt)) throw new PduRejected(RejectReason.TaskInProgress, `ITT 0x${itt.toString(16)} is already in use`);
+    if (this.tasks.size >= TARGET_LIMITS.queueDepth * 2) throw new IscsiError(IscsiErrorCode.Protocol, `more than ${TARGET_LIMITS.queueDepth * 2} tasks outstanding`);
+    const flags = bhs[1];
+    const read = (flags & CMD_READ) !== 0;
+    const write = (flags & CMD_WRITE) !== 0;
+    const edtl = P.expectedDataLength(bhs);
+    let cdb = bhs.subarray(32, 48);
+    if (pdu.ahs) cdb = extendedCdb(cdb, pdu.ahs);
+    const lun = P.decodeLun(bhs);
+    const task: Task = {
+      itt, immediate, lun: lun < 0 ? LUN_INVALID : lun, lunField: bhs.subarray(8, 16), cdb, edtl, read, write,
+      attr: (flags & CMD_ATTR_MASK) as TaskAttribute,
+      received: 0, unsolicitedOpen: false, unsolicitedLimit: 0, unsolicitedDataSN: 0, nextR2tOffset: 0, r2tSN: 0, r2ts: new Map(),
+      executing: false, aborted: false,
+    };
+    const imm = pdu.data;
+    if (!write || edtl === 0) {
+      if (imm.length && !write) throw new PduRejected(RejectReason.ProtocolError, 'immediate data on a command without the W bit');
+      this.track(task);
+      return this.execute(task);
+    }
+    if (imm.length && !this.params.immediateData) throw new PduRejected(RejectReason.ProtocolError, 'immediate data when ImmediateData=No');
+    if (imm.length > this.params.firstBurstLength) throw new PduRejected(RejectReason.ProtocolError, `immediate data (${imm.length}) exceeds FirstBurstLength`);
+    if (edtl > TARGET_LIMITS.maxDataOutBytes) {
+      this.track(task);
+      this.logger.warn({ itt, edtl }, 'data-out transfer too large');
+      return this.respond(task, { status: 0, response: ScsiResponseCode.TargetFailure });
+    }
+    this.track(task);
+    if (imm.length >= edtl) {
+      task.data = imm.length === edtl ? imm : imm.subarray(0, edtl);
+      task.received = edtl;
+      return this.execute(task);
+    }
+    this.bufferedDataOut += edtl;
+    if (this.bufferedDataOut > TARGET_LIMITS.maxBufferedDataOutBytes) throw new IscsiError(IscsiErrorCode.Protocol, 'too much data-out buffered');
+    task.data = Buffer.allocUnsafe(edtl);
+    if (imm.length) imm.copy(task.data, 0);
+    task.received = imm.length;
+    task.nextR2tOffset = imm.length;
+    const final = (flags & FINAL_BIT) !== 0;
+    if (!this.params.initialR2T && !final) {
+      task.unsolicitedOpen = true;
+      task.unsolicitedLimit = Math.min(this.params.firstBurstLength, edtl);
+      return;
+    }
+    this.issueR2ts(task);
+  }
+
+  private track(task: Task): void {
+    this.tasks.set(task.itt, task);
+    if (!task.immediate) this.windowed++;
+    this.commands++;
+  }
+
+  private dataOut(pdu: P.Pdu): void {
+    const bhs = pdu.bhs;
+    const task = this.tasks.get(P.itt(bhs));
+    if (!task || task.executing || !task.data) {
+      // The task was aborted or already has all its data: the PDU is discarded (RFC 7143 §11.7).
+      this.host.count('dataout_discarded');
+      return;
+    }
+    const ttt = P.ttt(bhs);
+    const offset = P.bufferOffset(bhs);
+    const len = pdu.data.length;
+    if (offset + len > task.edtl) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out beyond the expected length (${offset}+${len} > ${task.edtl})`);
+    const final = (bhs[1] & FINAL_BIT) !== 0;
+    const dsn = P.dataSN(bhs);
+    if (ttt === RESERVED_TAG) {
+      if (!task.unsolicitedOpen || offset + len > task.unsolicitedLimit) throw new IscsiError(IscsiErrorCode.Protocol, 'unsolicited Data-Out not allowed here');
+      if (dsn !== task.unsolicitedDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${task.unsolicitedDataSN}`);
+      task.unsolicitedDataSN++;
+      pdu.data.copy(task.data, offset);
+      task.received += len;
+      task.nextR2tOffset = Math.max(task.nextR2tOffset, offset + len);
+      if (final || task.nextR2tOffset >= task.unsolicitedLimit) {
+        task.unsolicitedOpen = false;
+        this.issueR2ts(task);
+      }
+      return;
+    }
+    const r = task.r2ts.get(ttt);
+    if (!r) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out with unknown TTT 0x${ttt.toString(16)}`);
+    if (offset < r.offset || offset + len > r.offset + r.length) throw new IscsiError(IscsiErrorCode.Protocol, 'Data-Out outside its R2T');
+    if (dsn !== r.nextDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}`);
+    r.nextDataSN++;
+    pdu.data.copy(task.data, offset);
+    task.received += len;
+    r.received += len;
+    if (final || r.received >= r.length) {
+      task.r2ts.delete(ttt);
+      this.issueR2ts(task);
+    }
+  }
+
+  /**
+   * A Data-Out that does not fit its sequence (wrong DataSN): the PDU is rejected and the
+   * command ends with a target failure; the session goes on (RFC 7143 §7.1.1, ERL 0 within-command errors).
+   */
+  private failDataOut(task: Task, pdu: P.Pdu, why: string): void {
+    this.host.count('rejects');
+    this.logger.warn({ itt: task.itt, err: why }, 'Data-Out rejected, command failed');
+    const copy = Buffer.from(pdu.bhs);
+    this.link.send(P.reject(RejectReason.ProtocolError, this.seq(true), copy.length), copy);
+    this.respond(task, { status: 0, response: ScsiResponseCode.TargetFailure });
+  }
+
+  /** Solicit the rest of the data, MaxOutstandingR2T at a time; execute once everything is in. */
+  private issueR2ts(task: Task): void {
+    while (task.r2ts.size < this.params.maxOutstandingR2T && task.nextR2tOffset < task.edtl) {
+      const length = Math.min(this.params.maxBurstLength, task.edtl - task.nextR2tOffset);
+      let ttt = this.nextTtt++;
+      if (this.nextTtt >= RESERVED_TAG) this.nextTtt = 1;
+      if (ttt === RESERVED_TAG) ttt = this.nextTtt++;
+      task.r2ts.set(ttt, { offset: task.nextR2tOffset, length, received: 0, nextDataSN: 0 });
+      this.link.send(P.r2t({ itt: task.itt, ttt, lunField: task.lunField, r2tSN: task.r2tSN++, bufferOffset: task.nextR2tOffset, desiredLength: length }, this.seq(false)));
+      task.nextR2tOffset += length;
+    }
+    if (task.r2ts.size === 0 && !task.unsolicitedOpen && task.nextR2tOffset >= task.edtl) {
+      this.bufferedDataOut -= task.edtl;
+      this.execute(task);
+    }
+  }
+
+  private execute(task: Task): void {
+    task.executing = true;
+    const nexus = this.nexus!;
+    const scsi = this.target!.scsi;
+    task.done = scsi
+      .execute({
+        nexus, lun: task.lun, cdb: task.cdb, taskTag: task.itt, taskAttribute: task.attr,
+        expectedDataLength: task.edtl, readFlag: task.read, writeFlag: task.write, dataOut: task.write ? task.data : undefined,
+      })
+      .then(
+        (r) => this.complete(task, r),
+        (e: unknown) => {
+          this.logger.error({ err: e, itt: task.itt }, 'SCSI layer rejected a command');
+          this.respond(task, { status: 0, response: ScsiResponseCode.TargetFailure });
+        },
+      );
+  }
+
+  private complete(task: Task, r: ScsiResult): void {
+    const edtl = task.edtl;
+    let produced: number;
+    if (r.dataIn) produced = r.dataIn.length;
+    else if (r.dataOutLength !== undefined) produced = r.dataOutLength;
+    else produced = task.write ? edtl : 0;
+    let residualFlags = 0;
+    let residual = 0;
+    if (produced < edtl) {
+      residualFlags = RESP_UNDERFLOW;
+      residual = edtl - produced;
+    } else if (produced > edtl) {
+      residualFlags = RESP_OVERFLOW;
+      residual = produced - edtl;
+    }
+    const dataIn = r.dataIn && task.read && edtl > 0 ? (r.dataIn.length > edtl ? r.dataIn.subarray(0, edtl) : r.dataIn) : undefined;
+    this.respond(task, { status: r.status, sense: r.sense, dataIn, residualFlags, residual, response: ScsiResponseCode.CommandCompleted });
+  }
+
+  private respond(task: Task, r: { status: number; response: number; sense?: Buffer; dataIn?: Buffer; residualFlags?: number; residual?: number }): void {
+    this.finish(task);
+    if (task.aborted || this.closed) return;
+    const residualFlags = r.response === ScsiResponseCode.CommandCompleted ? (r.residualFlags ?? 0) : 0;
+    const residual = residualFlags ? (r.residual ?? 0) : 0;
+    let dataSN = 0;
+    const statusInData = !!r.dataIn && r.dataIn.length > 0 && r.status === 0 && !r.sense && r.response === ScsiResponseCode.CommandCompleted;
+    if (r.dataIn && r.dataIn.length) {
+      const data = r.dataIn;
+      const len = data.length;
+      const mrdsl = this.params.initiatorMaxRecvDataSegmentLength;
+      const burst = this.params.maxBurstLength;
+      let off = 0;
+      while (off < len) {
+        const burstEnd = Math.min(len, (Math.floor(off / burst) + 1) * burst);
+        const n = Math.min(mrdsl, burstEnd - off);
+        const last = off + n === len;
+        const withStatus = last && statusInData;
+        const hdr = P.dataIn(
+          { itt: task.itt, final: off + n === burstEnd, withStatus, status: r.status, residualFlags, residual, lunField: task.lunField, dataSN: dataSN++, bufferOffset: off },
+          this.seq(withStatus),
+          n,
+        );
+        this.link.send(hdr, data.subarray(off, off + n));
+        off += n;
+      }
+      if (statusInData) return;
+    }
+    let senseData: Buffer | undefined;
+    if (r.sense && r.sense.length) {
+      senseData = Buffer.allocUnsafe(2 + r.sense.length);
+      senseData.writeUInt16BE(r.sense.length, 0);
+      r.sense.copy(senseData, 2);
+    }
+    const expDataSN = task.read ? dataSN : task.r2tSN;
+    this.link.send(P.scsiResponse({ itt: task.itt, status: r.status, response: r.response, residualFlags, residual, expDataSN }, this.seq(true), senseData?.length ?? 0), senseData);
+  }
+
+  private finish(task: Task): void {
+    if (this.tasks.get(task.itt) === task) {
+      this.tasks.delete(task.itt);
+      if (!task.immediate) this.windowed--;
+      if (!task.executing && task.data && task.received < task.edtl) this.bufferedDataOut -= task.edtl;
+    }
+  }
+
+  // ---- Task management ----------------------------------------------------------------------
+
+  /** Abort matching tasks: no response is sent for them. Resolves when those already executing have settled. */
+  abortTasks(match: (lun: number, itt: number) => boolean): Promise<unknown> {
+    const waits: Promise<void>[] = [];
+    for (const t of [...this.tasks.values()]) {
+      if (!match(t.lun, t.itt)) continue;
+      t.aborted = true;
+      if (t.executing && t.done) waits.push(t.done);
+      else this.finish(t);
+    }
+    return Promise.all(waits);
+  }
+
+  private async taskManagement(pdu: P.Pdu): Promise<void> {
+    const bhs = pdu.bhs;
+    const itt = P.itt(bhs);
+    const fn = (bhs[1] & 0x7f) as TmfFunction;
+    const lun = P.decodeLun(bhs);
+    const refItt = bhs.readUInt32BE(20);
+    const refCmdSN = bhs.readUInt32BE(32);
+    const cmdSN = P.cmdSN(bhs);
+    this.host.count(`tmf_${fn}`);
+    if (this.type === 'Discovery' || !this.target || !this.nexus) throw new PduRejected(RejectReason.ProtocolError, 'task management in a discovery session');
+    const scsi = this.target.scsi;
+    const reply = (resp: number) => {
+      if (!this.closed) this.link.send(P.tmfResponse(itt, resp, this.seq(true)));
+    };
+    const lunOk = lun >= 0 && scsi.hasLun(lun);
+    switch (fn) {
+      case TmfFunction.AbortTask: {
+        const t = this.tasks.get(refItt);
+        if (t && t.lun === lun) {
+          await this.abortTasks((_l, i) => i === refItt);
+          this.logger.info({ itt: refItt }, 'task aborted');
+          return reply(TmfResponse.FunctionComplete);
+        }
+        // Not received yet (a CmdSN gap) but ordered before this TMF: it is considered received
+        // and aborted (RFC 7143 §11.5.1). A task that already completed does not exist any more.
+        if (P.snLessOrEqual(this.expCmdSN, refCmdSN) && P.snLessThan(refCmdSN, cmdSN)) {
+          this.held.delete(refCmdSN);
+          return reply(TmfResponse.FunctionComplete);
+        }
+        return reply(TmfResponse.TaskDoesNotExist);
+      }
+      case TmfFunction.AbortTaskSet:
+      case TmfFunction.ClearTaskSet:
+      case TmfFunction.LogicalUnitReset: {
+        if (!lunOk) return reply(TmfResponse.LunDoesNotExist);
+        const sessions = fn === TmfFunction.AbortTaskSet ? [this] : this.host.sessionsOf(this.target.name);
+        await Promise.all(sessions.map((s) => s.abortTasks((l) => l === lun)));
+        const resp = scsi.taskManagement(fn, lun, this.nexus);
+        this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
+        return reply(resp);
+      }
+      case TmfFunction.TargetWarmReset: {
+        await Promise.all(this.host.sessionsOf(this.target.name).map((s) => s.abortTasks(() => true)));
+        const resp = scsi.taskManagement(fn, lun < 0 ? 0 : lun, this.nexus);
+        this.logger.info({ function: TMF_NAMES[fn], response: resp }, 'task management');
+        return reply(resp);
+      }
+      case TmfFunction.ClearAca:
+        if (!lunOk) return reply(TmfResponse.LunDoesNotExist);
+        return reply(scsi.taskManagement(fn, lun, this.nexus));
+      case TmfFunction.TaskReassign:
+        return reply(TmfResponse.TaskAllegianceReassignmentNotSupported);
+      case TmfFunction.TargetColdReset:
+        return reply(TmfResponse.NotSupported);
+      default:
+        return reply(TmfResponse.Rejected);
+    }
+  }
+
+  // ---- Text ---------------------------------------------------------------------------------
+
+  private text(pdu: P.Pdu): void {
+    const bhs = pdu.bhs;
+    const itt = P.itt(bhs);
+    const ttt = P.ttt(bhs);
+    const cont = (bhs[1] & 0x40) !== 0;
+    const lunField = bhs.subarray(8, 16);
+    if (ttt !== RESERVED_TAG) {
+      const c = this.textContinuation;
+      if (!c || c.ttt !== ttt) throw new PduRejected(RejectReason.InvalidPduField, `Text Request with unknown TTT 0x${ttt.toString(16)}`);
+      return this.sendText(itt, lunField, c.rest);
+    }
+    this.textContinuation = undefined;
+    const total = this.textPending.reduce((n, b) => n + b.length, 0) + pdu.data.length;
+    if (total > TARGET_LIMITS.maxTextBytes) {
+      this.textPending = [];
+      throw new PduRejected(RejectReason.ProtocolError, 'text request too long');
+    }
+    this.textPending.push(Buffer.from(pdu.data));
+    if (cont) {
+      // More text follows: acknowledge with an empty response (RFC 7143 §11.10.2).
+      this.link.send(P.textResponse(false, false, itt, this.allocTtt(), lunField, this.seq(true), 0));
+      return;
+    }
+    const text = Buffer.concat(this.textPending);
+    this.textPending = [];
+    let pairs: TextPairs;
+    try {
+      pairs = parseText(text);
+    } catch (e) {
+      throw new PduRejected(RejectReason.ProtocolError, (e as Error).message);
+    }
+    const answers: TextPairs = [];
+    for (const [k, v] of pairs) {
+      if (k === 'SendTargets') answers.push(...this.sendTargets(v));
+      else if (k === 'MaxRecvDataSegmentLength') answers.push(...negotiate([[k, v]], this.host.offer, this.params).answers);
+      else answers.push([k, KNOWN_LOGIN_ONLY.has(k) ? 'Reject' : 'NotUnderstood']);
+    }
+    this.sendText(itt, lunField, encodeText(answers));
+  }
+
+  private allocTtt(): number {
+    const t = this.nextTtt++;
+    if (this.nextTtt >= RESERVED_TAG) this.nextTtt = 1;
+    return t;
+  }
+
+  private sendText(itt: number, lunField: Buffer, data: Buffer): void {
+    const max = this.params.initiatorMaxRecvDataSegmentLength;
+    if (data.length <= max) {
+      this.textContinuation = undefined;
+      this.link.send(P.textResponse(true, false, itt, RESERVED_TAG, lunField, this.seq(true), data.length), data);
+      return;
+    }
+    const ttt = this.allocTtt();
+    this.textContinuation = { itt, ttt, rest: data.subarray(max) };
+    this.link.send(P.textResponse(false, true, itt, ttt, lunField, this.seq(true), max), data.subarray(0, max));
+  }
+
+  private sendTargets(value: string): TextPairs {
+    const all = this.host.visibleTargets(this.initiatorName);
+    let list: readonly TargetEntry[];
+    if (value === 'All') list = this.type === 'Discovery' ? all : this.target ? [this.target] : [];
+    else if (value === '') list = this.target ? [this.target] : [];
+    else list = all.filter((t) => t.name === value);
+    const host = this.link.localAddress.includes(':') ? `[${this.link.localAddress}]` : this.link.localAddress;
+    const out: TextPairs = [];
+    for (const t of list) out.push(['TargetName', t.name], ['TargetAddress', `${host}:${this.link.localPort},${this.host.portalGroupTag}`]);
+    return out;
+  }
+
+  // ---- Logout -------------------------------------------------------------------------------
+
+  private async logout(pdu: P.Pdu): Promise<void> {
+    const bhs = pdu.bhs;
+    const itt = P.itt(bhs);
+    const reason = (bhs[1] & 0x7f) as LogoutReason;
+    if (reason === LogoutReason.RemoveConnectionForRecovery) {
+      this.link.send(P.logoutResponse(itt, LogoutResponseCode.RecoveryNotSupported, 0, 0, this.seq(true)));
+      return;
+    }
+    this.loggingOut = true;
+    // Commands already received complete and are answered before the logout response.
+    await Promise.all([...this.tasks.values()].map((t) => t.done).filter(Boolean));
+    if (this.closed) return;
+    this.link.send(P.logoutResponse(itt, LogoutResponseCode.Success, this.params.defaultTime2Wait, this.params.defaultTime2Retain, this.seq(true)));
+    this.logger.info({ reason: reason === LogoutReason.CloseSession ? 'close session' : 'close connection' }, 'logout');
+    this.host.count('logouts');
+    this.link.end();
+  }
+
+  /** Wait for executing commands (bounded), then mark closed. Responses after this are dropped. */
+  async drain(timeoutMs: number): Promise<void> {
+    const pending = [...this.tasks.values()].map((t) => t.done).filter((d): d is Promise<void> => !!d);
+    if (pending.length) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(pending), new Promise((r) => { timer = setTimeout(r, timeoutMs); })]);
+      clearTimeout(timer);
+    }
+  }
+
+  /** The connection is gone: abort everything. */
+  close(): Promise<unknown> {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
+    this.held.clear();
+    const settled = this.abortTasks(() => true);
+    this.host.sessionEnded(this);
+    return settled;
+  }
+}
+
+const KNOWN_LOGIN_ONLY = new Set(['HeaderDigest', 'DataDigest', 'MaxBurstLength', 'FirstBurstLength', 'ImmediateData', 'InitialR2T', 'MaxOutstandingR2T', 'DataPDUInOrder', 'DataSequenceInOrder', 'DefaultTime2Wait', 'DefaultTime2Retain', 'ErrorRecoveryLevel', 'MaxConnections', 'InitiatorName', 'TargetName', 'SessionType', 'AuthMethod']);
+
+const TMF_NAMES: Record<number, string> = {
+  1: 'ABORT TASK', 2: 'ABORT TASK SET', 3: 'CLEAR ACA', 4: 'CLEAR TASK SET', 5: 'LOGICAL UNIT RESET', 6: 'TARGET WARM RESET', 7: 'TARGET COLD RESET', 8: 'TASK REASSIGN',
+};
+
+/** A CDB longer than 16 bytes: the BHS part followed by an Extended CDB AHS (type 1). */
+function extendedCdb(cdb: Buffer, ahs: Buffer): Buffer {
+  let off = 0;
+  while (off + 4 <= ahs.length) {
+    const len = ahs.readUInt16BE(off);
+    const type = ahs[off + 2];
+    if (type === 1 && len >= 1) return Buffer.concat([cdb, ahs.subarray(off + 4, off + 3 + len)]);
+    if (len === 0) break;
+    off += (3 + len + 3) & ~3;
+  }
+  return cdb;
+}

@@ -1,0 +1,6 @@
+/** The SCSI command layer (SPC-4 / SBC-3) behind the iSCSI transport. */
+export { createScsiTarget } from './target';
+export type { LogicalUnitConfig, ScsiStats, ScsiTargetHandle, ScsiTargetOptions } from './target';
+export { naaDesignator } from './vpd';
+export { SenseError, buildSense, parseSense } from './sense';
+export type { ScsiRequest, ScsiResult, ScsiTarget, Nexus } from './port';
