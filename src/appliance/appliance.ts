@@ -86,7 +86,7 @@ export class Appliance {
       targets: () => [...served.values()].map((s) => s.entry),
       lookup: (n) => [...served.values()].find((s) => s.entry.name === n)?.entry,
     };
-    this.iscsi = new IscsiServer({ directory, logger: logger.child({ layer: 'iscsi' }) });
+    this.iscsi = new IscsiServer({ directory, logger: logger.child({ layer: 'iscsi' }), nopIntervalMs: config.nop.intervalMs, nopTimeoutMs: config.nop.timeoutMs });
     this.iscsiAddress = await this.iscsi.listen(config.iscsi.host, config.iscsi.port);
     logger.info({ iscsi: formatHostPort(this.iscsiAddress), role: config.role, siteId: this.identity.siteId }, 'appliance serving');
   }

@@ -49,6 +49,8 @@ export interface ApplianceConfig {
     retainBytes?: number;
   };
   logLevel: string;
+  /** iSCSI liveness: ping an idle initiator after this long (0: never), drop it when a ping goes unanswered this long. */
+  nop: { intervalMs: number; timeoutMs: number };
 }
 
 // --- the YAML file schema (human units as strings or numbers) -------------------------
@@ -73,6 +75,7 @@ const fileSchema = z
       .strict()
       .optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
+    nop: z.object({ interval: durationField.optional(), timeout: durationField.optional() }).strict().optional(),
   })
   .strict();
 
@@ -90,6 +93,8 @@ export interface ConfigFlags {
   journalMax?: string;
   journalRetain?: string;
   logLevel?: string;
+  nopInterval?: string;
+  nopTimeout?: string;
 }
 
 export function loadConfigFile(path: string): ConfigFile {
@@ -182,6 +187,12 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     throw new ConfigError(`log-level: '${logLevel}' is not one of trace, debug, info, warn, error, fatal, silent`, 'logLevel');
   }
 
+  const nopIntervalText = pick<string | number>(file.nop?.interval, flags.nopInterval, env.OFFSITE_NOP_INTERVAL);
+  const nopTimeoutText = pick<string | number>(file.nop?.timeout, flags.nopTimeout, env.OFFSITE_NOP_TIMEOUT);
+  const ms = (v: string | number | undefined, field: string, dflt: number) => (v === undefined ? dflt : typeof v === 'number' ? v * 1000 : parseDuration(v, field));
+  const nop = { intervalMs: ms(nopIntervalText, 'nop-interval', 5000), timeoutMs: ms(nopTimeoutText, 'nop-timeout', 30000) };
+  if (nop.intervalMs && nop.timeoutMs < 100) throw new ConfigError('nop-timeout: must be at least 100ms', 'nop.timeout');
+
   return {
     role,
     dataDir,
@@ -198,6 +209,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       retainBytes: retainSize === undefined ? undefined : typeof retainSize === 'number' ? retainSize : parseSize(retainSize, 'journal.retainSize'),
     },
     logLevel,
+    nop,
   };
 }
 

@@ -24,6 +24,8 @@ export function register(program: Command): void {
     .option('--journal-max <size>', 'journal size cap; older records are folded, writes never stall')
     .option('--journal-retain <duration>', 'history kept for point-in-time replay, e.g. 1h')
     .option('--no-journal', 'benchmark only: serve the image files without the write-ahead journal')
+    .option('--nop-interval <duration>', 'ping an idle initiator after this long, 0 to never ping (default 5s)')
+    .option('--nop-timeout <duration>', 'drop a connection whose ping stays unanswered this long (default 30s)')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: ConfigFlags & { config?: string }) => {
       let config;

@@ -175,7 +175,7 @@ export class Connection {
       this.logger = session.logger;
       this.logger.info(
         {
-          initiator: session.initiatorName, target: session.target?.name, sessionType: session.type, isid: session.isid.toString('hex'), tsih: session.tsih,
+          sessionType: session.type, isid: session.isid.toString('hex'),
           headerDigest: p.headerDigest, dataDigest: p.dataDigest, chap: login.authenticated, maxBurst: p.maxBurstLength, firstBurst: p.firstBurstLength,
           immediateData: p.immediateData, initialR2T: p.initialR2T, initiatorMaxRecv: p.initiatorMaxRecvDataSegmentLength,
         },
@@ -260,7 +260,7 @@ export class Connection {
     const s = this.session;
     if (s) {
       s.close().catch(() => undefined);
-      this.logger.info({ initiator: s.initiatorName, target: s.target?.name, tsih: s.tsih }, 'connection closed');
+      this.logger.info({ commands: s.commands, seconds: Math.round((Date.now() - s.startedAt) / 1000) }, 'connection closed');
     }
     this.host.connectionClosed(this);
   }
