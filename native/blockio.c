@@ -2,6 +2,10 @@
  * blockio: the two Linux file calls Node's fs lacks, for thin volumes.
  *   punchHole(fd, offset, length, callback)  fallocate(PUNCH_HOLE|KEEP_SIZE) on the libuv pool
  *   seekData(fd, offset) / seekHole(fd, offset)  lseek(SEEK_DATA / SEEK_HOLE); -1 at end of file
+ *   preadNowait(fd, buffer, offset) / pwriteNowait(fd, buffer, offset)
+ *       preadv2 / pwritev2 with RWF_NOWAIT: the I/O happens inline only when it needs no disk
+ *       wait (page-cache hit, no dirty throttling); returns bytes done, or -1 when it would block,
+ *       so the caller falls back to the thread pool. Saves a thread-pool round trip per command.
  * Errors carry errno's name in `code`, like Node's own fs errors.
  */
 #define _GNU_SOURCE
@@ -10,6 +14,7 @@
 #include <linux/falloc.h>
 #include <node_api.h>
 #include <stdint.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,13 +103,46 @@ static napi_value seek_common(napi_env env, napi_callback_info info, int whence)
 static napi_value seek_data(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_DATA); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return seek_common(env, info, SEEK_HOLE); }
 
+static napi_value rw_nowait(napi_env env, napi_callback_info info, int write) {
+  size_t argc = 3;
+  napi_value argv[3], result;
+  int fd;
+  int64_t offset;
+  void *data;
+  size_t length;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_get_value_int32(env, argv[0], &fd);
+  if (napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a Buffer");
+    return NULL;
+  }
+  napi_get_value_int64(env, argv[2], &offset);
+  struct iovec iov = {data, length};
+  ssize_t n = write ? pwritev2(fd, &iov, 1, offset, RWF_NOWAIT) : preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == ENOSYS) {
+      napi_create_int64(env, -1, &result);
+      return result;
+    }
+    napi_throw(env, make_error(env, errno, write ? "pwritev2" : "preadv2"));
+    return NULL;
+  }
+  napi_create_int64(env, n, &result);
+  return result;
+}
+
+static napi_value pread_nowait(napi_env env, napi_callback_info info) { return rw_nowait(env, info, 0); }
+static napi_value pwrite_nowait(napi_env env, napi_callback_info info) { return rw_nowait(env, info, 1); }
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"pwriteNowait", NULL, pwrite_nowait, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  napi_define_properties(env, exports, 3, props);
+  napi_define_properties(env, exports, 5, props);
   return exports;
 }
 

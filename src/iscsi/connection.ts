@@ -186,14 +186,14 @@ export class Connection {
 
   // ---- Output -------------------------------------------------------------------------------
 
-  /** Queue one PDU. Writes within one tick go out as one writev. */
+  /** Queue one PDU. Everything sent within one event-loop turn goes out as one writev. */
   send(bhs: Buffer, data?: Buffer): void {
     if (this.closed) return;
     const s = this.socket;
     if (!this.corked) {
       this.corked = true;
       s.cork();
-      process.nextTick(() => {
+      setImmediate(() => {
         this.corked = false;
         s.uncork();
       });

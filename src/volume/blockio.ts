@@ -8,6 +8,10 @@ interface BlockIoAddon {
   punchHole(fd: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
+  /** Bytes read inline, or -1 when the read would wait for the disk. */
+  preadNowait(fd: number, buffer: Buffer, offset: number): number;
+  /** Bytes written inline, or -1 when the write would block. */
+  pwriteNowait(fd: number, buffer: Buffer, offset: number): number;
 }
 
 function load(): BlockIoAddon | undefined {

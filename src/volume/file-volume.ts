@@ -141,6 +141,12 @@ export class FileVolume implements Volume {
     this.check(offsetBytes, lengthBytes);
     const buf = Buffer.allocUnsafe(lengthBytes);
     let done = 0;
+    // Page-cache hits are served inline; anything that would wait for the disk goes to the pool.
+    if (blockio) {
+      const n = blockio.preadNowait(this.fh.fd, buf, offsetBytes);
+      if (n === lengthBytes) return buf;
+      if (n > 0) done = n;
+    }
     while (done < lengthBytes) {
       const { bytesRead } = await this.fh.read(buf, done, lengthBytes - done, offsetBytes + done);
       if (bytesRead === 0) {
@@ -161,6 +167,11 @@ export class FileVolume implements Volume {
 
   private async pwriteAll(data: Buffer, offsetBytes: number): Promise<void> {
     let done = 0;
+    if (blockio) {
+      const n = blockio.pwriteNowait(this.fh.fd, data, offsetBytes);
+      if (n === data.length) return;
+      if (n > 0) done = n;
+    }
     while (done < data.length) {
       const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
       done += bytesWritten;
