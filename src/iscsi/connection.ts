@@ -187,7 +187,7 @@ export class Connection {
   // ---- Output -------------------------------------------------------------------------------
 
   /** Queue one PDU. Everything sent within one event-loop turn goes out as one writev. */
-  send(bhs: Buffer, data?: Buffer): void {
+  send(bhs: Buffer, data?: Buffer, onSent?: () => void): void {
     if (this.closed) return;
     const s = this.socket;
     if (!this.corked) {
@@ -202,10 +202,11 @@ export class Connection {
     if (this.headerDigest) s.write(writeDigest(digestOf([bhs])));
     const len = data ? data.length : 0;
     if (len) {
-      s.write(data!);
       const pad = P.padLength(len);
-      if (pad) s.write(PAD[pad]);
-      if (this.dataDigest) s.write(writeDigest(digestOf([data!], pad)));
+      const last = !pad && !this.dataDigest;
+      s.write(data!, last ? onSent : undefined);
+      if (pad) s.write(PAD[pad], this.dataDigest ? undefined : onSent);
+      if (this.dataDigest) s.write(writeDigest(digestOf([data!], pad)), onSent);
     }
     this.host.count('pdus_out');
     if (s.writableLength > SEND_QUEUE_HIGH && !s.isPaused()) s.pause();

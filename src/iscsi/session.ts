@@ -5,6 +5,7 @@
  * (SendTargets) and logout. One connection per session (MaxConnections=1). The session never
  * looks inside a CDB: it hands commands to the target's `ScsiTarget`.
  */
+import { releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { TaskAttribute, TmfFunction, TmfResponse, type Nexus, type ScsiResult } from '../scsi/port';
 import {
@@ -21,7 +22,8 @@ import { encodeText, parseText, type TextPairs } from './text';
 /** What a session needs from its connection. */
 export interface SessionLink {
   statSN: number;
-  send(bhs: Buffer, data?: Buffer): void;
+  /** `onSent`: called once the socket has taken the bytes (the data buffer may be reused). */
+  send(bhs: Buffer, data?: Buffer, onSent?: () => void): void;
   /** Close after queued output is written. */
   end(): void;
   readonly localAddress: string;
@@ -390,8 +392,8 @@ export class Session {
           this.seq(withStatus),
           n,
         );
-        this.link.send(hdr, data.subarray(off, off + n));
         off += n;
+        this.link.send(hdr, data.subarray(off - n, off), off === len ? () => releaseBuffer(data) : undefined);
       }
       if (statusInData) return;
     }

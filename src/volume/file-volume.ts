@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { acquireBuffer } from '../common/buffer-pool';
 import { blockio, punchHole } from './blockio';
 import { VolumeError, VolumeErrorCode } from './errors';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
@@ -139,7 +140,7 @@ export class FileVolume implements Volume {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.check(offsetBytes, lengthBytes);
-    const buf = Buffer.allocUnsafe(lengthBytes);
+    const buf = acquireBuffer(lengthBytes);
     let done = 0;
     // Page-cache hits are served inline; anything that would wait for the disk goes to the pool.
     if (blockio) {
