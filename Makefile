@@ -8,8 +8,9 @@ VOLUME ?= vol1:1G
 ISCSI ?= 127.0.0.1:3260
 HTTP ?= 127.0.0.1:9464
 
-# Debian packages: real initiators for the tests, tgt for side-by-side benchmarks.
-TEST_PKGS := libiscsi-bin qemu-utils tgt
+# Debian packages: real initiators for the tests, tgt for side-by-side comparison, Prometheus
+# (promtool and a real server for the metrics tests) and docker-compose (compose file validation).
+TEST_PKGS := libiscsi-bin qemu-utils tgt prometheus docker-compose
 BENCH_PKGS := $(TEST_PKGS) lz4
 
 .PHONY: build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
@@ -37,6 +38,7 @@ sysdeps-bench:
 	$(call apt_install,$(BENCH_PKGS))
 
 build: deps native/build/blockio.node
+	rm -rf dist/test
 	$(NODE_BIN)/tsc -p tsconfig.json
 
 # A primary on loopback with one default volume (the replica joins with issue 4).
