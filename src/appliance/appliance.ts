@@ -36,6 +36,11 @@ export interface ApplianceStatus {
   volumes: VolumeStatus[];
 }
 
+/** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
+export interface ApplianceHooks {
+  onCommandComplete?: (volume: string, op: string, status: number, durationNs: bigint) => void;
+}
+
 export class Appliance {
   private readonly served = new Map<string, ServedVolume>();
   private iscsi?: IscsiServer;
@@ -45,12 +50,12 @@ export class Appliance {
   private stopping?: Promise<void>;
   readonly dataDir: DataDir;
 
-  private constructor(readonly config: ApplianceConfig, readonly logger: Logger) {
+  private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
     this.dataDir = new DataDir(config.dataDir);
   }
 
-  static async start(config: ApplianceConfig, logger: Logger): Promise<Appliance> {
-    const app = new Appliance(config, logger);
+  static async start(config: ApplianceConfig, logger: Logger, hooks: ApplianceHooks = {}): Promise<Appliance> {
+    const app = new Appliance(config, logger, hooks);
     try {
       await app.open();
     } catch (e) {
@@ -76,6 +81,7 @@ export class Appliance {
         stateDir: this.dataDir.stateDir(v.name),
         resolveByDesignator: (naa: Buffer) => this.volumeByDesignator(naa),
         logger: logger.child({ volume: v.name }),
+        onCommandComplete: this.hooks.onCommandComplete && ((op: string, status: number, ns: bigint) => this.hooks.onCommandComplete!(v.name, op, status, ns)),
       });
       const entry: TargetEntry = { name, alias: v.name, auth: toTargetAuth(config.targets[v.name] ?? config.auth), scsi: target };
       this.served.set(v.name, { volume, image, target, entry });

@@ -36,16 +36,18 @@ export function register(program: Command): void {
         fail(e, 'offsite serve');
       }
       const logger = createLogger(config.logLevel);
+      const metrics = createMetrics();
       let app: Appliance;
       try {
-        app = await Appliance.start(config, logger);
+        app = await Appliance.start(config, logger, metrics.hooks);
       } catch (e) {
         logger.flush?.();
         fail(e, 'offsite serve');
       }
+      metrics.attach(app);
       let httpServer;
       try {
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: createMetrics(app) }, logger);
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry }, logger);
       } catch (e) {
         await app.stop();
         fail(e, 'offsite serve: http');
