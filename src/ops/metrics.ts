@@ -25,10 +25,10 @@ function opClass(op: string): string {
 
 export function createMetrics(): Metrics {
   const registry = new client.Registry();
-  client.collectDefaultMetrics({ register: registry, prefix: 'offsite_process_' });
+  client.collectDefaultMetrics({ register: registry, prefix: 'offsite_' });
   // prom-client also exports three gauges named *_total (beside the same gauges without the
   // suffix), which promtool rejects as non-counters: drop the duplicates.
-  for (const what of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`offsite_process_nodejs_active_${what}_total`);
+  for (const what of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`offsite_nodejs_active_${what}_total`);
   let app: Appliance | undefined;
 
   const latency = new client.Histogram({
