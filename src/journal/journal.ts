@@ -1,0 +1,718 @@
+/**
+ * The write-ahead journal: one LevelDB database under `<data>/journal`, one global sequence
+ * across every volume of the appliance (a consistency group).
+ *
+ * Layout (all keys start with a one-byte kind):
+ *   'r' seq(8) vol(2) op(1) offset(8) length(8) time(8)  → segment(4) position(8) dataLength(4)
+ *       LevelDB holds the ordered index of records; the record data (a write's bytes, a WRITE
+ *       SAME block) is appended to segment files `<journal>/segments/<n>.seg` first, then the
+ *       index entry is batched. LevelDB copying 128 KiB values through its log, memtable and
+ *       compactions halved write throughput (≈270 MB/s here); a value log costs one page-cache
+ *       copy. Segments are deleted whole once every record in them is trimmed.
+ *   'm' 'volumes'     → JSON list of volume names (index = vol field)
+ *   'm' 'checkpoint'  → JSON { imageSeq }: every record ≤ imageSeq is durable in the images
+ *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
+ *
+ * Group commit: `append` assigns the sequence number synchronously (call order is journal
+ * order) and queues the record; one `db.batch()` at a time carries everything queued meanwhile.
+ * A batch is written with sync when any waiter asked for durability (FUA, SYNCHRONIZE CACHE).
+ *
+ * Retention and point in time: records are trimmed once they are in the images (checkpoint)
+ * and, when configured, acknowledged by the replica and older than the history window. With a
+ * history window, trimmed records are first applied to per-volume base images
+ * (`<journal>/base/<vol>.img`), so base + retained records reproduce every retained moment.
+ * Without one, the retained window is just the latest state. A size cap never stalls writes:
+ * past it, trimming ignores the history window (the oldest history is folded into the base).
+ */
+import { closeSync, fdatasync, openSync, readSync, readdirSync, unlink, writeSync } from 'node:fs';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { Level } from 'level';
+import type { Logger } from '../common/logger';
+import { JournalError, JournalErrorCode } from './errors';
+
+export type RecordOp = 'write' | 'writeSame' | 'unmap';
+const OP_CODES: Record<RecordOp, number> = { write: 0, writeSame: 1, unmap: 2 };
+const OPS: RecordOp[] = ['write', 'writeSame', 'unmap'];
+
+export interface JournalRecord {
+  seq: number;
+  timeMs: number;
+  volume: string;
+  op: RecordOp;
+  offsetBytes: number;
+  lengthBytes: number;
+  /** write: the data; writeSame: one block; unmap: empty. */
+  data: Buffer;
+}
+
+export interface JournalOptions {
+  dir: string;
+  logger?: Logger;
+  /** Size cap: past it, history is folded into the base regardless of the window. */
+  maxBytes?: number;
+  /** History kept for point-in-time replay. */
+  retainMs?: number;
+  retainBytes?: number;
+  /** Keep records until the replica acknowledges them. */
+  replicated?: boolean;
+}
+
+export interface JournalStats {
+  headSeq: number;
+  oldestSeq: number;
+  records: number;
+  bytes: number;
+  perVolume: Record<string, { records: number; bytes: number }>;
+  appends: number;
+  batches: number;
+  /** Sum of batch sizes, for the mean group-commit size. */
+  batchedRecords: number;
+  syncs: number;
+  trimmed: number;
+  /** Records folded into the base by the size cap before their history window ended. */
+  folded: number;
+  imageSeq: number;
+  replicaAckedSeq: number;
+  baseSeq?: number;
+  baseTimeMs?: number;
+  oldestTimeMs?: number;
+  /** Append latency samples since the last drain (seconds), for histograms. */
+  drainAppendLatencies(): number[];
+  /** Batch sizes since the last drain. */
+  drainBatchSizes(): number[];
+}
+
+const KEY_LEN = 1 + 8 + 2 + 1 + 8 + 8 + 8;
+
+function u64(b: Buffer, off: number, v: number): void {
+  b.writeUInt32BE(Math.floor(v / 0x100000000), off);
+  b.writeUInt32BE(v >>> 0, off + 4);
+}
+function r64(b: Buffer, off: number): number {
+  return b.readUInt32BE(off) * 0x100000000 + b.readUInt32BE(off + 4);
+}
+
+export function recordKey(seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): Buffer {
+  const k = Buffer.allocUnsafe(KEY_LEN);
+  k[0] = 0x72; // 'r'
+  u64(k, 1, seq);
+  k.writeUInt16BE(vol, 9);
+  k[11] = OP_CODES[op];
+  u64(k, 12, offset);
+  u64(k, 20, length);
+  u64(k, 28, timeMs);
+  return k;
+}
+
+function seqKey(seq: number): Buffer {
+  const k = Buffer.alloc(9);
+  k[0] = 0x72;
+  u64(k, 1, seq);
+  return k;
+}
+
+interface DecodedKey {
+  seq: number;
+  vol: number;
+  op: RecordOp;
+  offsetBytes: number;
+  lengthBytes: number;
+  timeMs: number;
+}
+
+export function decodeKey(k: Buffer): DecodedKey {
+  if (k.length !== KEY_LEN || k[0] !== 0x72 || k[11] > 2) throw new JournalError(JournalErrorCode.Corrupt, `malformed journal key (${k.length} bytes)`);
+  return { seq: r64(k, 1), vol: k.readUInt16BE(9), op: OPS[k[11]], offsetBytes: r64(k, 12), lengthBytes: r64(k, 20), timeMs: r64(k, 28) };
+}
+
+const META_VOLUMES = Buffer.from('mvolumes');
+const META_CHECKPOINT = Buffer.from('mcheckpoint');
+const META_BASE = Buffer.from('mbase');
+const RECORD_END = Buffer.from([0x73]);
+const EMPTY_DATA = Buffer.alloc(0);
+
+interface Pending {
+  key: Buffer;
+  value: Buffer;
+  seq: number;
+  started: bigint;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** Applies records to an image (the journaled volume's image, a base, or a replay output). */
+export interface RecordTarget {
+  apply(rec: JournalRecord): Promise<void>;
+}
+
+const SEGMENT_BYTES = 64 * 1024 * 1024;
+
+/** Append-only data files holding record bytes; the LevelDB index points into them. */
+class SegmentStore {
+  private current?: { id: number; fd: number; size: number };
+  private readFds = new Map<number, number>();
+  private dirty = new Set<number>();
+  /** Highest sequence number stored in each segment. */
+  private maxSeq = new Map<number, number>();
+  private nextId: number;
+
+  constructor(private readonly dir: string) {
+    let max = 0;
+    for (const f of readdirSync(dir)) {
+      const m = /^(\d+)\.seg$/.exec(f);
+      if (m) max = Math.max(max, Number(m[1]));
+    }
+    this.nextId = max + 1;
+  }
+
+  private path(id: number): string {
+    return path.join(this.dir, `${String(id).padStart(8, '0')}.seg`);
+  }
+
+  /** Append data; returns where it went. Synchronous: the bytes are in the page cache on return. */
+  append(data: Buffer, seq: number): { segment: number; position: number } {
+    let cur = this.current;
+    if (!cur || cur.size + data.length > SEGMENT_BYTES) {
+      if (cur) this.dirty.add(cur.id);
+      const id = this.nextId++;
+      cur = this.current = { id, fd: openSync(this.path(id), 'a+'), size: 0 };
+      this.readFds.set(id, cur.fd);
+    }
+    const position = cur.size;
+    let done = 0;
+    while (done < data.length) done += writeSync(cur.fd, data, done, data.length - done, position + done);
+    cur.size += data.length;
+    this.dirty.add(cur.id);
+    this.maxSeq.set(cur.id, seq);
+    return { segment: cur.id, position };
+  }
+
+  /** Note a segment found through the index at load time. */
+  noteSeq(segment: number, seq: number): void {
+    if ((this.maxSeq.get(segment) ?? 0) < seq) this.maxSeq.set(segment, seq);
+  }
+
+  read(segment: number, position: number, length: number): Buffer {
+    let fd = this.readFds.get(segment);
+    if (fd === undefined) {
+      fd = openSync(this.path(segment), 'r');
+      this.readFds.set(segment, fd);
+    }
+    const out = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const n = readSync(fd, out, done, length - done, position + done);
+      if (n === 0) throw new JournalError(JournalErrorCode.Corrupt, `journal segment ${segment} is short at ${position + done}`);
+      done += n;
+    }
+    return out;
+  }
+
+  /** fdatasync (on the thread pool) every segment written since the last call. */
+  async sync(): Promise<void> {
+    const fds: number[] = [];
+    for (const id of this.dirty) {
+      const fd = this.readFds.get(id);
+      if (fd !== undefined) fds.push(fd);
+    }
+    this.dirty.clear();
+    await Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fdatasync(fd, (e) => (e ? reject(e) : resolve())))));
+  }
+
+  /** Delete segments whose records are all ≤ seq (never the one being written). */
+  dropThrough(seq: number): void {
+    for (const [id, max] of this.maxSeq) {
+      if (max > seq || id === this.current?.id) continue;
+      const fd = this.readFds.get(id);
+      if (fd !== undefined) closeSync(fd);
+      this.readFds.delete(id);
+      this.maxSeq.delete(id);
+      this.dirty.delete(id);
+      // Off the event loop: freeing 64 MiB of page cache is not free.
+      unlink(this.path(id), () => undefined);
+    }
+  }
+
+  close(): void {
+    for (const fd of this.readFds.values()) closeSync(fd);
+    this.readFds.clear();
+    this.current = undefined;
+  }
+}
+
+function pointer(segment: number, position: number, length: number): Buffer {
+  const b = Buffer.allocUnsafe(16);
+  b.writeUInt32BE(segment, 0);
+  u64(b, 4, position);
+  b.writeUInt32BE(length, 12);
+  return b;
+}
+
+export class Journal {
+  private db: Level<Buffer, Buffer>;
+  private volumes: string[] = [];
+  private volumeIndex = new Map<string, number>();
+  private head = 0;
+  private oldest = 1;
+  private queue: Pending[] = [];
+  private syncWanted = false;
+  private writing?: Promise<void>;
+  private durableSeq = 0;
+  private writtenSeq = 0;
+  private waiters: { after: number; resolve: () => void }[] = [];
+  private times = new Map<number, number>();
+  private sizes: { seq: number; vol: number; bytes: number; timeMs: number }[] = [];
+  private sizesHead = 0;
+  private totalBytes = 0;
+  private perVolume = new Map<number, { records: number; bytes: number }>();
+  private imageSeq = 0;
+  private ackedSeq = 0;
+  private base?: { seq: number; timeMs: number };
+  private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0 };
+  private latencies: number[] = [];
+  private batchSizes: number[] = [];
+  private failed?: unknown;
+  private closed = false;
+  private trimming?: Promise<void>;
+  private segments!: SegmentStore;
+
+  private constructor(readonly opts: JournalOptions) {
+    // Large values, short lives: a big memtable so most records are trimmed before they ever
+    // reach an SST, no compression (block data rarely compresses cheaply), larger files.
+    const tuning = { writeBufferSize: 64 * 1024 * 1024, compression: false, maxFileSize: 32 * 1024 * 1024 };
+    this.db = new Level<Buffer, Buffer>(opts.dir, { keyEncoding: 'buffer', valueEncoding: 'buffer', ...tuning });
+  }
+
+  static async open(opts: JournalOptions): Promise<Journal> {
+    const j = new Journal(opts);
+    await mkdir(path.join(opts.dir, 'segments'), { recursive: true });
+    j.segments = new SegmentStore(path.join(opts.dir, 'segments'));
+    try {
+      await j.db.open();
+    } catch (e) {
+      throw new JournalError(JournalErrorCode.Open, `cannot open journal at ${opts.dir}: ${(e as Error).message}`, { cause: e });
+    }
+    await j.load();
+    return j;
+  }
+
+  get dir(): string {
+    return this.opts.dir;
+  }
+
+  private async load(): Promise<void> {
+    const vols = await this.db.get(META_VOLUMES);
+    if (vols) this.volumes = JSON.parse(vols.toString()) as string[];
+    this.volumes.forEach((v, i) => this.volumeIndex.set(v, i));
+    const cp = await this.db.get(META_CHECKPOINT);
+    if (cp) this.imageSeq = (JSON.parse(cp.toString()) as { imageSeq: number }).imageSeq;
+    const base = await this.db.get(META_BASE);
+    if (base) this.base = JSON.parse(base.toString()) as { seq: number; timeMs: number };
+    let first = 0;
+    for await (const [k, v] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
+      const d = decodeKey(k);
+      if (!first) first = d.seq;
+      this.head = d.seq;
+      this.segments.noteSeq(v.readUInt32BE(0), d.seq);
+      this.track(d.seq, d.vol, v.readUInt32BE(12), d.timeMs);
+    }
+    if (!first) {
+      this.head = Math.max(this.imageSeq, this.base?.seq ?? 0);
+      this.oldest = this.head + 1;
+    } else {
+      this.oldest = first;
+    }
+    this.durableSeq = this.writtenSeq = this.head;
+  }
+
+  private track(seq: number, vol: number, bytes: number, timeMs: number): void {
+    this.sizes.push({ seq, vol, bytes, timeMs });
+    this.totalBytes += bytes;
+    let pv = this.perVolume.get(vol);
+    if (!pv) this.perVolume.set(vol, (pv = { records: 0, bytes: 0 }));
+    pv.records++;
+    pv.bytes += bytes;
+  }
+
+  /** The index of a volume in this journal, registering it the first time. */
+  async registerVolume(name: string): Promise<void> {
+    if (this.volumeIndex.has(name)) return;
+    this.volumes.push(name);
+    this.volumeIndex.set(name, this.volumes.length - 1);
+    await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)));
+  }
+
+  volumeNames(): readonly string[] {
+    return this.volumes;
+  }
+
+  headSeq(): number {
+    return this.head;
+  }
+
+  oldestSeq(): number {
+    return this.oldest;
+  }
+
+  /** Highest sequence whose image write completed and was fsynced (recovery starts after it). */
+  checkpointSeq(): number {
+    return this.imageSeq;
+  }
+
+  timeOf(seq: number): number | undefined {
+    const i = this.indexOf(seq);
+    return i < 0 ? undefined : this.sizes[i].timeMs;
+  }
+
+  private indexOf(seq: number): number {
+    // sizes[sizesHead..] is sorted by seq and contiguous except across restarts' gaps: binary search.
+    let lo = this.sizesHead;
+    let hi = this.sizes.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const s = this.sizes[mid].seq;
+      if (s === seq) return mid;
+      if (s < seq) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
+  }
+
+  /**
+   * Append one record. The sequence number is assigned now (call order is journal order); the
+   * promise resolves once the record is in LevelDB (synced to disk when `sync`).
+   */
+  append(volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer, sync = false): { seq: number; done: Promise<void> } {
+    if (this.failed) return { seq: 0, done: Promise.reject(this.failed) };
+    if (this.closed) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Closed, 'journal is closed')) };
+    const vol = this.volumeIndex.get(volume);
+    if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
+    const seq = ++this.head;
+    const timeMs = Date.now();
+    const key = recordKey(seq, vol, op, offsetBytes, lengthBytes, timeMs);
+    let value: Buffer;
+    try {
+      const at = data.length ? this.segments.append(data, seq) : { segment: 0, position: 0 };
+      value = pointer(at.segment, at.position, data.length);
+    } catch (e) {
+      this.failed = new JournalError(JournalErrorCode.Write, `journal segment write failed: ${(e as Error).message}`, { cause: e });
+      this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
+      this.head--;
+      return { seq: 0, done: Promise.reject(this.failed) };
+    }
+    this.track(seq, vol, data.length, timeMs);
+    this.counters.appends++;
+    if (sync) this.syncWanted = true;
+    const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, seq, started: process.hrtime.bigint(), resolve, reject }));
+    if (!this.writing) this.writing = this.writeLoop();
+    return { seq, done };
+  }
+
+  /** Resolves once every record appended so far is synced to disk. */
+  async sync(): Promise<void> {
+    if (this.durableSeq >= this.head) return;
+    if (this.queue.length || this.writing) {
+      this.syncWanted = true;
+      if (!this.writing) this.writing = this.writeLoop();
+      while (this.durableSeq < this.head && this.writing) await this.writing;
+    }
+    if (this.durableSeq < this.head) {
+      // Everything was written without sync: a tiny synced write forces LevelDB's log to disk.
+      await this.segments.sync();
+      await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)), { sync: true });
+      this.counters.syncs++;
+      this.durableSeq = Math.max(this.durableSeq, this.writtenSeq);
+    }
+  }
+
+  private async writeLoop(): Promise<void> {
+    try {
+      while (this.queue.length) {
+        const batch = this.queue;
+        this.queue = [];
+        const sync = this.syncWanted;
+        this.syncWanted = false;
+        const ops = batch.map((p) => ({ type: 'put' as const, key: p.key, value: p.value }));
+        try {
+          if (sync) await this.segments.sync();
+          await this.db.batch(ops, { sync });
+        } catch (e) {
+          this.failed = new JournalError(JournalErrorCode.Write, `journal write failed: ${(e as Error).message}`, { cause: e });
+          this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
+          for (const p of batch) p.reject(this.failed);
+          for (const p of this.queue) p.reject(this.failed);
+          this.queue = [];
+          return;
+        }
+        const last = batch[batch.length - 1].seq;
+        this.writtenSeq = last;
+        if (sync) {
+          this.durableSeq = last;
+          this.counters.syncs++;
+        }
+        this.counters.batches++;
+        this.counters.batchedRecords += batch.length;
+        if (this.batchSizes.length < 10000) this.batchSizes.push(batch.length);
+        const now = process.hrtime.bigint();
+        for (const p of batch) {
+          if (this.latencies.length < 10000) this.latencies.push(Number(now - p.started) / 1e9);
+          p.resolve();
+        }
+        this.wake();
+      }
+    } finally {
+      this.writing = undefined;
+    }
+  }
+
+  private wake(): void {
+    if (!this.waiters.length) return;
+    const keep: typeof this.waiters = [];
+    for (const w of this.waiters) (this.writtenSeq > w.after ? w.resolve() : keep.push(w));
+    this.waiters = keep;
+  }
+
+  /** Resolves once a record with seq > afterSeq is written. */
+  waitForAppend(afterSeq: number): Promise<void> {
+    if (this.writtenSeq > afterSeq) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ after: afterSeq, resolve }));
+  }
+
+  /** Written records with seq > afterSeq, in order, up to about maxBytes of data (at least one). */
+  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.writtenSeq): Promise<JournalRecord[]> {
+    const out: JournalRecord[] = [];
+    let bytes = 0;
+    for await (const [k, v] of this.db.iterator({ gt: seqKey(afterSeq), lt: RECORD_END })) {
+      const d = decodeKey(k);
+      if (d.seq > untilSeq) break;
+      const data = this.dataOf(v);
+      out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
+      bytes += data.length;
+      if (bytes >= maxBytes) break;
+    }
+    return out;
+  }
+
+  /** Every retained record in (afterSeq, untilSeq] for one volume (or all), streamed in order. */
+  async *records(afterSeq: number, untilSeq: number, volume?: string): AsyncGenerator<JournalRecord> {
+    const vol = volume === undefined ? undefined : this.volumeIndex.get(volume);
+    if (volume !== undefined && vol === undefined) return;
+    for await (const [k, v] of this.db.iterator({ gt: seqKey(afterSeq), lt: RECORD_END })) {
+      const d = decodeKey(k);
+      if (d.seq > untilSeq) break;
+      if (vol !== undefined && d.vol !== vol) continue;
+      yield { seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data: this.dataOf(v) };
+    }
+  }
+
+  private dataOf(ptr: Buffer): Buffer {
+    const len = ptr.readUInt32BE(12);
+    return len ? this.segments.read(ptr.readUInt32BE(0), r64(ptr, 4), len) : EMPTY_DATA;
+  }
+
+  /** The images hold every record ≤ seq durably (after their fsync). */
+  async checkpoint(seq: number): Promise<void> {
+    if (seq <= this.imageSeq) return;
+    this.imageSeq = seq;
+    await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));
+  }
+
+  replicaAcked(seq: number): void {
+    if (seq > this.ackedSeq) this.ackedSeq = seq;
+  }
+
+  get replicaAckedSeq(): number {
+    return this.ackedSeq;
+  }
+
+  /** The point-in-time base (state right after `seq`), when history is kept. */
+  baseInfo(): { seq: number; timeMs: number } | undefined {
+    if (this.base) return this.base;
+    // Nothing ever trimmed with history on: the base is the empty volume before seq 1.
+    if (this.opts.retainMs || this.opts.retainBytes) return this.oldest === 1 ? { seq: 0, timeMs: 0 } : undefined;
+    return undefined;
+  }
+
+  baseImagePath(volume: string): string {
+    return path.join(this.opts.dir, 'base', `${volume}.img`);
+  }
+
+  /** Retained window for replay: from the base (or only the latest state) to the head. */
+  window(): { fromSeq: number; toSeq: number; fromTimeMs?: number; toTimeMs?: number } {
+    const base = this.baseInfo();
+    const toTimeMs = this.head ? this.timeOf(this.head) : undefined;
+    if (!base) return { fromSeq: this.head, toSeq: this.head, fromTimeMs: toTimeMs, toTimeMs };
+    return { fromSeq: base.seq, toSeq: this.head, fromTimeMs: base.seq === 0 ? this.timeOf(this.oldest) : base.timeMs, toTimeMs };
+  }
+
+  /**
+   * Remove records that no longer need to be kept. With history on, they are applied to the
+   * base images first (via `baseFor`). Runs one at a time; safe to call often.
+   */
+  trim(baseFor?: (volume: string, sizeBytes?: number) => Promise<RecordTarget>): Promise<void> {
+    this.trimming ??= this.trimNow(baseFor).finally(() => {
+      this.trimming = undefined;
+    });
+    return this.trimming;
+  }
+
+  private async trimNow(baseFor?: (volume: string) => Promise<RecordTarget>): Promise<void> {
+    const o = this.opts;
+    let limit = this.imageSeq;
+    if (o.replicated) limit = Math.min(limit, this.ackedSeq);
+    const history = !!(o.retainMs || o.retainBytes);
+    let historyLimit = limit;
+    if (history) {
+      const now = Date.now();
+      let keepBytes = 0;
+      // Walk back from the newest retained record while inside the window.
+      let i = this.sizes.length - 1;
+      for (; i >= this.sizesHead; i--) {
+        const r = this.sizes[i];
+        const inTime = o.retainMs ? now - r.timeMs <= o.retainMs : false;
+        const inBytes = o.retainBytes ? keepBytes + r.bytes <= o.retainBytes : false;
+        if (!inTime && !inBytes) break;
+        keepBytes += r.bytes;
+      }
+      historyLimit = Math.min(limit, i >= this.sizesHead ? this.sizes[i].seq : this.oldest - 1);
+    }
+    let upTo = historyLimit;
+    const over = o.maxBytes !== undefined && this.totalBytes > o.maxBytes;
+    if (over) {
+      // The cap wins over history (never over the images or the replica): fold the oldest.
+      let bytes = this.totalBytes;
+      let i = this.sizesHead;
+      while (i < this.sizes.length && bytes > o.maxBytes! * 0.9 && this.sizes[i].seq <= limit) bytes -= this.sizes[i++].bytes;
+      const capLimit = i > this.sizesHead ? this.sizes[i - 1].seq : this.oldest - 1;
+      if (capLimit > upTo) {
+        this.counters.folded += this.countBetween(upTo, capLimit);
+        upTo = capLimit;
+      }
+    }
+    if (upTo < this.oldest) return;
+    if (history && baseFor) {
+      const targets = new Map<string, RecordTarget>();
+      let lastTime = 0;
+      for await (const rec of this.records(this.oldest - 1, upTo)) {
+        let t = targets.get(rec.volume);
+        if (!t) targets.set(rec.volume, (t = await baseFor(rec.volume)));
+        await t.apply(rec);
+        lastTime = rec.timeMs;
+      }
+      for (const t of targets.values()) await (t as RecordTarget & { sync?(): Promise<void> }).sync?.();
+      this.base = { seq: upTo, timeMs: lastTime || Date.now() };
+      await this.db.put(META_BASE, Buffer.from(JSON.stringify(this.base)));
+    } else if (this.base || history) {
+      this.base = undefined;
+      await this.db.del(META_BASE);
+    }
+    await this.db.clear({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) });
+    this.segments.dropThrough(upTo);
+    let n = 0;
+    while (this.sizesHead < this.sizes.length && this.sizes[this.sizesHead].seq <= upTo) {
+      const r = this.sizes[this.sizesHead++];
+      this.totalBytes -= r.bytes;
+      const pv = this.perVolume.get(r.vol)!;
+      pv.records--;
+      pv.bytes -= r.bytes;
+      n++;
+    }
+    if (this.sizesHead > 4096 && this.sizesHead * 2 > this.sizes.length) {
+      this.sizes = this.sizes.slice(this.sizesHead);
+      this.sizesHead = 0;
+    }
+    this.counters.trimmed += n;
+    this.oldest = upTo + 1;
+  }
+
+  private countBetween(afterSeq: number, toSeq: number): number {
+    let n = 0;
+    for (let i = this.sizesHead; i < this.sizes.length && this.sizes[i].seq <= toSeq; i++) if (this.sizes[i].seq > afterSeq) n++;
+    return n;
+  }
+
+  stats(): JournalStats {
+    const perVolume: JournalStats['perVolume'] = {};
+    this.perVolume.forEach((v, k) => {
+      perVolume[this.volumes[k]] = { records: v.records, bytes: v.bytes };
+    });
+    const base = this.baseInfo();
+    return {
+      headSeq: this.head,
+      oldestSeq: this.oldest,
+      records: this.sizes.length - this.sizesHead,
+      bytes: this.totalBytes,
+      perVolume,
+      ...this.counters,
+      imageSeq: this.imageSeq,
+      replicaAckedSeq: this.ackedSeq,
+      baseSeq: base?.seq,
+      baseTimeMs: base?.timeMs,
+      oldestTimeMs: this.sizes.length > this.sizesHead ? this.sizes[this.sizesHead].timeMs : undefined,
+      drainAppendLatencies: () => this.latencies.splice(0),
+      drainBatchSizes: () => this.batchSizes.splice(0),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    while (this.writing) await this.writing;
+    if (this.trimming) await this.trimming.catch(() => undefined);
+    this.closed = true;
+    await this.segments.sync();
+    this.segments.close();
+    await this.db.close();
+  }
+}
+
+/** A sparse image file as a RecordTarget (base images, replay output). */
+export class ImageFileTarget implements RecordTarget {
+  private constructor(private readonly fh: FileHandle, readonly blockSize: number) {}
+
+  static async open(file: string, sizeBytes: number, create: boolean, blockSize = 512): Promise<ImageFileTarget> {
+    await mkdir(path.dirname(file), { recursive: true });
+    const fh = await open(file, create ? 'a+' : 'r+');
+    await fh.close();
+    const rw = await open(file, 'r+');
+    const st = await rw.stat();
+    if (st.size !== sizeBytes) await rw.truncate(sizeBytes);
+    return new ImageFileTarget(rw, blockSize);
+  }
+
+  async apply(rec: JournalRecord): Promise<void> {
+    await applyRecord(this.fh, rec);
+  }
+
+  async sync(): Promise<void> {
+    await this.fh.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+/** Write one record's effect onto a file (idempotent: records carry full data). */
+export async function applyRecord(fh: FileHandle, rec: JournalRecord): Promise<void> {
+  if (rec.op === 'write') {
+    await fh.write(rec.data, 0, rec.data.length, rec.offsetBytes);
+    return;
+  }
+  const chunk = 1024 * 1024;
+  let fill: Buffer;
+  if (rec.op === 'unmap') fill = Buffer.alloc(Math.min(chunk, rec.lengthBytes));
+  else {
+    const n = Math.max(1, Math.floor(Math.min(chunk, rec.lengthBytes) / rec.data.length));
+    fill = Buffer.alloc(n * rec.data.length);
+    for (let o = 0; o < fill.length; o += rec.data.length) rec.data.copy(fill, o);
+  }
+  for (let o = 0; o < rec.lengthBytes; o += fill.length) {
+    const n = Math.min(fill.length, rec.lengthBytes - o);
+    await fh.write(fill, 0, n, rec.offsetBytes + o);
+  }
+}
+
+export async function removeJournal(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}

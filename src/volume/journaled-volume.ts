@@ -1,0 +1,216 @@
+/**
+ * The journaled volume: every state-changing call becomes a journal record before it reaches
+ * the image, and overlapping writes reach the image in journal order. FUA and flush return
+ * only once everything before them is durable (journal synced, image fsynced). The keeper
+ * checkpoints images and trims the journal in the background; `recover` replays the journal
+ * tail onto the images after a crash, before anything is served.
+ */
+import type { Logger } from '../common/logger';
+import { ImageFileTarget, type Journal, type JournalRecord, type RecordTarget } from '../journal/journal';
+import type { FileVolume } from './file-volume';
+import type { AllocationExtent, Volume, WriteOptions } from './volume';
+
+/** Sequence numbers appended but not yet in their image, across every volume of the journal. */
+export class ImageTracker {
+  private inflight: number[] = [];
+  private head = 0;
+  private done = new Set<number>();
+
+  begin(seq: number): void {
+    this.inflight.push(seq);
+  }
+
+  end(seq: number): void {
+    this.done.add(seq);
+    while (this.head < this.inflight.length && this.done.has(this.inflight[this.head])) {
+      this.done.delete(this.inflight[this.head]);
+      this.head++;
+    }
+    if (this.head > 1024 && this.head * 2 > this.inflight.length) {
+      this.inflight = this.inflight.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Every record ≤ the result is in its image (given the journal head). */
+  safeSeq(journalHead: number): number {
+    return this.head < this.inflight.length ? this.inflight[this.head] - 1 : journalHead;
+  }
+}
+
+interface Inflight {
+  start: number;
+  end: number;
+  done: Promise<unknown>;
+}
+
+export class JournaledVolume implements Volume {
+  readonly name: string;
+  readonly blockSize: number;
+  readonly sizeBytes: number;
+  readonly uuid: Buffer;
+  readonly thin: boolean;
+  private inflight: Inflight[] = [];
+  /** Sequence number of the last record appended for this volume. */
+  lastSeq = 0;
+
+  constructor(readonly image: FileVolume, private readonly journal: Journal, private readonly tracker: ImageTracker, readonly readOnly = image.readOnly) {
+    this.name = image.name;
+    this.blockSize = image.blockSize;
+    this.sizeBytes = image.sizeBytes;
+    this.uuid = image.uuid;
+    this.thin = image.thin;
+  }
+
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.image.read(offsetBytes, lengthBytes);
+  }
+
+  write(offsetBytes: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    return this.change('write', offsetBytes, data.length, data, opts?.fua ?? false, () => this.image.write(offsetBytes, data));
+  }
+
+  writeSame(offsetBytes: number, lengthBytes: number, pattern: Buffer, opts?: WriteOptions): Promise<void> {
+    return this.change('writeSame', offsetBytes, lengthBytes, pattern, opts?.fua ?? false, () => this.image.writeSame(offsetBytes, lengthBytes, pattern));
+  }
+
+  unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.change('unmap', offsetBytes, lengthBytes, EMPTY, false, () => this.image.unmap(offsetBytes, lengthBytes));
+  }
+
+  private async change(op: JournalRecord['op'], offset: number, length: number, data: Buffer, fua: boolean, applyToImage: () => Promise<void>): Promise<void> {
+    if (this.readOnly) return this.image.write(offset, data); // the image refuses with its own error
+    const { seq, done } = this.journal.append(this.name, op, offset, length, data, fua);
+    this.lastSeq = seq;
+    this.tracker.begin(seq);
+    try {
+      await done;
+      // Overlapping writes still in flight were appended earlier: let them land first.
+      const end = offset + length;
+      const before = this.inflight.filter((w) => w.start < end && offset < w.end);
+      if (before.length) await Promise.all(before.map((w) => w.done));
+      const p = applyToImage();
+      const entry: Inflight = { start: offset, end, done: p.catch(() => undefined) };
+      this.inflight.push(entry);
+      try {
+        await p;
+      } finally {
+        const i = this.inflight.indexOf(entry);
+        if (i >= 0) this.inflight.splice(i, 1);
+      }
+    } finally {
+      this.tracker.end(seq);
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.journal.sync();
+    await this.image.flush();
+  }
+
+  allocation(offsetBytes: number, lengthBytes: number): Promise<AllocationExtent[]> {
+    return this.image.allocation(offsetBytes, lengthBytes);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.inflight.map((w) => w.done));
+    await this.image.flush();
+    await this.image.close();
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Apply a record to a live image volume (recovery, replica apply). */
+export async function applyToVolume(v: Volume, rec: JournalRecord): Promise<void> {
+  if (rec.op === 'write') await v.write(rec.offsetBytes, rec.data);
+  else if (rec.op === 'writeSame') await v.writeSame(rec.offsetBytes, rec.lengthBytes, rec.data);
+  else await v.unmap(rec.offsetBytes, rec.lengthBytes);
+}
+
+export interface RecoveryReport {
+  fromSeq: number;
+  toSeq: number;
+  records: number;
+  bytes: number;
+}
+
+/**
+ * After a crash: replay every record past the checkpoint onto its image (idempotent), fsync,
+ * and move the checkpoint to the head.
+ */
+export async function recoverImages(journal: Journal, images: ReadonlyMap<string, FileVolume>, logger?: Logger): Promise<RecoveryReport> {
+  const from = journal.checkpointSeq();
+  const to = journal.headSeq();
+  let records = 0;
+  let bytes = 0;
+  for await (const rec of journal.records(from, to)) {
+    const img = images.get(rec.volume);
+    if (!img) {
+      logger?.warn({ volume: rec.volume, seq: rec.seq }, 'journal record for a volume that is not served; kept, not applied');
+      continue;
+    }
+    await applyToVolume(img, rec);
+    records++;
+    bytes += rec.lengthBytes;
+  }
+  for (const img of images.values()) await img.flush();
+  await journal.checkpoint(to);
+  return { fromSeq: from + 1, toSeq: to, records, bytes };
+}
+
+/**
+ * Background upkeep: checkpoint (fsync images, record the safe sequence) and trim the journal
+ * (feeding history into the base images), every `intervalMs` and on demand.
+ */
+export class JournalKeeper {
+  private timer?: NodeJS.Timeout;
+  private running?: Promise<void>;
+
+  constructor(
+    private readonly journal: Journal,
+    private readonly tracker: ImageTracker,
+    private readonly volumes: () => Iterable<JournaledVolume>,
+    private readonly logger?: Logger,
+    intervalMs = 1000,
+  ) {
+    this.timer = setInterval(() => void this.tick().catch((e: unknown) => this.logger?.error({ err: e }, 'journal upkeep failed')), intervalMs);
+    this.timer.unref();
+  }
+
+  tick(): Promise<void> {
+    this.running ??= this.run().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async run(): Promise<void> {
+    const safe = this.tracker.safeSeq(this.journal.headSeq());
+    if (safe > this.journal.checkpointSeq()) {
+      await this.journal.sync();
+      for (const v of this.volumes()) await v.image.flush();
+      await this.journal.checkpoint(safe);
+    }
+    const sizes = new Map<string, number>();
+    for (const v of this.volumes()) sizes.set(v.name, v.sizeBytes);
+    const opened: ImageFileTarget[] = [];
+    try {
+      await this.journal.trim(async (volume): Promise<RecordTarget> => {
+        const size = sizes.get(volume);
+        if (size === undefined) throw new Error(`no size for volume ${volume}`);
+        const t = await ImageFileTarget.open(this.journal.baseImagePath(volume), size, true);
+        opened.push(t);
+        return t;
+      });
+    } finally {
+      for (const t of opened) await t.close();
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    if (this.running) await this.running.catch(() => undefined);
+    await this.tick();
+  }
+}
