@@ -7,9 +7,9 @@ import type { TargetDirectory, TargetEntry } from '../iscsi/targets';
 import { createScsiTarget, naaDesignator } from '../scsi';
 import type { Logger } from '../common/logger';
 import { formatHostPort, type HostPort } from '../common/units';
-import { Journal } from '../journal/journal';
+import { Journal } from '../journal/wal';
 import { FileVolume } from '../volume/file-volume';
-import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled-volume';
+import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
 import type { Volume } from '../volume/volume';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
@@ -98,6 +98,7 @@ export class Appliance {
         maxBytes: config.journal.maxBytes,
         retainMs: config.journal.retainMs,
         retainBytes: config.journal.retainBytes,
+        ownsRetention: true,
       }));
       for (const name of images.keys()) await journal.registerVolume(name);
       const writable = new Map([...images].filter(([, img]) => !img.readOnly));

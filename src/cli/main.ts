@@ -2,6 +2,8 @@
 /** The `offsite` command. Each subcommand lives in its own module with a `register(program)`. */
 import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE } from './exit';
+import { register as registerJournal } from './journal-inspect';
+import { register as registerReplay } from './replay';
 import { register as registerServe } from './serve';
 
 const program = new Command();
@@ -16,14 +18,8 @@ program
 
 registerServe(program);
 
-for (const mod of ['./commands/replay', './commands/journal']) {
-  try {
-    // Optional command modules register themselves when present.
-    (require(mod) as { register(p: Command): void }).register(program);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
-  }
-}
+registerReplay(program);
+registerJournal(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`offsite: ${(e as Error).message}\n`);

@@ -29,7 +29,7 @@ import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
 import type { Logger } from '../common/logger';
-import { JournalError, JournalErrorCode } from './errors';
+import { JournalError, JournalErrorCode } from './wal-errors';
 
 export type RecordOp = 'write' | 'writeSame' | 'unmap';
 const OP_CODES: Record<RecordOp, number> = { write: 0, writeSame: 1, unmap: 2 };
@@ -56,6 +56,11 @@ export interface JournalOptions {
   retainBytes?: number;
   /** Keep records until the replica acknowledges them. */
   replicated?: boolean;
+  /**
+   * The appliance states its retention (persisted, so tools opening a stopped journal know
+   * what history exists); tools leave this unset and use what was persisted.
+   */
+  ownsRetention?: boolean;
 }
 
 export interface JournalStats {
@@ -129,6 +134,7 @@ export function decodeKey(k: Buffer): DecodedKey {
 const META_VOLUMES = Buffer.from('mvolumes');
 const META_CHECKPOINT = Buffer.from('mcheckpoint');
 const META_BASE = Buffer.from('mbase');
+const META_RETENTION = Buffer.from('mretention');
 const RECORD_END = Buffer.from([0x73]);
 const EMPTY_DATA = Buffer.alloc(0);
 
@@ -277,7 +283,7 @@ export class Journal {
   private trimming?: Promise<void>;
   private segments!: SegmentStore;
 
-  private constructor(readonly opts: JournalOptions) {
+  private constructor(private readonly opts: JournalOptions) {
     // Large values, short lives: a big memtable so most records are trimmed before they ever
     // reach an SST, no compression (block data rarely compresses cheaply), larger files.
     const tuning = { writeBufferSize: 64 * 1024 * 1024, compression: false, maxFileSize: 32 * 1024 * 1024 };
@@ -307,6 +313,16 @@ export class Journal {
     this.volumes.forEach((v, i) => this.volumeIndex.set(v, i));
     const cp = await this.db.get(META_CHECKPOINT);
     if (cp) this.imageSeq = (JSON.parse(cp.toString()) as { imageSeq: number }).imageSeq;
+    if (this.opts.ownsRetention) {
+      await this.db.put(META_RETENTION, Buffer.from(JSON.stringify({ retainMs: this.opts.retainMs ?? 0, retainBytes: this.opts.retainBytes ?? 0 })));
+    } else {
+      const r = await this.db.get(META_RETENTION);
+      if (r) {
+        const kept = JSON.parse(r.toString()) as { retainMs: number; retainBytes: number };
+        this.opts.retainMs ??= kept.retainMs || undefined;
+        this.opts.retainBytes ??= kept.retainBytes || undefined;
+      }
+    }
     const base = await this.db.get(META_BASE);
     if (base) this.base = JSON.parse(base.toString()) as { seq: number; timeMs: number };
     let first = 0;
@@ -715,4 +731,14 @@ export async function applyRecord(fh: FileHandle, rec: JournalRecord): Promise<v
 
 export async function removeJournal(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
+}
+
+/** The last retained sequence number written at or before `timeMs` (0 when none). */
+export async function seqAtTime(journal: Journal, timeMs: number): Promise<number> {
+  let seq = 0;
+  for await (const rec of journal.records(journal.oldestSeq() - 1, journal.headSeq())) {
+    if (rec.timeMs > timeMs) break;
+    seq = rec.seq;
+  }
+  return seq;
 }

@@ -6,7 +6,7 @@
  * tail onto the images after a crash, before anything is served.
  */
 import type { Logger } from '../common/logger';
-import { ImageFileTarget, type Journal, type JournalRecord, type RecordTarget } from '../journal/journal';
+import { ImageFileTarget, type Journal, type JournalRecord, type RecordTarget } from '../journal/wal';
 import type { FileVolume } from './file-volume';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
 

@@ -1,0 +1,59 @@
+/** `offsite journal inspect`: what a stopped appliance's journal holds. */
+import type { Command } from 'commander';
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Journal } from '../journal/wal';
+import { describeWindow } from '../journal/point-in-time';
+import { fail } from './exit';
+import { openStoppedJournal } from './replay';
+
+export function register(program: Command): void {
+  const journal = program.command('journal').description('inspect the write-ahead journal');
+  journal
+    .command('inspect')
+    .description('head and oldest sequence, retained window, records and bytes per volume, base')
+    .requiredOption('--data <dir>', 'data directory of a stopped appliance')
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { data: string; json?: boolean }) => {
+      let j: Journal | undefined;
+      try {
+        j = (await openStoppedJournal(opts.data)).journal;
+        const st = j.stats();
+        const w = j.window();
+        const segDir = path.join(j.dir, 'segments');
+        const segs = await readdir(segDir).catch(() => [] as string[]);
+        let segBytes = 0;
+        for (const f of segs) segBytes += (await stat(path.join(segDir, f))).size;
+        const iso = (t?: number) => (t ? new Date(t).toISOString() : null);
+        const out = {
+          headSeq: st.headSeq,
+          oldestSeq: st.oldestSeq,
+          checkpointSeq: st.imageSeq,
+          records: st.records,
+          bytes: st.bytes,
+          window: { fromSeq: w.fromSeq, toSeq: w.toSeq, fromTime: iso(w.fromTimeMs), toTime: iso(w.toTimeMs) },
+          volumes: st.perVolume,
+          base: st.baseSeq === undefined ? null : { seq: st.baseSeq, time: iso(st.baseTimeMs) },
+          segments: { files: segs.length, bytes: segBytes },
+        };
+        if (opts.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+        else {
+          const lines = [
+            `head sequence     ${out.headSeq}`,
+            `oldest retained   ${out.oldestSeq}`,
+            `checkpoint        ${out.checkpointSeq} (images hold everything up to here)`,
+            `retained window   ${describeWindow(j)}`,
+            `records           ${out.records} (${out.bytes} bytes of data in ${out.segments.files} segment files, ${out.segments.bytes} bytes)`,
+            `base              ${out.base ? `state after sequence ${out.base.seq}${out.base.time ? ` (${out.base.time})` : ''}` : 'none (no history kept)'}`,
+            'volumes:',
+            ...Object.entries(out.volumes).map(([v, s]) => `  ${v.padEnd(16)} ${String(s.records).padStart(8)} records  ${String(s.bytes).padStart(12)} bytes`),
+          ];
+          process.stdout.write(lines.join('\n') + '\n');
+        }
+        await j.close();
+      } catch (e) {
+        await j?.close().catch(() => undefined);
+        fail(e, 'offsite journal inspect');
+      }
+    });
+}
