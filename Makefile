@@ -10,7 +10,7 @@ HTTP ?= 127.0.0.1:9464
 
 # Debian packages: real initiators for the tests, tgt for side-by-side comparison, Prometheus
 # (promtool and a real server for the metrics tests) and docker-compose (compose file validation).
-TEST_PKGS := libiscsi-bin qemu-utils tgt prometheus docker-compose
+TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose
 BENCH_PKGS := $(TEST_PKGS) lz4
 
 .PHONY: build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration

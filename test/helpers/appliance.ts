@@ -7,6 +7,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import { after } from 'node:test';
+
+/** Every appliance a test file started; whatever a failed test left running is killed at the end. */
+const running = new Set<ChildProcess>();
+after(() => {
+  for (const p of running) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+});
 
 export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 export const TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
@@ -34,6 +41,8 @@ export async function startAppliance(opts: { dataDir?: string; volumes?: string[
   for (const v of opts.volumes ?? ['vol1:64M']) args.push('--volume', v);
   args.push(...(opts.args ?? []));
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json', ...opts.env } });
+  running.add(proc);
+  proc.once('exit', () => running.delete(proc));
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
