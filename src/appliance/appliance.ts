@@ -7,10 +7,15 @@ import type { TargetDirectory, TargetEntry } from '../iscsi/targets';
 import { createScsiTarget, naaDesignator } from '../scsi';
 import type { Logger } from '../common/logger';
 import { formatHostPort, type HostPort } from '../common/units';
+import path from 'node:path';
 import { Journal } from '../journal/wal';
 import { FileVolume } from '../volume/file-volume';
 import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
+import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { Volume } from '../volume/volume';
+import { Receiver } from '../replication/receiver';
+import { ReplicaStore } from './replica';
+import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
 
@@ -46,6 +51,19 @@ export interface ApplianceStatus {
     /** What `offsite replay` can reproduce: sequence and time range. */
     window: { fromSeq: number; toSeq: number; fromTime?: string; toTime?: string };
   };
+  // --- primary with --replicate-to ---
+  ackedSeq?: number;
+  rpoSeconds?: number;
+  backlogBytes?: number;
+  consistency?: string;
+  link?: Record<string, unknown>;
+  replication?: Omit<PrimaryReplicationStatus, 'ackedSeq' | 'rpoSeconds' | 'backlogBytes' | 'consistency' | 'link'>;
+  // --- replica ---
+  receivedSeq?: number;
+  appliedSeq?: number;
+  state?: 'syncing' | 'consistent';
+  consistentPoint?: { seq: number; primaryTime?: string } | null;
+  primarySiteId?: string;
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
@@ -63,6 +81,11 @@ export class Appliance {
   private iscsiAddress?: HostPort;
   private readonly startedAt = new Date();
   private stopping?: Promise<void>;
+  private replication?: PrimaryReplication;
+  private receiver?: Receiver;
+  private replicaStore?: ReplicaStore;
+  private replicaTimer?: NodeJS.Timeout;
+  private replicationAddress?: HostPort;
   readonly dataDir: DataDir;
 
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
@@ -84,13 +107,14 @@ export class Appliance {
     const { config, logger } = this;
     this.identity = await this.dataDir.init();
     await this.dataDir.lock();
+    if (config.role === 'replica') return this.openReplica();
     const existing = await FileVolume.list(this.dataDir.volumesDir);
     const wanted: VolumeConfig[] = config.volumes.length ? config.volumes : existing.map((name) => ({ name }));
     const images = new Map<string, FileVolume>();
     for (const v of wanted) {
-      images.set(v.name, await FileVolume.open({ dir: this.dataDir.volumesDir, name: v.name, sizeBytes: v.sizeBytes, readOnly: v.readOnly || config.role === 'replica' }));
+      images.set(v.name, await FileVolume.open({ dir: this.dataDir.volumesDir, name: v.name, sizeBytes: v.sizeBytes, readOnly: v.readOnly }));
     }
-    const journaled = config.journal.enabled && config.role === 'primary';
+    const journaled = config.journal.enabled;
     if (journaled) {
       const journal = (this.journal = await Journal.open({
         dir: this.dataDir.journalDir,
@@ -98,6 +122,7 @@ export class Appliance {
         maxBytes: config.journal.maxBytes,
         retainMs: config.journal.retainMs,
         retainBytes: config.journal.retainBytes,
+        replicated: !!config.replication.replicateTo,
         ownsRetention: true,
       }));
       for (const name of images.keys()) await journal.registerVolume(name);
@@ -113,23 +138,53 @@ export class Appliance {
     for (const v of wanted) {
       const image = images.get(v.name)!;
       const volume: Volume = this.journal && !image.readOnly ? new JournaledVolume(image, this.journal, this.tracker) : image;
-      const name = targetName(config.targetPrefix, v.name);
-      const target = await createScsiTarget({
-        targetName: name,
-        luns: [{ lun: 0, volume }],
-        stateDir: this.dataDir.stateDir(v.name),
-        resolveByDesignator: (naa: Buffer) => this.volumeByDesignator(naa),
-        logger: logger.child({ volume: v.name }),
-        onCommandComplete: this.hooks.onCommandComplete && ((op: string, status: number, ns: bigint) => this.hooks.onCommandComplete!(v.name, op, status, ns)),
-      });
-      const entry: TargetEntry = { name, alias: v.name, auth: toTargetAuth(config.targets[v.name] ?? config.auth), scsi: target };
-      this.served.set(v.name, { volume, image, target, entry });
-      logger.info({ volume: v.name, sizeBytes: image.sizeBytes, target: name, created: !existing.includes(v.name) }, 'volume ready');
+      await this.serveVolume(volume, image, !existing.includes(v.name));
     }
     if (this.journal) {
       const journal = this.journal;
-      this.keeper = new JournalKeeper(journal, this.tracker, () => [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume), logger.child({ layer: 'journal' }));
+      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume), logger.child({ layer: 'journal' }));
+      const to = config.replication.replicateTo;
+      if (to) {
+        const repl = (this.replication = new PrimaryReplication({
+          siteId: this.identity.siteId,
+          journal,
+          tracker: this.tracker,
+          images: () => new Map([...this.served].map(([n, sv]) => [n, sv.image])),
+          host: to.host,
+          port: to.port,
+          maxBandwidthBytesPerSec: config.replication.maxBandwidthBytesPerSec,
+          rpoTargetMs: config.replication.rpoTargetMs,
+          rpoPolicy: config.replication.rpoPolicy,
+          logger: logger.child({ layer: 'replication' }),
+        }));
+        for (const sv of this.served.values()) if (sv.volume instanceof JournaledVolume) sv.volume.ackDelay = () => repl.ackDelayMs();
+      }
     }
+    await this.listenIscsi();
+    if (this.replication) {
+      this.replication.start();
+      logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: config.replication.rpoTargetMs / 1000, rpoPolicy: config.replication.rpoPolicy, maxBandwidthBytesPerSec: config.replication.maxBandwidthBytesPerSec }, 'replication to the replica started');
+    }
+  }
+
+  private async serveVolume(volume: Volume, image: FileVolume, created: boolean): Promise<void> {
+    const { config, logger } = this;
+    const name = targetName(config.targetPrefix, volume.name);
+    const target = await createScsiTarget({
+      targetName: name,
+      luns: [{ lun: 0, volume }],
+      stateDir: this.dataDir.stateDir(volume.name),
+      resolveByDesignator: (naa: Buffer) => this.volumeByDesignator(naa),
+      logger: logger.child({ volume: volume.name }),
+      onCommandComplete: this.hooks.onCommandComplete && ((op: string, status: number, ns: bigint) => this.hooks.onCommandComplete!(volume.name, op, status, ns)),
+    });
+    const entry: TargetEntry = { name, alias: volume.name, auth: toTargetAuth(config.targets[volume.name] ?? config.auth), scsi: target };
+    this.served.set(volume.name, { volume, image, target, entry });
+    logger.info({ volume: volume.name, sizeBytes: image.sizeBytes, target: name, created, readOnly: volume.readOnly }, 'volume ready');
+  }
+
+  private async listenIscsi(): Promise<void> {
+    const { config, logger } = this;
     const served = this.served;
     const directory: TargetDirectory = {
       targets: () => [...served.values()].map((s) => s.entry),
@@ -137,7 +192,88 @@ export class Appliance {
     };
     this.iscsi = new IscsiServer({ directory, logger: logger.child({ layer: 'iscsi' }), nopIntervalMs: config.nop.intervalMs, nopTimeoutMs: config.nop.timeoutMs });
     this.iscsiAddress = await this.iscsi.listen(config.iscsi.host, config.iscsi.port);
-    logger.info({ iscsi: formatHostPort(this.iscsiAddress), role: config.role, siteId: this.identity.siteId }, 'appliance serving');
+    logger.info({ iscsi: formatHostPort(this.iscsiAddress), role: config.role, siteId: this.identity!.siteId }, 'appliance serving');
+  }
+
+  /**
+   * A replica: volumes come from the primary (created at the first handshake), served
+   * read-only; the receiver stores the primary's records in this site's journal and applies them.
+   */
+  private async openReplica(): Promise<void> {
+    const { config, logger } = this;
+    const existing = await FileVolume.list(this.dataDir.volumesDir);
+    const gate = new ApplyGate();
+    const volumes = new Map<string, ReplicaVolume>();
+    const images = new Map<string, FileVolume>();
+    for (const name of existing) {
+      const image = await FileVolume.open({ dir: this.dataDir.volumesDir, name, readOnly: false });
+      images.set(name, image);
+      volumes.set(name, new ReplicaVolume(image, gate));
+    }
+    const journal = (this.journal = await Journal.open({
+      dir: this.dataDir.journalDir,
+      logger: logger.child({ layer: 'journal' }),
+      maxBytes: config.journal.maxBytes,
+      retainMs: config.journal.retainMs,
+      retainBytes: config.journal.retainBytes,
+      ownsRetention: true,
+    }));
+    for (const name of images.keys()) await journal.registerVolume(name);
+    const report = await recoverImages(journal, images, logger);
+    if (report.records > 0) logger.warn({ ...report }, 'unclean stop detected: stored records replayed onto the replica volumes');
+    const store = (this.replicaStore = await ReplicaStore.open({
+      siteId: this.identity!.siteId,
+      journal,
+      volumesDir: this.dataDir.volumesDir,
+      stateDir: path.join(this.dataDir.root, 'state'),
+      volumes,
+      gate,
+      onVolume: async (v, created) => this.serveVolume(v, v.image, created),
+      logger: logger.child({ layer: 'replica' }),
+    }));
+    for (const v of volumes.values()) await this.serveVolume(v, v.image, false);
+    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }));
+    const history = !!(config.journal.retainMs || config.journal.retainBytes);
+    this.replicaTimer = setInterval(() => {
+      if (history && store.rebaseNeeded && store.syncState() === 'consistent') {
+        store.rebaseNeeded = false;
+        store.rebaseHistory().then(
+          () => logger.info({ seq: store.appliedSeq() }, 'replica history restarts at its consistent point after the sync'),
+          (e: unknown) => logger.error({ err: e }, 'replica history rebase failed'),
+        );
+      }
+    }, 1000);
+    this.replicaTimer.unref();
+    logger.info({ headSeq: journal.headSeq(), appliedSeq: store.appliedSeq(), state: store.syncState(), volumes: [...volumes.keys()] }, 'replica journal open');
+    await this.listenIscsi();
+    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }) });
+    const listen = config.replication.listen!;
+    this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
+    logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
+  }
+
+  get replicationPort(): number {
+    return this.replicationAddress?.port ?? 0;
+  }
+
+  /** Admin actions the HTTP API exposes. */
+  admin(): { setBandwidth?: (bytesPerSec: number) => unknown } {
+    const repl = this.replication;
+    if (!repl) return {};
+    return {
+      setBandwidth: (bps: number) => {
+        repl.setBandwidth(bps);
+        return { maxBandwidthBytesPerSec: bps };
+      },
+    };
+  }
+
+  replicationStatus(): PrimaryReplicationStatus | undefined {
+    return this.replication?.status();
+  }
+
+  replicaInfo(): { store: ReplicaStore; receiver?: Receiver } | undefined {
+    return this.replicaStore && { store: this.replicaStore, receiver: this.receiver };
   }
 
   private volumeByDesignator(naa: Buffer): Volume | undefined {
@@ -171,7 +307,40 @@ export class Appliance {
       })),
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
+      ...this.replicationFields(),
     };
+  }
+
+  private replicationFields(): Partial<ApplianceStatus> {
+    if (this.replication) {
+      const { ackedSeq, rpoSeconds, backlogBytes, consistency, link, ...rest } = this.replication.status();
+      return { ackedSeq, rpoSeconds, backlogBytes, consistency, link, replication: rest };
+    }
+    const store = this.replicaStore;
+    if (store) {
+      const r = this.receiver?.stats();
+      const applied = store.appliedSeq();
+      const t = store.appliedTimeMs();
+      const state = store.syncState();
+      return {
+        receivedSeq: Math.max(r?.receivedSeq ?? 0, store.durableSeq()),
+        appliedSeq: applied,
+        state,
+        consistentPoint: state === 'consistent' ? { seq: applied, primaryTime: t ? new Date(t).toISOString() : undefined } : null,
+        primarySiteId: store.primarySiteId(),
+        link: {
+          connected: r?.connected ?? false,
+          listen: this.replicationAddress ? formatHostPort(this.replicationAddress) : '',
+          primarySiteId: r?.primarySiteId ?? '',
+          bytesWire: r?.bytesWireReceived ?? 0,
+          connections: r?.connections ?? 0,
+          rejectedFrames: r?.rejectedFrames ?? 0,
+          lastError: r?.lastError ?? '',
+          durableSeq: store.durableSeq(),
+        },
+      };
+    }
+    return {};
   }
 
   private journalStatus(j: Journal): ApplianceStatus['journal'] {
@@ -195,6 +364,10 @@ export class Appliance {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       if (this.iscsi) await this.iscsi.close().catch((e: unknown) => this.logger.error({ err: e }, 'iscsi close failed'));
+      if (this.replication) await this.replication.stop().catch((e: unknown) => this.logger.error({ err: e }, 'shipper stop failed'));
+      if (this.receiver) await this.receiver.close().catch((e: unknown) => this.logger.error({ err: e }, 'receiver close failed'));
+      clearInterval(this.replicaTimer);
+      if (this.replicaStore) await this.replicaStore.idle().catch(() => undefined);
       for (const s of this.served.values()) await s.target.close().catch(() => undefined);
       if (this.keeper) await this.keeper.stop().catch((e: unknown) => this.logger.error({ err: e }, 'final journal checkpoint failed'));
       for (const [name, s] of this.served) {

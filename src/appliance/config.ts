@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../common/errors';
-import { parseDuration, parseHostPort, parseSize, type HostPort } from '../common/units';
+import { parseDuration, parseHostPort, parseRate, parseSize, type HostPort } from '../common/units';
 
 export const DEFAULT_TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
 export const DEFAULT_ISCSI: HostPort = { host: '0.0.0.0', port: 3260 };
@@ -51,6 +51,17 @@ export interface ApplianceConfig {
   logLevel: string;
   /** iSCSI liveness: ping an idle initiator after this long (0: never), drop it when a ping goes unanswered this long. */
   nop: { intervalMs: number; timeoutMs: number };
+  replication: {
+    /** Primary: the replica's replication address. */
+    replicateTo?: HostPort;
+    /** Replica: where to accept the primary's connection. */
+    listen?: HostPort;
+    /** Link cap, bytes per second (0: unlimited). */
+    maxBandwidthBytesPerSec: number;
+    /** Recovery-point target (0: none). */
+    rpoTargetMs: number;
+    rpoPolicy: 'coalesce' | 'throttle' | 'alert';
+  };
 }
 
 // --- the YAML file schema (human units as strings or numbers) -------------------------
@@ -76,6 +87,16 @@ const fileSchema = z
       .optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
     nop: z.object({ interval: durationField.optional(), timeout: durationField.optional() }).strict().optional(),
+    replication: z
+      .object({
+        replicateTo: z.string().optional(),
+        listen: z.string().optional(),
+        maxBandwidth: z.union([z.number().nonnegative(), z.string()]).optional(),
+        rpoTarget: durationField.optional(),
+        rpoPolicy: z.enum(['coalesce', 'throttle', 'alert']).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
@@ -95,6 +116,11 @@ export interface ConfigFlags {
   logLevel?: string;
   nopInterval?: string;
   nopTimeout?: string;
+  replicateTo?: string;
+  replicationListen?: string;
+  maxBandwidth?: string;
+  rpoTarget?: string;
+  rpoPolicy?: string;
 }
 
 export function loadConfigFile(path: string): ConfigFile {
@@ -193,6 +219,19 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
   const nop = { intervalMs: ms(nopIntervalText, 'nop-interval', 5000), timeoutMs: ms(nopTimeoutText, 'nop-timeout', 30000) };
   if (nop.intervalMs && nop.timeoutMs < 100) throw new ConfigError('nop-timeout: must be at least 100ms', 'nop.timeout');
 
+  const rf = file.replication ?? {};
+  const replicateTo = pick(rf.replicateTo, flags.replicateTo, env.OFFSITE_REPLICATE_TO);
+  const listen = pick(rf.listen, flags.replicationListen, env.OFFSITE_REPLICATION_LISTEN);
+  const bwText = pick<string | number>(rf.maxBandwidth, flags.maxBandwidth, env.OFFSITE_MAX_BANDWIDTH);
+  const rpoText = pick<string | number>(rf.rpoTarget, flags.rpoTarget, env.OFFSITE_RPO_TARGET);
+  const rpoPolicy = pick(rf.rpoPolicy, flags.rpoPolicy, env.OFFSITE_RPO_POLICY) ?? 'coalesce';
+  if (!['coalesce', 'throttle', 'alert'].includes(rpoPolicy)) throw new ConfigError(`rpo-policy: '${rpoPolicy}' must be coalesce, throttle or alert`, 'rpoPolicy');
+  if (role === 'replica' && replicateTo) throw new ConfigError('replicate-to: a replica does not replicate (it receives on --replication-listen)', 'replicateTo');
+  if (role === 'primary' && listen) throw new ConfigError('replication-listen: only a replica listens for replication (use --role replica)', 'replicationListen');
+  if (role === 'replica' && !listen) throw new ConfigError('replication-listen: a replica needs --replication-listen HOST:PORT', 'replicationListen');
+  if (role === 'replica' && volumes.some((v) => v.sizeBytes !== undefined)) throw new ConfigError('volume: a replica learns its volumes from the primary; do not give --volume NAME:SIZE', 'volume');
+  if (replicateTo && !journalEnabled) throw new ConfigError('replicate-to: replication needs the journal (remove --no-journal)', 'replicateTo');
+
   return {
     role,
     dataDir,
@@ -210,6 +249,13 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     },
     logLevel,
     nop,
+    replication: {
+      replicateTo: replicateTo ? parseHostPort(replicateTo, 'replicate-to') : undefined,
+      listen: listen ? parseHostPort(listen, 'replication-listen') : undefined,
+      maxBandwidthBytesPerSec: bwText === undefined ? 0 : typeof bwText === 'number' ? bwText : parseRate(bwText, 'max-bandwidth'),
+      rpoTargetMs: rpoText === undefined ? 0 : typeof rpoText === 'number' ? rpoText * 1000 : parseDuration(rpoText, 'rpo-target'),
+      rpoPolicy: rpoPolicy as 'coalesce' | 'throttle' | 'alert',
+    },
   };
 }
 

@@ -26,6 +26,11 @@ export function register(program: Command): void {
     .option('--no-journal', 'benchmark only: serve the image files without the write-ahead journal')
     .option('--nop-interval <duration>', 'ping an idle initiator after this long, 0 to never ping (default 5s)')
     .option('--nop-timeout <duration>', 'drop a connection whose ping stays unanswered this long (default 30s)')
+    .option('--replicate-to <host:port>', 'primary: ship the journal to the replica listening there')
+    .option('--replication-listen <host:port>', 'replica: accept the primary\'s replication connection here')
+    .option('--max-bandwidth <rate>', 'primary: cap the replication link, e.g. 10MB/s or 100Mbit (changeable with POST /bandwidth)')
+    .option('--rpo-target <duration>', 'primary: recovery-point target, e.g. 30s')
+    .option('--rpo-policy <policy>', 'primary: coalesce (default), throttle or alert when the RPO nears its target')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: ConfigFlags & { config?: string }) => {
       let config;
@@ -47,7 +52,7 @@ export function register(program: Command): void {
       metrics.attach(app);
       let httpServer;
       try {
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry }, logger);
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin: app.admin() }, logger);
       } catch (e) {
         await app.stop();
         fail(e, 'offsite serve: http');

@@ -21,6 +21,26 @@ export function parseSize(text: string, field = 'size'): number {
   return bytes;
 }
 
+/**
+ * A link rate → bytes per second. "10MB/s", "10MiB/s", "100Mbit", "1Gbit/s", "500KB/s", or a
+ * size (per second). "0" or "unlimited": no limit (0).
+ */
+export function parseRate(text: string, field = 'rate'): number {
+  const t = text.trim().toLowerCase();
+  if (t === '0' || t === 'unlimited' || t === 'none') return 0;
+  const bits = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:bit|bps|b\/s)?(?:\/s)?$/.exec(t);
+  if (bits && /(bit|bps)/.test(t)) {
+    const mult = { '': 1, k: 1e3, m: 1e6, g: 1e9, t: 1e12 }[bits[2]]!;
+    return Math.round((Number(bits[1]) * mult) / 8);
+  }
+  const m = /^(.*?)(?:\/s|ps)?$/.exec(t);
+  try {
+    return parseSize(m ? m[1] : t, field);
+  } catch {
+    throw new ConfigError(`${field}: '${text}' is not a rate (examples: 10MB/s, 100Mbit, 1GiB/s, unlimited)`, field);
+  }
+}
+
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** "250ms", "5s", "10m", "1h30m", "2d" → milliseconds. A bare number is seconds. */

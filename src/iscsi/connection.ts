@@ -47,6 +47,8 @@ export class Connection {
   private pingSentAt = 0;
   private timer?: NodeJS.Timeout;
   private ending = false;
+  /** We ended the connection ourselves (protocol error, timeout, reinstatement, shutdown). */
+  private dropped = false;
   readonly remote: string;
   readonly localAddress: string;
   readonly localPort: number;
@@ -221,6 +223,7 @@ export class Connection {
 
   destroy(): void {
     if (this.closed) return;
+    this.dropped = true;
     this.socket.destroy();
     this.onClose();
   }
@@ -258,6 +261,12 @@ export class Connection {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
+    // The initiator went away with part of a PDU sent: nothing else would say so.
+    const partialBytes = this.reader.pending;
+    if (partialBytes && !this.dropped && !this.ending) {
+      this.host.count('truncated_pdus');
+      this.logger.warn({ pendingBytes: partialBytes }, 'connection closed in the middle of a PDU');
+    }
     const s = this.session;
     if (s) {
       s.close().catch(() => undefined);

@@ -146,7 +146,13 @@ export function negotiate(pairs: TextPairs, offer: TargetOffer, params: SessionP
     }
     answers.push([key, answerKey(rule, value, offer, params)]);
   }
-  if (params.firstBurstLength > params.maxBurstLength) params.firstBurstLength = params.maxBurstLength;
+  if (params.firstBurstLength > params.maxBurstLength) {
+    // RFC 7143 §13.14: FirstBurstLength MUST NOT exceed MaxBurstLength. The answer (Minimum:
+    // any value up to the offer) must say what the target enforces.
+    params.firstBurstLength = params.maxBurstLength;
+    const i = answers.findIndex(([k, v]) => k === 'FirstBurstLength' && v !== REJECT);
+    if (i >= 0) answers[i] = ['FirstBurstLength', String(params.firstBurstLength)];
+  }
   return { answers };
 }
 

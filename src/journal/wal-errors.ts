@@ -7,6 +7,7 @@ export const JournalErrorCode = {
   Corrupt: 'JOURNAL_CORRUPT',
   UnknownVolume: 'JOURNAL_UNKNOWN_VOLUME',
   OutsideWindow: 'JOURNAL_OUTSIDE_WINDOW',
+  Sequence: 'JOURNAL_SEQUENCE',
 } as const;
 
 export class JournalError extends OffsiteError {}

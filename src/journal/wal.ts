@@ -268,7 +268,11 @@ export class Journal {
   private writtenSeq = 0;
   private waiters: { after: number; resolve: () => void }[] = [];
   private times = new Map<number, number>();
-  private sizes: { seq: number; vol: number; bytes: number; timeMs: number }[] = [];
+  private sizes: { seq: number; vol: number; bytes: number; timeMs: number; cum: number }[] = [];
+  /** Data bytes appended over the journal's life in this process (for bytesAfter). */
+  private appendedBytes = 0;
+  /** After a resync, until rebase(): no point-in-time base exists. */
+  private noBase = false;
   private sizesHead = 0;
   private totalBytes = 0;
   private perVolume = new Map<number, { records: number; bytes: number }>();
@@ -324,7 +328,11 @@ export class Journal {
       }
     }
     const base = await this.db.get(META_BASE);
-    if (base) this.base = JSON.parse(base.toString()) as { seq: number; timeMs: number };
+    if (base) {
+      const b = JSON.parse(base.toString()) as { seq: number; timeMs: number };
+      if (b.seq < 0) this.noBase = true;
+      else this.base = b;
+    }
     let first = 0;
     for await (const [k, v] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
       const d = decodeKey(k);
@@ -343,7 +351,8 @@ export class Journal {
   }
 
   private track(seq: number, vol: number, bytes: number, timeMs: number): void {
-    this.sizes.push({ seq, vol, bytes, timeMs });
+    this.appendedBytes += bytes;
+    this.sizes.push({ seq, vol, bytes, timeMs, cum: this.appendedBytes });
     this.totalBytes += bytes;
     let pv = this.perVolume.get(vol);
     if (!pv) this.perVolume.set(vol, (pv = { records: 0, bytes: 0 }));
@@ -400,12 +409,23 @@ export class Journal {
    * promise resolves once the record is in LevelDB (synced to disk when `sync`).
    */
   append(volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer, sync = false): { seq: number; done: Promise<void> } {
+    return this.appendRecord(this.head + 1, Date.now(), volume, op, offsetBytes, lengthBytes, data, sync);
+  }
+
+  /**
+   * Append a record that already has its sequence number and time (a replica storing the
+   * primary's records). Sequence numbers must increase; gaps are allowed (coalesced batches).
+   */
+  appendAt(seq: number, timeMs: number, volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer): { seq: number; done: Promise<void> } {
+    if (seq <= this.head) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Sequence, `record ${seq} is not after the journal head ${this.head}`)) };
+    return this.appendRecord(seq, timeMs, volume, op, offsetBytes, lengthBytes, data, false);
+  }
+
+  private appendRecord(seq: number, timeMs: number, volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer, sync: boolean): { seq: number; done: Promise<void> } {
     if (this.failed) return { seq: 0, done: Promise.reject(this.failed) };
     if (this.closed) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Closed, 'journal is closed')) };
     const vol = this.volumeIndex.get(volume);
     if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
-    const seq = ++this.head;
-    const timeMs = Date.now();
     const key = recordKey(seq, vol, op, offsetBytes, lengthBytes, timeMs);
     let value: Buffer;
     try {
@@ -414,15 +434,78 @@ export class Journal {
     } catch (e) {
       this.failed = new JournalError(JournalErrorCode.Write, `journal segment write failed: ${(e as Error).message}`, { cause: e });
       this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
-      this.head--;
       return { seq: 0, done: Promise.reject(this.failed) };
     }
+    this.head = seq;
     this.track(seq, vol, data.length, timeMs);
     this.counters.appends++;
     if (sync) this.syncWanted = true;
     const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, seq, started: process.hrtime.bigint(), resolve, reject }));
     if (!this.writing) this.writing = this.writeLoop();
     return { seq, done };
+  }
+
+  /** Data bytes appended since this process opened the journal (including what it found). */
+  appendedBytesTotal(): number {
+    return this.appendedBytes;
+  }
+
+  /** Highest sequence written to LevelDB (readable by readAfter). */
+  writtenHead(): number {
+    return this.writtenSeq;
+  }
+
+  /** Highest sequence known durable (synced). */
+  durableHead(): number {
+    return this.durableSeq;
+  }
+
+  /** Data bytes of the retained records with seq > afterSeq. */
+  bytesAfter(afterSeq: number): number {
+    if (afterSeq < this.oldest) return this.totalBytes;
+    let lo = this.sizesHead;
+    let hi = this.sizes.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.sizes[mid].seq <= afterSeq) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo >= this.sizes.length) return 0;
+    return this.appendedBytes - (this.sizes[lo].cum - this.sizes[lo].bytes);
+  }
+
+  /**
+   * Forget every record and start over right after `seq` (a replica after a full resync: its
+   * images were rebuilt outside the journal). History restarts: no base until rebase().
+   */
+  async resetTo(seq: number): Promise<void> {
+    while (this.writing) await this.writing;
+    if (this.trimming) await this.trimming.catch(() => undefined);
+    await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
+    this.segments.dropThrough(Number.MAX_SAFE_INTEGER);
+    this.sizes = [];
+    this.sizesHead = 0;
+    this.totalBytes = 0;
+    this.perVolume.clear();
+    this.head = this.writtenSeq = this.durableSeq = seq;
+    this.oldest = seq + 1;
+    this.imageSeq = seq;
+    await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));
+    this.base = undefined;
+    this.noBase = true;
+    await this.db.put(META_BASE, Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 })), { sync: true });
+  }
+
+  /**
+   * Point-in-time history starts at `seq`: `copyBases` has written the base images equal to the
+   * volumes right after `seq` (every record ≤ seq applied). Records ≤ seq are then dropped.
+   */
+  async rebase(seq: number, timeMs: number, copyBases: (baseDir: string) => Promise<void>): Promise<void> {
+    await copyBases(path.join(this.opts.dir, 'base'));
+    this.base = { seq, timeMs };
+    this.noBase = false;
+    await this.db.put(META_BASE, Buffer.from(JSON.stringify(this.base)), { sync: true });
+    if (seq >= this.oldest) await this.dropRecords(seq);
   }
 
   /** Resolves once every record appended so far is synced to disk. */
@@ -499,7 +582,7 @@ export class Journal {
   async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.writtenSeq): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let bytes = 0;
-    for await (const [k, v] of this.db.iterator({ gt: seqKey(afterSeq), lt: RECORD_END })) {
+    for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       const d = decodeKey(k);
       if (d.seq > untilSeq) break;
       const data = this.dataOf(v);
@@ -514,7 +597,7 @@ export class Journal {
   async *records(afterSeq: number, untilSeq: number, volume?: string): AsyncGenerator<JournalRecord> {
     const vol = volume === undefined ? undefined : this.volumeIndex.get(volume);
     if (volume !== undefined && vol === undefined) return;
-    for await (const [k, v] of this.db.iterator({ gt: seqKey(afterSeq), lt: RECORD_END })) {
+    for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       const d = decodeKey(k);
       if (d.seq > untilSeq) break;
       if (vol !== undefined && d.vol !== vol) continue;
@@ -545,6 +628,7 @@ export class Journal {
   /** The point-in-time base (state right after `seq`), when history is kept. */
   baseInfo(): { seq: number; timeMs: number } | undefined {
     if (this.base) return this.base;
+    if (this.noBase) return undefined;
     // Nothing ever trimmed with history on: the base is the empty volume before seq 1.
     if (this.opts.retainMs || this.opts.retainBytes) return this.oldest === 1 ? { seq: 0, timeMs: 0 } : undefined;
     return undefined;
@@ -607,7 +691,7 @@ export class Journal {
       }
     }
     if (upTo < this.oldest) return;
-    if (history && baseFor) {
+    if (history && baseFor && !this.noBase) {
       const targets = new Map<string, RecordTarget>();
       let lastTime = 0;
       for await (const rec of this.records(this.oldest - 1, upTo)) {
@@ -619,10 +703,14 @@ export class Journal {
       for (const t of targets.values()) await (t as RecordTarget & { sync?(): Promise<void> }).sync?.();
       this.base = { seq: upTo, timeMs: lastTime || Date.now() };
       await this.db.put(META_BASE, Buffer.from(JSON.stringify(this.base)));
-    } else if (this.base || history) {
+    } else if (this.base) {
       this.base = undefined;
       await this.db.del(META_BASE);
     }
+    await this.dropRecords(upTo);
+  }
+
+  private async dropRecords(upTo: number): Promise<void> {
     await this.db.clear({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) });
     this.segments.dropThrough(upTo);
     let n = 0;

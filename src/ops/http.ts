@@ -3,10 +3,41 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../common/logger';
+import { parseRate } from '../common/units';
+
+/** Admin actions an appliance offers over HTTP; each throws an OffsiteError (with a code) to refuse. */
+export interface AdminActions {
+  setBandwidth?(bytesPerSec: number): unknown;
+}
 
 export interface HttpRoutes {
   status(): unknown;
   metrics: Registry;
+  admin?: AdminActions;
+}
+
+async function readJson(req: http.IncomingMessage, limit = 64 * 1024): Promise<Record<string, unknown>> {
+  let size = 0;
+  const chunks: Buffer[] = [];
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    if (size > limit) throw new HttpError(413, 'HTTP_TOO_LARGE', 'request body too large');
+    chunks.push(c as Buffer);
+  }
+  if (!size) return {};
+  try {
+    const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
+    return v as Record<string, unknown>;
+  } catch (e) {
+    throw new HttpError(400, 'HTTP_BAD_JSON', `request body is not a JSON object: ${(e as Error).message}`);
+  }
+}
+
+class HttpError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
 }
 
 export interface OpsHttpServer {
@@ -31,10 +62,29 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           return send(res, 200, routes.metrics.contentType, await routes.metrics.metrics());
         case 'GET /healthz':
           return send(res, 200, 'text/plain', 'ok\n');
+        case 'POST /bandwidth': {
+          if (!routes.admin?.setBandwidth) throw new HttpError(409, 'NOT_PRIMARY', 'bandwidth applies to a primary that replicates (--replicate-to)');
+          const body = await readJson(req);
+          const raw = body.rate ?? body.bytesPerSec ?? url.searchParams.get('rate');
+          if (raw === undefined || raw === null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"rate": "10MB/s"} (or bytesPerSec; 0 or "unlimited" lifts the cap)');
+          let rate: number;
+          try {
+            rate = typeof raw === 'number' ? raw : parseRate(String(raw), 'rate');
+          } catch (e) {
+            throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
+          }
+          if (!Number.isFinite(rate) || rate < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `rate ${String(raw)} must be ≥ 0`);
+          const result = routes.admin.setBandwidth(Math.round(rate));
+          return send(res, 200, 'application/json', JSON.stringify(result ?? { maxBandwidthBytesPerSec: Math.round(rate) }) + '\n');
+        }
         default:
           return send(res, 404, 'application/json', JSON.stringify({ error: 'not found', code: 'HTTP_NOT_FOUND' }) + '\n');
       }
     })().catch((e: unknown) => {
+      if (e instanceof HttpError) {
+        logger.warn({ route, code: e.code, status: e.status }, e.message);
+        return send(res, e.status, 'application/json', JSON.stringify({ error: e.message, code: e.code }) + '\n');
+      }
       logger.error({ err: e, route }, 'http handler failed');
       if (!res.headersSent) send(res, 500, 'application/json', JSON.stringify({ error: 'internal error', code: 'HTTP_INTERNAL' }) + '\n');
     });

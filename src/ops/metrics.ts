@@ -148,6 +148,112 @@ export function createMetrics(): Metrics {
     },
   });
 
+  // ---- journal ----
+  const gauge = (name: string, help: string, value: () => number | undefined) =>
+    new client.Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const v = app ? value() : undefined;
+        if (v === undefined) this.reset();
+        else this.set(v);
+      },
+    });
+  const counter = (name: string, help: string, value: () => number | undefined) =>
+    new client.Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        const v = app ? value() : undefined;
+        if (v !== undefined && v > 0) this.inc(v);
+      },
+    });
+  const journal = () => app?.journalStats();
+  gauge('offsite_journal_bytes', 'Data bytes held in the journal.', () => journal()?.bytes);
+  gauge('offsite_journal_records', 'Records held in the journal.', () => journal()?.records);
+  gauge('offsite_journal_head_sequence', 'Highest journal sequence number appended.', () => journal()?.headSeq);
+  gauge('offsite_journal_oldest_sequence', 'Oldest journal sequence number retained.', () => journal()?.oldestSeq);
+  gauge('offsite_journal_max_bytes', 'Journal size cap (0: none).', () => (app ? (app.config.journal.maxBytes ?? 0) : undefined));
+  counter('offsite_journal_appends_total', 'Records appended to the journal.', () => journal()?.appends);
+  counter('offsite_journal_syncs_total', 'Journal syncs to disk (FUA, SYNCHRONIZE CACHE, replica stores).', () => journal()?.syncs);
+  counter('offsite_journal_trimmed_records_total', 'Records removed from the journal (replicated, checkpointed, out of the history window).', () => journal()?.trimmed);
+  counter('offsite_journal_folded_records_total', 'Records folded into the base by the size cap before their history window ended.', () => journal()?.folded);
+  const appendLatency = new client.Histogram({
+    name: 'offsite_journal_append_duration_seconds',
+    help: 'Time from append to the record being in LevelDB (group commit included).',
+    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
+    registers: [registry],
+  });
+  const batchSize = new client.Histogram({
+    name: 'offsite_journal_batch_records',
+    help: 'Records per LevelDB batch (group commit size).',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    registers: [registry],
+  });
+  // Samples are drained into the histograms at scrape time (the journal keeps a bounded buffer).
+  const drainJournal = () => {
+    const j = journal();
+    if (!j) return;
+    for (const s of j.drainAppendLatencies()) appendLatency.observe(s);
+    for (const n of j.drainBatchSizes()) batchSize.observe(n);
+  };
+
+  // ---- replication (primary) ----
+  const repl = () => app?.replicationStatus();
+  gauge('offsite_rpo_seconds', 'Recovery point: now minus the time of the oldest write not yet durable at the replica (0 when caught up).', () => repl()?.rpoSeconds);
+  gauge('offsite_rpo_target_seconds', 'Recovery-point target (0: none).', () => repl()?.rpo.targetSeconds);
+  gauge('offsite_rpo_projected_seconds', 'Projected RPO once the current backlog has drained.', () => repl()?.rpo.projectedSeconds);
+  gauge('offsite_rpo_target_missed', '1 while the RPO is over its target.', () => { const r = repl(); return r && (r.rpo.targetMissed ? 1 : 0); });
+  gauge('offsite_rpo_coalescing', '1 while the RPO controller coalesces overwrites.', () => { const r = repl(); return r && (r.rpo.coalescing ? 1 : 0); });
+  gauge('offsite_rpo_throttle_delay_seconds', 'Delay the throttle adds to each write acknowledgement.', () => { const r = repl(); return r && r.rpo.throttleDelayMs / 1000; });
+  counter('offsite_rpo_coalesced_bytes_saved_total', 'Bytes not shipped because a later write in the same batch replaced them.', () => repl()?.rpo.coalescedBytesSaved);
+  gauge('offsite_replication_backlog_bytes', 'Journal bytes not yet durable at the replica.', () => repl()?.backlogBytes);
+  gauge('offsite_replication_drain_bytes_per_second', 'Smoothed rate at which the replica acknowledges the backlog.', () => repl()?.rpo.drainBytesPerSec);
+  gauge('offsite_replica_acked_sequence', 'Highest sequence durable at the replica (primary view).', () => repl()?.ackedSeq);
+  gauge('offsite_link_up', '1 while the replication link is connected.', () => {
+    const r = repl();
+    if (r) return r.link.connected ? 1 : 0;
+    const info = app?.replicaInfo();
+    return info ? (info.receiver?.stats().connected ? 1 : 0) : undefined;
+  });
+  counter('offsite_link_raw_bytes_total', 'Replication payload bytes before compression, sent.', () => repl()?.link.bytesRaw);
+  counter('offsite_link_wire_bytes_total', 'Replication bytes put on the wire (sent by the primary, received by the replica).', () => repl()?.link.bytesWire ?? app?.replicaInfo()?.receiver?.stats().bytesWireReceived);
+  gauge('offsite_link_rtt_seconds', 'Replication link round-trip time (ping/pong).', () => { const r = repl(); return r && r.link.rttMs / 1000; });
+  gauge('offsite_link_max_bandwidth_bytes_per_second', 'Replication link cap (0: unlimited).', () => repl()?.link.maxBandwidthBytesPerSec);
+  counter('offsite_replication_connects_total', 'Replication link connections established.', () => repl()?.link.connects ?? app?.replicaInfo()?.receiver?.stats().connections);
+  counter('offsite_replication_disconnects_total', 'Replication link losses.', () => repl()?.link.disconnects);
+  counter('offsite_sync_started_total', 'Full image syncs started (a resume of an interrupted one is not counted).', () => repl()?.sync.started);
+  counter('offsite_sync_resumed_total', 'Interrupted image syncs resumed where they stopped.', () => repl()?.sync.resumed);
+  counter('offsite_sync_completed_total', 'Image syncs completed.', () => repl()?.sync.completed);
+  gauge('offsite_sync_remaining_bytes', 'Bytes of volume left to scan in the running image sync (0 when none).', () => repl()?.sync.remainingBytes ?? (app?.replicaInfo() ? 0 : undefined));
+  gauge('offsite_sync_total_bytes', 'Bytes of volume the running (or last) image sync scans.', () => repl()?.sync.totalBytes);
+  counter('offsite_sync_chunks_sent_total', 'Sync chunks sent (different from, or missing at, the replica).', () => repl()?.sync.chunksSent);
+  counter('offsite_sync_chunks_skipped_total', 'Sync chunks skipped (equal at the replica, or zero on a fresh replica).', () => repl()?.sync.chunksSkipped);
+
+  // ---- replication (replica) ----
+  const replica = () => app?.replicaInfo();
+  gauge('offsite_replica_received_sequence', 'Highest sequence durable in this replica\'s journal.', () => replica()?.store.durableSeq());
+  gauge('offsite_replica_applied_sequence', 'Highest sequence applied to this replica\'s volumes (primary: as last reported by the replica).', () => replica()?.store.appliedSeq() ?? repl()?.replicaAppliedSeq);
+  gauge('offsite_replica_consistent', '1 when the replica holds a consistent prefix of the primary (0 while syncing).', () => {
+    const r = replica();
+    if (r) return r.store.syncState() === 'consistent' ? 1 : 0;
+    const p = repl();
+    return p && (p.replicaConsistent ? 1 : 0);
+  });
+  gauge('offsite_replica_consistent_point_timestamp_seconds', 'Primary time of the last write applied at the replica.', () => { const r = replica(); return r && r.store.appliedTimeMs() / 1000; });
+  counter('offsite_replica_rejected_frames_total', 'Replication frames rejected (corrupt, duplicate, out of order, oversized).', () => replica()?.receiver?.stats().rejectedFrames);
+  counter('offsite_replica_applied_records_total', 'Records applied to the replica volumes.', () => replica()?.store.counters().recordsApplied);
+  counter('offsite_replica_applied_bytes_total', 'Bytes applied to the replica volumes.', () => replica()?.store.counters().bytesApplied);
+
+  const baseMetrics = registry.metrics.bind(registry);
+  registry.metrics = async () => {
+    drainJournal();
+    return baseMetrics();
+  };
+
   return {
     registry,
     hooks,

@@ -42,6 +42,26 @@ export interface ShipperSource {
   timeOf(seq: number): number | undefined;
   /** The replica holds everything ≤ seq durably: the source may trim it. */
   replicaAcked(seq: number): void;
+  /** Full / delta sync of the images (absent: the replica must be fed from the journal alone). */
+  readonly sync?: SyncSource;
+}
+
+/** Bytes per sync chunk: the unit compared by hash and sent when different. */
+export const SYNC_CHUNK_BYTES = 64 * 1024;
+
+export interface SyncSource {
+  /** Every record ≤ this sequence is in the images: a copy taken from now on, plus the journal after it, is complete. */
+  imageSeq(): number;
+  readImage(volume: string, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** Mapped (allocated) extents of a range; unmapped ones read as zeros. */
+  allocated(volume: string, offsetBytes: number, lengthBytes: number): Promise<{ offsetBytes: number; lengthBytes: number; mapped: boolean }[]>;
+}
+
+/** Where an unfinished sync stands at the replica. */
+export interface SyncCursor {
+  fromSeq: number;
+  volume: string;
+  offsetBytes: number;
 }
 
 export interface ReceiverSink {
@@ -50,8 +70,29 @@ export interface ReceiverSink {
   durableSeq(): number;
   /** Highest sequence number applied to the volumes (a prefix of the primary's history). */
   appliedSeq(): number;
+  /** The primary's identity at each handshake; throws to refuse a primary this replica does not follow. */
+  acceptPrimary?(siteId: string): Promise<void>;
   /** Make sure these volumes exist here (created empty when new). */
   ensureVolumes(volumes: VolumeDescriptor[]): Promise<void>;
-  /** Store records durably, in order (records[0].seq === durableSeq() + 1); then apply them asynchronously. */
-  store(records: ReplicatedRecord[]): Promise<void>;
+  /**
+   * Store records durably, in order, then apply them asynchronously. They cover the sequence
+   * range durableSeq()+1 .. toSeq; a coalesced batch omits overwritten records and is applied whole.
+   */
+  store(records: ReplicatedRecord[], toSeq: number): Promise<void>;
+  readonly sync?: SyncSink;
+}
+
+export interface SyncSink {
+  /** Nothing was ever written to these volumes here (a sync can skip zero chunks without comparing). */
+  isFresh(): boolean;
+  /** An unfinished sync to resume, if any. */
+  cursor(): SyncCursor | undefined;
+  /** A full sync starts: forget the journal, history restarts after `fromSeq`. */
+  begin(fromSeq: number, volumes: string[]): Promise<void>;
+  /** 8-byte hash per SYNC_CHUNK_BYTES chunk of a volume, from `fromOffset` to its end. */
+  hashes(volume: string, fromOffset: number): Promise<Buffer>;
+  /** Write one chunk (undefined data: zeros) and remember the progress. */
+  chunk(volume: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void>;
+  /** The copy is complete; the replica is consistent once it has applied `consistentSeq`. */
+  end(fromSeq: number, consistentSeq: number): Promise<void>;
 }

@@ -43,9 +43,13 @@ export const enum FrameType {
   SyncDone = 8,
   /** either way: a refusal with a code, before closing. */
   Error = 9,
+  /** primary → replica: a full sync starts; afterwards the journal resumes at `fromSeq` + 1. */
+  SyncStart = 10,
+  /** replica → primary: hashes of the replica's chunks (only differing chunks are sent); `done` ends them. */
+  SyncHashes = 11,
 }
 
-const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 
 export interface Frame {
   readonly type: FrameType;

@@ -8,7 +8,7 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import type { ReceiverSink, VolumeDescriptor } from './ports';
+import { SYNC_CHUNK_BYTES, type ReceiverSink, type VolumeDescriptor } from './ports';
 import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
 import { decodeSegment } from './segment';
 
@@ -32,6 +32,7 @@ export interface ReceiverStats extends LinkCounters {
 
 export class Receiver {
   private server?: net.Server;
+  private tail: Promise<void> = Promise.resolve();
   private current?: { link: FramedLink; socket: net.Socket };
   readonly counters = newLinkCounters();
   private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0 };
@@ -69,7 +70,17 @@ export class Receiver {
     socket.setTimeout(this.opts.idleTimeoutMs ?? 30_000, () => socket.destroy(new ReplicationError(Code.Handshake, 'idle replication connection')));
     let greeted = false;
     let expectNext = 0;
-    let storing: Promise<void> = Promise.resolve();
+    let volumeList: VolumeDescriptor[] = [];
+    let volumeNames: string[] = [];
+    // Everything this connection stores queues behind what earlier connections still have in
+    // flight (one chain per receiver), so the handshake reports a durable sequence that no
+    // late store from a dead connection can move afterwards.
+    let storing: Promise<void> = this.tail.catch(() => undefined);
+    const chain = (next: Promise<void>) => {
+      storing = next;
+      this.tail = next;
+      return next;
+    };
     const fail = (e: Error) => {
       this.state.rejectedFrames++;
       this.state.lastError = `${(e as { code?: string }).code ?? 'ERROR'}: ${e.message}`;
@@ -80,9 +91,14 @@ export class Receiver {
       if (!greeted) {
         if (f.type !== FrameType.Hello) throw new ReplicationError(Code.Handshake, `expected Hello, got frame type ${f.type}`);
         greeted = true;
-        storing = this.handshake(link, f).then((durable) => {
+        volumeList = Array.isArray(f.meta.volumes) ? (f.meta.volumes as VolumeDescriptor[]) : [];
+        volumeNames = volumeList.map((v) => String(v?.name)).sort();
+        chain(storing.then(() => this.handshake(link, f)).then(async (durable) => {
           expectNext = durable + 1;
-        });
+          // An unfinished sync resumes: the primary needs our hashes from the cursor on.
+          const cursor = sink.sync?.cursor();
+          if (cursor) await this.sendHashes(link, sink.sync!.isFresh() ? [] : volumeNames.filter((n) => n >= cursor.volume), 0);
+        }));
         storing.catch((e: Error) => {
           fail(e);
           link.send(FrameType.Error, { code: (e as { code?: string }).code ?? Code.Handshake, message: e.message });
@@ -91,20 +107,68 @@ export class Receiver {
         return;
       }
       switch (f.type) {
+        case FrameType.SyncStart: {
+          const fromSeq = Number(f.meta.fromSeq);
+          if (!Number.isSafeInteger(fromSeq) || fromSeq < 0) throw new ReplicationError(Code.FrameMeta, `SyncStart with fromSeq ${String(f.meta.fromSeq)}`);
+          if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
+          chain(storing.then(async () => {
+            const fresh = sink.sync!.isFresh();
+            await sink.sync!.begin(fromSeq, volumeNames);
+            expectNext = fromSeq + 1;
+            this.state.receivedSeq = fromSeq;
+            await this.sendHashes(link, fresh ? [] : volumeNames, 0);
+          }));
+          storing.catch((e: Error) => {
+            fail(e);
+            socket.destroy();
+          });
+          break;
+        }
+        case FrameType.SyncChunk: {
+          const volume = String(f.meta.volume);
+          const offset = Number(f.meta.offset);
+          const length = Number(f.meta.length);
+          const zero = f.meta.zero === true;
+          const vol = volumeList.find((v) => v.name === volume);
+          if (!vol || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > vol.sizeBytes || (zero ? f.payload.length !== 0 : f.payload.length !== length)) {
+            throw new ReplicationError(Code.FrameMeta, `invalid sync chunk ${volume} ${String(f.meta.offset)}+${String(f.meta.length)} (${f.payload.length} bytes)`);
+          }
+          if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
+          chain(storing.then(() => sink.sync!.chunk(volume, offset, length, zero ? undefined : f.payload)));
+          storing.catch((e: Error) => {
+            fail(e);
+            socket.destroy();
+          });
+          break;
+        }
+        case FrameType.SyncDone: {
+          const fromSeq = Number(f.meta.fromSeq);
+          const consistentSeq = Number(f.meta.consistentSeq);
+          if (!Number.isSafeInteger(fromSeq) || !Number.isSafeInteger(consistentSeq) || consistentSeq < fromSeq) throw new ReplicationError(Code.FrameMeta, 'invalid SyncDone');
+          chain(storing.then(async () => {
+            await sink.sync!.end(fromSeq, consistentSeq);
+            link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
+          }));
+          storing.catch((e: Error) => {
+            fail(e);
+            socket.destroy();
+          });
+          break;
+        }
         case FrameType.Segment: {
           const records = decodeSegment(f.meta, f.payload);
-          const from = records[0].seq;
-          const to = records[records.length - 1].seq;
+          const from = Number(f.meta.from);
+          const to = Number(f.meta.to);
           // Sequence is checked against what the handshake (or the previous segment) left us expecting.
-          storing = storing.then(async () => {
+          chain(storing.then(async () => {
             if (from !== expectNext) {
               throw new ReplicationError(Code.Sequence, from < expectNext ? `duplicate segment ${from}..${to} (expected ${expectNext})` : `out-of-order segment ${from}..${to} (expected ${expectNext})`);
             }
             expectNext = to + 1;
             this.state.receivedSeq = to;
-            await sink.store(records);
+            await sink.store(records, to);
             link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
-          });
+          }));
           storing.catch((e: Error) => {
             fail(e);
             socket.destroy();
@@ -132,6 +196,21 @@ export class Receiver {
     });
   }
 
+  /** Our chunk hashes for these volumes (none: the primary sends every non-zero chunk), then `done`. */
+  private async sendHashes(link: FramedLink, volumes: string[], fromOffset: number): Promise<void> {
+    for (const name of volumes) {
+      const hashes = await this.opts.sink.sync!.hashes(name, fromOffset);
+      // Frames stay well under the payload limit: 8 bytes per 64 KiB chunk.
+      const perFrame = (32 << 20) / 8;
+      for (let i = 0; i * 8 < hashes.length || i === 0; i += perFrame) {
+        link.send(FrameType.SyncHashes, { volume: name, offset: fromOffset + i * SYNC_CHUNK_BYTES }, hashes.subarray(i * 8, (i + perFrame) * 8));
+        await link.drained();
+        if (hashes.length <= (i + perFrame) * 8) break;
+      }
+    }
+    link.send(FrameType.SyncHashes, { done: true });
+  }
+
   private async handshake(link: FramedLink, hello: Frame): Promise<number> {
     const { sink, logger } = this.opts;
     const m = hello.meta;
@@ -140,12 +219,14 @@ export class Receiver {
     if (!Array.isArray(volumes) || !volumes.every((v) => v && typeof v.name === 'string' && Number.isSafeInteger(v.sizeBytes) && v.sizeBytes > 0)) {
       throw new ReplicationError(Code.Handshake, 'Hello carries an invalid volume list');
     }
+    await sink.acceptPrimary?.(String(m.siteId ?? ''));
     await sink.ensureVolumes(volumes);
     const durable = sink.durableSeq();
     this.state.primarySiteId = String(m.siteId ?? '');
     this.state.connected = true;
     this.state.receivedSeq = Math.max(this.state.receivedSeq, durable);
-    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq() });
+    const cursor = sink.sync?.cursor();
+    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), ...(cursor ? { sync: cursor } : {}) });
     logger.info({ primarySiteId: this.state.primarySiteId, durableSeq: durable, volumes: volumes.map((v) => v.name) }, 'replication link up');
     return durable;
   }

@@ -19,7 +19,55 @@ export interface SegmentMeta {
   recs: number[][];
 }
 
-export function encodeSegment(records: ReplicatedRecord[]): { meta: SegmentMeta; payload: Buffer } {
+/**
+ * Drop every record whose whole range is overwritten by later records of the same batch (on
+ * the same volume). Applied whole, the rest lands on the same state as all of them.
+ */
+export function coalesce(records: ReplicatedRecord[]): { kept: ReplicatedRecord[]; savedBytes: number } {
+  const covered = new Map<string, [number, number][]>();
+  const keep: boolean[] = new Array(records.length);
+  let savedBytes = 0;
+  for (let i = records.length - 1; i >= 0; i--) {
+    const r = records[i];
+    let ranges = covered.get(r.volume);
+    if (!ranges) covered.set(r.volume, (ranges = []));
+    const start = r.offsetBytes;
+    const end = r.offsetBytes + r.lengthBytes;
+    if (i < records.length - 1 && isCovered(ranges, start, end)) {
+      keep[i] = false;
+      savedBytes += r.data?.length ?? 0;
+      continue;
+    }
+    keep[i] = true;
+    addRange(ranges, start, end);
+  }
+  return { kept: records.filter((_, i) => keep[i]), savedBytes };
+}
+
+/** Sorted, disjoint ranges. */
+function isCovered(ranges: [number, number][], start: number, end: number): boolean {
+  for (const [s, e] of ranges) {
+    if (s > start) return false;
+    if (e >= end) return true;
+  }
+  return false;
+}
+
+function addRange(ranges: [number, number][], start: number, end: number): void {
+  let i = 0;
+  while (i < ranges.length && ranges[i][1] < start) i++;
+  let s = start;
+  let e = end;
+  let j = i;
+  while (j < ranges.length && ranges[j][0] <= e) {
+    s = Math.min(s, ranges[j][0]);
+    e = Math.max(e, ranges[j][1]);
+    j++;
+  }
+  ranges.splice(i, j - i, [s, e]);
+}
+
+export function encodeSegment(records: ReplicatedRecord[], range?: { from: number; to: number }): { meta: SegmentMeta; payload: Buffer } {
   const vols: string[] = [];
   const volIndex = new Map<string, number>();
   const recs: number[][] = [];
@@ -40,7 +88,9 @@ export function encodeSegment(records: ReplicatedRecord[]): { meta: SegmentMeta;
     }
   }
   const payload = datas.length === 1 ? datas[0] : Buffer.concat(datas, dataBytes);
-  return { meta: { from: records[0].seq, to: records[records.length - 1].seq, vols, recs }, payload };
+  const meta: SegmentMeta = { from: range?.from ?? records[0].seq, to: range?.to ?? records[records.length - 1].seq, vols, recs };
+  if (recs.length !== meta.to - meta.from + 1) meta.coalesced = true;
+  return { meta, payload };
 }
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -49,16 +99,20 @@ const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSa
 export function decodeSegment(meta: Record<string, unknown>, payload: Buffer): ReplicatedRecord[] {
   const bad = (why: string) => new ReplicationError(Code.FrameMeta, `invalid segment: ${why}`);
   const { from, to, vols, recs } = meta as Partial<SegmentMeta>;
+  const coalesced = meta.coalesced === true;
   if (!isUint(from) || !isUint(to) || to < from) throw bad(`from/to ${String(from)}..${String(to)}`);
   if (!Array.isArray(vols) || !vols.every((v) => typeof v === 'string')) throw bad('vols');
-  if (!Array.isArray(recs) || recs.length !== to - from + 1 || recs.length > MAX_RECORDS_PER_SEGMENT) throw bad(`record count ${Array.isArray(recs) ? recs.length : '?'} for ${from}..${to}`);
+  const countOk = Array.isArray(recs) && recs.length > 0 && (coalesced ? recs.length <= to - from + 1 : recs.length === to - from + 1);
+  if (!countOk || recs.length > MAX_RECORDS_PER_SEGMENT) throw bad(`record count ${Array.isArray(recs) ? recs.length : '?'} for ${from}..${to}`);
   const out: ReplicatedRecord[] = [];
   let pos = 0;
   for (let i = 0; i < recs.length; i++) {
     const r = recs[i];
     if (!Array.isArray(r) || r.length !== 7 || !r.every(isUint)) throw bad(`record ${i} shape`);
     const [seq, timeMs, vi, opIndex, offsetBytes, lengthBytes, dataBytes] = r;
-    if (seq !== from + i) throw bad(`record ${i} has seq ${seq}, expected ${from + i}`);
+    if (coalesced ? seq < from || seq > to || (i > 0 && seq <= recs[i - 1][0]) || (i === recs.length - 1 && seq !== to) : seq !== from + i) {
+      throw bad(`record ${i} has seq ${seq}, out of order in ${from}..${to}`);
+    }
     if (vi >= vols.length || opIndex >= OPS.length) throw bad(`record ${seq} volume/op index`);
     const op = OPS[opIndex];
     if (op === 'write' && dataBytes !== lengthBytes) throw bad(`write ${seq} carries ${dataBytes} bytes for ${lengthBytes}`);

@@ -8,9 +8,10 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import type { ShipperSource } from './ports';
+import { createHash } from 'node:crypto';
+import { SYNC_CHUNK_BYTES, type ShipperSource, type SyncCursor, type SyncSource } from './ports';
 import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
-import { encodeSegment } from './segment';
+import { coalesce, encodeSegment } from './segment';
 import { TokenBucket } from './shaper';
 
 export interface ShipperOptions {
@@ -30,6 +31,8 @@ export interface ShipperOptions {
   deadAfterMs?: number;
   backoffMinMs?: number;
   backoffMaxMs?: number;
+  /** Asked before each segment: ship only the newest version of blocks overwritten in the batch. */
+  coalesce?: () => boolean;
 }
 
 export interface ShipperStats extends LinkCounters {
@@ -47,9 +50,38 @@ export interface ShipperStats extends LinkCounters {
   resyncsNeeded: number;
   replicaSiteId: string;
   lastError: string;
+  /** Data bytes not shipped because a later write in the same coalesced batch replaced them. */
+  coalescedBytesSaved: number;
+  coalescedRecords: number;
+  /** Full syncs started (not counting resumed ones) and resumed. */
+  syncsStarted: number;
+  syncsResumed: number;
+  syncsCompleted: number;
+  syncing: boolean;
+  /** Bytes of volume left to scan in the current sync. */
+  syncRemainingBytes: number;
+  syncTotalBytes: number;
+  syncChunksSent: number;
+  syncChunksSkipped: number;
+  syncBytesSent: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The chunk identity both sides compare (first 8 bytes of SHA-1). */
+export function chunkHash(data: Buffer): Buffer {
+  return createHash('sha1').update(data).digest().subarray(0, 8);
+}
+
+const ZEROS = Buffer.alloc(SYNC_CHUNK_BYTES);
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - i);
+    if (!b.subarray(i, i + n).equals(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n))) return false;
+  }
+  return true;
+}
 
 export class Shipper {
   private stopped = false;
@@ -74,7 +106,20 @@ export class Shipper {
     resyncsNeeded: 0,
     replicaSiteId: '',
     lastError: '',
+    coalescedBytesSaved: 0,
+    coalescedRecords: 0,
+    syncsStarted: 0,
+    syncsResumed: 0,
+    syncsCompleted: 0,
+    syncing: false,
+    syncRemainingBytes: 0,
+    syncTotalBytes: 0,
+    syncChunksSent: 0,
+    syncChunksSkipped: 0,
+    syncBytesSent: 0,
   };
+  private hashFrames: Frame[] = [];
+  private hashesDone = false;
 
   constructor(private readonly opts: ShipperOptions) {
     this.shaper = new TokenBucket(opts.maxBandwidthBytesPerSec ?? 0);
@@ -167,6 +212,10 @@ export class Shipper {
         case FrameType.Ping:
           this.link?.send(FrameType.Pong, { id: f.meta.id });
           break;
+        case FrameType.SyncHashes:
+          if (f.meta.done === true) this.hashesDone = true;
+          else this.hashFrames.push(f);
+          break;
         case FrameType.Error:
           throw new ReplicationError(String(f.meta.code ?? Code.Handshake), `replica refused: ${String(f.meta.message)}`);
         default:
@@ -197,21 +246,29 @@ export class Shipper {
     if (durable > source.headSeq()) {
       throw new ReplicationError(Code.Handshake, `replica is ahead of this primary (replica durable ${durable}, primary head ${source.headSeq()}): the sites have diverged`);
     }
-    if (durable + 1 < source.oldestSeq()) {
-      this.state.resyncsNeeded++;
-      throw new ReplicationError(Code.Sequence, `replica at ${durable} is behind the retained journal (oldest ${source.oldestSeq()}): resync needed`);
-    }
     this.state.replicaSiteId = String(helloAck.meta.siteId ?? '');
     this.state.replicaAppliedSeq = Number(helloAck.meta.appliedSeq ?? 0);
-    this.state.ackedSeq = durable;
-    this.state.sentSeq = durable;
     this.inflight = [];
     this.inflightBytes = 0;
     this.lastHeardMs = Date.now();
-    source.replicaAcked(durable);
     this.state.connected = true;
     this.state.connects++;
-    this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, resumeFrom: durable + 1, headSeq: source.headSeq() }, 'replication link up');
+    const cursor = helloAck.meta.sync as SyncCursor | undefined;
+    const behind = durable + 1 < source.oldestSeq();
+    let resumeFrom = durable;
+    if (cursor || behind) {
+      if (!source.sync) {
+        this.state.resyncsNeeded++;
+        throw new ReplicationError(Code.Sequence, `replica at ${durable} is behind the retained journal (oldest ${source.oldestSeq()}) and this source cannot sync images`);
+      }
+      this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, durableSeq: durable, oldestSeq: source.oldestSeq(), resume: cursor }, 'replication link up; image sync needed');
+      resumeFrom = await this.syncImages(link, source.sync, cursor, () => failure);
+    } else {
+      this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, resumeFrom: durable + 1, headSeq: source.headSeq() }, 'replication link up');
+    }
+    this.state.ackedSeq = resumeFrom;
+    this.state.sentSeq = resumeFrom;
+    source.replicaAcked(resumeFrom);
 
     const segmentBytes = this.opts.segmentBytes ?? 1 << 20;
     const windowBytes = this.opts.windowBytes ?? 32 << 20;
@@ -231,13 +288,22 @@ export class Shipper {
         link.send(FrameType.Ping, { id });
       }
       if (this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
-        const records = await source.readAfter(this.state.sentSeq, segmentBytes);
+        const coalescing = this.opts.coalesce?.() ?? false;
+        // Coalescing reads bigger batches: the more overwrites a batch holds, the more it saves.
+        let records = await source.readAfter(this.state.sentSeq, coalescing ? segmentBytes * 8 : segmentBytes);
         if (records.length && records[0].seq !== this.state.sentSeq + 1) {
           this.state.resyncsNeeded++;
           throw new ReplicationError(Code.Sequence, `journal has no record ${this.state.sentSeq + 1} (next is ${records[0].seq}): resync needed`);
         }
         if (records.length && link.open) {
-          const { meta, payload } = encodeSegment(records);
+          const range = { from: records[0].seq, to: records[records.length - 1].seq };
+          if (coalescing && records.length > 1) {
+            const c = coalesce(records);
+            this.state.coalescedBytesSaved += c.savedBytes;
+            this.state.coalescedRecords += records.length - c.kept.length;
+            records = c.kept;
+          }
+          const { meta, payload } = encodeSegment(records, range);
           const wire = link.send(FrameType.Segment, meta, payload, this.opts.compress ?? true);
           this.state.sentSeq = meta.to;
           this.inflight.push({ to: meta.to, rawBytes: payload.length + 32 * records.length });
@@ -251,6 +317,114 @@ export class Shipper {
       if (source.headSeq() <= this.state.sentSeq) waits.push(source.waitForAppend(this.state.sentSeq));
       await Promise.race(waits);
     }
+  }
+
+  /**
+   * Copy the images (only what the replica lacks) while writes go on, then hand over to the
+   * journal: records after `fromSeq` replay whatever changed during the copy. Returns fromSeq.
+   */
+  private async syncImages(link: FramedLink, sync: SyncSource, cursor: SyncCursor | undefined, failed: () => Error | undefined): Promise<number> {
+    const { source, logger } = this.opts;
+    let fromSeq: number;
+    if (cursor && cursor.fromSeq + 1 >= source.oldestSeq() && cursor.fromSeq <= source.headSeq()) {
+      fromSeq = cursor.fromSeq;
+      this.state.syncsResumed++;
+    } else {
+      fromSeq = sync.imageSeq();
+      cursor = undefined;
+      this.state.syncsStarted++;
+      link.send(FrameType.SyncStart, { fromSeq });
+    }
+    // Records after fromSeq must stay until the replica has them (trim stops at the acked sequence).
+    source.replicaAcked(fromSeq);
+    this.state.ackedSeq = fromSeq;
+    this.state.sentSeq = fromSeq;
+    this.hashFrames = [];
+    this.hashesDone = false;
+    const check = () => {
+      const f = failed();
+      if (f) throw f;
+      if (!link.open) throw new ReplicationError(Code.Handshake, 'connection closed during sync');
+      if (this.stopped) throw new ReplicationError(Code.Handshake, 'shipper stopping');
+    };
+    // The replica answers with its chunk hashes (or none, when its volumes are fresh).
+    while (!this.hashesDone) {
+      check();
+      if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
+      await Promise.race([this.waitForPoke(), sleep(200)]);
+    }
+    const theirs = new Map<string, { from: number; hashes: Buffer }>();
+    for (const f of this.hashFrames) {
+      const vol = String(f.meta.volume);
+      const from = Number(f.meta.offset);
+      if (f.payload.length % 8 !== 0 || !Number.isSafeInteger(from) || from % SYNC_CHUNK_BYTES !== 0) throw new ReplicationError(Code.FrameMeta, `bad sync hashes for ${vol}`);
+      theirs.set(vol, { from, hashes: f.payload });
+    }
+    const volumes = [...source.volumes()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const startIndex = cursor ? Math.max(0, volumes.findIndex((v) => v.name === cursor!.volume)) : 0;
+    let remaining = 0;
+    for (let i = startIndex; i < volumes.length; i++) remaining += volumes[i].sizeBytes - (i === startIndex && cursor ? cursor.offsetBytes : 0);
+    this.state.syncing = true;
+    this.state.syncTotalBytes = this.state.syncRemainingBytes = remaining;
+    logger.info({ fromSeq, resumed: !!cursor, bytesToScan: remaining, compareHashes: theirs.size > 0 }, 'sync start');
+    const zero = Buffer.alloc(SYNC_CHUNK_BYTES);
+    const zeroHash = chunkHash(zero);
+    let lastPing = 0;
+    let lastLog = Date.now();
+    try {
+      for (let vi = startIndex; vi < volumes.length; vi++) {
+        const v = volumes[vi];
+        const hashes = theirs.get(v.name);
+        let off = vi === startIndex && cursor ? cursor.offsetBytes - (cursor.offsetBytes % SYNC_CHUNK_BYTES) : 0;
+        const WINDOW = 64 << 20;
+        while (off < v.sizeBytes) {
+          const windowEnd = Math.min(v.sizeBytes, off + WINDOW);
+          const extents = await sync.allocated(v.name, off, windowEnd - off);
+          for (let chunk = off; chunk < windowEnd; chunk += SYNC_CHUNK_BYTES) {
+            check();
+            const len = Math.min(SYNC_CHUNK_BYTES, v.sizeBytes - chunk);
+            const mapped = extents.some((e) => e.mapped && e.offsetBytes < chunk + len && chunk < e.offsetBytes + e.lengthBytes);
+            let data: Buffer | undefined = mapped ? await sync.readImage(v.name, chunk, len) : undefined;
+            if (data && isZero(data)) data = undefined;
+            let send: boolean;
+            if (hashes) {
+              const idx = (chunk - hashes.from) / SYNC_CHUNK_BYTES;
+              const theirHash = idx >= 0 && (idx + 1) * 8 <= hashes.hashes.length ? hashes.hashes.subarray(idx * 8, idx * 8 + 8) : undefined;
+              const ours = data ? chunkHash(data) : len === SYNC_CHUNK_BYTES ? zeroHash : chunkHash(Buffer.alloc(len));
+              send = !theirHash || !theirHash.equals(ours);
+            } else send = data !== undefined;
+            if (send) {
+              const wire = link.send(FrameType.SyncChunk, { volume: v.name, offset: chunk, length: len, zero: data === undefined }, data, this.opts.compress ?? true);
+              this.state.syncChunksSent++;
+              this.state.syncBytesSent += wire;
+              await this.shaper.take(wire);
+              await link.drained();
+            } else this.state.syncChunksSkipped++;
+            this.state.syncRemainingBytes = Math.max(0, this.state.syncRemainingBytes - len);
+            const now = Date.now();
+            if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
+              lastPing = now;
+              link.send(FrameType.Ping, { id: ++this.pingId });
+              this.pingSentAt.set(this.pingId, performance.now());
+              if (this.pingSentAt.size > 16) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
+            }
+            if (now - lastLog >= 5000) {
+              lastLog = now;
+              logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped }, 'sync progress');
+            }
+          }
+          off = windowEnd;
+        }
+      }
+      check();
+      const consistentSeq = Math.max(fromSeq, source.headSeq());
+      link.send(FrameType.SyncDone, { fromSeq, consistentSeq });
+      this.state.syncsCompleted++;
+      logger.info({ fromSeq, consistentSeq, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped, wireBytes: this.state.syncBytesSent }, 'sync end: the journal takes over');
+    } finally {
+      this.state.syncing = false;
+    }
+    return fromSeq;
   }
 
   private onAck(meta: Record<string, unknown>): void {

@@ -54,6 +54,9 @@ export class JournaledVolume implements Volume {
   /** Sequence number of the last record appended for this volume. */
   lastSeq = 0;
 
+  /** Extra delay before acknowledging a write (the RPO controller's throttle), ms; 0 most of the time. */
+  ackDelay?: () => number;
+
   constructor(readonly image: FileVolume, private readonly journal: Journal, private readonly tracker: ImageTracker, readonly readOnly = image.readOnly) {
     this.name = image.name;
     this.blockSize = image.blockSize;
@@ -101,6 +104,8 @@ export class JournaledVolume implements Volume {
     } finally {
       this.tracker.end(seq);
     }
+    const delay = this.ackDelay?.() ?? 0;
+    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
   }
 
   async flush(): Promise<void> {
@@ -159,6 +164,13 @@ export async function recoverImages(journal: Journal, images: ReadonlyMap<string
   return { fromSeq: from + 1, toSeq: to, records, bytes };
 }
 
+/** What the keeper needs of a volume: its name, size and image. */
+export interface KeptVolume {
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly image: { flush(): Promise<void> };
+}
+
 /**
  * Background upkeep: checkpoint (fsync images, record the safe sequence) and trim the journal
  * (feeding history into the base images), every `intervalMs` and on demand.
@@ -169,8 +181,9 @@ export class JournalKeeper {
 
   constructor(
     private readonly journal: Journal,
-    private readonly tracker: ImageTracker,
-    private readonly volumes: () => Iterable<JournaledVolume>,
+    /** Every record ≤ this is in its image. */
+    private readonly safeSeq: () => number,
+    private readonly volumes: () => Iterable<KeptVolume>,
     private readonly logger?: Logger,
     intervalMs = 1000,
   ) {
@@ -186,7 +199,7 @@ export class JournalKeeper {
   }
 
   private async run(): Promise<void> {
-    const safe = this.tracker.safeSeq(this.journal.headSeq());
+    const safe = this.safeSeq();
     if (safe > this.journal.checkpointSeq()) {
       await this.journal.sync();
       for (const v of this.volumes()) await v.image.flush();

@@ -1,0 +1,296 @@
+/**
+ * The replica's storage side of replication (the receiver's sink): records from the primary are
+ * made durable in this site's own journal (with the primary's sequence numbers and times)
+ * before they are acknowledged, then applied to the volumes in order, a segment at a time under
+ * the apply gate. Image sync chunks go straight to the images; progress is persisted so an
+ * interrupted sync resumes where it stopped. The state file says what the volumes hold.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../common/logger';
+import { ImageFileTarget, type Journal, type JournalRecord } from '../journal/wal';
+import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
+import { SYNC_CHUNK_BYTES, type ReceiverSink, type ReplicatedRecord, type SyncCursor, type SyncSink, type VolumeDescriptor } from '../replication/ports';
+import { chunkHash } from '../replication/shipper';
+import { FileVolume } from '../volume/file-volume';
+import { applyToVolume } from '../volume/journaled';
+import { ApplyGate, ReplicaVolume } from '../volume/replica';
+
+export interface ReplicaState {
+  /** The primary this replica follows (set at the first handshake). */
+  primarySiteId?: string;
+  /** Nothing was ever written to the volumes here. */
+  fresh: boolean;
+  /** An image sync in progress. */
+  sync?: SyncCursor;
+  /** After a sync: consistent once everything up to here is applied. */
+  consistentSeq: number;
+  /** Primary's time of the last applied record (the consistent point's time). */
+  appliedTimeMs: number;
+  appliedSeq: number;
+}
+
+export type ReplicaSyncState = 'syncing' | 'consistent';
+
+interface Pending {
+  records: ReplicatedRecord[];
+  toSeq: number;
+}
+
+export class ReplicaStore implements ReceiverSink, SyncSink {
+  readonly sync: SyncSink = this;
+  private state: ReplicaState;
+  private durable: number;
+  private applied: number;
+  private queue: Pending[] = [];
+  private applying?: Promise<void>;
+  private applyError?: Error;
+  private syncBytesSinceSave = 0;
+  /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
+  rebaseNeeded = false;
+  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0 };
+
+  private constructor(
+    readonly siteId: string,
+    private readonly journal: Journal,
+    private readonly volumesDir: string,
+    private readonly statePath: string,
+    readonly volumes: Map<string, ReplicaVolume>,
+    readonly gate: ApplyGate,
+    private readonly onVolume: (v: ReplicaVolume, created: boolean) => Promise<void>,
+    private readonly logger: Logger,
+    state: ReplicaState,
+  ) {
+    this.state = state;
+    this.durable = journal.headSeq();
+    this.applied = journal.checkpointSeq();
+    this.state.appliedSeq = this.applied;
+    this.state.appliedTimeMs = journal.timeOf(this.applied) ?? state.appliedTimeMs;
+  }
+
+  static async open(opts: {
+    siteId: string;
+    journal: Journal;
+    volumesDir: string;
+    stateDir: string;
+    volumes: Map<string, ReplicaVolume>;
+    gate: ApplyGate;
+    onVolume: (v: ReplicaVolume, created: boolean) => Promise<void>;
+    logger: Logger;
+  }): Promise<ReplicaStore> {
+    const statePath = path.join(opts.stateDir, 'replica.json');
+    let state: ReplicaState;
+    try {
+      state = JSON.parse(await fsp.readFile(statePath, 'utf8')) as ReplicaState;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      state = { fresh: opts.journal.headSeq() === 0, consistentSeq: 0, appliedTimeMs: 0, appliedSeq: 0 };
+    }
+    await fsp.mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
+    return new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state);
+  }
+
+  private async save(): Promise<void> {
+    const tmp = `${this.statePath}.tmp`;
+    const fh = await fsp.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(this.state, null, 2) + '\n');
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, this.statePath);
+  }
+
+  durableSeq(): number {
+    return this.durable;
+  }
+
+  appliedSeq(): number {
+    return this.applied;
+  }
+
+  appliedTimeMs(): number {
+    return this.state.appliedTimeMs;
+  }
+
+  primarySiteId(): string | undefined {
+    return this.state.primarySiteId;
+  }
+
+  syncState(): ReplicaSyncState {
+    if (!this.state.primarySiteId || this.state.sync || this.applied < this.state.consistentSeq) return 'syncing';
+    return 'consistent';
+  }
+
+  counters(): typeof this.stats {
+    return { ...this.stats };
+  }
+
+  /** Called at the handshake: learn (and create) the primary's volumes. */
+  async ensureVolumes(descs: VolumeDescriptor[]): Promise<void> {
+    for (const d of descs) {
+      const have = this.volumes.get(d.name);
+      if (have) {
+        if (have.sizeBytes !== d.sizeBytes) {
+          throw new ReplicationError(ReplicationErrorCode.Handshake, `volume ${d.name} is ${d.sizeBytes} bytes on the primary but ${have.sizeBytes} here`);
+        }
+        continue;
+      }
+      const image = await FileVolume.open({ dir: this.volumesDir, name: d.name, sizeBytes: d.sizeBytes, blockSize: d.blockSize, readOnly: false, create: true });
+      await this.journal.registerVolume(d.name);
+      const v = new ReplicaVolume(image, this.gate);
+      this.volumes.set(d.name, v);
+      await this.onVolume(v, true);
+      this.logger.info({ volume: d.name, sizeBytes: d.sizeBytes }, 'replica volume created from the primary');
+    }
+  }
+
+  /** The primary's identity, checked at every handshake: a replica follows one primary. */
+  async acceptPrimary(siteId: string): Promise<void> {
+    if (this.state.primarySiteId === siteId) return;
+    if (this.state.primarySiteId && !this.state.fresh) {
+      throw new ReplicationError(ReplicationErrorCode.Handshake, `this replica follows site ${this.state.primarySiteId}, not ${siteId}`);
+    }
+    this.state.primarySiteId = siteId;
+    await this.save();
+  }
+
+  async store(records: ReplicatedRecord[], toSeq: number): Promise<void> {
+    if (this.applyError) throw this.applyError;
+    const dones: Promise<void>[] = [];
+    for (const r of records) {
+      const { done } = this.journal.appendAt(r.seq, r.timeMs, r.volume, r.op, r.offsetBytes, r.lengthBytes, r.data ?? EMPTY);
+      dones.push(done);
+    }
+    await Promise.all(dones);
+    await this.journal.sync();
+    this.durable = toSeq;
+    if (this.state.fresh) {
+      this.state.fresh = false;
+      await this.save();
+    }
+    this.queue.push({ records, toSeq });
+    this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
+  }
+
+  private async applyLoop(): Promise<void> {
+    while (this.queue.length) {
+      const seg = this.queue.shift()!;
+      try {
+        await this.gate.exclusive(async () => {
+          for (const r of seg.records) {
+            const v = this.volumes.get(r.volume);
+            if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
+            await applyToVolume(v.image, r as JournalRecord);
+            this.stats.recordsApplied++;
+            this.stats.bytesApplied += r.lengthBytes;
+          }
+        });
+      } catch (e) {
+        this.applyError = e as Error;
+        this.logger.error({ err: e, seq: seg.toSeq }, 'replica apply failed; replication stops until restart');
+        return;
+      }
+      this.stats.segmentsApplied++;
+      this.applied = seg.toSeq;
+      const last = seg.records[seg.records.length - 1];
+      if (last) this.state.appliedTimeMs = last.timeMs;
+      this.state.appliedSeq = this.applied;
+      if (this.state.consistentSeq && this.applied >= this.state.consistentSeq && !this.state.sync) {
+        this.logger.info({ appliedSeq: this.applied }, 'replica consistent');
+        this.state.consistentSeq = 0;
+        await this.save();
+      }
+    }
+  }
+
+  /** Wait until everything stored is applied. */
+  async idle(): Promise<void> {
+    while (this.applying) await this.applying;
+  }
+
+  /** Persist the consistent point (called by the keeper after images are flushed). */
+  async persist(): Promise<void> {
+    await this.save();
+  }
+
+  // --- image sync -------------------------------------------------------------------------
+
+  isFresh(): boolean {
+    return this.state.fresh;
+  }
+
+  cursor(): SyncCursor | undefined {
+    return this.state.sync;
+  }
+
+  async begin(fromSeq: number, volumes: string[]): Promise<void> {
+    await this.idle();
+    await this.journal.resetTo(fromSeq);
+    this.durable = this.applied = fromSeq;
+    this.state.sync = { fromSeq, volume: volumes[0] ?? '', offsetBytes: 0 };
+    this.state.consistentSeq = fromSeq;
+    this.state.appliedSeq = fromSeq;
+    this.rebaseNeeded = true;
+    await this.save();
+    this.logger.info({ fromSeq, fresh: this.state.fresh }, 'sync start');
+  }
+
+  async hashes(volume: string, fromOffset: number): Promise<Buffer> {
+    const v = this.volumes.get(volume);
+    if (!v) return Buffer.alloc(0);
+    const n = Math.ceil((v.sizeBytes - fromOffset) / SYNC_CHUNK_BYTES);
+    const out = Buffer.allocUnsafe(n * 8);
+    for (let i = 0; i < n; i++) {
+      const off = fromOffset + i * SYNC_CHUNK_BYTES;
+      const len = Math.min(SYNC_CHUNK_BYTES, v.sizeBytes - off);
+      chunkHash(await v.image.read(off, len)).copy(out, i * 8);
+    }
+    return out;
+  }
+
+  async chunk(volume: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void> {
+    const v = this.volumes.get(volume);
+    if (!v || !this.state.sync) throw new ReplicationError(ReplicationErrorCode.Sequence, `sync chunk for ${volume} outside a sync`);
+    if (data) await v.image.write(offsetBytes, data);
+    else await v.image.unmap(offsetBytes, lengthBytes);
+    this.stats.syncChunks++;
+    this.stats.syncBytes += lengthBytes;
+    this.syncBytesSinceSave += lengthBytes;
+    if (this.state.fresh) this.state.fresh = false;
+    if (this.syncBytesSinceSave >= 16 << 20) {
+      this.syncBytesSinceSave = 0;
+      await v.image.flush();
+      this.state.sync = { ...this.state.sync, volume, offsetBytes: offsetBytes + lengthBytes };
+      await this.save();
+    }
+  }
+
+  async end(fromSeq: number, consistentSeq: number): Promise<void> {
+    for (const v of this.volumes.values()) await v.image.flush();
+    this.state.sync = undefined;
+    this.state.consistentSeq = consistentSeq > this.applied ? consistentSeq : 0;
+    await this.save();
+    this.logger.info({ fromSeq, consistentSeq, chunks: this.stats.syncChunks, bytes: this.stats.syncBytes }, 'sync end: replica consistent once the journal tail is applied');
+  }
+
+  /** Copy the images as the point-in-time base (after a sync, once consistent). */
+  async rebaseHistory(): Promise<void> {
+    await this.idle();
+    const seq = this.applied;
+    await this.gate.exclusive(() =>
+      this.journal.rebase(seq, this.state.appliedTimeMs || Date.now(), async (baseDir) => {
+        await fsp.mkdir(baseDir, { recursive: true });
+        for (const v of this.volumes.values()) {
+          await v.image.flush();
+          const t = await ImageFileTarget.open(path.join(baseDir, `${v.name}.img`), v.sizeBytes, true);
+          await t.close();
+          await fsp.copyFile(v.image.imagePath, path.join(baseDir, `${v.name}.img`));
+        }
+      }),
+    );
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

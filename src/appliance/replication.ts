@@ -1,0 +1,247 @@
+/**
+ * The primary's side of replication, wired to this site: the journal as the shipper's source,
+ * the images for syncs, and the RPO controller closing the loop (coalesce, throttle, alert).
+ */
+import type { Logger } from '../common/logger';
+import type { Journal } from '../journal/wal';
+import type { ReplicatedRecord, ShipperSource, SyncSource, VolumeDescriptor } from '../replication/ports';
+import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
+import { Shipper, type ShipperStats } from '../replication/shipper';
+import type { FileVolume } from '../volume/file-volume';
+import type { ImageTracker } from '../volume/journaled';
+
+export interface PrimaryReplicationOptions {
+  siteId: string;
+  journal: Journal;
+  tracker: ImageTracker;
+  images: () => ReadonlyMap<string, FileVolume>;
+  host: string;
+  port: number;
+  maxBandwidthBytesPerSec: number;
+  rpoTargetMs: number;
+  rpoPolicy: RpoPolicy;
+  logger: Logger;
+}
+
+export interface PrimaryReplicationStatus {
+  ackedSeq: number;
+  rpoSeconds: number;
+  backlogBytes: number;
+  /** replicating (caught up or draining), syncing (image sync running), disconnected. */
+  consistency: 'replicating' | 'syncing' | 'disconnected';
+  replicaConsistent: boolean;
+  link: {
+    connected: boolean;
+    replica: string;
+    replicaSiteId: string;
+    bytesRaw: number;
+    bytesWire: number;
+    rttMs: number;
+    connects: number;
+    disconnects: number;
+    maxBandwidthBytesPerSec: number;
+    lastError: string;
+  };
+  rpo: {
+    targetSeconds: number;
+    policy: RpoPolicy;
+    projectedSeconds: number;
+    drainBytesPerSec: number;
+    coalescing: boolean;
+    coalescedBytesSaved: number;
+    throttleDelayMs: number;
+    targetMissed: boolean;
+  };
+  sync: {
+    running: boolean;
+    started: number;
+    resumed: number;
+    completed: number;
+    remainingBytes: number;
+    totalBytes: number;
+    chunksSent: number;
+    chunksSkipped: number;
+  };
+  replicaAppliedSeq: number;
+}
+
+class JournalSource implements ShipperSource {
+  readonly sync: SyncSource;
+  constructor(
+    readonly siteId: string,
+    private readonly journal: Journal,
+    private readonly tracker: ImageTracker,
+    private readonly images: () => ReadonlyMap<string, FileVolume>,
+  ) {
+    this.sync = {
+      imageSeq: () => this.tracker.safeSeq(this.journal.headSeq()),
+      readImage: (v, o, l) => this.image(v).read(o, l),
+      allocated: (v, o, l) => this.image(v).allocation(o, l),
+    };
+  }
+
+  private image(name: string): FileVolume {
+    const img = this.images().get(name);
+    if (!img) throw new Error(`no volume ${name}`);
+    return img;
+  }
+
+  volumes(): VolumeDescriptor[] {
+    return [...this.images().values()].map((v) => ({ name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize, uuid: v.uuid.toString('hex') }));
+  }
+
+  headSeq(): number {
+    return this.journal.writtenHead();
+  }
+
+  oldestSeq(): number {
+    return this.journal.oldestSeq();
+  }
+
+  readAfter(afterSeq: number, maxBytes: number): Promise<ReplicatedRecord[]> {
+    return this.journal.readAfter(afterSeq, maxBytes);
+  }
+
+  waitForAppend(afterSeq: number): Promise<void> {
+    return this.journal.waitForAppend(afterSeq);
+  }
+
+  timeOf(seq: number): number | undefined {
+    return this.journal.timeOf(seq);
+  }
+
+  replicaAcked(seq: number): void {
+    this.journal.replicaAcked(seq);
+  }
+}
+
+export class PrimaryReplication {
+  readonly shipper: Shipper;
+  readonly controller: RpoController;
+  private readonly source: JournalSource;
+  private timer?: NodeJS.Timeout;
+  private lastBacklog = 0;
+  private lastAppended = 0;
+  private missed = false;
+  private coalescingLogged = false;
+
+  constructor(private readonly opts: PrimaryReplicationOptions) {
+    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images);
+    this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
+    this.shipper = new Shipper({
+      source: this.source,
+      host: opts.host,
+      port: opts.port,
+      logger: opts.logger,
+      maxBandwidthBytesPerSec: opts.maxBandwidthBytesPerSec,
+      coalesce: () => this.controller.current.coalesce,
+    });
+  }
+
+  start(): void {
+    this.shipper.start();
+    this.lastAppended = this.opts.journal.appendedBytesTotal();
+    this.timer = setInterval(() => this.tick(), 250);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.shipper.stop();
+  }
+
+  /** The delay the throttle adds to each write acknowledgement now (ms). */
+  ackDelayMs(): number {
+    return this.controller.current.throttleDelayMs;
+  }
+
+  setBandwidth(bytesPerSec: number): void {
+    this.shipper.setBandwidth(bytesPerSec);
+    this.controller.linkHintBytesPerSec = bytesPerSec;
+  }
+
+  private backlog(): { acked: number; backlogBytes: number; oldestUnackedMs?: number } {
+    const j = this.opts.journal;
+    const acked = this.shipper.stats().ackedSeq;
+    const head = j.headSeq();
+    if (head <= acked) return { acked, backlogBytes: 0 };
+    const backlogBytes = j.bytesAfter(acked);
+    const oldestUnackedMs = j.timeOf(acked + 1) ?? j.stats().oldestTimeMs ?? Date.now();
+    return { acked, backlogBytes, oldestUnackedMs };
+  }
+
+  private tick(): void {
+    const b = this.backlog();
+    const appended = this.opts.journal.appendedBytesTotal();
+    const appendedDelta = appended - this.lastAppended;
+    this.lastAppended = appended;
+    const ackedDelta = Math.max(0, this.lastBacklog + appendedDelta - b.backlogBytes);
+    this.lastBacklog = b.backlogBytes;
+    const d = this.controller.observe({ nowMs: Date.now(), oldestUnackedMs: b.oldestUnackedMs, backlogBytes: b.backlogBytes, ackedBytesDelta: ackedDelta, appendedBytesDelta: appendedDelta });
+    const log = this.opts.logger;
+    if (d.targetMissed !== this.missed) {
+      this.missed = d.targetMissed;
+      if (d.targetMissed) log.warn({ rpoSeconds: round(d.rpoSeconds), targetSeconds: this.controller.targetSeconds, backlogBytes: b.backlogBytes }, 'RPO target missed');
+      else log.info({ rpoSeconds: round(d.rpoSeconds), targetSeconds: this.controller.targetSeconds }, 'RPO back within target');
+    }
+    if (d.coalesce !== this.coalescingLogged) {
+      this.coalescingLogged = d.coalesce;
+      log.info({ coalesce: d.coalesce, projectedRpoSeconds: round(d.projectedRpoSeconds) }, d.coalesce ? 'RPO policy: coalescing overwrites' : 'RPO policy: coalescing off');
+    }
+  }
+
+  decision(): RpoDecision {
+    return this.controller.current;
+  }
+
+  status(): PrimaryReplicationStatus {
+    const s: ShipperStats = this.shipper.stats();
+    const b = this.backlog();
+    const d = this.controller.current;
+    const rpoSeconds = b.oldestUnackedMs === undefined ? 0 : Math.max(0, (Date.now() - b.oldestUnackedMs) / 1000);
+    return {
+      ackedSeq: s.ackedSeq,
+      rpoSeconds: round(rpoSeconds),
+      backlogBytes: b.backlogBytes,
+      consistency: !s.connected ? 'disconnected' : s.syncing ? 'syncing' : 'replicating',
+      replicaConsistent: s.connected && !s.syncing,
+      link: {
+        connected: s.connected,
+        replica: `${this.opts.host}:${this.opts.port}`,
+        replicaSiteId: s.replicaSiteId,
+        bytesRaw: s.bytesRawSent,
+        bytesWire: s.bytesWireSent,
+        rttMs: round(s.rttMs),
+        connects: s.connects,
+        disconnects: s.disconnects,
+        maxBandwidthBytesPerSec: this.shipper.bandwidth,
+        lastError: s.lastError,
+      },
+      rpo: {
+        targetSeconds: this.controller.targetSeconds,
+        policy: this.controller.policy,
+        projectedSeconds: round(d.projectedRpoSeconds),
+        drainBytesPerSec: Math.round(d.drainBytesPerSec),
+        coalescing: d.coalesce,
+        coalescedBytesSaved: s.coalescedBytesSaved,
+        throttleDelayMs: round(d.throttleDelayMs),
+        targetMissed: d.targetMissed,
+      },
+      sync: {
+        running: s.syncing,
+        started: s.syncsStarted,
+        resumed: s.syncsResumed,
+        completed: s.syncsCompleted,
+        remainingBytes: s.syncRemainingBytes,
+        totalBytes: s.syncTotalBytes,
+        chunksSent: s.syncChunksSent,
+        chunksSkipped: s.syncChunksSkipped,
+      },
+      replicaAppliedSeq: s.replicaAppliedSeq,
+    };
+  }
+}
+
+function round(n: number): number {
+  return Math.round(n * 1000) / 1000;
+}

@@ -1,0 +1,65 @@
+/** Two real appliances (primary → replica) for replication tests, and helpers to compare them. */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { startAppliance, type RunningAppliance } from './appliance';
+import { run } from './exec';
+
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+export function startReplica(dataDir: string, replPort: number, args: string[] = []): Promise<RunningAppliance> {
+  return startAppliance({ dataDir, volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, ...args] });
+}
+
+export function startPrimary(dataDir: string, volumes: string[], replicateTo: number, args: string[] = []): Promise<RunningAppliance> {
+  return startAppliance({ dataDir, volumes, args: ['--replicate-to', `127.0.0.1:${replicateTo}`, ...args] });
+}
+
+/** Poll until the replica holds (durably and applied) everything the primary has. */
+export async function waitCaughtUp(primary: RunningAppliance, replica: RunningAppliance, timeoutMs = 60_000): Promise<{ headSeq: number }> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    const p = await primary.status();
+    const r = await replica.status();
+    last = `primary head ${String(p.headSeq)} acked ${String(p.ackedSeq)} (${String(p.consistency)}, link error: ${String((p.link as { lastError?: string }).lastError)}); replica applied ${String(r.appliedSeq)} ${String(r.state)}, replica link error: ${String((r.link as { lastError?: string }).lastError)}`;
+    if (p.ackedSeq === p.headSeq && r.appliedSeq === p.headSeq && r.state === 'consistent' && (p.link as { connected: boolean }).connected) return { headSeq: p.headSeq as number };
+    if (Date.now() > deadline) throw new Error(`replica did not catch up: ${last}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
+export async function readVolume(app: RunningAppliance, volume: string, file: string): Promise<Buffer> {
+  const r = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', app.url(volume), file], { timeoutMs: 120_000 });
+  assert.equal(r.code, 0, r.stderr);
+  return readFileSync(file);
+}
+
+export async function assertSameVolume(primary: RunningAppliance, replica: RunningAppliance, volume: string, dir: string): Promise<void> {
+  const a = await readVolume(primary, volume, path.join(dir, `${volume}.primary.img`));
+  const b = await readVolume(replica, volume, path.join(dir, `${volume}.replica.img`));
+  assert.equal(a.length, b.length);
+  if (!a.equals(b)) {
+    let i = 0;
+    while (a[i] === b[i]) i++;
+    assert.fail(`volume ${volume}: replica differs from the primary at byte ${i} (block ${Math.floor(i / 4096)})`);
+  }
+}
+
+/** Prometheus text → value of one sample (first match; labels exactly as printed, or none). */
+export function metricValue(text: string, name: string, labels = ''): number | undefined {
+  const prefix = labels ? `${name}{${labels}} ` : `${name} `;
+  for (const line of text.split('\n')) if (line.startsWith(prefix)) return Number(line.slice(prefix.length).split(' ')[0]);
+  return undefined;
+}
+
+export async function metrics(app: RunningAppliance): Promise<string> {
+  return (await fetch(`http://127.0.0.1:${app.httpPort}/metrics`)).text();
+}
