@@ -229,7 +229,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await this.idle();
     await this.journal.resetTo(fromSeq);
     this.durable = this.applied = fromSeq;
-    this.state.sync = { fromSeq, volume: volumes[0] ?? '', offsetBytes: 0 };
+    this.state.sync = { fromSeq, volume: volumes[0] ?? '', offsetBytes: 0, compare: !this.state.fresh };
     this.state.consistentSeq = fromSeq;
     this.state.appliedSeq = fromSeq;
     this.rebaseNeeded = true;
@@ -259,7 +259,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.stats.syncBytes += lengthBytes;
     this.syncBytesSinceSave += lengthBytes;
     if (this.state.fresh) this.state.fresh = false;
-    if (this.syncBytesSinceSave >= 16 << 20) {
+    if (this.syncBytesSinceSave >= 4 << 20) {
       this.syncBytesSinceSave = 0;
       await v.image.flush();
       this.state.sync = { ...this.state.sync, volume, offsetBytes: offsetBytes + lengthBytes };

@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE } from './exit';
 import { register as registerJournal } from './journal-inspect';
 import { register as registerReplay } from './replay';
+import { register as registerSeed } from './seed';
 import { register as registerServe } from './serve';
 
 const program = new Command();
@@ -20,6 +21,7 @@ registerServe(program);
 
 registerReplay(program);
 registerJournal(program);
+registerSeed(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`offsite: ${(e as Error).message}\n`);

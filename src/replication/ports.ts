@@ -62,6 +62,8 @@ export interface SyncCursor {
   fromSeq: number;
   volume: string;
   offsetBytes: number;
+  /** The replica held data when the sync began: chunks are compared by hash (else only non-zero ones are sent). */
+  compare?: boolean;
 }
 
 export interface ReceiverSink {

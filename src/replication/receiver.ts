@@ -95,9 +95,6 @@ export class Receiver {
         volumeNames = volumeList.map((v) => String(v?.name)).sort();
         chain(storing.then(() => this.handshake(link, f)).then(async (durable) => {
           expectNext = durable + 1;
-          // An unfinished sync resumes: the primary needs our hashes from the cursor on.
-          const cursor = sink.sync?.cursor();
-          if (cursor) await this.sendHashes(link, sink.sync!.isFresh() ? [] : volumeNames.filter((n) => n >= cursor.volume), 0);
         }));
         storing.catch((e: Error) => {
           fail(e);
@@ -111,8 +108,15 @@ export class Receiver {
           const fromSeq = Number(f.meta.fromSeq);
           if (!Number.isSafeInteger(fromSeq) || fromSeq < 0) throw new ReplicationError(Code.FrameMeta, `SyncStart with fromSeq ${String(f.meta.fromSeq)}`);
           if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
+          const resume = f.meta.resume === true;
           chain(storing.then(async () => {
             const fresh = sink.sync!.isFresh();
+            const cursor = sink.sync!.cursor();
+            if (resume && cursor && cursor.fromSeq === fromSeq) {
+              // Continue where it stopped: our hashes for the volumes still to scan.
+              await this.sendHashes(link, cursor.compare ? volumeNames.filter((n) => n >= cursor.volume) : [], 0);
+              return;
+            }
             await sink.sync!.begin(fromSeq, volumeNames);
             expectNext = fromSeq + 1;
             this.state.receivedSeq = fromSeq;

@@ -326,21 +326,22 @@ export class Shipper {
   private async syncImages(link: FramedLink, sync: SyncSource, cursor: SyncCursor | undefined, failed: () => Error | undefined): Promise<number> {
     const { source, logger } = this.opts;
     let fromSeq: number;
-    if (cursor && cursor.fromSeq + 1 >= source.oldestSeq() && cursor.fromSeq <= source.headSeq()) {
+    this.hashFrames = [];
+    this.hashesDone = false;
+    if (cursor && cursor.fromSeq >= 0 && cursor.fromSeq + 1 >= source.oldestSeq() && cursor.fromSeq <= source.headSeq()) {
       fromSeq = cursor.fromSeq;
       this.state.syncsResumed++;
+      link.send(FrameType.SyncStart, { fromSeq, resume: true });
     } else {
       fromSeq = sync.imageSeq();
       cursor = undefined;
       this.state.syncsStarted++;
-      link.send(FrameType.SyncStart, { fromSeq });
+      link.send(FrameType.SyncStart, { fromSeq, resume: false });
     }
     // Records after fromSeq must stay until the replica has them (trim stops at the acked sequence).
     source.replicaAcked(fromSeq);
     this.state.ackedSeq = fromSeq;
     this.state.sentSeq = fromSeq;
-    this.hashFrames = [];
-    this.hashesDone = false;
     const check = () => {
       const f = failed();
       if (f) throw f;

@@ -1,0 +1,80 @@
+/**
+ * `offsite seed`: preload a replica's volume from an image carried by hand (disks shipped by
+ * courier), before the replica first meets its primary. The first sync then compares chunk
+ * hashes and sends only the chunks that differ.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { SingleBar } from 'cli-progress';
+import { DataDir } from '../appliance/datadir';
+import type { ReplicaState } from '../appliance/replica';
+import { OffsiteError } from '../common/errors';
+import { FileVolume } from '../volume/file-volume';
+import { fail } from './exit';
+
+const CHUNK = 1 << 20;
+
+export function register(program: Command): void {
+  program
+    .command('seed')
+    .description("preload a (stopped) replica's volume from a carried image; the first sync then sends only what differs")
+    .requiredOption('--data <dir>', "the replica's data directory (created when new)")
+    .requiredOption('--volume <name>', 'volume name (as on the primary)')
+    .requiredOption('--from <image>', 'raw image file of the volume (its size is the volume size)')
+    .action(async (opts: { data: string; volume: string; from: string }) => {
+      const started = Date.now();
+      const dir = new DataDir(opts.data);
+      let volume: FileVolume | undefined;
+      let locked = false;
+      try {
+        const st = await fsp.stat(opts.from).catch(() => {
+          throw new OffsiteError('SEED_NO_IMAGE', `cannot read the image ${opts.from}`);
+        });
+        if (!st.isFile() || st.size === 0 || st.size % 512 !== 0) throw new OffsiteError('SEED_BAD_IMAGE', `${opts.from} is not a raw image (size ${st.size} is not a positive multiple of 512)`);
+        await dir.init();
+        await dir.lock();
+        locked = true;
+        const statePath = path.join(dir.root, 'state', 'replica.json');
+        const state = JSON.parse(await fsp.readFile(statePath, 'utf8').catch(() => 'null')) as ReplicaState | null;
+        if (state && !state.fresh && !state.sync) {
+          throw new OffsiteError('SEED_NOT_FRESH', `${opts.data} already replicates from its primary; seeding is for a new replica`);
+        }
+        volume = await FileVolume.open({ dir: dir.volumesDir, name: opts.volume, sizeBytes: st.size, create: true });
+        const src = await fsp.open(opts.from, 'r');
+        const bar = process.stderr.isTTY ? new SingleBar({ format: 'seed |{bar}| {percentage}% {value}/{total} MiB', stream: process.stderr }) : undefined;
+        bar?.start(Math.ceil(st.size / CHUNK), 0);
+        let copied = 0;
+        const buf = Buffer.alloc(CHUNK);
+        try {
+          for (let off = 0; off < st.size; off += CHUNK) {
+            const n = Math.min(CHUNK, st.size - off);
+            const { bytesRead } = await src.read(buf, 0, n, off);
+            const data = buf.subarray(0, bytesRead);
+            // Zero regions stay holes (a fresh volume reads zeros there already).
+            if (data.some((b) => b !== 0)) {
+              await volume.write(off, Buffer.from(data));
+              copied += bytesRead;
+            } else await volume.unmap(off, bytesRead);
+            bar?.update(Math.floor(off / CHUNK) + 1);
+          }
+        } finally {
+          await src.close();
+          bar?.stop();
+        }
+        await volume.flush();
+        // The replica now holds data the primary must compare against: the first handshake runs a sync.
+        const next: ReplicaState = { ...(state ?? { consistentSeq: 0, appliedTimeMs: 0, appliedSeq: 0 }), fresh: false, sync: { fromSeq: -1, volume: '', offsetBytes: 0 } };
+        await fsp.mkdir(path.dirname(statePath), { recursive: true, mode: 0o700 });
+        await fsp.writeFile(`${statePath}.tmp`, JSON.stringify(next, null, 2) + '\n', { mode: 0o600 });
+        await fsp.rename(`${statePath}.tmp`, statePath);
+        const secs = ((Date.now() - started) / 1000).toFixed(2);
+        process.stdout.write(`seeded volume ${opts.volume} in ${opts.data}: ${st.size} bytes, ${copied} bytes of data copied, ${secs} s; the first sync will send only the chunks that differ\n`);
+      } catch (e) {
+        fail(e, 'offsite seed');
+      } finally {
+        await volume?.close().catch(() => undefined);
+        if (locked) await dir.unlock();
+      }
+    });
+}
