@@ -8,6 +8,8 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { startAppliance, tempDir, removeDir, type RunningAppliance } from '../test/helpers/appliance';
 import { startTgt } from '../test/helpers/tgt';
+import { freePort } from '../test/helpers/replication';
+import { runWanBench } from './wan';
 
 interface Workload {
   name: string;
@@ -64,12 +66,19 @@ function table(rows: string[][]): string {
   return rows.map((r, ri) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ') + (ri === 0 ? '\n' + widths.map((w) => '-'.repeat(w)).join('  ') : '')).join('\n');
 }
 
-async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppliance) => Promise<T>): Promise<T> {
-  const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('')}`), volumes: [`bench:${VOLUME_BYTES}`], args });
+async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppliance) => Promise<T>, withReplica = false): Promise<T> {
+  let replica: RunningAppliance | undefined;
+  if (withReplica) {
+    const port = await freePort();
+    replica = await startAppliance({ dataDir: path.join(dir, 'replica'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${port}`] });
+    args = [...args, '--replicate-to', `127.0.0.1:${port}`];
+  }
+  const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('').replace(/[^a-z0-9-]/gi, '')}`), volumes: [`bench:${VOLUME_BYTES}`], args });
   try {
     return await fn(app);
   } finally {
     await app.stop();
+    await replica?.stop();
   }
 }
 
@@ -79,20 +88,33 @@ async function main(): Promise<void> {
   try {
     const tgt = await startTgt(path.join(dir, 'tgt.img'), VOLUME_BYTES);
     try {
+      if (only && only !== 'iscsi') throw new SkipIscsi();
       await prefill(tgt.url);
       results.tgt = await measure(tgt.url);
+    } catch (e) {
+      if (!(e instanceof SkipIscsi)) throw e;
     } finally {
       await tgt.stop();
     }
-    for (const [label, args] of [['offsite', []], ['offsite (no journal)', ['--no-journal']]] as [string, string[]][]) {
+    for (const [label, args, withReplica] of [['offsite', [], false], ['offsite (no journal)', ['--no-journal'], false], ['offsite + replica', [], true]] as [string, string[], boolean][]) {
+      if (only && only !== 'iscsi') break;
       results[label] = await withOffsite(dir, args, async (app) => {
         await prefill(app.url('bench'));
         return measure(app.url('bench'));
-      });
+      }, withReplica);
     }
   } finally {
     removeDir(dir);
   }
+  if (results.tgt) printIscsi(results);
+  if (!only || only === 'wan') process.stdout.write(await runWanBench());
+}
+
+class SkipIscsi extends Error {}
+const onlyIdx = process.argv.indexOf('--only');
+const only = onlyIdx > 0 ? process.argv[onlyIdx + 1] : undefined;
+
+function printIscsi(results: Record<string, number[]>): void {
   const labels = Object.keys(results).filter((l) => l !== 'tgt');
   const header = ['workload (MiB/s)', 'tgt', ...labels, ...labels.map((l) => `${l}/tgt`)];
   const rows = WORKLOADS.map((w, i) => [
@@ -107,6 +129,11 @@ async function main(): Promise<void> {
     const j = results.offsite;
     const n = results['offsite (no journal)'];
     process.stdout.write(`\njournal on/off: ${WORKLOADS.map((w, i) => `${w.name} ${(j[i] / n[i]).toFixed(2)}`).join(', ')} (targets: >= 0.90 at 128K writes, >= 0.85 at 4K writes)\n`);
+  }
+  if (results['offsite + replica']) {
+    const j = results.offsite;
+    const r = results['offsite + replica'];
+    process.stdout.write(`with a replica on loopback / without: ${WORKLOADS.map((w, i) => `${w.name} ${(r[i] / j[i]).toFixed(2)}`).join(', ')} (target: >= 0.90)\n`);
   }
 }
 

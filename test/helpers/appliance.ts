@@ -7,13 +7,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
-import { after } from 'node:test';
 
 /** Every appliance a test file started; whatever a failed test left running is killed at the end. */
 const running = new Set<ChildProcess>();
-after(() => {
-  for (const p of running) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-});
+// Only under the test runner (importing node:test elsewhere, e.g. in the bench, starts a reporter).
+if (process.env.NODE_TEST_CONTEXT) {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  (require('node:test') as typeof import('node:test')).after(() => {
+    for (const p of running) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+}
 
 export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 export const TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
@@ -21,6 +24,7 @@ export const TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
 export interface RunningAppliance {
   proc: ChildProcess;
   dataDir: string;
+  host: string;
   iscsiPort: number;
   httpPort: number;
   logs: Record<string, unknown>[];
@@ -35,12 +39,26 @@ export function tempDir(prefix = 'offsite-test-'): string {
   return mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
-export async function startAppliance(opts: { dataDir?: string; volumes?: string[]; args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunningAppliance> {
+export async function startAppliance(
+  opts: {
+    dataDir?: string;
+    volumes?: string[];
+    args?: string[];
+    env?: NodeJS.ProcessEnv;
+    timeoutMs?: number;
+    /** Address to serve iSCSI and HTTP on (default 127.0.0.1). */
+    host?: string;
+    /** Run under a wrapper, e.g. ['ip', 'netns', 'exec', 'ns1']. */
+    wrapper?: string[];
+  } = {},
+): Promise<RunningAppliance> {
   const dataDir = opts.dataDir ?? path.join(tempDir(), 'data');
-  const args = [CLI, 'serve', '--data', dataDir, '--iscsi', '127.0.0.1:0', '--http', '127.0.0.1:0'];
+  const host = opts.host ?? '127.0.0.1';
+  const args = [CLI, 'serve', '--data', dataDir, '--iscsi', `${host}:0`, '--http', `${host}:0`];
   for (const v of opts.volumes ?? ['vol1:64M']) args.push('--volume', v);
   args.push(...(opts.args ?? []));
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json', ...opts.env } });
+  const [cmd, ...pre] = opts.wrapper?.length ? [...opts.wrapper, process.execPath] : [process.execPath];
+  const proc = spawn(cmd, [...pre, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json', ...opts.env } });
   running.add(proc);
   proc.once('exit', () => running.delete(proc));
   const logs: Record<string, unknown>[] = [];
@@ -73,11 +91,12 @@ export async function startAppliance(opts: { dataDir?: string; volumes?: string[
   return {
     proc,
     dataDir,
+    host,
     iscsiPort,
     httpPort,
     logs,
-    url: (volume, lun = 0, creds) => `iscsi://${creds ? `${creds}@` : ''}127.0.0.1:${iscsiPort}/${TARGET_PREFIX}:${volume}/${lun}`,
-    status: async () => (await (await fetch(`http://127.0.0.1:${httpPort}/status`)).json()) as Record<string, unknown>,
+    url: (volume, lun = 0, creds) => `iscsi://${creds ? `${creds}@` : ''}${host}:${iscsiPort}/${TARGET_PREFIX}:${volume}/${lun}`,
+    status: async () => (await (await fetch(`http://${host}:${httpPort}/status`)).json()) as Record<string, unknown>,
     stop: async () => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       return exited;
