@@ -15,6 +15,8 @@ import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { Volume } from '../volume/volume';
 import { Receiver } from '../replication/receiver';
 import { ReplicaStore } from './replica';
+import { LineageFile, newGeneration, type Lineage } from './lineage';
+import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
@@ -86,6 +88,7 @@ export class Appliance {
   private replicaStore?: ReplicaStore;
   private replicaTimer?: NodeJS.Timeout;
   private replicationAddress?: HostPort;
+  private lineage: Lineage = [];
   readonly dataDir: DataDir;
 
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
@@ -108,6 +111,7 @@ export class Appliance {
     this.identity = await this.dataDir.init();
     await this.dataDir.lock();
     if (config.role === 'replica') return this.openReplica();
+    this.lineage = await LineageFile.in(this.dataDir.root).load();
     const existing = await FileVolume.list(this.dataDir.volumesDir);
     const wanted: VolumeConfig[] = config.volumes.length ? config.volumes : existing.map((name) => ({ name }));
     const images = new Map<string, FileVolume>();
@@ -140,6 +144,11 @@ export class Appliance {
       const volume: Volume = this.journal && !image.readOnly ? new JournaledVolume(image, this.journal, this.tracker) : image;
       await this.serveVolume(volume, image, !existing.includes(v.name));
     }
+    if (this.journal && this.lineage.length === 0) {
+      // The first generation of this data: it starts with the first write ever journaled here.
+      this.lineage = [newGeneration(1)];
+      await LineageFile.in(this.dataDir.root).save(this.lineage);
+    }
     if (this.journal) {
       const journal = this.journal;
       this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume), logger.child({ layer: 'journal' }));
@@ -156,6 +165,7 @@ export class Appliance {
           rpoTargetMs: config.replication.rpoTargetMs,
           rpoPolicy: config.replication.rpoPolicy,
           logger: logger.child({ layer: 'replication' }),
+          lineage: () => this.lineage,
         }));
         for (const sv of this.served.values()) if (sv.volume instanceof JournaledVolume) sv.volume.ackDelay = () => repl.ackDelayMs();
       }
@@ -252,6 +262,35 @@ export class Appliance {
     logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
   }
 
+  /**
+   * First half of a promotion: stop receiving, apply everything stored (all of it is a prefix of
+   * the primary's history, so this is the last consistent point), and start a new generation
+   * right after it. The caller then restarts this site as a primary.
+   */
+  async prepareForPromotion(force: boolean): Promise<{ seq: number; state: string; primaryTime?: string }> {
+    const store = this.replicaStore;
+    if (!store) throw new OffsiteError('NOT_REPLICA', 'this site is not a replica: nothing to promote');
+    const state = store.syncState();
+    if (state === 'syncing' && !force) {
+      throw new OffsiteError('REPLICA_SYNCING', 'the replica is still syncing (not consistent): promoting would expose a mixed state; use --force to promote anyway');
+    }
+    if (this.receiver) await this.receiver.close();
+    this.receiver = undefined;
+    await store.idle();
+    const seq = store.appliedSeq();
+    const file = LineageFile.in(this.dataDir.root);
+    const lineage = await file.load();
+    lineage.push(newGeneration(seq + 1));
+    await file.save(lineage);
+    const t = store.appliedTimeMs();
+    this.logger.warn({ seq, state, forced: force && state === 'syncing', generation: lineage[lineage.length - 1].id }, 'promoting this replica: volumes become writable at the last consistent point');
+    return { seq, state, primaryTime: t ? new Date(t).toISOString() : undefined };
+  }
+
+  get role(): 'primary' | 'replica' {
+    return this.config.role;
+  }
+
   get replicationPort(): number {
     return this.replicationAddress?.port ?? 0;
   }
@@ -266,6 +305,10 @@ export class Appliance {
         return { maxBandwidthBytesPerSec: bps };
       },
     };
+  }
+
+  lineageInfo(): Lineage {
+    return this.lineage;
   }
 
   replicationStatus(): PrimaryReplicationStatus | undefined {

@@ -8,7 +8,10 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../common/logger';
-import { ImageFileTarget, type Journal, type JournalRecord } from '../journal/wal';
+import { randomUUID } from 'node:crypto';
+import { ImageFileTarget, Journal, type JournalRecord } from '../journal/wal';
+import { DATA_FORMAT, DATA_VERSION } from './datadir';
+import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
 import { SYNC_CHUNK_BYTES, type ReceiverSink, type ReplicatedRecord, type SyncCursor, type SyncSink, type VolumeDescriptor } from '../replication/ports';
 import { chunkHash } from '../replication/shipper';
@@ -50,6 +53,9 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   rebaseNeeded = false;
   private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0 };
 
+  private readonly lineageFile: LineageFile;
+  private readonly dataRoot: string;
+
   private constructor(
     readonly siteId: string,
     private readonly journal: Journal,
@@ -62,6 +68,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     state: ReplicaState,
   ) {
     this.state = state;
+    this.dataRoot = path.dirname(volumesDir);
+    this.lineageFile = LineageFile.in(this.dataRoot);
     this.durable = journal.headSeq();
     this.applied = journal.checkpointSeq();
     this.state.appliedSeq = this.applied;
@@ -146,14 +154,62 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     }
   }
 
-  /** The primary's identity, checked at every handshake: a replica follows one primary. */
-  async acceptPrimary(siteId: string): Promise<void> {
-    if (this.state.primarySiteId === siteId) return;
-    if (this.state.primarySiteId && !this.state.fresh) {
-      throw new ReplicationError(ReplicationErrorCode.Handshake, `this replica follows site ${this.state.primarySiteId}, not ${siteId}`);
+  /**
+   * At every handshake: is this replica's data a prefix of the primary's history (its lineage)?
+   * If it went past the fork (an old primary demoted after a failover), the writes after the fork
+   * are saved aside as a data directory `offsite replay` reads, and an image sync (comparing
+   * chunk hashes, so only differing blocks travel) brings the volumes onto the primary's history.
+   */
+  async acceptPrimary(siteId: string, primaryLineage?: unknown): Promise<void> {
+    const theirs = isLineage(primaryLineage) ? primaryLineage : [];
+    const ours = await this.lineageFile.load();
+    const verdict = compareLineage(ours, this.durable, theirs);
+    if (verdict.kind === 'unrelated' && !this.state.fresh) {
+      throw new ReplicationError(ReplicationErrorCode.Handshake, `this site's data (generations ${ours.map((g) => g.id).join(', ')}) shares no history with primary ${siteId}; wipe the data directory or seed it`);
+    }
+    if (verdict.kind === 'diverged') {
+      await this.idle();
+      const saved = await this.saveSplit(verdict.forkSeq);
+      this.logger.warn({ forkSeq: verdict.forkSeq, durableSeq: this.durable, savedTo: saved, primarySiteId: siteId }, 'this site holds writes the new primary never saw (split-off writes): saved aside for offsite replay; resyncing only differing blocks');
+      const fork = Math.min(verdict.forkSeq, this.durable);
+      await this.journal.resetTo(fork);
+      this.durable = this.applied = fork;
+      this.state.sync = { fromSeq: -1, volume: '', offsetBytes: 0, compare: true };
+      this.state.fresh = false;
     }
     this.state.primarySiteId = siteId;
+    if (theirs.length) await this.lineageFile.save(theirs);
     await this.save();
+  }
+
+  /**
+   * Copy the volumes and the records after `forkSeq` into `<data>/split-<time>/`, itself an
+   * offsite data directory: `offsite replay --data` on it gives the volumes as this site last had
+   * them, and `offsite journal inspect` lists the split-off records.
+   */
+  private async saveSplit(forkSeq: number): Promise<string> {
+    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+    const dir = path.join(this.dataRoot, `split-${stamp}`);
+    const volDir = path.join(dir, 'volumes');
+    await fsp.mkdir(volDir, { recursive: true, mode: 0o700 });
+    const identity = { format: DATA_FORMAT, version: DATA_VERSION, siteId: randomUUID(), createdAt: new Date().toISOString(), splitFrom: this.siteId, forkSeq };
+    await fsp.writeFile(path.join(dir, 'offsite.json'), JSON.stringify(identity, null, 2) + '\n', { mode: 0o600 });
+    for (const v of this.volumes.values()) {
+      await v.image.flush();
+      await fsp.copyFile(path.join(this.volumesDir, `${v.name}.json`), path.join(volDir, `${v.name}.json`));
+      await fsp.copyFile(v.image.imagePath, path.join(volDir, `${v.name}.img`));
+    }
+    const head = this.journal.headSeq();
+    const split = await Journal.open({ dir: path.join(dir, 'journal') });
+    try {
+      for (const name of this.volumes.keys()) await split.registerVolume(name);
+      for await (const rec of this.journal.records(forkSeq, head)) await split.appendAt(rec.seq, rec.timeMs, rec.volume, rec.op, rec.offsetBytes, rec.lengthBytes, rec.data).done;
+      await split.sync();
+      await split.checkpoint(head);
+    } finally {
+      await split.close();
+    }
+    return dir;
   }
 
   async store(records: ReplicatedRecord[], toSeq: number): Promise<void> {

@@ -21,6 +21,7 @@ export interface PrimaryReplicationOptions {
   rpoTargetMs: number;
   rpoPolicy: RpoPolicy;
   logger: Logger;
+  lineage: () => unknown;
 }
 
 export interface PrimaryReplicationStatus {
@@ -72,6 +73,7 @@ class JournalSource implements ShipperSource {
     private readonly journal: Journal,
     private readonly tracker: ImageTracker,
     private readonly images: () => ReadonlyMap<string, FileVolume>,
+    readonly lineage: () => unknown,
   ) {
     this.sync = {
       imageSeq: () => this.tracker.safeSeq(this.journal.headSeq()),
@@ -126,7 +128,7 @@ export class PrimaryReplication {
   private coalescingLogged = false;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
-    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images);
+    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
     this.shipper = new Shipper({
       source: this.source,

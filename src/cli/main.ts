@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE } from './exit';
 import { register as registerJournal } from './journal-inspect';
 import { register as registerReplay } from './replay';
+import { register as registerAdmin } from './admin';
 import { register as registerSeed } from './seed';
 import { register as registerServe } from './serve';
 
@@ -22,6 +23,7 @@ registerServe(program);
 registerReplay(program);
 registerJournal(program);
 registerSeed(program);
+registerAdmin(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`offsite: ${(e as Error).message}\n`);

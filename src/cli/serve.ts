@@ -1,6 +1,8 @@
 /** `offsite serve`: run one appliance until SIGTERM/SIGINT. */
 import type { Command } from 'commander';
 import { Appliance } from '../appliance/appliance';
+import { readRoleOverride, withRole, writeRoleOverride, describeRole } from '../appliance/site-role';
+import { OffsiteError } from '../common/errors';
 import { loadConfigFile, resolveConfig, type ConfigFile, type ConfigFlags } from '../appliance/config';
 import { formatHostPort } from '../common/units';
 import { startHttp } from '../ops/http';
@@ -33,7 +35,7 @@ export function register(program: Command): void {
     .option('--rpo-policy <policy>', 'primary: coalesce (default), throttle or alert when the RPO nears its target')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: ConfigFlags & { config?: string }) => {
-      let config;
+      let config: ReturnType<typeof resolveConfig>;
       try {
         const file: ConfigFile = opts.config ? loadConfigFile(opts.config) : {};
         config = resolveConfig(file, opts);
@@ -42,6 +44,12 @@ export function register(program: Command): void {
       }
       const logger = createLogger(config.logLevel);
       const metrics = createMetrics();
+      const override = await readRoleOverride(config.dataDir).catch(() => undefined);
+      if (override && (override.role !== config.role || override.replicateTo || override.replicationListen)) {
+        const before = describeRole(config);
+        config = withRole(config, override);
+        logger.warn({ flags: before, now: describeRole(config), since: override.changedAt, by: override.reason }, `this data directory was ${override.reason}d: it runs as ${config.role}, not as the flags say`);
+      }
       let app: Appliance;
       try {
         app = await Appliance.start(config, logger, metrics.hooks);
@@ -52,7 +60,44 @@ export function register(program: Command): void {
       metrics.attach(app);
       let httpServer;
       try {
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin: app.admin() }, logger);
+        // Role switches restart the appliance inside this process on the same addresses.
+        let switching = false;
+        const switchRole = async (o: { role: 'primary' | 'replica'; replicateTo?: string; replicationListen?: string; reason: 'promote' | 'demote' }, before?: () => Promise<unknown>) => {
+          if (switching) throw new OffsiteError('ROLE_SWITCH_BUSY', 'a promote or demote is already running');
+          switching = true;
+          try {
+            const started = Date.now();
+            const info = before ? await before() : undefined;
+            const next = withRole({ ...config, iscsi: { host: config.iscsi.host, port: app.iscsiPort || config.iscsi.port } }, o);
+            await writeRoleOverride(config.dataDir, { ...o, changedAt: new Date().toISOString() });
+            await app.stop();
+            app = await Appliance.start(next, logger, metrics.hooks);
+            metrics.attach(app);
+            config = next;
+            const ms = Date.now() - started;
+            logger.warn({ role: o.role, ms, ...(info as object) }, o.reason === 'promote' ? 'promoted: this site is now the primary' : 'demoted: this site is now a replica');
+            return { role: o.role, ms, ...(info as object) };
+          } finally {
+            switching = false;
+          }
+        };
+        const admin = {
+          setBandwidth: (bps: number) => {
+            const fn = app.admin().setBandwidth;
+            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'bandwidth applies to a primary that replicates (--replicate-to)');
+            return fn(bps);
+          },
+          promote: (req: { force?: boolean; replicateTo?: string }) => {
+            if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
+            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force));
+          },
+          demote: (req: { replicationListen?: string }) => {
+            if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'this site is already a replica');
+            if (!req.replicationListen) throw new OffsiteError('USAGE', 'demote needs replicationListen: the address where the new primary will connect');
+            return switchRole({ role: 'replica', replicationListen: req.replicationListen, reason: 'demote' });
+          },
+        };
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin }, logger);
       } catch (e) {
         await app.stop();
         fail(e, 'offsite serve: http');

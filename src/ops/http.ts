@@ -3,11 +3,22 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../common/logger';
-import { parseRate } from '../common/units';
+import { OffsiteError } from '../common/errors';
+import { parseHostPort, parseRate } from '../common/units';
+
+function checkHostPort(v: string, field: string): void {
+  try {
+    parseHostPort(v, field);
+  } catch (e) {
+    throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
+  }
+}
 
 /** Admin actions an appliance offers over HTTP; each throws an OffsiteError (with a code) to refuse. */
 export interface AdminActions {
   setBandwidth?(bytesPerSec: number): unknown;
+  promote?(req: { force?: boolean; replicateTo?: string }): Promise<unknown>;
+  demote?(req: { replicationListen?: string }): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -63,7 +74,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
         case 'GET /healthz':
           return send(res, 200, 'text/plain', 'ok\n');
         case 'POST /bandwidth': {
-          if (!routes.admin?.setBandwidth) throw new HttpError(409, 'NOT_PRIMARY', 'bandwidth applies to a primary that replicates (--replicate-to)');
+          if (!routes.admin?.setBandwidth) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
           const body = await readJson(req);
           const raw = body.rate ?? body.bytesPerSec ?? url.searchParams.get('rate');
           if (raw === undefined || raw === null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"rate": "10MB/s"} (or bytesPerSec; 0 or "unlimited" lifts the cap)');
@@ -77,10 +88,30 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const result = routes.admin.setBandwidth(Math.round(rate));
           return send(res, 200, 'application/json', JSON.stringify(result ?? { maxBandwidthBytesPerSec: Math.round(rate) }) + '\n');
         }
+        case 'POST /promote': {
+          if (!routes.admin?.promote) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          const replicateTo = body.replicateTo === undefined ? undefined : String(body.replicateTo);
+          if (replicateTo) checkHostPort(replicateTo, 'replicateTo');
+          const result = await routes.admin.promote({ force: body.force === true, replicateTo });
+          return send(res, 200, 'application/json', JSON.stringify(result) + '\n');
+        }
+        case 'POST /demote': {
+          if (!routes.admin?.demote) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          const replicationListen = body.replicationListen === undefined ? undefined : String(body.replicationListen);
+          if (replicationListen) checkHostPort(replicationListen, 'replicationListen');
+          const result = await routes.admin.demote({ replicationListen });
+          return send(res, 200, 'application/json', JSON.stringify(result) + '\n');
+        }
         default:
           return send(res, 404, 'application/json', JSON.stringify({ error: 'not found', code: 'HTTP_NOT_FOUND' }) + '\n');
       }
     })().catch((e: unknown) => {
+      if (e instanceof OffsiteError && !(e instanceof HttpError)) {
+        logger.warn({ route, code: e.code }, e.message);
+        return send(res, 409, 'application/json', JSON.stringify({ error: e.message, code: e.code }) + '\n');
+      }
       if (e instanceof HttpError) {
         logger.warn({ route, code: e.code, status: e.status }, e.message);
         return send(res, e.status, 'application/json', JSON.stringify({ error: e.message, code: e.code }) + '\n');

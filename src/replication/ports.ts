@@ -42,6 +42,8 @@ export interface ShipperSource {
   timeOf(seq: number): number | undefined;
   /** The replica holds everything ≤ seq durably: the source may trim it. */
   replicaAcked(seq: number): void;
+  /** The history this primary's data descends from (generations), sent in the handshake. */
+  lineage?(): unknown;
   /** Full / delta sync of the images (absent: the replica must be fed from the journal alone). */
   readonly sync?: SyncSource;
 }
@@ -73,7 +75,7 @@ export interface ReceiverSink {
   /** Highest sequence number applied to the volumes (a prefix of the primary's history). */
   appliedSeq(): number;
   /** The primary's identity at each handshake; throws to refuse a primary this replica does not follow. */
-  acceptPrimary?(siteId: string): Promise<void>;
+  acceptPrimary?(siteId: string, lineage?: unknown): Promise<void>;
   /** Make sure these volumes exist here (created empty when new). */
   ensureVolumes(volumes: VolumeDescriptor[]): Promise<void>;
   /**

@@ -223,7 +223,7 @@ export class Receiver {
     if (!Array.isArray(volumes) || !volumes.every((v) => v && typeof v.name === 'string' && Number.isSafeInteger(v.sizeBytes) && v.sizeBytes > 0)) {
       throw new ReplicationError(Code.Handshake, 'Hello carries an invalid volume list');
     }
-    await sink.acceptPrimary?.(String(m.siteId ?? ''));
+    await sink.acceptPrimary?.(String(m.siteId ?? ''), m.lineage);
     await sink.ensureVolumes(volumes);
     const durable = sink.durableSeq();
     this.state.primarySiteId = String(m.siteId ?? '');

@@ -233,7 +233,7 @@ export class Shipper {
       socket.once('close', () => reject(failure ?? new Error('connection closed')));
     });
 
-    link.send(FrameType.Hello, { version: PROTOCOL_VERSION, siteId: source.siteId, volumes: source.volumes(), headSeq: source.headSeq() });
+    link.send(FrameType.Hello, { version: PROTOCOL_VERSION, siteId: source.siteId, volumes: source.volumes(), headSeq: source.headSeq(), lineage: source.lineage?.() ?? [] });
     const handshakeDeadline = Date.now() + (this.opts.deadAfterMs ?? 10_000);
     while (!helloAck) {
       if (failure) throw failure;
@@ -290,7 +290,7 @@ export class Shipper {
       if (this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
         const coalescing = this.opts.coalesce?.() ?? false;
         // Coalescing reads bigger batches: the more overwrites a batch holds, the more it saves.
-        let records = await source.readAfter(this.state.sentSeq, coalescing ? segmentBytes * 8 : segmentBytes);
+        let records = await source.readAfter(this.state.sentSeq, coalescing ? segmentBytes * 16 : segmentBytes);
         if (records.length && records[0].seq !== this.state.sentSeq + 1) {
           this.state.resyncsNeeded++;
           throw new ReplicationError(Code.Sequence, `journal has no record ${this.state.sentSeq + 1} (next is ${records[0].seq}): resync needed`);

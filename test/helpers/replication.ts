@@ -61,5 +61,5 @@ export function metricValue(text: string, name: string, labels = ''): number | u
 }
 
 export async function metrics(app: RunningAppliance): Promise<string> {
-  return (await fetch(`http://127.0.0.1:${app.httpPort}/metrics`)).text();
+  return (await fetch(`http://${app.host}:${app.httpPort}/metrics`)).text();
 }

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
 import { assertSameVolume, freePort, metrics, metricValue, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
@@ -22,7 +22,7 @@ const BLOCK = 4096;
 test('the replica equals the primary byte for byte once caught up, and refuses writes', { timeout: 180_000 }, async () => {
   const dir = tempDir();
   const replPort = await freePort();
-  const replica = await startReplica(path.join(dir, 'b'), replPort);
+  const replica = await startReplica(path.join(dir, 'b'), replPort, ['--journal-retain', '1h']);
   const primary = await startPrimary(path.join(dir, 'a'), ['db:48M', 'logs:16M'], replPort);
   try {
     // Random data, several writers' worth: a whole-image copy plus scattered overwrites.
@@ -56,6 +56,20 @@ test('the replica equals the primary byte for byte once caught up, and refuses w
     assert.equal(ps.rpoSeconds, 0);
     assert.equal(ps.backlogBytes, 0);
     assert.ok(((ps.link as { bytesWire: number }).bytesWire) > 0);
+
+    // The replica keeps its own history: offsite replay on its data directory reproduces the
+    // latest image and an earlier point (right after the first record: only part of the copy).
+    await replica.stop();
+    const latest = path.join(dir, 'replayed-logs.img');
+    let rp = await run(process.execPath, [CLI, 'replay', '--data', path.join(dir, 'b'), '--volume', 'logs', '--out', latest]);
+    assert.equal(rp.code, 0, rp.stderr);
+    assert.ok(readFileSync(latest).equals(readFileSync(path.join(dir, 'logs.primary.img'))), 'replay of the replica differs from the primary');
+    const early = path.join(dir, 'replayed-db-1.img');
+    rp = await run(process.execPath, [CLI, 'replay', '--data', path.join(dir, 'b'), '--volume', 'db', '--out', early, '--seq', '1']);
+    assert.equal(rp.code, 0, rp.stderr);
+    const earlyImg = readFileSync(early);
+    const dbPrimary = readFileSync(path.join(dir, 'db.primary.img'));
+    assert.ok(!earlyImg.equals(dbPrimary), 'the image after record 1 must differ from the final one');
   } finally {
     await primary.stop();
     await replica.stop();

@@ -1,0 +1,117 @@
+/**
+ * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
+ * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`.
+ */
+import type { Command } from 'commander';
+import { OffsiteError } from '../common/errors';
+import { parseHostPort, parseRate } from '../common/units';
+import { fail } from './exit';
+
+async function call(http: string, method: 'GET' | 'POST', route: string, body?: unknown): Promise<Record<string, unknown>> {
+  const hp = parseHostPort(http, '--http');
+  let res: Response;
+  try {
+    res = await fetch(`http://${hp.host}:${hp.port}${route}`, {
+      method,
+      headers: body === undefined ? undefined : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new OffsiteError('HTTP_UNREACHABLE', `cannot reach the appliance at ${http}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
+  }
+  const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!res.ok) throw new OffsiteError(String(json.code ?? `HTTP_${res.status}`), String(json.error ?? `HTTP ${res.status}`));
+  return json;
+}
+
+const bytes = (n: unknown): string => {
+  const v = Number(n ?? 0);
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let x = v;
+  while (x >= 1024 && i < units.length - 1) {
+    x /= 1024;
+    i++;
+  }
+  return `${x.toFixed(i ? 1 : 0)} ${units[i]}`;
+};
+
+export function summarize(s: Record<string, unknown>): string {
+  const lines: string[] = [];
+  const vols = (s.volumes as { name: string; sizeBytes: number; readOnly: boolean }[]) ?? [];
+  lines.push(`role:        ${String(s.role)}   site ${String(s.siteId)}`);
+  lines.push(`iscsi:       ${String(s.iscsi)}`);
+  lines.push(`volumes:     ${vols.map((v) => `${v.name} (${bytes(v.sizeBytes)}${v.readOnly ? ', read-only' : ''})`).join(', ') || 'none'}`);
+  lines.push(`journal:     head ${String(s.headSeq)}`);
+  const link = s.link as Record<string, unknown> | undefined;
+  if (s.role === 'primary' && link) {
+    const r = (s.replication ?? {}) as { rpo?: Record<string, unknown>; sync?: Record<string, unknown> };
+    lines.push(`replica:     ${String(link.replica)} ${link.connected ? 'connected' : 'DISCONNECTED'} (${String(s.consistency)}), acked ${String(s.ackedSeq)}`);
+    lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
+    lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${Number(link.maxBandwidthBytesPerSec) ? `${bytes(link.maxBandwidthBytesPerSec)}/s` : 'none'}`);
+    if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
+  } else if (s.role === 'replica') {
+    const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
+    lines.push(`state:       ${String(s.state)}; received ${String(s.receivedSeq)}, applied ${String(s.appliedSeq)}`);
+    lines.push(`consistent:  ${cp ? `sequence ${cp.seq} (primary time ${cp.primaryTime ?? '?'})` : 'not yet (syncing)'}`);
+    if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}`);
+  } else lines.push('replica:     none configured');
+  return lines.join('\n') + '\n';
+}
+
+export function register(program: Command): void {
+  program
+    .command('status')
+    .description("print a human summary of a running appliance's /status")
+    .requiredOption('--http <host:port>', 'the appliance HTTP address')
+    .option('--json', 'print the raw JSON')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      try {
+        const s = await call(opts.http, 'GET', '/status');
+        process.stdout.write(opts.json ? JSON.stringify(s, null, 2) + '\n' : summarize(s));
+      } catch (e) {
+        fail(e, 'offsite status');
+      }
+    });
+  program
+    .command('promote')
+    .description('make a replica the primary: volumes writable at its last consistent point (refused while syncing unless --force)')
+    .requiredOption('--http <host:port>', "the replica's HTTP address")
+    .option('--force', 'promote even while the replica is syncing (its volumes may be inconsistent)')
+    .option('--replicate-to <host:port>', 'ship to this replica once promoted (e.g. the old primary, demoted)')
+    .action(async (opts: { http: string; force?: boolean; replicateTo?: string }) => {
+      try {
+        const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo });
+        process.stdout.write(`promoted in ${String(r.ms)} ms: writable at sequence ${String(r.seq)}${r.primaryTime ? ` (primary time ${String(r.primaryTime)})` : ''}\n`);
+      } catch (e) {
+        fail(e, 'offsite promote');
+      }
+    });
+  program
+    .command('demote')
+    .description('turn a primary into a replica of the new primary; writes it took after the split are saved aside for offsite replay')
+    .requiredOption('--http <host:port>', "the (old) primary's HTTP address")
+    .requiredOption('--replication-listen <host:port>', 'where the new primary will connect (its --replicate-to)')
+    .action(async (opts: { http: string; replicationListen: string }) => {
+      try {
+        const r = await call(opts.http, 'POST', '/demote', { replicationListen: opts.replicationListen });
+        process.stdout.write(`demoted in ${String(r.ms)} ms: now a replica listening on ${opts.replicationListen}\n`);
+      } catch (e) {
+        fail(e, 'offsite demote');
+      }
+    });
+  program
+    .command('bandwidth')
+    .description('change the replication bandwidth cap of a running primary')
+    .requiredOption('--http <host:port>', "the primary's HTTP address")
+    .argument('<rate>', 'e.g. 10MB/s, 100Mbit, unlimited')
+    .action(async (rate: string, opts: { http: string }) => {
+      try {
+        parseRate(rate, 'rate');
+        const r = await call(opts.http, 'POST', '/bandwidth', { rate });
+        process.stdout.write(`replication bandwidth cap: ${Number(r.maxBandwidthBytesPerSec) ? `${String(r.maxBandwidthBytesPerSec)} bytes/s` : 'unlimited'}\n`);
+      } catch (e) {
+        fail(e, 'offsite bandwidth');
+      }
+    });
+}
