@@ -28,37 +28,37 @@ export const PANELS: PanelSpec[] = [
     { expr: `offsite_rpo_projected_seconds{${site}}`, legend: '{{instance}} projected' },
   ] },
   { row: 'Recovery point', title: 'Backlog and drain time', unit: 'bytes', queries: [
-    { expr: `offsite_backlog_bytes{${site}}`, legend: '{{instance}} backlog' },
+    { expr: `offsite_replication_backlog_bytes{${site}}`, legend: '{{instance}} backlog' },
   ] },
   { row: 'Recovery point', title: 'Time to drain the backlog', unit: 's', queries: [
-    { expr: `offsite_backlog_bytes{${site}} / clamp_min(rate(offsite_link_bytes_raw_total{${site}}[1m]), 1)`, legend: '{{instance}}' },
+    { expr: `offsite_replication_backlog_bytes{${site}} / clamp_min(rate(offsite_link_raw_bytes_total{${site}}[1m]), 1)`, legend: '{{instance}}' },
   ] },
   { row: 'Recovery point', title: 'Link up', unit: 'none', kind: 'stat', queries: [
     { expr: `offsite_link_up{${site}}`, legend: '{{instance}}' },
   ] },
   { row: 'Link', title: 'Link throughput: raw vs on the wire', unit: 'Bps', queries: [
-    { expr: `rate(offsite_link_bytes_raw_total{${site}}[1m])`, legend: '{{instance}} raw' },
-    { expr: `rate(offsite_link_bytes_wire_total{${site}}[1m])`, legend: '{{instance}} wire' },
+    { expr: `rate(offsite_link_raw_bytes_total{${site}}[1m])`, legend: '{{instance}} raw' },
+    { expr: `rate(offsite_link_wire_bytes_total{${site}}[1m])`, legend: '{{instance}} wire' },
   ] },
   { row: 'Link', title: 'Compression ratio', unit: 'none', queries: [
-    { expr: `offsite_link_bytes_raw_total{${site}} / clamp_min(offsite_link_bytes_wire_total{${site}}, 1)`, legend: '{{instance}}' },
+    { expr: `offsite_link_raw_bytes_total{${site}} / clamp_min(offsite_link_wire_bytes_total{${site}}, 1)`, legend: '{{instance}}' },
   ] },
   { row: 'Link', title: 'Round-trip time', unit: 's', queries: [
     { expr: `offsite_link_rtt_seconds{${site}}`, legend: '{{instance}}' },
   ] },
   { row: 'Link', title: 'Throttle delay and coalescing', unit: 's', queries: [
-    { expr: `offsite_throttle_delay_seconds{${site}}`, legend: '{{instance}} throttle delay' },
-    { expr: `rate(offsite_coalesced_bytes_saved_total{${site}}[1m])`, legend: '{{instance}} coalesced bytes saved/s' },
+    { expr: `offsite_rpo_throttle_delay_seconds{${site}}`, legend: '{{instance}} throttle delay' },
+    { expr: `rate(offsite_rpo_coalesced_bytes_saved_total{${site}}[1m])`, legend: '{{instance}} coalesced bytes saved/s' },
   ] },
   { row: 'I/O', title: 'IOPS by operation', unit: 'iops', queries: [
     { expr: `sum by (instance, op) (rate(offsite_scsi_commands_total{${site}}[1m]))`, legend: '{{instance}} {{op}}' },
   ] },
   { row: 'I/O', title: 'Command latency p99', unit: 's', queries: [
-    { expr: `histogram_quantile(0.99, sum by (instance, le) (rate(offsite_scsi_command_seconds_bucket{${site}}[1m])))`, legend: '{{instance}} p99' },
+    { expr: `histogram_quantile(0.99, sum by (instance, le) (rate(offsite_scsi_command_duration_seconds_bucket{${site}}[1m])))`, legend: '{{instance}} p99' },
   ] },
   { row: 'I/O', title: 'Bytes read and written', unit: 'Bps', queries: [
-    { expr: `rate(offsite_read_bytes_total{${site}}[1m])`, legend: '{{instance}} read' },
-    { expr: `rate(offsite_written_bytes_total{${site}}[1m])`, legend: '{{instance}} written' },
+    { expr: `rate(offsite_scsi_read_bytes_total{${site}}[1m])`, legend: '{{instance}} read' },
+    { expr: `rate(offsite_scsi_written_bytes_total{${site}}[1m])`, legend: '{{instance}} written' },
   ] },
   { row: 'I/O', title: 'iSCSI sessions', unit: 'none', kind: 'stat', queries: [
     { expr: `offsite_iscsi_sessions{${site}}`, legend: '{{instance}}' },
@@ -67,9 +67,9 @@ export const PANELS: PanelSpec[] = [
     { expr: `offsite_journal_bytes{${site}}`, legend: '{{instance}}' },
   ] },
   { row: 'Journal and sync', title: 'Journal sequence: head, acked, applied', unit: 'none', queries: [
-    { expr: `offsite_journal_head_seq{${site}}`, legend: '{{instance}} head' },
-    { expr: `offsite_replica_acked_seq{${site}}`, legend: '{{instance}} acked' },
-    { expr: `offsite_replica_applied_seq{${site}}`, legend: '{{instance}} applied' },
+    { expr: `offsite_journal_head_sequence{${site}}`, legend: '{{instance}} head' },
+    { expr: `offsite_replica_acked_sequence{${site}}`, legend: '{{instance}} acked' },
+    { expr: `offsite_replica_applied_sequence{${site}}`, legend: '{{instance}} applied' },
   ] },
   { row: 'Journal and sync', title: 'Sync progress (remaining)', unit: 'bytes', queries: [
     { expr: `offsite_sync_remaining_bytes{${site}}`, legend: '{{instance}}' },

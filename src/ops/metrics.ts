@@ -203,6 +203,7 @@ export function createMetrics(): Metrics {
 
   // ---- replication (primary) ----
   const repl = () => app?.replicationStatus();
+  gauge('offsite_replication_configured', '1 on a primary configured to replicate (--replicate-to), else 0.', () => (app ? (app.replicationStatus() ? 1 : 0) : undefined));
   gauge('offsite_rpo_seconds', 'Recovery point: now minus the time of the oldest write not yet durable at the replica (0 when caught up).', () => repl()?.rpoSeconds);
   gauge('offsite_rpo_target_seconds', 'Recovery-point target (0: none).', () => repl()?.rpo.targetSeconds);
   gauge('offsite_rpo_projected_seconds', 'Projected RPO once the current backlog has drained.', () => repl()?.rpo.projectedSeconds);
