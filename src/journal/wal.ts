@@ -273,6 +273,7 @@ export class Journal {
   private appendedBytes = 0;
   /** After a resync, until rebase(): no point-in-time base exists. */
   private noBase = false;
+  private lastFoldLog = 0;
   private sizesHead = 0;
   private totalBytes = 0;
   private perVolume = new Map<number, { records: number; bytes: number }>();
@@ -686,7 +687,13 @@ export class Journal {
       while (i < this.sizes.length && bytes > o.maxBytes! * 0.9 && this.sizes[i].seq <= limit) bytes -= this.sizes[i++].bytes;
       const capLimit = i > this.sizesHead ? this.sizes[i - 1].seq : this.oldest - 1;
       if (capLimit > upTo) {
-        this.counters.folded += this.countBetween(upTo, capLimit);
+        const n = this.countBetween(upTo, capLimit);
+        this.counters.folded += n;
+        const now = Date.now();
+        if (now - this.lastFoldLog > 10_000) {
+          this.lastFoldLog = now;
+          this.opts.logger?.warn({ folded: n, foldedTotal: this.counters.folded, throughSeq: capLimit, journalBytes: this.totalBytes, maxBytes: o.maxBytes }, 'journal over its cap: oldest records folded into the base (points before them are no longer replayable)');
+        }
         upTo = capLimit;
       }
     }

@@ -154,3 +154,36 @@ test('point in time: replay --seq and --time reproduce the image as it was befor
     removeDir(dir);
   }
 });
+
+test('a small --journal-max with history on: writes keep succeeding, folding keeps the journal under the cap, replay still equals the image', { timeout: 300_000 }, async () => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  const CAP = 8 * MiB;
+  try {
+    const app = await startAppliance({ dataDir: data, volumes: [`fold:${64 * MiB}`], args: ['--journal-retain', '1h', '--journal-max', String(CAP)] });
+    const cmds: string[] = [];
+    for (let i = 0; i < 96; i++) cmds.push('-c', `write -P ${1 + (i % 250)} ${(i * 5 % 64) * MiB} 1M`);
+    const io = await run('qemu-io', ['-f', 'raw', ...cmds, app.url('fold')], { timeoutMs: 240_000 });
+    assert.equal(io.code, 0, io.stderr);
+    assert.doesNotMatch(io.stdout + io.stderr, /error|failed/i);
+    // The keeper folds within a couple of its 1 s ticks.
+    let journalBytes = Infinity;
+    for (let i = 0; i < 50 && journalBytes > CAP; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      journalBytes = ((await app.status()).journal as { bytes: number }).bytes;
+    }
+    assert.ok(journalBytes <= CAP, `journal holds ${journalBytes} bytes, cap ${CAP}`);
+    const m = await (await fetch(`http://127.0.0.1:${app.httpPort}/metrics`)).text();
+    const folded = Number(/^offsite_journal_folded_records_total (\d+)/m.exec(m)?.[1] ?? 0);
+    assert.ok(folded > 0, 'the folded-records metric counts the fold');
+    assert.ok(app.logs.some((l) => String(l.msg).startsWith('journal over its cap')), 'a log line says folding happened');
+    const served = await readImage(app.url('fold'), path.join(dir, 'served.img'));
+    await app.stop();
+    const out = path.join(dir, 'replayed.img');
+    const r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', 'fold', '--out', out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(readFileSync(out).equals(served), 'replay of the latest sequence differs from the served image after folding');
+  } finally {
+    removeDir(dir);
+  }
+});
