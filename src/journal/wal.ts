@@ -24,7 +24,7 @@
  * Without one, the retained window is just the latest state. A size cap never stalls writes:
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
-import { closeSync, fdatasync, openSync, readSync, readdirSync, unlink, writeSync } from 'node:fs';
+import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, write } from 'node:fs';
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
@@ -141,6 +141,8 @@ const EMPTY_DATA = Buffer.alloc(0);
 interface Pending {
   key: Buffer;
   value: Buffer;
+  /** The record's data is in its segment file. */
+  written?: Promise<void>;
   seq: number;
   started: bigint;
   resolve: () => void;
@@ -163,11 +165,17 @@ class SegmentStore {
   private maxSeq = new Map<number, number>();
   private nextId: number;
 
+  /** Fully trimmed segment files kept for reuse: overwriting cached pages is cheaper than new ones. */
+  private free: string[] = [];
+  /** Writes issued and not yet completed (their records are not in LevelDB yet). */
+  private inflight = 0;
+
   constructor(private readonly dir: string) {
     let max = 0;
     for (const f of readdirSync(dir)) {
       const m = /^(\d+)\.seg$/.exec(f);
       if (m) max = Math.max(max, Number(m[1]));
+      else if (/^free-\d+\.seg$/.test(f)) unlinkSync(path.join(dir, f));
     }
     this.nextId = max + 1;
   }
@@ -176,22 +184,41 @@ class SegmentStore {
     return path.join(this.dir, `${String(id).padStart(8, '0')}.seg`);
   }
 
-  /** Append data; returns where it went. Synchronous: the bytes are in the page cache on return. */
-  append(data: Buffer, seq: number): { segment: number; position: number } {
+  /**
+   * Reserve room for `data` and write it on the thread pool (the event loop only reserves).
+   * `written` resolves once the bytes are in the page cache; the record's index entry must not
+   * be committed before that. `data` must not change until then.
+   */
+  append(data: Buffer, seq: number): { segment: number; position: number; written: Promise<void> } {
     let cur = this.current;
     if (!cur || cur.size + data.length > SEGMENT_BYTES) {
       if (cur) this.dirty.add(cur.id);
       const id = this.nextId++;
-      cur = this.current = { id, fd: openSync(this.path(id), 'a+'), size: 0 };
+      const recycled = this.free.pop();
+      if (recycled) renameSync(recycled, this.path(id));
+      cur = this.current = { id, fd: openSync(this.path(id), recycled ? 'r+' : 'a+'), size: 0 };
       this.readFds.set(id, cur.fd);
     }
     const position = cur.size;
-    let done = 0;
-    while (done < data.length) done += writeSync(cur.fd, data, done, data.length - done, position + done);
     cur.size += data.length;
     this.dirty.add(cur.id);
     this.maxSeq.set(cur.id, seq);
-    return { segment: cur.id, position };
+    const fd = cur.fd;
+    this.inflight++;
+    const written = new Promise<void>((resolve, reject) => {
+      const step = (done: number) =>
+        write(fd, data, done, data.length - done, position + done, (err, n) => {
+          if (err) {
+            this.inflight--;
+            return reject(err);
+          }
+          if (done + n < data.length) return step(done + n);
+          this.inflight--;
+          resolve();
+        });
+      step(0);
+    });
+    return { segment: cur.id, position, written };
   }
 
   /** Note a segment found through the index at load time. */
@@ -235,8 +262,14 @@ class SegmentStore {
       this.readFds.delete(id);
       this.maxSeq.delete(id);
       this.dirty.delete(id);
-      // Off the event loop: freeing 64 MiB of page cache is not free.
-      unlink(this.path(id), () => undefined);
+      if (this.free.length < 4) {
+        const spare = path.join(this.dir, `free-${id}.seg`);
+        renameSync(this.path(id), spare);
+        this.free.push(spare);
+      } else {
+        // Off the event loop: freeing 64 MiB of page cache is not free.
+        unlink(this.path(id), () => undefined);
+      }
     }
   }
 
@@ -429,9 +462,11 @@ export class Journal {
     if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
     const key = recordKey(seq, vol, op, offsetBytes, lengthBytes, timeMs);
     let value: Buffer;
+    let written: Promise<void> | undefined;
     try {
-      const at = data.length ? this.segments.append(data, seq) : { segment: 0, position: 0 };
+      const at = data.length ? this.segments.append(data, seq) : { segment: 0, position: 0, written: undefined };
       value = pointer(at.segment, at.position, data.length);
+      written = at.written;
     } catch (e) {
       this.failed = new JournalError(JournalErrorCode.Write, `journal segment write failed: ${(e as Error).message}`, { cause: e });
       this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
@@ -441,7 +476,7 @@ export class Journal {
     this.track(seq, vol, data.length, timeMs);
     this.counters.appends++;
     if (sync) this.syncWanted = true;
-    const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, seq, started: process.hrtime.bigint(), resolve, reject }));
+    const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, written, seq, started: process.hrtime.bigint(), resolve, reject }));
     if (!this.writing) this.writing = this.writeLoop();
     return { seq, done };
   }
@@ -535,6 +570,8 @@ export class Journal {
         this.syncWanted = false;
         const ops = batch.map((p) => ({ type: 'put' as const, key: p.key, value: p.value }));
         try {
+          // Index entries only for data that is in its segment (a crash never leaves a pointer to nothing).
+          for (const p of batch) if (p.written) await p.written;
           if (sync) await this.segments.sync();
           await this.db.batch(ops, { sync });
         } catch (e) {
