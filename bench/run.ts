@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { startAppliance, tempDir, removeDir, type RunningAppliance } from '../test/helpers/appliance';
 import { startTgt } from '../test/helpers/tgt';
-import { freePort } from '../test/helpers/replication';
+import { freePort, testLinkKey } from '../test/helpers/replication';
 import { runWanBench } from './wan';
 
 interface Workload {
@@ -70,8 +70,8 @@ async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppl
   let replica: RunningAppliance | undefined;
   if (withReplica) {
     const port = await freePort();
-    replica = await startAppliance({ dataDir: path.join(dir, 'replica'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${port}`] });
-    args = [...args, '--replicate-to', `127.0.0.1:${port}`];
+    replica = await startAppliance({ dataDir: path.join(dir, 'replica'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${port}`, '--link-key', testLinkKey()] });
+    args = [...args, '--replicate-to', `127.0.0.1:${port}`, '--link-key', testLinkKey()];
   }
   const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('').replace(/[^a-z0-9-]/gi, '')}`), volumes: [`bench:${VOLUME_BYTES}`], args });
   try {

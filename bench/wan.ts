@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../test/helpers/appliance';
-import { freePort, waitCaughtUp } from '../test/helpers/replication';
+import { freePort, testLinkKey, waitCaughtUp } from '../test/helpers/replication';
 
 const MiB = 1024 * 1024;
 const quick = process.argv.includes('--quick');
@@ -77,12 +77,12 @@ async function pair(dir: string, net: Net, primaryArgs: string[] = [], replicaAr
     volumes: [],
     host: net.replicaHost,
     wrapper: net.wrapper,
-    args: ['--role', 'replica', '--replication-listen', `${net.replicaHost}:${replPort}`, ...replicaArgs],
+    args: ['--role', 'replica', '--replication-listen', `${net.replicaHost}:${replPort}`, '--link-key', testLinkKey(), ...replicaArgs],
   });
   const primary = await startAppliance({
     dataDir: path.join(dir, `a-${Date.now()}`),
     volumes: [`wan:${VOLUME}`],
-    args: ['--replicate-to', `${net.replicaHost}:${replPort}`, ...net.primaryArgs, ...primaryArgs],
+    args: ['--replicate-to', `${net.replicaHost}:${replPort}`, '--link-key', testLinkKey(), ...net.primaryArgs, ...primaryArgs],
   });
   return { primary, replica };
 }
@@ -247,12 +247,12 @@ export async function runWanBench(): Promise<string> {
     {
       const loop: Net = { kind: net.kind, replicaHost: '127.0.0.1', primaryArgs: [], teardown: () => undefined };
       const replPort = await freePort();
-      const primary = await startAppliance({ dataDir: path.join(dir, 'catchup-a'), volumes: [`wan:${VOLUME}`], args: ['--replicate-to', `127.0.0.1:${replPort}`] });
+      const primary = await startAppliance({ dataDir: path.join(dir, 'catchup-a'), volumes: [`wan:${VOLUME}`], args: ['--replicate-to', `127.0.0.1:${replPort}`, '--link-key', testLinkKey()] });
       try {
         await writer(primary.url('wan'), randomFile, 400 * MiB, quick ? 0.4 : 1, 0, 250 * MiB);
         const bytes = ((await primary.status()).backlogBytes as number) || 0;
         const t0 = Date.now();
-        const replica = await startAppliance({ dataDir: path.join(dir, 'catchup-b'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`] });
+        const replica = await startAppliance({ dataDir: path.join(dir, 'catchup-b'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, '--link-key', testLinkKey()] });
         try {
           await waitCaughtUp(primary, replica, 300_000);
           const s = (Date.now() - t0) / 1000;

@@ -14,6 +14,7 @@ import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { Volume } from '../volume/volume';
 import { Receiver } from '../replication/receiver';
+import { readLinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
 import { OffsiteError } from '../common/errors';
@@ -166,7 +167,9 @@ export class Appliance {
           rpoPolicy: config.replication.rpoPolicy,
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
+          linkKey: config.replication.linkKeyFile ? await readLinkKey(config.replication.linkKeyFile) : undefined,
         }));
+        if (!config.replication.linkKeyFile) logger.warn('replication link is plain TCP (--insecure-link): unauthenticated and unencrypted');
         for (const sv of this.served.values()) if (sv.volume instanceof JournaledVolume) sv.volume.ackDelay = () => repl.ackDelayMs();
       }
     }
@@ -242,7 +245,9 @@ export class Appliance {
       logger: logger.child({ layer: 'replica' }),
     }));
     for (const v of volumes.values()) await this.serveVolume(v, v.image, false);
-    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }));
+    // Records stay until a primary's lineage has been checked: a demoted primary's last writes
+    // may be split-off writes that must be saved aside, not trimmed.
+    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), 1000, () => store.primaryChecked);
     const history = !!(config.journal.retainMs || config.journal.retainBytes);
     this.replicaTimer = setInterval(() => {
       if (history && store.rebaseNeeded && store.syncState() === 'consistent') {
@@ -256,7 +261,9 @@ export class Appliance {
     this.replicaTimer.unref();
     logger.info({ headSeq: journal.headSeq(), appliedSeq: store.appliedSeq(), state: store.syncState(), volumes: [...volumes.keys()] }, 'replica journal open');
     await this.listenIscsi();
-    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }) });
+    const linkKey = config.replication.linkKeyFile ? await readLinkKey(config.replication.linkKeyFile) : undefined;
+    if (!linkKey) logger.warn('replication link is plain TCP (--insecure-link): unauthenticated and unencrypted');
+    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }), linkKey });
     const listen = config.replication.listen!;
     this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
     logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');

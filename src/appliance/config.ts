@@ -61,7 +61,13 @@ export interface ApplianceConfig {
     /** Recovery-point target (0: none). */
     rpoTargetMs: number;
     rpoPolicy: 'coalesce' | 'throttle' | 'alert';
+    /** TLS 1.3 pre-shared key file (offsite keygen --link-key). */
+    linkKeyFile?: string;
+    /** Plain-text replication, explicitly asked for. */
+    insecureLink: boolean;
   };
+  /** Bearer token for the admin API (promote, demote, bandwidth); none: admin calls are refused. */
+  adminToken?: string;
 }
 
 // --- the YAML file schema (human units as strings or numbers) -------------------------
@@ -86,6 +92,7 @@ const fileSchema = z
       .strict()
       .optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
+    admin: z.object({ tokenFile: z.string().min(1).optional() }).strict().optional(),
     nop: z.object({ interval: durationField.optional(), timeout: durationField.optional() }).strict().optional(),
     replication: z
       .object({
@@ -94,6 +101,8 @@ const fileSchema = z
         maxBandwidth: z.union([z.number().nonnegative(), z.string()]).optional(),
         rpoTarget: durationField.optional(),
         rpoPolicy: z.enum(['coalesce', 'throttle', 'alert']).optional(),
+        linkKey: z.string().min(1).optional(),
+        insecureLink: z.boolean().optional(),
       })
       .strict()
       .optional(),
@@ -121,6 +130,9 @@ export interface ConfigFlags {
   maxBandwidth?: string;
   rpoTarget?: string;
   rpoPolicy?: string;
+  linkKey?: string;
+  insecureLink?: boolean;
+  adminTokenFile?: string;
 }
 
 export function loadConfigFile(path: string): ConfigFile {
@@ -231,6 +243,22 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
   if (role === 'replica' && !listen) throw new ConfigError('replication-listen: a replica needs --replication-listen HOST:PORT', 'replicationListen');
   if (role === 'replica' && volumes.some((v) => v.sizeBytes !== undefined)) throw new ConfigError('volume: a replica learns its volumes from the primary; do not give --volume NAME:SIZE', 'volume');
   if (replicateTo && !journalEnabled) throw new ConfigError('replicate-to: replication needs the journal (remove --no-journal)', 'replicateTo');
+  const linkKeyFile = pick(rf.linkKey, flags.linkKey, env.OFFSITE_LINK_KEY);
+  const insecureLink = flags.insecureLink ?? (env.OFFSITE_INSECURE_LINK !== undefined ? /^(1|true|yes)$/i.test(env.OFFSITE_INSECURE_LINK) : rf.insecureLink ?? false);
+  if ((replicateTo || listen) && !linkKeyFile && !insecureLink) {
+    throw new ConfigError('link-key: the replication link is authenticated and encrypted: give --link-key FILE (make it with offsite keygen --link-key FILE, same file at both sites) or, knowingly, --insecure-link', 'linkKey');
+  }
+  if (linkKeyFile && insecureLink) throw new ConfigError('insecure-link: --insecure-link and --link-key exclude each other', 'insecureLink');
+  const tokenFile = pick(file.admin?.tokenFile, flags.adminTokenFile);
+  let adminToken = env.OFFSITE_ADMIN_TOKEN || undefined;
+  if (!adminToken && tokenFile) {
+    try {
+      adminToken = readFileSync(tokenFile, 'utf8').trim();
+    } catch (e) {
+      throw new ConfigError(`admin-token-file: cannot read ${tokenFile}: ${(e as Error).message}`, 'admin.tokenFile');
+    }
+  }
+  if (adminToken !== undefined && adminToken.length < 16) throw new ConfigError('admin token: use at least 16 characters (offsite keygen --admin-token FILE makes one)', 'admin.tokenFile');
 
   return {
     role,
@@ -255,7 +283,10 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       maxBandwidthBytesPerSec: bwText === undefined ? 0 : typeof bwText === 'number' ? bwText : parseRate(bwText, 'max-bandwidth'),
       rpoTargetMs: rpoText === undefined ? 0 : typeof rpoText === 'number' ? rpoText * 1000 : parseDuration(rpoText, 'rpo-target'),
       rpoPolicy: rpoPolicy as 'coalesce' | 'throttle' | 'alert',
+      linkKeyFile,
+      insecureLink,
     },
+    adminToken,
   };
 }
 

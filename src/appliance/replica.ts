@@ -49,6 +49,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   private applying?: Promise<void>;
   private applyError?: Error;
   private syncBytesSinceSave = 0;
+  /** A primary's lineage was checked in this process's life (until then nothing is trimmed). */
+  primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
   rebaseNeeded = false;
   private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0 };
@@ -180,6 +182,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.state.primarySiteId = siteId;
     if (theirs.length) await this.lineageFile.save(theirs);
     await this.save();
+    this.primaryChecked = true;
   }
 
   /**

@@ -7,6 +7,7 @@ import type { Journal } from '../journal/wal';
 import type { ReplicatedRecord, ShipperSource, SyncSource, VolumeDescriptor } from '../replication/ports';
 import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
 import { Shipper, type ShipperStats } from '../replication/shipper';
+import type { LinkKey } from '../replication/link-security';
 import type { FileVolume } from '../volume/file-volume';
 import type { ImageTracker } from '../volume/journaled';
 
@@ -22,6 +23,7 @@ export interface PrimaryReplicationOptions {
   rpoPolicy: RpoPolicy;
   logger: Logger;
   lineage: () => unknown;
+  linkKey?: LinkKey;
 }
 
 export interface PrimaryReplicationStatus {
@@ -137,6 +139,7 @@ export class PrimaryReplication {
       logger: opts.logger,
       maxBandwidthBytesPerSec: opts.maxBandwidthBytesPerSec,
       coalesce: () => this.controller.current.coalesce,
+      linkKey: opts.linkKey,
     });
   }
 

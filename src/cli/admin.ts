@@ -2,18 +2,30 @@
  * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
  * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`.
  */
+import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { OffsiteError } from '../common/errors';
 import { parseHostPort, parseRate } from '../common/units';
 import { fail } from './exit';
 
+let tokenFile: string | undefined;
+
+async function adminToken(): Promise<string | undefined> {
+  if (tokenFile) return (await readFile(tokenFile, 'utf8')).trim();
+  return process.env.OFFSITE_ADMIN_TOKEN || undefined;
+}
+
 async function call(http: string, method: 'GET' | 'POST', route: string, body?: unknown): Promise<Record<string, unknown>> {
   const hp = parseHostPort(http, '--http');
+  const token = method === 'POST' ? await adminToken() : undefined;
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (token) headers.authorization = `Bearer ${token}`;
   let res: Response;
   try {
     res = await fetch(`http://${hp.host}:${hp.port}${route}`, {
       method,
-      headers: body === undefined ? undefined : { 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
@@ -75,11 +87,13 @@ export function register(program: Command): void {
     });
   program
     .command('promote')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('make a replica the primary: volumes writable at its last consistent point (refused while syncing unless --force)')
     .requiredOption('--http <host:port>', "the replica's HTTP address")
     .option('--force', 'promote even while the replica is syncing (its volumes may be inconsistent)')
     .option('--replicate-to <host:port>', 'ship to this replica once promoted (e.g. the old primary, demoted)')
-    .action(async (opts: { http: string; force?: boolean; replicateTo?: string }) => {
+    .action(async (opts: { http: string; force?: boolean; replicateTo?: string; tokenFile?: string }) => {
+      tokenFile = opts.tokenFile;
       try {
         const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo });
         process.stdout.write(`promoted in ${String(r.ms)} ms: writable at sequence ${String(r.seq)}${r.primaryTime ? ` (primary time ${String(r.primaryTime)})` : ''}\n`);
@@ -89,10 +103,12 @@ export function register(program: Command): void {
     });
   program
     .command('demote')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('turn a primary into a replica of the new primary; writes it took after the split are saved aside for offsite replay')
     .requiredOption('--http <host:port>', "the (old) primary's HTTP address")
     .requiredOption('--replication-listen <host:port>', 'where the new primary will connect (its --replicate-to)')
-    .action(async (opts: { http: string; replicationListen: string }) => {
+    .action(async (opts: { http: string; replicationListen: string; tokenFile?: string }) => {
+      tokenFile = opts.tokenFile;
       try {
         const r = await call(opts.http, 'POST', '/demote', { replicationListen: opts.replicationListen });
         process.stdout.write(`demoted in ${String(r.ms)} ms: now a replica listening on ${opts.replicationListen}\n`);
@@ -102,10 +118,12 @@ export function register(program: Command): void {
     });
   program
     .command('bandwidth')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('change the replication bandwidth cap of a running primary')
     .requiredOption('--http <host:port>', "the primary's HTTP address")
     .argument('<rate>', 'e.g. 10MB/s, 100Mbit, unlimited')
-    .action(async (rate: string, opts: { http: string }) => {
+    .action(async (rate: string, opts: { http: string; tokenFile?: string }) => {
+      tokenFile = opts.tokenFile;
       try {
         parseRate(rate, 'rate');
         const r = await call(opts.http, 'POST', '/bandwidth', { rate });

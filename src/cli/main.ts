@@ -5,6 +5,7 @@ import { EXIT_USAGE } from './exit';
 import { register as registerJournal } from './journal-inspect';
 import { register as registerReplay } from './replay';
 import { register as registerAdmin } from './admin';
+import { register as registerKeygen } from './keygen';
 import { register as registerSeed } from './seed';
 import { register as registerServe } from './serve';
 
@@ -24,6 +25,7 @@ registerReplay(program);
 registerJournal(program);
 registerSeed(program);
 registerAdmin(program);
+registerKeygen(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`offsite: ${(e as Error).message}\n`);

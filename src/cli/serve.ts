@@ -33,6 +33,9 @@ export function register(program: Command): void {
     .option('--max-bandwidth <rate>', 'primary: cap the replication link, e.g. 10MB/s or 100Mbit (changeable with POST /bandwidth)')
     .option('--rpo-target <duration>', 'primary: recovery-point target, e.g. 30s')
     .option('--rpo-policy <policy>', 'primary: coalesce (default), throttle or alert when the RPO nears its target')
+    .option('--link-key <file>', 'replication: TLS 1.3 pre-shared key file, the same at both sites (offsite keygen --link-key FILE)')
+    .option('--insecure-link', 'replication: plain TCP, unauthenticated (only on a network you trust)')
+    .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth); or OFFSITE_ADMIN_TOKEN')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: ConfigFlags & { config?: string }) => {
       let config: ReturnType<typeof resolveConfig>;
@@ -97,7 +100,7 @@ export function register(program: Command): void {
             return switchRole({ role: 'replica', replicationListen: req.replicationListen, reason: 'demote' });
           },
         };
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin }, logger);
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin, adminToken: config.adminToken }, logger);
       } catch (e) {
         await app.stop();
         fail(e, 'offsite serve: http');

@@ -1,4 +1,5 @@
 /** The HTTP side of an appliance: GET /status (JSON), GET /metrics (Prometheus text). */
+import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
@@ -25,6 +26,18 @@ export interface HttpRoutes {
   status(): unknown;
   metrics: Registry;
   admin?: AdminActions;
+  /** Admin calls need `Authorization: Bearer <token>`; without a token they are refused. */
+  adminToken?: string;
+}
+
+function checkAdmin(req: http.IncomingMessage, token: string | undefined): void {
+  if (!token) throw new HttpError(403, 'ADMIN_DISABLED', 'the admin API is disabled: start the appliance with --admin-token-file FILE (or OFFSITE_ADMIN_TOKEN)');
+  const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+  const given = Buffer.from(m ? m[1].trim() : '');
+  const want = Buffer.from(token);
+  if (!m || given.length !== want.length || !timingSafeEqual(given, want)) {
+    throw new HttpError(401, 'ADMIN_UNAUTHORIZED', `admin call refused from ${req.socket.remoteAddress ?? '?'}: ${m ? 'wrong' : 'no'} bearer token`);
+  }
 }
 
 async function readJson(req: http.IncomingMessage, limit = 64 * 1024): Promise<Record<string, unknown>> {
@@ -66,6 +79,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
     const url = new URL(req.url ?? '/', 'http://localhost');
     const route = `${req.method} ${url.pathname}`;
     (async () => {
+      if (req.method === 'POST') checkAdmin(req, routes.adminToken);
       switch (route) {
         case 'GET /status':
           return send(res, 200, 'application/json', JSON.stringify(routes.status(), null, 2) + '\n');

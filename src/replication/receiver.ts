@@ -11,8 +11,11 @@ import { FramedLink, newLinkCounters, type LinkCounters } from './link';
 import { SYNC_CHUNK_BYTES, type ReceiverSink, type VolumeDescriptor } from './ports';
 import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
 import { decodeSegment } from './segment';
+import { createSecureServer, type LinkKey } from './link-security';
 
 export interface ReceiverOptions {
+  /** TLS 1.3 with this pre-shared key; undefined: plain TCP (--insecure-link). */
+  linkKey?: LinkKey;
   sink: ReceiverSink;
   logger: Logger;
   /** Drop a connection that sends nothing for this long. */
@@ -28,6 +31,8 @@ export interface ReceiverStats extends LinkCounters {
   rejectedFrames: number;
   lastError: string;
   lastContactMs: number;
+  /** Connections refused at the TLS handshake (wrong or missing key). */
+  refusedPeers: number;
 }
 
 export class Receiver {
@@ -35,12 +40,19 @@ export class Receiver {
   private tail: Promise<void> = Promise.resolve();
   private current?: { link: FramedLink; socket: net.Socket };
   readonly counters = newLinkCounters();
-  private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0 };
+  private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0, refusedPeers: 0 };
 
   constructor(private readonly opts: ReceiverOptions) {}
 
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    this.server = net.createServer((socket) => this.accept(socket));
+    const key = this.opts.linkKey;
+    this.server = key
+      ? createSecureServer(key, (socket) => this.accept(socket), (peer, why) => {
+          this.state.refusedPeers++;
+          this.state.lastError = `TLS: ${why}`;
+          this.opts.logger.warn({ peer, reason: why }, 'replication peer refused: TLS handshake failed (wrong link key?)');
+        })
+      : net.createServer((socket) => this.accept(socket));
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(port, host, () => resolve());

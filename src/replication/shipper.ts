@@ -13,6 +13,7 @@ import { SYNC_CHUNK_BYTES, type ShipperSource, type SyncCursor, type SyncSource 
 import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
 import { coalesce, encodeSegment } from './segment';
 import { TokenBucket } from './shaper';
+import { connectSecure, type LinkKey } from './link-security';
 
 export interface ShipperOptions {
   source: ShipperSource;
@@ -31,6 +32,8 @@ export interface ShipperOptions {
   deadAfterMs?: number;
   backoffMinMs?: number;
   backoffMaxMs?: number;
+  /** TLS 1.3 with this pre-shared key; undefined: plain TCP (--insecure-link). */
+  linkKey?: LinkKey;
   /** Asked before each segment: ship only the newest version of blocks overwritten in the batch. */
   coalesce?: () => boolean;
 }
@@ -188,7 +191,8 @@ export class Shipper {
 
   private async session(): Promise<void> {
     const { source, host, port } = this.opts;
-    const socket = net.connect({ host, port });
+    const key = this.opts.linkKey;
+    const socket: net.Socket = key ? connectSecure(host, port, key) : net.connect({ host, port });
     let failure: Error | undefined;
     let helloAck: Frame | undefined;
     const onFrame = (f: Frame) => {
@@ -228,7 +232,7 @@ export class Shipper {
     socket.on('error', (e) => (failure ??= e));
     socket.on('close', () => this.poke());
     await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
+      socket.once(key ? 'secureConnect' : 'connect', resolve);
       socket.once('error', reject);
       socket.once('close', () => reject(failure ?? new Error('connection closed')));
     });

@@ -186,6 +186,8 @@ export class JournalKeeper {
     private readonly volumes: () => Iterable<KeptVolume>,
     private readonly logger?: Logger,
     intervalMs = 1000,
+    /** Trimming waits while this says no (a demoted site keeps its records until its lineage is checked). */
+    private readonly canTrim: () => boolean = () => true,
   ) {
     this.timer = setInterval(() => void this.tick().catch((e: unknown) => this.logger?.error({ err: e }, 'journal upkeep failed')), intervalMs);
     this.timer.unref();
@@ -205,6 +207,7 @@ export class JournalKeeper {
       for (const v of this.volumes()) await v.image.flush();
       await this.journal.checkpoint(safe);
     }
+    if (!this.canTrim()) return;
     const sizes = new Map<string, number>();
     for (const v of this.volumes()) sizes.set(v.name, v.sizeBytes);
     const opened: ImageFileTarget[] = [];

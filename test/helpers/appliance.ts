@@ -20,6 +20,9 @@ if (process.env.NODE_TEST_CONTEXT) {
 
 export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 export const TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
+/** Admin API token for the appliances tests start (and the CLI commands they run inherit it). */
+export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef';
+process.env.OFFSITE_ADMIN_TOKEN ??= ADMIN_TOKEN;
 
 export interface RunningAppliance {
   proc: ChildProcess;

@@ -1,6 +1,8 @@
 /** Two real appliances (primary → replica) for replication tests, and helpers to compare them. */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import { startAppliance, type RunningAppliance } from './appliance';
@@ -14,12 +16,24 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/** A link key file both sites of a test share (TLS 1.3 PSK), made once per test process. */
+let sharedKey: string | undefined;
+export function testLinkKey(): string {
+  if (!sharedKey) {
+    sharedKey = path.join(mkdtempSync(path.join(os.tmpdir(), 'offsite-key-')), 'link.key');
+    writeFileSync(sharedKey, JSON.stringify({ identity: 'offsite-link', psk: randomBytes(32).toString('hex') }), { mode: 0o600 });
+  }
+  return sharedKey;
+}
+
+const linkArgs = (args: string[]) => (args.includes('--insecure-link') || args.includes('--link-key') ? [] : ['--link-key', testLinkKey()]);
+
 export function startReplica(dataDir: string, replPort: number, args: string[] = []): Promise<RunningAppliance> {
-  return startAppliance({ dataDir, volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, ...args] });
+  return startAppliance({ dataDir, volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, ...linkArgs(args), ...args] });
 }
 
 export function startPrimary(dataDir: string, volumes: string[], replicateTo: number, args: string[] = []): Promise<RunningAppliance> {
-  return startAppliance({ dataDir, volumes, args: ['--replicate-to', `127.0.0.1:${replicateTo}`, ...args] });
+  return startAppliance({ dataDir, volumes, args: ['--replicate-to', `127.0.0.1:${replicateTo}`, ...linkArgs(args), ...args] });
 }
 
 /** Poll until the replica holds (durably and applied) everything the primary has. */
