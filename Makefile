@@ -41,13 +41,26 @@ build: deps native/build/blockio.node
 	rm -rf dist/test
 	$(NODE_BIN)/tsc -p tsconfig.json
 
-# A primary on loopback with one default volume (the replica joins with issue 4).
+# A primary and a replica on loopback with one default volume, replicating over TLS (a link key
+# and an admin token are made under $(DATA) the first time). Ctrl-C stops both.
+REPLICA_ISCSI ?= 127.0.0.1:3261
+REPLICA_HTTP ?= 127.0.0.1:9465
+REPLICATION ?= 127.0.0.1:7700
+OFFSITE := node dist/src/cli/main.js
 run: build sysdeps-test
-	@echo "offsite: serving $(VOLUME) from $(DATA)/ on iSCSI $(ISCSI), HTTP $(HTTP)"
+	@mkdir -p $(DATA) && chmod 700 $(DATA)
+	@test -f $(DATA)/link.key || $(OFFSITE) keygen --link-key $(DATA)/link.key
+	@test -f $(DATA)/admin.token || $(OFFSITE) keygen --admin-token $(DATA)/admin.token
+	@echo "offsite: primary serves $(VOLUME) on iSCSI $(ISCSI) (HTTP $(HTTP)); replica on iSCSI $(REPLICA_ISCSI) (HTTP $(REPLICA_HTTP)), link $(REPLICATION)"
 	@echo "  discover:  iscsi-ls -s iscsi://$(ISCSI)"
-	@echo "  use:       qemu-img info iscsi://$(ISCSI)/iqn.2026-11.dev.offsite:$(firstword $(subst :, ,$(VOLUME)))/0"
-	@echo "  status:    curl -s http://$(HTTP)/status"
-	node dist/src/cli/main.js serve --data $(DATA) --volume $(VOLUME) --iscsi $(ISCSI) --http $(HTTP)
+	@echo "  use:       qemu-io -f raw -c 'write -P 0x5a 0 1M' iscsi://$(ISCSI)/iqn.2026-11.dev.offsite:$(firstword $(subst :, ,$(VOLUME)))/0"
+	@echo "  replica:   qemu-io -r -f raw -c 'read -P 0x5a 0 1M' iscsi://$(REPLICA_ISCSI)/iqn.2026-11.dev.offsite:$(firstword $(subst :, ,$(VOLUME)))/0"
+	@echo "  status:    $(OFFSITE) status --http $(HTTP)   (replica: --http $(REPLICA_HTTP))"
+	@$(OFFSITE) serve --role replica --data $(DATA)/replica --iscsi $(REPLICA_ISCSI) --http $(REPLICA_HTTP) \
+	    --replication-listen $(REPLICATION) --link-key $(DATA)/link.key --admin-token-file $(DATA)/admin.token & \
+	  replica=$$!; trap 'kill $$replica 2>/dev/null; wait $$replica' EXIT INT TERM; \
+	  $(OFFSITE) serve --data $(DATA)/primary --volume $(VOLUME) --iscsi $(ISCSI) --http $(HTTP) \
+	    --replicate-to $(REPLICATION) --link-key $(DATA)/link.key --admin-token-file $(DATA)/admin.token
 
 # Every compiled *.test.js under dist/test (unit, integration against real initiators, conformance).
 test: build sysdeps-test
