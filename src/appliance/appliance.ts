@@ -7,7 +7,9 @@ import type { TargetDirectory, TargetEntry } from '../iscsi/targets';
 import { createScsiTarget, naaDesignator } from '../scsi';
 import type { Logger } from '../common/logger';
 import { formatHostPort, type HostPort } from '../common/units';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
+import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
 import { FileVolume } from '../volume/file-volume';
 import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
@@ -294,6 +296,45 @@ export class Appliance {
     return { seq, state, primaryTime: t ? new Date(t).toISOString() : undefined };
   }
 
+  /**
+   * Test failover: a writable, throw-away copy of every replica volume (as of now), served as
+   * `<target>-test`, while replication keeps running underneath. `stop` discards the copies.
+   */
+  async testFailover(action: 'start' | 'stop'): Promise<{ active: boolean; targets: string[] }> {
+    const store = this.replicaStore;
+    if (!store) throw new OffsiteError('NOT_REPLICA', 'test failover runs on a replica');
+    if (action === 'start') {
+      if (store.testCopies.size) throw new OffsiteError('TEST_FAILOVER_ACTIVE', 'a test failover is already running; stop it first');
+      const dir = path.join(this.dataDir.root, 'test-failover');
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const targets: string[] = [];
+      await store.gate.exclusive(async () => {
+        for (const v of store.volumes.values()) {
+          const copy = await TestCopyVolume.create(v.image, store.gate, path.join(dir, `${v.name}.img`));
+          store.testCopies.set(v.name, copy);
+          await this.serveVolume(copy, v.image, true);
+          targets.push(targetName(this.config.targetPrefix, copy.name));
+        }
+      });
+      this.logger.warn({ targets, appliedSeq: store.appliedSeq() }, 'test failover started: writable throw-away copies served; replication continues');
+      return { active: true, targets };
+    }
+    const targets: string[] = [];
+    for (const [name, copy] of store.testCopies) {
+      const served = this.served.get(copy.name);
+      if (served) {
+        this.served.delete(copy.name);
+        for (const s of this.iscsi?.sessionsOf(served.entry.name) ?? []) await s.close().catch(() => undefined);
+        await served.target.close().catch(() => undefined);
+        targets.push(served.entry.name);
+      }
+      await store.gate.exclusive(() => copy.close());
+      store.testCopies.delete(name);
+    }
+    this.logger.warn({ targets }, 'test failover ended: the copies are discarded');
+    return { active: false, targets };
+  }
+
   get role(): 'primary' | 'replica' {
     return this.config.role;
   }
@@ -418,6 +459,7 @@ export class Appliance {
       if (this.receiver) await this.receiver.close().catch((e: unknown) => this.logger.error({ err: e }, 'receiver close failed'));
       clearInterval(this.replicaTimer);
       if (this.replicaStore) await this.replicaStore.idle().catch(() => undefined);
+      if (this.replicaStore?.testCopies.size) await this.testFailover('stop').catch(() => undefined);
       for (const s of this.served.values()) await s.target.close().catch(() => undefined);
       if (this.keeper) await this.keeper.stop().catch((e: unknown) => this.logger.error({ err: e }, 'final journal checkpoint failed'));
       for (const [name, s] of this.served) {

@@ -18,6 +18,7 @@ import { chunkHash } from '../replication/shipper';
 import { FileVolume } from '../volume/file-volume';
 import { applyToVolume } from '../volume/journaled';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
+import type { TestCopyVolume } from '../volume/test-copy';
 
 export interface ReplicaState {
   /** The primary this replica follows (set at the first handshake). */
@@ -49,6 +50,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   private applying?: Promise<void>;
   private applyError?: Error;
   private syncBytesSinceSave = 0;
+  /** Throw-away test copies (offsite test-failover) that must keep their view as records land. */
+  readonly testCopies = new Map<string, TestCopyVolume>();
   /** A primary's lineage was checked in this process's life (until then nothing is trimmed). */
   primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
@@ -241,6 +244,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
           for (const r of seg.records) {
             const v = this.volumes.get(r.volume);
             if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
+            await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
             await applyToVolume(v.image, r as JournalRecord);
             this.stats.recordsApplied++;
             this.stats.bytesApplied += r.lengthBytes;
@@ -312,8 +316,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   async chunk(volume: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void> {
     const v = this.volumes.get(volume);
     if (!v || !this.state.sync) throw new ReplicationError(ReplicationErrorCode.Sequence, `sync chunk for ${volume} outside a sync`);
-    if (data) await v.image.write(offsetBytes, data);
-    else await v.image.unmap(offsetBytes, lengthBytes);
+    await this.gate.exclusive(async () => {
+      await this.testCopies.get(volume)?.preserve(offsetBytes, lengthBytes);
+      if (data) await v.image.write(offsetBytes, data);
+      else await v.image.unmap(offsetBytes, lengthBytes);
+    });
     this.stats.syncChunks++;
     this.stats.syncBytes += lengthBytes;
     this.syncBytesSinceSave += lengthBytes;

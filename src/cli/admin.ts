@@ -117,6 +117,22 @@ export function register(program: Command): void {
       }
     });
   program
+    .command('test-failover')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('on a replica: serve writable throw-away copies of its volumes (<target>-test) while replication continues; --stop discards them')
+    .requiredOption('--http <host:port>', "the replica's HTTP address")
+    .option('--stop', 'end the test failover and discard the copies')
+    .action(async (opts: { http: string; stop?: boolean; tokenFile?: string }) => {
+      tokenFile = opts.tokenFile;
+      try {
+        const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start' });
+        const targets = (r.targets as string[]) ?? [];
+        process.stdout.write(opts.stop ? `test failover ended; discarded ${targets.join(', ') || 'nothing'}\n` : `test failover running; writable copies: ${targets.join(', ')}\n`);
+      } catch (e) {
+        fail(e, 'offsite test-failover');
+      }
+    });
+  program
     .command('bandwidth')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('change the replication bandwidth cap of a running primary')

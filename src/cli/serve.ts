@@ -94,6 +94,7 @@ export function register(program: Command): void {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force));
           },
+          testFailover: (action: 'start' | 'stop') => app.testFailover(action),
           demote: (req: { replicationListen?: string }) => {
             if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'this site is already a replica');
             if (!req.replicationListen) throw new OffsiteError('USAGE', 'demote needs replicationListen: the address where the new primary will connect');

@@ -20,6 +20,7 @@ export interface AdminActions {
   setBandwidth?(bytesPerSec: number): unknown;
   promote?(req: { force?: boolean; replicateTo?: string }): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
+  testFailover?(action: 'start' | 'stop'): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -109,6 +110,13 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (replicateTo) checkHostPort(replicateTo, 'replicateTo');
           const result = await routes.admin.promote({ force: body.force === true, replicateTo });
           return send(res, 200, 'application/json', JSON.stringify(result) + '\n');
+        }
+        case 'POST /test-failover': {
+          if (!routes.admin?.testFailover) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          const action = body.action ?? 'start';
+          if (action !== 'start' && action !== 'stop') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'action must be start or stop');
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.testFailover(action)) + '\n');
         }
         case 'POST /demote': {
           if (!routes.admin?.demote) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
