@@ -19,6 +19,7 @@ import { Receiver } from '../replication/receiver';
 import { readLinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
+import { requestLease } from './witness';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
@@ -69,11 +70,14 @@ export interface ApplianceStatus {
   state?: 'syncing' | 'consistent';
   consistentPoint?: { seq: number; primaryTime?: string } | null;
   primarySiteId?: string;
+  witness?: { address: string; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean };
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
 export interface ApplianceHooks {
   onCommandComplete?: (volume: string, op: string, status: number, durationNs: bigint) => void;
+  /** The replica decided to take over (witness agreed): promote it (the serve command restarts it as primary). */
+  requestPromotion?: (reason: string) => Promise<unknown>;
 }
 
 export class Appliance {
@@ -92,6 +96,8 @@ export class Appliance {
   private replicaTimer?: NodeJS.Timeout;
   private replicationAddress?: HostPort;
   private lineage: Lineage = [];
+  private witnessTimer?: NodeJS.Timeout;
+  private fence = { fenced: false, takenOver: false, lastGrantMs: 0, witnessReachable: false, reason: '' };
   readonly dataDir: DataDir;
 
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
@@ -175,11 +181,88 @@ export class Appliance {
         for (const sv of this.served.values()) if (sv.volume instanceof JournaledVolume) sv.volume.ackDelay = () => repl.ackDelayMs();
       }
     }
+    if (config.witness) this.startLeaseKeeper(config.witness.address);
     await this.listenIscsi();
     if (this.replication) {
       this.replication.start();
       logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: config.replication.rpoTargetMs / 1000, rpoPolicy: config.replication.rpoPolicy, maxBandwidthBytesPerSec: config.replication.maxBandwidthBytesPerSec }, 'replication to the replica started');
     }
+  }
+
+  private journaledVolumes(): JournaledVolume[] {
+    return [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume);
+  }
+
+  private setFenced(on: boolean, reason: string): void {
+    if (this.fence.fenced === on) return;
+    this.fence.fenced = on;
+    this.fence.reason = on ? reason : '';
+    for (const v of this.journaledVolumes()) v.fenced = on;
+    if (on) this.logger.error({ reason }, 'fenced: this site refuses writes');
+    else this.logger.warn({ reason }, 'fence lifted: this site accepts writes again');
+  }
+
+  /**
+   * Primary with a witness: renew the lease every quarter lease. Fenced (writes refused) from
+   * the start until the witness grants the lease or the replica is connected; fenced when both
+   * the witness and the replica have been out of reach for half a lease (the witness gives the
+   * lease away only after a whole one); fenced for good when another site holds the lease.
+   */
+  private startLeaseKeeper(witness: string): void {
+    const leaseMs = Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
+    const siteId = this.identity!.siteId;
+    this.setFenced(true, 'waiting for the witness lease');
+    const tick = async () => {
+      const r = await requestLease(witness, siteId, 'primary', leaseMs / 4);
+      const now = Date.now();
+      this.fence.witnessReachable = r !== undefined;
+      const replicaUp = this.replication?.status().link.connected ?? false;
+      if (r?.granted) {
+        this.fence.lastGrantMs = now;
+        if (!this.fence.takenOver) this.setFenced(false, 'witness lease granted');
+      } else if (r && !r.granted) {
+        if (!this.fence.takenOver) this.logger.error({ holder: r.holder }, 'another site holds the witness lease: this site was taken over');
+        this.fence.takenOver = true;
+        this.setFenced(true, `taken over by ${r.holder ?? 'another site'}`);
+      } else if (!this.fence.takenOver) {
+        if (replicaUp && this.fence.fenced && this.fence.lastGrantMs === 0) this.setFenced(false, 'replica connected (witness unreachable)');
+        if (!replicaUp && now - this.fence.lastGrantMs > leaseMs / 2) this.setFenced(true, 'lost both the witness and the replica');
+      }
+    };
+    const run = () => void tick().catch((e: unknown) => this.logger.error({ err: e }, 'witness lease renewal failed'));
+    run();
+    this.witnessTimer = setInterval(run, leaseMs / 4);
+    this.witnessTimer.unref();
+  }
+
+  /** Replica with --failover-after: take over when the primary is silent and the witness agrees. */
+  private startFailoverMonitor(witness: string, afterMs: number): void {
+    const leaseMs = Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
+    const started = Date.now();
+    let asking = false;
+    this.witnessTimer = setInterval(() => {
+      const store = this.replicaStore;
+      if (!store || asking || !this.hooks.requestPromotion) return;
+      if (!store.primarySiteId() || store.syncState() !== 'consistent') return;
+      const r = this.receiver?.stats();
+      const last = Math.max(r?.lastContactMs ?? 0, started);
+      if (r?.connected && Date.now() - last < afterMs) return;
+      if (Date.now() - last < afterMs) return;
+      asking = true;
+      void requestLease(witness, this.identity!.siteId, 'replica', leaseMs / 4)
+        .then(async (lease) => {
+          if (!lease?.granted) return;
+          this.logger.warn({ silentMs: Date.now() - last, witness }, 'primary silent and the witness agrees: taking over');
+          await this.hooks.requestPromotion!(`primary silent for ${Date.now() - last} ms`);
+        })
+        .catch((e: unknown) => this.logger.error({ err: e }, 'automatic takeover failed'))
+        .finally(() => (asking = false));
+    }, 250);
+    this.witnessTimer.unref();
+  }
+
+  fenceStatus(): typeof this.fence {
+    return { ...this.fence };
   }
 
   private async serveVolume(volume: Volume, image: FileVolume, created: boolean): Promise<void> {
@@ -269,6 +352,7 @@ export class Appliance {
     const listen = config.replication.listen!;
     this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
     logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
+    if (config.witness?.failoverAfterMs) this.startFailoverMonitor(config.witness.address, config.witness.failoverAfterMs);
   }
 
   /**
@@ -399,6 +483,7 @@ export class Appliance {
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
       ...this.replicationFields(),
+      ...(this.config.witness ? { witness: { address: this.config.witness.address, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable } } : {}),
     };
   }
 
@@ -454,6 +539,7 @@ export class Appliance {
   /** Stop serving: sessions ended, volumes synced and closed, lock released. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      clearInterval(this.witnessTimer);
       if (this.iscsi) await this.iscsi.close().catch((e: unknown) => this.logger.error({ err: e }, 'iscsi close failed'));
       if (this.replication) await this.replication.stop().catch((e: unknown) => this.logger.error({ err: e }, 'shipper stop failed'));
       if (this.receiver) await this.receiver.close().catch((e: unknown) => this.logger.error({ err: e }, 'receiver close failed'));

@@ -68,6 +68,12 @@ export interface ApplianceConfig {
   };
   /** Bearer token for the admin API (promote, demote, bandwidth); none: admin calls are refused. */
   adminToken?: string;
+  /** Split-brain protection and automatic takeover through a witness (offsite witness). */
+  witness?: {
+    address: string;
+    /** Replica: promote itself when the primary has been silent this long (and the witness agrees). */
+    failoverAfterMs?: number;
+  };
 }
 
 // --- the YAML file schema (human units as strings or numbers) -------------------------
@@ -93,6 +99,7 @@ const fileSchema = z
       .optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
     admin: z.object({ tokenFile: z.string().min(1).optional() }).strict().optional(),
+    witness: z.object({ address: z.string().min(1), failoverAfter: durationField.optional() }).strict().optional(),
     nop: z.object({ interval: durationField.optional(), timeout: durationField.optional() }).strict().optional(),
     replication: z
       .object({
@@ -133,6 +140,8 @@ export interface ConfigFlags {
   linkKey?: string;
   insecureLink?: boolean;
   adminTokenFile?: string;
+  witness?: string;
+  failoverAfter?: string;
 }
 
 export function loadConfigFile(path: string): ConfigFile {
@@ -258,6 +267,11 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       throw new ConfigError(`admin-token-file: cannot read ${tokenFile}: ${(e as Error).message}`, 'admin.tokenFile');
     }
   }
+  const witnessAddr = pick(file.witness?.address, flags.witness, env.OFFSITE_WITNESS);
+  const failoverText = pick<string | number>(file.witness?.failoverAfter, flags.failoverAfter, env.OFFSITE_FAILOVER_AFTER);
+  if (witnessAddr) parseHostPort(witnessAddr, 'witness');
+  if (failoverText !== undefined && !witnessAddr) throw new ConfigError('failover-after: automatic takeover needs a witness (--witness HOST:PORT)', 'failoverAfter');
+  if (failoverText !== undefined && role !== 'replica') throw new ConfigError('failover-after: only a replica takes over automatically', 'failoverAfter');
   if (adminToken !== undefined && adminToken.length < 16) throw new ConfigError('admin token: use at least 16 characters (offsite keygen --admin-token FILE makes one)', 'admin.tokenFile');
 
   return {
@@ -287,6 +301,9 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       insecureLink,
     },
     adminToken,
+    witness: witnessAddr
+      ? { address: witnessAddr, failoverAfterMs: failoverText === undefined ? undefined : typeof failoverText === 'number' ? failoverText * 1000 : parseDuration(failoverText, 'failover-after') }
+      : undefined,
   };
 }
 

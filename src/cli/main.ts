@@ -7,6 +7,7 @@ import { register as registerReplay } from './replay';
 import { register as registerAdmin } from './admin';
 import { register as registerKeygen } from './keygen';
 import { register as registerSeed } from './seed';
+import { register as registerWitness } from './witness';
 import { register as registerServe } from './serve';
 
 const program = new Command();
@@ -26,6 +27,7 @@ registerJournal(program);
 registerSeed(program);
 registerAdmin(program);
 registerKeygen(program);
+registerWitness(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   process.stderr.write(`offsite: ${(e as Error).message}\n`);

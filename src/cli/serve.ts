@@ -36,6 +36,8 @@ export function register(program: Command): void {
     .option('--link-key <file>', 'replication: TLS 1.3 pre-shared key file, the same at both sites (offsite keygen --link-key FILE)')
     .option('--insecure-link', 'replication: plain TCP, unauthenticated (only on a network you trust)')
     .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth); or OFFSITE_ADMIN_TOKEN')
+    .option('--witness <host:port>', 'an offsite witness: the primary keeps its lease (and fences itself when it loses both witness and replica); a replica may take over')
+    .option('--failover-after <duration>', 'replica: promote automatically when the primary has been silent this long and the witness agrees')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: ConfigFlags & { config?: string }) => {
       let config: ReturnType<typeof resolveConfig>;
@@ -54,8 +56,12 @@ export function register(program: Command): void {
         logger.warn({ flags: before, now: describeRole(config), since: override.changedAt, by: override.reason }, `this data directory was ${override.reason}d: it runs as ${config.role}, not as the flags say`);
       }
       let app: Appliance;
+      // eslint-disable-next-line prefer-const
+      let admin: { promote(req: { force?: boolean; replicateTo?: string; reason?: string }): Promise<unknown> } & Record<string, unknown>;
+      // Automatic takeover (replica with --failover-after) asks for the same promotion as the admin API.
+      const hooks = { ...metrics.hooks, requestPromotion: (reason: string) => admin.promote({ force: false, reason }) };
       try {
-        app = await Appliance.start(config, logger, metrics.hooks);
+        app = await Appliance.start(config, logger, hooks);
       } catch (e) {
         logger.flush?.();
         fail(e, 'offsite serve');
@@ -74,7 +80,7 @@ export function register(program: Command): void {
             const next = withRole({ ...config, iscsi: { host: config.iscsi.host, port: app.iscsiPort || config.iscsi.port } }, o);
             await writeRoleOverride(config.dataDir, { ...o, changedAt: new Date().toISOString() });
             await app.stop();
-            app = await Appliance.start(next, logger, metrics.hooks);
+            app = await Appliance.start(next, logger, hooks);
             metrics.attach(app);
             config = next;
             const ms = Date.now() - started;
@@ -84,13 +90,13 @@ export function register(program: Command): void {
             switching = false;
           }
         };
-        const admin = {
+        admin = {
           setBandwidth: (bps: number) => {
             const fn = app.admin().setBandwidth;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'bandwidth applies to a primary that replicates (--replicate-to)');
             return fn(bps);
           },
-          promote: (req: { force?: boolean; replicateTo?: string }) => {
+          promote: (req: { force?: boolean; replicateTo?: string; reason?: string }) => {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force));
           },

@@ -299,7 +299,8 @@ export const getLbaStatus: Handler = async (lu, req) => {
     b.writeUInt32BE(Math.min(d.n, 0xffffffff), o + 8);
     b[o + 12] = d.status;
   });
-  return { status: Status.Good, dataIn: b };
+  // SPC-4 §4.2.5.6: never more than the ALLOCATION LENGTH (below 24 bytes, only the header fits).
+  return { status: Status.Good, dataIn: alloc < b.length ? b.subarray(0, alloc) : b };
 };
 
 // ---- COMPARE AND WRITE / ORWRITE ------------------------------------------------------------
@@ -402,14 +403,16 @@ export const readCapacity10: Handler = (lu, req) => {
 };
 
 /** READ CAPACITY (16) (SBC-3 §5.16): LBPME/LBPRZ for thin volumes. */
-export const readCapacity16: Handler = (lu) => {
+export const readCapacity16: Handler = (lu, req) => {
+  const alloc = req.cdb.readUInt32BE(10);
   const b = Buffer.alloc(32);
   const last = lu.blocks - 1;
   b.writeUInt32BE(Math.floor(last / 0x1_0000_0000), 0);
   b.writeUInt32BE(last >>> 0, 4);
   b.writeUInt32BE(lu.blockSize, 8);
   if (lu.volume.thin) b[14] = 0x80 | 0x40; // LBPME | LBPRZ
-  return { status: Status.Good, dataIn: b };
+  // SPC-4 §4.2.5.6: never more than the ALLOCATION LENGTH (0: no data, not an error).
+  return { status: Status.Good, dataIn: alloc < b.length ? b.subarray(0, alloc) : b };
 };
 
 export type { ScsiResult };

@@ -7,6 +7,7 @@
  */
 import type { Logger } from '../common/logger';
 import { ImageFileTarget, type Journal, type JournalRecord, type RecordTarget } from '../journal/wal';
+import { VolumeError, VolumeErrorCode } from './errors';
 import type { FileVolume } from './file-volume';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
 
@@ -57,7 +58,14 @@ export class JournaledVolume implements Volume {
   /** Extra delay before acknowledging a write (the RPO controller's throttle), ms; 0 most of the time. */
   ackDelay?: () => number;
 
-  constructor(readonly image: FileVolume, private readonly journal: Journal, private readonly tracker: ImageTracker, readonly readOnly = image.readOnly) {
+  /** Fenced (split-brain protection): writes are refused until the fence is lifted. */
+  fenced = false;
+
+  get readOnly(): boolean {
+    return this.image.readOnly || this.fenced;
+  }
+
+  constructor(readonly image: FileVolume, private readonly journal: Journal, private readonly tracker: ImageTracker) {
     this.name = image.name;
     this.blockSize = image.blockSize;
     this.sizeBytes = image.sizeBytes;
@@ -82,6 +90,7 @@ export class JournaledVolume implements Volume {
   }
 
   private async change(op: JournalRecord['op'], offset: number, length: number, data: Buffer, fua: boolean, applyToImage: () => Promise<void>): Promise<void> {
+    if (this.fenced) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' is fenced: this site may not accept writes now`);
     if (this.readOnly) return this.image.write(offset, data); // the image refuses with its own error
     const { seq, done } = this.journal.append(this.name, op, offset, length, data, fua);
     this.lastSeq = seq;

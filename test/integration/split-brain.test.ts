@@ -1,0 +1,111 @@
+/**
+ * Issue 5 acceptance 3: split brain. The link between the sites is cut and the witness is
+ * reachable by exactly one side — first the primary (it keeps writing; the replica may not take
+ * over), then only the replica (the primary fences itself; the replica takes over once the
+ * lease has expired). Sampled all along: never do both sides accept a write; and from the logs,
+ * the primary fenced itself before the replica took over.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import readline from 'node:readline';
+import test from 'node:test';
+import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { run } from '../helpers/exec';
+import { FaultProxy } from '../helpers/fault-proxy';
+import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+
+const LEASE_MS = 3000;
+
+async function acceptsWrite(app: RunningAppliance): Promise<boolean> {
+  const r = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x3c ${1024 * 1024} 4k`, app.url('sb')], { timeoutMs: 15_000 });
+  return r.code === 0 && !/error|failed/i.test(r.stdout + r.stderr);
+}
+
+function logTime(app: RunningAppliance, msg: string | RegExp): number | undefined {
+  const rec = app.logs.find((l) => (typeof msg === 'string' ? l.msg === msg : msg.test(String(l.msg))));
+  return rec ? Number(rec.time) : undefined;
+}
+
+test('split brain: with the link cut and the witness reachable by one side, exactly one side accepts writes', { timeout: 180_000 }, async () => {
+  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
+  const dir = tempDir();
+  const witnessPort = await freePort();
+  const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${witnessPort}`], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
+  const witnessLogs: Record<string, unknown>[] = [];
+  readline.createInterface({ input: witness.stdout! }).on('line', (l) => {
+    try {
+      witnessLogs.push(JSON.parse(l) as Record<string, unknown>);
+    } catch {
+      /* not JSON */
+    }
+  });
+  const replPort = await freePort();
+  const link = new FaultProxy('127.0.0.1', replPort, 1);
+  const aw = new FaultProxy('127.0.0.1', witnessPort, 2);
+  const bw = new FaultProxy('127.0.0.1', witnessPort, 3);
+  const linkPort = await link.listen();
+  const awPort = await aw.listen();
+  const bwPort = await bw.listen();
+  let b = await startReplica(path.join(dir, 'b'), replPort, ['--witness', `127.0.0.1:${bwPort}`, '--failover-after', '2s']);
+  const a = await startPrimary(path.join(dir, 'a'), ['sb:8M'], linkPort, ['--witness', `127.0.0.1:${awPort}`]);
+  const samples: { a: boolean; b: boolean; phase: number }[] = [];
+  const sample = async (phase: number, ms: number) => {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      const [sa, sb] = await Promise.all([acceptsWrite(a), acceptsWrite(b)]);
+      samples.push({ a: sa, b: sb, phase });
+      assert.ok(!(sa && sb), `both sites accepted a write (phase ${phase})`);
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  };
+  try {
+    for (let i = 0; i < 50 && (!(await acceptsWrite(a))); i++) await new Promise((r) => setTimeout(r, 200));
+    await waitCaughtUp(a, b);
+    assert.equal(((await a.status()).witness as { fenced: boolean }).fenced, false);
+
+    // Phase 1: link cut, witness reachable only by the primary: the primary goes on, no takeover.
+    link.refuse(true);
+    link.cut();
+    bw.refuse(true);
+    bw.cut();
+    await sample(1, 2000 + LEASE_MS * 2);
+    assert.ok(samples.filter((s) => s.phase === 1).every((s) => s.a && !s.b), `phase 1: ${JSON.stringify(samples)}`);
+    assert.equal((await b.status()).role, 'replica');
+
+    // Phase 2: witness reachable only by the replica: the primary fences itself, the replica takes over.
+    bw.refuse(false);
+    aw.refuse(true);
+    aw.cut();
+    const deadline = Date.now() + 30_000;
+    let promoted = false;
+    while (Date.now() < deadline && !promoted) {
+      await sample(2, 500);
+      promoted = (await b.status().catch(() => ({ role: '' }))).role === 'primary';
+    }
+    assert.ok(promoted, 'the replica took over');
+    await sample(2, 1500);
+    const last = samples[samples.length - 1];
+    assert.ok(!last.a && last.b, `after the takeover only the new primary accepts writes: ${JSON.stringify(last)}`);
+    const fencedAt = logTime(a, 'fenced: this site refuses writes');
+    const takeoverAt = logTime(b, 'primary silent and the witness agrees: taking over');
+    assert.ok(fencedAt && takeoverAt, 'fence and takeover are logged');
+    assert.ok(fencedAt < takeoverAt, `the old primary fenced itself (${fencedAt}) before the takeover (${takeoverAt})`);
+    assert.ok(witnessLogs.some((l) => l.msg === 'witness: lease taken over (the previous holder stopped renewing)'));
+    // Reconnected to the witness, the old primary learns it was taken over and stays fenced.
+    aw.refuse(false);
+    await new Promise((r) => setTimeout(r, LEASE_MS));
+    assert.equal(await acceptsWrite(a), false);
+    assert.equal(((await a.status()).witness as { takenOver: boolean }).takenOver, true);
+    process.stdout.write(`# split brain: ${samples.length} samples, phase 1 primary-only ${samples.filter((s) => s.phase === 1).length}, takeover ${takeoverAt - fencedAt} ms after the fence\n`);
+  } finally {
+    await a.stop();
+    await b.stop();
+    witness.kill('SIGTERM');
+    await Promise.all([link.close(), aw.close(), bw.close()]);
+    delete process.env.OFFSITE_WITNESS_LEASE_MS;
+    removeDir(dir);
+    void b;
+    b = undefined as unknown as RunningAppliance;
+  }
+});
