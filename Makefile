@@ -13,7 +13,7 @@ HTTP ?= 127.0.0.1:9464
 TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose
 BENCH_PKGS := $(TEST_PKGS) lz4
 
-.PHONY: build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
+.PHONY: test-faults build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -65,6 +65,11 @@ run: build sysdeps-test
 # Every compiled *.test.js under dist/test (unit, integration against real initiators, conformance).
 test: build sysdeps-test
 	node --test --test-timeout=600000 $$(find dist/test -name '*.test.js' | sort)
+
+# The long fault campaign (issue 6): FAULTS injected faults (default 1000), seed printed; exit 1 on any loss.
+FAULTS ?= 1000
+test-faults: build sysdeps-test
+	node dist/test/faults/long.js --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
 
 bench: build sysdeps-bench
 	node dist/bench/run.js

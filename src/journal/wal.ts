@@ -196,7 +196,8 @@ class SegmentStore {
       const id = this.nextId++;
       const recycled = this.free.pop();
       if (recycled) renameSync(recycled, this.path(id));
-      cur = this.current = { id, fd: openSync(this.path(id), recycled ? 'r+' : 'a+'), size: 0 };
+      // Never O_APPEND: with O_APPEND, Linux ignores pwrite's position, and the pool completes writes out of order.
+      cur = this.current = { id, fd: openSync(this.path(id), recycled ? 'r+' : 'w+'), size: 0 };
       this.readFds.set(id, cur.fd);
     }
     const position = cur.size;

@@ -1,0 +1,245 @@
+/**
+ * The fault campaign (issue 6): randomized, reproducible from a printed seed. A primary and a
+ * replica run with the project's fault proxy on the link while a writer lays down a chain of
+ * dependent records (record k at block ((k-1) mod N)+1, each acknowledged before the next is
+ * issued) and a reader polls the replica through iSCSI. Faults: SIGKILL either side, clean
+ * restarts, link cuts, stalls, slow links, duplicated and corrupted bytes. Invariants checked
+ * after every fault and at the end:
+ *   - no acknowledged write lost on the primary (its chain reaches the last acknowledged record),
+ *   - the replica is always a prefix of the primary's history (chain check on every read),
+ *   - images equal after catch-up,
+ *   - no full resync where a resume was possible (no sync ever started).
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { run } from '../helpers/exec';
+import { FaultProxy, rng } from '../helpers/fault-proxy';
+import { freePort, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+
+const BLOCK = 4096;
+const MiB = 1024 * 1024;
+
+export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt'] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export interface CampaignResult {
+  seed: number;
+  faults: Record<FaultKind, number>;
+  faultsTotal: number;
+  recordsAcked: number;
+  replicaReads: number;
+  lostWrites: number;
+  nonPrefixStates: number;
+  crashes: number;
+  fullResyncs: number;
+  imagesEqual: boolean;
+  problems: string[];
+}
+
+function chainBlock(k: number): Buffer {
+  const b = Buffer.alloc(BLOCK, k % 251);
+  b.write('CHAIN', 0, 'ascii');
+  b.writeUInt32BE(k, 8);
+  b.writeUInt32BE(k - 1, 12);
+  return b;
+}
+
+/**
+ * Is the image a prefix of the chain? M = the newest record visible; every block must hold the
+ * newest record ≤ M that maps to it (or be empty when none does). Returns M or an error.
+ */
+export function checkChainImage(img: Buffer, n: number): { top: number; error?: string } {
+  const ks: number[] = new Array(n + 1).fill(0);
+  let top = 0;
+  for (let b = 1; b <= n; b++) {
+    const blk = img.subarray(b * BLOCK, (b + 1) * BLOCK);
+    if (blk.toString('ascii', 0, 5) !== 'CHAIN') continue;
+    const k = blk.readUInt32BE(8);
+    if (blk.readUInt32BE(12) !== k - 1 || ((k - 1) % n) + 1 !== b) return { top, error: `block ${b} holds a damaged record` };
+    ks[b] = k;
+    top = Math.max(top, k);
+  }
+  for (let b = 1; b <= n; b++) {
+    const expected = top >= b ? b + n * Math.floor((top - b) / n) : 0;
+    if (ks[b] !== expected) return { top, error: `record ${top} is visible but block ${b} holds ${ks[b] || 'nothing'} instead of ${expected}` };
+  }
+  return { top };
+}
+
+export async function runCampaign(opts: { faults: number; seed?: number; log?: (line: string) => void }): Promise<CampaignResult> {
+  const seed = opts.seed ?? Date.now() % 1_000_000;
+  const rand = rng(seed);
+  const log = opts.log ?? (() => undefined);
+  const N = 2048; // chain blocks (8 MiB of a 16 MiB volume)
+  const dir = tempDir('offsite-faults-');
+  const files = path.join(dir, 'chain');
+  mkdirSync(files);
+  const result: CampaignResult = {
+    seed,
+    faults: Object.fromEntries(FAULT_KINDS.map((k) => [k, 0])) as Record<FaultKind, number>,
+    faultsTotal: 0,
+    recordsAcked: 0,
+    replicaReads: 0,
+    lostWrites: 0,
+    nonPrefixStates: 0,
+    crashes: 0,
+    fullResyncs: 0,
+    imagesEqual: false,
+    problems: [],
+  };
+  const replPort = await freePort();
+  const proxy = new FaultProxy('127.0.0.1', replPort, seed);
+  const proxyPort = await proxy.listen();
+  const aDir = path.join(dir, 'a');
+  const bDir = path.join(dir, 'b');
+  let replica: RunningAppliance | undefined = await startReplica(bDir, replPort);
+  let primary: RunningAppliance | undefined = await startPrimary(aDir, [`chain:${16 * MiB}`], proxyPort);
+  const primaries: RunningAppliance[] = [primary];
+  const watch = (app: RunningAppliance, name: string) => {
+    void new Promise<void>((resolve) => app.proc.once('exit', (code, signal) => {
+      if (signal !== 'SIGKILL' && code !== 0) {
+        result.crashes++;
+        result.problems.push(`${name} exited with ${code ?? signal}`);
+      }
+      resolve();
+    }));
+  };
+  watch(primary, 'primary');
+  watch(replica, 'replica');
+  let stopReader = false;
+  const reader = (async () => {
+    let i = 0;
+    while (!stopReader) {
+      const r = replica;
+      if (!r) {
+        await new Promise((res) => setTimeout(res, 50));
+        continue;
+      }
+      const file = path.join(dir, `read${i++ % 2}.img`);
+      const res = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', r.url('chain'), file], { timeoutMs: 30_000 }).catch(() => undefined);
+      if (!res || res.code !== 0) continue;
+      result.replicaReads++;
+      const c = checkChainImage(readFileSync(file), N);
+      if (c.error) {
+        result.nonPrefixStates++;
+        result.problems.push(`seed ${seed}: replica not a prefix: ${c.error}`);
+      }
+    }
+  })();
+  let acked = 0;
+  const writeBatch = async (count: number, during: () => Promise<void>) => {
+    const from = acked + 1;
+    const to = from + count;
+    // qemu-io writes each record from its own small file (removed after the batch).
+    const args = ['-oL', 'qemu-io', '-f', 'raw'];
+    for (let k = from; k < to; k++) {
+      const f = path.join(files, `k${k}.blk`);
+      writeFileSync(f, chainBlock(k));
+      args.push('-c', `write -s ${f} ${(((k - 1) % N) + 1) * BLOCK} ${BLOCK}`);
+    }
+    args.push(primary!.url('chain'));
+    const p = spawn('stdbuf', args, { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const done = new Promise<void>((resolve) => p.on('close', () => resolve()));
+    await during();
+    const killer = setTimeout(() => p.kill('SIGKILL'), 1500);
+    await done;
+    clearTimeout(killer);
+    const n = (out.match(/wrote 4096\/4096 bytes/g) ?? []).length;
+    acked = Math.max(acked, from + n - 1);
+    for (let k = from; k < to; k++) rmSync(path.join(files, `k${k}.blk`), { force: true });
+  };
+  const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    for (let i = 0; i < opts.faults; i++) {
+      const kind = FAULT_KINDS[Math.floor(rand() * FAULT_KINDS.length)];
+      result.faults[kind]++;
+      result.faultsTotal++;
+      await writeBatch(40 + Math.floor(rand() * 120), async () => {
+        await pause(50 + rand() * 250);
+        switch (kind) {
+          case 'killPrimary':
+          case 'restartPrimary': {
+            await (kind === 'killPrimary' ? primary!.kill('SIGKILL') : primary!.stop());
+            primary = await startPrimary(aDir, [], proxyPort);
+            primaries.push(primary);
+            watch(primary, 'primary');
+            break;
+          }
+          case 'killReplica':
+          case 'restartReplica': {
+            const r = replica!;
+            replica = undefined;
+            await (kind === 'killReplica' ? r.kill('SIGKILL') : r.stop());
+            replica = await startReplica(bDir, replPort);
+            watch(replica, 'replica');
+            break;
+          }
+          case 'cut':
+            proxy.cut();
+            break;
+          case 'stall':
+            proxy.stall(true);
+            await pause(300 + rand() * 700);
+            proxy.stall(false);
+            break;
+          case 'slow':
+            proxy.setRate(256 * 1024);
+            await pause(500 + rand() * 500);
+            proxy.setRate(0);
+            break;
+          case 'duplicate':
+            proxy.duplicate(1);
+            break;
+          case 'corrupt':
+            proxy.corrupt(1, rand() < 0.5 ? 'up' : 'down');
+            break;
+        }
+      });
+      if ((i + 1) % 25 === 0) log(`# faults ${i + 1}/${opts.faults}: acked ${acked}, replica reads ${result.replicaReads}`);
+    }
+    result.recordsAcked = acked;
+    await waitCaughtUp(primary, replica!, 120_000);
+    stopReader = true;
+    await reader;
+    // No acknowledged write lost on the primary, and it is a chain prefix too.
+    const pImg = await readVolume(primary, 'chain', path.join(dir, 'primary.img'));
+    const pc = checkChainImage(pImg, N);
+    if (pc.error) result.problems.push(`seed ${seed}: primary: ${pc.error}`);
+    if (pc.top < acked) {
+      result.lostWrites = acked - pc.top;
+      result.problems.push(`seed ${seed}: primary holds records up to ${pc.top}, ${acked} were acknowledged`);
+    }
+    const rImg = await readVolume(replica!, 'chain', path.join(dir, 'replica.img'));
+    result.imagesEqual = pImg.equals(rImg);
+    if (!result.imagesEqual) {
+      let i = 0;
+      while (pImg[i] === rImg[i]) i++;
+      const b = Math.floor(i / BLOCK);
+      const desc = (img: Buffer) => (img.toString('ascii', b * BLOCK, b * BLOCK + 5) === 'CHAIN' ? `record ${img.readUInt32BE(b * BLOCK + 8)}` : `bytes ${img.subarray(b * BLOCK, b * BLOCK + 8).toString('hex')}`);
+      result.problems.push(`seed ${seed}: images differ after catch-up at block ${b}: primary ${desc(pImg)}, replica ${desc(rImg)} (chain tops ${pc.top}/${checkChainImage(rImg, N).top})`);
+    }
+    for (const p of primaries) result.fullResyncs += p.logs.filter((l) => l.msg === 'sync start').length;
+    if (result.fullResyncs) result.problems.push(`seed ${seed}: ${result.fullResyncs} full resyncs`);
+  } finally {
+    stopReader = true;
+    await reader;
+    await primary?.stop().catch(() => undefined);
+    await replica?.stop().catch(() => undefined);
+    await proxy.close();
+    removeDir(dir);
+  }
+  return result;
+}
+
+export function formatResult(r: CampaignResult): string {
+  const kinds = FAULT_KINDS.map((k) => `${k} ${r.faults[k]}`).join(', ');
+  return [
+    `fault campaign, seed ${r.seed}: ${r.faultsTotal} faults injected (${kinds})`,
+    `  chain records acknowledged ${r.recordsAcked}, replica reads checked ${r.replicaReads}`,
+    `  data lost ${r.lostWrites}, non-prefix states ${r.nonPrefixStates}, crashes ${r.crashes}, full resyncs ${r.fullResyncs}, images equal ${r.imagesEqual}`,
+  ].join('\n');
+}
