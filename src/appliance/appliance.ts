@@ -288,7 +288,10 @@ export class Appliance {
       targets: () => [...served.values()].map((s) => s.entry),
       lookup: (n) => [...served.values()].find((s) => s.entry.name === n)?.entry,
     };
-    this.iscsi = new IscsiServer({ directory, logger: logger.child({ layer: 'iscsi' }), nopIntervalMs: config.nop.intervalMs, nopTimeoutMs: config.nop.timeoutMs });
+    // OFFSITE_LOGIN_RATE_LIMIT=failures/windowSeconds/blockSeconds (default 10/60/60).
+    const rl = /^(\d+)\/(\d+(?:\.\d+)?)\/(\d+(?:\.\d+)?)$/.exec(process.env.OFFSITE_LOGIN_RATE_LIMIT ?? '');
+    const loginRateLimit = rl ? { failures: Number(rl[1]), windowMs: Number(rl[2]) * 1000, blockMs: Number(rl[3]) * 1000 } : undefined;
+    this.iscsi = new IscsiServer({ directory, logger: logger.child({ layer: 'iscsi' }), nopIntervalMs: config.nop.intervalMs, nopTimeoutMs: config.nop.timeoutMs, loginRateLimit });
     this.iscsiAddress = await this.iscsi.listen(config.iscsi.host, config.iscsi.port);
     logger.info({ iscsi: formatHostPort(this.iscsiAddress), role: config.role, siteId: this.identity!.siteId }, 'appliance serving');
   }

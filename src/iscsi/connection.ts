@@ -29,6 +29,8 @@ export interface ConnectionHost {
   openSession(conn: Connection, login: LoginMachine, first: LoginRequestFields): Session | LoginStatus;
   connectionClosed(conn: Connection): void;
   count(event: string, n?: number): void;
+  /** A login from this address was refused for an initiator error (rate limiting). */
+  loginRefused?(remoteAddress: string, status: number): void;
 }
 
 export class Connection {
@@ -157,6 +159,7 @@ export class Connection {
     this.send(hdr, data);
     if (reply.status !== LoginStatus.Success) {
       this.host.count('login_failures');
+      if (reply.status >> 8 === 2) this.host.loginRefused?.(this.socket.remoteAddress ?? '', reply.status);
       this.logger.warn(
         { initiator: login.initiatorName, target: login.target?.name, sessionType: login.sessionType, status: `0x${reply.status.toString(16).padStart(4, '0')}`, reason: reply.reason },
         'login refused',

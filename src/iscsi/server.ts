@@ -27,6 +27,12 @@ export interface IscsiServerOptions {
   loginTimeoutMs?: number;
   /** Connections accepted at once (beyond: refused). Default 1024. */
   maxConnections?: number;
+  /**
+   * Login rate limit per source address: after `failures` refused logins (initiator errors:
+   * bad credentials, unknown target...) within `windowMs`, connections from that address are
+   * dropped for `blockMs`. Default 10 in 60 s, blocked 60 s.
+   */
+  loginRateLimit?: { failures: number; windowMs: number; blockMs: number };
 }
 
 export interface IscsiStats {
@@ -53,6 +59,8 @@ export class IscsiServer implements ConnectionHost, SessionHost {
   private nextTsih = 1;
   private nextConnId = 1;
   private closing = false;
+  private readonly failures = new Map<string, number[]>();
+  private readonly blocked = new Map<string, number>();
 
   constructor(private readonly opts: IscsiServerOptions) {
     this.logger = opts.logger;
@@ -85,9 +93,34 @@ export class IscsiServer implements ConnectionHost, SessionHost {
       socket.destroy();
       return;
     }
+    const from = socket.remoteAddress ?? '';
+    const until = this.blocked.get(from);
+    if (until !== undefined) {
+      if (Date.now() < until) {
+        this.count('connections_rate_limited');
+        socket.destroy();
+        return;
+      }
+      this.blocked.delete(from);
+    }
     const conn = new Connection(socket, this, this.nextConnId++);
     this.connections.add(conn);
     this.count('connections_accepted');
+  }
+
+  loginRefused(remoteAddress: string): void {
+    const limit = this.opts.loginRateLimit ?? { failures: 10, windowMs: 60_000, blockMs: 60_000 };
+    const now = Date.now();
+    const recent = (this.failures.get(remoteAddress) ?? []).filter((t) => now - t < limit.windowMs);
+    recent.push(now);
+    this.failures.set(remoteAddress, recent);
+    if (this.failures.size > 10_000) this.failures.delete(this.failures.keys().next().value as string);
+    if (recent.length >= limit.failures && !this.blocked.has(remoteAddress)) {
+      this.blocked.set(remoteAddress, now + limit.blockMs);
+      this.failures.delete(remoteAddress);
+      this.count('login_rate_limited');
+      this.logger.warn({ source: remoteAddress, failures: recent.length, windowMs: limit.windowMs, blockMs: limit.blockMs }, 'login rate limit: too many refused logins from this address; its connections are dropped for a while');
+    }
   }
 
   count(event: string, n = 1): void {

@@ -114,3 +114,32 @@ test('admin API: refused without a token, with a wrong one, and when none is con
     removeDir(dir);
   }
 });
+
+test('iSCSI logins are rate-limited per source: after repeated refusals even the right secret is dropped for a while', { timeout: 60_000 }, async () => {
+  const dir = tempDir();
+  const app = await startAppliance({
+    dataDir: path.join(dir, 'd'),
+    volumes: ['rl:4M'],
+    env: { OFFSITE_CHAP_USER: 'alice', OFFSITE_CHAP_SECRET: 'correct-horse-battery', OFFSITE_LOGIN_RATE_LIMIT: '4/60/3' },
+  });
+  try {
+    const good = app.url('rl', 0, 'alice%correct-horse-battery');
+    const bad = app.url('rl', 0, 'alice%wrong-secret-1234');
+    let r = await run('iscsi-inq', [good]);
+    assert.equal(r.code, 0, r.stderr);
+    for (let i = 0; i < 4; i++) {
+      r = await run('iscsi-inq', [bad]);
+      assert.notEqual(r.code, 0);
+    }
+    r = await run('iscsi-inq', [good]);
+    assert.notEqual(r.code, 0, 'the right secret must be refused while the source is blocked');
+    assert.ok(app.logs.some((l) => String(l.msg).startsWith('login rate limit')), 'the block is logged');
+    assert.ok(!JSON.stringify(app.logs).includes('correct-horse-battery'));
+    await new Promise((res) => setTimeout(res, 3200));
+    r = await run('iscsi-inq', [good]);
+    assert.equal(r.code, 0, `after the block: ${r.stderr}`);
+  } finally {
+    await app.stop();
+    removeDir(dir);
+  }
+});
