@@ -13,7 +13,7 @@ HTTP ?= 127.0.0.1:9464
 TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose
 BENCH_PKGS := $(TEST_PKGS) lz4
 
-.PHONY: test-faults build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
+.PHONY: test-faults test-load build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -70,6 +70,10 @@ test: build sysdeps-test
 FAULTS ?= 1000
 test-faults: build sysdeps-test
 	node dist/test/faults/long.js --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
+
+# The long load run (issue 6): 16 sessions over 8 volumes for 10 minutes while replicating.
+test-load: build sysdeps-test
+	node dist/test/faults/load-long.js
 
 bench: build sysdeps-bench
 	node dist/bench/run.js
