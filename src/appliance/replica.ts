@@ -238,7 +238,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 
   private async applyLoop(): Promise<void> {
     while (this.queue.length) {
-      const seg = this.queue.shift()!;
+      const seg = this.queue[0];
       try {
         await this.gate.exclusive(async () => {
           for (const r of seg.records) {
@@ -246,14 +246,23 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
             if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
             await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
             await applyToVolume(v.image, r as JournalRecord);
-            this.stats.recordsApplied++;
-            this.stats.bytesApplied += r.lengthBytes;
           }
         });
       } catch (e) {
+        if ((e as { code?: string }).code === 'VOLUME_NO_SPACE' || (e as NodeJS.ErrnoException).code === 'ENOSPC') {
+          // The replica pauses (the records are safe in its journal) and retries when space returns.
+          this.logger.error({ seq: seg.toSeq }, 'replica volume file system full: applying paused, retrying');
+          await new Promise((r) => setTimeout(r, 1000));
+          continue;
+        }
         this.applyError = e as Error;
         this.logger.error({ err: e, seq: seg.toSeq }, 'replica apply failed; replication stops until restart');
         return;
+      }
+      this.queue.shift();
+      for (const r of seg.records) {
+        this.stats.recordsApplied++;
+        this.stats.bytesApplied += r.lengthBytes;
       }
       this.stats.segmentsApplied++;
       this.applied = seg.toSeq;

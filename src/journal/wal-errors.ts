@@ -8,6 +8,7 @@ export const JournalErrorCode = {
   UnknownVolume: 'JOURNAL_UNKNOWN_VOLUME',
   OutsideWindow: 'JOURNAL_OUTSIDE_WINDOW',
   Sequence: 'JOURNAL_SEQUENCE',
+  NoSpace: 'JOURNAL_NO_SPACE',
 } as const;
 
 export class JournalError extends OffsiteError {}

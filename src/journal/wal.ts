@@ -25,7 +25,7 @@
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
 import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, write } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
 import type { Logger } from '../common/logger';
@@ -289,6 +289,11 @@ function pointer(segment: number, position: number, length: number): Buffer {
   return b;
 }
 
+function isNoSpace(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || /no space left/i.test(String((e as Error)?.message));
+}
+
 export class Journal {
   private db: Level<Buffer, Buffer>;
   private volumes: string[] = [];
@@ -308,6 +313,8 @@ export class Journal {
   /** After a resync, until rebase(): no point-in-time base exists. */
   private noBase = false;
   private lastFoldLog = 0;
+  /** The file system is (nearly) full: appends are refused with NoSpace until checkSpace() says otherwise. */
+  private spaceLow = false;
   private sizesHead = 0;
   private totalBytes = 0;
   private perVolume = new Map<number, { records: number; bytes: number }>();
@@ -458,6 +465,7 @@ export class Journal {
 
   private appendRecord(seq: number, timeMs: number, volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer, sync: boolean): { seq: number; done: Promise<void> } {
     if (this.failed) return { seq: 0, done: Promise.reject(this.failed) };
+    if (this.spaceLow) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.NoSpace, `journal: the file system holding ${this.opts.dir} is (nearly) full`)) };
     if (this.closed) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Closed, 'journal is closed')) };
     const vol = this.volumeIndex.get(volume);
     if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
@@ -480,6 +488,44 @@ export class Journal {
     const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, written, seq, started: process.hrtime.bigint(), resolve, reject }));
     if (!this.writing) this.writing = this.writeLoop();
     return { seq, done };
+  }
+
+  /** Forget records after `seq` that never reached the index (their numbers are reused). */
+  private rollbackTo(seq: number): void {
+    while (this.sizes.length > this.sizesHead && this.sizes[this.sizes.length - 1].seq > seq) {
+      const r = this.sizes.pop()!;
+      this.totalBytes -= r.bytes;
+      this.appendedBytes -= r.bytes;
+      const pv = this.perVolume.get(r.vol);
+      if (pv) {
+        pv.records--;
+        pv.bytes -= r.bytes;
+      }
+      this.counters.appends--;
+    }
+    this.head = seq;
+  }
+
+  /**
+   * Check the free space of the journal's file system: below the reserve (5% of it, at most
+   * 64 MiB) new records are refused with NoSpace, before anything is written; above, accepted
+   * again. Called by the keeper every second and after a write hit ENOSPC.
+   */
+  async checkSpace(): Promise<boolean> {
+    try {
+      const st = await statfs(this.opts.dir);
+      const free = Number(st.bavail) * Number(st.bsize);
+      const reserve = Math.min(64 * 1024 * 1024, (Number(st.blocks) * Number(st.bsize)) / 20);
+      const low = free < reserve;
+      if (low !== this.spaceLow) {
+        if (low) this.opts.logger?.error({ freeBytes: free, reserveBytes: reserve }, 'journal: file system nearly full; writes refused until space returns');
+        else this.opts.logger?.warn({ freeBytes: free }, 'journal: space available again; writes accepted');
+      }
+      this.spaceLow = low;
+    } catch {
+      /* statfs unavailable: rely on ENOSPC */
+    }
+    return !this.spaceLow;
   }
 
   /** Data bytes appended since this process opened the journal (including what it found). */
@@ -570,12 +616,27 @@ export class Journal {
         const sync = this.syncWanted;
         this.syncWanted = false;
         const ops = batch.map((p) => ({ type: 'put' as const, key: p.key, value: p.value }));
+        let batchWritten = false;
         try {
           // Index entries only for data that is in its segment (a crash never leaves a pointer to nothing).
           for (const p of batch) if (p.written) await p.written;
           if (sync) await this.segments.sync();
+          batchWritten = true;
           await this.db.batch(ops, { sync });
         } catch (e) {
+          if (isNoSpace(e) && !batchWritten) {
+            // Nothing of these records reached the index: fail them (and everything queued after
+            // them) and reuse their sequence numbers, so the journal stays gap-free and usable.
+            const err = new JournalError(JournalErrorCode.NoSpace, `journal: no space left on the device holding ${this.opts.dir}`, { cause: e });
+            this.spaceLow = true;
+            const failed = [...batch, ...this.queue];
+            this.queue = [];
+            for (const p of failed) if (p.written) await p.written.catch(() => undefined);
+            this.rollbackTo(this.writtenSeq);
+            this.opts.logger?.error({ records: failed.length, headSeq: this.head }, 'journal: no space left; writes refused until space returns');
+            for (const p of failed) p.reject(err);
+            continue;
+          }
           this.failed = new JournalError(JournalErrorCode.Write, `journal write failed: ${(e as Error).message}`, { cause: e });
           this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
           for (const p of batch) p.reject(this.failed);

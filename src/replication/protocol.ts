@@ -106,6 +106,29 @@ export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payl
 const EMPTY = Buffer.alloc(0);
 
 /**
+ * Whether any map inside `meta` has a key such as `toString` or `valueOf`: the handlers coerce
+ * meta fields with String() / Number(), which throw a TypeError on such a map. Iterative (the
+ * nesting depth is whatever msgpack allowed).
+ */
+function shadowsPrototype(meta: object): boolean {
+  const stack: unknown[] = [meta];
+  while (stack.length) {
+    const v = stack.pop();
+    if (v === null || typeof v !== 'object' || ArrayBuffer.isView(v) || v instanceof Date) continue;
+    if (Array.isArray(v)) {
+      for (const x of v) if (x !== null && typeof x === 'object') stack.push(x);
+      continue;
+    }
+    for (const k of Object.keys(v)) {
+      if (k in Object.prototype) return true;
+      const x = (v as Record<string, unknown>)[k];
+      if (x !== null && typeof x === 'object') stack.push(x);
+    }
+  }
+  return false;
+}
+
+/**
  * Streaming frame decoder: feed it chunks as they arrive; it yields whole, verified frames.
  * Every length is capped before anything is allocated. Any error is final for the stream.
  */
@@ -177,6 +200,7 @@ export class FrameDecoder {
       throw new ReplicationError(Code.FrameMeta, `undecodable frame meta: ${(e as Error).message}`);
     }
     if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) throw new ReplicationError(Code.FrameMeta, 'frame meta is not a map');
+    if (shadowsPrototype(meta)) throw new ReplicationError(Code.FrameMeta, 'frame meta has a map key named like an Object.prototype member');
     let payload = frame.subarray(FRAME_HEADER_BYTES + metaLen);
     const wirePayload = payload.length;
     if (flags & FLAG_LZ4) {

@@ -103,8 +103,9 @@ export class Receiver {
       if (!greeted) {
         if (f.type !== FrameType.Hello) throw new ReplicationError(Code.Handshake, `expected Hello, got frame type ${f.type}`);
         greeted = true;
-        volumeList = Array.isArray(f.meta.volumes) ? (f.meta.volumes as VolumeDescriptor[]) : [];
-        volumeNames = volumeList.map((v) => String(v?.name)).sort();
+        // Well-formed entries only: the handshake refuses a bad list, but frames pipelined behind the Hello are read first.
+        volumeList = Array.isArray(f.meta.volumes) ? (f.meta.volumes as VolumeDescriptor[]).filter((v) => v !== null && typeof v === 'object' && typeof v.name === 'string') : [];
+        volumeNames = volumeList.map((v) => v.name).sort();
         chain(storing.then(() => this.handshake(link, f)).then(async (durable) => {
           expectNext = durable + 1;
         }));
@@ -161,6 +162,7 @@ export class Receiver {
           const fromSeq = Number(f.meta.fromSeq);
           const consistentSeq = Number(f.meta.consistentSeq);
           if (!Number.isSafeInteger(fromSeq) || !Number.isSafeInteger(consistentSeq) || consistentSeq < fromSeq) throw new ReplicationError(Code.FrameMeta, 'invalid SyncDone');
+          if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
           chain(storing.then(async () => {
             await sink.sync!.end(fromSeq, consistentSeq);
             link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });

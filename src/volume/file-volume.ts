@@ -173,9 +173,14 @@ export class FileVolume implements Volume {
       if (n === data.length) return;
       if (n > 0) done = n;
     }
-    while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
-      done += bytesWritten;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new VolumeError(VolumeErrorCode.NoSpace, `volume '${this.name}': no space left on the device`);
+      throw e;
     }
   }
 

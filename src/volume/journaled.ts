@@ -93,10 +93,11 @@ export class JournaledVolume implements Volume {
     if (this.fenced) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' is fenced: this site may not accept writes now`);
     if (this.readOnly) return this.image.write(offset, data); // the image refuses with its own error
     const { seq, done } = this.journal.append(this.name, op, offset, length, data, fua);
+    if (seq === 0) return done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
     this.lastSeq = seq;
     this.tracker.begin(seq);
     try {
-      await done;
+      await done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
       // Overlapping writes still in flight were appended earlier: let them land first.
       const end = offset + length;
       const before = this.inflight.filter((w) => w.start < end && offset < w.end);
@@ -134,6 +135,12 @@ export class JournaledVolume implements Volume {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** A journal that cannot take the record is, to the initiator, a volume without space. */
+function asVolumeError(e: unknown): unknown {
+  if ((e as { code?: string })?.code === 'JOURNAL_NO_SPACE') return new VolumeError(VolumeErrorCode.NoSpace, (e as Error).message);
+  return e;
+}
 
 /** Apply a record to a live image volume (recovery, replica apply). */
 export async function applyToVolume(v: Volume, rec: JournalRecord): Promise<void> {
@@ -210,6 +217,7 @@ export class JournalKeeper {
   }
 
   private async run(): Promise<void> {
+    await this.journal.checkSpace();
     const safe = this.safeSeq();
     if (safe > this.journal.checkpointSeq()) {
       await this.journal.sync();

@@ -1,0 +1,71 @@
+/**
+ * Issue 6: disk full. The primary's data directory sits on a small tmpfs that fills up during
+ * writes: writes then fail with DATA PROTECT / SPACE ALLOCATION FAILED (never a crash, never a
+ * corrupted journal), what was acknowledged stays readable, and writes succeed again once space
+ * returns; replay of the latest sequence still equals the served image.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import test from 'node:test';
+import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
+import { run } from '../helpers/exec';
+
+const MiB = 1024 * 1024;
+
+test('disk full on the primary: writes fail with the right sense, nothing is lost or corrupted, writes resume when space returns', { timeout: 180_000 }, async (t) => {
+  const dir = tempDir();
+  const mnt = path.join(dir, 'small');
+  mkdirSync(mnt);
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=40m', 'tmpfs', mnt]);
+  } catch (e) {
+    removeDir(dir);
+    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
+    return;
+  }
+  const filler = path.join(mnt, 'filler');
+  writeFileSync(filler, Buffer.alloc(8 * MiB, 1));
+  const data = path.join(mnt, 'data');
+  const app = await startAppliance({ dataDir: data, volumes: [`full:${64 * MiB}`] });
+  try {
+    let r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', app.url('full')]);
+    assert.equal(r.code, 0, r.stderr);
+    let failedAt = -1;
+    for (let i = 1; i < 60 && failedAt < 0; i++) {
+      r = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${(i % 200) + 20} ${i * MiB} 1M`, app.url('full')]);
+      if (r.code !== 0 || /failed|error/i.test(r.stdout + r.stderr)) failedAt = i;
+    }
+    assert.ok(failedAt > 0, 'the file system never filled up');
+    const m = await (await fetch(`http://127.0.0.1:${app.httpPort}/metrics`)).text();
+    assert.match(m, /offsite_scsi_check_conditions_total\{volume="full",sense_key="[^"]*(DATA_PROTECT|7)[^"]*"\} [1-9]/);
+    assert.ok(app.logs.some((l) => /no space left|nearly full/i.test(JSON.stringify(l))), `the full disk is logged: ${JSON.stringify(app.logs.filter((l) => Number(l.level) >= 40).slice(0, 5))}`);
+    // Still serving; acknowledged data intact.
+    assert.equal((await fetch(`http://127.0.0.1:${app.httpPort}/status`)).status, 200);
+    r = await run('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x11 0 1M', '-c', `read -P ${((failedAt - 1) % 200) + 20} ${(failedAt - 1) * MiB} 1M`, app.url('full')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /Pattern verification failed/);
+    // Space returns: writes are accepted again.
+    rmSync(filler);
+    let ok = false;
+    for (let i = 0; i < 20 && !ok; i++) {
+      await new Promise((res) => setTimeout(res, 500));
+      r = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x99 ${failedAt * MiB} 1M`, '-c', `read -P 0x99 ${failedAt * MiB} 1M`, app.url('full')]);
+      ok = r.code === 0 && !/failed|error|verification/i.test(r.stdout + r.stderr);
+    }
+    assert.ok(ok, `writes did not resume once space returned: ${r.stdout}${r.stderr}`);
+    const served = path.join(dir, 'served.img');
+    r = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', app.url('full'), served]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await app.stop(), 0);
+    const out = path.join(dir, 'replayed.img');
+    r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', 'full', '--out', out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(readFileSync(out).equals(readFileSync(served)), 'replay differs from the served image after the disk filled');
+  } finally {
+    await app.stop();
+    execFileSync('umount', ['-l', mnt]);
+    removeDir(dir);
+  }
+});
