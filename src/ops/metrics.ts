@@ -234,6 +234,13 @@ export function createMetrics(): Metrics {
   counter('offsite_sync_chunks_sent_total', 'Sync chunks sent (different from, or missing at, the replica).', () => repl()?.sync.chunksSent);
   counter('offsite_sync_chunks_skipped_total', 'Sync chunks skipped (equal at the replica, or zero on a fresh replica).', () => repl()?.sync.chunksSkipped);
 
+  // ---- split-brain protection ----
+  gauge('offsite_fenced', '1 while this site refuses writes because it may not be the primary (witness lease lost or taken over).', () => {
+    const f = app?.fenceStatus();
+    return app?.config.witness ? (f?.fenced ? 1 : 0) : undefined;
+  });
+  gauge('offsite_witness_reachable', '1 when the last witness lease request got an answer.', () => (app?.config.witness && app.role === 'primary' ? (app.fenceStatus().witnessReachable ? 1 : 0) : undefined));
+
   // ---- replication (replica) ----
   const replica = () => app?.replicaInfo();
   gauge('offsite_replica_received_sequence', 'Highest sequence durable in this replica\'s journal.', () => replica()?.store.durableSeq());
@@ -245,6 +252,7 @@ export function createMetrics(): Metrics {
     return p && (p.replicaConsistent ? 1 : 0);
   });
   gauge('offsite_replica_consistent_point_timestamp_seconds', 'Primary time of the last write applied at the replica.', () => { const r = replica(); return r && r.store.appliedTimeMs() / 1000; });
+  counter('offsite_replication_refused_peers_total', 'Replication connections refused at the TLS handshake (wrong or missing link key).', () => replica()?.receiver?.stats().refusedPeers);
   counter('offsite_replica_rejected_frames_total', 'Replication frames rejected (corrupt, duplicate, out of order, oversized).', () => replica()?.receiver?.stats().rejectedFrames);
   counter('offsite_replica_applied_records_total', 'Records applied to the replica volumes.', () => replica()?.store.counters().recordsApplied);
   counter('offsite_replica_applied_bytes_total', 'Bytes applied to the replica volumes.', () => replica()?.store.counters().bytesApplied);
