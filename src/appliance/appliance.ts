@@ -129,15 +129,7 @@ export class Appliance {
     }
     const journaled = config.journal.enabled;
     if (journaled) {
-      const journal = (this.journal = await Journal.open({
-        dir: this.dataDir.journalDir,
-        logger: logger.child({ layer: 'journal' }),
-        maxBytes: config.journal.maxBytes,
-        retainMs: config.journal.retainMs,
-        retainBytes: config.journal.retainBytes,
-        replicated: !!config.replication.replicateTo,
-        ownsRetention: true,
-      }));
+      const journal = (this.journal = await this.openJournal(!!config.replication.replicateTo));
       for (const name of images.keys()) await journal.registerVolume(name);
       const writable = new Map([...images].filter(([, img]) => !img.readOnly));
       const report = await recoverImages(journal, writable, logger);
@@ -187,6 +179,20 @@ export class Appliance {
       this.replication.start();
       logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: config.replication.rpoTargetMs / 1000, rpoPolicy: config.replication.rpoPolicy, maxBandwidthBytesPerSec: config.replication.maxBandwidthBytesPerSec }, 'replication to the replica started');
     }
+  }
+
+  /** This site's journal with the configured retention (`replicated`: keep records until the replica has them). */
+  private openJournal(replicated: boolean): Promise<Journal> {
+    const { config, logger } = this;
+    return Journal.open({
+      dir: this.dataDir.journalDir,
+      logger: logger.child({ layer: 'journal' }),
+      maxBytes: config.journal.maxBytes,
+      retainMs: config.journal.retainMs,
+      retainBytes: config.journal.retainBytes,
+      replicated,
+      ownsRetention: true,
+    });
   }
 
   private journaledVolumes(): JournaledVolume[] {
@@ -311,14 +317,7 @@ export class Appliance {
       images.set(name, image);
       volumes.set(name, new ReplicaVolume(image, gate));
     }
-    const journal = (this.journal = await Journal.open({
-      dir: this.dataDir.journalDir,
-      logger: logger.child({ layer: 'journal' }),
-      maxBytes: config.journal.maxBytes,
-      retainMs: config.journal.retainMs,
-      retainBytes: config.journal.retainBytes,
-      ownsRetention: true,
-    }));
+    const journal = (this.journal = await this.openJournal(false));
     for (const name of images.keys()) await journal.registerVolume(name);
     const report = await recoverImages(journal, images, logger);
     if (report.records > 0) logger.warn({ ...report }, 'unclean stop detected: stored records replayed onto the replica volumes');

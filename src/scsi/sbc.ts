@@ -299,7 +299,7 @@ export const getLbaStatus: Handler = async (lu, req) => {
     b.writeUInt32BE(Math.min(d.n, 0xffffffff), o + 8);
     b[o + 12] = d.status;
   });
-  // SPC-4 §4.2.5.6: never more than the ALLOCATION LENGTH (below 24 bytes, only the header fits).
+  // SPC-4 §4.2.5.6: never more than the ALLOCATION LENGTH.
   return { status: Status.Good, dataIn: alloc < b.length ? b.subarray(0, alloc) : b };
 };
 

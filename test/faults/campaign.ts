@@ -16,7 +16,7 @@ import path from 'node:path';
 import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { freePort, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { freePort, pollReplica, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
@@ -108,26 +108,14 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
   };
   watch(primary, 'primary');
   watch(replica, 'replica');
-  let stopReader = false;
-  const reader = (async () => {
-    let i = 0;
-    while (!stopReader) {
-      const r = replica;
-      if (!r) {
-        await new Promise((res) => setTimeout(res, 50));
-        continue;
-      }
-      const file = path.join(dir, `read${i++ % 2}.img`);
-      const res = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', r.url('chain'), file], { timeoutMs: 30_000 }).catch(() => undefined);
-      if (!res || res.code !== 0) continue;
-      result.replicaReads++;
-      const c = checkChainImage(readFileSync(file), N);
-      if (c.error) {
-        result.nonPrefixStates++;
-        result.problems.push(`seed ${seed}: replica not a prefix: ${c.error}`);
-      }
+  const reader = pollReplica(() => replica, 'chain', dir, (img) => {
+    result.replicaReads++;
+    const c = checkChainImage(img, N);
+    if (c.error) {
+      result.nonPrefixStates++;
+      result.problems.push(`seed ${seed}: replica not a prefix: ${c.error}`);
     }
-  })();
+  });
   let acked = 0;
   const writeBatch = async (count: number, during: () => Promise<void>) => {
     const from = acked + 1;
@@ -203,8 +191,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     }
     result.recordsAcked = acked;
     await waitCaughtUp(primary, replica!, 120_000);
-    stopReader = true;
-    await reader;
+    await reader.stop();
     // No acknowledged write lost on the primary, and it is a chain prefix too.
     const pImg = await readVolume(primary, 'chain', path.join(dir, 'primary.img'));
     const pc = checkChainImage(pImg, N);
@@ -225,8 +212,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     for (const p of primaries) result.fullResyncs += p.logs.filter((l) => l.msg === 'sync start').length;
     if (result.fullResyncs) result.problems.push(`seed ${seed}: ${result.fullResyncs} full resyncs`);
   } finally {
-    stopReader = true;
-    await reader;
+    await reader.stop();
     await primary?.stop().catch(() => undefined);
     await replica?.stop().catch(() => undefined);
     await proxy.close();

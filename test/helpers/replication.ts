@@ -77,3 +77,33 @@ export function metricValue(text: string, name: string, labels = ''): number | u
 export async function metrics(app: RunningAppliance): Promise<string> {
   return (await fetch(`http://${app.host}:${app.httpPort}/metrics`)).text();
 }
+
+/**
+ * Read a volume of whichever replica is current, over and over, through its iSCSI target, and
+ * hand each image to `check` (reads that fail while the replica is down are skipped).
+ */
+export function pollReplica(current: () => RunningAppliance | undefined, volume: string, dir: string, check: (img: Buffer) => void): { reads: () => number; stop: () => Promise<void> } {
+  let stop = false;
+  let reads = 0;
+  const loop = (async () => {
+    for (let i = 0; !stop; i++) {
+      const r = current();
+      if (!r) {
+        await new Promise((res) => setTimeout(res, 50));
+        continue;
+      }
+      const file = path.join(dir, `poll${i % 2}.img`);
+      const res = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', r.url(volume), file], { timeoutMs: 30_000 }).catch(() => undefined);
+      if (!res || res.code !== 0) continue;
+      reads++;
+      check(readFileSync(file));
+    }
+  })();
+  return {
+    reads: () => reads,
+    stop: async () => {
+      stop = true;
+      await loop;
+    },
+  };
+}

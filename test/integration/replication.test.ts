@@ -14,7 +14,7 @@ import test from 'node:test';
 import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { assertSameVolume, freePort, metrics, metricValue, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { assertSameVolume, freePort, metrics, metricValue, pollReplica, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
@@ -140,27 +140,13 @@ test('link cuts and SIGKILL of either side: the replica stays a prefix, converge
   const primaries: RunningAppliance[] = [primary];
   const faults: string[] = [];
   let readerError: string | undefined;
-  let reads = 0;
   let maxSeenOnReplica = 0;
-  let stopReader = false;
   // The reader: polls the replica's volume through its iSCSI target while everything happens.
-  const reader = (async () => {
-    let i = 0;
-    while (!stopReader) {
-      const r = replica;
-      if (!r) {
-        await new Promise((res) => setTimeout(res, 100));
-        continue;
-      }
-      const file = path.join(dir, `read${i++ % 2}.img`);
-      const res = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', r.url('chain'), file], { timeoutMs: 30_000 }).catch(() => undefined);
-      if (!res || res.code !== 0) continue; // the replica is down or restarting
-      const c = checkChain(readFileSync(file), RECORDS);
-      reads++;
-      if (c.error && !readerError) readerError = `seed ${seed}: ${c.error}`;
-      maxSeenOnReplica = Math.max(maxSeenOnReplica, c.top);
-    }
-  })();
+  const reader = pollReplica(() => replica, 'chain', dir, (img) => {
+    const c = checkChain(img, RECORDS);
+    if (c.error && !readerError) readerError = `seed ${seed}: ${c.error}`;
+    maxSeenOnReplica = Math.max(maxSeenOnReplica, c.top);
+  });
   try {
     let next = 1;
     let acked = 0;
@@ -204,10 +190,9 @@ test('link cuts and SIGKILL of either side: the replica stays a prefix, converge
     if (next <= RECORDS) await round(async () => undefined);
     assert.ok(acked > 300, `seed ${seed}: only ${acked} chain records were acknowledged`);
     await waitCaughtUp(primary, replica!, 90_000);
-    stopReader = true;
-    await reader;
+    await reader.stop();
     assert.equal(readerError, undefined);
-    assert.ok(reads >= 3, `the reader read the replica only ${reads} times`);
+    assert.ok(reader.reads() >= 3, `the reader read the replica only ${reader.reads()} times`);
     // Everything acknowledged is on the primary and the replica, and the images are equal.
     const finalImg = await readVolume(replica!, 'chain', path.join(dir, 'final.img'));
     const c = checkChain(finalImg, RECORDS);
@@ -223,8 +208,7 @@ test('link cuts and SIGKILL of either side: the replica stays a prefix, converge
     assert.equal((ps.replication as { sync: { started: number } }).sync.started, 0);
     assert.ok(proxy.stats.cuts >= 1);
   } finally {
-    stopReader = true;
-    await reader;
+    await reader.stop();
     await primary?.stop();
     await replica?.stop();
     await proxy.close();
