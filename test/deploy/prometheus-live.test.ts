@@ -12,7 +12,7 @@ import test from 'node:test';
 import YAML from 'yaml';
 import { readFileSync } from 'node:fs';
 import { PANELS } from '../../grafana/dashboard';
-import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
@@ -44,9 +44,11 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
   const b = await startReplica(path.join(dir, 'b'), replPort);
   const a = await startPrimary(path.join(dir, 'a'), ['vol:64M'], replPort, ['--rpo-target', '1s', '--journal-max', '2M']);
   let c: RunningAppliance | undefined = await startReplica(path.join(dir, 'c'), loneReplPort);
+  // A primary whose witness never answers: fenced (waiting for its lease).
+  const d = await startAppliance({ dataDir: path.join(dir, 'd'), volumes: ['f:1M'], args: ['--witness', `127.0.0.1:${await freePort()}`] });
   const promPort = await freePort();
   copyFileSync(path.join(ROOT, 'deploy/alerts.yml'), path.join(dir, 'alerts.yml'));
-  const targets = [a, b, c].map((x) => `127.0.0.1:${x.httpPort}`);
+  const targets = [a, b, c, d].map((x) => `127.0.0.1:${x.httpPort}`);
   writeFileSync(
     path.join(dir, 'prometheus.yml'),
     YAML.stringify({
@@ -69,9 +71,9 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     // promtool agrees the exposition is clean.
     const check = await run('promtool', ['check', 'metrics'], { input: await metrics(a) });
     assert.equal(check.code, 0, check.stdout + check.stderr);
-    await until('Prometheus to scrape all three appliances', async () => {
+    await until('Prometheus to scrape all four appliances', async () => {
       const r = await query(promPort, 'up == 1').catch(() => undefined);
-      return (r?.data.result.length ?? 0) === 3;
+      return (r?.data.result.length ?? 0) === 4;
     }, 60_000).catch((e: Error) => {
       throw new Error(`${e.message}\n${promLog}`);
     });
@@ -123,6 +125,7 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     await b.stop();
     await c?.stop();
     c = undefined;
+    await d.stop();
     removeDir(dir);
   }
 });
