@@ -227,6 +227,11 @@ export class Appliance {
         this.fence.lastGrantMs = now;
         if (!this.fence.takenOver) this.setFenced(false, 'witness lease granted');
       } else if (r && !r.granted) {
+        if (this.fence.lastGrantMs === 0) {
+          // Never held the lease (e.g. just promoted while the old primary's lease runs out): wait for it.
+          this.setFenced(true, `waiting for the witness lease (held by ${r.holder ?? 'another site'} for ${r.expiresInMs ?? '?'} ms more)`);
+          return;
+        }
         if (!this.fence.takenOver) this.logger.error({ holder: r.holder }, 'another site holds the witness lease: this site was taken over');
         this.fence.takenOver = true;
         this.setFenced(true, `taken over by ${r.holder ?? 'another site'}`);

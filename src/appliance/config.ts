@@ -225,7 +225,8 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     }
   }
 
-  const journalEnabled = flags.journal ?? file.journal?.enabled ?? true;
+  // commander sets journal=true unless --no-journal: only `false` is a decision of the flags.
+  const journalEnabled = flags.journal === false ? false : file.journal?.enabled ?? true;
   const maxText = pick<string | number>(file.journal?.max, flags.journalMax, env.OFFSITE_JOURNAL_MAX);
   const retainText = pick<string | number>(file.journal?.retain, flags.journalRetain, env.OFFSITE_JOURNAL_RETAIN);
   const retainSize = file.journal?.retainSize;
