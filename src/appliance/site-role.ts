@@ -13,7 +13,7 @@ export interface RoleOverride {
   replicateTo?: string;
   replicationListen?: string;
   changedAt: string;
-  reason: 'promote' | 'demote';
+  reason: 'promote' | 'demote' | 'replicate-to';
 }
 
 const file = (dataDir: string) => path.join(dataDir, 'state', 'role.json');

@@ -117,6 +117,23 @@ export function register(program: Command): void {
       }
     });
   program
+    .command('replicate-to')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('point a running primary at a (new) replica, e.g. after an automatic takeover; --none stops replicating')
+    .requiredOption('--http <host:port>', "the primary's HTTP address")
+    .argument('[host:port]', "the replica's replication address (its --replication-listen)")
+    .option('--none', 'stop replicating')
+    .action(async (to: string | undefined, opts: { http: string; none?: boolean; tokenFile?: string }) => {
+      tokenFile = opts.tokenFile;
+      try {
+        if (!to && !opts.none) throw new OffsiteError('USAGE', 'give the replica address, or --none');
+        await call(opts.http, 'POST', '/replicate-to', { replicateTo: opts.none ? null : to });
+        process.stdout.write(opts.none ? 'no longer replicating\n' : `now replicating to ${String(to)}\n`);
+      } catch (e) {
+        fail(e, 'offsite replicate-to');
+      }
+    });
+  program
     .command('test-failover')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('on a replica: serve writable throw-away copies of its volumes (<target>-test) while replication continues; --stop discards them')

@@ -53,7 +53,7 @@ export function register(program: Command): void {
       if (override && (override.role !== config.role || override.replicateTo || override.replicationListen)) {
         const before = describeRole(config);
         config = withRole(config, override);
-        logger.warn({ flags: before, now: describeRole(config), since: override.changedAt, by: override.reason }, `this data directory was ${override.reason}d: it runs as ${config.role}, not as the flags say`);
+        logger.warn({ flags: before, now: describeRole(config), since: override.changedAt, by: override.reason }, `the role was switched at run time (${override.reason}): this site runs as ${describeRole(config)}, not as the flags say`);
       }
       let app: Appliance;
       // eslint-disable-next-line prefer-const
@@ -71,7 +71,7 @@ export function register(program: Command): void {
       try {
         // Role switches restart the appliance inside this process on the same addresses.
         let switching = false;
-        const switchRole = async (o: { role: 'primary' | 'replica'; replicateTo?: string; replicationListen?: string; reason: 'promote' | 'demote' }, before?: () => Promise<unknown>) => {
+        const switchRole = async (o: { role: 'primary' | 'replica'; replicateTo?: string; replicationListen?: string; reason: 'promote' | 'demote' | 'replicate-to' }, before?: () => Promise<unknown>) => {
           if (switching) throw new OffsiteError('ROLE_SWITCH_BUSY', 'a promote or demote is already running');
           switching = true;
           try {
@@ -84,7 +84,8 @@ export function register(program: Command): void {
             metrics.attach(app);
             config = next;
             const ms = Date.now() - started;
-            logger.warn({ role: o.role, ms, ...(info as object) }, o.reason === 'promote' ? 'promoted: this site is now the primary' : 'demoted: this site is now a replica');
+            const what = { promote: 'promoted: this site is now the primary', demote: 'demoted: this site is now a replica', 'replicate-to': 'replication target changed' }[o.reason];
+            logger.warn({ role: o.role, ms, replicateTo: o.replicateTo, ...(info as object) }, what);
             return { role: o.role, ms, ...(info as object) };
           } finally {
             switching = false;
@@ -101,6 +102,11 @@ export function register(program: Command): void {
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force));
           },
           testFailover: (action: 'start' | 'stop') => app.testFailover(action),
+          replicateTo: (req: { replicateTo?: string }) => {
+            if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'only a primary replicates; this site is a replica');
+            // Restarts the primary side on the same addresses with the new (or no) replica.
+            return switchRole({ role: 'primary', replicateTo: req.replicateTo || undefined, reason: 'replicate-to' });
+          },
           demote: (req: { replicationListen?: string }) => {
             if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'this site is already a replica');
             if (!req.replicationListen) throw new OffsiteError('USAGE', 'demote needs replicationListen: the address where the new primary will connect');

@@ -21,6 +21,7 @@ export interface AdminActions {
   promote?(req: { force?: boolean; replicateTo?: string }): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
   testFailover?(action: 'start' | 'stop'): Promise<unknown>;
+  replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -117,6 +118,13 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const action = body.action ?? 'start';
           if (action !== 'start' && action !== 'stop') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'action must be start or stop');
           return send(res, 200, 'application/json', JSON.stringify(await routes.admin.testFailover(action)) + '\n');
+        }
+        case 'POST /replicate-to': {
+          if (!routes.admin?.replicateTo) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          const to = body.replicateTo === undefined || body.replicateTo === null ? undefined : String(body.replicateTo);
+          if (to) checkHostPort(to, 'replicateTo');
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.replicateTo({ replicateTo: to })) + '\n');
         }
         case 'POST /demote': {
           if (!routes.admin?.demote) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

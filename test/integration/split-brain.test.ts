@@ -97,6 +97,13 @@ test('split brain: with the link cut and the witness reachable by one side, exac
     await new Promise((r) => setTimeout(r, LEASE_MS));
     assert.equal(await acceptsWrite(a), false);
     assert.equal(((await a.status()).witness as { takenOver: boolean }).takenOver, true);
+    // Fail back by hand: the old primary becomes the new one's replica.
+    const aListen = await freePort();
+    let r = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${a.httpPort}`, '--replication-listen', `127.0.0.1:${aListen}`]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await run(process.execPath, [CLI, 'replicate-to', '--http', `127.0.0.1:${b.httpPort}`, `127.0.0.1:${aListen}`]);
+    assert.equal(r.code, 0, r.stderr);
+    await waitCaughtUp(b, a, 60_000);
     process.stdout.write(`# split brain: ${samples.length} samples, phase 1 primary-only ${samples.filter((s) => s.phase === 1).length}, takeover ${takeoverAt - fencedAt} ms after the fence\n`);
   } finally {
     await a.stop();
