@@ -8,7 +8,7 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import { SYNC_CHUNK_BYTES, type ReceiverSink, type VolumeDescriptor } from './ports';
+import { SYNC_CHUNK_BYTES, type ReceiverSink, type ReplicatedRecord, type VolumeDescriptor } from './ports';
 import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
 import { decodeSegment } from './segment';
 import { createSecureServer, type LinkKey } from './link-security';
@@ -38,6 +38,8 @@ export interface ReceiverStats extends LinkCounters {
 export class Receiver {
   private server?: net.Server;
   private tail: Promise<void> = Promise.resolve();
+  /** The stores a connection still has running (a new handshake waits for them). */
+  private storing: Promise<void> = Promise.resolve();
   private current?: { link: FramedLink; socket: net.Socket };
   readonly counters = newLinkCounters();
   private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0, refusedPeers: 0 };
@@ -82,6 +84,35 @@ export class Receiver {
     socket.setTimeout(this.opts.idleTimeoutMs ?? 30_000, () => socket.destroy(new ReplicationError(Code.Handshake, 'idle replication connection')));
     let greeted = false;
     let expectNext = 0;
+    let pending: { records: ReplicatedRecord[]; to: number }[] = [];
+    let flushing: Promise<void> | undefined;
+    /** A store failed on this connection: nothing more is stored from it (no gap can follow). */
+    let dead = false;
+    const flush = (): Promise<void> => {
+      if (!flushing) {
+        flushing = (async () => {
+          try {
+            while (pending.length && !dead) {
+              const take = pending;
+              pending = [];
+              const records = take.length === 1 ? take[0].records : take.flatMap((t) => t.records);
+              const to = take[take.length - 1].to;
+              await sink.store(records, to);
+              link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
+            }
+          } catch (e) {
+            dead = true; // before anything else can queue: no store may follow a failed one
+            throw e;
+          } finally {
+            // Cleared in the same turn as the last check of `pending`: a segment queued after
+            // this point starts a new flush.
+            flushing = undefined;
+          }
+        })();
+        this.storing = flushing.catch(() => undefined);
+      }
+      return flushing;
+    };
     let volumeList: VolumeDescriptor[] = [];
     let volumeNames: string[] = [];
     // Everything this connection stores queues behind what earlier connections still have in
@@ -106,7 +137,7 @@ export class Receiver {
         // Well-formed entries only: the handshake refuses a bad list, but frames pipelined behind the Hello are read first.
         volumeList = Array.isArray(f.meta.volumes) ? (f.meta.volumes as VolumeDescriptor[]).filter((v) => v !== null && typeof v === 'object' && typeof v.name === 'string') : [];
         volumeNames = volumeList.map((v) => v.name).sort();
-        chain(storing.then(() => this.handshake(link, f)).then(async (durable) => {
+        chain(storing.then(() => this.storing).then(() => this.handshake(link, f)).then(async (durable) => {
           expectNext = durable + 1;
         }));
         storing.catch((e: Error) => {
@@ -123,6 +154,7 @@ export class Receiver {
           if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
           const resume = f.meta.resume === true;
           chain(storing.then(async () => {
+            await this.storing;
             const fresh = sink.sync!.isFresh();
             const cursor = sink.sync!.cursor();
             if (resume && cursor && cursor.fromSeq === fromSeq) {
@@ -178,14 +210,21 @@ export class Receiver {
           const from = Number(f.meta.from);
           const to = Number(f.meta.to);
           // Sequence is checked against what the handshake (or the previous segment) left us expecting.
-          chain(storing.then(async () => {
+          chain(storing.then(() => {
             if (from !== expectNext) {
               throw new ReplicationError(Code.Sequence, from < expectNext ? `duplicate segment ${from}..${to} (expected ${expectNext})` : `out-of-order segment ${from}..${to} (expected ${expectNext})`);
             }
+            if (dead) return;
             expectNext = to + 1;
             this.state.receivedSeq = to;
-            await sink.store(records, to);
-            link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
+            // Group commit: segments that arrive while a store is running are stored together
+            // (one journal sync), then acknowledged; still durable before the ack, still in order.
+            pending.push({ records, to });
+            flush().catch((e: Error) => {
+              dead = true;
+              fail(e);
+              socket.destroy();
+            });
           }));
           storing.catch((e: Error) => {
             fail(e);
