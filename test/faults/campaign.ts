@@ -16,7 +16,7 @@ import path from 'node:path';
 import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { freePort, pollReplica, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
@@ -89,13 +89,10 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     imagesEqual: false,
     problems: [],
   };
-  const replPort = await freePort();
-  const proxy = new FaultProxy('127.0.0.1', replPort, seed);
-  const proxyPort = await proxy.listen();
-  const aDir = path.join(dir, 'a');
-  const bDir = path.join(dir, 'b');
-  let replica: RunningAppliance | undefined = await startReplica(bDir, replPort);
-  let primary: RunningAppliance | undefined = await startPrimary(aDir, [`chain:${16 * MiB}`], proxyPort);
+  const pair = await startPairBehindProxy(dir, [`chain:${16 * MiB}`], seed);
+  const { proxy, proxyPort, replPort, aDir, bDir } = pair;
+  let replica: RunningAppliance | undefined = pair.replica;
+  let primary: RunningAppliance | undefined = pair.primary;
   const primaries: RunningAppliance[] = [primary];
   const watch = (app: RunningAppliance, name: string) => {
     void new Promise<void>((resolve) => app.proc.once('exit', (code, signal) => {

@@ -8,6 +8,7 @@ import { copyFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import test from 'node:test';
+import type { PrimaryReplicationStatus } from '../../src/appliance/replication';
 import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy } from '../helpers/fault-proxy';
@@ -26,16 +27,7 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutM
   }
 }
 
-interface SyncStatus {
-  running: boolean;
-  started: number;
-  resumed: number;
-  completed: number;
-  remainingBytes: number;
-  totalBytes: number;
-  chunksSent: number;
-  chunksSkipped: number;
-}
+type SyncStatus = PrimaryReplicationStatus['sync'];
 
 test('initial sync of a primary holding data: runs during writes, resumes after a cut where it stopped', { timeout: 240_000 }, async () => {
   const dir = tempDir();

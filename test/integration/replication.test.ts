@@ -14,7 +14,7 @@ import test from 'node:test';
 import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { assertSameVolume, freePort, metrics, metricValue, pollReplica, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { assertSameVolume, freePort, metrics, metricValue, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
@@ -130,13 +130,10 @@ test('link cuts and SIGKILL of either side: the replica stays a prefix, converge
   mkdirSync(files);
   const RECORDS = 3000;
   for (let k = 1; k <= RECORDS; k++) writeFileSync(path.join(files, `${k}.blk`), chainBlock(k));
-  const replPort = await freePort();
-  const proxy = new FaultProxy('127.0.0.1', replPort, seed);
-  const proxyPort = await proxy.listen();
-  const aDir = path.join(dir, 'a');
-  const bDir = path.join(dir, 'b');
-  let replica: RunningAppliance | undefined = await startReplica(bDir, replPort);
-  let primary: RunningAppliance | undefined = await startPrimary(aDir, [`chain:${16 * MiB}`], proxyPort);
+  const pair = await startPairBehindProxy(dir, [`chain:${16 * MiB}`], seed);
+  const { proxy, proxyPort, replPort, aDir, bDir } = pair;
+  let replica: RunningAppliance | undefined = pair.replica;
+  let primary: RunningAppliance | undefined = pair.primary;
   const primaries: RunningAppliance[] = [primary];
   const faults: string[] = [];
   let readerError: string | undefined;
