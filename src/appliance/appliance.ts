@@ -16,10 +16,10 @@ import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { Volume } from '../volume/volume';
 import { Receiver } from '../replication/receiver';
-import { readLinkKey } from '../replication/link-security';
+import { readLinkKey, type LinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
-import { requestLease } from './witness';
+import { requestLease, witnessLeaseMs } from './witness';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
@@ -152,7 +152,7 @@ export class Appliance {
     }
     if (this.journal) {
       const journal = this.journal;
-      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume), logger.child({ layer: 'journal' }));
+      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }));
       const to = config.replication.replicateTo;
       if (to) {
         const repl = (this.replication = new PrimaryReplication({
@@ -167,10 +167,9 @@ export class Appliance {
           rpoPolicy: config.replication.rpoPolicy,
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
-          linkKey: config.replication.linkKeyFile ? await readLinkKey(config.replication.linkKeyFile) : undefined,
+          linkKey: await this.linkKey(),
         }));
-        if (!config.replication.linkKeyFile) logger.warn('replication link is plain TCP (--insecure-link): unauthenticated and unencrypted');
-        for (const sv of this.served.values()) if (sv.volume instanceof JournaledVolume) sv.volume.ackDelay = () => repl.ackDelayMs();
+        for (const v of this.journaledVolumes()) v.ackDelay = () => repl.ackDelayMs();
       }
     }
     if (config.witness) this.startLeaseKeeper(config.witness.address);
@@ -195,6 +194,14 @@ export class Appliance {
     });
   }
 
+  /** The replication link's key (undefined with --insecure-link, which is logged). */
+  private async linkKey(): Promise<LinkKey | undefined> {
+    const file = this.config.replication.linkKeyFile;
+    if (file) return readLinkKey(file);
+    this.logger.warn('replication link is plain TCP (--insecure-link): unauthenticated and unencrypted');
+    return undefined;
+  }
+
   private journaledVolumes(): JournaledVolume[] {
     return [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume);
   }
@@ -215,7 +222,7 @@ export class Appliance {
    * lease away only after a whole one); fenced for good when another site holds the lease.
    */
   private startLeaseKeeper(witness: string): void {
-    const leaseMs = Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
+    const leaseMs = witnessLeaseMs();
     const siteId = this.identity!.siteId;
     this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
@@ -248,7 +255,7 @@ export class Appliance {
 
   /** Replica with --failover-after: take over when the primary is silent and the witness agrees. */
   private startFailoverMonitor(witness: string, afterMs: number): void {
-    const leaseMs = Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
+    const leaseMs = witnessLeaseMs();
     const started = Date.now();
     let asking = false;
     this.witnessTimer = setInterval(() => {
@@ -257,7 +264,6 @@ export class Appliance {
       if (!store.primarySiteId() || store.syncState() !== 'consistent') return;
       const r = this.receiver?.stats();
       const last = Math.max(r?.lastContactMs ?? 0, started);
-      if (r?.connected && Date.now() - last < afterMs) return;
       if (Date.now() - last < afterMs) return;
       asking = true;
       void requestLease(witness, this.identity!.siteId, 'replica', leaseMs / 4)
@@ -353,9 +359,7 @@ export class Appliance {
     this.replicaTimer.unref();
     logger.info({ headSeq: journal.headSeq(), appliedSeq: store.appliedSeq(), state: store.syncState(), volumes: [...volumes.keys()] }, 'replica journal open');
     await this.listenIscsi();
-    const linkKey = config.replication.linkKeyFile ? await readLinkKey(config.replication.linkKeyFile) : undefined;
-    if (!linkKey) logger.warn('replication link is plain TCP (--insecure-link): unauthenticated and unencrypted');
-    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }), linkKey });
+    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }), linkKey: await this.linkKey() });
     const listen = config.replication.listen!;
     this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
     logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
@@ -444,10 +448,6 @@ export class Appliance {
         return { maxBandwidthBytesPerSec: bps };
       },
     };
-  }
-
-  lineageInfo(): Lineage {
-    return this.lineage;
   }
 
   replicationStatus(): PrimaryReplicationStatus | undefined {

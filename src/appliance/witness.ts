@@ -95,6 +95,11 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   };
 }
 
+/** The lease length every party uses (OFFSITE_WITNESS_LEASE_MS, default 6 s). */
+export function witnessLeaseMs(): number {
+  return Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
+}
+
 /** Ask the witness for (or renew) the lease. Network failure: undefined. */
 export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number): Promise<{ granted: boolean; holder?: string; expiresInMs?: number } | undefined> {
   try {

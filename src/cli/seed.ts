@@ -10,6 +10,7 @@ import { SingleBar } from 'cli-progress';
 import { DataDir } from '../appliance/datadir';
 import type { ReplicaState } from '../appliance/replica';
 import { OffsiteError } from '../common/errors';
+import { isZero } from '../common/bytes';
 import { FileVolume } from '../volume/file-volume';
 import { fail } from './exit';
 
@@ -52,7 +53,7 @@ export function register(program: Command): void {
             const { bytesRead } = await src.read(buf, 0, n, off);
             const data = buf.subarray(0, bytesRead);
             // Zero regions stay holes (a fresh volume reads zeros there already).
-            if (data.some((b) => b !== 0)) {
+            if (!isZero(data)) {
               await volume.write(off, Buffer.from(data));
               copied += bytesRead;
             } else await volume.unmap(off, bytesRead);

@@ -1,6 +1,6 @@
 /** `offsite witness`: the third party that decides which site may accept writes (see appliance/witness.ts). */
 import type { Command } from 'commander';
-import { startWitness } from '../appliance/witness';
+import { startWitness, witnessLeaseMs } from '../appliance/witness';
 import { parseDuration, parseHostPort } from '../common/units';
 import { createLogger } from '../ops/logging';
 import { fail } from './exit';
@@ -17,7 +17,7 @@ export function register(program: Command): void {
       const logger = createLogger(opts.logLevel ?? 'info');
       try {
         const hp = parseHostPort(opts.listen, '--listen');
-        const leaseMs = opts.lease ? parseDuration(opts.lease, '--lease') : Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
+        const leaseMs = opts.lease ? parseDuration(opts.lease, '--lease') : witnessLeaseMs();
         w = await startWitness(hp.host, hp.port, { leaseMs, logger });
         logger.info({ listen: `${w.address.address}:${w.address.port}`, leaseMs }, 'witness ready');
       } catch (e) {

@@ -167,8 +167,6 @@ class SegmentStore {
 
   /** Fully trimmed segment files kept for reuse: overwriting cached pages is cheaper than new ones. */
   private free: string[] = [];
-  /** Writes issued and not yet completed (their records are not in LevelDB yet). */
-  private inflight = 0;
 
   constructor(private readonly dir: string) {
     let max = 0;
@@ -205,16 +203,11 @@ class SegmentStore {
     this.dirty.add(cur.id);
     this.maxSeq.set(cur.id, seq);
     const fd = cur.fd;
-    this.inflight++;
     const written = new Promise<void>((resolve, reject) => {
       const step = (done: number) =>
         write(fd, data, done, data.length - done, position + done, (err, n) => {
-          if (err) {
-            this.inflight--;
-            return reject(err);
-          }
+          if (err) return reject(err);
           if (done + n < data.length) return step(done + n);
-          this.inflight--;
           resolve();
         });
       step(0);
@@ -536,11 +529,6 @@ export class Journal {
   /** Highest sequence written to LevelDB (readable by readAfter). */
   writtenHead(): number {
     return this.writtenSeq;
-  }
-
-  /** Highest sequence known durable (synced). */
-  durableHead(): number {
-    return this.durableSeq;
   }
 
   /** Data bytes of the retained records with seq > afterSeq. */

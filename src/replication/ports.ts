@@ -48,9 +48,6 @@ export interface ShipperSource {
   readonly sync?: SyncSource;
 }
 
-/** Bytes per sync chunk: the unit compared by hash and sent when different. */
-export const SYNC_CHUNK_BYTES = 64 * 1024;
-
 export interface SyncSource {
   /** Every record ≤ this sequence is in the images: a copy taken from now on, plus the journal after it, is complete. */
   imageSeq(): number;

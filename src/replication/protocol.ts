@@ -13,6 +13,7 @@
  *  16  4  CRC32C over bytes 0..15, then meta, then payload
  *  20     meta, then payload
  */
+import { createHash } from 'node:crypto';
 import { crc32c } from '@node-rs/crc32';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { Packr } from 'msgpackr';
@@ -24,6 +25,14 @@ export const FRAME_HEADER_BYTES = 20;
 export const MAX_META_BYTES = 1 << 20;
 export const MAX_PAYLOAD_BYTES = 64 << 20;
 export const FLAG_LZ4 = 0x01;
+
+/** Bytes per image-sync chunk: the unit compared by hash and sent when different. */
+export const SYNC_CHUNK_BYTES = 64 * 1024;
+
+/** A sync chunk's identity, the same on both sides: the first 8 bytes of its SHA-1. */
+export function chunkHash(data: Buffer): Buffer {
+  return createHash('sha1').update(data).digest().subarray(0, 8);
+}
 
 export const enum FrameType {
   /** primary → replica: versioned handshake (site identity, volumes, generation). */

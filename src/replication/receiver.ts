@@ -8,8 +8,8 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import { SYNC_CHUNK_BYTES, type ReceiverSink, type ReplicatedRecord, type VolumeDescriptor } from './ports';
-import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
+import type { ReceiverSink, ReplicatedRecord, VolumeDescriptor } from './ports';
+import { FrameType, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { decodeSegment } from './segment';
 import { createSecureServer, type LinkKey } from './link-security';
 
@@ -124,6 +124,14 @@ export class Receiver {
       this.tail = next;
       return next;
     };
+    /** The next step in order; a failure drops the connection (the primary resumes from its last ack). */
+    const step = (fn: () => unknown) => {
+      chain(storing.then(async () => void (await fn())));
+      storing.catch((e: Error) => {
+        fail(e);
+        socket.destroy();
+      });
+    };
     const fail = (e: Error) => {
       this.state.rejectedFrames++;
       this.state.lastError = `${(e as { code?: string }).code ?? 'ERROR'}: ${e.message}`;
@@ -153,7 +161,7 @@ export class Receiver {
           if (!Number.isSafeInteger(fromSeq) || fromSeq < 0) throw new ReplicationError(Code.FrameMeta, `SyncStart with fromSeq ${String(f.meta.fromSeq)}`);
           if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
           const resume = f.meta.resume === true;
-          chain(storing.then(async () => {
+          step(async () => {
             await this.storing;
             const fresh = sink.sync!.isFresh();
             const cursor = sink.sync!.cursor();
@@ -166,10 +174,6 @@ export class Receiver {
             expectNext = fromSeq + 1;
             this.state.receivedSeq = fromSeq;
             await this.sendHashes(link, fresh ? [] : volumeNames, 0);
-          }));
-          storing.catch((e: Error) => {
-            fail(e);
-            socket.destroy();
           });
           break;
         }
@@ -183,11 +187,7 @@ export class Receiver {
             throw new ReplicationError(Code.FrameMeta, `invalid sync chunk ${volume} ${String(f.meta.offset)}+${String(f.meta.length)} (${f.payload.length} bytes)`);
           }
           if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
-          chain(storing.then(() => sink.sync!.chunk(volume, offset, length, zero ? undefined : f.payload)));
-          storing.catch((e: Error) => {
-            fail(e);
-            socket.destroy();
-          });
+          step(() => sink.sync!.chunk(volume, offset, length, zero ? undefined : f.payload));
           break;
         }
         case FrameType.SyncDone: {
@@ -195,13 +195,9 @@ export class Receiver {
           const consistentSeq = Number(f.meta.consistentSeq);
           if (!Number.isSafeInteger(fromSeq) || !Number.isSafeInteger(consistentSeq) || consistentSeq < fromSeq) throw new ReplicationError(Code.FrameMeta, 'invalid SyncDone');
           if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
-          chain(storing.then(async () => {
+          step(async () => {
             await sink.sync!.end(fromSeq, consistentSeq);
             link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
-          }));
-          storing.catch((e: Error) => {
-            fail(e);
-            socket.destroy();
           });
           break;
         }
@@ -210,7 +206,7 @@ export class Receiver {
           const from = Number(f.meta.from);
           const to = Number(f.meta.to);
           // Sequence is checked against what the handshake (or the previous segment) left us expecting.
-          chain(storing.then(() => {
+          step(() => {
             if (from !== expectNext) {
               throw new ReplicationError(Code.Sequence, from < expectNext ? `duplicate segment ${from}..${to} (expected ${expectNext})` : `out-of-order segment ${from}..${to} (expected ${expectNext})`);
             }
@@ -225,10 +221,6 @@ export class Receiver {
               fail(e);
               socket.destroy();
             });
-          }));
-          storing.catch((e: Error) => {
-            fail(e);
-            socket.destroy();
           });
           break;
         }

@@ -8,9 +8,9 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import { createHash } from 'node:crypto';
-import { SYNC_CHUNK_BYTES, type ShipperSource, type SyncCursor, type SyncSource } from './ports';
-import { FrameType, PROTOCOL_VERSION, type Frame } from './protocol';
+import { isZero } from '../common/bytes';
+import type { ShipperSource, SyncCursor, SyncSource } from './ports';
+import { chunkHash, FrameType, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { coalesce, encodeSegment } from './segment';
 import { TokenBucket } from './shaper';
 import { connectSecure, type LinkKey } from './link-security';
@@ -71,20 +71,7 @@ export interface ShipperStats extends LinkCounters {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The chunk identity both sides compare (first 8 bytes of SHA-1). */
-export function chunkHash(data: Buffer): Buffer {
-  return createHash('sha1').update(data).digest().subarray(0, 8);
-}
 
-const ZEROS = Buffer.alloc(SYNC_CHUNK_BYTES);
-
-function isZero(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i += ZEROS.length) {
-    const n = Math.min(ZEROS.length, b.length - i);
-    if (!b.subarray(i, i + n).equals(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n))) return false;
-  }
-  return true;
-}
 
 export class Shipper {
   private stopped = false;

@@ -97,7 +97,7 @@ export class JournaledVolume implements Volume {
     this.lastSeq = seq;
     this.tracker.begin(seq);
     try {
-      await done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
+      await done;
       // Overlapping writes still in flight were appended earlier: let them land first.
       const end = offset + length;
       const before = this.inflight.filter((w) => w.start < end && offset < w.end);
@@ -111,6 +111,8 @@ export class JournaledVolume implements Volume {
         const i = this.inflight.indexOf(entry);
         if (i >= 0) this.inflight.splice(i, 1);
       }
+    } catch (e) {
+      throw asVolumeError(e);
     } finally {
       this.tracker.end(seq);
     }

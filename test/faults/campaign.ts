@@ -16,7 +16,7 @@ import path from 'node:path';
 import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
@@ -36,14 +36,6 @@ export interface CampaignResult {
   fullResyncs: number;
   imagesEqual: boolean;
   problems: string[];
-}
-
-function chainBlock(k: number): Buffer {
-  const b = Buffer.alloc(BLOCK, k % 251);
-  b.write('CHAIN', 0, 'ascii');
-  b.writeUInt32BE(k, 8);
-  b.writeUInt32BE(k - 1, 12);
-  return b;
 }
 
 /**

@@ -120,3 +120,12 @@ export async function startPairBehindProxy(dir: string, volumes: string[], seed:
   const primary = await startPrimary(aDir, volumes, proxyPort);
   return { proxy, proxyPort, replPort, aDir, bDir, primary, replica };
 }
+
+/** A chain record (dependent writes): 4 KiB holding 'CHAIN', its number k and its predecessor k-1. */
+export function chainBlock(k: number): Buffer {
+  const b = Buffer.alloc(4096, k % 251);
+  b.write('CHAIN', 0, 'ascii');
+  b.writeUInt32BE(k, 8);
+  b.writeUInt32BE(k - 1, 12);
+  return b;
+}

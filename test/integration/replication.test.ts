@@ -14,7 +14,7 @@ import test from 'node:test';
 import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { assertSameVolume, freePort, metrics, metricValue, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { assertSameVolume, chainBlock, freePort, metrics, metricValue, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
@@ -77,14 +77,6 @@ test('the replica equals the primary byte for byte once caught up, and refuses w
   }
 });
 
-/** A chain record: block k holds k and names k-1 (its predecessor's number and a checksum of it). */
-function chainBlock(k: number): Buffer {
-  const b = Buffer.alloc(BLOCK, k % 251);
-  b.write('CHAIN', 0, 'ascii');
-  b.writeUInt32BE(k, 8);
-  b.writeUInt32BE(k - 1, 12);
-  return b;
-}
 
 function checkChain(img: Buffer, records: number): { top: number; error?: string } {
   let top = 0;
