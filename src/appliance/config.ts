@@ -36,6 +36,8 @@ export interface ApplianceConfig {
   volumes: VolumeConfig[];
   iscsi: HostPort;
   http: HostPort;
+  /** When set, GET /status, /metrics and /healthz are also served here, read-only (no admin API). */
+  metricsListen?: HostPort;
   targetPrefix: string;
   /** Auth applied to every target without its own entry in `targets`. */
   auth: TargetAuthConfig;
@@ -90,6 +92,7 @@ const fileSchema = z
     volumes: z.array(z.union([z.string(), z.object({ name: z.string(), size: sizeField.optional(), readOnly: z.boolean().optional() }).strict()])).optional(),
     iscsi: z.string().optional(),
     http: z.string().optional(),
+    metricsListen: z.string().optional(),
     targetPrefix: z.string().optional(),
     auth: authSchema.optional(),
     targets: z.record(z.string(), authSchema).optional(),
@@ -125,6 +128,7 @@ export interface ConfigFlags {
   volume?: string[];
   iscsi?: string;
   http?: string;
+  metricsListen?: string;
   targetPrefix?: string;
   journal?: boolean;
   journalMax?: string;
@@ -207,6 +211,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
 
   const iscsiText = pick(file.iscsi, flags.iscsi, env.OFFSITE_ISCSI);
   const httpText = pick(file.http, flags.http, env.OFFSITE_HTTP);
+  const metricsText = pick(file.metricsListen, flags.metricsListen, env.OFFSITE_METRICS_LISTEN);
   const targetPrefix = pick(file.targetPrefix, flags.targetPrefix, env.OFFSITE_TARGET_PREFIX) ?? DEFAULT_TARGET_PREFIX;
   if (!/^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]*)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/.test(targetPrefix)) {
     throw new ConfigError(`target-prefix: '${targetPrefix}' is not an iSCSI name (example: iqn.2026-11.dev.offsite)`, 'targetPrefix');
@@ -281,6 +286,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     volumes,
     iscsi: iscsiText ? parseHostPort(iscsiText, 'iscsi') : DEFAULT_ISCSI,
     http: httpText ? parseHostPort(httpText, 'http') : DEFAULT_HTTP,
+    metricsListen: metricsText ? parseHostPort(metricsText, 'metrics-listen') : undefined,
     targetPrefix,
     auth,
     targets,

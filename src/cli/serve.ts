@@ -21,7 +21,8 @@ export function register(program: Command): void {
     .option('--data <dir>', 'data directory (volumes, journal, state)')
     .option('--volume <name:size>', 'a volume to serve, created on first start (repeatable), e.g. vol1:1G', collect)
     .option('--iscsi <host:port>', 'iSCSI portal address (default 0.0.0.0:3260)')
-    .option('--http <host:port>', 'HTTP status and metrics address (default 127.0.0.1:9464)')
+    .option('--http <host:port>', 'HTTP status, metrics and admin API address (default 127.0.0.1:9464)')
+    .option('--metrics-listen <host:port>', 'also serve GET /status, /metrics and /healthz here, without the admin API (e.g. for Prometheus on another network)')
     .option('--target-prefix <iqn>', 'target name prefix; each volume is <prefix>:<volume>')
     .option('--journal-max <size>', 'journal size cap; older records are folded, writes never stall')
     .option('--journal-retain <duration>', 'history kept for point-in-time replay, e.g. 1h')
@@ -68,6 +69,7 @@ export function register(program: Command): void {
       }
       metrics.attach(app);
       let httpServer;
+      let monitorServer: Awaited<ReturnType<typeof startHttp>> | undefined;
       try {
         // Role switches restart the appliance inside this process on the same addresses.
         let switching = false;
@@ -114,12 +116,16 @@ export function register(program: Command): void {
           },
         };
         httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin, adminToken: config.adminToken }, logger);
+        if (config.metricsListen) {
+          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), metrics: metrics.registry, readOnly: true }, logger);
+        }
       } catch (e) {
+        await httpServer?.close();
         await app.stop();
         fail(e, 'offsite serve: http');
       }
       const status = app.status();
-      logger.info({ http: formatHostPort({ host: config.http.host, port: httpServer.address.port }), volumes: status.volumes.map((v) => v.targetName) }, 'ready');
+      logger.info({ http: formatHostPort({ host: config.http.host, port: httpServer.address.port }), metricsListen: monitorServer ? formatHostPort({ host: config.metricsListen!.host, port: monitorServer.address.port }) : undefined, volumes: status.volumes.map((v) => v.targetName) }, 'ready');
       let stopping = false;
       const shutdown = (signal: string) => {
         if (stopping) return;
@@ -132,6 +138,7 @@ export function register(program: Command): void {
         hard.unref();
         void (async () => {
           await httpServer.close();
+          await monitorServer?.close();
           await app.stop();
           logger.flush?.();
           setImmediate(() => process.exit(0));

@@ -30,6 +30,8 @@ export interface HttpRoutes {
   admin?: AdminActions;
   /** Admin calls need `Authorization: Bearer <token>`; without a token they are refused. */
   adminToken?: string;
+  /** A monitoring-only listener: GET /status, /metrics and /healthz; every other request is refused. */
+  readOnly?: boolean;
 }
 
 function checkAdmin(req: http.IncomingMessage, token: string | undefined): void {
@@ -81,7 +83,10 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
     const url = new URL(req.url ?? '/', 'http://localhost');
     const route = `${req.method} ${url.pathname}`;
     (async () => {
-      if (req.method === 'POST') checkAdmin(req, routes.adminToken);
+      if (req.method === 'POST') {
+        if (routes.readOnly) throw new HttpError(403, 'ADMIN_NOT_HERE', `admin calls are not served on this address (monitoring only): ${route} from ${req.socket.remoteAddress ?? '?'}`);
+        checkAdmin(req, routes.adminToken);
+      }
       switch (route) {
         case 'GET /status':
           return send(res, 200, 'application/json', JSON.stringify(routes.status(), null, 2) + '\n');

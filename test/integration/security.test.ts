@@ -115,6 +115,37 @@ test('admin API: refused without a token, with a wrong one, and when none is con
   }
 });
 
+test('--metrics-listen: /status, /metrics and /healthz on a second address, where admin calls are refused even with the token', { timeout: 60_000 }, async () => {
+  const dir = tempDir();
+  const app = await startAppliance({ dataDir: path.join(dir, 'm'), volumes: ['v:1M'], args: ['--metrics-listen', '127.0.0.1:0'] });
+  try {
+    const ready = app.logs.find((l) => l.msg === 'ready');
+    const mon = Number(String(ready?.metricsListen).split(':').pop());
+    assert.ok(mon > 0 && mon !== app.httpPort, `the monitoring address is logged at start: ${JSON.stringify(ready)}`);
+    const base = `http://127.0.0.1:${mon}`;
+    const status = (await (await fetch(`${base}/status`)).json()) as { role: string; volumes: { name: string }[] };
+    assert.equal(status.role, 'primary');
+    assert.deepEqual(status.volumes.map((v) => v.name), ['v']);
+    const metrics = await fetch(`${base}/metrics`);
+    assert.equal(metrics.status, 200);
+    assert.match(await metrics.text(), /^offsite_iscsi_sessions\b/m);
+    assert.equal((await fetch(`${base}/healthz`)).status, 200);
+    const auth = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
+    for (const route of ['/bandwidth', '/promote', '/demote', '/test-failover', '/replicate-to']) {
+      const res = await fetch(base + route, { method: 'POST', headers: auth, body: JSON.stringify({ rate: '1MB/s' }) });
+      assert.equal(res.status, 403, route);
+      assert.equal(((await res.json()) as { code: string }).code, 'ADMIN_NOT_HERE');
+    }
+    assert.ok(app.logs.some((l) => String(l.msg).startsWith('admin calls are not served on this address')));
+    // The main address keeps the admin API (here: a primary without a replica refuses promote for its own reason).
+    const res = await fetch(`http://127.0.0.1:${app.httpPort}/promote`, { method: 'POST', headers: auth, body: '{}' });
+    assert.equal(((await res.json()) as { code: string }).code, 'NOT_REPLICA');
+  } finally {
+    await app.stop();
+    removeDir(dir);
+  }
+});
+
 test('iSCSI logins are rate-limited per source: after repeated refusals even the right secret is dropped for a while', { timeout: 60_000 }, async () => {
   const dir = tempDir();
   const app = await startAppliance({
