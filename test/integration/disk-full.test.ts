@@ -1,16 +1,19 @@
 /**
- * Issue 6: disk full. The primary's data directory sits on a small tmpfs that fills up during
- * writes: writes then fail with DATA PROTECT / SPACE ALLOCATION FAILED (never a crash, never a
- * corrupted journal), what was acknowledged stays readable, and writes succeed again once space
- * returns; replay of the latest sequence still equals the served image.
+ * Issue 6: disk full on either side. The primary's data directory sits on a small tmpfs that fills
+ * up during writes: writes then fail with DATA PROTECT / SPACE ALLOCATION FAILED (never a crash,
+ * never a corrupted journal), what was acknowledged stays readable, and writes succeed again once
+ * space returns; replay of the latest sequence still equals the served image. A replica whose
+ * disk fills pauses (the primary keeps its backlog and keeps taking writes), keeps serving its
+ * consistent prefix, and catches up — without a full resync — when space returns.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
+import { assertSameVolume, freePort, metrics, metricValue, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
 
@@ -65,6 +68,61 @@ test('disk full on the primary: writes fail with the right sense, nothing is los
     assert.ok(readFileSync(out).equals(readFileSync(served)), 'replay differs from the served image after the disk filled');
   } finally {
     await app.stop();
+    execFileSync('umount', ['-l', mnt]);
+    removeDir(dir);
+  }
+});
+
+test('disk full on the replica: it pauses, keeps serving its prefix, the primary keeps writing, and it catches up without a resync when space returns', { timeout: 240_000 }, async (t) => {
+  const dir = tempDir();
+  const mnt = path.join(dir, 'small');
+  mkdirSync(mnt);
+  try {
+    // Room for the replica's journal segment (up to 64 MiB, reused rather than freed) and its volume.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=128m', 'tmpfs', mnt]);
+  } catch (e) {
+    removeDir(dir);
+    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
+    return;
+  }
+  const replPort = await freePort();
+  const replica = await startReplica(path.join(mnt, 'replica'), replPort);
+  const primary = await startPrimary(path.join(dir, 'primary'), [`rf:${32 * MiB}`], replPort);
+  const filler = path.join(mnt, 'filler');
+  try {
+    let r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 2M', primary.url('rf')]);
+    assert.equal(r.code, 0, r.stderr);
+    const before = await waitCaughtUp(primary, replica);
+    // Leave about 1 MiB free on the replica's file system.
+    const fs = statfsSync(mnt);
+    writeFileSync(filler, Buffer.alloc(Math.max(0, fs.bavail * fs.bsize - MiB), 7));
+    // The primary is not on that disk: every write of a burst much bigger than the free space succeeds.
+    for (let i = 2; i < 26; i++) {
+      r = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${i + 0x20} ${i * MiB} 1M`, primary.url('rf')]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.doesNotMatch(r.stdout + r.stderr, /failed|error/i);
+    }
+    const full = () => replica.logs.some((l) => /no space|file system full|nearly full/i.test(String(l.msg) + JSON.stringify(l.err ?? '')));
+    for (let i = 0; i < 100 && !full(); i++) await new Promise((res) => setTimeout(res, 100));
+    assert.ok(full(), `the replica logs its full disk: ${JSON.stringify(replica.logs.filter((l) => Number(l.level) >= 40).slice(-5))}`);
+    const p = await primary.status();
+    assert.ok((p.ackedSeq as number) < (p.headSeq as number), `the replica cannot have acknowledged everything: ${JSON.stringify(p)}`);
+    assert.ok((p.backlogBytes as number) > 0);
+    // Still up, still serving what it holds: the first 2 MiB as written before the disk filled.
+    assert.equal((await fetch(`http://127.0.0.1:${replica.httpPort}/status`)).status, 200);
+    r = await run('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x11 0 2M', replica.url('rf')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /Pattern verification failed/);
+    assert.ok(((await replica.status()).appliedSeq as number) >= before.headSeq);
+    // Space returns: the replica resumes from where it stopped and converges.
+    rmSync(filler);
+    await waitCaughtUp(primary, replica, 120_000);
+    await assertSameVolume(primary, replica, 'rf', dir);
+    const m = await metrics(primary);
+    assert.equal(metricValue(m, 'offsite_sync_started_total'), 0, 'the full disk caused no image sync: the replica resumed from its journal');
+  } finally {
+    await primary.stop();
+    await replica.stop();
     execFileSync('umount', ['-l', mnt]);
     removeDir(dir);
   }
