@@ -18,6 +18,7 @@ const CHAP_SECRET = 'one-way-secret-7f3a9c51';
 const MUTUAL_USER = 'offsite-target';
 const MUTUAL_SECRET = 'mutual-secret-b2d4e1c8';
 const SECRETS = [CHAP_SECRET, MUTUAL_SECRET];
+const ALLOWED_IQN = 'iqn.2026-11.dev.offsite.test:allowed-host';
 
 let app: RunningAppliance;
 let dir: string;
@@ -37,10 +38,11 @@ before(async () => {
       'targets:',
       '  open: {}',
       `  oneway: { chap: { user: ${CHAP_USER}, secret: "${CHAP_SECRET}" } }`,
+      `  acl: { allowedInitiators: [${ALLOWED_IQN}] }`,
       '',
     ].join('\n'),
   );
-  app = await startAppliance({ dataDir: path.join(dir, 'data'), volumes: ['secure:16M', 'open:8M', 'oneway:8M'], args: ['--config', config, '--log-level', 'trace'] });
+  app = await startAppliance({ dataDir: path.join(dir, 'data'), volumes: ['secure:16M', 'open:8M', 'oneway:8M', 'acl:8M'], args: ['--config', config, '--log-level', 'trace'] });
   app.proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
 });
 
@@ -100,6 +102,25 @@ test('a target without CHAP configured takes initiators without credentials (the
   const inq = await run('iscsi-inq', [app.url('open')], { timeoutMs: 20_000 });
   assert.equal(inq.code, 0, inq.stderr);
   assert.match(inq.stdout, /Vendor:OFFSITE/);
+});
+
+test('initiator ACL by IQN: the listed initiator gets in, any other is refused with 0x0202 and logged by name', async () => {
+  let inq = await run('iscsi-inq', ['-i', ALLOWED_IQN, app.url('acl')], { timeoutMs: 20_000 });
+  assert.equal(inq.code, 0, inq.stderr);
+  assert.match(inq.stdout, /Vendor:OFFSITE/);
+  const mark = app.logs.length;
+  const stranger = 'iqn.2026-11.dev.offsite.test:stranger';
+  inq = await run('iscsi-inq', ['-i', stranger, app.url('acl')], { timeoutMs: 20_000 });
+  assert.notEqual(inq.code, 0);
+  assert.doesNotMatch(inq.stdout, /Vendor:OFFSITE/);
+  const lines = await logsAfter(mark, refused);
+  assert.equal(lines.length, 1, JSON.stringify(app.logs.slice(mark)));
+  assert.equal(lines[0].status, '0x0202');
+  assert.equal(lines[0].target, `${TARGET_PREFIX}:acl`);
+  assert.match(JSON.stringify(lines[0]), new RegExp(stranger.replace(/[.:]/g, '\\$&')));
+  // qemu-img with the default initiator name (not listed) is refused as well.
+  const info = await run('qemu-img', ['info', app.url('acl')], { timeoutMs: 20_000 });
+  assert.notEqual(info.code, 0);
 });
 
 test('mutual CHAP: the right target secret is accepted by libiscsi, a wrong one makes the initiator abort', async () => {
