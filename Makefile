@@ -66,10 +66,14 @@ run: build sysdeps-test
 test: build sysdeps-test
 	node --test --test-timeout=600000 $$(find dist/test -name '*.test.js' | sort)
 
-# The long fault campaign (issue 6): FAULTS injected faults (default 1000), seed printed; exit 1 on any loss.
+# The long proof run (issue 6): the fault campaign (FAULTS injected faults, seed printed), the fuzz
+# suite (FUZZ_RUNS inputs) and the load run (16 sessions x 8 volumes x LOAD_MINUTES), then one
+# summary; exit 1 on any loss, non-prefix state, crash, fuzz failure or load error. 0 skips a phase.
 FAULTS ?= 1000
+FUZZ_RUNS ?= 1000000
+LOAD_MINUTES ?= 10
 test-faults: build sysdeps-test
-	node dist/test/faults/long.js --faults $(FAULTS) $(if $(SEED),--seed $(SEED))
+	node dist/test/faults/long.js --faults $(FAULTS) --fuzz-runs $(FUZZ_RUNS) --load-minutes $(LOAD_MINUTES) $(if $(SEED),--seed $(SEED))
 
 # The long load run (issue 6): 16 sessions over 8 volumes for 10 minutes while replicating.
 test-load: build sysdeps-test
