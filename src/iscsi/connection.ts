@@ -148,11 +148,11 @@ export class Connection {
         tsih = opened.tsih;
       }
     }
-    const data = reply.status === LoginStatus.Success ? encodeText(reply.pairs) : Buffer.alloc(0);
+    const data = reply.status !== LoginStatus.Success ? Buffer.alloc(0) : (reply.text ?? encodeText(reply.pairs));
     const seq = { statSN: this.statSN, expCmdSN: this.loginExpCmdSN, maxCmdSN: (this.loginExpCmdSN + TARGET_LIMITS.queueDepth - 1) >>> 0 };
     this.statSN = (this.statSN + 1) >>> 0;
     const hdr = P.loginResponse(
-      { transit: reply.transit, cont: false, csg: reply.csg, nsg: reply.nsg, versionMax: ISCSI_VERSION, versionActive: ISCSI_VERSION, isid: req.isid, tsih, itt: req.itt, status: reply.status },
+      { transit: reply.transit, cont: !!reply.cont, csg: reply.csg, nsg: reply.nsg, versionMax: ISCSI_VERSION, versionActive: ISCSI_VERSION, isid: req.isid, tsih, itt: req.itt, status: reply.status },
       seq,
       data.length,
     );

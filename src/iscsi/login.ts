@@ -8,7 +8,7 @@ import { LoginStatus, Stage, TARGET_LIMITS } from './constants';
 import { CHAP_MD5, chapResponse, chapVerify, decodeBinary, encodeBinary, newChallenge } from './chap';
 import { IscsiError, LoginFailure } from './errors';
 import { REJECT, negotiate, rfcDefaults, targetDeclarations, type SessionParams, type TargetOffer } from './negotiation';
-import { parseText, type TextPairs } from './text';
+import { encodeText, parseText, type TextPairs } from './text';
 import type { TargetDirectory, TargetEntry } from './targets';
 
 export type SessionType = 'Normal' | 'Discovery';
@@ -55,6 +55,13 @@ export interface LoginReply {
   complete: boolean;
   /** Human reason for a failure (logged, never sent). */
   reason?: string;
+  /**
+   * The data segment to send, when the answers did not fit in one Login Response: one piece of
+   * the encoded text per response, `cont` set on all but the last (RFC 7143 §11.13.3).
+   */
+  text?: Buffer;
+  /** C bit: more of this response's text follows (the initiator asks for it with an empty Login Request). */
+  cont?: boolean;
 }
 
 export interface LoginEnvironment {
@@ -89,18 +96,48 @@ export class LoginMachine {
   private admitted = false;
   private pendingText: Buffer[] = [];
   private pendingTextBytes = 0;
+  /** A Login Response too long for one PDU, being sent piece by piece. */
+  private outgoing?: { reply: LoginReply; text: Buffer; offset: number };
 
   constructor(private readonly env: LoginEnvironment) {}
 
   /** Handle one Login Request. Throws nothing: failures come back as a LoginReply with a status. */
   step(req: LoginRequestFields, data: Buffer): LoginReply {
     try {
-      return this.stepUnsafe(req, data);
+      if (this.outgoing) return this.continueReply(req, data);
+      const reply = this.stepUnsafe(req, data);
+      if (reply.status !== LoginStatus.Success) return reply;
+      const text = encodeText(reply.pairs);
+      if (text.length <= TARGET_LIMITS.loginMaxDataSegment) return reply;
+      this.outgoing = { reply, text, offset: 0 };
+      return this.nextPiece();
     } catch (e) {
       if (e instanceof LoginFailure) return this.fail(e.status, e.message);
       if (e instanceof IscsiError) return this.fail(LoginStatus.InitiatorError, e.message);
       return this.fail(LoginStatus.TargetError, (e as Error).message);
     }
+  }
+
+  /** The initiator asks for the rest of a continued response: an empty Login Request without C, same stage. */
+  private continueReply(req: LoginRequestFields, data: Buffer): LoginReply {
+    const { reply } = this.outgoing!;
+    if (!req.isid.equals(this.first!.isid) || req.tsih !== this.first!.tsih || req.cid !== this.first!.cid) {
+      throw new LoginFailure(LoginStatus.InitiatorError, 'ISID, TSIH or CID changed during login');
+    }
+    if (req.cont || data.length || req.csg !== reply.csg) {
+      throw new LoginFailure(LoginStatus.InitiatorError, 'expected an empty Login Request (C=0, same stage) to continue the Login Response');
+    }
+    return this.nextPiece();
+  }
+
+  private nextPiece(): LoginReply {
+    const out = this.outgoing!;
+    const end = Math.min(out.text.length, out.offset + TARGET_LIMITS.loginMaxDataSegment);
+    const text = out.text.subarray(out.offset, end);
+    out.offset = end;
+    if (end < out.text.length) return { status: LoginStatus.Success, transit: false, csg: out.reply.csg, nsg: 0, pairs: [], complete: false, text, cont: true };
+    this.outgoing = undefined;
+    return { ...out.reply, text, cont: false };
   }
 
   private fail(status: LoginStatus, reason: string): LoginReply {

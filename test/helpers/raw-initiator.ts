@@ -109,6 +109,7 @@ export class RawInitiator {
   private waiters: Waiter[] = [];
   private tasks = new Map<number, Task>();
   private loginAnswers = new Map<string, string>();
+  private loginPieces: Buffer[] = [];
 
   private constructor(readonly socket: net.Socket) {
     socket.setNoDelay(true);
@@ -207,7 +208,10 @@ export class RawInitiator {
     this.rxFrames++;
     const hdr = decodeTargetBhs(bhs);
     if (hdr.opcode === 0x23) {
-      for (const [k, v] of parseTextData(data)) this.loginAnswers.set(k, v);
+      // A response continued with the C bit is parsed once its last piece has arrived.
+      this.loginPieces.push(data);
+      if (hdr.cont) return { hdr, bhs, data };
+      for (const [k, v] of parseTextData(Buffer.concat(this.loginPieces.splice(0)))) this.loginAnswers.set(k, v);
       if (hdr.transit && hdr.nsg === 3 && hdr.statusClass === 0) this.enterFullFeature(hdr);
     }
     return { hdr, bhs, data };

@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 import { rng } from '../helpers/fault-proxy';
 import { removeDir, startAppliance, tempDir, TARGET_PREFIX, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { cdb as CDB, scsiCommand, walkFrames } from '../helpers/iscsi-wire';
+import { cdb as CDB, loginRequest, parseTextData, scsiCommand, textData, walkFrames } from '../helpers/iscsi-wire';
 import { pattern, RawInitiator } from '../helpers/raw-initiator';
 
 const TARGET = `${TARGET_PREFIX}:vol1`;
@@ -266,6 +266,41 @@ test('faults on other connections (garbage, bad digests, truncated, oversized, b
   assert.equal(qio.code, 0, qio.stderr);
   assert.doesNotMatch(qio.stdout + qio.stderr, /verification failed|error/i);
   assert.equal(app.proc.exitCode, null);
+});
+
+test('a Login Response longer than 8192 bytes is continued with the C bit; the initiator collects it with empty Login Requests and logs in', async () => {
+  const s = await connect();
+  const unknown = Array.from({ length: 150 }, (_, i): [string, string] => [`X-com.example.${'u'.repeat(32)}${i}`, 'v']);
+  const data = textData([['InitiatorName', initiator('continued')], ['TargetName', TARGET], ['SessionType', 'Normal'], ['AuthMethod', 'None'], ...unknown]);
+  assert.ok(data.length <= 8192);
+  const itt = s.allocItt();
+  const req = (csg: number, nsg: number, body: Buffer) => {
+    s.send(loginRequest({ transit: true, csg, nsg, isid: s.isid, itt, cmdSN: s.cmdSN, expStatSN: s.expStatSN }, body.length), body);
+    return s.next((r) => r.hdr.opcode === 0x23);
+  };
+  let r = await req(0, 1, data);
+  const pieces: Buffer[] = [];
+  while (r.hdr.cont) {
+    assert.equal(r.hdr.statusClass, 0);
+    assert.equal(r.hdr.transit, false, 'C and T are never both set');
+    assert.equal(r.data.length, 8192);
+    pieces.push(r.data);
+    s.expStatSN = (r.hdr.statSN + 1) >>> 0;
+    r = await req(0, 1, Buffer.alloc(0));
+  }
+  assert.equal(r.hdr.statusClass, 0);
+  assert.ok(r.hdr.transit && r.hdr.nsg === 1);
+  pieces.push(r.data);
+  assert.ok(pieces.length >= 2, `${pieces.length} Login Responses`);
+  const answers = parseTextData(Buffer.concat(pieces));
+  assert.deepEqual([...answers].filter(([k]) => k.startsWith('X-com.example.')), unknown.map(([k]) => [k, 'NotUnderstood']));
+  s.expStatSN = (r.hdr.statSN + 1) >>> 0;
+  r = await req(1, 3, textData([['MaxRecvDataSegmentLength', '65536'], ['ImmediateData', 'Yes']]));
+  assert.equal(r.hdr.statusClass, 0);
+  assert.ok(r.hdr.transit && r.hdr.nsg === 3, 'full feature phase');
+  s.cmdSN = r.hdr.expCmdSN;
+  s.expStatSN = (r.hdr.statSN + 1) >>> 0;
+  await roundTrip(s, 4096, 4096, 77);
 });
 
 test('100 commands outstanding in one session: the CmdSN window admits them all and every one completes', async () => {
