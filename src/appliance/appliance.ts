@@ -69,6 +69,8 @@ export interface ApplianceStatus {
   appliedSeq?: number;
   state?: 'syncing' | 'consistent';
   consistentPoint?: { seq: number; primaryTime?: string } | null;
+  /** A delta sync is staged whole: the volumes stay at the consistent point until it commits. */
+  stagingDeltaSync?: boolean;
   primarySiteId?: string;
   witness?: { address: string; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean };
 }
@@ -330,13 +332,23 @@ export class Appliance {
     }
     const journal = (this.journal = await this.openJournal(false));
     for (const name of images.keys()) await journal.registerVolume(name);
-    const report = await recoverImages(journal, images, logger);
-    if (report.records > 0) logger.warn({ ...report }, 'unclean stop detected: stored records replayed onto the replica volumes');
+    // A staged delta sync: while staging, the stored records after its sync point are held (not
+    // replayed onto volumes that still show the older consistent point); a commit a crash cut
+    // short is redone (staged chunks, then the stored tail) before anything is served.
+    const stateDir = path.join(this.dataDir.root, 'state');
+    const staged = await ReplicaStore.stagedAtStart(stateDir);
+    if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);
+    if (staged && !staged.committing) {
+      logger.info({ heldSeq: staged.heldSeq, storedThrough: journal.headSeq() }, 'a delta sync is staged: the volumes stay at their consistent point until it completes');
+    } else {
+      const report = await recoverImages(journal, images, logger);
+      if (report.records > 0) logger.warn({ ...report }, 'unclean stop detected: stored records replayed onto the replica volumes');
+    }
     const store = (this.replicaStore = await ReplicaStore.open({
       siteId: this.identity!.siteId,
       journal,
       volumesDir: this.dataDir.volumesDir,
-      stateDir: path.join(this.dataDir.root, 'state'),
+      stateDir,
       volumes,
       gate,
       onVolume: async (v, created) => this.serveVolume(v, v.image, created),
@@ -348,7 +360,7 @@ export class Appliance {
     this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), 1000, () => store.primaryChecked);
     const history = !!(config.journal.retainMs || config.journal.retainBytes);
     this.replicaTimer = setInterval(() => {
-      if (history && store.rebaseNeeded && store.syncState() === 'consistent') {
+      if (history && store.rebaseNeeded && store.syncState() === 'consistent' && !store.isStaging()) {
         store.rebaseNeeded = false;
         store.rebaseHistory().then(
           () => logger.info({ seq: store.appliedSeq() }, 'replica history restarts at its consistent point after the sync'),
@@ -380,6 +392,8 @@ export class Appliance {
     }
     if (this.receiver) await this.receiver.close();
     this.receiver = undefined;
+    // A delta sync staged over a consistent point is given up: the volumes hold that point.
+    if (store.isStaging()) await store.abandonStaging();
     await store.idle();
     const seq = store.appliedSeq();
     const file = LineageFile.in(this.dataDir.root);
@@ -502,14 +516,15 @@ export class Appliance {
     const store = this.replicaStore;
     if (store) {
       const r = this.receiver?.stats();
-      const applied = store.appliedSeq();
-      const t = store.appliedTimeMs();
+      const applied = store.visibleSeq();
+      const t = store.visibleTimeMs();
       const state = store.syncState();
       return {
         receivedSeq: Math.max(r?.receivedSeq ?? 0, store.durableSeq()),
         appliedSeq: applied,
         state,
         consistentPoint: state === 'consistent' ? { seq: applied, primaryTime: t ? new Date(t).toISOString() : undefined } : null,
+        stagingDeltaSync: store.isStaging(),
         primarySiteId: store.primarySiteId(),
         link: {
           connected: r?.connected ?? false,

@@ -2,8 +2,15 @@
  * The replica's storage side of replication (the receiver's sink): records from the primary are
  * made durable in this site's own journal (with the primary's sequence numbers and times)
  * before they are acknowledged, then applied to the volumes in order, a segment at a time under
- * the apply gate. Image sync chunks go straight to the images; progress is persisted so an
- * interrupted sync resumes where it stopped. The state file says what the volumes hold.
+ * the apply gate. Image sync chunks go straight to the images of a replica that holds nothing
+ * consistent yet (a first sync). A replica that is consistent and falls behind the primary's
+ * retained journal (the primary folded records it never shipped) gets a delta sync that is
+ * staged whole: chunks go to staging images, records after the sync point are stored but held,
+ * and the volumes keep showing the old consistent point until everything through the sync's
+ * consistent point is here; then one step under the apply gate moves them there. A crash while
+ * staging resumes the sync; a crash while committing redoes the commit before serving.
+ * Progress is persisted so an interrupted sync resumes where it stopped. The state file says
+ * what the volumes hold.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -32,7 +39,14 @@ export interface ReplicaState {
   /** Primary's time of the last applied record (the consistent point's time). */
   appliedTimeMs: number;
   appliedSeq: number;
+  /**
+   * A delta sync staged whole: the volumes still hold the consistent point `heldSeq`; once the
+   * sync ended (`consistentSeq` known) and the journal tail through it is stored, it is committed.
+   */
+  staged?: { heldSeq: number; heldTimeMs: number; consistentSeq?: number; committing?: boolean };
 }
+
+const STAGING_DIR = 'staging';
 
 export type ReplicaSyncState = 'syncing' | 'consistent';
 
@@ -56,7 +70,10 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
   rebaseNeeded = false;
-  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0 };
+  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0, deltaCommits: 0 };
+  /** Staging images and the chunks staged in each (offset → length), while a delta sync is staged. */
+  private staging?: { images: Map<string, FileVolume>; chunks: Map<string, Map<number, number>> };
+  private committing?: Promise<void>;
 
   private readonly lineageFile: LineageFile;
   private readonly dataRoot: string;
@@ -100,7 +117,187 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       state = { fresh: opts.journal.headSeq() === 0, consistentSeq: 0, appliedTimeMs: 0, appliedSeq: 0 };
     }
     await fsp.mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
-    return new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state);
+    const store = new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state);
+    if (state.staged?.committing) {
+      // The appliance finished the interrupted commit (finishStagedCommit + journal recovery) before opening us.
+      state.staged = undefined;
+      state.consistentSeq = 0;
+      await store.save();
+      await fsp.rm(path.join(store.dataRoot, STAGING_DIR), { recursive: true, force: true });
+    } else if (state.staged) {
+      await store.openStaging(false);
+    }
+    return store;
+  }
+
+  /** The staged delta sync recorded in a replica's state file, if any (read before the journal is recovered). */
+  static async stagedAtStart(stateDir: string): Promise<ReplicaState['staged']> {
+    try {
+      return (JSON.parse(await fsp.readFile(path.join(stateDir, 'replica.json'), 'utf8')) as ReplicaState).staged;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Redo the first half of a commit a crash interrupted: copy every staged chunk into the images.
+   * The caller then replays the stored journal tail onto them (the second half).
+   */
+  static async finishStagedCommit(dataRoot: string, images: ReadonlyMap<string, FileVolume>, logger: Logger): Promise<void> {
+    const dir = path.join(dataRoot, STAGING_DIR);
+    let chunks = 0;
+    for (const [name, image] of images) {
+      const list = await readChunkList(dir, name);
+      if (!list.size) continue;
+      const staged = await FileVolume.open({ dir, name, readOnly: true });
+      try {
+        for (const [off, len] of list) {
+          await image.write(off, await staged.read(off, len));
+          chunks++;
+        }
+      } finally {
+        await staged.close();
+      }
+      await image.flush();
+    }
+    logger.warn({ chunks }, 'a staged delta sync was being committed when the appliance stopped: commit redone before serving');
+  }
+
+  /** Open (or, with `wipe`, recreate) the staging images and chunk lists. */
+  private async openStaging(wipe: boolean): Promise<void> {
+    await this.closeStaging(wipe);
+    const dir = path.join(this.dataRoot, STAGING_DIR);
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const images = new Map<string, FileVolume>();
+    const chunks = new Map<string, Map<number, number>>();
+    for (const v of this.volumes.values()) {
+      images.set(v.name, await FileVolume.open({ dir, name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize, readOnly: false, create: true }));
+      chunks.set(v.name, wipe ? new Map() : await readChunkList(dir, v.name));
+    }
+    this.staging = { images, chunks };
+  }
+
+  private async closeStaging(remove: boolean): Promise<void> {
+    if (this.staging) for (const img of this.staging.images.values()) await img.close();
+    this.staging = undefined;
+    if (remove) await fsp.rm(path.join(this.dataRoot, STAGING_DIR), { recursive: true, force: true });
+  }
+
+  /** Make the staged chunks durable (images, then the lists that name them). */
+  private async flushStaging(): Promise<void> {
+    if (!this.staging) return;
+    const dir = path.join(this.dataRoot, STAGING_DIR);
+    for (const [name, img] of this.staging.images) {
+      await img.flush();
+      const list = this.staging.chunks.get(name)!;
+      const tmp = path.join(dir, `${name}.chunks.tmp`);
+      const fh = await fsp.open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify([...list]));
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await fsp.rename(tmp, path.join(dir, `${name}.chunks`));
+    }
+  }
+
+  /** A delta sync is being staged: the volumes hold an older consistent point meanwhile. */
+  isStaging(): boolean {
+    return !!this.state.staged;
+  }
+
+  /** The sequence the volumes show (the held point while a delta sync is staged). */
+  visibleSeq(): number {
+    return this.state.staged ? this.state.staged.heldSeq : this.applied;
+  }
+
+  /** Primary time of the point the volumes show. */
+  visibleTimeMs(): number {
+    return this.state.staged ? this.state.staged.heldTimeMs : this.state.appliedTimeMs;
+  }
+
+  /**
+   * Give up a staged delta sync (promotion): the volumes already hold the consistent point it
+   * was staged over; the stored tail after the sync point is dropped with the staging area.
+   */
+  async abandonStaging(): Promise<number> {
+    await this.idle();
+    const st = this.state.staged;
+    if (!st) return this.applied;
+    await this.closeStaging(true);
+    await this.journal.resetTo(st.heldSeq);
+    this.durable = this.applied = st.heldSeq;
+    this.state.appliedSeq = st.heldSeq;
+    this.state.appliedTimeMs = st.heldTimeMs;
+    this.state.staged = undefined;
+    this.state.sync = undefined;
+    this.state.consistentSeq = 0;
+    this.queue = [];
+    await this.save();
+    this.logger.warn({ heldSeq: st.heldSeq }, 'staged delta sync abandoned: the volumes stay at their consistent point');
+    return st.heldSeq;
+  }
+
+  private maybeCommit(): void {
+    const st = this.state.staged;
+    if (!st || st.consistentSeq === undefined || this.state.sync || this.durable < st.consistentSeq || this.committing) return;
+    this.committing = this.commit()
+      .catch((e: unknown) => {
+        this.logger.error({ err: e }, 'committing the staged delta sync failed; retrying');
+        setTimeout(() => this.maybeCommit(), 1000).unref();
+      })
+      .finally(() => (this.committing = undefined));
+  }
+
+  /**
+   * Move the volumes from the held point to the sync's consistent point in one step under the
+   * apply gate: staged chunks, then every stored record after the sync point. Marked in the state
+   * file first, so a crash in the middle is redone at start, never served half done.
+   */
+  private async commit(): Promise<void> {
+    const st = this.state.staged!;
+    const staging = this.staging!;
+    await this.flushStaging();
+    st.committing = true;
+    await this.save();
+    const from = this.applied;
+    const to = this.durable;
+    let chunks = 0;
+    let lastTime = 0;
+    await this.gate.exclusive(async () => {
+      for (const [name, list] of staging.chunks) {
+        const v = this.volumes.get(name);
+        const img = staging.images.get(name)!;
+        if (!v) continue;
+        for (const [off, len] of list) {
+          await this.testCopies.get(name)?.preserve(off, len);
+          await v.image.write(off, await img.read(off, len));
+          chunks++;
+        }
+      }
+      for await (const rec of this.journal.records(from, to)) {
+        const v = this.volumes.get(rec.volume);
+        if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${rec.seq} for unknown volume ${rec.volume}`);
+        await this.testCopies.get(rec.volume)?.preserve(rec.offsetBytes, rec.lengthBytes);
+        await applyToVolume(v.image, rec);
+        this.stats.recordsApplied++;
+        this.stats.bytesApplied += rec.lengthBytes;
+        lastTime = rec.timeMs;
+      }
+    });
+    for (const v of this.volumes.values()) await v.image.flush();
+    this.applied = to;
+    this.state.appliedSeq = to;
+    if (lastTime) this.state.appliedTimeMs = lastTime;
+    this.queue = this.queue.filter((seg) => seg.toSeq > to);
+    this.state.staged = undefined;
+    this.state.consistentSeq = 0;
+    await this.save();
+    await this.closeStaging(true);
+    this.stats.deltaCommits++;
+    this.logger.info({ heldSeq: st.heldSeq, appliedSeq: to, chunks }, 'staged delta sync committed: the volumes moved from their old consistent point to the new one in one step');
+    if (this.queue.length) this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
   private async save(): Promise<void> {
@@ -132,6 +329,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   }
 
   syncState(): ReplicaSyncState {
+    // Staging a delta sync: the volumes still hold their older consistent point.
+    if (this.state.staged && this.state.primarySiteId) return 'consistent';
     if (!this.state.primarySiteId || this.state.sync || this.applied < this.state.consistentSeq) return 'syncing';
     return 'consistent';
   }
@@ -233,6 +432,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await this.save();
     }
     this.queue.push({ records, toSeq });
+    if (this.state.staged) return this.maybeCommit(); // held until the staged sync commits
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
@@ -279,7 +479,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 
   /** Wait until everything stored is applied. */
   async idle(): Promise<void> {
-    while (this.applying) await this.applying;
+    while (this.applying || this.committing) await (this.applying ?? this.committing);
   }
 
   /** Persist the consistent point (called by the keeper after images are flushed). */
@@ -299,6 +499,13 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 
   async begin(fromSeq: number, volumes: string[]): Promise<void> {
     await this.idle();
+    // A replica that holds a consistent point (or already stages over one) stages the sync whole.
+    const stage = !this.state.fresh && (!!this.state.staged || this.syncState() === 'consistent');
+    if (stage) {
+      this.state.staged = { heldSeq: this.state.staged?.heldSeq ?? this.applied, heldTimeMs: this.state.staged?.heldTimeMs ?? this.state.appliedTimeMs };
+      await this.openStaging(true);
+      this.queue = [];
+    }
     await this.journal.resetTo(fromSeq);
     this.durable = this.applied = fromSeq;
     this.state.sync = { fromSeq, volume: volumes[0] ?? '', offsetBytes: 0, compare: !this.state.fresh };
@@ -306,7 +513,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.state.appliedSeq = fromSeq;
     this.rebaseNeeded = true;
     await this.save();
-    this.logger.info({ fromSeq, fresh: this.state.fresh }, 'sync start');
+    this.logger.info({ fromSeq, fresh: this.state.fresh, stagedOver: this.state.staged?.heldSeq }, stage ? 'sync start: staged whole, the volumes keep their consistent point until it is complete' : 'sync start');
   }
 
   async hashes(volume: string, fromOffset: number): Promise<Buffer> {
@@ -325,6 +532,23 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   async chunk(volume: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void> {
     const v = this.volumes.get(volume);
     if (!v || !this.state.sync) throw new ReplicationError(ReplicationErrorCode.Sequence, `sync chunk for ${volume} outside a sync`);
+    if (this.staging) {
+      const img = this.staging.images.get(volume);
+      if (!img) throw new ReplicationError(ReplicationErrorCode.Sequence, `sync chunk for ${volume}: no staging image`);
+      if (data) await img.write(offsetBytes, data);
+      else await img.unmap(offsetBytes, lengthBytes);
+      this.staging.chunks.get(volume)!.set(offsetBytes, lengthBytes);
+      this.stats.syncChunks++;
+      this.stats.syncBytes += lengthBytes;
+      this.syncBytesSinceSave += lengthBytes;
+      if (this.syncBytesSinceSave >= 4 << 20) {
+        this.syncBytesSinceSave = 0;
+        await this.flushStaging();
+        this.state.sync = { ...this.state.sync, volume, offsetBytes: offsetBytes + lengthBytes };
+        await this.save();
+      }
+      return;
+    }
     await this.gate.exclusive(async () => {
       await this.testCopies.get(volume)?.preserve(offsetBytes, lengthBytes);
       if (data) await v.image.write(offsetBytes, data);
@@ -343,6 +567,15 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   }
 
   async end(fromSeq: number, consistentSeq: number): Promise<void> {
+    if (this.state.staged) {
+      await this.flushStaging();
+      this.state.sync = undefined;
+      this.state.staged.consistentSeq = consistentSeq;
+      await this.save();
+      this.logger.info({ fromSeq, consistentSeq, heldSeq: this.state.staged.heldSeq, chunks: this.stats.syncChunks, bytes: this.stats.syncBytes }, 'sync end: staged; committed in one step once the journal tail through the consistent point is stored');
+      this.maybeCommit();
+      return;
+    }
     for (const v of this.volumes.values()) await v.image.flush();
     this.state.sync = undefined;
     this.state.consistentSeq = consistentSeq > this.applied ? consistentSeq : 0;
@@ -369,3 +602,14 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The chunks staged for one volume (offset → length), as last made durable. */
+async function readChunkList(dir: string, name: string): Promise<Map<number, number>> {
+  try {
+    const list = JSON.parse(await fsp.readFile(path.join(dir, `${name}.chunks`), 'utf8')) as [number, number][];
+    return new Map(list);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
+    throw e;
+  }
+}

@@ -77,6 +77,8 @@ export interface JournalStats {
   trimmed: number;
   /** Records folded into the base by the size cap before their history window ended. */
   folded: number;
+  /** Of those, records the replica had not acknowledged (it then needs a delta sync). */
+  foldedUnshipped: number;
   imageSeq: number;
   replicaAckedSeq: number;
   baseSeq?: number;
@@ -314,7 +316,8 @@ export class Journal {
   private imageSeq = 0;
   private ackedSeq = 0;
   private base?: { seq: number; timeMs: number };
-  private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0 };
+  private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0, foldedUnshipped: 0 };
+  private loggedUnshipped = false;
   private latencies: number[] = [];
   private batchSizes: number[] = [];
   private failed?: unknown;
@@ -747,7 +750,8 @@ export class Journal {
 
   private async trimNow(baseFor?: (volume: string) => Promise<RecordTarget>): Promise<void> {
     const o = this.opts;
-    let limit = this.imageSeq;
+    const imageLimit = this.imageSeq;
+    let limit = imageLimit;
     if (o.replicated) limit = Math.min(limit, this.ackedSeq);
     const history = !!(o.retainMs || o.retainBytes);
     let historyLimit = limit;
@@ -768,18 +772,28 @@ export class Journal {
     let upTo = historyLimit;
     const over = o.maxBytes !== undefined && this.totalBytes > o.maxBytes;
     if (over) {
-      // The cap wins over history (never over the images or the replica): fold the oldest.
+      // The cap wins over history and over a replica that is behind (never over the images):
+      // fold the oldest. Records the replica never got are then brought over as a delta sync of
+      // the changed blocks (bounded by the volume size), staged whole at the replica.
       let bytes = this.totalBytes;
       let i = this.sizesHead;
-      while (i < this.sizes.length && bytes > o.maxBytes! * 0.9 && this.sizes[i].seq <= limit) bytes -= this.sizes[i++].bytes;
+      while (i < this.sizes.length && bytes > o.maxBytes! * 0.9 && this.sizes[i].seq <= imageLimit) bytes -= this.sizes[i++].bytes;
       const capLimit = i > this.sizesHead ? this.sizes[i - 1].seq : this.oldest - 1;
       if (capLimit > upTo) {
         const n = this.countBetween(upTo, capLimit);
+        const unshipped = o.replicated && capLimit > this.ackedSeq ? this.countBetween(Math.max(upTo, this.ackedSeq), capLimit) : 0;
         this.counters.folded += n;
+        this.counters.foldedUnshipped += unshipped;
         const now = Date.now();
-        if (now - this.lastFoldLog > 10_000) {
+        if (now - this.lastFoldLog > 10_000 || (unshipped && !this.loggedUnshipped)) {
           this.lastFoldLog = now;
-          this.opts.logger?.warn({ folded: n, foldedTotal: this.counters.folded, throughSeq: capLimit, journalBytes: this.totalBytes, maxBytes: o.maxBytes }, 'journal over its cap: oldest records folded into the base (points before them are no longer replayable)');
+          this.loggedUnshipped = unshipped > 0;
+          this.opts.logger?.warn(
+            { folded: n, foldedTotal: this.counters.folded, unshipped, replicaAckedSeq: o.replicated ? this.ackedSeq : undefined, throughSeq: capLimit, journalBytes: this.totalBytes, maxBytes: o.maxBytes },
+            unshipped
+              ? 'journal over its cap with the replica behind: oldest records folded, including records the replica never got (it will be brought over by a delta sync of the changed blocks)'
+              : 'journal over its cap: oldest records folded into the base (points before them are no longer replayable)',
+          );
         }
         upTo = capLimit;
       }

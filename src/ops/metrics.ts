@@ -181,6 +181,7 @@ export function createMetrics(): Metrics {
   counter('offsite_journal_syncs_total', 'Journal syncs to disk (FUA, SYNCHRONIZE CACHE, replica stores).', () => journal()?.syncs);
   counter('offsite_journal_trimmed_records_total', 'Records removed from the journal (replicated, checkpointed, out of the history window).', () => journal()?.trimmed);
   counter('offsite_journal_folded_records_total', 'Records folded into the base by the size cap before their history window ended.', () => journal()?.folded);
+  counter('offsite_journal_folded_unshipped_records_total', 'Records folded by the size cap before the replica acknowledged them (a delta sync brings the replica over).', () => journal()?.foldedUnshipped);
   const appendLatency = new client.Histogram({
     name: 'offsite_journal_append_duration_seconds',
     help: 'Time from append to the record being in LevelDB (group commit included).',
@@ -244,14 +245,14 @@ export function createMetrics(): Metrics {
   // ---- replication (replica) ----
   const replica = () => app?.replicaInfo();
   gauge('offsite_replica_received_sequence', 'Highest sequence durable in this replica\'s journal.', () => replica()?.store.durableSeq());
-  gauge('offsite_replica_applied_sequence', 'Highest sequence applied to this replica\'s volumes (primary: as last reported by the replica).', () => replica()?.store.appliedSeq() ?? repl()?.replicaAppliedSeq);
+  gauge('offsite_replica_applied_sequence', 'Highest sequence applied to this replica\'s volumes (primary: as last reported by the replica).', () => replica()?.store.visibleSeq() ?? repl()?.replicaAppliedSeq);
   gauge('offsite_replica_consistent', '1 when the replica holds a consistent prefix of the primary (0 while syncing).', () => {
     const r = replica();
     if (r) return r.store.syncState() === 'consistent' ? 1 : 0;
     const p = repl();
     return p && (p.replicaConsistent ? 1 : 0);
   });
-  gauge('offsite_replica_consistent_point_timestamp_seconds', 'Primary time of the last write applied at the replica.', () => { const r = replica(); return r && r.store.appliedTimeMs() / 1000; });
+  gauge('offsite_replica_consistent_point_timestamp_seconds', 'Primary time of the last write applied at the replica.', () => { const r = replica(); return r && r.store.visibleTimeMs() / 1000; });
   counter('offsite_replication_refused_peers_total', 'Replication connections refused at the TLS handshake (wrong or missing link key).', () => replica()?.receiver?.stats().refusedPeers);
   counter('offsite_replica_rejected_frames_total', 'Replication frames rejected (corrupt, duplicate, out of order, oversized).', () => replica()?.receiver?.stats().rejectedFrames);
   counter('offsite_replica_applied_records_total', 'Records applied to the replica volumes.', () => replica()?.store.counters().recordsApplied);
