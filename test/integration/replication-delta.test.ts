@@ -101,7 +101,7 @@ test('delta sync after the primary folded unshipped records: staged whole at the
     await new Promise((r) => setTimeout(r, 1500));
     await bandwidth('unlimited');
     await waitCaughtUp(primary, second, 120_000);
-    assert.ok(second.logs.some((l) => String(l.msg).startsWith('staged delta sync committed')), 'the staged sync was committed');
+    await until('the log line of the commit', () => second.logs.some((l) => String(l.msg).startsWith('staged delta sync committed')), 5000);
     await reader.stop();
     reader = undefined;
     assert.deepEqual(errors, [], 'a replica read showed a mixed state');
