@@ -13,7 +13,8 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import test from 'node:test';
 import { checkChainImage } from '../faults/campaign';
-import { ADMIN_TOKEN, removeDir, tempDir, TARGET_PREFIX, type RunningAppliance } from '../helpers/appliance';
+import { ADMIN_TOKEN, CLI, removeDir, tempDir, TARGET_PREFIX, type RunningAppliance } from '../helpers/appliance';
+import { run } from '../helpers/exec';
 import { RawInitiator } from '../helpers/raw-initiator';
 import { assertSameVolume, chainBlock, freePort, metrics, metricValue, pollReplica, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
@@ -117,6 +118,47 @@ test('delta sync after the primary folded unshipped records: staged whole at the
     writer.destroy();
     await primary.stop();
     await replica?.stop();
+    removeDir(dir);
+  }
+});
+
+test('promoting a replica while a delta sync is staged: the staged sync is given up and the volumes become writable at the old consistent point', { timeout: 180_000 }, async () => {
+  const dir = tempDir();
+  const bDir = path.join(dir, 'b');
+  const replPort = await freePort();
+  let replica = await startReplica(bDir, replPort);
+  const primary = await startPrimary(path.join(dir, 'a'), [`${VOLUME}:8M`], replPort, ['--journal-max', '1M']);
+  const writer = await RawInitiator.session(primary.iscsiPort, { initiatorName: 'iqn.2026-11.dev.offsite.test:delta-writer-2', targetName: `${TARGET_PREFIX}:${VOLUME}` });
+  try {
+    for (let k = 1; k <= 1200; k++) assert.equal((await writer.write10((((k - 1) % N) + 1) * 8, chainBlock(k))).status, 0);
+    await waitCaughtUp(primary, replica);
+    const res = await fetch(`http://127.0.0.1:${primary.httpPort}/bandwidth`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ rate: '8KB/s' }) });
+    assert.equal(res.status, 200);
+    await replica.stop();
+    for (let k = 1201; k <= 3600; k++) assert.equal((await writer.write10((((k - 1) % N) + 1) * 8, chainBlock(k))).status, 0);
+    for (let off = 6 << 20; off < (6 << 20) + (256 << 10); off += 64 << 10) assert.equal((await writer.write10(off / 512, randomBytes(64 << 10))).status, 0);
+    await until('the fold of unshipped records', () => primary.logs.some((l) => String(l.msg).startsWith('journal over its cap with the replica behind')));
+    replica = await startReplica(bDir, replPort);
+    const r = replica;
+    await until('a staged delta sync', () => r.logs.some((l) => String(l.msg).startsWith('sync start: staged whole')));
+    // The primary is "lost" now: promote the replica in the middle of its staged sync, without --force.
+    await primary.kill('SIGKILL');
+    const p = await run(process.execPath, [CLI, 'promote', '--http', `127.0.0.1:${r.httpPort}`]);
+    assert.equal(p.code, 0, p.stderr);
+    assert.match(p.stdout, /writable at sequence 1200\b/);
+    assert.ok(r.logs.some((l) => String(l.msg).startsWith('staged delta sync abandoned')));
+    const img = await readVolume(r, VOLUME, path.join(dir, 'promoted.img'));
+    assert.deepEqual(checkChainImage(img, N), { top: 1200 }, 'the promoted volumes hold the old consistent point, whole');
+    // Writable, and the next records land after it.
+    const w = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 7M 64k', '-c', 'read -P 0x5a 7M 64k', r.url(VOLUME)]);
+    assert.equal(w.code, 0, w.stderr);
+    assert.doesNotMatch(w.stdout, /verification failed/);
+    assert.equal((await r.status()).role, 'primary');
+    assert.equal(((await r.status()).headSeq as number) > 1200, true);
+  } finally {
+    writer.destroy();
+    await primary.stop();
+    await replica.stop();
     removeDir(dir);
   }
 });
