@@ -11,7 +11,7 @@
 import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
-import { formatResult, runCampaign } from './campaign';
+import { formatResult, runCampaign, type CampaignResult } from './campaign';
 import { formatLoad, runLoad, type LoadResult } from './load';
 
 const arg = (name: string): string | undefined => {
@@ -76,11 +76,14 @@ async function main(): Promise<void> {
   const minutes = (since: number) => ((Date.now() - since) / 60000).toFixed(1);
   const problems: string[] = [];
 
-  say(`== 1/3 fault campaign: ${faults} faults`);
   let t = Date.now();
-  const c = await runCampaign({ faults, seed, log: say });
-  say(`${formatResult(c)}\n  ${minutes(t)} minutes`);
-  problems.push(...c.problems);
+  let c: CampaignResult | undefined;
+  if (faults > 0) {
+    say(`== 1/3 fault campaign: ${faults} faults`);
+    c = await runCampaign({ faults, seed, log: say });
+    say(`${formatResult(c)}\n  ${minutes(t)} minutes`);
+    problems.push(...c.problems);
+  }
 
   let fuzz: FuzzResult | undefined;
   if (fuzzRuns > 0) {
@@ -100,20 +103,24 @@ async function main(): Promise<void> {
     if (load.rssGrowthMiB.primary > 256 || load.rssGrowthMiB.replica > 256) problems.push(`load: memory grew by more than 256 MiB (${JSON.stringify(load.rssGrowthMiB)})`);
   }
 
-  const kinds = Object.entries(c.faults)
-    .map(([k, n]) => `${k} ${n}`)
-    .join(', ');
-  const lost = c.lostWrites + (load ? load.verifyFailures : 0);
+  const kinds = c
+    ? Object.entries(c.faults)
+        .map(([k, n]) => `${k} ${n}`)
+        .join(', ')
+    : '';
+  const lost = (c?.lostWrites ?? 0) + (load ? load.verifyFailures : 0);
+  const nonPrefix = c?.nonPrefixStates ?? 0;
+  const crashes = c?.crashes ?? 0;
   say('');
-  say(`== summary (seed ${c.seed}, ${minutes(started)} minutes)`);
-  say(`  faults injected:  ${c.faultsTotal} (${kinds}); ${c.recordsAcked} chain records acknowledged, ${c.replicaReads} replica reads checked, full resyncs ${c.fullResyncs}`);
+  say(`== summary (${c ? `seed ${c.seed}, ` : ''}${minutes(started)} minutes)`);
+  say(`  faults injected:  ${c ? `${c.faultsTotal} (${kinds}); ${c.recordsAcked} chain records acknowledged, ${c.replicaReads} replica reads checked, full resyncs ${c.fullResyncs}` : 'skipped'}`);
   say(`  inputs fuzzed:    ${fuzz ? `${fuzz.inputs} (${fuzz.failed} failing)` : 'skipped'}`);
   say(`  load:             ${load ? `${load.sessions} sessions x ${(load.seconds / 60).toFixed(1)} min over ${load.volumes} volumes, ${load.commands} commands, ${load.ioErrors} I/O errors, max RPO ${load.maxRpoSeconds.toFixed(2)} s` : 'skipped'}`);
   say(`  data lost:        ${lost}`);
-  say(`  non-prefix states: ${c.nonPrefixStates}`);
-  say(`  crashes:          ${c.crashes}`);
+  say(`  non-prefix states: ${nonPrefix}`);
+  say(`  crashes:          ${crashes}`);
   for (const p of problems) say(`  PROBLEM: ${p}`);
-  process.exit(problems.length || lost || c.nonPrefixStates || c.crashes ? 1 : 0);
+  process.exit(problems.length || lost || nonPrefix || crashes ? 1 : 0);
 }
 
 main().catch((e: unknown) => {
