@@ -431,8 +431,13 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       this.state.fresh = false;
       await this.save();
     }
+    if (this.state.staged) {
+      // Held in the journal until the staged sync commits (which reads them back from there);
+      // a commit already running applies what arrives meanwhile from the queue afterwards.
+      if (this.committing) this.queue.push({ records, toSeq });
+      return this.maybeCommit();
+    }
     this.queue.push({ records, toSeq });
-    if (this.state.staged) return this.maybeCommit(); // held until the staged sync commits
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
@@ -533,8 +538,13 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     const v = this.volumes.get(volume);
     if (!v || !this.state.sync) throw new ReplicationError(ReplicationErrorCode.Sequence, `sync chunk for ${volume} outside a sync`);
     if (this.staging) {
-      const img = this.staging.images.get(volume);
-      if (!img) throw new ReplicationError(ReplicationErrorCode.Sequence, `sync chunk for ${volume}: no staging image`);
+      let img = this.staging.images.get(volume);
+      if (!img) {
+        // A volume the primary added since the staging began.
+        img = await FileVolume.open({ dir: path.join(this.dataRoot, STAGING_DIR), name: volume, sizeBytes: v.sizeBytes, blockSize: v.blockSize, readOnly: false, create: true });
+        this.staging.images.set(volume, img);
+        this.staging.chunks.set(volume, new Map());
+      }
       if (data) await img.write(offsetBytes, data);
       else await img.unmap(offsetBytes, lengthBytes);
       this.staging.chunks.get(volume)!.set(offsetBytes, lengthBytes);
