@@ -47,6 +47,8 @@ export interface ReplicaState {
 }
 
 const STAGING_DIR = 'staging';
+/** Tests only: OFFSITE_FAILPOINT=replica-commit-midway kills the process half-way through a staged commit. */
+const COMMIT_FAILPOINT = process.env.OFFSITE_FAILPOINT === 'replica-commit-midway';
 
 export type ReplicaSyncState = 'syncing' | 'consistent';
 
@@ -265,6 +267,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     const to = this.durable;
     let chunks = 0;
     let lastTime = 0;
+    const total = [...staging.chunks.values()].reduce((n, l) => n + l.size, 0);
     await this.gate.exclusive(async () => {
       for (const [name, list] of staging.chunks) {
         const v = this.volumes.get(name);
@@ -274,6 +277,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
           await this.testCopies.get(name)?.preserve(off, len);
           await v.image.write(off, await img.read(off, len));
           chunks++;
+          // Test hook: die half-way through a commit (proves the redo at start).
+          if (COMMIT_FAILPOINT && chunks === Math.ceil(total / 2)) {
+            await v.image.flush();
+            process.kill(process.pid, 'SIGKILL');
+          }
         }
       }
       for await (const rec of this.journal.records(from, to)) {

@@ -29,8 +29,8 @@ export function testLinkKey(): string {
 
 const linkArgs = (args: string[]) => (args.includes('--insecure-link') || args.includes('--link-key') ? [] : ['--link-key', testLinkKey()]);
 
-export function startReplica(dataDir: string, replPort: number, args: string[] = []): Promise<RunningAppliance> {
-  return startAppliance({ dataDir, volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, ...linkArgs(args), ...args] });
+export function startReplica(dataDir: string, replPort: number, args: string[] = [], env?: NodeJS.ProcessEnv): Promise<RunningAppliance> {
+  return startAppliance({ dataDir, volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, ...linkArgs(args), ...args], env });
 }
 
 export function startPrimary(dataDir: string, volumes: string[], replicateTo: number, args: string[] = []): Promise<RunningAppliance> {

@@ -162,3 +162,41 @@ test('promoting a replica while a delta sync is staged: the staged sync is given
     removeDir(dir);
   }
 });
+
+test('a replica killed half-way through committing a staged delta sync redoes the commit before it serves: the new consistent point, whole', { timeout: 180_000 }, async () => {
+  const dir = tempDir();
+  const bDir = path.join(dir, 'b');
+  const replPort = await freePort();
+  let replica = await startReplica(bDir, replPort);
+  const primary = await startPrimary(path.join(dir, 'a'), [`${VOLUME}:8M`], replPort, ['--journal-max', '1M']);
+  const writer = await RawInitiator.session(primary.iscsiPort, { initiatorName: 'iqn.2026-11.dev.offsite.test:delta-writer-3', targetName: `${TARGET_PREFIX}:${VOLUME}` });
+  try {
+    for (let k = 1; k <= 1500; k++) assert.equal((await writer.write10((((k - 1) % N) + 1) * 8, chainBlock(k))).status, 0);
+    await waitCaughtUp(primary, replica);
+    await replica.stop();
+    for (let k = 1501; k <= 4000; k++) assert.equal((await writer.write10((((k - 1) % N) + 1) * 8, chainBlock(k))).status, 0);
+    await until('the fold of unshipped records', () => primary.logs.some((l) => String(l.msg).startsWith('journal over its cap with the replica behind')));
+    // This replica process dies (SIGKILL, by a test-only failpoint) half-way through its commit.
+    replica = await startReplica(bDir, replPort, [], { OFFSITE_FAILPOINT: 'replica-commit-midway' });
+    const dying = replica;
+    await until('the failpoint', () => dying.proc.signalCode !== null || dying.proc.exitCode !== null, 60_000);
+    assert.equal(dying.proc.signalCode, 'SIGKILL');
+    assert.ok(dying.logs.some((l) => String(l.msg).startsWith('sync end: staged')));
+    assert.ok(!dying.logs.some((l) => String(l.msg).startsWith('staged delta sync committed')));
+    // Restarted (link cut meanwhile so nothing new arrives before the first read): the commit is redone before serving.
+    await primary.stop();
+    replica = await startReplica(bDir, replPort);
+    assert.ok(replica.logs.some((l) => String(l.msg).startsWith('a staged delta sync was being committed when the appliance stopped')));
+    const img = await readVolume(replica, VOLUME, path.join(dir, 'redone.img'));
+    assert.deepEqual(checkChainImage(img, N), { top: 4000 }, 'the new consistent point, whole');
+    const st = await replica.status();
+    assert.equal(st.state, 'consistent');
+    assert.equal(st.appliedSeq, 4000);
+    assert.equal(st.stagingDeltaSync, false);
+  } finally {
+    writer.destroy();
+    await primary.stop();
+    await replica.stop();
+    removeDir(dir);
+  }
+});
