@@ -43,7 +43,7 @@ export interface ReplicaState {
    * A delta sync staged whole: the volumes still hold the consistent point `heldSeq`; once the
    * sync ended (`consistentSeq` known) and the journal tail through it is stored, it is committed.
    */
-  staged?: { heldSeq: number; heldTimeMs: number; consistentSeq?: number; committing?: boolean };
+  staged?: { heldSeq: number; heldTimeMs: number; consistentSeq?: number; consistentTimeMs?: number; committing?: boolean };
 }
 
 const STAGING_DIR = 'staging';
@@ -297,7 +297,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     for (const v of this.volumes.values()) await v.image.flush();
     this.applied = to;
     this.state.appliedSeq = to;
-    if (lastTime) this.state.appliedTimeMs = lastTime;
+    const endTime = lastTime || st.consistentTimeMs;
+    if (endTime) this.state.appliedTimeMs = endTime;
     this.queue = this.queue.filter((seg) => seg.toSeq > to);
     this.state.staged = undefined;
     this.state.consistentSeq = 0;
@@ -584,11 +585,12 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     }
   }
 
-  async end(fromSeq: number, consistentSeq: number): Promise<void> {
+  async end(fromSeq: number, consistentSeq: number, consistentTimeMs?: number): Promise<void> {
     if (this.state.staged) {
       await this.flushStaging();
       this.state.sync = undefined;
       this.state.staged.consistentSeq = consistentSeq;
+      this.state.staged.consistentTimeMs = consistentTimeMs;
       await this.save();
       this.logger.info({ fromSeq, consistentSeq, heldSeq: this.state.staged.heldSeq, chunks: this.stats.syncChunks, bytes: this.stats.syncBytes }, 'sync end: staged; committed in one step once the journal tail through the consistent point is stored');
       this.maybeCommit();
@@ -597,6 +599,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     for (const v of this.volumes.values()) await v.image.flush();
     this.state.sync = undefined;
     this.state.consistentSeq = consistentSeq > this.applied ? consistentSeq : 0;
+    // Consistent already (no journal tail to apply): its time is the primary's, not that of whatever the volumes held before.
+    if (!this.state.consistentSeq && consistentTimeMs) this.state.appliedTimeMs = consistentTimeMs;
     await this.save();
     this.logger.info({ fromSeq, consistentSeq, chunks: this.stats.syncChunks, bytes: this.stats.syncBytes }, 'sync end: replica consistent once the journal tail is applied');
   }

@@ -94,6 +94,6 @@ export interface SyncSink {
   hashes(volume: string, fromOffset: number): Promise<Buffer>;
   /** Write one chunk (undefined data: zeros) and remember the progress. */
   chunk(volume: string, offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void>;
-  /** The copy is complete; the replica is consistent once it has applied `consistentSeq`. */
-  end(fromSeq: number, consistentSeq: number): Promise<void>;
+  /** The copy is complete; the replica is consistent once it has applied `consistentSeq` (primary time `consistentTimeMs`, when sent). */
+  end(fromSeq: number, consistentSeq: number, consistentTimeMs?: number): Promise<void>;
 }

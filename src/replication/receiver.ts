@@ -196,7 +196,8 @@ export class Receiver {
           if (!Number.isSafeInteger(fromSeq) || !Number.isSafeInteger(consistentSeq) || consistentSeq < fromSeq) throw new ReplicationError(Code.FrameMeta, 'invalid SyncDone');
           if (!sink.sync) throw new ReplicationError(Code.Handshake, 'this replica cannot take an image sync');
           step(async () => {
-            await sink.sync!.end(fromSeq, consistentSeq);
+            const t = Number(f.meta.consistentTimeMs);
+            await sink.sync!.end(fromSeq, consistentSeq, Number.isSafeInteger(t) && t > 0 ? t : undefined);
             link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
           });
           break;

@@ -410,7 +410,8 @@ export class Shipper {
       }
       check();
       const consistentSeq = Math.max(fromSeq, source.headSeq());
-      link.send(FrameType.SyncDone, { fromSeq, consistentSeq });
+      // The primary time of that point: its newest record's, or now when that record is already trimmed.
+      link.send(FrameType.SyncDone, { fromSeq, consistentSeq, consistentTimeMs: source.timeOf(consistentSeq) ?? Date.now() });
       this.state.syncsCompleted++;
       logger.info({ fromSeq, consistentSeq, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped, wireBytes: this.state.syncBytesSent }, 'sync end: the journal takes over');
     } finally {

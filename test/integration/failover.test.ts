@@ -75,6 +75,9 @@ test('failover: promote the replica, fail back by demoting the old primary; only
     const d = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${a.httpPort}`, '--replication-listen', `127.0.0.1:${aListen}`]);
     assert.equal(d.code, 0, d.stderr);
     await waitCaughtUp(b, a, 120_000);
+    // Its consistent point carries the new primary's time (written after the promotion), not that of its own split-off writes.
+    const cp = (await a.status()).consistentPoint as { primaryTime?: string };
+    assert.ok(cp.primaryTime && Date.parse(cp.primaryTime) >= t0, `consistent point time ${cp.primaryTime} is before the promotion (${new Date(t0).toISOString()})`);
     const aAfter = await readVolume(a, 'fo', path.join(dir, 'a-after.img'));
     assert.ok(aAfter.equals(bNow), 'the old primary did not converge on the new one');
     const sync = ((await b.status()).replication as { sync: { chunksSent: number; started: number } }).sync;
