@@ -65,7 +65,7 @@ export function summarize(s: Record<string, unknown>): string {
   } else if (s.role === 'replica') {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
     lines.push(`state:       ${String(s.state)}; received ${String(s.receivedSeq)}, applied ${String(s.appliedSeq)}`);
-    lines.push(`consistent:  ${cp ? `sequence ${cp.seq} (primary time ${cp.primaryTime ?? '?'})` : 'not yet (syncing)'}`);
+    lines.push(`consistent:  ${cp ? `sequence ${cp.seq}${cp.primaryTime ? ` (primary time ${cp.primaryTime})` : cp.seq === 0 ? ' (nothing written yet)' : ''}` : 'not yet (syncing)'}`);
     if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}`);
   } else lines.push('replica:     none configured');
   return lines.join('\n') + '\n';
