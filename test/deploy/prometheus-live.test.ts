@@ -15,6 +15,7 @@ import { PANELS } from '../../grafana/dashboard';
 import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { until } from '../helpers/wait';
 
 const ROOT = path.resolve(__dirname, '../../..');
 
@@ -27,14 +28,6 @@ interface PromResult {
 async function query(port: number, expr: string): Promise<PromResult> {
   const res = await fetch(`http://127.0.0.1:${port}/api/v1/query?query=${encodeURIComponent(expr)}`);
   return (await res.json()) as PromResult;
-}
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
 }
 
 test('Prometheus scrapes the appliances: every dashboard query and every alert expression returns data', { timeout: 240_000 }, async () => {
@@ -74,7 +67,7 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     await until('Prometheus to scrape all four appliances', async () => {
       const r = await query(promPort, 'up == 1').catch(() => undefined);
       return (r?.data.result.length ?? 0) === 4;
-    }, 60_000).catch((e: Error) => {
+    }, 60_000, 250).catch((e: Error) => {
       throw new Error(`${e.message}\n${promLog}`);
     });
     await waitCaughtUp(a, b);
@@ -109,7 +102,7 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
         if (r.data.result.length === 0) silent.push(rule.alert);
       }
       return silent.length === 0;
-    }, 30_000).catch((e: Error) => {
+    }, 30_000, 250).catch((e: Error) => {
       throw new Error(`${e.message}: ${silent.join(', ')} returned nothing`);
     });
     // Prometheus loaded the rules from the file and they are healthy.

@@ -10,24 +10,32 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { assertSameVolume, freePort, metrics, metricValue, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
 
-test('disk full on the primary: writes fail with the right sense, nothing is lost or corrupted, writes resume when space returns', { timeout: 180_000 }, async (t) => {
+/** A fresh temp dir with a tmpfs of `size` mounted at <dir>/small, or undefined (test skipped) where mounting is not allowed. */
+function smallDisk(t: TestContext, size: string): { dir: string; mnt: string } | undefined {
   const dir = tempDir();
   const mnt = path.join(dir, 'small');
   mkdirSync(mnt);
   try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=40m', 'tmpfs', mnt]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
   } catch (e) {
     removeDir(dir);
     t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
-    return;
+    return undefined;
   }
+  return { dir, mnt };
+}
+
+test('disk full on the primary: writes fail with the right sense, nothing is lost or corrupted, writes resume when space returns', { timeout: 180_000 }, async (t) => {
+  const disk = smallDisk(t, '40m');
+  if (!disk) return;
+  const { dir, mnt } = disk;
   const filler = path.join(mnt, 'filler');
   writeFileSync(filler, Buffer.alloc(8 * MiB, 1));
   const data = path.join(mnt, 'data');
@@ -74,17 +82,10 @@ test('disk full on the primary: writes fail with the right sense, nothing is los
 });
 
 test('disk full on the replica: it pauses, keeps serving its prefix, the primary keeps writing, and it catches up without a resync when space returns', { timeout: 240_000 }, async (t) => {
-  const dir = tempDir();
-  const mnt = path.join(dir, 'small');
-  mkdirSync(mnt);
-  try {
-    // Room for the replica's journal segment (up to 64 MiB, reused rather than freed) and its volume.
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=128m', 'tmpfs', mnt]);
-  } catch (e) {
-    removeDir(dir);
-    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
-    return;
-  }
+  // Room for the replica's journal segment (up to 64 MiB, reused rather than freed) and its volume.
+  const disk = smallDisk(t, '128m');
+  if (!disk) return;
+  const { dir, mnt } = disk;
   const replPort = await freePort();
   const replica = await startReplica(path.join(mnt, 'replica'), replPort);
   const primary = await startPrimary(path.join(dir, 'primary'), [`rf:${32 * MiB}`], replPort);
