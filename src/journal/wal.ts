@@ -56,6 +56,8 @@ export interface JournalOptions {
   retainBytes?: number;
   /** Keep records until the replica acknowledges them. */
   replicated?: boolean;
+  /** Keep the newest records in memory for readAfter (a primary's shipper); default: when `replicated`. */
+  cacheRecent?: boolean;
   /**
    * The appliance states its retention (persisted, so tools opening a stopped journal know
    * what history exists); tools leave this unset and use what was persisted.
@@ -157,6 +159,13 @@ export interface RecordTarget {
 }
 
 const SEGMENT_BYTES = 64 * 1024 * 1024;
+/** Memory the journal's cache of recent records may hold (see Journal.recent). */
+const RECENT_BYTES = 32 * 1024 * 1024;
+
+/** What a cached record keeps alive: the whole backing buffer its data is a view of. */
+function recentCost(r: JournalRecord): number {
+  return 256 + (r.data.length ? r.data.buffer.byteLength : 0);
+}
 
 /** Append-only data files holding record bytes; the LevelDB index points into them. */
 class SegmentStore {
@@ -322,6 +331,13 @@ export class Journal {
   private batchSizes: number[] = [];
   private failed?: unknown;
   private closed = false;
+  /**
+   * The newest appended records, data included, for readAfter (the shipper): while it keeps up it
+   * never goes back to the index and the segment files. Bounded by the backing memory the data
+   * buffers hold (a small record may be a view into a larger network buffer).
+   */
+  private recent = new Map<number, JournalRecord>();
+  private recentBytes = 0;
   private trimming?: Promise<void>;
   private segments!: SegmentStore;
 
@@ -479,6 +495,7 @@ export class Journal {
     }
     this.head = seq;
     this.track(seq, vol, data.length, timeMs);
+    if (this.opts.cacheRecent ?? this.opts.replicated) this.remember({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data });
     this.counters.appends++;
     if (sync) this.syncWanted = true;
     const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, written, seq, started: process.hrtime.bigint(), resolve, reject }));
@@ -486,8 +503,28 @@ export class Journal {
     return { seq, done };
   }
 
+  private remember(rec: JournalRecord): void {
+    this.recent.set(rec.seq, rec);
+    this.recentBytes += recentCost(rec);
+    for (const [k, r] of this.recent) {
+      if (this.recentBytes <= RECENT_BYTES) break;
+      this.recent.delete(k);
+      this.recentBytes -= recentCost(r);
+    }
+  }
+
+  private forgetRecent(): void {
+    this.recent.clear();
+    this.recentBytes = 0;
+  }
+
   /** Forget records after `seq` that never reached the index (their numbers are reused). */
   private rollbackTo(seq: number): void {
+    for (const [k, r] of this.recent) {
+      if (k <= seq) continue;
+      this.recent.delete(k);
+      this.recentBytes -= recentCost(r);
+    }
     while (this.sizes.length > this.sizesHead && this.sizes[this.sizes.length - 1].seq > seq) {
       const r = this.sizes.pop()!;
       this.totalBytes -= r.bytes;
@@ -564,6 +601,7 @@ export class Journal {
     this.head = this.writtenSeq = this.durableSeq = seq;
     this.oldest = seq + 1;
     this.imageSeq = seq;
+    this.forgetRecent();
     await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));
     this.base = undefined;
     this.noBase = true;
@@ -673,6 +711,16 @@ export class Journal {
   async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.writtenSeq): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let bytes = 0;
+    // Recent records straight from memory, while they follow on without a gap.
+    if (afterSeq >= this.oldest - 1) {
+      for (let seq = afterSeq + 1; seq <= untilSeq && bytes < maxBytes; seq++) {
+        const r = this.recent.get(seq);
+        if (!r) break;
+        out.push(r);
+        bytes += r.data.length;
+      }
+      if (out.length) return out;
+    }
     for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       const d = decodeKey(k);
       if (d.seq > untilSeq) break;

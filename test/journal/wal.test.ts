@@ -1,0 +1,96 @@
+/**
+ * The LevelDB journal on its own: records read back as appended, from the in-memory cache of
+ * recent records and from the index and segments alike; and the size cap, which folds even
+ * records the replica has not acknowledged (counted apart), so writes never wait for a replica.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import test from 'node:test';
+import { Journal, type JournalRecord } from '../../src/journal/wal';
+import { removeDir, tempDir } from '../helpers/appliance';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+const blocks = (n: number, size: number): Buffer[] => Array.from({ length: n }, () => randomBytes(size));
+
+async function appendMany(j: Journal, datas: Buffer[]): Promise<Buffer[]> {
+  await Promise.all(datas.map((data, i) => j.append('v', 'write', (i % 64) * data.length, data.length, data).done));
+  return datas;
+}
+
+async function readAll(j: Journal, after: number): Promise<JournalRecord[]> {
+  const out: JournalRecord[] = [];
+  for (;;) {
+    const batch = await j.readAfter(after, 4 * MiB);
+    if (!batch.length) return out;
+    out.push(...batch);
+    after = batch[batch.length - 1].seq;
+  }
+}
+
+test('readAfter gives the records as appended, from the recent-record cache and from the index alike', async () => {
+  const dir = tempDir();
+  try {
+    const cached = await Journal.open({ dir: path.join(dir, 'c'), replicated: true });
+    const plain = await Journal.open({ dir: path.join(dir, 'p'), cacheRecent: false });
+    await cached.registerVolume('v');
+    await plain.registerVolume('v');
+    // 48 MiB: more than the cache holds, so the oldest come back through the index and segments.
+    const datas = await appendMany(cached, blocks(384, 128 * KiB));
+    await appendMany(plain, datas);
+    for (const j of [cached, plain]) {
+      const recs = await readAll(j, 0);
+      assert.deepEqual(recs.map((r) => r.seq), datas.map((_, i) => i + 1));
+      recs.forEach((r, i) => {
+        assert.ok(r.data.equals(datas[i]), `record ${r.seq} data`);
+        assert.equal(r.volume, 'v');
+        assert.equal(r.op, 'write');
+        assert.equal(r.offsetBytes, (i % 64) * 128 * KiB);
+        assert.equal(r.lengthBytes, 128 * KiB);
+      });
+      // From the middle, and a bounded batch.
+      const mid = await j.readAfter(300, 512 * KiB);
+      assert.deepEqual(mid.map((r) => r.seq), [301, 302, 303, 304]);
+      assert.ok(mid[0].data.equals(datas[300]));
+    }
+    // After a reset nothing old is served (from memory or not).
+    await cached.resetTo(1000);
+    assert.deepEqual(await cached.readAfter(383, MiB), []);
+    await cached.append('v', 'write', 0, 4096, Buffer.alloc(4096, 9)).done;
+    const after = await cached.readAfter(1000, MiB);
+    assert.deepEqual(after.map((r) => r.seq), [1001]);
+    await cached.close();
+    await plain.close();
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('the size cap folds records the replica has not acknowledged, counts them apart, and writes never wait', async () => {
+  const dir = tempDir();
+  try {
+    const j = await Journal.open({ dir: path.join(dir, 'j'), replicated: true, maxBytes: 4 * MiB });
+    await j.registerVolume('v');
+    j.replicaAcked(10);
+    await appendMany(j, blocks(128, 64 * KiB)); // 8 MiB, twice the cap
+    await j.checkpoint(128); // the images hold everything
+    await j.trim();
+    const st = j.stats();
+    assert.ok(st.bytes <= 4 * MiB, `journal at ${st.bytes} bytes after the fold (cap 4 MiB)`);
+    assert.ok(st.oldestSeq > 11, `records the replica never got were folded (oldest ${st.oldestSeq})`);
+    assert.equal(st.foldedUnshipped, st.oldestSeq - 11, 'every record folded past the replica is counted');
+    assert.ok(st.folded >= st.foldedUnshipped);
+    // Without the images holding them, nothing is folded: the cap never costs data the images lack.
+    const k = await Journal.open({ dir: path.join(dir, 'k'), replicated: true, maxBytes: 4 * MiB });
+    await k.registerVolume('v');
+    await appendMany(k, blocks(128, 64 * KiB));
+    await k.trim();
+    assert.equal(k.stats().oldestSeq, 1);
+    await j.close();
+    await k.close();
+  } finally {
+    removeDir(dir);
+  }
+});
