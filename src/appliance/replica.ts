@@ -72,7 +72,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
   rebaseNeeded = false;
-  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0, deltaCommits: 0 };
+  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0 };
   /** Staging images and the chunks staged in each (offset → length), while a delta sync is staged. */
   private staging?: { images: Map<string, FileVolume>; chunks: Map<string, Map<number, number>> };
   private committing?: Promise<void>;
@@ -153,10 +153,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       if (!list.size) continue;
       const staged = await FileVolume.open({ dir, name, readOnly: true });
       try {
-        for (const [off, len] of list) {
-          await image.write(off, await staged.read(off, len));
-          chunks++;
-        }
+        await copyChunks(list, staged, image);
+        chunks += list.size;
       } finally {
         await staged.close();
       }
@@ -265,30 +263,24 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await this.save();
     const from = this.applied;
     const to = this.durable;
-    let chunks = 0;
     let lastTime = 0;
     const total = [...staging.chunks.values()].reduce((n, l) => n + l.size, 0);
+    let copied = 0;
     await this.gate.exclusive(async () => {
       for (const [name, list] of staging.chunks) {
         const v = this.volumes.get(name);
-        const img = staging.images.get(name)!;
         if (!v) continue;
-        for (const [off, len] of list) {
+        await copyChunks(list, staging.images.get(name)!, v.image, async (off, len) => {
           await this.testCopies.get(name)?.preserve(off, len);
-          await v.image.write(off, await img.read(off, len));
-          chunks++;
           // Test hook: die half-way through a commit (proves the redo at start).
-          if (COMMIT_FAILPOINT && chunks === Math.ceil(total / 2)) {
+          if (COMMIT_FAILPOINT && ++copied === Math.ceil(total / 2)) {
             await v.image.flush();
             process.kill(process.pid, 'SIGKILL');
           }
-        }
+        });
       }
       for await (const rec of this.journal.records(from, to)) {
-        const v = this.volumes.get(rec.volume);
-        if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${rec.seq} for unknown volume ${rec.volume}`);
-        await this.testCopies.get(rec.volume)?.preserve(rec.offsetBytes, rec.lengthBytes);
-        await applyToVolume(v.image, rec);
+        await this.applyRecord(rec);
         this.stats.recordsApplied++;
         this.stats.bytesApplied += rec.lengthBytes;
         lastTime = rec.timeMs;
@@ -304,8 +296,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.state.consistentSeq = 0;
     await this.save();
     await this.closeStaging(true);
-    this.stats.deltaCommits++;
-    this.logger.info({ heldSeq: st.heldSeq, appliedSeq: to, chunks }, 'staged delta sync committed: the volumes moved from their old consistent point to the new one in one step');
+    this.logger.info({ heldSeq: st.heldSeq, appliedSeq: to, chunks: total }, 'staged delta sync committed: the volumes moved from their old consistent point to the new one in one step');
     if (this.queue.length) this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
@@ -450,17 +441,20 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
+  /** One record onto its volume (a running test copy keeps its view first). Callers hold the apply gate. */
+  private async applyRecord(r: JournalRecord): Promise<void> {
+    const v = this.volumes.get(r.volume);
+    if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
+    await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
+    await applyToVolume(v.image, r);
+  }
+
   private async applyLoop(): Promise<void> {
     while (this.queue.length) {
       const seg = this.queue[0];
       try {
         await this.gate.exclusive(async () => {
-          for (const r of seg.records) {
-            const v = this.volumes.get(r.volume);
-            if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
-            await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
-            await applyToVolume(v.image, r as JournalRecord);
-          }
+          for (const r of seg.records) await this.applyRecord(r as JournalRecord);
         });
       } catch (e) {
         if ((e as { code?: string }).code === 'VOLUME_NO_SPACE' || (e as NodeJS.ErrnoException).code === 'ENOSPC') {
@@ -557,29 +551,21 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       if (data) await img.write(offsetBytes, data);
       else await img.unmap(offsetBytes, lengthBytes);
       this.staging.chunks.get(volume)!.set(offsetBytes, lengthBytes);
-      this.stats.syncChunks++;
-      this.stats.syncBytes += lengthBytes;
-      this.syncBytesSinceSave += lengthBytes;
-      if (this.syncBytesSinceSave >= 4 << 20) {
-        this.syncBytesSinceSave = 0;
-        await this.flushStaging();
-        this.state.sync = { ...this.state.sync, volume, offsetBytes: offsetBytes + lengthBytes };
-        await this.save();
-      }
-      return;
+    } else {
+      await this.gate.exclusive(async () => {
+        await this.testCopies.get(volume)?.preserve(offsetBytes, lengthBytes);
+        if (data) await v.image.write(offsetBytes, data);
+        else await v.image.unmap(offsetBytes, lengthBytes);
+      });
+      if (this.state.fresh) this.state.fresh = false;
     }
-    await this.gate.exclusive(async () => {
-      await this.testCopies.get(volume)?.preserve(offsetBytes, lengthBytes);
-      if (data) await v.image.write(offsetBytes, data);
-      else await v.image.unmap(offsetBytes, lengthBytes);
-    });
     this.stats.syncChunks++;
     this.stats.syncBytes += lengthBytes;
     this.syncBytesSinceSave += lengthBytes;
-    if (this.state.fresh) this.state.fresh = false;
     if (this.syncBytesSinceSave >= 4 << 20) {
       this.syncBytesSinceSave = 0;
-      await v.image.flush();
+      if (this.staging) await this.flushStaging();
+      else await v.image.flush();
       this.state.sync = { ...this.state.sync, volume, offsetBytes: offsetBytes + lengthBytes };
       await this.save();
     }
@@ -624,6 +610,14 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** Copy the listed chunks from a staging image into a volume image (`before` runs ahead of each). */
+async function copyChunks(list: Map<number, number>, from: FileVolume, to: FileVolume, before?: (off: number, len: number) => Promise<void>): Promise<void> {
+  for (const [off, len] of list) {
+    await before?.(off, len);
+    await to.write(off, await from.read(off, len));
+  }
+}
 
 /** The chunks staged for one volume (offset → length), as last made durable. */
 async function readChunkList(dir: string, name: string): Promise<Map<number, number>> {

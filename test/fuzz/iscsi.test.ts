@@ -33,7 +33,7 @@ import { IscsiServer } from '../../src/iscsi/server';
 import type { TargetAuth, TargetDirectory, TargetEntry } from '../../src/iscsi/targets';
 import { MAX_KEY_NAME, MAX_VALUE, encodeText, parseText, type TextPairs } from '../../src/iscsi/text';
 import type { ScsiTarget } from '../../src/scsi/port';
-import { LogCapture, compact, cutsArb, describeError, fuzzing, largestAllocation, mutate, mutationsArb, split, timeoutFor, type Mutation } from '../helpers/fuzz';
+import { LogCapture, compact, cutsArb, describeError, feedStream, fuzzing, mutate, mutationsArb, split, timeoutFor, type Mutation } from '../helpers/fuzz';
 import { crc, dataOut, frame, loginRequest, logoutRequest, nopOut, pad4, scsiCommand, textData, textRequest, tmfRequest } from '../helpers/iscsi-wire';
 import { harness } from '../helpers/scsi-harness';
 
@@ -59,27 +59,7 @@ function runReader(chunks: Buffer[], o: { max: number; hd: boolean; dd: boolean 
   const reader = new PduReader(o.max, (p) => pdus.push({ bhs: Buffer.from(p.bhs), ahs: p.ahs && Buffer.from(p.ahs), data: Buffer.from(p.data) }));
   reader.headerDigest = o.hd;
   reader.dataDigest = o.dd;
-  let maxPending = 0;
-  const { result: error, largest } = largestAllocation(() => {
-    for (const c of chunks) {
-      try {
-        reader.push(c);
-      } catch (e) {
-        if (!(e instanceof IscsiError)) assert.fail(`PduReader threw an untyped exception: ${describeError(e)}`);
-        // The stream is dead: the same typed error again, never anything else.
-        try {
-          reader.push(Buffer.from([0]));
-          assert.fail('a failed reader accepted more bytes');
-        } catch (again) {
-          assert.equal(again, e, 'a failed reader throws its first error again');
-        }
-        return e;
-      }
-      maxPending = Math.max(maxPending, reader.pending);
-    }
-    return undefined;
-  });
-  return { pdus, error, maxPending, largestAlloc: largest };
+  return { pdus, ...feedStream(chunks, reader, IscsiError, 'PduReader') };
 }
 
 function checkReaderOutcome(out: ReaderOutcome, total: number, o: { max: number; hd: boolean; dd: boolean }): void {

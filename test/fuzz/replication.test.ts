@@ -26,7 +26,7 @@ import type { ReplicatedRecord } from '../../src/replication/ports';
 import { FLAG_LZ4, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameDecoder, FrameType, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, encodeFrame, encodeMeta, type Frame } from '../../src/replication/protocol';
 import { Receiver } from '../../src/replication/receiver';
 import { MAX_RECORDS_PER_SEGMENT, decodeSegment, encodeSegment } from '../../src/replication/segment';
-import { LogCapture, compact, cutsArb, describeError, fuzzing, largestAllocation, mutate, mutationsArb, split, timeoutFor, type Mutation } from '../helpers/fuzz';
+import { LogCapture, compact, cutsArb, describeError, feedStream, fuzzing, mutate, mutationsArb, split, timeoutFor, type Mutation } from '../helpers/fuzz';
 import { MemorySink } from '../helpers/memory-journal';
 
 const CODES = new Set<string>(Object.values(ReplicationErrorCode));
@@ -43,26 +43,8 @@ interface DecodeOutcome {
 function runDecoder(chunks: Buffer[]): DecodeOutcome {
   const dec = new FrameDecoder();
   const frames: Frame[] = [];
-  let maxPending = 0;
-  const { result: error, largest } = largestAllocation(() => {
-    for (const c of chunks) {
-      try {
-        frames.push(...dec.push(c));
-      } catch (e) {
-        if (!(e instanceof ReplicationError)) assert.fail(`FrameDecoder threw an untyped exception: ${describeError(e)}`);
-        try {
-          dec.push(Buffer.alloc(1));
-          assert.fail('a failed decoder accepted more bytes');
-        } catch (again) {
-          assert.equal(again, e, 'a failed decoder throws its first error again');
-        }
-        return e;
-      }
-      maxPending = Math.max(maxPending, dec.pendingBytes);
-    }
-    return undefined;
-  });
-  return { frames, error, maxPending, largestAlloc: largest };
+  const sink = { push: (c: Buffer) => frames.push(...dec.push(c)), get pending() { return dec.pendingBytes; } };
+  return { frames, ...feedStream(chunks, sink, ReplicationError, 'FrameDecoder') };
 }
 
 function checkDecode(out: DecodeOutcome, total: number): void {

@@ -10,6 +10,7 @@
  * `fuzz <id>: <n> inputs ...` as a test diagnostic (a `# ` line in the TAP output), so a long run
  * can be summed up with `grep -o 'fuzz [^:]*: [0-9]* inputs'`.
  */
+import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
 import fc from 'fast-check';
 
@@ -254,6 +255,41 @@ export function largestAllocation<T>(fn: () => T): { result: T; largest: number 
     for (const [name, orig] of Object.entries(saved)) B[name] = orig;
     (Buffer as unknown as { concat: typeof Buffer.concat }).concat = concat;
   }
+}
+
+/**
+ * Push `chunks` through a stream decoder, watching allocations. The first exception must be of
+ * the decoder's typed error class (else the property fails), and a failed decoder must throw that
+ * same error again on more bytes. Returns the error (if any), the largest pending byte count seen
+ * after a push, and the largest allocation.
+ */
+export function feedStream<E extends Error>(
+  chunks: readonly Buffer[],
+  dec: { push(chunk: Buffer): unknown; readonly pending: number },
+  typed: abstract new (...args: never[]) => E,
+  what: string,
+): { error?: E; maxPending: number; largestAlloc: number } {
+  let maxPending = 0;
+  const { result: error, largest } = largestAllocation(() => {
+    for (const c of chunks) {
+      try {
+        dec.push(c);
+      } catch (e) {
+        if (!(e instanceof typed)) assert.fail(`${what} threw an untyped exception: ${describeError(e)}`);
+        // The stream is dead: the same typed error again, never anything else.
+        try {
+          dec.push(Buffer.from([0]));
+          assert.fail(`a failed ${what} accepted more bytes`);
+        } catch (again) {
+          assert.equal(again, e, `a failed ${what} throws its first error again`);
+        }
+        return e;
+      }
+      maxPending = Math.max(maxPending, dec.pending);
+    }
+    return undefined;
+  });
+  return { error, maxPending, largestAlloc: largest };
 }
 
 /** `b`, printed in a counterexample as its length and first bytes (not as thousands of numbers). */
