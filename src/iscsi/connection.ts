@@ -4,7 +4,7 @@
  * pings to an idle initiator, drop after a timeout), and backpressure (stop reading while the
  * socket's send queue is long). Any protocol error ends in a Reject or a drop and a log line.
  */
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import type { Logger } from '../common/logger';
 import { LoginStatus, RESERVED_TAG, RejectReason, TARGET_LIMITS, InitiatorOp, BHS_LENGTH, ISCSI_VERSION } from './constants';
 import { digestOf, writeDigest } from './digest';
@@ -16,6 +16,32 @@ import type { Session } from './session';
 import { encodeText } from './text';
 
 const PAD = [Buffer.alloc(0), Buffer.alloc(1), Buffer.alloc(2), Buffer.alloc(3)];
+/** Each connection's socket reads into one buffer of this size (see readIntoOwnBuffer). */
+const READ_BUFFER_BYTES = 256 * 1024;
+
+/**
+ * Re-wrap a socket accepted paused (`pauseOnConnect`) so that the kernel reads into one buffer
+ * of the connection's own: by default Node allocates a fresh 64 KiB buffer for every read, and
+ * at hundreds of MB/s those allocations drive the garbage collector (see common/buffer-pool).
+ * `onChunk` gets a view of that buffer, valid only during the call (PduReader copies out what it
+ * keeps). Node offers `onread` only to sockets it constructs, so the accepted socket's handle
+ * moves to a new Socket; the original is destroyed with it so the server's count stays right.
+ * Returns undefined (the caller reads 'data' events instead) for a socket already reading.
+ */
+function readIntoOwnBuffer(accepted: net.Socket, onChunk: (chunk: Buffer) => void): net.Socket | undefined {
+  const holder = accepted as unknown as { _handle?: { reading?: boolean } | null };
+  const handle = holder._handle;
+  if (!handle || handle.reading) return undefined;
+  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  const socket = new net.Socket({
+    handle, readable: true, writable: true,
+    onread: { buffer, callback: (n: number) => void onChunk(buffer.subarray(0, n)) },
+  } as net.SocketConstructorOpts);
+  holder._handle = null;
+  socket.once('close', () => accepted.destroy());
+  return socket;
+}
+
 /** Stop reading from a socket whose unsent output exceeds this. */
 const SEND_QUEUE_HIGH = 64 * 1024 * 1024;
 
@@ -56,7 +82,11 @@ export class Connection {
   readonly localPort: number;
   logger: Logger;
 
-  constructor(readonly socket: net.Socket, private readonly host: ConnectionHost, readonly id: number) {
+  readonly socket: net.Socket;
+
+  constructor(accepted: net.Socket, private readonly host: ConnectionHost, readonly id: number) {
+    const socket = (this.socket = readIntoOwnBuffer(accepted, (chunk) => this.onData(chunk)) ?? accepted);
+    if (socket === accepted) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     this.localAddress = socket.localAddress ?? '127.0.0.1';
     this.localPort = socket.localPort ?? 0;
@@ -64,7 +94,6 @@ export class Connection {
     this.reader = new PduReader(TARGET_LIMITS.loginMaxDataSegment, (pdu) => this.onPdu(pdu));
     this.login = new LoginMachine(host.loginEnv);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.logger.debug({ err: e }, 'socket error'));
     socket.on('close', () => this.onClose());
     socket.on('drain', () => socket.resume());

@@ -1,111 +1,142 @@
 /**
  * The receive state machine: bytes from the socket in, whole PDUs out (BHS → AHS → header
  * digest → data → padding → data digest). Every length is checked against the negotiated
- * limit before anything is buffered for it, so a peer cannot make us allocate more than one
+ * limit before anything is allocated for it, so a peer cannot make us allocate more than one
  * data segment. Any split of the byte stream into reads yields the same PDUs.
+ *
+ * The reader copies what it needs out of each chunk and never keeps the chunk, so the socket
+ * can read into one reused buffer. A PDU's data segment lands in a pooled buffer
+ * (common/buffer-pool) that its consumer may give back; nothing per read is allocated.
  */
+import { acquireBuffer, releaseBuffer } from '../common/buffer-pool';
 import { BHS_LENGTH } from './constants';
 import { digestOf, readDigest } from './digest';
 import { IscsiError, IscsiErrorCode } from './errors';
 import { ahsLength, dataSegmentLength, opcode, padLength, type Pdu } from './pdu';
 
+const enum Stage {
+  Bhs,
+  Ahs,
+  HeaderDigest,
+  Data,
+  DataDigest,
+}
+
 export class PduReader {
   /** Set once digests are negotiated; applies to the next PDU parsed. */
   headerDigest = false;
   dataDigest = false;
-  private chunks: Buffer[] = [];
-  private buffered = 0;
-  private bhs?: Buffer;
-  private failed?: IscsiError;
   /** PDUs parsed so far (for error messages). */
   count = 0;
+  private stage = Stage.Bhs;
+  /** The buffer the current stage fills, and how far. */
+  private target: Buffer;
+  private filled = 0;
+  /** Bytes of the current PDU in stages already complete. */
+  private held = 0;
+  private bhs: Buffer;
+  private ahs?: Buffer;
+  /** Data segment with its padding. */
+  private data: Buffer = EMPTY;
+  private hd = false;
+  private dd = false;
+  private readonly digest = Buffer.allocUnsafe(4);
+  private failed?: Error;
 
-  constructor(public maxDataSegment: number, private readonly onPdu: (pdu: Pdu) => void) {}
+  constructor(public maxDataSegment: number, private readonly onPdu: (pdu: Pdu) => void) {
+    this.bhs = this.target = Buffer.allocUnsafe(BHS_LENGTH);
+  }
 
-  /** Feed bytes; calls onPdu synchronously for each complete PDU. Throws IscsiError on a stream it cannot parse. */
+  /**
+   * Feed bytes; calls onPdu synchronously for each complete PDU. `chunk` is not kept after the
+   * call returns. Throws IscsiError on a stream it cannot parse; after any exception the reader
+   * is dead and throws that error again.
+   */
   push(chunk: Buffer): void {
     if (this.failed) throw this.failed;
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
+    let off = 0;
     try {
-      this.drain();
-    } catch (e) {
-      if (e instanceof IscsiError) {
-        this.failed = e;
-        this.chunks = [];
-        this.buffered = 0;
+      while (off < chunk.length) {
+        const n = Math.min(this.target.length - this.filled, chunk.length - off);
+        chunk.copy(this.target, this.filled, off, off + n);
+        this.filled += n;
+        off += n;
+        if (this.filled === this.target.length) this.stageDone();
       }
+    } catch (e) {
+      this.failed = e as Error;
+      if (this.data !== EMPTY) releaseBuffer(this.data);
+      this.data = EMPTY;
       throw e;
     }
   }
 
   /** Bytes held waiting for the rest of a PDU. */
   get pending(): number {
-    return this.buffered + (this.bhs ? BHS_LENGTH : 0);
+    return this.held + this.filled;
   }
 
-  private drain(): void {
+  private fill(buf: Buffer): void {
+    this.held += this.filled;
+    this.target = buf;
+    this.filled = 0;
+  }
+
+  /** The current stage's buffer is full: check it and move on to the next stage that has bytes. */
+  private stageDone(): void {
+    const bhs = this.bhs;
     for (;;) {
-      if (!this.bhs) {
-        if (this.buffered < BHS_LENGTH) return;
-        this.bhs = this.take(BHS_LENGTH);
-        const dlen = dataSegmentLength(this.bhs);
-        if (dlen > this.maxDataSegment) {
-          throw new IscsiError(IscsiErrorCode.PduTooLarge, `PDU #${this.count + 1} (opcode 0x${opcode(this.bhs).toString(16)}) declares a ${dlen}-byte data segment, limit ${this.maxDataSegment}`);
+      switch (this.stage) {
+        case Stage.Bhs: {
+          const dlen = dataSegmentLength(bhs);
+          if (dlen > this.maxDataSegment) {
+            throw new IscsiError(IscsiErrorCode.PduTooLarge, `PDU #${this.count + 1} (opcode 0x${opcode(bhs).toString(16)}) declares a ${dlen}-byte data segment, limit ${this.maxDataSegment}`);
+          }
+          this.hd = this.headerDigest;
+          this.dd = this.dataDigest && dlen > 0;
+          this.stage = Stage.Ahs;
+          const a = ahsLength(bhs);
+          if (a) return this.fill((this.ahs = Buffer.allocUnsafe(a)));
+          break;
+        }
+        case Stage.Ahs:
+          this.stage = Stage.HeaderDigest;
+          if (this.hd) return this.fill(this.digest);
+          break;
+        case Stage.HeaderDigest: {
+          if (this.hd) {
+            const got = digestOf(this.ahs ? [bhs, this.ahs] : [bhs]);
+            if (readDigest(this.digest) !== got) throw new IscsiError(IscsiErrorCode.HeaderDigest, `header digest mismatch on PDU #${this.count + 1} (opcode 0x${opcode(bhs).toString(16)})`);
+          }
+          this.stage = Stage.Data;
+          const dlen = dataSegmentLength(bhs);
+          if (dlen) return this.fill((this.data = acquireBuffer(dlen + padLength(dlen))));
+          break;
+        }
+        case Stage.Data:
+          this.stage = Stage.DataDigest;
+          if (this.dd) return this.fill(this.digest);
+          break;
+        case Stage.DataDigest: {
+          const dlen = dataSegmentLength(bhs);
+          if (this.dd && readDigest(this.digest) !== digestOf([this.data])) {
+            throw new IscsiError(IscsiErrorCode.DataDigest, `data digest mismatch on PDU #${this.count + 1} (opcode 0x${opcode(bhs).toString(16)}, ${dlen} bytes)`);
+          }
+          const data = this.data.length > dlen ? this.data.subarray(0, dlen) : this.data;
+          const ahs = this.ahs;
+          this.stage = Stage.Bhs;
+          this.bhs = Buffer.allocUnsafe(BHS_LENGTH);
+          this.ahs = undefined;
+          this.data = EMPTY;
+          this.held = 0;
+          this.target = this.bhs;
+          this.filled = 0;
+          this.count++;
+          this.onPdu(ahs ? { bhs, ahs, data } : { bhs, data });
+          return;
         }
       }
-      const bhs = this.bhs;
-      const ahsLen = ahsLength(bhs);
-      const dlen = dataSegmentLength(bhs);
-      const pad = padLength(dlen);
-      const hd = this.headerDigest ? 4 : 0;
-      const dd = this.dataDigest && dlen > 0 ? 4 : 0;
-      const rest = ahsLen + hd + dlen + pad + dd;
-      if (this.buffered < rest) return;
-      this.bhs = undefined;
-      const ahs = ahsLen ? this.take(ahsLen) : undefined;
-      if (hd) {
-        const want = readDigest(this.take(4));
-        const got = digestOf(ahs ? [bhs, ahs] : [bhs]);
-        if (want !== got) throw new IscsiError(IscsiErrorCode.HeaderDigest, `header digest mismatch on PDU #${this.count + 1} (opcode 0x${opcode(bhs).toString(16)})`);
-      }
-      let data = dlen ? this.take(dlen + pad) : EMPTY;
-      if (dd) {
-        const want = readDigest(this.take(4));
-        if (want !== digestOf([data])) {
-          throw new IscsiError(IscsiErrorCode.DataDigest, `data digest mismatch on PDU #${this.count + 1} (opcode 0x${opcode(bhs).toString(16)}, ${dlen} bytes)`);
-        }
-      }
-      if (pad) data = data.subarray(0, dlen);
-      this.count++;
-      this.onPdu(ahs ? { bhs, ahs, data } : { bhs, data });
     }
-  }
-
-  /** The next n buffered bytes: a view when they lie in one chunk, else one copy. */
-  private take(n: number): Buffer {
-    const first = this.chunks[0];
-    this.buffered -= n;
-    if (first.length > n) {
-      this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    if (first.length === n) {
-      this.chunks.shift();
-      return first;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let off = 0;
-    while (off < n) {
-      const c = this.chunks[0];
-      const k = Math.min(c.length, n - off);
-      c.copy(out, off, 0, k);
-      off += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    return out;
   }
 }
 

@@ -71,7 +71,8 @@ export class IscsiServer implements ConnectionHost, SessionHost {
     this.nopTimeoutMs = opts.nopTimeoutMs ?? 30000;
     this.loginTimeoutMs = opts.loginTimeoutMs ?? 15000;
     this.maxConns = opts.maxConnections ?? 1024;
-    this.server = net.createServer((s) => this.accept(s));
+    // Paused: each connection then reads into its own buffer (Connection).
+    this.server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
     this.server.on('error', (e) => this.logger.error({ err: e }, 'iSCSI listener error'));
   }
 

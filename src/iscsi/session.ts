@@ -5,7 +5,7 @@
  * (SendTargets) and logout. One connection per session (MaxConnections=1). The session never
  * looks inside a CDB: it hands commands to the target's `ScsiTarget`.
  */
-import { releaseBuffer } from '../common/buffer-pool';
+import { acquireBuffer, releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { TaskAttribute, TmfFunction, TmfResponse, type Nexus, type ScsiResult } from '../scsi/port';
 import {
@@ -243,8 +243,9 @@ export class Session {
     }
     this.bufferedDataOut += edtl;
     if (this.bufferedDataOut > TARGET_LIMITS.maxBufferedDataOutBytes) throw new IscsiError(IscsiErrorCode.Protocol, 'too much data-out buffered');
-    task.data = Buffer.allocUnsafe(edtl);
+    task.data = acquireBuffer(edtl);
     if (imm.length) imm.copy(task.data, 0);
+    releaseBuffer(imm);
     task.received = imm.length;
     task.nextR2tOffset = imm.length;
     const final = (flags & FINAL_BIT) !== 0;
@@ -281,6 +282,7 @@ export class Session {
       if (dsn !== task.unsolicitedDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${task.unsolicitedDataSN}`);
       task.unsolicitedDataSN++;
       pdu.data.copy(task.data, offset);
+      releaseBuffer(pdu.data);
       task.received += len;
       task.nextR2tOffset = Math.max(task.nextR2tOffset, offset + len);
       if (final || task.nextR2tOffset >= task.unsolicitedLimit) {
@@ -295,6 +297,7 @@ export class Session {
     if (dsn !== r.nextDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}`);
     r.nextDataSN++;
     pdu.data.copy(task.data, offset);
+    releaseBuffer(pdu.data);
     task.received += len;
     r.received += len;
     if (final || r.received >= r.length) {
@@ -342,7 +345,11 @@ export class Session {
         expectedDataLength: task.edtl, readFlag: task.read, writeFlag: task.write, dataOut: task.write ? task.data : undefined,
       })
       .then(
-        (r) => this.complete(task, r),
+        (r) => {
+          // The SCSI layer is done with the data-out: the buffer goes back to the pool.
+          if (r.dataOutDone && task.data) releaseBuffer(task.data);
+          this.complete(task, r);
+        },
         (e: unknown) => {
           this.logger.error({ err: e, itt: task.itt }, 'SCSI layer rejected a command');
           this.respond(task, { status: 0, response: ScsiResponseCode.TargetFailure });

@@ -28,6 +28,7 @@ import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unli
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
+import { keepBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 
@@ -504,6 +505,8 @@ export class Journal {
   }
 
   private remember(rec: JournalRecord): void {
+    // The cache outlives the write: the writer may not reuse this memory.
+    if (rec.data.length) keepBuffer(rec.data);
     this.recent.set(rec.seq, rec);
     this.recentBytes += recentCost(rec);
     for (const [k, r] of this.recent) {

@@ -70,6 +70,11 @@ export interface ScsiResult {
    * The iSCSI layer reports residual overflow/underflow against expectedDataLength.
    */
   readonly dataOutLength?: number;
+  /**
+   * The command no longer refers to its dataOut (nor does anything it handed it to): the
+   * transport may reuse that memory. Unset, the transport leaves the buffer to the garbage collector.
+   */
+  readonly dataOutDone?: boolean;
 }
 
 /** Task management functions (RFC 7143 §11.5.1). */

@@ -91,7 +91,7 @@ export const write: Handler = async (lu, req, env) => {
     lu.gate.exitShared();
   }
   env.counters.bytesWritten += data.length;
-  return { status: Status.Good, dataOutLength: len };
+  return { status: Status.Good, dataOutLength: len, dataOutDone: true };
 };
 
 const FUA = Object.freeze({ fua: true });

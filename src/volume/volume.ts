@@ -35,7 +35,11 @@ export interface Volume {
 
   /** Read `length` bytes at `offset`. May return a buffer larger than requested? No: exactly `length`. */
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
-  /** Write `data` at `offset`. Resolves when the write is ordered (and durable with fua). */
+  /**
+   * Write `data` at `offset`. Resolves when the write is ordered (and durable with fua). Once
+   * the promise settles the volume no longer refers to `data` (the caller may reuse it); a volume
+   * that keeps it longer takes it with `keepBuffer` (common/buffer-pool).
+   */
   write(offsetBytes: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   /** Write `pattern` (exactly one block) repeatedly over the range (WRITE SAME). */
   writeSame(offsetBytes: number, lengthBytes: number, pattern: Buffer, opts?: WriteOptions): Promise<void>;
