@@ -24,7 +24,8 @@
  * Without one, the retained window is just the latest state. A size cap never stalls writes:
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
-import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, write } from 'node:fs';
+import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync, writevSync } from 'node:fs';
+import { crc32c } from '@node-rs/crc32';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
@@ -142,16 +143,13 @@ const META_BASE = Buffer.from('mbase');
 const META_RETENTION = Buffer.from('mretention');
 const RECORD_END = Buffer.from([0x73]);
 const EMPTY_DATA = Buffer.alloc(0);
+const DONE = Promise.resolve();
 
+/** An index entry still to be put in LevelDB (its record is already in a segment). */
 interface Pending {
   key: Buffer;
   value: Buffer;
-  /** The record's data is in its segment file. */
-  written?: Promise<void>;
   seq: number;
-  started: bigint;
-  resolve: () => void;
-  reject: (e: unknown) => void;
 }
 
 /** Applies records to an image (the journaled volume's image, a base, or a replay output). */
@@ -160,6 +158,11 @@ export interface RecordTarget {
 }
 
 const SEGMENT_BYTES = 64 * 1024 * 1024;
+/**
+ * Tests only: OFFSITE_FAILPOINT=journal-index-stall never puts index entries in LevelDB, so
+ * acknowledged records exist only in their segments until the next start rebuilds them.
+ */
+const INDEX_STALL = process.env.OFFSITE_FAILPOINT === 'journal-index-stall';
 /** Memory the journal's cache of recent records may hold (see Journal.recent). */
 const RECENT_BYTES = 32 * 1024 * 1024;
 
@@ -176,6 +179,8 @@ class SegmentStore {
   /** Highest sequence number stored in each segment. */
   private maxSeq = new Map<number, number>();
   private nextId: number;
+  /** A segment file was created or renamed since the directory was last synced. */
+  private dirDirty = false;
 
   /** Fully trimmed segment files kept for reuse: overwriting cached pages is cheaper than new ones. */
   private free: string[] = [];
@@ -195,36 +200,91 @@ class SegmentStore {
   }
 
   /**
-   * Reserve room for `data` and write it on the thread pool (the event loop only reserves).
-   * `written` resolves once the bytes are in the page cache; the record's index entry must not
-   * be committed before that. `data` must not change until then.
+   * Append one record (header + data) at the end of the current segment, synchronously: once
+   * this returns, the record survives a crash of the process (it is in the page cache) and can
+   * be found again by `scan` even if its index entry never reached LevelDB. Writing here rather
+   * than on the thread pool costs the event loop the page-cache copy (libuv's io_uring did that
+   * copy on this thread anyway) and saves a completion round trip per record. Throws on a failed
+   * write (ENOSPC...), leaving the segment as it was. Returns where the data starts.
    */
-  append(data: Buffer, seq: number): { segment: number; position: number; written: Promise<void> } {
+  append(key: Buffer, data: Buffer, seq: number): { segment: number; position: number } {
     let cur = this.current;
-    if (!cur || cur.size + data.length > SEGMENT_BYTES) {
+    const length = SEGMENT_HEADER + data.length;
+    if (!cur || cur.size + length > SEGMENT_BYTES) {
       if (cur) this.dirty.add(cur.id);
       const id = this.nextId++;
       const recycled = this.free.pop();
       if (recycled) renameSync(recycled, this.path(id));
-      // Never O_APPEND: with O_APPEND, Linux ignores pwrite's position, and the pool completes writes out of order.
       cur = this.current = { id, fd: openSync(this.path(id), recycled ? 'r+' : 'w+'), size: 0 };
       this.readFds.set(id, cur.fd);
+      this.dirDirty = true;
     }
+    const header = recordHeader(key, data);
     const position = cur.size;
-    cur.size += data.length;
+    let done = 0;
+    while (done < length) {
+      // Never O_APPEND: with O_APPEND, Linux ignores the position.
+      if (done < SEGMENT_HEADER) done += writevSync(cur.fd, done ? [header.subarray(done), data] : [header, data], position + done);
+      else done += writeSync(cur.fd, data, done - SEGMENT_HEADER, length - done, position + done);
+    }
+    cur.size += length;
     this.dirty.add(cur.id);
     this.maxSeq.set(cur.id, seq);
-    const fd = cur.fd;
-    const written = new Promise<void>((resolve, reject) => {
-      const step = (done: number) =>
-        write(fd, data, done, data.length - done, position + done, (err, n) => {
-          if (err) return reject(err);
-          if (done + n < data.length) return step(done + n);
-          resolve();
-        });
-      step(0);
-    });
-    return { segment: cur.id, position, written };
+    return { segment: cur.id, position: position + SEGMENT_HEADER };
+  }
+
+  /**
+   * Records written after `after` (the last indexed record, or the start of the oldest segment
+   * when the index is empty) that the index does not know: read back in order while each header
+   * and checksum is whole and each sequence number follows `afterSeq`'s successors. Stops at the
+   * first record that is torn, stale (a recycled file) or missing.
+   */
+  *scan(after: { segment: number; position: number } | undefined, afterSeq: number): Generator<{ key: Buffer; segment: number; position: number; dataLength: number }> {
+    const ids = readdirSync(this.dir)
+      .map((f) => /^(\d+)\.seg$/.exec(f))
+      .filter((m): m is RegExpExecArray => !!m)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+    if (!ids.length) return;
+    // Without an indexed record to start from, read from the oldest segment and pass over the
+    // records the index trimmed (≤ afterSeq).
+    let skipping = !after;
+    let id = after ? after.segment : ids[0];
+    let pos = after ? after.position : 0;
+    let expect = afterSeq + 1;
+    let moved = false;
+    const header = Buffer.allocUnsafe(SEGMENT_HEADER);
+    while (ids.includes(id)) {
+      let found = false;
+      const fd = openSync(this.path(id), 'r');
+      try {
+        for (;;) {
+          if (readSync(fd, header, 0, SEGMENT_HEADER, pos) !== SEGMENT_HEADER || header.readUInt32BE(0) !== SEGMENT_MAGIC) break;
+          const dataLength = header.readUInt32BE(8);
+          if (dataLength > SEGMENT_BYTES) break;
+          const data = Buffer.allocUnsafe(dataLength);
+          if (dataLength && readSync(fd, data, 0, dataLength, pos + SEGMENT_HEADER) !== dataLength) break;
+          if (crc32c(data, crc32c(header.subarray(8))) >>> 0 !== header.readUInt32BE(4)) break;
+          const key = Buffer.from(header.subarray(12, 12 + KEY_LEN));
+          const seq = r64(key, 1);
+          const at = pos;
+          pos += SEGMENT_HEADER + dataLength;
+          if (skipping && seq <= afterSeq) continue;
+          if (seq !== expect) return;
+          skipping = false;
+          found = true;
+          expect++;
+          yield { key, segment: id, position: at + SEGMENT_HEADER, dataLength };
+        }
+      } finally {
+        closeSync(fd);
+      }
+      // Records go on in the next segment file, or nowhere.
+      if (moved && !found && !skipping) return;
+      moved = true;
+      id = skipping ? (ids.find((x) => x > id) ?? -1) : id + 1;
+      pos = 0;
+    }
   }
 
   /** Note a segment found through the index at load time. */
@@ -256,7 +316,13 @@ class SegmentStore {
       if (fd !== undefined) fds.push(fd);
     }
     this.dirty.clear();
-    await Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fdatasync(fd, (e) => (e ? reject(e) : resolve())))));
+    const syncs = fds.map((fd) => new Promise<void>((resolve, reject) => fdatasync(fd, (e) => (e ? reject(e) : resolve()))));
+    if (this.dirDirty) {
+      // A new or renamed segment file: its directory entry must be durable too.
+      this.dirDirty = false;
+      syncs.push(syncDir(this.dir));
+    }
+    await Promise.all(syncs);
   }
 
   /** Delete segments whose records are all ≤ seq (never the one being written). */
@@ -294,6 +360,33 @@ function pointer(segment: number, position: number, length: number): Buffer {
   return b;
 }
 
+/**
+ * A record as written in a segment: magic(4) crc32c(4) dataLength(4) key(KEY_LEN) pad, then the
+ * data. The checksum covers everything after itself, data included. With the key (the index
+ * entry's key) in the header, the segments alone can rebuild index entries lost in a crash.
+ */
+const SEGMENT_MAGIC = 0x4f535231; // 'OSR1'
+const SEGMENT_HEADER = 52;
+
+function recordHeader(key: Buffer, data: Buffer): Buffer {
+  const h = Buffer.allocUnsafe(SEGMENT_HEADER);
+  h.writeUInt32BE(SEGMENT_MAGIC, 0);
+  h.writeUInt32BE(data.length, 8);
+  key.copy(h, 12);
+  h.fill(0, 12 + KEY_LEN);
+  h.writeUInt32BE(crc32c(data, crc32c(h.subarray(8))) >>> 0, 4);
+  return h;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 function isNoSpace(e: unknown): boolean {
   const code = (e as NodeJS.ErrnoException)?.code;
   return code === 'ENOSPC' || code === 'EDQUOT' || /no space left/i.test(String((e as Error)?.message));
@@ -306,7 +399,7 @@ export class Journal {
   private head = 0;
   private oldest = 1;
   private queue: Pending[] = [];
-  private syncWanted = false;
+  private syncing: Promise<void> = DONE;
   private writing?: Promise<void>;
   private durableSeq = 0;
   private writtenSeq = 0;
@@ -389,19 +482,32 @@ export class Journal {
       else this.base = b;
     }
     let first = 0;
+    let last: { segment: number; position: number } | undefined;
     for await (const [k, v] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
       const d = decodeKey(k);
       if (!first) first = d.seq;
       this.head = d.seq;
+      last = { segment: v.readUInt32BE(0), position: r64(v, 4) + v.readUInt32BE(12) };
       this.segments.noteSeq(v.readUInt32BE(0), d.seq);
       this.track(d.seq, d.vol, v.readUInt32BE(12), d.timeMs);
     }
-    if (!first) {
-      this.head = Math.max(this.imageSeq, this.base?.seq ?? 0);
-      this.oldest = this.head + 1;
-    } else {
-      this.oldest = first;
+    if (!first) this.head = Math.max(this.imageSeq, this.base?.seq ?? 0);
+    // Records acknowledged after the index's last batch (a crash): rebuilt from the segments.
+    const found: Pending[] = [];
+    for (const r of this.segments.scan(last, this.head)) {
+      const d = decodeKey(r.key);
+      if (d.vol >= this.volumes.length) break;
+      found.push({ key: r.key, value: pointer(r.segment, r.position, r.dataLength), seq: d.seq });
+      if (!first) first = d.seq;
+      this.head = d.seq;
+      this.segments.noteSeq(r.segment, d.seq);
+      this.track(d.seq, d.vol, r.dataLength, d.timeMs);
     }
+    if (found.length) {
+      await this.db.batch(found.map((p) => ({ type: 'put' as const, key: p.key, value: p.value })));
+      this.opts.logger?.warn({ records: found.length, fromSeq: found[0].seq, toSeq: this.head }, 'journal: index entries rebuilt from the segments (records acknowledged before a crash)');
+    }
+    this.oldest = first || this.head + 1;
     this.durableSeq = this.writtenSeq = this.head;
   }
 
@@ -483,13 +589,18 @@ export class Journal {
     const vol = this.volumeIndex.get(volume);
     if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
     const key = recordKey(seq, vol, op, offsetBytes, lengthBytes, timeMs);
+    const started = process.hrtime.bigint();
     let value: Buffer;
-    let written: Promise<void> | undefined;
     try {
-      const at = data.length ? this.segments.append(data, seq) : { segment: 0, position: 0, written: undefined };
+      const at = this.segments.append(key, data, seq);
       value = pointer(at.segment, at.position, data.length);
-      written = at.written;
     } catch (e) {
+      if (isNoSpace(e)) {
+        // Nothing of this record counts: its number is reused by the next append.
+        this.spaceLow = true;
+        this.opts.logger?.error({ err: e, headSeq: this.head }, 'journal: no space left; writes refused until space returns');
+        return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.NoSpace, `journal: no space left on the device holding ${this.opts.dir}`, { cause: e })) };
+      }
       this.failed = new JournalError(JournalErrorCode.Write, `journal segment write failed: ${(e as Error).message}`, { cause: e });
       this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
       return { seq: 0, done: Promise.reject(this.failed) };
@@ -498,10 +609,17 @@ export class Journal {
     this.track(seq, vol, data.length, timeMs);
     if (this.opts.cacheRecent ?? this.opts.replicated) this.remember({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data });
     this.counters.appends++;
-    if (sync) this.syncWanted = true;
-    const done = new Promise<void>((resolve, reject) => this.queue.push({ key, value, written, seq, started: process.hrtime.bigint(), resolve, reject }));
-    if (!this.writing) this.writing = this.writeLoop();
-    return { seq, done };
+    this.queue.push({ key, value, seq });
+    if (!this.writing && !INDEX_STALL) this.writing = this.writeLoop();
+    if (!sync) {
+      this.noteLatency(started);
+      return { seq, done: DONE };
+    }
+    return { seq, done: this.sync().then(() => this.noteLatency(started)) };
+  }
+
+  private noteLatency(started: bigint): void {
+    if (this.latencies.length < 10000) this.latencies.push(Number(process.hrtime.bigint() - started) / 1e9);
   }
 
   private remember(rec: JournalRecord): void {
@@ -519,27 +637,6 @@ export class Journal {
   private forgetRecent(): void {
     this.recent.clear();
     this.recentBytes = 0;
-  }
-
-  /** Forget records after `seq` that never reached the index (their numbers are reused). */
-  private rollbackTo(seq: number): void {
-    for (const [k, r] of this.recent) {
-      if (k <= seq) continue;
-      this.recent.delete(k);
-      this.recentBytes -= recentCost(r);
-    }
-    while (this.sizes.length > this.sizesHead && this.sizes[this.sizes.length - 1].seq > seq) {
-      const r = this.sizes.pop()!;
-      this.totalBytes -= r.bytes;
-      this.appendedBytes -= r.bytes;
-      const pv = this.perVolume.get(r.vol);
-      if (pv) {
-        pv.records--;
-        pv.bytes -= r.bytes;
-      }
-      this.counters.appends--;
-    }
-    this.head = seq;
   }
 
   /**
@@ -569,7 +666,7 @@ export class Journal {
     return this.appendedBytes;
   }
 
-  /** Highest sequence written to LevelDB (readable by readAfter). */
+  /** Highest sequence in the LevelDB index (what the shipper waits for). */
   writtenHead(): number {
     return this.writtenSeq;
   }
@@ -623,73 +720,62 @@ export class Journal {
     if (seq >= this.oldest) await this.dropRecords(seq);
   }
 
-  /** Resolves once every record appended so far is synced to disk. */
-  async sync(): Promise<void> {
-    if (this.durableSeq >= this.head) return;
-    if (this.queue.length || this.writing) {
-      this.syncWanted = true;
-      if (!this.writing) this.writing = this.writeLoop();
-      while (this.durableSeq < this.head && this.writing) await this.writing;
-    }
-    if (this.durableSeq < this.head) {
-      // Everything was written without sync: a tiny synced write forces LevelDB's log to disk.
-      await this.segments.sync();
-      await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)), { sync: true });
+  /**
+   * Resolves once every record appended so far is synced to disk: the segments holding them
+   * are fdatasynced (the index need not be: recovery rebuilds entries from the segments). One
+   * sync runs at a time and covers everything appended before it started (group commit).
+   */
+  sync(): Promise<void> {
+    const target = this.head;
+    if (this.durableSeq >= target) return DONE;
+    const run = this.syncing.then(async () => {
+      if (this.durableSeq >= target) return;
+      const upTo = this.head;
+      try {
+        await this.segments.sync();
+      } catch (e) {
+        this.failed ??= new JournalError(JournalErrorCode.Write, `journal sync failed: ${(e as Error).message}`, { cause: e });
+        this.opts.logger?.error({ err: e }, 'journal sync failed; refusing further writes');
+        throw this.failed;
+      }
       this.counters.syncs++;
-      this.durableSeq = Math.max(this.durableSeq, this.writtenSeq);
-    }
+      if (upTo > this.durableSeq) this.durableSeq = upTo;
+    });
+    this.syncing = run.catch(() => undefined);
+    return run;
   }
 
+  /**
+   * Put queued index entries into LevelDB, everything queued meanwhile in one batch. Records
+   * are acknowledged before this (they are in their segments), so a failed batch loses nothing:
+   * the entries stay queued and are retried (no space), or the journal refuses further writes
+   * and the next start rebuilds them from the segments.
+   */
   private async writeLoop(): Promise<void> {
     try {
       while (this.queue.length) {
         const batch = this.queue;
         this.queue = [];
-        const sync = this.syncWanted;
-        this.syncWanted = false;
-        const ops = batch.map((p) => ({ type: 'put' as const, key: p.key, value: p.value }));
-        let batchWritten = false;
         try {
-          // Index entries only for data that is in its segment (a crash never leaves a pointer to nothing).
-          for (const p of batch) if (p.written) await p.written;
-          if (sync) await this.segments.sync();
-          batchWritten = true;
-          await this.db.batch(ops, { sync });
+          await this.db.batch(batch.map((p) => ({ type: 'put' as const, key: p.key, value: p.value })));
         } catch (e) {
-          if (isNoSpace(e) && !batchWritten) {
-            // Nothing of these records reached the index: fail them (and everything queued after
-            // them) and reuse their sequence numbers, so the journal stays gap-free and usable.
-            const err = new JournalError(JournalErrorCode.NoSpace, `journal: no space left on the device holding ${this.opts.dir}`, { cause: e });
+          this.queue = batch.concat(this.queue);
+          if (isNoSpace(e)) {
             this.spaceLow = true;
-            const failed = [...batch, ...this.queue];
-            this.queue = [];
-            for (const p of failed) if (p.written) await p.written.catch(() => undefined);
-            this.rollbackTo(this.writtenSeq);
-            this.opts.logger?.error({ records: failed.length, headSeq: this.head }, 'journal: no space left; writes refused until space returns');
-            for (const p of failed) p.reject(err);
-            continue;
+            this.opts.logger?.error({ err: e, pending: this.queue.length }, 'journal index: no space left; writes refused, index entries kept and retried');
+            setTimeout(() => {
+              if (!this.writing && this.queue.length && !this.closed) this.writing = this.writeLoop();
+            }, 1000).unref();
+          } else {
+            this.failed ??= new JournalError(JournalErrorCode.Write, `journal index write failed: ${(e as Error).message}`, { cause: e });
+            this.opts.logger?.error({ err: e }, 'journal index write failed; refusing further writes (the records are in their segments)');
           }
-          this.failed = new JournalError(JournalErrorCode.Write, `journal write failed: ${(e as Error).message}`, { cause: e });
-          this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
-          for (const p of batch) p.reject(this.failed);
-          for (const p of this.queue) p.reject(this.failed);
-          this.queue = [];
           return;
         }
-        const last = batch[batch.length - 1].seq;
-        this.writtenSeq = last;
-        if (sync) {
-          this.durableSeq = last;
-          this.counters.syncs++;
-        }
+        this.writtenSeq = batch[batch.length - 1].seq;
         this.counters.batches++;
         this.counters.batchedRecords += batch.length;
         if (this.batchSizes.length < 10000) this.batchSizes.push(batch.length);
-        const now = process.hrtime.bigint();
-        for (const p of batch) {
-          if (this.latencies.length < 10000) this.latencies.push(Number(now - p.started) / 1e9);
-          p.resolve();
-        }
         this.wake();
       }
     } finally {
@@ -704,14 +790,19 @@ export class Journal {
     this.waiters = keep;
   }
 
-  /** Resolves once a record with seq > afterSeq is written. */
+  /** Resolves once the index holds every record up to `seq` (or cannot now: its writes are failing). */
+  private async indexed(seq: number): Promise<void> {
+    while (this.writtenSeq < Math.min(seq, this.head) && this.writing) await this.writing;
+  }
+
+  /** Resolves once a record with seq > afterSeq is in the index. */
   waitForAppend(afterSeq: number): Promise<void> {
     if (this.writtenSeq > afterSeq) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push({ after: afterSeq, resolve }));
   }
 
   /** Written records with seq > afterSeq, in order, up to about maxBytes of data (at least one). */
-  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.writtenSeq): Promise<JournalRecord[]> {
+  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.head): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let bytes = 0;
     // Recent records straight from memory, while they follow on without a gap.
@@ -724,6 +815,7 @@ export class Journal {
       }
       if (out.length) return out;
     }
+    await this.indexed(untilSeq);
     for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       const d = decodeKey(k);
       if (d.seq > untilSeq) break;
@@ -739,6 +831,7 @@ export class Journal {
   async *records(afterSeq: number, untilSeq: number, volume?: string): AsyncGenerator<JournalRecord> {
     const vol = volume === undefined ? undefined : this.volumeIndex.get(volume);
     if (volume !== undefined && vol === undefined) return;
+    await this.indexed(untilSeq);
     for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       const d = decodeKey(k);
       if (d.seq > untilSeq) break;
@@ -754,6 +847,9 @@ export class Journal {
 
   /** The images hold every record ≤ seq durably (after their fsync). */
   async checkpoint(seq: number): Promise<void> {
+    // Never past the index: trimming works on index entries, which must all be there.
+    await this.indexed(seq);
+    seq = Math.min(seq, this.writtenSeq);
     if (seq <= this.imageSeq) return;
     this.imageSeq = seq;
     await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));

@@ -5,7 +5,7 @@
  * (reads back zeros, LBPRZ=1) and allocation comes from SEEK_DATA/SEEK_HOLE; otherwise thick.
  */
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { promises as fsp, constants as fsc, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { acquireBuffer } from '../common/buffer-pool';
@@ -36,9 +36,16 @@ export interface OpenVolumeOptions {
   create?: boolean;
 }
 
+/** An inline image write slower than this means the disk is pushing back... */
+const INLINE_SLOW_MS = 10;
+/** ...and the volume's writes go through the thread pool for this long. */
+const INLINE_BACKOFF_MS = 1000;
+
 export class FileVolume implements Volume {
   readonly thin = blockio !== undefined;
   private closed = false;
+  /** performance.now() from which writes may go inline again (see pwriteAll). */
+  private inlineAfter = 0;
 
   private constructor(
     readonly name: string,
@@ -174,6 +181,18 @@ export class FileVolume implements Volume {
       if (n > 0) done = n;
     }
     try {
+      if (performance.now() >= this.inlineAfter) {
+        // Where RWF_NOWAIT is not offered for buffered writes (ext4 here), write inline anyway:
+        // a page-cache copy costs less than the thread-pool round trip, which bounded a queue
+        // depth's worth of writes to one per event-loop turn. A write that took long (the disk
+        // pushing back: dirty-page throttling, allocation reads) sends this volume's writes to
+        // the pool for a while, so the event loop does not wait on the disk.
+        const started = performance.now();
+        while (done < data.length) done += writeSync(this.fh.fd, data, done, data.length - done, offsetBytes + done);
+        const took = performance.now() - started;
+        if (took > INLINE_SLOW_MS) this.inlineAfter = started + took + INLINE_BACKOFF_MS;
+        return;
+      }
       while (done < data.length) {
         const { bytesWritten } = await this.fh.write(data, done, data.length - done, offsetBytes + done);
         done += bytesWritten;
