@@ -4,18 +4,21 @@
  *
  * Layout (all keys start with a one-byte kind):
  *   'r' seq(8) vol(2) op(1) offset(8) length(8) time(8)  → segment(4) position(8) dataLength(4)
- *       LevelDB holds the ordered index of records; the record data (a write's bytes, a WRITE
- *       SAME block) is appended to segment files `<journal>/segments/<n>.seg` first, then the
- *       index entry is batched. LevelDB copying 128 KiB values through its log, memtable and
- *       compactions halved write throughput (≈270 MB/s here); a value log costs one page-cache
- *       copy. Segments are deleted whole once every record in them is trimmed.
+ *       LevelDB holds the ordered index of records; the records themselves (a header with the
+ *       key and a CRC32C, then the data: a write's bytes, a WRITE SAME block) are appended to
+ *       segment files `<journal>/segments/<n>.seg`. LevelDB copying 128 KiB values through its
+ *       log, memtable and compactions halved write throughput (≈270 MB/s here); a value log
+ *       costs one page-cache copy. Segments are deleted whole once every record in them is trimmed.
  *   'm' 'volumes'     → JSON list of volume names (index = vol field)
  *   'm' 'checkpoint'  → JSON { imageSeq }: every record ≤ imageSeq is durable in the images
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
  *
- * Group commit: `append` assigns the sequence number synchronously (call order is journal
- * order) and queues the record; one `db.batch()` at a time carries everything queued meanwhile.
- * A batch is written with sync when any waiter asked for durability (FUA, SYNCHRONIZE CACHE).
+ * Appending: `append` assigns the sequence number (call order is journal order) and writes the
+ * record to its segment before it returns; the record then survives a crash of the process, and
+ * the write is acknowledged without waiting for LevelDB. Index entries follow in the background,
+ * one `db.batch()` at a time carrying everything queued meanwhile; a start after a crash rebuilds
+ * the entries LevelDB never got from the segments (SegmentStore.scan). Durability (FUA,
+ * SYNCHRONIZE CACHE) is one fdatasync of the segments at a time, covering everything before it.
  *
  * Retention and point in time: records are trimmed once they are in the images (checkpoint)
  * and, when configured, acknowledged by the replica and older than the history window. With a

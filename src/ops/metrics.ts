@@ -184,13 +184,13 @@ export function createMetrics(): Metrics {
   counter('offsite_journal_folded_unshipped_records_total', 'Records folded by the size cap before the replica acknowledged them (a delta sync brings the replica over).', () => journal()?.foldedUnshipped);
   const appendLatency = new client.Histogram({
     name: 'offsite_journal_append_duration_seconds',
-    help: 'Time from append to the record being in LevelDB (group commit included).',
+    help: 'Time from append to the record being acknowledged: written to its journal segment (and fdatasynced, for FUA and SYNCHRONIZE CACHE).',
     buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
     registers: [registry],
   });
   const batchSize = new client.Histogram({
     name: 'offsite_journal_batch_records',
-    help: 'Records per LevelDB batch (group commit size).',
+    help: 'Index entries per LevelDB batch (written in the background, after the records are acknowledged).',
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
     registers: [registry],
   });

@@ -63,6 +63,13 @@ async function readImage(url: string, file: string): Promise<Buffer> {
   return readFileSync(file);
 }
 
+/** `offsite replay` of the latest sequence (the appliance stopped) gives exactly `image`. */
+async function assertReplayEquals(data: string, volume: string, image: Buffer, out: string, what: string): Promise<void> {
+  const r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', volume, '--out', out]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(readFileSync(out).equals(image), what);
+}
+
 test('SIGKILL at random moments loses no acknowledged write; the image equals offsite replay of the latest sequence', { timeout: 600_000 }, async () => {
   const seed = Number(process.env.OFFSITE_CRASH_SEED ?? Date.now() % 100000);
   const rand = rng(seed);
@@ -100,10 +107,7 @@ test('SIGKILL at random moments loses no acknowledged write; the image equals of
     if (inFlight && served.subarray(inFlight.offset, inFlight.offset + BLOCK).every((b) => b === inFlight!.pattern)) expected.set(inFlight.offset, inFlight.pattern);
     for (const [off, pat] of expected) assert.ok(served.subarray(off, off + BLOCK).every((b) => b === pat), `seed ${seed}: final block at ${off} lost`);
     await app.stop();
-    const out = path.join(dir, 'replayed.img');
-    const r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', 'crash', '--out', out]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.ok(readFileSync(out).equals(served), `seed ${seed}: replay of the latest sequence differs from the served image`);
+    await assertReplayEquals(data, 'crash', served, path.join(dir, 'replayed.img'), `seed ${seed}: replay of the latest sequence differs from the served image`);
     assert.ok(total > 100, `seed ${seed}: only ${total} writes were acknowledged across the rounds`);
   } finally {
     removeDir(dir);
@@ -132,10 +136,7 @@ test('writes acknowledged before their index entries reach LevelDB survive SIGKI
     for (const [off, pat] of expected) assert.ok(img.subarray(off, off + BLOCK).every((b) => b === pat), `block at ${off} lost its acked pattern ${pat}`);
     await again.stop();
     // The rebuilt records are real journal records: replay of the latest sequence gives the same image.
-    const out = path.join(dir, 'replayed.img');
-    const r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', 'crash', '--out', out]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.ok(readFileSync(out).equals(img), 'replay of the latest sequence equals the served image');
+    await assertReplayEquals(data, 'crash', img, path.join(dir, 'replayed.img'), 'replay of the latest sequence differs from the served image');
   } finally {
     removeDir(dir);
   }
@@ -216,10 +217,7 @@ test('a small --journal-max with history on: writes keep succeeding, folding kee
     assert.ok(app.logs.some((l) => String(l.msg).startsWith('journal over its cap')), 'a log line says folding happened');
     const served = await readImage(app.url('fold'), path.join(dir, 'served.img'));
     await app.stop();
-    const out = path.join(dir, 'replayed.img');
-    const r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', 'fold', '--out', out]);
-    assert.equal(r.code, 0, r.stderr);
-    assert.ok(readFileSync(out).equals(served), 'replay of the latest sequence differs from the served image after folding');
+    await assertReplayEquals(data, 'fold', served, path.join(dir, 'replayed.img'), 'replay of the latest sequence differs from the served image after folding');
   } finally {
     removeDir(dir);
   }
