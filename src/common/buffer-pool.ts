@@ -7,8 +7,10 @@
  * with it last gives it back.
  *
  * Rules: a buffer never given back is simply garbage-collected; giving back one that did not
- * come from here (or was kept) is ignored; `keepBuffer` takes a buffer out of the pool's care
- * for a holder whose lifetime the producer cannot see (it is then ordinary memory).
+ * come from here (or was kept) is ignored. A buffer has one holder when acquired; each further
+ * holder takes a reference (`retainBuffer`) and every holder gives its reference back
+ * (`releaseBuffer`): the last one returns the buffer to the pool. `keepBuffer` takes a buffer out
+ * of the pool's care for good (it is then ordinary memory).
  */
 
 const MAX_PER_SIZE = 256;
@@ -18,6 +20,8 @@ const MAX_BUFFER = 4 * 1024 * 1024;
 const free = new Map<number, Buffer[]>();
 /** Buffers handed out and not yet returned (by their memory), so foreign buffers are never pooled. */
 const lent = new WeakSet<ArrayBuffer>();
+/** Holders beyond the first, for lent buffers that have more than one. */
+const extraHolders = new WeakMap<ArrayBuffer, number>();
 let pooledBytes = 0;
 
 /** A buffer of exactly `size` bytes with undefined contents, reused when one is free. */
@@ -31,12 +35,18 @@ export function acquireBuffer(size: number): Buffer {
 }
 
 /**
- * Return a buffer from acquireBuffer (or any view of it) once nothing refers to it any more.
- * Giving one back twice is a bug: only the last holder gives it back.
+ * Give back one holder's reference to a buffer from acquireBuffer (or any view of it); the last
+ * one returns it to the pool. Giving back a reference one does not hold is a bug.
  */
 export function releaseBuffer(buf: Buffer): void {
   const ab = buf.buffer as ArrayBuffer;
   if (!lent.has(ab)) return;
+  const extra = extraHolders.get(ab);
+  if (extra) {
+    if (extra > 1) extraHolders.set(ab, extra - 1);
+    else extraHolders.delete(ab);
+    return;
+  }
   lent.delete(ab);
   const size = ab.byteLength;
   if (pooledBytes + size > MAX_POOLED_BYTES) return;
@@ -47,9 +57,16 @@ export function releaseBuffer(buf: Buffer): void {
   pooledBytes += size;
 }
 
+/** One more holder of `buf` (a view of a pooled buffer, or anything else: then a no-op). */
+export function retainBuffer(buf: Buffer): void {
+  const ab = buf.buffer as ArrayBuffer;
+  if (lent.has(ab)) extraHolders.set(ab, (extraHolders.get(ab) ?? 0) + 1);
+}
+
 /** The caller keeps `buf` (or the buffer it is a view of) for good: it never returns to the pool. */
 export function keepBuffer(buf: Buffer): void {
   lent.delete(buf.buffer as ArrayBuffer);
+  extraHolders.delete(buf.buffer as ArrayBuffer);
 }
 
 export function poolStats(): { pooledBytes: number; sizes: number } {

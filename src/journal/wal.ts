@@ -32,7 +32,7 @@ import { crc32c } from '@node-rs/crc32';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
-import { keepBuffer } from '../common/buffer-pool';
+import { releaseBuffer, retainBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 
@@ -626,18 +626,20 @@ export class Journal {
   }
 
   private remember(rec: JournalRecord): void {
-    // The cache outlives the write: the writer may not reuse this memory.
-    if (rec.data.length) keepBuffer(rec.data);
+    // The cache outlives the write: it holds the data (a pooled buffer) until it drops the record.
+    if (rec.data.length) retainBuffer(rec.data);
     this.recent.set(rec.seq, rec);
     this.recentBytes += recentCost(rec);
     for (const [k, r] of this.recent) {
       if (this.recentBytes <= RECENT_BYTES) break;
       this.recent.delete(k);
       this.recentBytes -= recentCost(r);
+      releaseBuffer(r.data);
     }
   }
 
   private forgetRecent(): void {
+    for (const r of this.recent.values()) releaseBuffer(r.data);
     this.recent.clear();
     this.recentBytes = 0;
   }
@@ -804,7 +806,11 @@ export class Journal {
     return new Promise((resolve) => this.waiters.push({ after: afterSeq, resolve }));
   }
 
-  /** Written records with seq > afterSeq, in order, up to about maxBytes of data (at least one). */
+  /**
+   * Written records with seq > afterSeq, in order, up to about maxBytes of data (at least one).
+   * A caller done with a record gives its data back with `releaseBuffer` (common/buffer-pool):
+   * records served from memory share pooled buffers with the cache; for the others it is a no-op.
+   */
   async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.head): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let bytes = 0;
@@ -813,6 +819,7 @@ export class Journal {
       for (let seq = afterSeq + 1; seq <= untilSeq && bytes < maxBytes; seq++) {
         const r = this.recent.get(seq);
         if (!r) break;
+        retainBuffer(r.data);
         out.push(r);
         bytes += r.data.length;
       }

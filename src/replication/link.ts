@@ -65,8 +65,8 @@ export class FramedLink {
   }
 
   /** Queue a frame; returns its wire size. Resolve `drained()` before queueing more when it returns false. */
-  send(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false): number {
-    const f = encodeFrame(type, meta, payload, compress);
+  send(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false, transient = false): number {
+    const f = encodeFrame(type, meta, payload, compress, transient);
     const wire = f.head.length + f.payload.length;
     this.counters.framesSent++;
     this.counters.bytesWireSent += wire;

@@ -34,7 +34,10 @@ export interface ShipperSource {
   headSeq(): number;
   /** Oldest sequence number still readable (records before it were trimmed or folded). */
   oldestSeq(): number;
-  /** Records with seq > afterSeq in order, stopping once `maxBytes` of data is reached (at least one if any). */
+  /**
+   * Records with seq > afterSeq in order, stopping once `maxBytes` of data is reached (at least
+   * one if any). The caller gives each record's data back with `releaseBuffer` once done with it.
+   */
   readAfter(afterSeq: number, maxBytes: number): Promise<ReplicatedRecord[]>;
   /** Resolves once headSeq() > afterSeq (or at once if it already is). */
   waitForAppend(afterSeq: number): Promise<void>;

@@ -80,9 +80,10 @@ export function encodeMeta(meta: Record<string, unknown>): Buffer {
 /**
  * Encode one frame. The payload is lz4-compressed when `compress` is set and it shrinks;
  * otherwise it is sent raw. Returns the header+meta buffer and the payload to write after it
- * (so a large payload is never copied).
+ * (so a large payload is never copied). A `transient` payload (memory the caller reuses) is
+ * copied when it would be sent raw.
  */
-export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number } {
+export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false, transient = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number } {
   const metaBytes = packr.pack(meta);
   let body = payload ?? EMPTY;
   let flags = 0;
@@ -93,6 +94,7 @@ export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payl
       flags |= FLAG_LZ4;
     }
   }
+  if (transient && body === payload) body = Buffer.from(body);
   if (metaBytes.length > MAX_META_BYTES || body.length > MAX_PAYLOAD_BYTES) {
     throw new ReplicationError(Code.FrameTooLarge, `frame too large to send: meta ${metaBytes.length}, payload ${body.length}`);
   }

@@ -67,7 +67,11 @@ function addRange(ranges: [number, number][], start: number, end: number): void 
   ranges.splice(i, j - i, [s, e]);
 }
 
-export function encodeSegment(records: ReplicatedRecord[], range?: { from: number; to: number }): { meta: SegmentMeta; payload: Buffer } {
+/**
+ * `scratch(n)`, when given, supplies the memory the payload is gathered into (the shipper reuses
+ * one buffer: the payload is then only valid until the next call, see encodeFrame's `transient`).
+ */
+export function encodeSegment(records: ReplicatedRecord[], range?: { from: number; to: number }, scratch?: (bytes: number) => Buffer): { meta: SegmentMeta; payload: Buffer } {
   const vols: string[] = [];
   const volIndex = new Map<string, number>();
   const recs: number[][] = [];
@@ -87,7 +91,16 @@ export function encodeSegment(records: ReplicatedRecord[], range?: { from: numbe
       dataBytes += n;
     }
   }
-  const payload = datas.length === 1 ? datas[0] : Buffer.concat(datas, dataBytes);
+  // Always a copy: the records' buffers go back to their pool once this returns, while the
+  // payload may still wait in the socket's queue.
+  let payload: Buffer;
+  if (scratch) {
+    payload = scratch(dataBytes);
+    let at = 0;
+    for (const d of datas) at += d.copy(payload, at);
+  } else {
+    payload = Buffer.concat(datas, dataBytes);
+  }
   const meta: SegmentMeta = { from: range?.from ?? records[0].seq, to: range?.to ?? records[records.length - 1].seq, vols, recs };
   if (recs.length !== meta.to - meta.from + 1) meta.coalesced = true;
   return { meta, payload };

@@ -5,6 +5,7 @@
  * Several segments are in flight at once (acks by sequence), so a long link is kept full.
  */
 import net from 'node:net';
+import { releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
@@ -84,6 +85,8 @@ export class Shipper {
   private lastHeardMs = 0;
   private pingSentAt = new Map<number, number>();
   private pingId = 0;
+  /** Where segment payloads are gathered before compression (grown as needed, reused). */
+  private scratchBuf = Buffer.alloc(0);
   readonly counters = newLinkCounters();
   private readonly state = {
     connected: false,
@@ -114,6 +117,11 @@ export class Shipper {
   constructor(private readonly opts: ShipperOptions) {
     this.shaper = new TokenBucket(opts.maxBandwidthBytesPerSec ?? 0);
   }
+  private scratch(bytes: number): Buffer {
+    if (this.scratchBuf.length < bytes) this.scratchBuf = Buffer.allocUnsafe(Math.max(bytes, 1 << 20));
+    return this.scratchBuf.subarray(0, bytes);
+  }
+
 
   start(): void {
     this.loop ??= this.run();
@@ -281,7 +289,8 @@ export class Shipper {
       if (this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
         const coalescing = this.opts.coalesce?.() ?? false;
         // Coalescing reads bigger batches: the more overwrites a batch holds, the more it saves.
-        let records = await source.readAfter(this.state.sentSeq, coalescing ? segmentBytes * 16 : segmentBytes);
+        const read = await source.readAfter(this.state.sentSeq, coalescing ? segmentBytes * 16 : segmentBytes);
+        let records = read;
         if (records.length && records[0].seq !== this.state.sentSeq + 1) {
           this.state.resyncsNeeded++;
           throw new ReplicationError(Code.Sequence, `journal has no record ${this.state.sentSeq + 1} (next is ${records[0].seq}): resync needed`);
@@ -294,8 +303,11 @@ export class Shipper {
             this.state.coalescedRecords += records.length - c.kept.length;
             records = c.kept;
           }
-          const { meta, payload } = encodeSegment(records, range);
-          const wire = link.send(FrameType.Segment, meta, payload, this.opts.compress ?? true);
+          // Gathered into the shipper's own buffer: a fresh one per segment was as much garbage as the data.
+          const { meta, payload } = encodeSegment(records, range, (n) => this.scratch(n));
+          // The payload is a copy: the records' buffers can go back to the pool.
+          for (const r of read) if (r.data) releaseBuffer(r.data);
+          const wire = link.send(FrameType.Segment, meta, payload, this.opts.compress ?? true, true);
           this.state.sentSeq = meta.to;
           this.inflight.push({ to: meta.to, rawBytes: payload.length + 32 * records.length });
           this.inflightBytes += payload.length + 32 * records.length;
