@@ -32,7 +32,7 @@ import { crc32c } from '@node-rs/crc32';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
-import { releaseBuffer, retainBuffer } from '../common/buffer-pool';
+import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 
@@ -301,7 +301,7 @@ class SegmentStore {
       fd = openSync(this.path(segment), 'r');
       this.readFds.set(segment, fd);
     }
-    const out = Buffer.allocUnsafe(length);
+    const out = acquireBuffer(length); // a reader done with it gives it back (see readAfter)
     let done = 0;
     while (done < length) {
       const n = readSync(fd, out, done, length - done, position + done);
