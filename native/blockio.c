@@ -4,8 +4,9 @@
  *   seekData(fd, offset) / seekHole(fd, offset)  lseek(SEEK_DATA / SEEK_HOLE); -1 at end of file
  *   preadNowait(fd, buffer, offset) / pwriteNowait(fd, buffer, offset)
  *       preadv2 / pwritev2 with RWF_NOWAIT: the I/O happens inline only when it needs no disk
- *       wait (page-cache hit, no dirty throttling); returns bytes done, or -1 when it would block,
- *       so the caller falls back to the thread pool. Saves a thread-pool round trip per command.
+ *       wait (page-cache hit, no dirty throttling); returns bytes done, -1 when it would block
+ *       (the caller falls back to the thread pool), or -2 when the file system never offers it
+ *       (the caller stops asking). Saves a thread-pool round trip per command.
  * Errors carry errno's name in `code`, like Node's own fs errors.
  */
 #define _GNU_SOURCE
@@ -121,7 +122,7 @@ static napi_value rw_nowait(napi_env env, napi_callback_info info, int write) {
   ssize_t n = write ? pwritev2(fd, &iov, 1, offset, RWF_NOWAIT) : preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
   if (n < 0) {
     if (errno == EAGAIN || errno == EOPNOTSUPP || errno == ENOSYS) {
-      napi_create_int64(env, -1, &result);
+      napi_create_int64(env, errno == EAGAIN ? -1 : -2, &result);
       return result;
     }
     napi_throw(env, make_error(env, errno, write ? "pwritev2" : "preadv2"));

@@ -7,10 +7,9 @@
  * with it last gives it back.
  *
  * Rules: a buffer never given back is simply garbage-collected; giving back one that did not
- * come from here (or was kept) is ignored. A buffer has one holder when acquired; each further
+ * come from here is ignored. A buffer has one holder when acquired; each further
  * holder takes a reference (`retainBuffer`) and every holder gives its reference back
- * (`releaseBuffer`): the last one returns the buffer to the pool. `keepBuffer` takes a buffer out
- * of the pool's care for good (it is then ordinary memory).
+ * (`releaseBuffer`): the last one returns the buffer to the pool.
  */
 
 const MAX_PER_SIZE = 256;
@@ -61,12 +60,6 @@ export function releaseBuffer(buf: Buffer): void {
 export function retainBuffer(buf: Buffer): void {
   const ab = buf.buffer as ArrayBuffer;
   if (lent.has(ab)) extraHolders.set(ab, (extraHolders.get(ab) ?? 0) + 1);
-}
-
-/** The caller keeps `buf` (or the buffer it is a view of) for good: it never returns to the pool. */
-export function keepBuffer(buf: Buffer): void {
-  lent.delete(buf.buffer as ArrayBuffer);
-  extraHolders.delete(buf.buffer as ArrayBuffer);
 }
 
 export function poolStats(): { pooledBytes: number; sizes: number } {

@@ -28,9 +28,9 @@
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
 import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync, writevSync } from 'node:fs';
-import { crc32c } from '@node-rs/crc32';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { crc32c } from '@node-rs/crc32';
 import { Level } from 'level';
 import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
@@ -107,16 +107,15 @@ function r64(b: Buffer, off: number): number {
   return b.readUInt32BE(off) * 0x100000000 + b.readUInt32BE(off + 4);
 }
 
-export function recordKey(seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): Buffer {
-  const k = Buffer.allocUnsafe(KEY_LEN);
-  k[0] = 0x72; // 'r'
-  u64(k, 1, seq);
-  k.writeUInt16BE(vol, 9);
-  k[11] = OP_CODES[op];
-  u64(k, 12, offset);
-  u64(k, 20, length);
-  u64(k, 28, timeMs);
-  return k;
+/** Write a record's index key (KEY_LEN bytes) into `b` at `at`. */
+function writeRecordKey(b: Buffer, at: number, seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): void {
+  b[at] = 0x72; // 'r'
+  u64(b, at + 1, seq);
+  b.writeUInt16BE(vol, at + 9);
+  b[at + 11] = OP_CODES[op];
+  u64(b, at + 12, offset);
+  u64(b, at + 20, length);
+  u64(b, at + 28, timeMs);
 }
 
 function seqKey(seq: number): Buffer {
@@ -210,7 +209,7 @@ class SegmentStore {
    * copy on this thread anyway) and saves a completion round trip per record. Throws on a failed
    * write (ENOSPC...), leaving the segment as it was. Returns where the data starts.
    */
-  append(key: Buffer, data: Buffer, seq: number): { segment: number; position: number } {
+  append(header: Buffer, data: Buffer, seq: number): { segment: number; position: number } {
     let cur = this.current;
     const length = SEGMENT_HEADER + data.length;
     if (!cur || cur.size + length > SEGMENT_BYTES) {
@@ -222,7 +221,6 @@ class SegmentStore {
       this.readFds.set(id, cur.fd);
       this.dirDirty = true;
     }
-    const header = recordHeader(key, data);
     const position = cur.size;
     let done = 0;
     while (done < length) {
@@ -267,8 +265,8 @@ class SegmentStore {
           if (dataLength > SEGMENT_BYTES) break;
           const data = Buffer.allocUnsafe(dataLength);
           if (dataLength && readSync(fd, data, 0, dataLength, pos + SEGMENT_HEADER) !== dataLength) break;
-          if (crc32c(data, crc32c(header.subarray(8))) >>> 0 !== header.readUInt32BE(4)) break;
-          const key = Buffer.from(header.subarray(12, 12 + KEY_LEN));
+          if (recordChecksum(header, data) !== header.readUInt32BE(4)) break;
+          const key = Buffer.from(header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN));
           const seq = r64(key, 1);
           const at = pos;
           pos += SEGMENT_HEADER + dataLength;
@@ -370,15 +368,21 @@ function pointer(segment: number, position: number, length: number): Buffer {
  */
 const SEGMENT_MAGIC = 0x4f535231; // 'OSR1'
 const SEGMENT_HEADER = 52;
+const SEGMENT_KEY_AT = 12;
 
-function recordHeader(key: Buffer, data: Buffer): Buffer {
+/** The header of a record; its index key is the view at SEGMENT_KEY_AT. */
+function recordHeader(data: Buffer, seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): Buffer {
   const h = Buffer.allocUnsafe(SEGMENT_HEADER);
   h.writeUInt32BE(SEGMENT_MAGIC, 0);
   h.writeUInt32BE(data.length, 8);
-  key.copy(h, 12);
-  h.fill(0, 12 + KEY_LEN);
-  h.writeUInt32BE(crc32c(data, crc32c(h.subarray(8))) >>> 0, 4);
+  writeRecordKey(h, SEGMENT_KEY_AT, seq, vol, op, offset, length, timeMs);
+  h.fill(0, SEGMENT_KEY_AT + KEY_LEN);
+  h.writeUInt32BE(recordChecksum(h, data), 4);
   return h;
+}
+
+function recordChecksum(header: Buffer, data: Buffer): number {
+  return crc32c(data, crc32c(header.subarray(8))) >>> 0;
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -591,11 +595,12 @@ export class Journal {
     if (this.closed) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Closed, 'journal is closed')) };
     const vol = this.volumeIndex.get(volume);
     if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
-    const key = recordKey(seq, vol, op, offsetBytes, lengthBytes, timeMs);
+    const header = recordHeader(data, seq, vol, op, offsetBytes, lengthBytes, timeMs);
+    const key = header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN);
     const started = process.hrtime.bigint();
     let value: Buffer;
     try {
-      const at = this.segments.append(key, data, seq);
+      const at = this.segments.append(header, data, seq);
       value = pointer(at.segment, at.position, data.length);
     } catch (e) {
       if (isNoSpace(e)) {

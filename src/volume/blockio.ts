@@ -8,9 +8,9 @@ interface BlockIoAddon {
   punchHole(fd: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
-  /** Bytes read inline, or -1 when the read would wait for the disk. */
+  /** Bytes read inline, -1 when the read would wait for the disk, -2 when the file system never reads without waiting. */
   preadNowait(fd: number, buffer: Buffer, offset: number): number;
-  /** Bytes written inline, or -1 when the write would block. */
+  /** Bytes written inline, -1 when the write would block, -2 when the file system never writes without blocking. */
   pwriteNowait(fd: number, buffer: Buffer, offset: number): number;
 }
 

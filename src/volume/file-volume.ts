@@ -46,6 +46,9 @@ export class FileVolume implements Volume {
   private closed = false;
   /** performance.now() from which writes may go inline again (see pwriteAll). */
   private inlineAfter = 0;
+  /** RWF_NOWAIT reads / writes, until the file system says it never offers them. */
+  private readNowait = blockio !== undefined;
+  private writeNowait = blockio !== undefined;
 
   private constructor(
     readonly name: string,
@@ -150,10 +153,11 @@ export class FileVolume implements Volume {
     const buf = acquireBuffer(lengthBytes);
     let done = 0;
     // Page-cache hits are served inline; anything that would wait for the disk goes to the pool.
-    if (blockio) {
-      const n = blockio.preadNowait(this.fh.fd, buf, offsetBytes);
+    if (this.readNowait) {
+      const n = blockio!.preadNowait(this.fh.fd, buf, offsetBytes);
       if (n === lengthBytes) return buf;
       if (n > 0) done = n;
+      else if (n === -2) this.readNowait = false;
     }
     while (done < lengthBytes) {
       const { bytesRead } = await this.fh.read(buf, done, lengthBytes - done, offsetBytes + done);
@@ -175,13 +179,14 @@ export class FileVolume implements Volume {
 
   private async pwriteAll(data: Buffer, offsetBytes: number): Promise<void> {
     let done = 0;
-    if (blockio) {
-      const n = blockio.pwriteNowait(this.fh.fd, data, offsetBytes);
+    if (this.writeNowait) {
+      const n = blockio!.pwriteNowait(this.fh.fd, data, offsetBytes);
       if (n === data.length) return;
       if (n > 0) done = n;
+      else if (n === -2) this.writeNowait = false;
     }
     try {
-      if (performance.now() >= this.inlineAfter) {
+      if (!this.writeNowait && performance.now() >= this.inlineAfter) {
         // Where RWF_NOWAIT is not offered for buffered writes (ext4 here), write inline anyway:
         // a page-cache copy costs less than the thread-pool round trip, which bounded a queue
         // depth's worth of writes to one per event-loop turn. A write that took long (the disk

@@ -38,7 +38,7 @@ export interface Volume {
   /**
    * Write `data` at `offset`. Resolves when the write is ordered (and durable with fua). Once
    * the promise settles the volume no longer refers to `data` (the caller may reuse it); a volume
-   * that keeps it longer takes it with `keepBuffer` (common/buffer-pool).
+   * that keeps it longer holds it with `retainBuffer` (common/buffer-pool).
    */
   write(offsetBytes: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   /** Write `pattern` (exactly one block) repeatedly over the range (WRITE SAME). */
