@@ -12,8 +12,10 @@ HTTP ?= 127.0.0.1:9464
 # (promtool and a real server for the metrics tests) and docker-compose (compose file validation).
 TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose
 BENCH_PKGS := $(TEST_PKGS) lz4
+# Intel's ISA-L, for the CRC32C addon (journal records, replication frames, iSCSI digests).
+BUILD_PKGS := libisal-dev
 
-.PHONY: test-faults test-load build run test bench deps sysdeps-test sysdeps-bench clean test-unit test-integration
+.PHONY: test-faults test-load build run test bench deps sysdeps-build sysdeps-test sysdeps-bench clean test-unit test-integration
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -31,13 +33,16 @@ define apt_install
 	fi
 endef
 
+sysdeps-build:
+	$(call apt_install,$(BUILD_PKGS))
+
 sysdeps-test:
 	$(call apt_install,$(TEST_PKGS))
 
 sysdeps-bench:
 	$(call apt_install,$(BENCH_PKGS))
 
-build: deps native/build/blockio.node
+build: deps native/build/blockio.node native/build/crc32c.node
 	rm -rf dist/test
 	$(NODE_BIN)/tsc -p tsconfig.json
 
@@ -90,3 +95,8 @@ NODE_INCLUDE := $(firstword $(wildcard /usr/include/node $(dir $(shell command -
 native/build/blockio.node: native/blockio.c
 	@mkdir -p native/build
 	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=blockio -I$(NODE_INCLUDE) $< -o $@
+
+# CRC32C from ISA-L (a separate addon: without the library only speed is lost).
+native/build/crc32c.node: native/crc32c.c | sysdeps-build
+	@mkdir -p native/build
+	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=crc32c -I$(NODE_INCLUDE) $< -o $@ -lisal

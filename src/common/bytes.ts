@@ -10,3 +10,10 @@ export function isZero(b: Buffer): boolean {
   }
   return true;
 }
+
+/** The buffers of an I/O vector from byte `skip` on (to go on after a short writev). */
+export function iovFrom(iov: readonly Buffer[], skip: number): Buffer[] {
+  let i = 0;
+  while (skip >= iov[i].length) skip -= iov[i++].length;
+  return [iov[i].subarray(skip), ...iov.slice(i + 1)];
+}

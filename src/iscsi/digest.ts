@@ -1,5 +1,5 @@
 /** CRC32C header and data digests (RFC 7143 §13.1): four bytes, least significant byte first. */
-import { crc32c } from '@node-rs/crc32';
+import { crc32c } from '../common/crc32c';
 
 const ZERO_PAD = Buffer.alloc(4);
 

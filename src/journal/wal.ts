@@ -13,9 +13,10 @@
  *   'm' 'checkpoint'  → JSON { imageSeq }: every record ≤ imageSeq is durable in the images
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
  *
- * Appending: `append` assigns the sequence number (call order is journal order) and writes the
- * record to its segment before it returns; the record then survives a crash of the process, and
- * the write is acknowledged without waiting for LevelDB. Index entries follow in the background,
+ * Appending: `append` assigns the sequence number (call order is journal order); the records
+ * appended in one turn of the event loop are written to their segment together, with one writev
+ * (group commit), and their writes are acknowledged once it returns: a record in the page cache
+ * survives a crash of the process. Nothing waits for LevelDB: index entries follow in the background,
  * one `db.batch()` at a time carrying everything queued meanwhile; a start after a crash rebuilds
  * the entries LevelDB never got from the segments (SegmentStore.scan). Durability (FUA,
  * SYNCHRONIZE CACHE) is one fdatasync of the segments at a time, covering everything before it.
@@ -30,9 +31,10 @@
 import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync, writevSync } from 'node:fs';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { crc32c } from '@node-rs/crc32';
+import { crc32c } from '../common/crc32c';
 import { Level } from 'level';
 import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
+import { iovFrom } from '../common/bytes';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 
@@ -154,12 +156,45 @@ interface Pending {
   seq: number;
 }
 
+/** A record appended but not yet written to its segment. */
+interface BatchedRecord extends JournalRecord {
+  vol: number;
+  key: Buffer;
+  /** Where its header starts in the segment. */
+  at: number;
+  started: bigint;
+}
+
+/**
+ * Records appended in one turn of the event loop (the commands of one socket read, a replicated
+ * segment), written together at the end of it with one writev: a group commit. Their writers
+ * are answered together, so their image writes can be combined too (FileVolume.writeCombined).
+ */
+interface SegmentBatch {
+  segment: number;
+  fd: number;
+  /** Where the first record starts; the others follow contiguously. */
+  position: number;
+  bytes: number;
+  iov: Buffer[];
+  recs: BatchedRecord[];
+  done: Promise<void>;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** Buffers in one batch (Linux's IOV_MAX is 1024; libuv would split a longer list anyway). */
+const BATCH_IOV = 1024;
+const ZERO_MAGIC = Buffer.alloc(4);
+
 /** Applies records to an image (the journaled volume's image, a base, or a replay output). */
 export interface RecordTarget {
   apply(rec: JournalRecord): Promise<void>;
 }
 
 const SEGMENT_BYTES = 64 * 1024 * 1024;
+/** Spare segment files kept for reuse (1 GiB); with a size cap, never more than a quarter of it. */
+const SPARE_SEGMENTS = 16;
 /**
  * Tests only: OFFSITE_FAILPOINT=journal-index-stall never puts index entries in LevelDB, so
  * acknowledged records exist only in their segments until the next start rebuilds them.
@@ -184,15 +219,20 @@ class SegmentStore {
   /** A segment file was created or renamed since the directory was last synced. */
   private dirDirty = false;
 
-  /** Fully trimmed segment files kept for reuse: overwriting cached pages is cheaper than new ones. */
+  /**
+   * Fully trimmed segment files kept for reuse (a ring, as databases recycle their logs):
+   * overwriting a file's cached pages costs about half of appending new ones, the biggest
+   * part of a journaled write. At most `spareLimit` of them; dropped when space runs low.
+   */
   private free: string[] = [];
+  private spareLimit = SPARE_SEGMENTS;
 
   constructor(private readonly dir: string) {
     let max = 0;
     for (const f of readdirSync(dir)) {
       const m = /^(\d+)\.seg$/.exec(f);
       if (m) max = Math.max(max, Number(m[1]));
-      else if (/^free-\d+\.seg$/.test(f)) unlinkSync(path.join(dir, f));
+      else if (/^free-\d+\.seg$/.test(f)) this.free.push(path.join(dir, f));
     }
     this.nextId = max + 1;
   }
@@ -202,36 +242,61 @@ class SegmentStore {
   }
 
   /**
-   * Append one record (header + data) at the end of the current segment, synchronously: once
-   * this returns, the record survives a crash of the process (it is in the page cache) and can
-   * be found again by `scan` even if its index entry never reached LevelDB. Writing here rather
-   * than on the thread pool costs the event loop the page-cache copy (libuv's io_uring did that
-   * copy on this thread anyway) and saves a completion round trip per record. Throws on a failed
-   * write (ENOSPC...), leaving the segment as it was. Returns where the data starts.
+   * Room for one record (header + data) at the end of the current segment, opening the next
+   * segment file when it would not fit. Reservations are contiguous: the journal writes the
+   * records of a group commit with one writev from the first one's position. Throws when a new
+   * file cannot be made (ENOSPC...), leaving everything as it was.
    */
-  append(header: Buffer, data: Buffer, seq: number): { segment: number; position: number } {
+  reserve(length: number): { segment: number; fd: number; position: number } {
     let cur = this.current;
-    const length = SEGMENT_HEADER + data.length;
     if (!cur || cur.size + length > SEGMENT_BYTES) {
-      if (cur) this.dirty.add(cur.id);
-      const id = this.nextId++;
+      const id = this.nextId;
       const recycled = this.free.pop();
-      if (recycled) renameSync(recycled, this.path(id));
-      cur = this.current = { id, fd: openSync(this.path(id), recycled ? 'r+' : 'w+'), size: 0 };
+      try {
+        if (recycled) renameSync(recycled, this.path(id));
+        cur = { id, fd: openSync(this.path(id), recycled ? 'r+' : 'w+'), size: 0 };
+      } catch (e) {
+        if (recycled) this.free.push(recycled);
+        throw e;
+      }
+      this.nextId++;
+      this.current = cur;
       this.readFds.set(id, cur.fd);
       this.dirDirty = true;
     }
     const position = cur.size;
-    let done = 0;
-    while (done < length) {
-      // Never O_APPEND: with O_APPEND, Linux ignores the position.
-      if (done < SEGMENT_HEADER) done += writevSync(cur.fd, done ? [header.subarray(done), data] : [header, data], position + done);
-      else done += writeSync(cur.fd, data, done - SEGMENT_HEADER, length - done, position + done);
-    }
     cur.size += length;
     this.dirty.add(cur.id);
-    this.maxSeq.set(cur.id, seq);
-    return { segment: cur.id, position: position + SEGMENT_HEADER };
+    return { segment: cur.id, fd: cur.fd, position };
+  }
+
+  /** Records up to `seq` are written in `segment`. */
+  written(segment: number, seq: number): void {
+    this.maxSeq.set(segment, seq);
+  }
+
+  /**
+   * A group commit failed: give back every reservation from `position` in `segment` on. Segment
+   * files opened after it hold nothing written (one batch is written at a time, in order) and
+   * are removed.
+   */
+  rollback(segment: number, position: number): void {
+    for (const [id, fd] of [...this.readFds]) {
+      if (id <= segment) continue;
+      closeSync(fd);
+      this.readFds.delete(id);
+      this.dirty.delete(id);
+      this.maxSeq.delete(id);
+      try {
+        unlinkSync(this.path(id));
+      } catch {
+        /* already gone */
+      }
+    }
+    const fd = this.readFds.get(segment);
+    if (fd === undefined) throw new JournalError(JournalErrorCode.Write, `journal segment ${segment} is not open`);
+    this.current = { id: segment, fd, size: position };
+    this.nextId = segment + 1;
   }
 
   /**
@@ -335,7 +400,7 @@ class SegmentStore {
       this.readFds.delete(id);
       this.maxSeq.delete(id);
       this.dirty.delete(id);
-      if (this.free.length < 4) {
+      if (this.free.length < this.spareLimit) {
         const spare = path.join(this.dir, `free-${id}.seg`);
         renameSync(this.path(id), spare);
         this.free.push(spare);
@@ -344,6 +409,18 @@ class SegmentStore {
         unlink(this.path(id), () => undefined);
       }
     }
+  }
+
+  limitSpares(n: number): void {
+    this.spareLimit = n;
+    for (const f of this.free.splice(n)) unlink(f, () => undefined);
+  }
+
+  /** Give the spare files' space back to the file system; returns how many there were. */
+  releaseSpares(): number {
+    const spares = this.free.splice(0);
+    for (const f of spares) unlink(f, () => undefined);
+    return spares.length;
   }
 
   close(): void {
@@ -403,7 +480,12 @@ export class Journal {
   private db: Level<Buffer, Buffer>;
   private volumes: string[] = [];
   private volumeIndex = new Map<string, number>();
+  /** The last record written to its segment (acknowledged, counted, readable). */
   private head = 0;
+  /** The last sequence number handed out: head plus the records still being written. */
+  private assigned = 0;
+  private batches: SegmentBatch[] = [];
+  private writeScheduled = false;
   private oldest = 1;
   private queue: Pending[] = [];
   private syncing: Promise<void> = DONE;
@@ -453,6 +535,7 @@ export class Journal {
     const j = new Journal(opts);
     await mkdir(path.join(opts.dir, 'segments'), { recursive: true });
     j.segments = new SegmentStore(path.join(opts.dir, 'segments'));
+    if (opts.maxBytes !== undefined) j.segments.limitSpares(Math.min(SPARE_SEGMENTS, Math.floor(opts.maxBytes / 4 / SEGMENT_BYTES)));
     try {
       await j.db.open();
     } catch (e) {
@@ -515,7 +598,7 @@ export class Journal {
       this.opts.logger?.warn({ records: found.length, fromSeq: found[0].seq, toSeq: this.head }, 'journal: index entries rebuilt from the segments (records acknowledged before a crash)');
     }
     this.oldest = first || this.head + 1;
-    this.durableSeq = this.writtenSeq = this.head;
+    this.durableSeq = this.writtenSeq = this.assigned = this.head;
   }
 
   private track(seq: number, vol: number, bytes: number, timeMs: number): void {
@@ -574,10 +657,11 @@ export class Journal {
 
   /**
    * Append one record. The sequence number is assigned now (call order is journal order); the
-   * promise resolves once the record is in LevelDB (synced to disk when `sync`).
+   * promise resolves once the record is written to its segment, with the others of its group
+   * commit (and synced to disk, with everything before it, when `sync`).
    */
   append(volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer, sync = false): { seq: number; done: Promise<void> } {
-    return this.appendRecord(this.head + 1, Date.now(), volume, op, offsetBytes, lengthBytes, data, sync);
+    return this.appendRecord(this.assigned + 1, Date.now(), volume, op, offsetBytes, lengthBytes, data, sync);
   }
 
   /**
@@ -585,7 +669,7 @@ export class Journal {
    * primary's records). Sequence numbers must increase; gaps are allowed (coalesced batches).
    */
   appendAt(seq: number, timeMs: number, volume: string, op: RecordOp, offsetBytes: number, lengthBytes: number, data: Buffer): { seq: number; done: Promise<void> } {
-    if (seq <= this.head) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Sequence, `record ${seq} is not after the journal head ${this.head}`)) };
+    if (seq <= this.assigned) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Sequence, `record ${seq} is not after the journal head ${this.assigned}`)) };
     return this.appendRecord(seq, timeMs, volume, op, offsetBytes, lengthBytes, data, false);
   }
 
@@ -595,35 +679,120 @@ export class Journal {
     if (this.closed) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.Closed, 'journal is closed')) };
     const vol = this.volumeIndex.get(volume);
     if (vol === undefined) return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.UnknownVolume, `volume ${volume} is not registered in the journal`)) };
+    const started = process.hrtime.bigint();
+    const length = SEGMENT_HEADER + data.length;
+    let at: { segment: number; fd: number; position: number };
+    try {
+      at = this.segments.reserve(length);
+    } catch (e) {
+      return { seq: 0, done: Promise.reject(this.writeFailed(e)) };
+    }
     const header = recordHeader(data, seq, vol, op, offsetBytes, lengthBytes, timeMs);
     const key = header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN);
-    const started = process.hrtime.bigint();
-    let value: Buffer;
-    try {
-      const at = this.segments.append(header, data, seq);
-      value = pointer(at.segment, at.position, data.length);
-    } catch (e) {
-      if (isNoSpace(e)) {
-        // Nothing of this record counts: its number is reused by the next append.
-        this.spaceLow = true;
-        this.opts.logger?.error({ err: e, headSeq: this.head }, 'journal: no space left; writes refused until space returns');
-        return { seq: 0, done: Promise.reject(new JournalError(JournalErrorCode.NoSpace, `journal: no space left on the device holding ${this.opts.dir}`, { cause: e })) };
+    let b = this.batches[this.batches.length - 1];
+    if (!b || b.segment !== at.segment || b.iov.length + 2 > BATCH_IOV) b = this.newBatch(at.segment, at.fd, at.position);
+    b.iov.push(header);
+    if (data.length) b.iov.push(data);
+    b.bytes += length;
+    b.recs.push({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data, vol, key, at: at.position, started });
+    this.assigned = seq;
+    if (!this.writeScheduled) {
+      // Let the rest of this turn's commands join the batch, then write.
+      this.writeScheduled = true;
+      setImmediate(() => this.startWrite());
+    }
+    return { seq, done: sync ? b.done.then(() => this.sync()) : b.done };
+  }
+
+  private newBatch(segment: number, fd: number, position: number): SegmentBatch {
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const done = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    done.catch(() => undefined); // every append hands it to a caller who awaits it
+    const b: SegmentBatch = { segment, fd, position, bytes: 0, iov: [], recs: [], done, resolve, reject };
+    this.batches.push(b);
+    return b;
+  }
+
+  /**
+   * Write the pending batches, in order, inline: a page-cache copy costs less than a thread-pool
+   * round trip. Never O_APPEND: Linux would ignore the position.
+   */
+  private startWrite(): void {
+    this.writeScheduled = false;
+    while (this.batches.length) {
+      const b = this.batches[0];
+      let written = 0;
+      try {
+        while (written < b.bytes) {
+          const n = writevSync(b.fd, written ? iovFrom(b.iov, written) : b.iov, b.position + written);
+          if (n === 0) throw Object.assign(new Error('journal segment write made no progress'), { code: 'EIO' });
+          written += n;
+        }
+      } catch (e) {
+        this.batchFailed(b, written, e);
+        return;
       }
+      this.batchWritten(b);
+    }
+  }
+
+  /** Every record of the batch is in its segment: it counts, and its writers are answered. */
+  private batchWritten(b: SegmentBatch): void {
+    this.batches.shift();
+    const cache = this.opts.cacheRecent ?? this.opts.replicated;
+    for (const r of b.recs) {
+      this.head = r.seq;
+      this.track(r.seq, r.vol, r.data.length, r.timeMs);
+      if (cache) this.remember(r);
+      this.queue.push({ key: r.key, value: pointer(b.segment, r.at + SEGMENT_HEADER, r.data.length), seq: r.seq });
+      this.noteLatency(r.started);
+    }
+    this.counters.appends += b.recs.length;
+    this.segments.written(b.segment, this.head);
+    if (!this.writing && !INDEX_STALL) this.writing = this.writeLoop();
+    b.resolve();
+  }
+
+  /**
+   * A segment write failed: nothing of this batch or of those queued behind it counts, and
+   * their sequence numbers are handed out again. Headers it did write are zeroed first, so that
+   * a start after a crash cannot take them (or records later written over them) for records.
+   */
+  private batchFailed(b: SegmentBatch, written: number, err: unknown): void {
+    const failed = this.batches;
+    this.batches = [];
+    try {
+      for (const r of b.recs) if (r.at < b.position + written) writeSync(b.fd, ZERO_MAGIC, 0, 4, r.at);
+      this.segments.rollback(b.segment, b.position);
+    } catch (e) {
+      this.failed ??= new JournalError(JournalErrorCode.Write, `journal segment could not be restored after a failed write: ${(e as Error).message}`, { cause: e });
+    }
+    this.assigned = this.head;
+    const e = this.writeFailed(err);
+    for (const f of failed) f.reject(e);
+  }
+
+  /** The error for a record the journal could not write, after noting what it means for the next ones. */
+  private writeFailed(e: unknown): JournalError {
+    if (isNoSpace(e) && !this.failed) {
+      this.spaceLow = true;
+      this.opts.logger?.error({ err: e, headSeq: this.head }, 'journal: no space left; writes refused until space returns');
+      return new JournalError(JournalErrorCode.NoSpace, `journal: no space left on the device holding ${this.opts.dir}`, { cause: e });
+    }
+    if (!this.failed) {
       this.failed = new JournalError(JournalErrorCode.Write, `journal segment write failed: ${(e as Error).message}`, { cause: e });
       this.opts.logger?.error({ err: e }, 'journal write failed; refusing further writes');
-      return { seq: 0, done: Promise.reject(this.failed) };
     }
-    this.head = seq;
-    this.track(seq, vol, data.length, timeMs);
-    if (this.opts.cacheRecent ?? this.opts.replicated) this.remember({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data });
-    this.counters.appends++;
-    this.queue.push({ key, value, seq });
-    if (!this.writing && !INDEX_STALL) this.writing = this.writeLoop();
-    if (!sync) {
-      this.noteLatency(started);
-      return { seq, done: DONE };
-    }
-    return { seq, done: this.sync().then(() => this.noteLatency(started)) };
+    return this.failed as JournalError;
+  }
+
+  /** Resolves once every record appended so far is written to its segment (or failed). */
+  private async drained(): Promise<void> {
+    while (this.batches.length) await this.batches[this.batches.length - 1].done.catch(() => undefined);
   }
 
   private noteLatency(started: bigint): void {
@@ -660,6 +829,10 @@ export class Journal {
       const free = Number(st.bavail) * Number(st.bsize);
       const reserve = Math.min(64 * 1024 * 1024, (Number(st.blocks) * Number(st.bsize)) / 20);
       const low = free < reserve;
+      if (low) {
+        const released = this.segments.releaseSpares();
+        if (released) this.opts.logger?.warn({ spareSegments: released, freeBytes: free }, 'journal: file system nearly full; spare segment files removed');
+      }
       if (low !== this.spaceLow) {
         if (low) this.opts.logger?.error({ freeBytes: free, reserveBytes: reserve }, 'journal: file system nearly full; writes refused until space returns');
         else this.opts.logger?.warn({ freeBytes: free }, 'journal: space available again; writes accepted');
@@ -700,6 +873,7 @@ export class Journal {
    * images were rebuilt outside the journal). History restarts: no base until rebase().
    */
   async resetTo(seq: number): Promise<void> {
+    await this.drained();
     while (this.writing) await this.writing;
     if (this.trimming) await this.trimming.catch(() => undefined);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
@@ -708,7 +882,7 @@ export class Journal {
     this.sizesHead = 0;
     this.totalBytes = 0;
     this.perVolume.clear();
-    this.head = this.writtenSeq = this.durableSeq = seq;
+    this.head = this.assigned = this.writtenSeq = this.durableSeq = seq;
     this.oldest = seq + 1;
     this.imageSeq = seq;
     this.forgetRecent();
@@ -736,9 +910,12 @@ export class Journal {
    * sync runs at a time and covers everything appended before it started (group commit).
    */
   sync(): Promise<void> {
-    const target = this.head;
+    const target = this.assigned;
     if (this.durableSeq >= target) return DONE;
+    const last = this.batches[this.batches.length - 1];
+    const written = last ? last.done : DONE;
     const run = this.syncing.then(async () => {
+      await written;
       if (this.durableSeq >= target) return;
       const upTo = this.head;
       try {
@@ -1031,6 +1208,7 @@ export class Journal {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    await this.drained();
     while (this.writing) await this.writing;
     if (this.trimming) await this.trimming.catch(() => undefined);
     this.closed = true;

@@ -14,7 +14,7 @@
  *  20     meta, then payload
  */
 import { createHash } from 'node:crypto';
-import { crc32c } from '@node-rs/crc32';
+import { crc32c } from '../common/crc32c';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { Packr } from 'msgpackr';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';

@@ -2,7 +2,7 @@
  * Hole punching and SEEK_DATA/SEEK_HOLE for thin volumes, from the small N-API addon in
  * native/blockio.c (built by `make build`). Without it, volumes are thick: unmap writes zeros.
  */
-import path from 'node:path';
+import { loadAddon } from '../common/native';
 
 interface BlockIoAddon {
   punchHole(fd: number, offset: number, length: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
@@ -14,16 +14,7 @@ interface BlockIoAddon {
   pwriteNowait(fd: number, buffer: Buffer, offset: number): number;
 }
 
-function load(): BlockIoAddon | undefined {
-  if (process.env.OFFSITE_NO_BLOCKIO === '1') return undefined;
-  try {
-    return require(path.resolve(__dirname, '../../../native/build/blockio.node')) as BlockIoAddon;
-  } catch {
-    return undefined;
-  }
-}
-
-export const blockio = load();
+export const blockio = process.env.OFFSITE_NO_BLOCKIO === '1' ? undefined : loadAddon<BlockIoAddon>('blockio');
 
 export function punchHole(addon: BlockIoAddon, fd: number, offset: number, length: number): Promise<void> {
   return new Promise((resolve, reject) => addon.punchHole(fd, offset, length, (err) => (err ? reject(err) : resolve())));

@@ -78,7 +78,7 @@ export class JournaledVolume implements Volume {
   }
 
   write(offsetBytes: number, data: Buffer, opts?: WriteOptions): Promise<void> {
-    return this.change('write', offsetBytes, data.length, data, opts?.fua ?? false, () => this.image.write(offsetBytes, data));
+    return this.change('write', offsetBytes, data.length, data, opts?.fua ?? false, () => this.image.writeCombined(offsetBytes, data));
   }
 
   writeSame(offsetBytes: number, lengthBytes: number, pattern: Buffer, opts?: WriteOptions): Promise<void> {

@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { Level } from 'level';
@@ -132,6 +133,63 @@ test('index entries lost in a crash are rebuilt from the segments, up to the fir
     assert.ok((await third.readAfter(14, MiB))[0].data.equals(Buffer.alloc(4 * KiB, 7)));
     await third.close();
   } finally {
+    removeDir(dir);
+  }
+});
+
+test('a group commit that runs out of space counts none of its records, not even after a restart; appends resume when space returns', async (t) => {
+  const dir = tempDir();
+  const mnt = path.join(dir, 'small');
+  mkdirSync(mnt);
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', mnt]);
+  } catch (e) {
+    removeDir(dir);
+    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
+    return;
+  }
+  try {
+    const jdir = path.join(mnt, 'j');
+    const j = await Journal.open({ dir: jdir });
+    await j.registerVolume('v');
+    const acked = await appendMany(j, blocks(4, 4 * KiB));
+    await new Promise((r) => setTimeout(r, 100)); // their index entries reach LevelDB
+    // Leave room for two and a half of the next eight records: the batch's writev writes some
+    // of them whole, then fails.
+    const st = statfsSync(mnt);
+    const filler = path.join(mnt, 'filler');
+    writeFileSync(filler, Buffer.alloc(Number(st.bavail) * Number(st.bsize) - 330 * KiB));
+    const batch = blocks(8, 128 * KiB);
+    const results = await Promise.allSettled(batch.map((d, i) => j.append('v', 'write', i * 128 * KiB, d.length, d).done));
+    assert.deepEqual(results.map((r) => r.status), Array(8).fill('rejected'), 'one batch: all of it fails');
+    for (const r of results) assert.equal(((r as PromiseRejectedResult).reason as { code: string }).code, 'JOURNAL_NO_SPACE');
+    assert.equal(j.headSeq(), 4);
+    assert.deepEqual((await readAll(j, 0)).map((r) => r.seq), [1, 2, 3, 4]);
+    const segs = readdirSync(path.join(jdir, 'segments')).filter((f) => /^\d+\.seg$/.test(f));
+    const written = readFileSync(path.join(jdir, 'segments', segs[segs.length - 1]));
+    assert.ok(written.includes(batch[0]) && written.includes(batch[1]), 'the failed batch did write its first records whole');
+    await j.close();
+
+    // A start reads the segment on after record 4: the records written whole before the failure
+    // must not come back (their headers were wiped).
+    rmSync(filler);
+    const again = await Journal.open({ dir: jdir });
+    assert.equal(again.headSeq(), 4, 'nothing of the failed batch is rebuilt from the segment');
+    const more = blocks(2, 128 * KiB);
+    assert.equal(again.append('v', 'write', 0, more[0].length, more[0]).seq, 5, 'the failed batch gave its numbers back');
+    await again.append('v', 'write', 128 * KiB, more[1].length, more[1]).done;
+    await again.close();
+    const third = await Journal.open({ dir: jdir });
+    const recs = await readAll(third, 0);
+    assert.deepEqual(recs.map((r) => r.seq), [1, 2, 3, 4, 5, 6]);
+    [...acked, ...more].forEach((d, i) => assert.ok(recs[i].data.equals(d), `record ${i + 1} data`));
+    await third.close();
+  } finally {
+    try {
+      execFileSync('umount', [mnt]);
+    } catch {
+      /* not mounted */
+    }
     removeDir(dir);
   }
 });
