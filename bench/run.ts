@@ -4,7 +4,7 @@
  *
  *   node dist/bench/run.js [--quick] [--only NAME] [--repeat N]
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { startAppliance, tempDir, removeDir, type RunningAppliance } from '../test/helpers/appliance';
 import { startTgt } from '../test/helpers/tgt';
@@ -51,11 +51,23 @@ async function prefill(url: string): Promise<void> {
   await qemuBench(url, { name: 'prefill', write: true, sizeBytes: 1024 * 1024, depth: 8, count: VOLUME_BYTES / (1024 * 1024) });
 }
 
+/**
+ * Every measured run starts with no dirty pages: without this, the gigabytes an earlier run or
+ * configuration left in the page cache are written back during the next one, and the order of
+ * the configurations decides much of the table (dirty-page throttling).
+ */
+function settle(): void {
+  execFileSync('sync');
+}
+
 async function measure(url: string): Promise<number[]> {
   const out: number[] = [];
   for (const w of WORKLOADS) {
     let best = 0;
-    for (let i = 0; i < repeat; i++) best = Math.max(best, await qemuBench(url, w));
+    for (let i = 0; i < repeat; i++) {
+      settle();
+      best = Math.max(best, await qemuBench(url, w));
+    }
     out.push(best);
   }
   return out;

@@ -3,7 +3,11 @@
  * across every volume of the appliance (a consistency group).
  *
  * Layout (all keys start with a one-byte kind):
- *   'r' seq(8) vol(2) op(1) offset(8) length(8) time(8)  → segment(4) position(8) dataLength(4)
+ *   'r' seq(8)  → entries of consecutive records, the last of them `seq`: each entry is
+ *       the record's key, 'r' seq(8) vol(2) op(1) offset(8) length(8) time(8), then where it is,
+ *       segment(4) position(8) dataLength(4). Up to INDEX_GROUP records share one LevelDB entry:
+ *       one put per record cost more main-thread time than the rest of the index together.
+ *       (A key of the full key's length is one record, as written before entries were grouped.)
  *       LevelDB holds the ordered index of records; the records themselves (a header with the
  *       key and a CRC32C, then the data: a write's bytes, a WRITE SAME block) are appended to
  *       segment files `<journal>/segments/<n>.seg`. LevelDB copying 128 KiB values through its
@@ -152,8 +156,43 @@ const DONE = Promise.resolve();
 /** An index entry still to be put in LevelDB (its record is already in a segment). */
 interface Pending {
   key: Buffer;
-  value: Buffer;
+  segment: number;
+  /** Where the record's data starts. */
+  position: number;
+  dataLength: number;
   seq: number;
+}
+
+/** Records per LevelDB entry of the index, at most. */
+const INDEX_GROUP = 256;
+const ENTRY_BYTES = KEY_LEN + 16;
+
+/** The LevelDB puts for index entries (consecutive records, in order): one per group. */
+function indexPuts(pending: readonly Pending[]): { type: 'put'; key: Buffer; value: Buffer }[] {
+  const ops: { type: 'put'; key: Buffer; value: Buffer }[] = [];
+  for (let i = 0; i < pending.length; i += INDEX_GROUP) {
+    const group = pending.slice(i, i + INDEX_GROUP);
+    const value = Buffer.allocUnsafe(group.length * ENTRY_BYTES);
+    group.forEach((p, j) => {
+      const at = j * ENTRY_BYTES;
+      p.key.copy(value, at);
+      value.writeUInt32BE(p.segment, at + KEY_LEN);
+      u64(value, at + KEY_LEN + 4, p.position);
+      value.writeUInt32BE(p.dataLength, at + KEY_LEN + 12);
+    });
+    ops.push({ type: 'put', key: seqKey(group[group.length - 1].seq), value });
+  }
+  return ops;
+}
+
+/** The records of one LevelDB index entry: [key, pointer] pairs, views into it. */
+function* indexEntries(k: Buffer, v: Buffer): Generator<[Buffer, Buffer]> {
+  if (k.length === KEY_LEN) {
+    yield [k, v];
+    return;
+  }
+  if (k.length !== 9 || v.length % ENTRY_BYTES) throw new JournalError(JournalErrorCode.Corrupt, `malformed journal index entry (${k.length}-byte key, ${v.length}-byte value)`);
+  for (let at = 0; at < v.length; at += ENTRY_BYTES) yield [v.subarray(at, at + KEY_LEN), v.subarray(at + KEY_LEN, at + ENTRY_BYTES)];
 }
 
 /** A record appended but not yet written to its segment. */
@@ -430,14 +469,6 @@ class SegmentStore {
   }
 }
 
-function pointer(segment: number, position: number, length: number): Buffer {
-  const b = Buffer.allocUnsafe(16);
-  b.writeUInt32BE(segment, 0);
-  u64(b, 4, position);
-  b.writeUInt32BE(length, 12);
-  return b;
-}
-
 /**
  * A record as written in a segment: magic(4) crc32c(4) dataLength(4) key(KEY_LEN) pad, then the
  * data. The checksum covers everything after itself, data included. With the key (the index
@@ -573,13 +604,15 @@ export class Journal {
     }
     let first = 0;
     let last: { segment: number; position: number } | undefined;
-    for await (const [k, v] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
-      const d = decodeKey(k);
-      if (!first) first = d.seq;
-      this.head = d.seq;
-      last = { segment: v.readUInt32BE(0), position: r64(v, 4) + v.readUInt32BE(12) };
-      this.segments.noteSeq(v.readUInt32BE(0), d.seq);
-      this.track(d.seq, d.vol, v.readUInt32BE(12), d.timeMs);
+    for await (const [gk, gv] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
+      for (const [k, v] of indexEntries(gk, gv)) {
+        const d = decodeKey(k);
+        if (!first) first = d.seq;
+        this.head = d.seq;
+        last = { segment: v.readUInt32BE(0), position: r64(v, 4) + v.readUInt32BE(12) };
+        this.segments.noteSeq(v.readUInt32BE(0), d.seq);
+        this.track(d.seq, d.vol, v.readUInt32BE(12), d.timeMs);
+      }
     }
     if (!first) this.head = Math.max(this.imageSeq, this.base?.seq ?? 0);
     // Records acknowledged after the index's last batch (a crash): rebuilt from the segments.
@@ -587,14 +620,14 @@ export class Journal {
     for (const r of this.segments.scan(last, this.head)) {
       const d = decodeKey(r.key);
       if (d.vol >= this.volumes.length) break;
-      found.push({ key: r.key, value: pointer(r.segment, r.position, r.dataLength), seq: d.seq });
+      found.push({ key: r.key, segment: r.segment, position: r.position, dataLength: r.dataLength, seq: d.seq });
       if (!first) first = d.seq;
       this.head = d.seq;
       this.segments.noteSeq(r.segment, d.seq);
       this.track(d.seq, d.vol, r.dataLength, d.timeMs);
     }
     if (found.length) {
-      await this.db.batch(found.map((p) => ({ type: 'put' as const, key: p.key, value: p.value })));
+      await this.db.batch(indexPuts(found));
       this.opts.logger?.warn({ records: found.length, fromSeq: found[0].seq, toSeq: this.head }, 'journal: index entries rebuilt from the segments (records acknowledged before a crash)');
     }
     this.oldest = first || this.head + 1;
@@ -748,7 +781,7 @@ export class Journal {
       this.head = r.seq;
       this.track(r.seq, r.vol, r.data.length, r.timeMs);
       if (cache) this.remember(r);
-      this.queue.push({ key: r.key, value: pointer(b.segment, r.at + SEGMENT_HEADER, r.data.length), seq: r.seq });
+      this.queue.push({ key: r.key, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
       this.noteLatency(r.started);
     }
     this.counters.appends += b.recs.length;
@@ -944,7 +977,7 @@ export class Journal {
         const batch = this.queue;
         this.queue = [];
         try {
-          await this.db.batch(batch.map((p) => ({ type: 'put' as const, key: p.key, value: p.value })));
+          await this.db.batch(indexPuts(batch));
         } catch (e) {
           this.queue = batch.concat(this.queue);
           if (isNoSpace(e)) {
@@ -1008,13 +1041,16 @@ export class Journal {
       if (out.length) return out;
     }
     await this.indexed(untilSeq);
-    for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
-      const d = decodeKey(k);
-      if (d.seq > untilSeq) break;
-      const data = this.dataOf(v);
-      out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
-      bytes += data.length;
-      if (bytes >= maxBytes) break;
+    for await (const [gk, gv] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
+      for (const [k, v] of indexEntries(gk, gv)) {
+        const d = decodeKey(k);
+        if (d.seq <= afterSeq) continue;
+        if (d.seq > untilSeq) return out;
+        const data = this.dataOf(v);
+        out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
+        bytes += data.length;
+        if (bytes >= maxBytes) return out;
+      }
     }
     return out;
   }
@@ -1024,11 +1060,13 @@ export class Journal {
     const vol = volume === undefined ? undefined : this.volumeIndex.get(volume);
     if (volume !== undefined && vol === undefined) return;
     await this.indexed(untilSeq);
-    for await (const [k, v] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
-      const d = decodeKey(k);
-      if (d.seq > untilSeq) break;
-      if (vol !== undefined && d.vol !== vol) continue;
-      yield { seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data: this.dataOf(v) };
+    for await (const [gk, gv] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
+      for (const [k, v] of indexEntries(gk, gv)) {
+        const d = decodeKey(k);
+        if (d.seq <= afterSeq || (vol !== undefined && d.vol !== vol)) continue;
+        if (d.seq > untilSeq) return;
+        yield { seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data: this.dataOf(v) };
+      }
     }
   }
 
@@ -1159,6 +1197,15 @@ export class Journal {
 
   private async dropRecords(upTo: number): Promise<void> {
     await this.db.clear({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) });
+    // The group holding upTo + 1 may begin with dropped records: keep only the rest of it (its
+    // segments may go now). A crash before this put only leaves dropped records indexed a while
+    // longer, their segments still there.
+    for await (const [gk, gv] of this.db.iterator({ gte: seqKey(upTo + 1), lt: RECORD_END, limit: 1 })) {
+      if (gk.length === KEY_LEN) break;
+      let at = 0;
+      while (at < gv.length && r64(gv, at + 1) <= upTo) at += ENTRY_BYTES;
+      if (at > 0) await this.db.put(gk, gv.subarray(at));
+    }
     this.segments.dropThrough(upTo);
     let n = 0;
     while (this.sizesHead < this.sizes.length && this.sizes[this.sizesHead].seq <= upTo) {
