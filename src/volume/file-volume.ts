@@ -37,10 +37,19 @@ export interface OpenVolumeOptions {
   create?: boolean;
 }
 
-/** An inline image write slower than this means the disk is pushing back... */
+/** An inline image write slower than this (per MiB written, for writes over a MiB) means the disk is pushing back... */
 const INLINE_SLOW_MS = 10;
 /** ...and the volume's writes go through the thread pool for this long. */
 const INLINE_BACKOFF_MS = 1000;
+
+/**
+ * A combined write of several MiB takes more than 10 ms at page-cache speed: only a rate below
+ * 100 MiB/s says the disk pushes back (sending the volume to the pool for a second on a merely
+ * big write cost the next second half its speed).
+ */
+function tooSlow(tookMs: number, bytes: number): boolean {
+  return tookMs > INLINE_SLOW_MS * Math.max(1, bytes / (1024 * 1024));
+}
 
 export class FileVolume implements Volume {
   readonly thin = blockio !== undefined;
@@ -199,7 +208,7 @@ export class FileVolume implements Volume {
         const started = performance.now();
         while (done < data.length) done += writeSync(this.fh.fd, data, done, data.length - done, offsetBytes + done);
         const took = performance.now() - started;
-        if (took > INLINE_SLOW_MS) this.inlineAfter = started + took + INLINE_BACKOFF_MS;
+        if (tooSlow(took, data.length)) this.inlineAfter = started + took + INLINE_BACKOFF_MS;
         return;
       }
       while (done < data.length) {
@@ -252,7 +261,7 @@ export class FileVolume implements Volume {
         const started = performance.now();
         while (done < length) done += writevSync(this.fh.fd, done ? iovFrom(run.iov, done) : run.iov, run.start + done);
         const took = performance.now() - started;
-        if (took > INLINE_SLOW_MS) this.inlineAfter = started + took + INLINE_BACKOFF_MS;
+        if (tooSlow(took, length)) this.inlineAfter = started + took + INLINE_BACKOFF_MS;
         run.resolve();
       } catch (e) {
         run.reject((e as NodeJS.ErrnoException).code === 'ENOSPC' ? new VolumeError(VolumeErrorCode.NoSpace, `volume '${this.name}': no space left on the device`) : e);

@@ -97,7 +97,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
   };
   watch(primary, 'primary');
   watch(replica, 'replica');
-  const reader = pollReplica(() => replica, 'chain', dir, (img) => {
+  const reader = pollReplica(() => replica, 'chain', 16 * MiB, dir, (img) => {
     result.replicaReads++;
     const c = checkChainImage(img, N);
     if (c.error) {

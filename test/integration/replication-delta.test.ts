@@ -97,7 +97,7 @@ test('delta sync after the primary folded unshipped records: staged whole at the
   const tops: number[] = [];
   const errors: string[] = [];
   // From now on, every read of the replica must be a prefix of the chain.
-  let reader: ReturnType<typeof pollReplica> | undefined = pollReplica(() => replica, VOLUME, dir, (img) => {
+  let reader: ReturnType<typeof pollReplica> | undefined = pollReplica(() => replica, VOLUME, 8 * 1024 * 1024, dir, (img) => {
     const c = checkChainImage(img, N);
     tops.push(c.top);
     if (c.error) errors.push(c.error);

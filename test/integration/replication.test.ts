@@ -131,7 +131,7 @@ test('link cuts and SIGKILL of either side: the replica stays a prefix, converge
   let readerError: string | undefined;
   let maxSeenOnReplica = 0;
   // The reader: polls the replica's volume through its iSCSI target while everything happens.
-  const reader = pollReplica(() => replica, 'chain', dir, (img) => {
+  const reader = pollReplica(() => replica, 'chain', 16 * MiB, dir, (img) => {
     const c = checkChain(img, RECORDS);
     if (c.error && !readerError) readerError = `seed ${seed}: ${c.error}`;
     maxSeenOnReplica = Math.max(maxSeenOnReplica, c.top);
