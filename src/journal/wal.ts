@@ -430,10 +430,14 @@ class SegmentStore {
     await Promise.all(syncs);
   }
 
-  /** Delete segments whose records are all ≤ seq (never the one being written). */
-  dropThrough(seq: number): void {
+  /**
+   * Delete segments whose records are all ≤ seq: never the one being written, nor one that a
+   * group commit still has to write to (`busy`; its fd would be closed, or reused by the next
+   * file opened, under the pending writev).
+   */
+  dropThrough(seq: number, busy: ReadonlySet<number> = new Set()): void {
     for (const [id, max] of this.maxSeq) {
-      if (max > seq || id === this.current?.id) continue;
+      if (max > seq || id === this.current?.id || busy.has(id)) continue;
       const fd = this.readFds.get(id);
       if (fd !== undefined) closeSync(fd);
       this.readFds.delete(id);
@@ -1206,7 +1210,7 @@ export class Journal {
       while (at < gv.length && r64(gv, at + 1) <= upTo) at += ENTRY_BYTES;
       if (at > 0) await this.db.put(gk, gv.subarray(at));
     }
-    this.segments.dropThrough(upTo);
+    this.segments.dropThrough(upTo, new Set(this.batches.map((b) => b.segment)));
     let n = 0;
     while (this.sizesHead < this.sizes.length && this.sizes[this.sizesHead].seq <= upTo) {
       const r = this.sizes[this.sizesHead++];

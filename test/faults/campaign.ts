@@ -90,7 +90,9 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     void new Promise<void>((resolve) => app.proc.once('exit', (code, signal) => {
       if (signal !== 'SIGKILL' && code !== 0) {
         result.crashes++;
-        result.problems.push(`${name} exited with ${code ?? signal}`);
+        // What it said last: its last log lines and stderr (a stack trace).
+        const last = app.logs.slice(-15).map((l) => `${String(l.msg)} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, name: undefined })}`);
+        result.problems.push(`${name} exited with ${code ?? signal}; its last log lines: ${last.join(' | ') || 'none'}; stderr: ${app.stderr().slice(-1500) || 'none'}`);
       }
       resolve();
     }));

@@ -31,6 +31,8 @@ export interface RunningAppliance {
   iscsiPort: number;
   httpPort: number;
   logs: Record<string, unknown>[];
+  /** What the process wrote to stderr (a crash's stack trace). */
+  stderr(): string;
   url(volume: string, lun?: number, creds?: string): string;
   status(): Promise<Record<string, unknown>>;
   /** SIGTERM and wait for exit; returns the exit code. */
@@ -98,6 +100,7 @@ export async function startAppliance(
     iscsiPort,
     httpPort,
     logs,
+    stderr: () => stderr,
     url: (volume, lun = 0, creds) => `iscsi://${creds ? `${creds}@` : ''}${host}:${iscsiPort}/${TARGET_PREFIX}:${volume}/${lun}`,
     status: async () => (await (await fetch(`http://${host}:${httpPort}/status`)).json()) as Record<string, unknown>,
     stop: async () => {
