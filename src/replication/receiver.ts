@@ -41,6 +41,8 @@ export class Receiver {
   /** The stores a connection still has running (a new handshake waits for them). */
   private storing: Promise<void> = Promise.resolve();
   private current?: { link: FramedLink; socket: net.Socket };
+  /** Every TCP connection, from before its TLS handshake on (close drops them all). */
+  private sockets = new Set<net.Socket>();
   readonly counters = newLinkCounters();
   private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0, refusedPeers: 0 };
 
@@ -55,6 +57,10 @@ export class Receiver {
           this.opts.logger.warn({ peer, reason: why }, 'replication peer refused: TLS handshake failed (wrong link key?)');
         })
       : net.createServer((socket) => this.accept(socket));
+    this.server.on('connection', (socket: net.Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+    });
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(port, host, () => resolve());
@@ -69,6 +75,9 @@ export class Receiver {
 
   async close(): Promise<void> {
     this.current?.socket.destroy();
+    // Not only the current link: a connection still in its TLS handshake (a stalled peer) would
+    // hold server.close() for the handshake timeout.
+    for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
