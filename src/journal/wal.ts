@@ -39,6 +39,7 @@ import { crc32c } from '../common/crc32c';
 import { Level } from 'level';
 import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
 import { iovFrom } from '../common/bytes';
+import { deferred } from '../common/deferred';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 
@@ -742,12 +743,7 @@ export class Journal {
   }
 
   private newBatch(segment: number, fd: number, position: number): SegmentBatch {
-    let resolve!: () => void;
-    let reject!: (e: unknown) => void;
-    const done = new Promise<void>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
+    const { promise: done, resolve, reject } = deferred();
     done.catch(() => undefined); // every append hands it to a caller who awaits it
     const b: SegmentBatch = { segment, fd, position, bytes: 0, iov: [], recs: [], done, resolve, reject };
     this.batches.push(b);

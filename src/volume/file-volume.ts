@@ -10,6 +10,7 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { acquireBuffer } from '../common/buffer-pool';
 import { iovFrom } from '../common/bytes';
+import { deferred } from '../common/deferred';
 import { blockio, punchHole } from './blockio';
 import { VolumeError, VolumeErrorCode } from './errors';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
@@ -233,12 +234,7 @@ export class FileVolume implements Volume {
     if (this.writeNowait || performance.now() < this.inlineAfter) return this.pwriteAll(data, offsetBytes);
     let run = this.runs[this.runs.length - 1];
     if (!run || run.end !== offsetBytes || run.iov.length >= 1024) {
-      let resolve!: () => void;
-      let reject!: (e: unknown) => void;
-      const done = new Promise<void>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
+      const { promise: done, resolve, reject } = deferred();
       this.runs.push((run = { start: offsetBytes, end: offsetBytes, iov: [], done, resolve, reject }));
     }
     run.iov.push(data);

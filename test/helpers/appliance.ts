@@ -2,11 +2,12 @@
  * Start the real appliance (`node dist/src/cli/main.js serve`, the same entry command as the
  * Dockerfile) on ephemeral ports and learn its addresses from its JSON log.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import type { TestContext } from 'node:test';
 
 /** Every appliance a test file started; whatever a failed test left running is killed at the end. */
 const running = new Set<ChildProcess>();
@@ -116,4 +117,19 @@ export async function startAppliance(
 
 export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** A fresh temp dir with a tmpfs of `size` mounted at <dir>/small, or undefined (test skipped) where mounting is not allowed. */
+export function smallDisk(t: TestContext, size: string): { dir: string; mnt: string } | undefined {
+  const dir = tempDir();
+  const mnt = path.join(dir, 'small');
+  mkdirSync(mnt);
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  } catch (e) {
+    removeDir(dir);
+    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
+    return undefined;
+  }
+  return { dir, mnt };
 }

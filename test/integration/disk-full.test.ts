@@ -8,29 +8,14 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import test, { type TestContext } from 'node:test';
-import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
+import test from 'node:test';
+import { CLI, removeDir, smallDisk, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { assertSameVolume, freePort, metrics, metricValue, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
-
-/** A fresh temp dir with a tmpfs of `size` mounted at <dir>/small, or undefined (test skipped) where mounting is not allowed. */
-function smallDisk(t: TestContext, size: string): { dir: string; mnt: string } | undefined {
-  const dir = tempDir();
-  const mnt = path.join(dir, 'small');
-  mkdirSync(mnt);
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
-  } catch (e) {
-    removeDir(dir);
-    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
-    return undefined;
-  }
-  return { dir, mnt };
-}
 
 test('disk full on the primary: writes fail with the right sense, nothing is lost or corrupted, writes resume when space returns', { timeout: 180_000 }, async (t) => {
   const disk = smallDisk(t, '40m');

@@ -7,12 +7,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { Level } from 'level';
 import { Journal, type JournalRecord } from '../../src/journal/wal';
-import { removeDir, tempDir } from '../helpers/appliance';
+import { removeDir, smallDisk, tempDir } from '../helpers/appliance';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -144,16 +144,9 @@ test('index entries lost in a crash are rebuilt from the segments, up to the fir
 });
 
 test('a group commit that runs out of space counts none of its records, not even after a restart; appends resume when space returns', async (t) => {
-  const dir = tempDir();
-  const mnt = path.join(dir, 'small');
-  mkdirSync(mnt);
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', mnt]);
-  } catch (e) {
-    removeDir(dir);
-    t.skip(`cannot mount a tmpfs here (${(e as Error).message.split('\n')[0]}); this test needs root`);
-    return;
-  }
+  const disk = smallDisk(t, '16m');
+  if (!disk) return;
+  const { dir, mnt } = disk;
   try {
     const jdir = path.join(mnt, 'j');
     const j = await Journal.open({ dir: jdir });
