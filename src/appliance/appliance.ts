@@ -558,24 +558,36 @@ export class Appliance {
     return this.journal?.stats();
   }
 
+  /** Which step of stop() is running (named in the log when a stop takes too long). */
+  stopStep = '';
+
   /** Stop serving: sessions ended, volumes synced and closed, lock released. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      const step = async (name: string, fn: () => Promise<unknown>, onError?: (e: unknown) => void): Promise<void> => {
+        this.stopStep = name;
+        const t0 = Date.now();
+        await fn().catch((e: unknown) => onError?.(e));
+        const ms = Date.now() - t0;
+        if (ms > 2000) this.logger.warn({ step: name, ms }, 'stop step slow');
+      };
+      const logErr = (what: string, extra?: object) => (e: unknown) => this.logger.error({ err: e, ...extra }, what);
       clearInterval(this.witnessTimer);
-      if (this.iscsi) await this.iscsi.close().catch((e: unknown) => this.logger.error({ err: e }, 'iscsi close failed'));
-      if (this.replication) await this.replication.stop().catch((e: unknown) => this.logger.error({ err: e }, 'shipper stop failed'));
-      if (this.receiver) await this.receiver.close().catch((e: unknown) => this.logger.error({ err: e }, 'receiver close failed'));
+      if (this.iscsi) await step('iscsi sessions', () => this.iscsi!.close(), logErr('iscsi close failed'));
+      if (this.replication) await step('shipper', () => this.replication!.stop(), logErr('shipper stop failed'));
+      if (this.receiver) await step('receiver', () => this.receiver!.close(), logErr('receiver close failed'));
       clearInterval(this.replicaTimer);
-      if (this.replicaStore) await this.replicaStore.idle().catch(() => undefined);
-      if (this.replicaStore?.testCopies.size) await this.testFailover('stop').catch(() => undefined);
-      for (const s of this.served.values()) await s.target.close().catch(() => undefined);
-      if (this.keeper) await this.keeper.stop().catch((e: unknown) => this.logger.error({ err: e }, 'final journal checkpoint failed'));
+      if (this.replicaStore) await step('replica apply', () => this.replicaStore!.idle());
+      if (this.replicaStore?.testCopies.size) await step('test failover', () => this.testFailover('stop'));
+      for (const s of this.served.values()) await step('scsi targets', () => s.target.close());
+      if (this.keeper) await step('checkpoint', () => this.keeper!.stop(), logErr('final journal checkpoint failed'));
       for (const [name, s] of this.served) {
-        await s.target.close().catch((e: unknown) => this.logger.error({ err: e, volume: name }, 'scsi target close failed'));
-        await s.volume.close().catch((e: unknown) => this.logger.error({ err: e, volume: name }, 'volume close failed'));
+        await step(`close ${name}`, () => s.target.close(), logErr('scsi target close failed', { volume: name }));
+        await step(`close ${name}`, () => s.volume.close(), logErr('volume close failed', { volume: name }));
       }
-      if (this.journal) await this.journal.close().catch((e: unknown) => this.logger.error({ err: e }, 'journal close failed'));
-      await this.dataDir.unlock();
+      if (this.journal) await step('journal', () => this.journal!.close(), logErr('journal close failed'));
+      await step('unlock', () => this.dataDir.unlock());
+      this.stopStep = 'done';
       this.logger.info('appliance stopped');
     })();
     return this.stopping;

@@ -132,7 +132,7 @@ export function register(program: Command): void {
         stopping = true;
         logger.info({ signal }, 'shutting down');
         const hard = setTimeout(() => {
-          logger.error('shutdown took too long; exiting');
+          logger.error({ step: app.stopStep || 'http' }, 'shutdown took too long; exiting');
           process.exit(1);
         }, 20_000);
         hard.unref();

@@ -18,24 +18,48 @@ import { encodeText } from './text';
 const PAD = [Buffer.alloc(0), Buffer.alloc(1), Buffer.alloc(2), Buffer.alloc(3)];
 /** Each connection's socket reads into one buffer of this size (see readIntoOwnBuffer). */
 const READ_BUFFER_BYTES = 256 * 1024;
+/** A read goes straight into the PDU's own data buffer when at least this much of it is missing. */
+const DIRECT_READ_MIN = 16 * 1024;
+
+interface ReadSink {
+  /** A view of the shared read buffer, valid only during the call. */
+  chunk(chunk: Buffer): void;
+  /** Where the next read may land instead of the shared buffer (see PduReader.directTarget). */
+  direct(): Buffer | undefined;
+  /** Read only this many bytes next (the headers before an expected large data segment). */
+  headerBytes(): number | undefined;
+  /** `n` bytes landed in the buffer `direct` returned. */
+  landed(n: number): void;
+}
 
 /**
- * Re-wrap a socket accepted paused (`pauseOnConnect`) so that the kernel reads into one buffer
- * of the connection's own: by default Node allocates a fresh 64 KiB buffer for every read, and
- * at hundreds of MB/s those allocations drive the garbage collector (see common/buffer-pool).
- * `onChunk` gets a view of that buffer, valid only during the call (PduReader copies out what it
- * keeps). Node offers `onread` only to sockets it constructs, so the accepted socket's handle
- * moves to a new Socket; the original is destroyed with it so the server's count stays right.
- * Returns undefined (the caller reads 'data' events instead) for a socket already reading.
+ * Re-wrap a socket accepted paused (`pauseOnConnect`) so that the kernel reads into buffers of
+ * the connection's own: by default Node allocates a fresh 64 KiB buffer for every read, and at
+ * hundreds of MB/s those allocations drive the garbage collector (see common/buffer-pool).
+ * Reads land in one shared buffer, or, in the middle of a large data segment, straight in that
+ * PDU's buffer (one copy fewer per byte). Node offers `onread` only to sockets it constructs,
+ * so the accepted socket's handle moves to a new Socket; the original is destroyed with it so
+ * the server's count stays right. Returns undefined (the caller reads 'data' events instead)
+ * for a socket already reading.
  */
-function readIntoOwnBuffer(accepted: net.Socket, onChunk: (chunk: Buffer) => void): net.Socket | undefined {
+function readIntoOwnBuffers(accepted: net.Socket, sink: ReadSink): net.Socket | undefined {
   const holder = accepted as unknown as { _handle?: { reading?: boolean } | null };
   const handle = holder._handle;
   if (!handle || handle.reading) return undefined;
-  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  const shared = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+  const headerViews: Buffer[] = [];
   const socket = new net.Socket({
     handle, readable: true, writable: true,
-    onread: { buffer, callback: (n: number) => void onChunk(buffer.subarray(0, n)) },
+    onread: {
+      // Node asks for the next read's buffer after every read.
+      buffer: () => {
+        const direct = sink.direct();
+        if (direct) return direct;
+        const h = sink.headerBytes();
+        return h ? (headerViews[h] ??= shared.subarray(0, h)) : shared;
+      },
+      callback: (n: number, buf: Buffer) => void (buf.buffer === shared.buffer ? sink.chunk(shared.subarray(0, n)) : sink.landed(n)),
+    },
   } as net.SocketConstructorOpts);
   holder._handle = null;
   socket.once('close', () => accepted.destroy());
@@ -85,7 +109,14 @@ export class Connection {
   readonly socket: net.Socket;
 
   constructor(accepted: net.Socket, private readonly host: ConnectionHost, readonly id: number) {
-    const socket = (this.socket = readIntoOwnBuffer(accepted, (chunk) => this.onData(chunk)) ?? accepted);
+    const socket = (this.socket =
+      readIntoOwnBuffers(accepted, {
+        chunk: (chunk) => this.onData(chunk),
+        direct: () => (this.closed ? undefined : this.reader?.directTarget(DIRECT_READ_MIN)),
+        landed: (n) => this.onLanded(n),
+        // After a large data segment another one is likely: read up to its start only.
+        headerBytes: () => (this.reader && this.reader.lastDataLength >= DIRECT_READ_MIN ? this.reader.headerBytesWanted() : undefined),
+      }) ?? accepted);
     if (socket === accepted) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     this.localAddress = socket.localAddress ?? '127.0.0.1';
@@ -106,6 +137,15 @@ export class Connection {
     this.lastRx = Date.now();
     try {
       this.reader.push(chunk);
+    } catch (e) {
+      this.protocolFailure(e);
+    }
+  }
+
+  private onLanded(n: number): void {
+    this.lastRx = Date.now();
+    try {
+      this.reader.landed(n);
     } catch (e) {
       this.protocolFailure(e);
     }

@@ -7,6 +7,8 @@
  * The reader copies what it needs out of each chunk and never keeps the chunk, so the socket
  * can read into one reused buffer. A PDU's data segment lands in a pooled buffer
  * (common/buffer-pool) that its consumer may give back; nothing per read is allocated.
+ * While a large data segment is still being received, the socket may instead read straight
+ * into its buffer (`directTarget`, then `landed`): those bytes are never copied in user space.
  */
 import { acquireBuffer, releaseBuffer } from '../common/buffer-pool';
 import { BHS_LENGTH } from './constants';
@@ -71,6 +73,57 @@ export class PduReader {
     }
   }
 
+  /**
+   * Where the next socket read may land without a copy: the rest of the data segment being
+   * received, when at least `min` bytes of it are missing. Undefined otherwise (then `push`).
+   */
+  directTarget(min: number): Buffer | undefined {
+    if (this.failed || this.stage !== Stage.Data) return undefined;
+    const rest = this.target.length - this.filled;
+    return rest >= min ? this.target.subarray(this.filled) : undefined;
+  }
+
+  /**
+   * Bytes the reader needs before the next data segment can start (rest of the BHS, AHS and
+   * header digest; a data digest counts the next BHS too), or undefined inside a data segment.
+   * A socket that expects another large data segment reads just these, so that the data itself
+   * can land directly.
+   */
+  headerBytesWanted(): number | undefined {
+    const rest = this.target.length - this.filled;
+    switch (this.stage) {
+      case Stage.Bhs:
+      case Stage.HeaderDigest:
+        return rest;
+      case Stage.Ahs:
+        return rest + (this.hd ? 4 : 0);
+      case Stage.DataDigest:
+        return rest + BHS_LENGTH;
+      default:
+        return undefined;
+    }
+  }
+
+  /** Data segment length of the last whole PDU. */
+  lastDataLength = 0;
+
+  /** `n` bytes were read into the view `directTarget` returned (at most its length). */
+  landed(n: number): void {
+    if (this.failed) throw this.failed;
+    if (this.stage !== Stage.Data || n > this.target.length - this.filled) throw new Error('bytes landed outside the data segment being received');
+    this.filled += n;
+    if (this.filled === this.target.length) {
+      try {
+        this.stageDone();
+      } catch (e) {
+        this.failed = e as Error;
+        if (this.data !== EMPTY) releaseBuffer(this.data);
+        this.data = EMPTY;
+        throw e;
+      }
+    }
+  }
+
   /** Bytes held waiting for the rest of a PDU. */
   get pending(): number {
     return this.held + this.filled;
@@ -132,6 +185,7 @@ export class PduReader {
           this.target = this.bhs;
           this.filled = 0;
           this.count++;
+          this.lastDataLength = dlen;
           this.onPdu(ahs ? { bhs, ahs, data } : { bhs, data });
           return;
         }

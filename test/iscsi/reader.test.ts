@@ -114,6 +114,61 @@ test('a stream of valid PDUs split at arbitrary byte boundaries decodes to the s
   );
 });
 
+test('reads that land straight in the data segment (directTarget, then landed) mixed with pushed chunks decode to the same PDUs', () => {
+  fc.assert(
+    fc.property(fc.array(framedPdu(3000), { minLength: 1, maxLength: 8 }), options, fc.array(fc.nat({ max: 4000 }), { minLength: 1, maxLength: 60 }), fc.nat({ max: 600 }), (pdus, o, sizes, min) => {
+      const stream = Buffer.concat(pdus.map((p) => encode(p, o)));
+      const { reader, got } = collect(3000, o);
+      let off = 0;
+      let direct = 0;
+      for (let i = 0; off < stream.length; i++) {
+        const want = Math.max(1, sizes[i % sizes.length]);
+        const view = reader.directTarget(min);
+        if (view) {
+          assert.ok(view.length >= min && view.length > 0);
+          // The socket fills at most the view; whatever arrived is copied there by the "kernel".
+          const n = Math.min(want, view.length, stream.length - off);
+          stream.copy(view, 0, off, off + n);
+          reader.landed(n);
+          direct += n;
+          off += n;
+        } else {
+          const n = Math.min(want, stream.length - off);
+          reader.push(stream.subarray(off, off + n));
+          off += n;
+        }
+      }
+      assert.deepEqual(got.map(show), pdus.map(show));
+      assert.equal(reader.pending, 0);
+      // Only data-segment bytes may land directly.
+      assert.ok(direct <= pdus.reduce((t, p) => t + p.data.length + pad4(p.data.length), 0));
+    }),
+    { numRuns: RUNS },
+  );
+});
+
+test('directTarget offers only the data segment, and only while at least `min` bytes of it are missing', () => {
+  const p: Framed = { bhs: Buffer.alloc(48), ahs: Buffer.alloc(0), data: Buffer.alloc(1000, 7) };
+  p.bhs[7] = 0xe8; // 1000 bytes
+  p.bhs[6] = 0x03;
+  const bytes = encode(p, { headerDigest: true, dataDigest: true });
+  const { reader, got } = collect(3000, { headerDigest: true, dataDigest: true });
+  assert.equal(reader.directTarget(1), undefined, 'not in the BHS');
+  reader.push(bytes.subarray(0, 48));
+  assert.equal(reader.directTarget(1), undefined, 'not in the header digest');
+  reader.push(bytes.subarray(48, 52 + 100));
+  assert.equal(reader.directTarget(901), undefined, '900 bytes missing');
+  const view = reader.directTarget(900)!;
+  assert.equal(view.length, 900);
+  assert.throws(() => reader.landed(901));
+  bytes.copy(view, 0, 152, 152 + 900);
+  reader.landed(900);
+  assert.equal(reader.directTarget(1), undefined, 'not in the data digest');
+  reader.push(bytes.subarray(1052));
+  assert.equal(got.length, 1);
+  assert.deepEqual(got[0].data, p.data);
+});
+
 test('byte-at-a-time feeding: each PDU appears exactly when its last byte arrives, pending counts the rest', () => {
   fc.assert(
     fc.property(fc.array(framedPdu(200), { minLength: 1, maxLength: 4 }), options, (pdus, o) => {
