@@ -84,6 +84,7 @@ export interface JournalStats {
   bytes: number;
   perVolume: Record<string, { records: number; bytes: number }>;
   appends: number;
+  /** Group commits: segment writes, each for the records appended in one turn of the event loop. */
   batches: number;
   /** Sum of batch sizes, for the mean group-commit size. */
   batchedRecords: number;
@@ -240,6 +241,12 @@ const SPARE_SEGMENTS = 16;
  * acknowledged records exist only in their segments until the next start rebuilds them.
  */
 const INDEX_STALL = process.env.OFFSITE_FAILPOINT === 'journal-index-stall';
+/**
+ * Index entries wait this long for more records to share a LevelDB batch, unless a full group
+ * is queued or someone waits for them (the shipper, a checkpoint, close): one batch per few
+ * records cost more main-thread time than the rest of the index.
+ */
+const INDEX_DELAY_MS = 20;
 /** Memory the journal's cache of recent records may hold (see Journal.recent). */
 const RECENT_BYTES = 32 * 1024 * 1024;
 
@@ -528,6 +535,9 @@ export class Journal {
   private writing?: Promise<void>;
   private durableSeq = 0;
   private writtenSeq = 0;
+  /** Callers waiting for the index to catch up (it is then written without delay). */
+  private urgent = 0;
+  private indexTimer?: NodeJS.Timeout;
   private waiters: { after: number; resolve: () => void }[] = [];
   private times = new Map<number, number>();
   private sizes: { seq: number; vol: number; bytes: number; timeMs: number; cum: number }[] = [];
@@ -785,8 +795,14 @@ export class Journal {
       this.noteLatency(r.started);
     }
     this.counters.appends += b.recs.length;
+    this.counters.batches++;
+    this.counters.batchedRecords += b.recs.length;
+    if (this.batchSizes.length < 10000) this.batchSizes.push(b.recs.length);
     this.segments.written(b.segment, this.head);
-    if (!this.writing && !INDEX_STALL) this.writing = this.writeLoop();
+    if (!this.writing) {
+      if (this.indexDue()) this.flushIndex();
+      else this.indexTimer ??= setTimeout(() => this.flushIndex(), INDEX_DELAY_MS).unref();
+    }
     b.resolve();
   }
 
@@ -907,7 +923,7 @@ export class Journal {
    */
   async resetTo(seq: number): Promise<void> {
     await this.drained();
-    while (this.writing) await this.writing;
+    await this.indexAll();
     if (this.trimming) await this.trimming.catch(() => undefined);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
     this.segments.dropThrough(Number.MAX_SAFE_INTEGER);
@@ -973,7 +989,7 @@ export class Journal {
    */
   private async writeLoop(): Promise<void> {
     try {
-      while (this.queue.length) {
+      for (let first = true; this.queue.length && (first || this.indexDue()); first = false) {
         const batch = this.queue;
         this.queue = [];
         try {
@@ -993,9 +1009,6 @@ export class Journal {
           return;
         }
         this.writtenSeq = batch[batch.length - 1].seq;
-        this.counters.batches++;
-        this.counters.batchedRecords += batch.length;
-        if (this.batchSizes.length < 10000) this.batchSizes.push(batch.length);
         this.wake();
       }
     } finally {
@@ -1012,13 +1025,44 @@ export class Journal {
 
   /** Resolves once the index holds every record up to `seq` (or cannot now: its writes are failing). */
   private async indexed(seq: number): Promise<void> {
-    while (this.writtenSeq < Math.min(seq, this.head) && this.writing) await this.writing;
+    this.urgent++;
+    try {
+      this.flushIndex();
+      while (this.writtenSeq < Math.min(seq, this.head) && this.writing) await this.writing;
+    } finally {
+      this.urgent--;
+    }
+  }
+
+  /** Put the queued index entries now rather than wait for more. */
+  private async indexAll(): Promise<void> {
+    this.urgent++;
+    try {
+      this.flushIndex();
+      while (this.writing) await this.writing;
+    } finally {
+      this.urgent--;
+    }
+  }
+
+  /** A full group is queued, or someone waits for the index. */
+  private indexDue(): boolean {
+    return this.queue.length >= INDEX_GROUP || this.waiters.length > 0 || this.urgent > 0;
+  }
+
+  /** Start the index writer now (unless it runs). */
+  private flushIndex(): void {
+    clearTimeout(this.indexTimer);
+    this.indexTimer = undefined;
+    if (!this.writing && this.queue.length && !INDEX_STALL && !this.closed) this.writing = this.writeLoop();
   }
 
   /** Resolves once a record with seq > afterSeq is in the index. */
   waitForAppend(afterSeq: number): Promise<void> {
     if (this.writtenSeq > afterSeq) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push({ after: afterSeq, resolve }));
+    const waiting = new Promise<void>((resolve) => this.waiters.push({ after: afterSeq, resolve }));
+    if (this.queue.length) this.flushIndex();
+    return waiting;
   }
 
   /**
@@ -1256,7 +1300,7 @@ export class Journal {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.drained();
-    while (this.writing) await this.writing;
+    await this.indexAll();
     if (this.trimming) await this.trimming.catch(() => undefined);
     this.closed = true;
     await this.segments.sync();

@@ -190,7 +190,7 @@ export function createMetrics(): Metrics {
   });
   const batchSize = new client.Histogram({
     name: 'offsite_journal_batch_records',
-    help: 'Index entries per LevelDB batch (written in the background, after the records are acknowledged).',
+    help: 'Records per group commit: the records appended in one turn of the event loop share one segment write.',
     buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
     registers: [registry],
   });

@@ -99,6 +99,36 @@ test('the size cap folds records the replica has not acknowledged, counts them a
   }
 });
 
+test('records appended one turn at a time share index entries, and a reader never waits for that', async () => {
+  const dir = tempDir();
+  try {
+    const jdir = path.join(dir, 'j');
+    const j = await Journal.open({ dir: jdir });
+    await j.registerVolume('v');
+    // 40 group commits, one record each, with nobody waiting for the index in between.
+    for (let i = 0; i < 40; i++) await j.append('v', 'write', i * 4 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, i)).done;
+    // A reader gets them at once (the index is written on demand) ...
+    const recs = await readAll(j, 0);
+    assert.deepEqual(recs.map((r) => r.seq), Array.from({ length: 40 }, (_, i) => i + 1));
+    // ... and 41..50, appended while nothing reads, are in the index after close.
+    for (let i = 40; i < 50; i++) await j.append('v', 'write', i * 4 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, i)).done;
+    await j.close();
+    const db = new Level<Buffer, Buffer>(jdir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    const ends: number[] = [];
+    for await (const k of db.keys()) if (k[0] === 0x72 && k.length === 9) ends.push(k.readUInt32BE(5));
+    await db.close();
+    // One LevelDB entry per batch: without the wait for more records, each commit had its own.
+    assert.ok(ends.length <= 4, `index entries end at ${ends.join(', ')}`);
+    assert.equal(Math.max(...ends), 50);
+    const again = await Journal.open({ dir: jdir });
+    assert.equal(again.headSeq(), 50);
+    assert.deepEqual((await readAll(again, 38)).map((r) => r.seq), Array.from({ length: 12 }, (_, i) => i + 39));
+    await again.close();
+  } finally {
+    removeDir(dir);
+  }
+});
+
 test('index entries lost in a crash are rebuilt from the segments, up to the first torn record and no further', async () => {
   const dir = tempDir();
   try {
