@@ -8,7 +8,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { startAppliance, tempDir, removeDir, type RunningAppliance } from '../test/helpers/appliance';
 import { startTgt } from '../test/helpers/tgt';
-import { freePort, testLinkKey } from '../test/helpers/replication';
+import { freePort, testLinkKey, waitCaughtUp } from '../test/helpers/replication';
 import { runWanBench } from './wan';
 
 interface Workload {
@@ -60,11 +60,17 @@ function settle(): void {
   execFileSync('sync');
 }
 
-async function measure(url: string): Promise<number[]> {
+/**
+ * With a replica, every measured run starts with it caught up (applied everything, including
+ * the prefill): otherwise a run pays for the backlog of the one before, and the replica's
+ * first pass over its sparse image.
+ */
+async function measure(url: string, caughtUp?: () => Promise<unknown>): Promise<number[]> {
   const out: number[] = [];
   for (const w of WORKLOADS) {
     let best = 0;
     for (let i = 0; i < repeat; i++) {
+      await caughtUp?.();
       settle();
       best = Math.max(best, await qemuBench(url, w));
     }
@@ -78,7 +84,7 @@ function table(rows: string[][]): string {
   return rows.map((r, ri) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ') + (ri === 0 ? '\n' + widths.map((w) => '-'.repeat(w)).join('  ') : '')).join('\n');
 }
 
-async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppliance) => Promise<T>, withReplica = false): Promise<T> {
+async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppliance, replica?: RunningAppliance) => Promise<T>, withReplica = false): Promise<T> {
   let replica: RunningAppliance | undefined;
   if (withReplica) {
     const port = await freePort();
@@ -87,7 +93,7 @@ async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppl
   }
   const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('').replace(/[^a-z0-9-]/gi, '')}`), volumes: [`bench:${VOLUME_BYTES}`], args });
   try {
-    return await fn(app);
+    return await fn(app, replica);
   } finally {
     await app.stop();
     await replica?.stop();
@@ -110,9 +116,9 @@ async function main(): Promise<void> {
     }
     for (const [label, args, withReplica] of [['offsite', [], false], ['offsite (no journal)', ['--no-journal'], false], ['offsite + replica', [], true]] as [string, string[], boolean][]) {
       if (only && only !== 'iscsi') break;
-      results[label] = await withOffsite(dir, args, async (app) => {
+      results[label] = await withOffsite(dir, args, async (app, replica) => {
         await prefill(app.url('bench'));
-        return measure(app.url('bench'));
+        return measure(app.url('bench'), replica && (() => waitCaughtUp(app, replica, 300_000)));
       }, withReplica);
     }
   } finally {

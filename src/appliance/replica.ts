@@ -23,7 +23,7 @@ import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
 import type { ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VolumeDescriptor } from '../replication/ports';
 import { chunkHash, SYNC_CHUNK_BYTES } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
-import { applyToVolume } from '../volume/journaled';
+import { applyInOrder, applyToVolume } from '../volume/journaled';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { TestCopyVolume } from '../volume/test-copy';
 
@@ -441,12 +441,17 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
-  /** One record onto its volume (a running test copy keeps its view first). Callers hold the apply gate. */
-  private async applyRecord(r: JournalRecord): Promise<void> {
+  private imageOf(r: JournalRecord): FileVolume {
     const v = this.volumes.get(r.volume);
     if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
+    return v.image;
+  }
+
+  /** One record onto its volume (a running test copy keeps its view first). Callers hold the apply gate. */
+  private async applyRecord(r: JournalRecord): Promise<void> {
+    const image = this.imageOf(r);
     await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
-    await applyToVolume(v.image, r);
+    await applyToVolume(image, r);
   }
 
   private async applyLoop(): Promise<void> {
@@ -454,7 +459,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       const seg = this.queue[0];
       try {
         await this.gate.exclusive(async () => {
-          for (const r of seg.records) await this.applyRecord(r as JournalRecord);
+          await applyInOrder(seg.records as JournalRecord[], (r) => this.imageOf(r), this.testCopies.size ? (r) => this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes) ?? Promise.resolve() : undefined);
         });
       } catch (e) {
         if ((e as { code?: string }).code === 'VOLUME_NO_SPACE' || (e as NodeJS.ErrnoException).code === 'ENOSPC') {

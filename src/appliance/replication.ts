@@ -95,7 +95,7 @@ class JournalSource implements ShipperSource {
   }
 
   headSeq(): number {
-    return this.journal.writtenHead();
+    return this.journal.headSeq();
   }
 
   oldestSeq(): number {

@@ -243,8 +243,8 @@ const SPARE_SEGMENTS = 16;
 const INDEX_STALL = process.env.OFFSITE_FAILPOINT === 'journal-index-stall';
 /**
  * Index entries wait this long for more records to share a LevelDB batch, unless a full group
- * is queued or someone waits for them (the shipper, a checkpoint, close): one batch per few
- * records cost more main-thread time than the rest of the index.
+ * is queued or someone needs them (a reader past the recent-record cache, a checkpoint, close):
+ * one batch per few records cost more main-thread time than the rest of the index.
  */
 const INDEX_DELAY_MS = 20;
 /** Memory the journal's cache of recent records may hold (see Journal.recent). */
@@ -799,6 +799,7 @@ export class Journal {
     this.counters.batchedRecords += b.recs.length;
     if (this.batchSizes.length < 10000) this.batchSizes.push(b.recs.length);
     this.segments.written(b.segment, this.head);
+    this.wake();
     if (!this.writing) {
       if (this.indexDue()) this.flushIndex();
       else this.indexTimer ??= setTimeout(() => this.flushIndex(), INDEX_DELAY_MS).unref();
@@ -853,6 +854,7 @@ export class Journal {
     if (rec.data.length) retainBuffer(rec.data);
     this.recent.set(rec.seq, rec);
     this.recentBytes += recentCost(rec);
+    if (this.recentBytes <= RECENT_BYTES) return;
     for (const [k, r] of this.recent) {
       if (this.recentBytes <= RECENT_BYTES) break;
       this.recent.delete(k);
@@ -896,11 +898,6 @@ export class Journal {
   /** Data bytes appended since this process opened the journal (including what it found). */
   appendedBytesTotal(): number {
     return this.appendedBytes;
-  }
-
-  /** Highest sequence in the LevelDB index (what the shipper waits for). */
-  writtenHead(): number {
-    return this.writtenSeq;
   }
 
   /** Data bytes of the retained records with seq > afterSeq. */
@@ -1019,7 +1016,7 @@ export class Journal {
   private wake(): void {
     if (!this.waiters.length) return;
     const keep: typeof this.waiters = [];
-    for (const w of this.waiters) (this.writtenSeq > w.after ? w.resolve() : keep.push(w));
+    for (const w of this.waiters) (this.head > w.after ? w.resolve() : keep.push(w));
     this.waiters = keep;
   }
 
@@ -1047,7 +1044,7 @@ export class Journal {
 
   /** A full group is queued, or someone waits for the index. */
   private indexDue(): boolean {
-    return this.queue.length >= INDEX_GROUP || this.waiters.length > 0 || this.urgent > 0;
+    return this.queue.length >= INDEX_GROUP || this.urgent > 0;
   }
 
   /** Start the index writer now (unless it runs). */
@@ -1057,12 +1054,10 @@ export class Journal {
     if (!this.writing && this.queue.length && !INDEX_STALL && !this.closed) this.writing = this.writeLoop();
   }
 
-  /** Resolves once a record with seq > afterSeq is in the index. */
+  /** Resolves once a record with seq > afterSeq is written (readAfter gives it). */
   waitForAppend(afterSeq: number): Promise<void> {
-    if (this.writtenSeq > afterSeq) return Promise.resolve();
-    const waiting = new Promise<void>((resolve) => this.waiters.push({ after: afterSeq, resolve }));
-    if (this.queue.length) this.flushIndex();
-    return waiting;
+    if (this.head > afterSeq) return Promise.resolve();
+    return new Promise<void>((resolve) => this.waiters.push({ after: afterSeq, resolve }));
   }
 
   /**
