@@ -22,7 +22,7 @@ interface Workload {
 const VOLUME_BYTES = 1024 * 1024 * 1024;
 const quick = process.argv.includes('--quick');
 const repeatIdx = process.argv.indexOf('--repeat');
-const repeat = repeatIdx > 0 ? Number(process.argv[repeatIdx + 1]) : 2;
+const repeat = repeatIdx > 0 ? Number(process.argv[repeatIdx + 1]) : 3;
 const scale = quick ? 0.25 : 1;
 
 const WORKLOADS: Workload[] = [
