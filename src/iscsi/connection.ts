@@ -113,7 +113,7 @@ export class Connection {
       readIntoOwnBuffers(accepted, {
         chunk: (chunk) => this.onData(chunk),
         direct: () => (this.closed ? undefined : this.reader?.directTarget(DIRECT_READ_MIN)),
-        landed: (n) => this.onLanded(n),
+        landed: (n) => this.onData(n),
         // After a large data segment another one is likely: read up to its start only.
         headerBytes: () => (this.reader && this.reader.lastDataLength >= DIRECT_READ_MIN ? this.reader.headerBytesWanted() : undefined),
       }) ?? accepted);
@@ -133,19 +133,12 @@ export class Connection {
     this.timer.unref();
   }
 
-  private onData(chunk: Buffer): void {
+  /** Bytes in: a chunk to copy from, or the count that landed in the reader's own buffer. */
+  private onData(chunk: Buffer | number): void {
     this.lastRx = Date.now();
     try {
-      this.reader.push(chunk);
-    } catch (e) {
-      this.protocolFailure(e);
-    }
-  }
-
-  private onLanded(n: number): void {
-    this.lastRx = Date.now();
-    try {
-      this.reader.landed(n);
+      if (typeof chunk === 'number') this.reader.landed(chunk);
+      else this.reader.push(chunk);
     } catch (e) {
       this.protocolFailure(e);
     }

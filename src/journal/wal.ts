@@ -802,7 +802,7 @@ export class Journal {
     this.wake();
     if (!this.writing) {
       if (this.indexDue()) this.flushIndex();
-      else this.indexTimer ??= setTimeout(() => this.flushIndex(), INDEX_DELAY_MS).unref();
+      else this.scheduleIndex();
     }
     b.resolve();
   }
@@ -1006,8 +1006,9 @@ export class Journal {
           return;
         }
         this.writtenSeq = batch[batch.length - 1].seq;
-        this.wake();
       }
+      // Entries queued meanwhile that are not due yet wait for more, as in batchWritten.
+      this.scheduleIndex();
     } finally {
       this.writing = undefined;
     }
@@ -1045,6 +1046,11 @@ export class Journal {
   /** A full group is queued, or someone waits for the index. */
   private indexDue(): boolean {
     return this.queue.length >= INDEX_GROUP || this.urgent > 0;
+  }
+
+  /** Put the queued index entries within INDEX_DELAY_MS. */
+  private scheduleIndex(): void {
+    if (this.queue.length && !this.closed) this.indexTimer ??= setTimeout(() => this.flushIndex(), INDEX_DELAY_MS).unref();
   }
 
   /** Start the index writer now (unless it runs). */
