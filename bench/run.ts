@@ -60,21 +60,36 @@ function settle(): void {
   execFileSync('sync');
 }
 
+/** One target under test: tgt, or an offsite configuration. */
+interface Subject {
+  label: string;
+  url: string;
+  /** Resolves once a replica (if any) has applied everything. */
+  caughtUp?: () => Promise<unknown>;
+}
+
 /**
- * With a replica, every measured run starts with it caught up (applied everything, including
- * the prefill): otherwise a run pays for the backlog of the one before, and the replica's
- * first pass over its sparse image.
+ * Every subject runs every workload `repeat` times, the subjects taking turns run by run (tgt,
+ * offsite, offsite without journal, offsite with replica, then again): this machine's speed
+ * drifts by tens of percent over minutes, and measuring one subject after another put that drift
+ * into the ratios. Each run starts with no dirty pages and, with a replica, with it caught up
+ * (applied everything, the prefill too): otherwise a run pays for the backlog of the one before,
+ * and the replica's first pass over its sparse image.
  */
-async function measure(url: string, caughtUp?: () => Promise<unknown>): Promise<number[]> {
-  const out: number[] = [];
+async function measure(subjects: Subject[]): Promise<Record<string, number[]>> {
+  const out: Record<string, number[]> = Object.fromEntries(subjects.map((s) => [s.label, []]));
   for (const w of WORKLOADS) {
-    let best = 0;
+    const best = new Map(subjects.map((s) => [s.label, 0]));
     for (let i = 0; i < repeat; i++) {
-      await caughtUp?.();
-      settle();
-      best = Math.max(best, await qemuBench(url, w));
+      for (const s of subjects) {
+        await s.caughtUp?.();
+        settle();
+        const got = await qemuBench(s.url, w);
+        if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, run ${i + 1}: ${got.toFixed(1)} MiB/s\n`);
+        best.set(s.label, Math.max(best.get(s.label)!, got));
+      }
     }
-    out.push(best);
+    for (const s of subjects) out[s.label].push(best.get(s.label)!);
   }
   return out;
 }
@@ -84,51 +99,45 @@ function table(rows: string[][]): string {
   return rows.map((r, ri) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ') + (ri === 0 ? '\n' + widths.map((w) => '-'.repeat(w)).join('  ') : '')).join('\n');
 }
 
-async function withOffsite<T>(dir: string, args: string[], fn: (app: RunningAppliance, replica?: RunningAppliance) => Promise<T>, withReplica = false): Promise<T> {
+async function startOffsite(dir: string, label: string, args: string[], withReplica: boolean, stops: (() => Promise<unknown>)[]): Promise<Subject> {
   let replica: RunningAppliance | undefined;
   if (withReplica) {
     const port = await freePort();
     replica = await startAppliance({ dataDir: path.join(dir, 'replica'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${port}`, '--link-key', testLinkKey()] });
+    stops.push(() => replica!.stop());
     args = [...args, '--replicate-to', `127.0.0.1:${port}`, '--link-key', testLinkKey()];
   }
   const app = await startAppliance({ dataDir: path.join(dir, `data${args.join('').replace(/[^a-z0-9-]/gi, '')}`), volumes: [`bench:${VOLUME_BYTES}`], args });
-  try {
-    return await fn(app, replica);
-  } finally {
-    await app.stop();
-    await replica?.stop();
-  }
+  stops.unshift(() => app.stop());
+  return { label, url: app.url('bench'), caughtUp: replica && (() => waitCaughtUp(app, replica, 300_000)) };
 }
 
 async function main(): Promise<void> {
   const dir = tempDir('offsite-bench-');
-  const results: Record<string, number[]> = {};
+  let results: Record<string, number[]> | undefined;
   try {
-    const tgt = await startTgt(path.join(dir, 'tgt.img'), VOLUME_BYTES);
-    try {
-      if (only && only !== 'iscsi') throw new SkipIscsi();
-      await prefill(tgt.url);
-      results.tgt = await measure(tgt.url);
-    } catch (e) {
-      if (!(e instanceof SkipIscsi)) throw e;
-    } finally {
-      await tgt.stop();
-    }
-    for (const [label, args, withReplica] of [['offsite', [], false], ['offsite (no journal)', ['--no-journal'], false], ['offsite + replica', [], true]] as [string, string[], boolean][]) {
-      if (only && only !== 'iscsi') break;
-      results[label] = await withOffsite(dir, args, async (app, replica) => {
-        await prefill(app.url('bench'));
-        return measure(app.url('bench'), replica && (() => waitCaughtUp(app, replica, 300_000)));
-      }, withReplica);
+    if (!only || only === 'iscsi') {
+      const stops: (() => Promise<unknown>)[] = [];
+      try {
+        const tgt = await startTgt(path.join(dir, 'tgt.img'), VOLUME_BYTES);
+        stops.push(() => tgt.stop());
+        const subjects: Subject[] = [{ label: 'tgt', url: tgt.url }];
+        for (const [label, args, withReplica] of [['offsite', [], false], ['offsite (no journal)', ['--no-journal'], false], ['offsite + replica', [], true]] as [string, string[], boolean][]) {
+          subjects.push(await startOffsite(dir, label, args, withReplica, stops));
+        }
+        for (const s of subjects) await prefill(s.url);
+        results = await measure(subjects);
+      } finally {
+        for (const stop of stops) await stop();
+      }
     }
   } finally {
     removeDir(dir);
   }
-  if (results.tgt) printIscsi(results);
+  if (results) printIscsi(results);
   if (!only || only === 'wan') process.stdout.write(await runWanBench());
 }
 
-class SkipIscsi extends Error {}
 const onlyIdx = process.argv.indexOf('--only');
 const only = onlyIdx > 0 ? process.argv[onlyIdx + 1] : undefined;
 
