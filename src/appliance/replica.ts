@@ -447,10 +447,15 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return v.image;
   }
 
+  /** A running test copy of the record's volume keeps its view of the range first. */
+  private async preserve(r: JournalRecord): Promise<void> {
+    await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
+  }
+
   /** One record onto its volume (a running test copy keeps its view first). Callers hold the apply gate. */
   private async applyRecord(r: JournalRecord): Promise<void> {
     const image = this.imageOf(r);
-    await this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes);
+    await this.preserve(r);
     await applyToVolume(image, r);
   }
 
@@ -459,7 +464,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       const seg = this.queue[0];
       try {
         await this.gate.exclusive(async () => {
-          await applyInOrder(seg.records as JournalRecord[], (r) => this.imageOf(r), this.testCopies.size ? (r) => this.testCopies.get(r.volume)?.preserve(r.offsetBytes, r.lengthBytes) ?? Promise.resolve() : undefined);
+          await applyInOrder(seg.records as JournalRecord[], (r) => this.imageOf(r), this.testCopies.size ? (r) => this.preserve(r) : undefined);
         });
       } catch (e) {
         if ((e as { code?: string }).code === 'VOLUME_NO_SPACE' || (e as NodeJS.ErrnoException).code === 'ENOSPC') {

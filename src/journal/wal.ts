@@ -920,7 +920,7 @@ export class Journal {
    */
   async resetTo(seq: number): Promise<void> {
     await this.drained();
-    await this.indexAll();
+    await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
     this.segments.dropThrough(Number.MAX_SAFE_INTEGER);
@@ -1027,17 +1027,6 @@ export class Journal {
     try {
       this.flushIndex();
       while (this.writtenSeq < Math.min(seq, this.head) && this.writing) await this.writing;
-    } finally {
-      this.urgent--;
-    }
-  }
-
-  /** Put the queued index entries now rather than wait for more. */
-  private async indexAll(): Promise<void> {
-    this.urgent++;
-    try {
-      this.flushIndex();
-      while (this.writing) await this.writing;
     } finally {
       this.urgent--;
     }
@@ -1301,7 +1290,7 @@ export class Journal {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.drained();
-    await this.indexAll();
+    await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
     this.closed = true;
     await this.segments.sync();
