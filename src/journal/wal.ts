@@ -37,11 +37,12 @@ import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32c } from '../common/crc32c';
 import { Level } from 'level';
-import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
+import { acquireBuffer, retainBuffer } from '../common/buffer-pool';
 import { iovFrom } from '../common/bytes';
 import { deferred } from '../common/deferred';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
+import { RecentRecords } from './recent';
 
 export type RecordOp = 'write' | 'writeSame' | 'unmap';
 const OP_CODES: Record<RecordOp, number> = { write: 0, writeSame: 1, unmap: 2 };
@@ -249,11 +250,6 @@ const INDEX_STALL = process.env.OFFSITE_FAILPOINT === 'journal-index-stall';
 const INDEX_DELAY_MS = 20;
 /** Memory the journal's cache of recent records may hold (see Journal.recent). */
 const RECENT_BYTES = 32 * 1024 * 1024;
-
-/** What a cached record keeps alive: the whole backing buffer its data is a view of. */
-function recentCost(r: JournalRecord): number {
-  return 256 + (r.data.length ? r.data.buffer.byteLength : 0);
-}
 
 /** Append-only data files holding record bytes; the LevelDB index points into them. */
 class SegmentStore {
@@ -560,13 +556,7 @@ export class Journal {
   private batchSizes: number[] = [];
   private failed?: unknown;
   private closed = false;
-  /**
-   * The newest appended records, data included, for readAfter (the shipper): while it keeps up it
-   * never goes back to the index and the segment files. Bounded by the backing memory the data
-   * buffers hold (a small record may be a view into a larger network buffer).
-   */
-  private recent = new Map<number, JournalRecord>();
-  private recentBytes = 0;
+  private recent = new RecentRecords(RECENT_BYTES);
   private trimming?: Promise<void>;
   private segments!: SegmentStore;
 
@@ -790,7 +780,7 @@ export class Journal {
     for (const r of b.recs) {
       this.head = r.seq;
       this.track(r.seq, r.vol, r.data.length, r.timeMs);
-      if (cache) this.remember(r);
+      if (cache) this.recent.add(r);
       this.queue.push({ key: r.key, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
       this.noteLatency(r.started);
     }
@@ -847,26 +837,6 @@ export class Journal {
 
   private noteLatency(started: bigint): void {
     if (this.latencies.length < 10000) this.latencies.push(Number(process.hrtime.bigint() - started) / 1e9);
-  }
-
-  private remember(rec: JournalRecord): void {
-    // The cache outlives the write: it holds the data (a pooled buffer) until it drops the record.
-    if (rec.data.length) retainBuffer(rec.data);
-    this.recent.set(rec.seq, rec);
-    this.recentBytes += recentCost(rec);
-    if (this.recentBytes <= RECENT_BYTES) return;
-    for (const [k, r] of this.recent) {
-      if (this.recentBytes <= RECENT_BYTES) break;
-      this.recent.delete(k);
-      this.recentBytes -= recentCost(r);
-      releaseBuffer(r.data);
-    }
-  }
-
-  private forgetRecent(): void {
-    for (const r of this.recent.values()) releaseBuffer(r.data);
-    this.recent.clear();
-    this.recentBytes = 0;
   }
 
   /**
@@ -931,7 +901,7 @@ export class Journal {
     this.head = this.assigned = this.writtenSeq = this.durableSeq = seq;
     this.oldest = seq + 1;
     this.imageSeq = seq;
-    this.forgetRecent();
+    this.recent.clear();
     await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));
     this.base = undefined;
     this.noBase = true;
@@ -1121,6 +1091,7 @@ export class Journal {
 
   replicaAcked(seq: number): void {
     if (seq > this.ackedSeq) this.ackedSeq = seq;
+    this.recent.dropThrough(seq);
   }
 
   get replicaAckedSeq(): number {
