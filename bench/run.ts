@@ -24,6 +24,8 @@ const quick = process.argv.includes('--quick');
 const repeatIdx = process.argv.indexOf('--repeat');
 const repeat = repeatIdx > 0 ? Number(process.argv[repeatIdx + 1]) : 3;
 const scale = quick ? 0.25 : 1;
+/** Unmeasured runs of each workload on each subject before the measured ones (see measure). */
+const WARMUP_RUNS = 2;
 
 const WORKLOADS: Workload[] = [
   { name: '128K seq write QD16', write: true, sizeBytes: 128 * 1024, depth: 16, count: Math.round(8192 * scale) },
@@ -69,21 +71,42 @@ interface Subject {
 }
 
 /**
+ * Before any run: every replica has applied everything (a replica still catching up with the
+ * previous run took CPU from whichever subject ran next: on two cores, that was tgt's and the
+ * journaled offsite's runs), then no dirty pages.
+ */
+async function quiet(subjects: Subject[]): Promise<void> {
+  for (const s of subjects) await s.caughtUp?.();
+  settle();
+}
+
+/**
  * Every subject runs every workload `repeat` times, the subjects taking turns run by run (tgt,
  * offsite, offsite without journal, offsite with replica, then again): this machine's speed
  * drifts by tens of percent over minutes, and measuring one subject after another put that drift
- * into the ratios. Each run starts with no dirty pages and, with a replica, with it caught up
- * (applied everything, the prefill too): otherwise a run pays for the backlog of the one before,
- * and the replica's first pass over its sparse image.
+ * into the ratios. Each run starts with no dirty pages and with every replica caught up (applied
+ * everything, the prefill too): otherwise a run pays for the backlog of the one before, and the
+ * replica's first pass over its sparse image. Each subject first runs each workload
+ * WARMUP_RUNS times unmeasured (a warm-up, as fio's ramp_time): the first 128K write runs of a
+ * fresh journaled appliance were measured at a third to a half of the later ones (535, 733, 1022
+ * MiB/s in one table). Its process spent twice the user time of later runs, compiling code
+ * (76, 30, 6, 2, then 0 optimisations and deoptimisations per run) and growing its buffer pool
+ * (6000, 5000, 1000, 400, 200 page faults per run).
  */
 async function measure(subjects: Subject[]): Promise<Record<string, number[]>> {
   const out: Record<string, number[]> = Object.fromEntries(subjects.map((s) => [s.label, []]));
   for (const w of WORKLOADS) {
     const best = new Map(subjects.map((s) => [s.label, 0]));
+    for (let i = 0; i < WARMUP_RUNS; i++) {
+      for (const s of subjects) {
+        await quiet(subjects);
+        const got = await qemuBench(s.url, w);
+        if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, warm-up ${i + 1} (not counted): ${got.toFixed(1)} MiB/s\n`);
+      }
+    }
     for (let i = 0; i < repeat; i++) {
       for (const s of subjects) {
-        await s.caughtUp?.();
-        settle();
+        await quiet(subjects);
         const got = await qemuBench(s.url, w);
         if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, run ${i + 1}: ${got.toFixed(1)} MiB/s\n`);
         best.set(s.label, Math.max(best.get(s.label)!, got));
@@ -154,7 +177,7 @@ function printIscsi(results: Record<string, number[]>): void {
     ...labels.map((l) => results[l][i].toFixed(1)),
     ...labels.map((l) => (results[l][i] / results.tgt[i]).toFixed(2)),
   ]);
-  process.stdout.write(`\nqemu-img bench over iscsi://, best of ${repeat}, ${quick ? 'quick' : 'full'} counts; targets: >= 1.00 at 128K, >= 0.70 at 4K\n`);
+  process.stdout.write(`\nqemu-img bench over iscsi://, best of ${repeat} after ${WARMUP_RUNS} warm-up runs, ${quick ? 'quick' : 'full'} counts; targets: >= 1.00 at 128K, >= 0.70 at 4K\n`);
   process.stdout.write(table([header, ...rows]) + '\n');
   if (results['offsite (no journal)']) {
     const j = results.offsite;
