@@ -83,9 +83,12 @@ export class FramedLink {
     return wire;
   }
 
-  /** Resolves when the socket's write buffer has drained (or the socket closed). */
-  drained(): Promise<void> {
-    if (!this.socket.writableNeedDrain || this.socket.destroyed) return Promise.resolve();
+  /**
+   * Resolves when the socket's write buffer has drained (or the socket closed); at once while it
+   * holds no more than `queued` bytes.
+   */
+  drained(queued = 0): Promise<void> {
+    if (!this.socket.writableNeedDrain || this.socket.destroyed || this.socket.writableLength <= queued) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 

@@ -312,7 +312,10 @@ export class Shipper {
           this.inflight.push({ to: meta.to, rawBytes: payload.length + 32 * records.length });
           this.inflightBytes += payload.length + 32 * records.length;
           await this.shaper.take(wire);
-          await link.drained();
+          // One segment may wait in the socket's buffer while the next is read and compressed:
+          // waiting for an empty buffer left the link idle for that long whenever the kernel's
+          // own buffer ran dry first.
+          await link.drained(segmentBytes);
           continue;
         }
       }
