@@ -248,7 +248,7 @@ const INDEX_STALL = process.env.OFFSITE_FAILPOINT === 'journal-index-stall';
  * one batch per few records cost more main-thread time than the rest of the index.
  */
 const INDEX_DELAY_MS = 20;
-/** Memory the journal's cache of recent records may hold (see Journal.recent). */
+/** Memory the journal's cache of recent records may hold (see RecentRecords). */
 const RECENT_BYTES = 32 * 1024 * 1024;
 
 /** Append-only data files holding record bytes; the LevelDB index points into them. */
