@@ -97,19 +97,13 @@ async function measure(subjects: Subject[]): Promise<Record<string, number[]>> {
   const out: Record<string, number[]> = Object.fromEntries(subjects.map((s) => [s.label, []]));
   for (const w of WORKLOADS) {
     const best = new Map(subjects.map((s) => [s.label, 0]));
-    for (let i = 0; i < WARMUP_RUNS; i++) {
+    for (let i = 0; i < WARMUP_RUNS + repeat; i++) {
+      const warmUp = i < WARMUP_RUNS;
       for (const s of subjects) {
         await quiet(subjects);
         const got = await qemuBench(s.url, w);
-        if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, warm-up ${i + 1} (not counted): ${got.toFixed(1)} MiB/s\n`);
-      }
-    }
-    for (let i = 0; i < repeat; i++) {
-      for (const s of subjects) {
-        await quiet(subjects);
-        const got = await qemuBench(s.url, w);
-        if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, run ${i + 1}: ${got.toFixed(1)} MiB/s\n`);
-        best.set(s.label, Math.max(best.get(s.label)!, got));
+        if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, ${warmUp ? `warm-up ${i + 1} (not counted)` : `run ${i - WARMUP_RUNS + 1}`}: ${got.toFixed(1)} MiB/s\n`);
+        if (!warmUp) best.set(s.label, Math.max(best.get(s.label)!, got));
       }
     }
     for (const s of subjects) out[s.label].push(best.get(s.label)!);

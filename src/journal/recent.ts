@@ -32,14 +32,20 @@ export class RecentRecords {
     return this.bytes;
   }
 
-  /** Takes a reference to the record's (pooled) data until it leaves. Sequence numbers increase. */
+  /**
+   * Holds the record's (pooled) data until it leaves: one pool reference per backing buffer,
+   * taken by its first record here and given back when its last one leaves. Sequence numbers
+   * increase.
+   */
   add(rec: JournalRecord): void {
     if (rec.data.length) {
-      retainBuffer(rec.data);
       const ab = rec.data.buffer;
       const n = this.holders.get(ab) ?? 0;
       this.holders.set(ab, n + 1);
-      if (n === 0) this.bytes += ab.byteLength;
+      if (n === 0) {
+        retainBuffer(rec.data);
+        this.bytes += ab.byteLength;
+      }
     }
     this.bytes += RECORD_OVERHEAD;
     this.recs.push(rec);
@@ -82,8 +88,8 @@ export class RecentRecords {
       if (n === 1) {
         this.holders.delete(ab);
         this.bytes -= ab.byteLength;
+        releaseBuffer(r.data);
       } else this.holders.set(ab, n - 1);
-      releaseBuffer(r.data);
     }
     if (this.first === this.recs.length) {
       this.recs = [];
