@@ -110,8 +110,16 @@ class JournalSource implements ShipperSource {
     return this.journal.waitForAppend(afterSeq);
   }
 
+  bytesAfter(afterSeq: number): number {
+    return this.journal.bytesAfter(afterSeq);
+  }
+
   timeOf(seq: number): number | undefined {
     return this.journal.timeOf(seq);
+  }
+
+  shipped(seq: number): void {
+    this.journal.shipped(seq);
   }
 
   replicaAcked(seq: number): void {

@@ -1094,6 +1094,15 @@ export class Journal {
     this.recent.dropThrough(seq);
   }
 
+  /**
+   * The shipper has sent everything ≤ seq (it ships copies): the cache lets those records go.
+   * Kept until acknowledged, they pushed the records not yet sent out of the cache while a slow
+   * replica held a window's worth unacknowledged, and the shipper read those back from disk.
+   */
+  shipped(seq: number): void {
+    this.recent.dropThrough(seq);
+  }
+
   get replicaAckedSeq(): number {
     return this.ackedSeq;
   }

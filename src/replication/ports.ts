@@ -41,10 +41,14 @@ export interface ShipperSource {
   readAfter(afterSeq: number, maxBytes: number): Promise<ReplicatedRecord[]>;
   /** Resolves once headSeq() > afterSeq (or at once if it already is). */
   waitForAppend(afterSeq: number): Promise<void>;
+  /** Data bytes of the records after `afterSeq` (absent: the shipper never waits for a fuller segment). */
+  bytesAfter?(afterSeq: number): number;
   /** Time (ms) of the record with this sequence number, if still retained. */
   timeOf(seq: number): number | undefined;
   /** The replica holds everything ≤ seq durably: the source may trim it. */
   replicaAcked(seq: number): void;
+  /** Everything ≤ seq was sent (a reconnect resends from the last ack): a hint to let go of cached records. */
+  shipped?(seq: number): void;
   /** The history this primary's data descends from (generations), sent in the handshake. */
   lineage?(): unknown;
   /** Full / delta sync of the images (absent: the replica must be fed from the journal alone). */

@@ -32,6 +32,11 @@ export class MemorySource implements ShipperSource {
     return new Promise((r) => this.waiters.push(r));
   }
   timeOf(seq: number) { return this.records[seq - 1]?.timeMs; }
+  bytesAfter(afterSeq: number) {
+    let n = 0;
+    for (let s = Math.max(afterSeq, this.trimmedThrough); s < this.records.length; s++) n += this.records[s].data?.length ?? 0;
+    return n;
+  }
   replicaAcked(seq: number) { this.acked = Math.max(this.acked, seq); }
 }
 

@@ -19,14 +19,14 @@ const until = async (cond: () => boolean, timeoutMs = 20_000, what = 'condition'
   }
 };
 
-async function pair(seed = 1) {
+async function pair(seed = 1, lingerMs?: number) {
   const source = new MemorySource();
   const sink = new MemorySink();
   const receiver = new Receiver({ sink, logger: silentLogger() });
   const { port } = await receiver.listen('127.0.0.1', 0);
   const proxy = new FaultProxy('127.0.0.1', port, seed);
   await proxy.listen();
-  const shipper = new Shipper({ source, host: '127.0.0.1', port: proxy.port, logger: silentLogger(), segmentBytes: 64 * 1024, backoffMinMs: 20, backoffMaxMs: 200, pingIntervalMs: 100, deadAfterMs: 2000 });
+  const shipper = new Shipper({ source, host: '127.0.0.1', port: proxy.port, logger: silentLogger(), segmentBytes: 64 * 1024, backoffMinMs: 20, backoffMaxMs: 200, pingIntervalMs: 100, deadAfterMs: 2000, lingerMs });
   shipper.start();
   const close = async () => {
     await shipper.stop();
@@ -55,6 +55,30 @@ test('records ship in order, are acknowledged, and the replica image equals the 
     assert.ok(s.framesSent > 5, 'several segments');
   } finally {
     await close();
+  }
+});
+
+test('a partial segment waits up to the linger for more records; a full one ships at once', async () => {
+  // Segments of 64 KiB; a partial one waits a minute, far longer than this test may take.
+  const { source, shipper, close } = await pair(1, 60_000);
+  try {
+    for (let i = 0; i < 16; i++) source.append('v', i * 4096, randomBytes(4096));
+    await until(() => shipper.stats().ackedSeq === 16, 20_000, 'the full segment shipped without lingering');
+    source.append('v', 0, randomBytes(4096));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(shipper.stats().sentSeq, 16, 'a lone record waits for company');
+    for (let i = 0; i < 15; i++) source.append('v', i * 4096, randomBytes(4096));
+    await until(() => shipper.stats().ackedSeq === 32, 20_000, 'the segment, once full, shipped');
+  } finally {
+    await close();
+  }
+  // A short linger ships a partial segment once it expires.
+  const short = await pair(1, 50);
+  try {
+    short.source.append('v', 0, randomBytes(4096));
+    await until(() => short.shipper.stats().ackedSeq === 1, 20_000, 'the partial segment shipped after the linger');
+  } finally {
+    await short.close();
   }
 });
 
