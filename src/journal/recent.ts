@@ -13,7 +13,8 @@ const RECORD_OVERHEAD = 256;
  * while it keeps up it never goes back to the index and the segment files. Bounded by the
  * memory the data keeps alive: a small record is often a view into a larger network buffer
  * that other records share, so each backing buffer counts once, however many records use it.
- * Records leave from the old end, over the budget or once the replica holds them.
+ * Records leave from the old end, over the budget or once shipped (Journal.shipped; an
+ * acknowledgement drops them too: an image sync covers records without shipping them).
  */
 export class RecentRecords {
   private recs: JournalRecord[] = [];

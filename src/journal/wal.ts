@@ -1091,6 +1091,7 @@ export class Journal {
 
   replicaAcked(seq: number): void {
     if (seq > this.ackedSeq) this.ackedSeq = seq;
+    // Usually shipped() let these go already; not the records an image sync covered instead.
     this.recent.dropThrough(seq);
   }
 
