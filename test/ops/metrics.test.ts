@@ -26,3 +26,38 @@ test('metrics: promtool check metrics is clean and I/O shows up in offsite_* ser
     await app.stop();
   }
 });
+
+test('metrics: the command latency histogram counts each command in the right bucket, cumulatively', async () => {
+  const { createMetrics } = await import('../../src/ops/metrics');
+  const m = createMetrics();
+  const done = m.hooks.onCommandComplete!;
+  done('v1', 'WRITE_10', 0, 100_000n); // 0.0001 s: on a bound, so inside it
+  done('v1', 'WRITE_16', 0, 100_001n);
+  done('v1', 'UNMAP', 0, 3_000_000_000n); // past the last bound: +Inf only
+  done('v1', 'READ_10', 0, 10_000n);
+  done('v2', 'WRITE_10', 0, 1_000_000n);
+  const text = await m.registry.metrics();
+  const check = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+  assert.equal(check.status, 0, check.stdout + check.stderr);
+  const series = (volume: string, cls: string) => {
+    const buckets = new Map<string, number>();
+    for (const [, le, n] of text.matchAll(new RegExp(`^offsite_scsi_command_duration_seconds_bucket\\{volume="${volume}",class="${cls}",le="([^"]+)"\\} (\\S+)$`, 'gm'))) buckets.set(le, Number(n));
+    const one = (what: string) => Number(new RegExp(`^offsite_scsi_command_duration_seconds_${what}\\{volume="${volume}",class="${cls}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+    return { buckets, sum: one('sum'), count: one('count') };
+  };
+  const w1 = series('v1', 'write');
+  assert.equal(w1.count, 3);
+  assert.equal(w1.buckets.get('0.00005'), 0);
+  assert.equal(w1.buckets.get('0.0001'), 1);
+  assert.equal(w1.buckets.get('0.00025'), 2);
+  assert.equal(w1.buckets.get('2.5'), 2);
+  assert.equal(w1.buckets.get('+Inf'), 3);
+  assert.ok(Math.abs(w1.sum - (0.0001 + 0.000100001 + 3)) < 1e-9, String(w1.sum));
+  const values = [...w1.buckets.values()];
+  assert.equal(values.length, 16);
+  assert.ok(values.every((n, i) => i === 0 || n >= values[i - 1]), 'buckets are cumulative');
+  const r1 = series('v1', 'read');
+  assert.deepEqual([r1.count, r1.buckets.get('0.00005'), r1.buckets.get('+Inf')], [1, 1, 1]);
+  const w2 = series('v2', 'write');
+  assert.deepEqual([w2.count, w2.buckets.get('0.0005'), w2.buckets.get('0.001')], [1, 0, 1]);
+});
