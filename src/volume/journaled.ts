@@ -11,24 +11,40 @@ import { VolumeError, VolumeErrorCode } from './errors';
 import type { FileVolume } from './file-volume';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
 
-/** Sequence numbers appended but not yet in their image, across every volume of the journal. */
+/**
+ * Sequence numbers appended but not yet in their image, across every volume of the journal.
+ * `begin` is called in increasing sequence order; `end` in any order. A finished record is marked
+ * by negating its entry (sequence numbers are positive): no set to grow and shrink per write.
+ */
 export class ImageTracker {
   private inflight: number[] = [];
   private head = 0;
-  private done = new Set<number>();
 
   begin(seq: number): void {
     this.inflight.push(seq);
   }
 
   end(seq: number): void {
-    this.done.add(seq);
-    while (this.head < this.inflight.length && this.done.has(this.inflight[this.head])) {
-      this.done.delete(this.inflight[this.head]);
-      this.head++;
+    const q = this.inflight;
+    // Usually the oldest or close to it: search from the head (the entries are sorted by magnitude).
+    let lo = this.head;
+    let hi = q.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const v = Math.abs(q[mid]);
+      if (v === seq) {
+        q[mid] = -seq;
+        break;
+      }
+      if (v < seq) lo = mid + 1;
+      else hi = mid - 1;
     }
-    if (this.head > 1024 && this.head * 2 > this.inflight.length) {
-      this.inflight = this.inflight.slice(this.head);
+    while (this.head < q.length && q[this.head] < 0) this.head++;
+    if (this.head === q.length) {
+      q.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > q.length) {
+      this.inflight = q.slice(this.head);
       this.head = 0;
     }
   }
@@ -42,8 +58,11 @@ export class ImageTracker {
 interface Inflight {
   start: number;
   end: number;
-  done: Promise<unknown>;
+  /** The image write (may reject: whoever waits on it uses settled()). */
+  write: Promise<void>;
 }
+
+const settled = (w: Inflight): Promise<unknown> => w.write.catch(() => undefined);
 
 export class JournaledVolume implements Volume {
   readonly name: string;
@@ -51,6 +70,7 @@ export class JournaledVolume implements Volume {
   readonly sizeBytes: number;
   readonly uuid: Buffer;
   readonly thin: boolean;
+  /** Image writes under way, in no order (removal swaps the last entry in). */
   private inflight: Inflight[] = [];
   /** Sequence number of the last record appended for this volume. */
   lastSeq = 0;
@@ -100,16 +120,17 @@ export class JournaledVolume implements Volume {
       await done;
       // Overlapping writes still in flight were appended earlier: let them land first.
       const end = offset + length;
-      const before = this.inflight.filter((w) => w.start < end && offset < w.end);
-      if (before.length) await Promise.all(before.map((w) => w.done));
-      const p = applyToImage();
-      const entry: Inflight = { start: offset, end, done: p.catch(() => undefined) };
+      let before: Promise<unknown>[] | undefined;
+      for (const w of this.inflight) if (w.start < end && offset < w.end) (before ??= []).push(settled(w));
+      if (before) await Promise.all(before);
+      const entry: Inflight = { start: offset, end, write: applyToImage() };
       this.inflight.push(entry);
       try {
-        await p;
+        await entry.write;
       } finally {
         const i = this.inflight.indexOf(entry);
-        if (i >= 0) this.inflight.splice(i, 1);
+        const last = this.inflight.pop()!;
+        if (last !== entry) this.inflight[i] = last;
       }
     } catch (e) {
       throw asVolumeError(e);
@@ -130,7 +151,7 @@ export class JournaledVolume implements Volume {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.inflight.map((w) => w.done));
+    await Promise.all(this.inflight.map(settled));
     await this.image.flush();
     await this.image.close();
   }
