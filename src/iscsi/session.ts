@@ -67,7 +67,8 @@ interface Task {
   unsolicitedDataSN: number;
   nextR2tOffset: number;
   r2tSN: number;
-  r2ts: Map<number, R2tState>;
+  /** Outstanding R2Ts by TTT; made by the first R2T (most writes carry their data immediately). */
+  r2ts?: Map<number, R2tState>;
   executing: boolean;
   aborted: boolean;
   done?: Promise<void>;
@@ -219,7 +220,7 @@ export class Session {
     const task: Task = {
       itt, immediate, lun: lun < 0 ? LUN_INVALID : lun, lunField: bhs.subarray(8, 16), cdb, edtl, read, write,
       attr: (flags & CMD_ATTR_MASK) as TaskAttribute,
-      received: 0, unsolicitedOpen: false, unsolicitedLimit: 0, unsolicitedDataSN: 0, nextR2tOffset: 0, r2tSN: 0, r2ts: new Map(),
+      received: 0, unsolicitedOpen: false, unsolicitedLimit: 0, unsolicitedDataSN: 0, nextR2tOffset: 0, r2tSN: 0,
       executing: false, aborted: false,
     };
     const imm = pdu.data;
@@ -291,7 +292,7 @@ export class Session {
       }
       return;
     }
-    const r = task.r2ts.get(ttt);
+    const r = task.r2ts?.get(ttt);
     if (!r) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out with unknown TTT 0x${ttt.toString(16)}`);
     if (offset < r.offset || offset + len > r.offset + r.length) throw new IscsiError(IscsiErrorCode.Protocol, 'Data-Out outside its R2T');
     if (dsn !== r.nextDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}`);
@@ -301,7 +302,7 @@ export class Session {
     task.received += len;
     r.received += len;
     if (final || r.received >= r.length) {
-      task.r2ts.delete(ttt);
+      task.r2ts!.delete(ttt);
       this.issueR2ts(task);
     }
   }
@@ -320,16 +321,17 @@ export class Session {
 
   /** Solicit the rest of the data, MaxOutstandingR2T at a time; execute once everything is in. */
   private issueR2ts(task: Task): void {
-    while (task.r2ts.size < this.params.maxOutstandingR2T && task.nextR2tOffset < task.edtl) {
+    const r2ts = (task.r2ts ??= new Map());
+    while (r2ts.size < this.params.maxOutstandingR2T && task.nextR2tOffset < task.edtl) {
       const length = Math.min(this.params.maxBurstLength, task.edtl - task.nextR2tOffset);
       let ttt = this.nextTtt++;
       if (this.nextTtt >= RESERVED_TAG) this.nextTtt = 1;
       if (ttt === RESERVED_TAG) ttt = this.nextTtt++;
-      task.r2ts.set(ttt, { offset: task.nextR2tOffset, length, received: 0, nextDataSN: 0 });
+      r2ts.set(ttt, { offset: task.nextR2tOffset, length, received: 0, nextDataSN: 0 });
       this.link.send(P.r2t({ itt: task.itt, ttt, lunField: task.lunField, r2tSN: task.r2tSN++, bufferOffset: task.nextR2tOffset, desiredLength: length }, this.seq(false)));
       task.nextR2tOffset += length;
     }
-    if (task.r2ts.size === 0 && !task.unsolicitedOpen && task.nextR2tOffset >= task.edtl) {
+    if (r2ts.size === 0 && !task.unsolicitedOpen && task.nextR2tOffset >= task.edtl) {
       this.bufferedDataOut -= task.edtl;
       this.execute(task);
     }
