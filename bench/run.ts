@@ -9,7 +9,7 @@ import path from 'node:path';
 import { startAppliance, tempDir, removeDir, type RunningAppliance } from '../test/helpers/appliance';
 import { startTgt } from '../test/helpers/tgt';
 import { freePort, testLinkKey, waitCaughtUp } from '../test/helpers/replication';
-import { runWanBench } from './wan';
+import { pct, runWanBench } from './wan';
 
 interface Workload {
   name: string;
@@ -115,11 +115,7 @@ async function measure(subjects: Subject[]): Promise<Runs> {
 type Runs = Record<string, number[][]>;
 
 const best = (xs: number[]): number => Math.max(...xs);
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+const median = (xs: number[]): number => pct(xs, 50);
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));

@@ -179,7 +179,8 @@ async function rpoProbe(primary: RunningAppliance, replica: RunningAppliance, di
   return lags;
 }
 
-function pct(xs: number[], p: number): number {
+/** The p-th percentile of xs: one of its values (the upper middle one for p = 50 and an even count). */
+export function pct(xs: number[], p: number): number {
   if (!xs.length) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];

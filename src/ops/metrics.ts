@@ -25,6 +25,13 @@ function opClass(op: string): string {
 
 const LATENCY_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
+/** One sample line of the exposition, as prom-client's registry reads it from a metric's get(). */
+interface SampleValue {
+  metricName: string;
+  labels: Record<string, string | number>;
+  value: number;
+}
+
 /** One histogram series: counts per bucket (not cumulative; the last one is +Inf), sum, count. */
 interface LatencySeries {
   volume: string;
@@ -68,8 +75,8 @@ class CommandLatency {
     return s;
   }
 
-  get(): { name: string; help: string; type: string; aggregator: string; values: { metricName: string; labels: Record<string, string | number>; value: number }[] } {
-    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+  get(): { name: string; help: string; type: string; aggregator: string; values: SampleValue[] } {
+    const values: SampleValue[] = [];
     for (const s of this.series) {
       const labels = { volume: s.volume, class: s.class };
       let cumulative = 0;
