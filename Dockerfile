@@ -13,7 +13,7 @@
 # The entry point is `node dist/src/cli/main.js`, so any other offsite command runs in the same
 # image: `docker run --rm -v offsite-a:/data offsite journal inspect --data /data`.
 
-# --- build: npm ci, then `make build` (TypeScript and the native addons: hole punching, CRC32C) --
+# --- build: npm ci, then `make build` (TypeScript and the native addons: hole punching, CRC32C, LZ4)
 FROM node:20-bookworm AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -23,15 +23,16 @@ RUN npm ci --no-audit --no-fund && touch node_modules/.installed
 COPY Makefile tsconfig.json ./
 COPY native ./native
 COPY src ./src
-# `make build` apt-installs libisal-dev (ISA-L, for the CRC32C addon) when it is missing.
+# `make build` apt-installs libisal-dev (ISA-L, for the CRC32C addon) and liblz4-dev (for the LZ4
+# addon) when they are missing.
 RUN make build \
- && test -f dist/src/cli/main.js && test -f native/build/blockio.node && test -f native/build/crc32c.node \
+ && test -f dist/src/cli/main.js && test -f native/build/blockio.node && test -f native/build/crc32c.node && test -f native/build/lz4block.node \
  && npm prune --omit=dev --no-audit --no-fund
 
-# --- runtime: node, production node_modules, dist/src, the addons (and ISA-L, which one links) --
+# --- runtime: node, production node_modules, dist/src, the addons (and ISA-L and liblz4, which they link)
 FROM node:20-bookworm-slim AS runtime
 RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libisal2 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libisal2 liblz4-1 \
  && rm -rf /var/lib/apt/lists/*
 ENV NODE_ENV=production \
     OFFSITE_LOG_FORMAT=json

@@ -12,8 +12,9 @@ HTTP ?= 127.0.0.1:9464
 # (promtool and a real server for the metrics tests) and docker-compose (compose file validation).
 TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose
 BENCH_PKGS := $(TEST_PKGS) lz4
-# Intel's ISA-L, for the CRC32C addon (journal records, replication frames, iSCSI digests).
-BUILD_PKGS := libisal-dev
+# Intel's ISA-L, for the CRC32C addon (journal records, replication frames, iSCSI digests);
+# liblz4, for the addon that (de)compresses replication payloads into pooled buffers.
+BUILD_PKGS := libisal-dev liblz4-dev
 
 .PHONY: test-faults test-load build run test bench deps sysdeps-build sysdeps-test sysdeps-bench clean test-unit test-integration
 
@@ -42,7 +43,7 @@ sysdeps-test:
 sysdeps-bench:
 	$(call apt_install,$(BENCH_PKGS))
 
-build: deps native/build/blockio.node native/build/crc32c.node
+build: deps native/build/blockio.node native/build/crc32c.node native/build/lz4block.node
 	rm -rf dist/test
 	$(NODE_BIN)/tsc -p tsconfig.json
 
@@ -100,3 +101,8 @@ native/build/blockio.node: native/blockio.c
 native/build/crc32c.node: native/crc32c.c | sysdeps-build
 	@mkdir -p native/build
 	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=crc32c -I$(NODE_INCLUDE) $< -o $@ -lisal
+
+# LZ4 blocks into caller-supplied buffers, from liblz4 (without it, lz4-napi does the work).
+native/build/lz4block.node: native/lz4block.c | sysdeps-build
+	@mkdir -p native/build
+	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=lz4block -I$(NODE_INCLUDE) $< -o $@ -llz4

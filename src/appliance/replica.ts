@@ -14,6 +14,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { randomUUID } from 'node:crypto';
 import { ImageFileTarget, Journal, type JournalRecord } from '../journal/wal';
@@ -55,6 +56,8 @@ export type ReplicaSyncState = 'syncing' | 'consistent';
 interface Pending {
   records: ReplicatedRecord[];
   toSeq: number;
+  /** Pooled buffers holding the records' data: given back once they are applied. */
+  payloads?: Buffer[];
 }
 
 export class ReplicaStore implements ReceiverSink, SyncSink {
@@ -417,7 +420,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return dir;
   }
 
-  async store(records: ReplicatedRecord[], toSeq: number): Promise<void> {
+  async store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[]): Promise<void> {
     if (this.applyError) throw this.applyError;
     const dones: Promise<void>[] = [];
     for (const r of records) {
@@ -434,10 +437,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     if (this.state.staged) {
       // Held in the journal until the staged sync commits (which reads them back from there);
       // a commit already running applies what arrives meanwhile from the queue afterwards.
-      if (this.committing) this.queue.push({ records, toSeq });
+      if (this.committing) this.queue.push({ records, toSeq, payloads });
+      else giveBack(payloads); // read back from the journal by the commit
       return this.maybeCommit();
     }
-    this.queue.push({ records, toSeq });
+    this.queue.push({ records, toSeq, payloads });
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
@@ -478,6 +482,9 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
         return;
       }
       this.queue.shift();
+      // Applied and in the journal: nothing holds the records' data any more. (A segment dropped
+      // from the queue unapplied, or whose apply failed, is left to the garbage collector.)
+      giveBack(seg.payloads);
       for (const r of seg.records) {
         this.stats.recordsApplied++;
         this.stats.bytesApplied += r.lengthBytes;
@@ -638,4 +645,8 @@ async function readChunkList(dir: string, name: string): Promise<Map<number, num
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
     throw e;
   }
+}
+
+function giveBack(payloads: Buffer[] | undefined): void {
+  if (payloads) for (const p of payloads) releaseBuffer(p);
 }

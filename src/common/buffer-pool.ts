@@ -33,6 +33,18 @@ export function acquireBuffer(size: number): Buffer {
   return buf;
 }
 
+/** Sizes of acquireSized buffers are rounded up to multiples of this. */
+export const SIZE_CLASS = 64 * 1024;
+
+/**
+ * `size` bytes of a pooled buffer whose size is rounded up to SIZE_CLASS: for payloads whose
+ * sizes vary (replication segments), which exact-size lists would rarely match. Given back like
+ * any other (releaseBuffer, through the view).
+ */
+export function acquireSized(size: number): Buffer {
+  return acquireBuffer(Math.ceil(Math.max(size, 1) / SIZE_CLASS) * SIZE_CLASS).subarray(0, size);
+}
+
 /**
  * Give back one holder's reference to a buffer from acquireBuffer (or any view of it); the last
  * one returns it to the pool. Giving back a reference one does not hold is a bug.

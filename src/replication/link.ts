@@ -1,5 +1,6 @@
 /** A framed replication connection: decodes frames from a socket, writes frames with backpressure. */
 import type net from 'node:net';
+import { releaseBuffer } from '../common/buffer-pool';
 import { encodeFrame, FrameDecoder, type Frame, type FrameType } from './protocol';
 
 export interface LinkCounters {
@@ -75,7 +76,9 @@ export class FramedLink {
     if (f.payload.length) {
       this.socket.cork();
       this.socket.write(f.head);
-      this.socket.write(f.payload);
+      // A pooled (compressed) payload goes back to the pool once the socket is done with it.
+      if (f.pooled) this.socket.write(f.payload, () => releaseBuffer(f.payload));
+      else this.socket.write(f.payload);
       this.socket.uncork();
     } else {
       this.socket.write(f.head);

@@ -85,8 +85,10 @@ export interface ReceiverSink {
   /**
    * Store records durably, in order, then apply them asynchronously. They cover the sequence
    * range durableSeq()+1 .. toSeq; a coalesced batch omits overwritten records and is applied whole.
+   * `payloads`: pooled buffers (common/buffer-pool) the records' data are views of, handed over:
+   * the sink gives each back once nothing of it is needed any more (or never, if it cannot tell).
    */
-  store(records: ReplicatedRecord[], toSeq: number): Promise<void>;
+  store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[]): Promise<void>;
   readonly sync?: SyncSink;
 }
 

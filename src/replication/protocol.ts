@@ -15,7 +15,8 @@
  */
 import { createHash } from 'node:crypto';
 import { crc32c } from '../common/crc32c';
-import { compressSync, uncompressSync } from 'lz4-napi';
+import { acquireSized } from '../common/buffer-pool';
+import { compressBlock, declaredSize, decompressBlock, maxDecompressedSize } from '../common/lz4';
 import { Packr } from 'msgpackr';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 
@@ -69,6 +70,8 @@ export interface Frame {
   readonly wireBytes: number;
   /** Payload bytes before compression. */
   readonly rawPayloadBytes: number;
+  /** The payload is pooled memory (common/buffer-pool): its last holder may give it back. */
+  readonly pooled?: boolean;
 }
 
 const packr = new Packr({ useRecords: false, variableMapSize: true, int64AsType: 'number' } as ConstructorParameters<typeof Packr>[0]);
@@ -83,18 +86,26 @@ export function encodeMeta(meta: Record<string, unknown>): Buffer {
  * (so a large payload is never copied). A `transient` payload (memory the caller reuses) is
  * copied when it would be sent raw.
  */
-export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false, transient = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number } {
+export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false, transient = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number; pooled: boolean } {
   const metaBytes = packr.pack(meta);
   let body = payload ?? EMPTY;
   let flags = 0;
+  let pooled = false;
   if (compress && body.length > 64) {
-    const z = compressSync(body);
-    if (z.length < body.length) {
-      body = z;
+    const z = compressBlock(body);
+    if (z) {
+      body = z.data;
+      pooled = z.pooled;
       flags |= FLAG_LZ4;
     }
   }
-  if (transient && body === payload) body = Buffer.from(body);
+  if (transient && body === payload && body.length) {
+    // The caller reuses its memory: the frame takes a pooled copy (given back once sent).
+    const copy = acquireSized(body.length);
+    body.copy(copy);
+    body = copy;
+    pooled = true;
+  }
   if (metaBytes.length > MAX_META_BYTES || body.length > MAX_PAYLOAD_BYTES) {
     throw new ReplicationError(Code.FrameTooLarge, `frame too large to send: meta ${metaBytes.length}, payload ${body.length}`);
   }
@@ -111,7 +122,7 @@ export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payl
   crc = crc32c(head.subarray(FRAME_HEADER_BYTES), crc);
   if (body.length) crc = crc32c(body, crc);
   head.writeUInt32BE(crc >>> 0, 16);
-  return { head, payload: body, rawPayloadBytes: payload?.length ?? 0 };
+  return { head, payload: body, rawPayloadBytes: payload?.length ?? 0, pooled };
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -216,17 +227,21 @@ export class FrameDecoder {
     const wirePayload = payload.length;
     if (flags & FLAG_LZ4) {
       // lz4-napi's block format prepends the decompressed size (u32 LE): cap it before allocating.
-      const declared = payload.length >= 4 ? payload.readUInt32LE(0) : -1;
+      const declared = declaredSize(payload);
       if (declared < 0 || declared > MAX_PAYLOAD_BYTES) {
         throw new ReplicationError(Code.FramePayload, `lz4 payload declares ${declared} bytes, outside 0..${MAX_PAYLOAD_BYTES}`);
       }
+      if (declared > maxDecompressedSize(payload.length)) {
+        throw new ReplicationError(Code.FramePayload, `lz4 payload of ${payload.length} bytes declares ${declared}: more than any LZ4 block of that size holds`);
+      }
+      let z;
       try {
-        payload = uncompressSync(payload);
+        z = decompressBlock(payload, declared);
       } catch (e) {
         throw new ReplicationError(Code.FramePayload, `lz4 payload does not decompress: ${(e as Error).message}`);
       }
-      if (payload.length !== declared) throw new ReplicationError(Code.FramePayload, `lz4 payload decompressed to ${payload.length} bytes, declared ${declared}`);
+      return { type, meta, payload: z.data, wireBytes: total, rawPayloadBytes: z.data.length, pooled: z.pooled };
     }
-    return { type, meta, payload, wireBytes: total, rawPayloadBytes: flags & FLAG_LZ4 ? payload.length : wirePayload };
+    return { type, meta, payload, wireBytes: total, rawPayloadBytes: wirePayload };
   }
 }

@@ -93,7 +93,7 @@ export class Receiver {
     socket.setTimeout(this.opts.idleTimeoutMs ?? 30_000, () => socket.destroy(new ReplicationError(Code.Handshake, 'idle replication connection')));
     let greeted = false;
     let expectNext = 0;
-    let pending: { records: ReplicatedRecord[]; to: number }[] = [];
+    let pending: { records: ReplicatedRecord[]; to: number; payload?: Buffer }[] = [];
     let flushing: Promise<void> | undefined;
     /** A store failed on this connection: nothing more is stored from it (no gap can follow). */
     let dead = false;
@@ -106,7 +106,9 @@ export class Receiver {
               pending = [];
               const records = take.length === 1 ? take[0].records : take.flatMap((t) => t.records);
               const to = take[take.length - 1].to;
-              await sink.store(records, to);
+              const payloads: Buffer[] = [];
+              for (const t of take) if (t.payload) payloads.push(t.payload);
+              await sink.store(records, to, payloads);
               link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
             }
           } catch (e) {
@@ -225,7 +227,7 @@ export class Receiver {
             this.state.receivedSeq = to;
             // Group commit: segments that arrive while a store is running are stored together
             // (one journal sync), then acknowledged; still durable before the ack, still in order.
-            pending.push({ records, to });
+            pending.push({ records, to, payload: f.pooled ? f.payload : undefined });
             flush().catch((e: Error) => {
               dead = true;
               fail(e);

@@ -19,6 +19,8 @@ import test from 'node:test';
 import { crc32c } from '@node-rs/crc32';
 import fc from 'fast-check';
 import { compressSync } from 'lz4-napi';
+import { SIZE_CLASS } from '../../src/common/buffer-pool';
+import { maxDecompressedSize } from '../../src/common/lz4';
 import pino from 'pino';
 import { OffsiteError } from '../../src/common/errors';
 import { ReplicationError, ReplicationErrorCode } from '../../src/replication/errors';
@@ -59,8 +61,11 @@ function checkDecode(out: DecodeOutcome, total: number): void {
   }
   assert.ok(wire <= total, `frames account for ${wire} of ${total} bytes`);
   assert.ok(out.maxPending <= total, `the decoder held ${out.maxPending} of ${total} bytes`);
-  // lz4 output is allocated inside the addon (not seen here); everything the decoder allocates itself is bounded by its input.
-  assert.ok(out.largestAlloc <= Math.max(total, FRAME_HEADER_BYTES), `the decoder allocated ${out.largestAlloc} bytes for ${total} received`);
+  // Everything the decoder allocates is bounded by its input, but an lz4 payload's output: that
+  // by the most LZ4 can expand the bytes received (a size prefix past it is refused first), under
+  // the cap, rounded up to the buffer pool's size class.
+  const lz4Out = Math.ceil(Math.min(maxDecompressedSize(total), MAX_PAYLOAD_BYTES) / SIZE_CLASS) * SIZE_CLASS;
+  assert.ok(out.largestAlloc <= Math.max(total, FRAME_HEADER_BYTES, lz4Out), `the decoder allocated ${out.largestAlloc} bytes for ${total} received`);
 }
 
 /** Whether a map anywhere in `v` has an own key that is an Object.prototype member (independent of the decoder's own check). */
@@ -233,7 +238,7 @@ test('FrameDecoder: lz4 payloads with a lying size prefix (0 .. 4 GiB) and a cor
         { weight: 6, arbitrary: fc.constant('real' as const) },
         { weight: 3, arbitrary: fc.integer({ min: -3, max: 3 }) },
         { weight: 2, arbitrary: fc.constantFrom(0, 1, 0xffffffff, 0x80000000, MAX_PAYLOAD_BYTES + 1, 0x7fffffff) },
-        // inside the cap but far from the truth: allowed to allocate, must still fail cleanly
+        // inside the cap but far from the truth: refused, or (within what the block could hold) allocated and still failing cleanly
         { weight: 1, arbitrary: fc.constantFrom(MAX_PAYLOAD_BYTES, 1 << 20) },
       ),
       fc.oneof({ weight: 1, arbitrary: fc.constant([] as Mutation[]) }, { weight: 2, arbitrary: mutationsArb(3) }),
@@ -248,6 +253,10 @@ test('FrameDecoder: lz4 payloads with a lying size prefix (0 .. 4 GiB) and a cor
         const out = runDecoder([bytes]);
         checkDecode(out, bytes.length);
         if (size > MAX_PAYLOAD_BYTES) assert.equal(out.error?.code, ReplicationErrorCode.FramePayload, `declared ${size} must be refused`);
+        if (size > maxDecompressedSize(4 + body.length)) {
+          assert.equal(out.error?.code, ReplicationErrorCode.FramePayload, `declared ${size} for a block of ${4 + body.length} bytes must be refused`);
+          assert.ok(out.largestAlloc <= Math.max(bytes.length, FRAME_HEADER_BYTES), `declared ${size}: refused before its output was allocated (${out.largestAlloc} bytes)`);
+        }
         if (!out.error) {
           decoded++;
           assert.equal(out.frames[0].payload.length, size, 'a decoded lz4 payload has its declared size');
