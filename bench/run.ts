@@ -92,6 +92,14 @@ async function quiet(subjects: Subject[]): Promise<void> {
  * MiB/s in one table). Its process spent twice the user time of later runs, compiling code
  * (76, 30, 6, 2, then 0 optimisations and deoptimisations per run) and growing its buffer pool
  * (6000, 5000, 1000, 400, 200 page faults per run).
+ *
+ * One cause of the drift, found on this kind of machine (a virtual machine whose balloon device
+ * reports free pages to the host): memory the guest frees goes back to the host after about two
+ * seconds, and the next touch of it faults in the host. Writing 1 GiB into fresh page cache ran
+ * at 5 GB/s right after another 1 GiB file was deleted, and at 450-770 MiB/s two to eight seconds
+ * later. Socket buffers, garbage-collected heap and deleted files all come back this way after
+ * the pause between runs, for every subject alike; what each subject keeps (its image's cached
+ * pages, the journal's recycled segment files, pooled buffers) stays fast.
  */
 async function measure(subjects: Subject[]): Promise<Runs> {
   const out: Runs = Object.fromEntries(subjects.map((s) => [s.label, []]));
