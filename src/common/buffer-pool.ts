@@ -33,16 +33,18 @@ export function acquireBuffer(size: number): Buffer {
   return buf;
 }
 
-/** Sizes of acquireSized buffers are rounded up to multiples of this. */
+/** Pooled payload buffers come in multiples of this (payloadBuffer). */
 export const SIZE_CLASS = 64 * 1024;
 
 /**
- * `size` bytes of a pooled buffer whose size is rounded up to SIZE_CLASS: for payloads whose
- * sizes vary (replication segments), which exact-size lists would rarely match. Given back like
- * any other (releaseBuffer, through the view).
+ * A buffer of `size` bytes for a payload whose size varies (replication segments, which
+ * exact-size lists would rarely match): from one size class up, a view of a pooled buffer whose
+ * size is rounded up to SIZE_CLASS (given back through the view, with releaseBuffer); below, a
+ * plain allocation (`pooled` false).
  */
-export function acquireSized(size: number): Buffer {
-  return acquireBuffer(Math.ceil(Math.max(size, 1) / SIZE_CLASS) * SIZE_CLASS).subarray(0, size);
+export function payloadBuffer(size: number): { buf: Buffer; pooled: boolean } {
+  if (size < SIZE_CLASS) return { buf: Buffer.allocUnsafe(size), pooled: false };
+  return { buf: acquireBuffer(Math.ceil(size / SIZE_CLASS) * SIZE_CLASS).subarray(0, size), pooled: true };
 }
 
 /**

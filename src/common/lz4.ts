@@ -8,7 +8,7 @@
  * fresh buffers. Both write and read the same format.
  */
 import { compressSync, uncompressSync } from 'lz4-napi';
-import { SIZE_CLASS, acquireSized, releaseBuffer } from './buffer-pool';
+import { payloadBuffer, releaseBuffer } from './buffer-pool';
 import { loadAddon } from './native';
 
 interface Lz4BlockAddon {
@@ -22,13 +22,6 @@ interface Lz4BlockAddon {
 const addon = process.env.OFFSITE_NO_LZ4BLOCK === '1' ? undefined : loadAddon<Lz4BlockAddon>('lz4block');
 
 export const lz4BlockNative = !!addon;
-
-
-/** A buffer of `size` bytes for an LZ4 result: from the pool from one size class up; below, a plain small allocation. */
-function outputBuffer(size: number): { buf: Buffer; pooled: boolean } {
-  if (size < SIZE_CLASS) return { buf: Buffer.allocUnsafe(size), pooled: false };
-  return { buf: acquireSized(size), pooled: true };
-}
 
 /**
  * The most a block of `blockBytes` (size prefix included) can decompress to: an LZ4 sequence
@@ -51,7 +44,7 @@ export function compressBlock(src: Buffer): Lz4Result | undefined {
     const z = compressSync(src);
     return z.length < src.length ? { data: z, pooled: false } : undefined;
   }
-  const out = outputBuffer(addon.compressBound(src.length));
+  const out = payloadBuffer(addon.compressBound(src.length));
   const n = addon.compressInto(src, out.buf);
   if (n === 0 || n >= src.length) {
     if (out.pooled) releaseBuffer(out.buf);
@@ -76,7 +69,7 @@ export function decompressBlock(block: Buffer, declared: number): Lz4Result {
     if (data.length !== declared) throw new Error(`decompressed to ${data.length} bytes, declared ${declared}`);
     return { data, pooled: false };
   }
-  const out = outputBuffer(declared);
+  const out = payloadBuffer(declared);
   if (addon.decompressInto(block, out.buf) !== declared) {
     if (out.pooled) releaseBuffer(out.buf);
     throw new Error(`not a valid LZ4 block of ${declared} bytes`);

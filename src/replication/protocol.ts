@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { crc32c } from '../common/crc32c';
-import { acquireSized } from '../common/buffer-pool';
+import { payloadBuffer } from '../common/buffer-pool';
 import { compressBlock, declaredSize, decompressBlock, maxDecompressedSize } from '../common/lz4';
 import { Packr } from 'msgpackr';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
@@ -99,12 +99,12 @@ export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payl
       flags |= FLAG_LZ4;
     }
   }
-  if (transient && body === payload && body.length) {
-    // The caller reuses its memory: the frame takes a pooled copy (given back once sent).
-    const copy = acquireSized(body.length);
-    body.copy(copy);
-    body = copy;
-    pooled = true;
+  if (transient && body === payload) {
+    // The caller reuses its memory: the frame takes a copy (a pooled one is given back once sent).
+    const copy = payloadBuffer(body.length);
+    body.copy(copy.buf);
+    body = copy.buf;
+    pooled = copy.pooled;
   }
   if (metaBytes.length > MAX_META_BYTES || body.length > MAX_PAYLOAD_BYTES) {
     throw new ReplicationError(Code.FrameTooLarge, `frame too large to send: meta ${metaBytes.length}, payload ${body.length}`);
