@@ -132,6 +132,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     for (let k = from; k < to; k++) rmSync(path.join(files, `k${k}.blk`), { force: true });
   };
   const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  let syncsSeen = 0;
   try {
     for (let i = 0; i < opts.faults; i++) {
       const kind = FAULT_KINDS[Math.floor(rand() * FAULT_KINDS.length)];
@@ -178,6 +179,20 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             break;
         }
       });
+      // An image sync is a finding in itself: say right away which fault led to it and why
+      // the primary decided on it (the replica's durable sequence against the retained journal,
+      // or a sync cursor the replica held), with the replica's warnings.
+      const syncs = primaries.flatMap((p) => p.logs.filter((l) => l.msg === 'replication link up; image sync needed'));
+      if (syncs.length > syncsSeen) {
+        const brief = (l: Record<string, unknown>) => `${String(l.msg)} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, name: undefined })}`;
+        const replicaWarnings = (replica?.logs ?? []).filter((l) => Number(l.level) >= 40).slice(-5).map(brief);
+        for (const l of syncs.slice(syncsSeen)) {
+          const line = `seed ${seed}: fault ${i + 1} (${kind}) was followed by an image sync: ${brief(l)}; replica warnings: ${replicaWarnings.join(' | ') || 'none'}`;
+          log(`# ${line}`);
+          result.problems.push(line);
+        }
+        syncsSeen = syncs.length;
+      }
       if ((i + 1) % 25 === 0) log(`# faults ${i + 1}/${opts.faults}: acked ${acked}, replica reads ${result.replicaReads}`);
     }
     result.recordsAcked = acked;
