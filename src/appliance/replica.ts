@@ -303,7 +303,20 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     if (this.queue.length) this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
   }
 
-  private async save(): Promise<void> {
+  /**
+   * Write the state file (the latest state, when saves queue up). One at a time: two saves at
+   * once shared the temporary file, and a shorter state written over a longer one left the
+   * longer one's tail behind it.
+   */
+  private save(): Promise<void> {
+    const next = this.saving.then(() => this.saveNow());
+    this.saving = next.catch(() => undefined);
+    return next;
+  }
+
+  private saving: Promise<void> = Promise.resolve();
+
+  private async saveNow(): Promise<void> {
     const tmp = `${this.statePath}.tmp`;
     const fh = await fsp.open(tmp, 'w', 0o600);
     try {

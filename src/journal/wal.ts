@@ -9,10 +9,11 @@
  *       one put per record cost more main-thread time than the rest of the index together.
  *       (A key of the full key's length is one record, as written before entries were grouped.)
  *       LevelDB holds the ordered index of records; the records themselves (a header with the
- *       key and a CRC32C, then the data: a write's bytes, a WRITE SAME block) are appended to
- *       segment files `<journal>/segments/<n>.seg`. LevelDB copying 128 KiB values through its
- *       log, memtable and compactions halved write throughput (≈270 MB/s here); a value log
- *       costs one page-cache copy. Segments are deleted whole once every record in them is trimmed.
+ *       key, the id of the file and a CRC32C, then the data: a write's bytes, a WRITE SAME
+ *       block) are appended to segment files `<journal>/segments/<n>.seg`. LevelDB copying
+ *       128 KiB values through its log, memtable and compactions halved write throughput
+ *       (≈270 MB/s here); a value log costs one page-cache copy. Segments are deleted whole (or
+ *       kept as spares for reuse) once every record in them is trimmed.
  *   'm' 'volumes'     → JSON list of volume names (index = vol field)
  *   'm' 'checkpoint'  → JSON { imageSeq }: every record ≤ imageSeq is durable in the images
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
@@ -344,9 +345,12 @@ class SegmentStore {
 
   /**
    * Records written after `after` (the last indexed record, or the start of the oldest segment
-   * when the index is empty) that the index does not know: read back in order while each header
-   * and checksum is whole and each sequence number follows `afterSeq`'s successors. Stops at the
-   * first record that is torn, stale (a recycled file) or missing.
+   * when the index is empty) that the index does not know, read back in order. A file's live
+   * records end at the first one that is torn (header or checksum), written for another file
+   * (the old contents of a reused spare) or not after the one before (sequence numbers increase;
+   * a replica's have gaps where batches were coalesced); the next file must go on from there, or
+   * the scan ends. Each process life writes into a new file, so the live part of the last indexed
+   * segment is often followed by a reused file's old records, with the rest in the next file.
    */
   *scan(after: { segment: number; position: number } | undefined, afterSeq: number): Generator<{ key: Buffer; segment: number; position: number; dataLength: number }> {
     const ids = readdirSync(this.dir)
@@ -360,7 +364,7 @@ class SegmentStore {
     let skipping = !after;
     let id = after ? after.segment : ids[0];
     let pos = after ? after.position : 0;
-    let expect = afterSeq + 1;
+    let last = afterSeq;
     let moved = false;
     const header = Buffer.allocUnsafe(SEGMENT_HEADER);
     while (ids.includes(id)) {
@@ -374,15 +378,18 @@ class SegmentStore {
           const data = Buffer.allocUnsafe(dataLength);
           if (dataLength && readSync(fd, data, 0, dataLength, pos + SEGMENT_HEADER) !== dataLength) break;
           if (recordChecksum(header, data) !== header.readUInt32BE(4)) break;
+          // 0: written before records named their file (no reused file can hold a newer one).
+          const owner = header.readUInt32BE(SEGMENT_OWNER_AT);
+          if (owner !== 0 && owner !== id) break;
           const key = Buffer.from(header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN));
           const seq = r64(key, 1);
           const at = pos;
           pos += SEGMENT_HEADER + dataLength;
           if (skipping && seq <= afterSeq) continue;
-          if (seq !== expect) return;
+          if (seq <= last) break;
           skipping = false;
           found = true;
-          expect++;
+          last = seq;
           yield { key, segment: id, position: at + SEGMENT_HEADER, dataLength };
         }
       } finally {
@@ -485,14 +492,16 @@ class SegmentStore {
 const SEGMENT_MAGIC = 0x4f535231; // 'OSR1'
 const SEGMENT_HEADER = 52;
 const SEGMENT_KEY_AT = 12;
+/** The id of the segment file a record was written to (in the header's last 4 bytes, under the checksum). */
+const SEGMENT_OWNER_AT = SEGMENT_KEY_AT + KEY_LEN;
 
 /** The header of a record; its index key is the view at SEGMENT_KEY_AT. */
-function recordHeader(data: Buffer, seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): Buffer {
+function recordHeader(segment: number, data: Buffer, seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): Buffer {
   const h = Buffer.allocUnsafe(SEGMENT_HEADER);
   h.writeUInt32BE(SEGMENT_MAGIC, 0);
   h.writeUInt32BE(data.length, 8);
   writeRecordKey(h, SEGMENT_KEY_AT, seq, vol, op, offset, length, timeMs);
-  h.fill(0, SEGMENT_KEY_AT + KEY_LEN);
+  h.writeUInt32BE(segment, SEGMENT_OWNER_AT);
   h.writeUInt32BE(recordChecksum(h, data), 4);
   return h;
 }
@@ -725,7 +734,7 @@ export class Journal {
     } catch (e) {
       return { seq: 0, done: Promise.reject(this.writeFailed(e)) };
     }
-    const header = recordHeader(data, seq, vol, op, offsetBytes, lengthBytes, timeMs);
+    const header = recordHeader(at.segment, data, seq, vol, op, offsetBytes, lengthBytes, timeMs);
     const key = header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN);
     let b = this.batches[this.batches.length - 1];
     if (!b || b.segment !== at.segment || b.iov.length + 2 > BATCH_IOV) b = this.newBatch(at.segment, at.fd, at.position);

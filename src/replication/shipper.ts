@@ -182,6 +182,9 @@ export class Shipper {
         this.state.disconnects++;
         logger.warn({ ackedSeq: this.state.ackedSeq }, 'replication link down');
       }
+      // Closed whatever ended the session: a socket left open went on delivering the old
+      // connection's frames (acks, pings) next to the new one's.
+      this.link?.close();
       this.link = undefined;
       if (this.stopped) break;
       if (Date.now() - startedAt > 10_000) backoff = this.opts.backoffMinMs ?? 100;

@@ -173,6 +173,82 @@ test('index entries lost in a crash are rebuilt from the segments, up to the fir
   }
 });
 
+/** A crash: LevelDB never got the index entries of the records after `seq`. */
+async function dropIndexAfter(jdir: string, seq: number): Promise<number> {
+  const db = new Level<Buffer, Buffer>(jdir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  let dropped = 0;
+  for await (const k of db.keys()) if (k[0] === 0x72 && k.readUInt32BE(5) > seq) (await db.del(k), dropped++);
+  await db.close();
+  return dropped;
+}
+
+test('the rebuild reads past the old records of a reused segment file into the next segment', async () => {
+  const dir = tempDir();
+  try {
+    const jdir = path.join(dir, 'j');
+    // Life 1: records 1..10 in segment 1.
+    let j = await Journal.open({ dir: jdir });
+    await j.registerVolume('v');
+    await appendMany(j, blocks(10, 4 * KiB));
+    await j.close();
+    // Life 2: the records are in the images and trimmed; segment 1 becomes a spare file, reused
+    // (renamed, not emptied) for records 11 and 12: its old records 3..10 are still there after them,
+    // whole and with good checksums.
+    j = await Journal.open({ dir: jdir });
+    await j.checkpoint(10);
+    await j.trim();
+    const mine = blocks(3, 4 * KiB);
+    await Promise.all(mine.slice(0, 2).map((d, i) => j.append('v', 'write', i * d.length, d.length, d).done));
+    await j.close();
+    const files = () => readdirSync(path.join(jdir, 'segments')).filter((f) => /^\d+\.seg$/.test(f)).sort();
+    assert.deepEqual(files(), ['00000002.seg'], 'segment 1 was reused as segment 2');
+    // Life 3: record 13 goes to a new segment, and the process dies before its index entry is put.
+    j = await Journal.open({ dir: jdir });
+    await j.append('v', 'write', 8 * KiB, 4 * KiB, mine[2]).done;
+    await j.close();
+    assert.equal(await dropIndexAfter(jdir, 12), 1);
+    assert.deepEqual(files(), ['00000002.seg', '00000003.seg']);
+    // Life 4: record 13 is found, in segment 3, behind the stale records of segment 2.
+    j = await Journal.open({ dir: jdir });
+    try {
+      assert.equal(j.headSeq(), 13, 'the acknowledged record 13 is not lost');
+      const recs = await readAll(j, 10);
+      assert.deepEqual(recs.map((r) => r.seq), [11, 12, 13]);
+      recs.forEach((r, i) => assert.ok(r.data.equals(mine[i]), `record ${r.seq} data`));
+    } finally {
+      await j.close();
+    }
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test("a replica's records with gaps in their sequence (coalesced batches) are rebuilt after a crash too", async () => {
+  const dir = tempDir();
+  try {
+    const jdir = path.join(dir, 'j');
+    let j = await Journal.open({ dir: jdir });
+    await j.registerVolume('v');
+    const datas = blocks(4, 4 * KiB);
+    const seqs = [1, 2, 5, 9];
+    await Promise.all(seqs.map((seq, i) => j.appendAt(seq, 1000 + seq, 'v', 'write', i * 4 * KiB, 4 * KiB, datas[i]).done));
+    await j.sync();
+    await j.close();
+    assert.ok((await dropIndexAfter(jdir, 2)) >= 1);
+    j = await Journal.open({ dir: jdir });
+    try {
+      assert.equal(j.headSeq(), 9, 'records 5 and 9 are rebuilt, not cut off at the gap');
+      const recs = await readAll(j, 0);
+      assert.deepEqual(recs.map((r) => r.seq), seqs);
+      recs.forEach((r, i) => assert.ok(r.data.equals(datas[i]), `record ${r.seq} data`));
+    } finally {
+      await j.close();
+    }
+  } finally {
+    removeDir(dir);
+  }
+});
+
 test('a group commit that runs out of space counts none of its records, not even after a restart; appends resume when space returns', async (t) => {
   const disk = smallDisk(t, '16m');
   if (!disk) return;
