@@ -403,6 +403,11 @@ class SegmentStore {
     }
   }
 
+  /** The next record goes to a new file; the current one is dropped like any other once trimmed. */
+  retireCurrent(): void {
+    this.current = undefined;
+  }
+
   /** Note a segment found through the index at load time. */
   noteSeq(segment: number, seq: number): void {
     if ((this.maxSeq.get(segment) ?? 0) < seq) this.maxSeq.set(segment, seq);
@@ -902,6 +907,9 @@ export class Journal {
     await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
+    // The file being written goes too: the new history starts in a new file, where no dropped
+    // record can be read back as one of its own after a crash.
+    this.segments.retireCurrent();
     this.segments.dropThrough(Number.MAX_SAFE_INTEGER);
     this.sizes = [];
     this.sizesHead = 0;

@@ -249,6 +249,33 @@ test("a replica's records with gaps in their sequence (coalesced batches) are re
   }
 });
 
+test('after a reset, the records it dropped never come back as the new history, not even after a crash', async () => {
+  const dir = tempDir();
+  try {
+    const jdir = path.join(dir, 'j');
+    let j = await Journal.open({ dir: jdir });
+    await j.registerVolume('v');
+    await appendMany(j, blocks(10, 4 * KiB));
+    // A replica whose records 6..10 were split off: history restarts after 5 (in the same segment file).
+    await j.resetTo(5);
+    const fresh = blocks(2, 4 * KiB);
+    await Promise.all(fresh.map((d, i) => j.appendAt(6 + i, 2000 + i, 'v', 'write', i * d.length, d.length, d).done));
+    await j.close();
+    assert.ok((await dropIndexAfter(jdir, 5)) >= 1);
+    j = await Journal.open({ dir: jdir });
+    try {
+      assert.equal(j.headSeq(), 7, 'the new records 6 and 7, and not the old 8..10');
+      const recs = await readAll(j, 5);
+      assert.deepEqual(recs.map((r) => r.seq), [6, 7]);
+      recs.forEach((r, i) => assert.ok(r.data.equals(fresh[i]), `record ${r.seq} holds the new data`));
+    } finally {
+      await j.close();
+    }
+  } finally {
+    removeDir(dir);
+  }
+});
+
 test('a group commit that runs out of space counts none of its records, not even after a restart; appends resume when space returns', async (t) => {
   const disk = smallDisk(t, '16m');
   if (!disk) return;
