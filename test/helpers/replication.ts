@@ -100,7 +100,13 @@ export function pollReplica(current: () => RunningAppliance | undefined, volume:
         continue;
       }
       const file = path.join(dir, `poll${i % 2}.img`);
-      const res = await run('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `bs=${sizeBytes}`, 'count=1', `if=${r.url(volume)}`, `of=${file}`], { timeoutMs: 30_000 }).catch(() => undefined);
+      // A read from a replica that is killed or restarted meanwhile is given up at once: libiscsi
+      // reconnects to the old port until the timeout, and a short campaign could end before any
+      // read was checked.
+      const gone = new AbortController();
+      const watch = setInterval(() => (stop || current() !== r) && gone.abort(), 100);
+      const res = await run('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `bs=${sizeBytes}`, 'count=1', `if=${r.url(volume)}`, `of=${file}`], { timeoutMs: 30_000, signal: gone.signal }).catch(() => undefined);
+      clearInterval(watch);
       if (!res || res.code !== 0) continue;
       reads++;
       check(readFileSync(file));
