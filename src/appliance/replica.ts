@@ -67,6 +67,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   private applied: number;
   private queue: Pending[] = [];
   private applying?: Promise<void>;
+  /** The state file's writes, one at a time (see save). */
+  private saving: Promise<void> = Promise.resolve();
   private applyError?: Error;
   private syncBytesSinceSave = 0;
   /** Throw-away test copies (offsite test-failover) that must keep their view as records land. */
@@ -313,8 +315,6 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.saving = next.catch(() => undefined);
     return next;
   }
-
-  private saving: Promise<void> = Promise.resolve();
 
   private async saveNow(): Promise<void> {
     const tmp = `${this.statePath}.tmp`;

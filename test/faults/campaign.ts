@@ -60,6 +60,11 @@ export function checkChainImage(img: Buffer, n: number): { top: number; error?: 
   return { top };
 }
 
+/** One of an appliance's log records as a line: the message, then its fields (not pino's own). */
+function logLine(l: Record<string, unknown>): string {
+  return `${String(l.msg)} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, name: undefined })}`;
+}
+
 export async function runCampaign(opts: { faults: number; seed?: number; log?: (line: string) => void }): Promise<CampaignResult> {
   const seed = opts.seed ?? Date.now() % 1_000_000;
   const rand = rng(seed);
@@ -91,7 +96,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
       if (signal !== 'SIGKILL' && code !== 0) {
         result.crashes++;
         // What it said last: its last log lines and stderr (a stack trace).
-        const last = app.logs.slice(-15).map((l) => `${String(l.msg)} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, name: undefined })}`);
+        const last = app.logs.slice(-15).map(logLine);
         result.problems.push(`${name} exited with ${code ?? signal}; its last log lines: ${last.join(' | ') || 'none'}; stderr: ${app.stderr().slice(-1500) || 'none'}`);
       }
       resolve();
@@ -184,10 +189,9 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
       // or a sync cursor the replica held), with the replica's warnings.
       const syncs = primaries.flatMap((p) => p.logs.filter((l) => l.msg === 'replication link up; image sync needed'));
       if (syncs.length > syncsSeen) {
-        const brief = (l: Record<string, unknown>) => `${String(l.msg)} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, name: undefined })}`;
-        const replicaWarnings = (replica?.logs ?? []).filter((l) => Number(l.level) >= 40).slice(-5).map(brief);
+        const replicaWarnings = (replica?.logs ?? []).filter((l) => Number(l.level) >= 40).slice(-5).map(logLine);
         for (const l of syncs.slice(syncsSeen)) {
-          const line = `seed ${seed}: fault ${i + 1} (${kind}) was followed by an image sync: ${brief(l)}; replica warnings: ${replicaWarnings.join(' | ') || 'none'}`;
+          const line = `seed ${seed}: fault ${i + 1} (${kind}) was followed by an image sync: ${logLine(l)}; replica warnings: ${replicaWarnings.join(' | ') || 'none'}`;
           log(`# ${line}`);
           result.problems.push(line);
         }
