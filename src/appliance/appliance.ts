@@ -154,7 +154,7 @@ export class Appliance {
     }
     if (this.journal) {
       const journal = this.journal;
-      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }));
+      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true });
       const to = config.replication.replicateTo;
       if (to) {
         const repl = (this.replication = new PrimaryReplication({
@@ -357,7 +357,7 @@ export class Appliance {
     for (const v of volumes.values()) await this.serveVolume(v, v.image, false);
     // Records stay until a primary's lineage has been checked: a demoted primary's last writes
     // may be split-off writes that must be saved aside, not trimmed.
-    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), 1000, () => store.primaryChecked);
+    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked });
     const history = !!(config.journal.retainMs || config.journal.retainBytes);
     this.replicaTimer = setInterval(() => {
       if (history && store.rebaseNeeded && store.syncState() === 'consistent' && !store.isStaging()) {

@@ -15,7 +15,8 @@
  *       (≈270 MB/s here); a value log costs one page-cache copy. Segments are deleted whole (or
  *       kept as spares for reuse) once every record in them is trimmed.
  *   'm' 'volumes'     → JSON list of volume names (index = vol field)
- *   'm' 'checkpoint'  → JSON { imageSeq }: every record ≤ imageSeq is durable in the images
+ *   'm' 'checkpoint'  → JSON { imageSeq, droppedSeq? }: every record ≤ imageSeq is durable in
+ *       the images; droppedSeq, the newest record trimmed while it was only in their page cache
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
  *
  * Appending: `append` assigns the sequence number (call order is journal order); the records
@@ -27,7 +28,13 @@
  * SYNCHRONIZE CACHE) is one fdatasync of the segments at a time, covering everything before it.
  *
  * Retention and point in time: records are trimmed once they are in the images (checkpoint)
- * and, when configured, acknowledged by the replica and older than the history window. With a
+ * and, when configured, acknowledged by the replica and older than the history window. On a
+ * journal whose keeper reports what the images hold (`inImages`), records no writer was promised
+ * durable (no FUA) need not wait for the images' fsync: in their page cache they survive a
+ * crash of the process, and a power loss may lose them as it may lose any write not flushed
+ * (the volumes advertise a volatile write cache). Only FUA writes and a flush need the disk, and
+ * a flush fsyncs the images itself. Without this, every record was written to the disk twice
+ * (image and journal) within a second of its write, and a burst outran the spare segments. With a
  * history window, trimmed records are first applied to per-volume base images
  * (`<journal>/base/<vol>.img`), so base + retained records reproduce every retained moment.
  * Without one, the retained window is just the latest state. A size cap never stalls writes:
@@ -562,6 +569,12 @@ export class Journal {
   private totalBytes = 0;
   private perVolume = new Map<number, { records: number; bytes: number }>();
   private imageSeq = 0;
+  /** Every record ≤ this is in its image, maybe only in the page cache (inImages). */
+  private inImagesSeq = 0;
+  /** The newest FUA record: records up to it leave the journal only behind a checkpoint. */
+  private fuaSeq = 0;
+  /** The newest record trimmed while only in the images' page cache (see inImages). */
+  private droppedSeq = 0;
   private ackedSeq = 0;
   private base?: { seq: number; timeMs: number };
   private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0, foldedUnshipped: 0 };
@@ -573,6 +586,8 @@ export class Journal {
   private recent = new RecentRecords(RECENT_BYTES);
   private trimming?: Promise<void>;
   private segments!: SegmentStore;
+  /** Called when a record begins a new segment file (the keeper's cue to trim). */
+  onNewSegment?: () => void;
 
   private constructor(private readonly opts: JournalOptions) {
     // Large values, short lives: a big memtable so most records are trimmed before they ever
@@ -604,7 +619,11 @@ export class Journal {
     if (vols) this.volumes = JSON.parse(vols.toString()) as string[];
     this.volumes.forEach((v, i) => this.volumeIndex.set(v, i));
     const cp = await this.db.get(META_CHECKPOINT);
-    if (cp) this.imageSeq = (JSON.parse(cp.toString()) as { imageSeq: number }).imageSeq;
+    if (cp) {
+      const c = JSON.parse(cp.toString()) as { imageSeq: number; droppedSeq?: number };
+      this.imageSeq = c.imageSeq;
+      this.droppedSeq = c.droppedSeq ?? 0;
+    }
     if (this.opts.ownsRetention) {
       await this.db.put(META_RETENTION, Buffer.from(JSON.stringify({ retainMs: this.opts.retainMs ?? 0, retainBytes: this.opts.retainBytes ?? 0 })));
     } else {
@@ -633,7 +652,9 @@ export class Journal {
         this.track(d.seq, d.vol, v.readUInt32BE(12), d.timeMs);
       }
     }
-    if (!first) this.head = Math.max(this.imageSeq, this.base?.seq ?? 0);
+    // An empty journal goes on after everything it ever held: its sequence numbers are never
+    // handed out again (the replica has them), nor are stale records of its spare files read back.
+    if (!first) this.head = Math.max(this.imageSeq, this.base?.seq ?? 0, this.droppedSeq);
     // Records acknowledged after the index's last batch (a crash): rebuilt from the segments.
     const found: Pending[] = [];
     for (const r of this.segments.scan(last, this.head)) {
@@ -739,6 +760,9 @@ export class Journal {
     } catch (e) {
       return { seq: 0, done: Promise.reject(this.writeFailed(e)) };
     }
+    // A segment file begun: the keeper trims now rather than at its next tick, so that a burst
+    // finds fully trimmed files to reuse instead of making new ones.
+    if (at.position === 0) this.onNewSegment?.();
     const header = recordHeader(at.segment, data, seq, vol, op, offsetBytes, lengthBytes, timeMs);
     const key = header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN);
     let b = this.batches[this.batches.length - 1];
@@ -748,6 +772,7 @@ export class Journal {
     b.bytes += length;
     b.recs.push({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data, vol, key, at: at.position, started });
     this.assigned = seq;
+    if (sync) this.fuaSeq = seq;
     if (!this.writeScheduled) {
       // Let the rest of this turn's commands join the batch, then write.
       this.writeScheduled = true;
@@ -917,9 +942,10 @@ export class Journal {
     this.perVolume.clear();
     this.head = this.assigned = this.writtenSeq = this.durableSeq = seq;
     this.oldest = seq + 1;
-    this.imageSeq = seq;
+    this.imageSeq = this.inImagesSeq = this.fuaSeq = seq;
+    this.droppedSeq = 0;
     this.recent.clear();
-    await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));
+    await this.putCheckpoint();
     this.base = undefined;
     this.noBase = true;
     await this.db.put(META_BASE, Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 })), { sync: true });
@@ -1103,7 +1129,27 @@ export class Journal {
     seq = Math.min(seq, this.writtenSeq);
     if (seq <= this.imageSeq) return;
     this.imageSeq = seq;
-    await this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: seq })));
+    await this.putCheckpoint();
+  }
+
+  private putCheckpoint(): Promise<void> {
+    const droppedSeq = this.droppedSeq > this.imageSeq ? this.droppedSeq : undefined;
+    return this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: this.imageSeq, droppedSeq })));
+  }
+
+  /**
+   * Every record ≤ seq is in its image, maybe only in the page cache: records no FUA write
+   * needs may be trimmed from now on without waiting for a checkpoint (see the file's comment).
+   * Callers of sync() on such a journal fsync the images too (a flush does), as records
+   * trimmed this way are on disk only once their images are.
+   */
+  inImages(seq: number): void {
+    if (seq > this.inImagesSeq) this.inImagesSeq = seq;
+  }
+
+  /** The newest FUA record (it needs a checkpoint before it may leave the journal). */
+  fuaSeqNow(): number {
+    return this.fuaSeq;
   }
 
   replicaAcked(seq: number): void {
@@ -1159,7 +1205,10 @@ export class Journal {
 
   private async trimNow(baseFor?: (volume: string) => Promise<RecordTarget>): Promise<void> {
     const o = this.opts;
-    const imageLimit = this.imageSeq;
+    // Trimming works on index entries: they must all be there.
+    if (this.inImagesSeq > this.writtenSeq) await this.indexed(this.inImagesSeq);
+    // Not past the checkpoint while an FUA record is after it (trimming keeps a prefix).
+    const imageLimit = this.fuaSeq > this.imageSeq ? this.imageSeq : Math.max(this.imageSeq, Math.min(this.inImagesSeq, this.writtenSeq));
     let limit = imageLimit;
     if (o.replicated) limit = Math.min(limit, this.ackedSeq);
     const history = !!(o.retainMs || o.retainBytes);
@@ -1228,6 +1277,11 @@ export class Journal {
   }
 
   private async dropRecords(upTo: number): Promise<void> {
+    if (upTo > this.imageSeq && upTo > this.droppedSeq) {
+      // Before anything goes: a start after a crash must know where the sequence goes on.
+      this.droppedSeq = upTo;
+      await this.putCheckpoint();
+    }
     await this.db.clear({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) });
     // The group holding upTo + 1 may begin with dropped records: keep only the rest of it (its
     // segments may go now). A crash before this put only leaves dropped records indexed a while

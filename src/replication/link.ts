@@ -19,7 +19,8 @@ export function newLinkCounters(): LinkCounters {
 
 export class FramedLink {
   private readonly decoder = new FrameDecoder();
-  private drainWaiters: (() => void)[] = [];
+  /** Waiting until the socket's write buffer holds no more than `queued` bytes. */
+  private drainWaiters: { queued: number; resolve: () => void }[] = [];
 
   constructor(
     readonly socket: net.Socket,
@@ -49,16 +50,8 @@ export class FramedLink {
         }
       }
     });
-    socket.on('drain', () => {
-      const w = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const fn of w) fn();
-    });
-    socket.on('close', () => {
-      const w = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const fn of w) fn();
-    });
+    socket.on('drain', () => this.wakeDrainWaiters());
+    socket.on('close', () => this.wakeDrainWaiters());
   }
 
   get open(): boolean {
@@ -77,8 +70,12 @@ export class FramedLink {
       this.socket.cork();
       this.socket.write(f.head);
       // A pooled (compressed) payload goes back to the pool once the socket is done with it.
-      if (f.pooled) this.socket.write(f.payload, () => releaseBuffer(f.payload));
-      else this.socket.write(f.payload);
+      const pooled = f.pooled;
+      const payload = f.payload;
+      this.socket.write(payload, () => {
+        if (pooled) releaseBuffer(payload);
+        this.wakeDrainWaiters();
+      });
       this.socket.uncork();
     } else {
       this.socket.write(f.head);
@@ -92,7 +89,24 @@ export class FramedLink {
    */
   drained(queued = 0): Promise<void> {
     if (!this.socket.writableNeedDrain || this.socket.destroyed || this.socket.writableLength <= queued) return Promise.resolve();
-    return new Promise((resolve) => this.drainWaiters.push(resolve));
+    return new Promise((resolve) => this.drainWaiters.push({ queued, resolve }));
+  }
+
+  /**
+   * Checked whenever a payload has gone to the kernel, not only at 'drain' (an empty buffer): a
+   * sender keeping a segment or two queued behind the one being sent is woken while they are
+   * still there, so a slow read or compression of the next one does not leave the link idle.
+   */
+  private wakeDrainWaiters(): void {
+    if (!this.drainWaiters.length) return;
+    const gone = this.socket.destroyed;
+    const queued = this.socket.writableLength;
+    const waiting = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiting) {
+      if (gone || queued <= w.queued) w.resolve();
+      else this.drainWaiters.push(w);
+    }
   }
 
   close(): void {

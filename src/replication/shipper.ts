@@ -330,10 +330,10 @@ export class Shipper {
           this.inflight.push({ to: meta.to, rawBytes: payload.length + 32 * records.length });
           this.inflightBytes += payload.length + 32 * records.length;
           await this.shaper.take(wire);
-          // One segment may wait in the socket's buffer while the next is read and compressed:
-          // waiting for an empty buffer left the link idle for that long whenever the kernel's
-          // own buffer ran dry first.
-          await link.drained(segmentBytes);
+          // Up to two segments may wait in the socket's buffer while the next is read and
+          // compressed: waiting for an empty buffer left the link idle for that long whenever
+          // the kernel's own buffer ran dry first (a busy main thread, a collection).
+          await link.drained(2 * segmentBytes);
           continue;
         }
       }

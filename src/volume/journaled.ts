@@ -214,7 +214,9 @@ export interface RecoveryReport {
  * and move the checkpoint to the head.
  */
 export async function recoverImages(journal: Journal, images: ReadonlyMap<string, FileVolume>, logger?: Logger): Promise<RecoveryReport> {
-  const from = journal.checkpointSeq();
+  // Records trimmed while only in the images' page cache are past the checkpoint, not in the
+  // journal: a crash of the process left them in the images.
+  const from = Math.max(journal.checkpointSeq(), journal.oldestSeq() - 1);
   const to = journal.headSeq();
   let records = 0;
   let bytes = 0;
@@ -240,6 +242,26 @@ export interface KeptVolume {
   readonly image: { flush(): Promise<void> };
 }
 
+export interface KeeperOptions {
+  /** Upkeep runs this often (ms). */
+  intervalMs?: number;
+  /** Trimming waits while this says no (a demoted site keeps its records until its lineage is checked). */
+  canTrim?: () => boolean;
+  /**
+   * Trim records once they are in the images' page cache (Journal.inImages), and checkpoint
+   * (fsync the images) only when an FUA record waits for it, every CHECKPOINT_EVERY_MS, and
+   * at stop. For a primary, whose writers flush what they need durable; not for a replica,
+   * whose acknowledgements promise the primary durability of everything before them.
+   */
+  trimUnsynced?: boolean;
+}
+
+/**
+ * With trimUnsynced, the images are still fsynced this often: what a power loss can take back
+ * stays bounded, as the kernel's own writeback (30 s) bounds it for a plain file.
+ */
+const CHECKPOINT_EVERY_MS = 30_000;
+
 /**
  * Background upkeep: checkpoint (fsync images, record the safe sequence) and trim the journal
  * (feeding history into the base images), every `intervalMs` and on demand.
@@ -247,6 +269,7 @@ export interface KeptVolume {
 export class JournalKeeper {
   private timer?: NodeJS.Timeout;
   private running?: Promise<void>;
+  private lastCheckpointMs = Date.now();
 
   constructor(
     private readonly journal: Journal,
@@ -254,30 +277,34 @@ export class JournalKeeper {
     private readonly safeSeq: () => number,
     private readonly volumes: () => Iterable<KeptVolume>,
     private readonly logger?: Logger,
-    intervalMs = 1000,
-    /** Trimming waits while this says no (a demoted site keeps its records until its lineage is checked). */
-    private readonly canTrim: () => boolean = () => true,
+    private readonly opts: KeeperOptions = {},
   ) {
-    this.timer = setInterval(() => void this.tick().catch((e: unknown) => this.logger?.error({ err: e }, 'journal upkeep failed')), intervalMs);
+    const upkeep = () => void this.tick().catch((e: unknown) => this.logger?.error({ err: e }, 'journal upkeep failed'));
+    this.timer = setInterval(upkeep, opts.intervalMs ?? 1000);
     this.timer.unref();
+    journal.onNewSegment = upkeep;
   }
 
   tick(): Promise<void> {
-    this.running ??= this.run().finally(() => {
+    this.running ??= this.run(false).finally(() => {
       this.running = undefined;
     });
     return this.running;
   }
 
-  private async run(): Promise<void> {
+  private async run(final: boolean): Promise<void> {
     await this.journal.checkSpace();
     const safe = this.safeSeq();
-    if (safe > this.journal.checkpointSeq()) {
+    const light = this.opts.trimUnsynced ?? false;
+    if (light) this.journal.inImages(safe);
+    const cp = this.journal.checkpointSeq();
+    if (safe > cp && (!light || final || this.journal.fuaSeqNow() > cp || Date.now() - this.lastCheckpointMs >= CHECKPOINT_EVERY_MS)) {
+      this.lastCheckpointMs = Date.now();
       await this.journal.sync();
       for (const v of this.volumes()) await v.image.flush();
       await this.journal.checkpoint(safe);
     }
-    if (!this.canTrim()) return;
+    if (!(this.opts.canTrim?.() ?? true)) return;
     const sizes = new Map<string, number>();
     for (const v of this.volumes()) sizes.set(v.name, v.sizeBytes);
     const opened: ImageFileTarget[] = [];
@@ -294,9 +321,11 @@ export class JournalKeeper {
     }
   }
 
+  /** The last upkeep, with a checkpoint of everything in the images. */
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    this.journal.onNewSegment = undefined;
     if (this.running) await this.running.catch(() => undefined);
-    await this.tick();
+    await this.run(true);
   }
 }

@@ -339,3 +339,40 @@ test('trimming in the middle of an index entry keeps the rest of it, across a re
     removeDir(dir);
   }
 });
+
+test('records only in the images’ page cache are trimmed without a checkpoint, but never an FUA record, and the sequence goes on after them across a restart', () =>
+  inJournalDir(async (jdir) => {
+    let j = await Journal.open({ dir: jdir });
+    await j.registerVolume('v');
+    await appendMany(j, blocks(10, 4 * KiB));
+    await j.trim();
+    assert.equal(j.oldestSeq(), 1, 'nothing goes before the images have a record');
+    j.inImages(10);
+    await j.trim();
+    assert.equal(j.oldestSeq(), 11, 'records 1..10 are in the images: gone without an fsync of them');
+    assert.equal(j.checkpointSeq(), 0);
+    // An FUA write is durable through the journal alone until a checkpoint covers it.
+    const [fua, plain] = blocks(2, 4 * KiB);
+    await j.append('v', 'write', 0, fua.length, fua, true).done;
+    await j.append('v', 'write', 0, plain.length, plain).done;
+    j.inImages(12);
+    await j.trim();
+    assert.equal(j.oldestSeq(), 11, 'the FUA record 11 holds the trim (and 12 behind it)');
+    await j.checkpoint(12);
+    await j.trim();
+    assert.equal(j.oldestSeq(), 13);
+    // Records 13..15, trimmed from the page cache; a crash then leaves an empty index and their
+    // stale copies in the segment file.
+    await appendMany(j, blocks(3, 4 * KiB));
+    j.inImages(15);
+    await j.trim();
+    await j.close();
+    j = await Journal.open({ dir: jdir });
+    try {
+      assert.equal(j.headSeq(), 15, 'the sequence goes on after the last record ever held, not after the checkpoint (12)');
+      assert.deepEqual(await readAll(j, 12), [], 'the trimmed records 13..15 are not read back from the segment');
+      assert.equal(j.append('v', 'write', 0, 4 * KiB, Buffer.alloc(4 * KiB)).seq, 16);
+    } finally {
+      await j.close();
+    }
+  }));

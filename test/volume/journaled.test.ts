@@ -9,7 +9,7 @@ import test from 'node:test';
 import fc from 'fast-check';
 import { Journal, type JournalRecord } from '../../src/journal/wal';
 import { FileVolume } from '../../src/volume/file-volume';
-import { applyInOrder, ImageTracker, JournaledVolume } from '../../src/volume/journaled';
+import { applyInOrder, ImageTracker, JournaledVolume, JournalKeeper } from '../../src/volume/journaled';
 import { removeDir, tempDir } from '../helpers/appliance';
 
 const BLOCK = 512;
@@ -151,6 +151,36 @@ test('a journaled write waits for the overlapping image writes appended before i
     assert.deepEqual(started, ['0+8192', '65536+4096', '4096+4096']);
   } finally {
     await journal.close();
+    removeDir(dir);
+  }
+});
+
+test('the keeper of a primary trims what the images hold without fsyncing them, checkpoints for an FUA write and at stop; a replica’s checkpoints every time', async () => {
+  const dir = tempDir();
+  try {
+    for (const trimUnsynced of [true, false]) {
+      const journal = await Journal.open({ dir: `${dir}/j-${trimUnsynced}` });
+      await journal.registerVolume('v');
+      let flushes = 0;
+      const volumes = [{ name: 'v', sizeBytes: 1 << 20, image: { flush: async () => void flushes++ } }];
+      const keeper = new JournalKeeper(journal, () => journal.headSeq(), () => volumes, undefined, { intervalMs: 3_600_000, trimUnsynced });
+      const write = (fua = false) => journal.append('v', 'write', 0, BLOCK, Buffer.alloc(BLOCK, 7), fua).done;
+      await Promise.all([write(), write(), write()]);
+      await keeper.tick();
+      assert.equal(journal.oldestSeq(), 4, 'records 1..3 are trimmed');
+      assert.equal(flushes, trimUnsynced ? 0 : 1, trimUnsynced ? 'a primary trims without an fsync' : 'a replica fsyncs first');
+      assert.equal(journal.checkpointSeq(), trimUnsynced ? 0 : 3);
+      await write(true);
+      await keeper.tick();
+      assert.equal(flushes, trimUnsynced ? 1 : 2, 'the FUA record 4 needs the images fsynced');
+      assert.equal(journal.checkpointSeq(), 4);
+      assert.equal(journal.oldestSeq(), 5);
+      await write();
+      await keeper.stop();
+      assert.equal(journal.checkpointSeq(), 5, 'the last upkeep checkpoints everything');
+      await journal.close();
+    }
+  } finally {
     removeDir(dir);
   }
 });
