@@ -1162,7 +1162,7 @@ export class Journal {
   }
 
   /** The newest FUA record (it needs a checkpoint before it may leave the journal). */
-  fuaSeqNow(): number {
+  lastFuaSeq(): number {
     return this.fuaSeq;
   }
 

@@ -295,10 +295,8 @@ export class JournalKeeper {
   private async run(final: boolean): Promise<void> {
     await this.journal.checkSpace();
     const safe = this.safeSeq();
-    const light = this.opts.trimUnsynced ?? false;
-    if (light) this.journal.inImages(safe);
-    const cp = this.journal.checkpointSeq();
-    if (safe > cp && (!light || final || this.journal.fuaSeqNow() > cp || Date.now() - this.lastCheckpointMs >= CHECKPOINT_EVERY_MS)) {
+    if (this.opts.trimUnsynced) this.journal.inImages(safe);
+    if (this.checkpointDue(safe, final)) {
       this.lastCheckpointMs = Date.now();
       await this.journal.sync();
       for (const v of this.volumes()) await v.image.flush();
@@ -319,6 +317,13 @@ export class JournalKeeper {
     } finally {
       for (const t of opened) await t.close();
     }
+  }
+
+  private checkpointDue(safe: number, final: boolean): boolean {
+    const cp = this.journal.checkpointSeq();
+    if (safe <= cp) return false;
+    if (!this.opts.trimUnsynced || final) return true;
+    return this.journal.lastFuaSeq() > cp || Date.now() - this.lastCheckpointMs >= CHECKPOINT_EVERY_MS;
   }
 
   /** The last upkeep, with a checkpoint of everything in the images. */
