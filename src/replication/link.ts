@@ -70,10 +70,8 @@ export class FramedLink {
       this.socket.cork();
       this.socket.write(f.head);
       // A pooled (compressed) payload goes back to the pool once the socket is done with it.
-      const pooled = f.pooled;
-      const payload = f.payload;
-      this.socket.write(payload, () => {
-        if (pooled) releaseBuffer(payload);
+      this.socket.write(f.payload, () => {
+        if (f.pooled) releaseBuffer(f.payload);
         this.wakeDrainWaiters();
       });
       this.socket.uncork();

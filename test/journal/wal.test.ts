@@ -11,13 +11,20 @@ import { readFileSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'no
 import path from 'node:path';
 import test from 'node:test';
 import { Level } from 'level';
-import { Journal, type JournalRecord } from '../../src/journal/wal';
+import { Journal, type JournalOptions, type JournalRecord } from '../../src/journal/wal';
 import { removeDir, smallDisk, tempDir } from '../helpers/appliance';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 const blocks = (n: number, size: number): Buffer[] => Array.from({ length: n }, () => randomBytes(size));
+
+/** A journal with the volume 'v' registered. */
+async function openWithV(opts: JournalOptions): Promise<Journal> {
+  const j = await Journal.open(opts);
+  await j.registerVolume('v');
+  return j;
+}
 
 async function appendMany(j: Journal, datas: Buffer[]): Promise<Buffer[]> {
   await Promise.all(datas.map((data, i) => j.append('v', 'write', (i % 64) * data.length, data.length, data).done));
@@ -37,10 +44,8 @@ async function readAll(j: Journal, after: number): Promise<JournalRecord[]> {
 test('readAfter gives the records as appended, from the recent-record cache and from the index alike', async () => {
   const dir = tempDir();
   try {
-    const cached = await Journal.open({ dir: path.join(dir, 'c'), replicated: true });
-    const plain = await Journal.open({ dir: path.join(dir, 'p'), cacheRecent: false });
-    await cached.registerVolume('v');
-    await plain.registerVolume('v');
+    const cached = await openWithV({ dir: path.join(dir, 'c'), replicated: true });
+    const plain = await openWithV({ dir: path.join(dir, 'p'), cacheRecent: false });
     // 48 MiB: more than the cache holds, so the oldest come back through the index and segments.
     const datas = await appendMany(cached, blocks(384, 128 * KiB));
     await appendMany(plain, datas);
@@ -75,8 +80,7 @@ test('readAfter gives the records as appended, from the recent-record cache and 
 test('the size cap folds records the replica has not acknowledged, counts them apart, and writes never wait', async () => {
   const dir = tempDir();
   try {
-    const j = await Journal.open({ dir: path.join(dir, 'j'), replicated: true, maxBytes: 4 * MiB });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: path.join(dir, 'j'), replicated: true, maxBytes: 4 * MiB });
     j.replicaAcked(10);
     await appendMany(j, blocks(128, 64 * KiB)); // 8 MiB, twice the cap
     await j.checkpoint(128); // the images hold everything
@@ -87,8 +91,7 @@ test('the size cap folds records the replica has not acknowledged, counts them a
     assert.equal(st.foldedUnshipped, st.oldestSeq - 11, 'every record folded past the replica is counted');
     assert.ok(st.folded >= st.foldedUnshipped);
     // Without the images holding them, nothing is folded: the cap never costs data the images lack.
-    const k = await Journal.open({ dir: path.join(dir, 'k'), replicated: true, maxBytes: 4 * MiB });
-    await k.registerVolume('v');
+    const k = await openWithV({ dir: path.join(dir, 'k'), replicated: true, maxBytes: 4 * MiB });
     await appendMany(k, blocks(128, 64 * KiB));
     await k.trim();
     assert.equal(k.stats().oldestSeq, 1);
@@ -103,8 +106,7 @@ test('records appended one turn at a time share index entries, and a reader neve
   const dir = tempDir();
   try {
     const jdir = path.join(dir, 'j');
-    const j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: jdir });
     // 40 group commits, one record each, with nobody waiting for the index in between.
     for (let i = 0; i < 40; i++) await j.append('v', 'write', i * 4 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, i)).done;
     // A reader gets them at once (the index is written on demand) ...
@@ -133,8 +135,7 @@ test('index entries lost in a crash are rebuilt from the segments, up to the fir
   const dir = tempDir();
   try {
     const jdir = path.join(dir, 'j');
-    const j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: jdir });
     // Two index entries in LevelDB: records 1..8, then 9..20 (each group commit's entries go in
     // together).
     const datas = await appendMany(j, blocks(8, 4 * KiB));
@@ -204,8 +205,7 @@ async function inJournalDir(fn: (jdir: string) => Promise<void>): Promise<void> 
 test('the rebuild reads past the old records of a reused segment file into the next segment', () =>
   inJournalDir(async (jdir) => {
     // Life 1: records 1..10 in segment 1.
-    let j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    let j = await openWithV({ dir: jdir });
     await appendMany(j, blocks(10, 4 * KiB));
     await j.close();
     // Life 2: the records are in the images and trimmed; segment 1 becomes a spare file, reused
@@ -231,8 +231,7 @@ test('the rebuild reads past the old records of a reused segment file into the n
 
 test("a replica's records with gaps in their sequence (coalesced batches) are rebuilt after a crash too", () =>
   inJournalDir(async (jdir) => {
-    const j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: jdir });
     const datas = blocks(4, 4 * KiB);
     const seqs = [1, 2, 5, 9];
     await Promise.all(seqs.map((seq, i) => j.appendAt(seq, 1000 + seq, 'v', 'write', i * 4 * KiB, 4 * KiB, datas[i]).done));
@@ -244,8 +243,7 @@ test("a replica's records with gaps in their sequence (coalesced batches) are re
 
 test('after a reset, the records it dropped never come back as the new history, not even after a crash', () =>
   inJournalDir(async (jdir) => {
-    const j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: jdir });
     await appendMany(j, blocks(10, 4 * KiB));
     // A replica whose records 6..10 were split off: history restarts after 5 (in the same segment file).
     await j.resetTo(5);
@@ -262,8 +260,7 @@ test('a group commit that runs out of space counts none of its records, not even
   const { dir, mnt } = disk;
   try {
     const jdir = path.join(mnt, 'j');
-    const j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: jdir });
     const acked = await appendMany(j, blocks(4, 4 * KiB));
     await new Promise((r) => setTimeout(r, 100)); // their index entries reach LevelDB
     // Leave room for two and a half of the next eight records: the batch's writev writes some
@@ -310,8 +307,7 @@ test('trimming in the middle of an index entry keeps the rest of it, across a re
   const dir = tempDir();
   try {
     const jdir = path.join(dir, 'j');
-    const j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    const j = await openWithV({ dir: jdir });
     // One group commit of 300 records: index entries of 256 and 44 records.
     const datas = await appendMany(j, blocks(300, 4 * KiB));
     for await (const r of j.records(0, 300)) assert.ok(r.seq <= 300); // indexed
@@ -342,8 +338,7 @@ test('trimming in the middle of an index entry keeps the rest of it, across a re
 
 test('records only in the images’ page cache are trimmed without a checkpoint, but never an FUA record, and the sequence goes on after them across a restart', () =>
   inJournalDir(async (jdir) => {
-    let j = await Journal.open({ dir: jdir });
-    await j.registerVolume('v');
+    let j = await openWithV({ dir: jdir });
     await appendMany(j, blocks(10, 4 * KiB));
     await j.trim();
     assert.equal(j.oldestSeq(), 1, 'nothing goes before the images have a record');
