@@ -13,7 +13,7 @@
 # The entry point is `node dist/src/cli/main.js`, so any other offsite command runs in the same
 # image: `docker run --rm -v offsite-a:/data offsite journal inspect --data /data`.
 
-# --- build: npm ci, then `make build` (TypeScript and the native addons: hole punching, CRC32C, LZ4)
+# --- build: npm ci, then `make build` (TypeScript and the native addons: hole punching, CRC32C, LZ4, journal record writes)
 FROM node:20-bookworm AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -26,7 +26,7 @@ COPY src ./src
 # `make build` apt-installs libisal-dev (ISA-L, for the CRC32C addon) and liblz4-dev (for the LZ4
 # addon) when they are missing.
 RUN make build \
- && test -f dist/src/cli/main.js && test -f native/build/blockio.node && test -f native/build/crc32c.node && test -f native/build/lz4block.node \
+ && test -f dist/src/cli/main.js && test -f native/build/blockio.node && test -f native/build/crc32c.node && test -f native/build/lz4block.node && test -f native/build/records.node \
  && npm prune --omit=dev --no-audit --no-fund
 
 # --- runtime: node, production node_modules, dist/src, the addons (and ISA-L and liblz4, which they link)

@@ -43,7 +43,7 @@ sysdeps-test:
 sysdeps-bench:
 	$(call apt_install,$(BENCH_PKGS))
 
-build: deps native/build/blockio.node native/build/crc32c.node native/build/lz4block.node
+build: deps native/build/blockio.node native/build/crc32c.node native/build/lz4block.node native/build/records.node
 	rm -rf dist/test
 	$(NODE_BIN)/tsc -p tsconfig.json
 
@@ -101,6 +101,11 @@ native/build/blockio.node: native/blockio.c
 native/build/crc32c.node: native/crc32c.c | sysdeps-build
 	@mkdir -p native/build
 	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=crc32c -I$(NODE_INCLUDE) $< -o $@ -lisal
+
+# The journal's group-commit write: record checksums (ISA-L) and one pwritev per batch.
+native/build/records.node: native/records.c | sysdeps-build
+	@mkdir -p native/build
+	cc -O2 -Wall -shared -fPIC -DNODE_GYP_MODULE_NAME=records -I$(NODE_INCLUDE) $< -o $@ -lisal
 
 # LZ4 blocks into caller-supplied buffers, from liblz4 (without it, lz4-napi does the work).
 native/build/lz4block.node: native/lz4block.c | sysdeps-build

@@ -40,17 +40,16 @@
  * Without one, the retained window is just the latest state. A size cap never stalls writes:
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
-import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync, writevSync } from 'node:fs';
+import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { crc32c } from '../common/crc32c';
 import { Level } from 'level';
 import { acquireBuffer, retainBuffer } from '../common/buffer-pool';
-import { iovFrom } from '../common/bytes';
 import { deferred } from '../common/deferred';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 import { RecentRecords } from './recent';
+import { recordChecksum, writeRecords, type SealLayout } from './segment-write';
 
 export type RecordOp = 'write' | 'writeSame' | 'unmap';
 const OP_CODES: Record<RecordOp, number> = { write: 0, writeSame: 1, unmap: 2 };
@@ -174,7 +173,9 @@ const DONE = Promise.resolve();
 
 /** An index entry still to be put in LevelDB (its record is already in a segment). */
 interface Pending {
-  key: Buffer;
+  /** The record's index key: KEY_LEN bytes of `keys` from `keyAt` (a batch's headers, or a key of its own). */
+  keys: Buffer;
+  keyAt: number;
   segment: number;
   /** Where the record's data starts. */
   position: number;
@@ -194,7 +195,7 @@ function indexPuts(pending: readonly Pending[]): { type: 'put'; key: Buffer; val
     const value = Buffer.allocUnsafe(group.length * ENTRY_BYTES);
     group.forEach((p, j) => {
       const at = j * ENTRY_BYTES;
-      p.key.copy(value, at);
+      p.keys.copy(value, at, p.keyAt, p.keyAt + KEY_LEN);
       value.writeUInt32BE(p.segment, at + KEY_LEN);
       u64(value, at + KEY_LEN + 4, p.position);
       value.writeUInt32BE(p.dataLength, at + KEY_LEN + 12);
@@ -217,7 +218,6 @@ function* indexEntries(k: Buffer, v: Buffer): Generator<[Buffer, Buffer]> {
 /** A record appended but not yet written to its segment. */
 interface BatchedRecord extends JournalRecord {
   vol: number;
-  key: Buffer;
   /** Where its header starts in the segment. */
   at: number;
 }
@@ -233,7 +233,10 @@ interface SegmentBatch {
   /** Where the first record starts; the others follow contiguously. */
   position: number;
   bytes: number;
-  iov: Buffer[];
+  /** The records' headers, back to back (SEGMENT_HEADER bytes each, grown as records join). */
+  headers: Buffer;
+  /** The records' data, one entry per record (empty for an unmap). */
+  datas: Buffer[];
   recs: BatchedRecord[];
   /** performance.now() when its first record was appended (append latency). */
   startedMs: number;
@@ -242,8 +245,9 @@ interface SegmentBatch {
   reject: (e: unknown) => void;
 }
 
-/** Buffers in one batch (Linux's IOV_MAX is 1024; libuv would split a longer list anyway). */
-const BATCH_IOV = 1024;
+/** Records in one batch, at most; its header slab starts with room for BATCH_FIRST and doubles. */
+const BATCH_RECORDS = 512; // within writeRecords' MAX_BATCH_RECORDS
+const BATCH_FIRST = 32;
 const ZERO_MAGIC = Buffer.alloc(4);
 
 /** Applies records to an image (the journaled volume's image, a base, or a replay output). */
@@ -273,6 +277,13 @@ class SegmentStore {
   private current?: { id: number; fd: number; size: number };
   private readFds = new Map<number, number>();
   private dirty = new Set<number>();
+  /**
+   * Descriptors an fdatasync is under way on (how many): a segment trimmed meanwhile is closed
+   * when its sync ends, not under it (the sync would fail with EBADF, or reach whatever file
+   * took the number, and a failed sync stops the journal).
+   */
+  private syncingFds = new Map<number, number>();
+  private closeAfterSync = new Set<number>();
   /** Highest sequence number stored in each segment. */
   private maxSeq = new Map<number, number>();
   private nextId: number;
@@ -343,7 +354,7 @@ class SegmentStore {
   rollback(segment: number, position: number): void {
     for (const [id, fd] of [...this.readFds]) {
       if (id <= segment) continue;
-      closeSync(fd);
+      this.closeFd(fd);
       this.readFds.delete(id);
       this.dirty.delete(id);
       this.maxSeq.delete(id);
@@ -393,7 +404,7 @@ class SegmentStore {
           if (dataLength > SEGMENT_BYTES) break;
           const data = Buffer.allocUnsafe(dataLength);
           if (dataLength && readSync(fd, data, 0, dataLength, pos + SEGMENT_HEADER) !== dataLength) break;
-          if (recordChecksum(header, data) !== header.readUInt32BE(4)) break;
+          if (recordChecksum(header, data, SEAL) !== header.readUInt32BE(4)) break;
           // 0: written before records named their file (no reused file can hold a newer one).
           const owner = header.readUInt32BE(SEGMENT_OWNER_AT);
           if (owner !== 0 && owner !== id) break;
@@ -453,13 +464,33 @@ class SegmentStore {
       if (fd !== undefined) fds.push(fd);
     }
     this.dirty.clear();
-    const syncs = fds.map((fd) => new Promise<void>((resolve, reject) => fdatasync(fd, (e) => (e ? reject(e) : resolve()))));
+    for (const fd of fds) this.syncingFds.set(fd, (this.syncingFds.get(fd) ?? 0) + 1);
+    // Tests only: OFFSITE_FAILPOINT=journal-sync-slow holds each fdatasync back 300 ms (a slow disk).
+    const hold = process.env.OFFSITE_FAILPOINT === 'journal-sync-slow' ? 300 : 0;
+    const syncs = fds.map((fd) => new Promise<void>((resolve, reject) => setTimeout(() => fdatasync(fd, (e) => (e ? reject(e) : resolve())), hold)));
     if (this.dirDirty) {
       // A new or renamed segment file: its directory entry must be durable too.
       this.dirDirty = false;
       syncs.push(syncDir(this.dir));
     }
-    await Promise.all(syncs);
+    // Every sync settles before any descriptor is let go (Promise.all would return at the first failure).
+    const results = await Promise.allSettled(syncs);
+    for (const fd of fds) {
+      const n = this.syncingFds.get(fd)! - 1;
+      if (n > 0) this.syncingFds.set(fd, n);
+      else {
+        this.syncingFds.delete(fd);
+        if (this.closeAfterSync.delete(fd)) closeSync(fd);
+      }
+    }
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+  }
+
+  /** Close a segment's descriptor now, or when the syncs under way on it end. */
+  private closeFd(fd: number): void {
+    if (this.syncingFds.has(fd)) this.closeAfterSync.add(fd);
+    else closeSync(fd);
   }
 
   /**
@@ -471,7 +502,7 @@ class SegmentStore {
     for (const [id, max] of this.maxSeq) {
       if (max > seq || id === this.current?.id || busy.has(id)) continue;
       const fd = this.readFds.get(id);
-      if (fd !== undefined) closeSync(fd);
+      if (fd !== undefined) this.closeFd(fd);
       this.readFds.delete(id);
       this.maxSeq.delete(id);
       this.dirty.delete(id);
@@ -499,7 +530,7 @@ class SegmentStore {
   }
 
   close(): void {
-    for (const fd of this.readFds.values()) closeSync(fd);
+    for (const fd of this.readFds.values()) this.closeFd(fd);
     this.readFds.clear();
     this.current = undefined;
   }
@@ -516,19 +547,15 @@ const SEGMENT_KEY_AT = 12;
 /** The id of the segment file a record was written to (in the header's last 4 bytes, under the checksum). */
 const SEGMENT_OWNER_AT = SEGMENT_KEY_AT + KEY_LEN;
 
-/** The header of a record; its index key is the view at SEGMENT_KEY_AT. */
-function recordHeader(segment: number, data: Buffer, seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): Buffer {
-  const h = Buffer.allocUnsafe(SEGMENT_HEADER);
-  u32(h, 0, SEGMENT_MAGIC);
-  u32(h, 8, data.length);
-  writeRecordKey(h, SEGMENT_KEY_AT, seq, vol, op, offset, length, timeMs);
-  u32(h, SEGMENT_OWNER_AT, segment);
-  u32(h, 4, recordChecksum(h, data));
-  return h;
-}
+/** The checksum sits after the magic and covers the rest of the header, then the data. */
+const SEAL: SealLayout = { headerBytes: SEGMENT_HEADER, crcAt: 4, crcFrom: 8 };
 
-function recordChecksum(header: Buffer, data: Buffer): number {
-  return crc32c(data, crc32c(header.subarray(8))) >>> 0;
+/** A record's header at `at` in `h`, all but its checksum (writeRecords seals it); its index key is at SEGMENT_KEY_AT. */
+function putRecordHeader(h: Buffer, at: number, segment: number, dataLength: number, seq: number, vol: number, op: RecordOp, offset: number, length: number, timeMs: number): void {
+  u32(h, at, SEGMENT_MAGIC);
+  u32(h, at + 8, dataLength);
+  writeRecordKey(h, at + SEGMENT_KEY_AT, seq, vol, op, offset, length, timeMs);
+  u32(h, at + SEGMENT_OWNER_AT, segment);
 }
 
 async function syncDir(dir: string): Promise<void> {
@@ -669,7 +696,7 @@ export class Journal {
     for (const r of this.segments.scan(last, this.head)) {
       const d = decodeKey(r.key);
       if (d.vol >= this.volumes.length) break;
-      found.push({ key: r.key, segment: r.segment, position: r.position, dataLength: r.dataLength, seq: d.seq });
+      found.push({ keys: r.key, keyAt: 0, segment: r.segment, position: r.position, dataLength: r.dataLength, seq: d.seq });
       if (!first) first = d.seq;
       this.head = d.seq;
       this.segments.noteSeq(r.segment, d.seq);
@@ -775,14 +802,18 @@ export class Journal {
     // A segment file begun: the keeper trims now rather than at its next tick, so that a burst
     // finds fully trimmed files to reuse instead of making new ones.
     if (at.position === 0) this.onNewSegment?.();
-    const header = recordHeader(at.segment, data, seq, vol, op, offsetBytes, lengthBytes, timeMs);
-    const key = header.subarray(SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN);
     let b = this.batches[this.batches.length - 1];
-    if (!b || b.segment !== at.segment || b.iov.length + 2 > BATCH_IOV) b = this.newBatch(at.segment, at.fd, at.position);
-    b.iov.push(header);
-    if (data.length) b.iov.push(data);
+    if (!b || b.segment !== at.segment || b.recs.length === BATCH_RECORDS) b = this.newBatch(at.segment, at.fd, at.position);
+    const h = b.recs.length * SEGMENT_HEADER;
+    if (h === b.headers.length) {
+      const grown = Buffer.allocUnsafe(2 * h);
+      b.headers.copy(grown);
+      b.headers = grown;
+    }
+    putRecordHeader(b.headers, h, at.segment, data.length, seq, vol, op, offsetBytes, lengthBytes, timeMs);
+    b.datas.push(data);
     b.bytes += length;
-    b.recs.push({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data, vol, key, at: at.position });
+    b.recs.push({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data, vol, at: at.position });
     this.assigned = seq;
     if (sync) this.fuaSeq = seq;
     if (!this.writeScheduled) {
@@ -796,7 +827,7 @@ export class Journal {
   private newBatch(segment: number, fd: number, position: number): SegmentBatch {
     const { promise: done, resolve, reject } = deferred();
     done.catch(() => undefined); // every append hands it to a caller who awaits it
-    const b: SegmentBatch = { segment, fd, position, bytes: 0, iov: [], recs: [], startedMs: performance.now(), done, resolve, reject };
+    const b: SegmentBatch = { segment, fd, position, bytes: 0, headers: Buffer.allocUnsafe(BATCH_FIRST * SEGMENT_HEADER), datas: [], recs: [], startedMs: performance.now(), done, resolve, reject };
     this.batches.push(b);
     return b;
   }
@@ -809,15 +840,10 @@ export class Journal {
     this.writeScheduled = false;
     while (this.batches.length) {
       const b = this.batches[0];
-      let written = 0;
       try {
-        while (written < b.bytes) {
-          const n = writevSync(b.fd, written ? iovFrom(b.iov, written) : b.iov, b.position + written);
-          if (n === 0) throw Object.assign(new Error('journal segment write made no progress'), { code: 'EIO' });
-          written += n;
-        }
+        writeRecords(b.fd, b.position, b.headers, b.datas, SEAL);
       } catch (e) {
-        this.batchFailed(b, written, e);
+        this.batchFailed(b, Number((e as { written?: number }).written ?? 0), e);
         return;
       }
       this.batchWritten(b);
@@ -828,11 +854,12 @@ export class Journal {
   private batchWritten(b: SegmentBatch): void {
     this.batches.shift();
     const cache = this.opts.cacheRecent ?? this.opts.replicated;
-    for (const r of b.recs) {
+    for (let i = 0; i < b.recs.length; i++) {
+      const r = b.recs[i];
       this.head = r.seq;
       this.track(r.seq, r.vol, r.data.length, r.timeMs);
       if (cache) this.recent.add(r);
-      this.queue.push({ key: r.key, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
+      this.queue.push({ keys: b.headers, keyAt: i * SEGMENT_HEADER + SEGMENT_KEY_AT, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
     }
     this.noteLatency(b);
     this.counters.appends += b.recs.length;

@@ -191,6 +191,14 @@ export class FileVolume implements Volume {
     if (opts?.fua) await this.fh.datasync();
   }
 
+  /** No recent write took too long (see pwriteAll): write inline. Reads the clock only while backing off. */
+  private inlineNow(): boolean {
+    if (this.inlineAfter === 0) return true;
+    if (performance.now() < this.inlineAfter) return false;
+    this.inlineAfter = 0;
+    return true;
+  }
+
   private async pwriteAll(data: Buffer, offsetBytes: number): Promise<void> {
     let done = 0;
     if (this.writeNowait) {
@@ -200,7 +208,7 @@ export class FileVolume implements Volume {
       else if (n === -2) this.writeNowait = false;
     }
     try {
-      if (!this.writeNowait && performance.now() >= this.inlineAfter) {
+      if (!this.writeNowait && this.inlineNow()) {
         // Where RWF_NOWAIT is not offered for buffered writes (ext4 here), write inline anyway:
         // a page-cache copy costs less than the thread-pool round trip, which bounded a queue
         // depth's worth of writes to one per event-loop turn. A write that took long (the disk
@@ -231,7 +239,7 @@ export class FileVolume implements Volume {
   writeCombined(offsetBytes: number, data: Buffer): Promise<void> {
     this.checkWritable();
     this.check(offsetBytes, data.length);
-    if (this.writeNowait || performance.now() < this.inlineAfter) return this.pwriteAll(data, offsetBytes);
+    if (this.writeNowait || !this.inlineNow()) return this.pwriteAll(data, offsetBytes);
     let run = this.runs[this.runs.length - 1];
     if (!run || run.end !== offsetBytes || run.iov.length >= 1024) {
       const { promise: done, resolve, reject } = deferred();

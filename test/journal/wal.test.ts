@@ -371,3 +371,26 @@ test('records only in the images’ page cache are trimmed without a checkpoint,
       await j.close();
     }
   }));
+
+test('a segment trimmed while a sync of it is under way is closed after the sync, which succeeds: the journal keeps taking writes', () =>
+  inJournalDir(async (jdir) => {
+    const j = await openWithV({ dir: jdir });
+    process.env.OFFSITE_FAILPOINT = 'journal-sync-slow';
+    try {
+      // 65 records of 1 MiB: the first segment file (64 MiB) is full, the second is current.
+      await appendMany(j, blocks(65, MiB));
+      const syncing = j.sync();
+      await new Promise((r) => setTimeout(r, 50)); // its fdatasync calls are now held back
+      j.inImages(j.headSeq());
+      await j.trim();
+      assert.ok(j.oldestSeq() > 60, `the full segment file was trimmed (oldest ${j.oldestSeq()})`);
+      await syncing; // failed with EBADF when the trim closed the descriptor under it
+      const after = j.append('v', 'write', 0, 4 * KiB, Buffer.alloc(4 * KiB));
+      await after.done;
+      assert.equal(after.seq, 66);
+      await j.sync();
+    } finally {
+      delete process.env.OFFSITE_FAILPOINT;
+      await j.close();
+    }
+  }));
