@@ -12,6 +12,8 @@ export const TGT_TARGET = 'iqn.2026-11.dev.tgt:bench';
 export interface RunningTgt {
   port: number;
   url: string;
+  /** tgtd's process id. */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -61,6 +63,7 @@ export async function startTgt(imagePath: string, sizeBytes: number): Promise<Ru
   return {
     port,
     url: `iscsi://127.0.0.1:${port}/${TGT_TARGET}/1`,
+    pid: proc.pid!,
     stop: async () => {
       proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
