@@ -49,6 +49,7 @@ import { deferred } from '../common/deferred';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 import { RecentRecords } from './recent';
+import { RecordSizes } from './record-sizes';
 import { recordChecksum, writeRecords, type SealLayout } from './segment-write';
 
 export type RecordOp = 'write' | 'writeSame' | 'unmap';
@@ -596,7 +597,7 @@ export class Journal {
   private indexTimer?: NodeJS.Timeout;
   private waiters: { after: number; resolve: () => void }[] = [];
   private times = new Map<number, number>();
-  private sizes: { seq: number; vol: number; bytes: number; timeMs: number; cum: number }[] = [];
+  private sizes = new RecordSizes();
   /** Data bytes appended over the journal's life in this process (for bytesAfter). */
   private appendedBytes = 0;
   /** After a resync, until rebase(): no point-in-time base exists. */
@@ -604,7 +605,6 @@ export class Journal {
   private lastFoldLog = 0;
   /** The file system is (nearly) full: appends are refused with NoSpace until checkSpace() says otherwise. */
   private spaceLow = false;
-  private sizesHead = 0;
   private totalBytes = 0;
   private perVolume = new Map<number, { records: number; bytes: number }>();
   private imageSeq = 0;
@@ -715,7 +715,7 @@ export class Journal {
 
   private track(seq: number, vol: number, bytes: number, timeMs: number): void {
     this.appendedBytes += bytes;
-    this.sizes.push({ seq, vol, bytes, timeMs, cum: this.appendedBytes });
+    this.sizes.push(seq, vol, bytes, timeMs, this.appendedBytes);
     this.totalBytes += bytes;
     let pv = this.perVolume.get(vol);
     if (!pv) this.perVolume.set(vol, (pv = { records: 0, bytes: 0 }));
@@ -749,22 +749,8 @@ export class Journal {
   }
 
   timeOf(seq: number): number | undefined {
-    const i = this.indexOf(seq);
-    return i < 0 ? undefined : this.sizes[i].timeMs;
-  }
-
-  private indexOf(seq: number): number {
-    // sizes[sizesHead..] is sorted by seq and contiguous except across restarts' gaps: binary search.
-    let lo = this.sizesHead;
-    let hi = this.sizes.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const s = this.sizes[mid].seq;
-      if (s === seq) return mid;
-      if (s < seq) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return -1;
+    const i = this.sizes.find(seq);
+    return i < 0 ? undefined : this.sizes.timeAt(i);
   }
 
   /**
@@ -956,15 +942,9 @@ export class Journal {
   /** Data bytes of the retained records with seq > afterSeq. */
   bytesAfter(afterSeq: number): number {
     if (afterSeq < this.oldest) return this.totalBytes;
-    let lo = this.sizesHead;
-    let hi = this.sizes.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.sizes[mid].seq <= afterSeq) lo = mid + 1;
-      else hi = mid;
-    }
-    if (lo >= this.sizes.length) return 0;
-    return this.appendedBytes - (this.sizes[lo].cum - this.sizes[lo].bytes);
+    const i = this.sizes.firstAfter(afterSeq);
+    if (i >= this.sizes.size) return 0;
+    return this.appendedBytes - (this.sizes.cumAt(i) - this.sizes.bytesAt(i));
   }
 
   /**
@@ -980,8 +960,7 @@ export class Journal {
     // record can be read back as one of its own after a crash.
     this.segments.retireCurrent();
     this.segments.dropThrough(Number.MAX_SAFE_INTEGER);
-    this.sizes = [];
-    this.sizesHead = 0;
+    this.sizes.clear();
     this.totalBytes = 0;
     this.perVolume.clear();
     this.head = this.assigned = this.writtenSeq = this.durableSeq = seq;
@@ -1261,15 +1240,15 @@ export class Journal {
       const now = Date.now();
       let keepBytes = 0;
       // Walk back from the newest retained record while inside the window.
-      let i = this.sizes.length - 1;
-      for (; i >= this.sizesHead; i--) {
-        const r = this.sizes[i];
-        const inTime = o.retainMs ? now - r.timeMs <= o.retainMs : false;
-        const inBytes = o.retainBytes ? keepBytes + r.bytes <= o.retainBytes : false;
+      let i = this.sizes.size - 1;
+      for (; i >= 0; i--) {
+        const bytes = this.sizes.bytesAt(i);
+        const inTime = o.retainMs ? now - this.sizes.timeAt(i) <= o.retainMs : false;
+        const inBytes = o.retainBytes ? keepBytes + bytes <= o.retainBytes : false;
         if (!inTime && !inBytes) break;
-        keepBytes += r.bytes;
+        keepBytes += bytes;
       }
-      historyLimit = Math.min(limit, i >= this.sizesHead ? this.sizes[i].seq : this.oldest - 1);
+      historyLimit = Math.min(limit, i >= 0 ? this.sizes.seqAt(i) : this.oldest - 1);
     }
     let upTo = historyLimit;
     const over = o.maxBytes !== undefined && this.totalBytes > o.maxBytes;
@@ -1278,9 +1257,9 @@ export class Journal {
       // fold the oldest. Records the replica never got are then brought over as a delta sync of
       // the changed blocks (bounded by the volume size), staged whole at the replica.
       let bytes = this.totalBytes;
-      let i = this.sizesHead;
-      while (i < this.sizes.length && bytes > o.maxBytes! * 0.9 && this.sizes[i].seq <= imageLimit) bytes -= this.sizes[i++].bytes;
-      const capLimit = i > this.sizesHead ? this.sizes[i - 1].seq : this.oldest - 1;
+      let i = 0;
+      while (i < this.sizes.size && bytes > o.maxBytes! * 0.9 && this.sizes.seqAt(i) <= imageLimit) bytes -= this.sizes.bytesAt(i++);
+      const capLimit = i > 0 ? this.sizes.seqAt(i - 1) : this.oldest - 1;
       if (capLimit > upTo) {
         const n = this.countBetween(upTo, capLimit);
         const unshipped = o.replicated && capLimit > this.ackedSeq ? this.countBetween(Math.max(upTo, this.ackedSeq), capLimit) : 0;
@@ -1338,17 +1317,14 @@ export class Journal {
     }
     this.segments.dropThrough(upTo, new Set(this.batches.map((b) => b.segment)));
     let n = 0;
-    while (this.sizesHead < this.sizes.length && this.sizes[this.sizesHead].seq <= upTo) {
-      const r = this.sizes[this.sizesHead++];
-      this.totalBytes -= r.bytes;
-      const pv = this.perVolume.get(r.vol)!;
+    while (this.sizes.size && this.sizes.seqAt(0) <= upTo) {
+      const bytes = this.sizes.bytesAt(0);
+      const pv = this.perVolume.get(this.sizes.volAt(0))!;
+      this.sizes.shift();
+      this.totalBytes -= bytes;
       pv.records--;
-      pv.bytes -= r.bytes;
+      pv.bytes -= bytes;
       n++;
-    }
-    if (this.sizesHead > 4096 && this.sizesHead * 2 > this.sizes.length) {
-      this.sizes = this.sizes.slice(this.sizesHead);
-      this.sizesHead = 0;
     }
     this.counters.trimmed += n;
     this.oldest = upTo + 1;
@@ -1356,7 +1332,7 @@ export class Journal {
 
   private countBetween(afterSeq: number, toSeq: number): number {
     let n = 0;
-    for (let i = this.sizesHead; i < this.sizes.length && this.sizes[i].seq <= toSeq; i++) if (this.sizes[i].seq > afterSeq) n++;
+    for (let i = this.sizes.firstAfter(afterSeq); i < this.sizes.size && this.sizes.seqAt(i) <= toSeq; i++) n++;
     return n;
   }
 
@@ -1369,7 +1345,7 @@ export class Journal {
     return {
       headSeq: this.head,
       oldestSeq: this.oldest,
-      records: this.sizes.length - this.sizesHead,
+      records: this.sizes.size,
       bytes: this.totalBytes,
       perVolume,
       ...this.counters,
@@ -1377,7 +1353,7 @@ export class Journal {
       replicaAckedSeq: this.ackedSeq,
       baseSeq: base?.seq,
       baseTimeMs: base?.timeMs,
-      oldestTimeMs: this.sizes.length > this.sizesHead ? this.sizes[this.sizesHead].timeMs : undefined,
+      oldestTimeMs: this.sizes.size ? this.sizes.timeAt(0) : undefined,
       drainAppendLatencies: () => this.latencies.splice(0),
       drainBatchSizes: () => this.batchSizes.splice(0),
     };
