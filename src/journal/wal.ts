@@ -50,7 +50,7 @@ import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
 import { RecentRecords } from './recent';
 import { RecordSizes } from './record-sizes';
-import { recordChecksum, writeRecords, type SealLayout } from './segment-write';
+import { MAX_BATCH_RECORDS, recordChecksum, writeRecords, type SealLayout } from './segment-write';
 
 export type RecordOp = 'write' | 'writeSame' | 'unmap';
 const OP_CODES: Record<RecordOp, number> = { write: 0, writeSame: 1, unmap: 2 };
@@ -250,7 +250,7 @@ interface SegmentBatch {
 }
 
 /** Records in one batch, at most; its header slab starts with room for BATCH_FIRST and doubles. */
-const BATCH_RECORDS = 512; // within writeRecords' MAX_BATCH_RECORDS
+const BATCH_RECORDS = MAX_BATCH_RECORDS / 2;
 const BATCH_FIRST = 32;
 const ZERO_MAGIC = Buffer.alloc(4);
 
