@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { SIZE_CLASS, acquireBuffer, payloadBuffer, releaseBuffer, retainBuffer } from '../../src/common/buffer-pool';
+import { SIZE_CLASS, acquireBuffer, payloadBuffer, poolStats, releaseBuffer, retainBuffer } from '../../src/common/buffer-pool';
 
 // A size no other code in this process uses, so the pool's list for it is ours alone.
 const SIZE = 12345;
@@ -44,4 +44,32 @@ test('payload buffers: pooled and rounded up to the size class from one class up
   const b = payloadBuffer(4 * SIZE_CLASS - 5); // same class
   assert.equal(b.buf.buffer, a.buf.buffer, 'given back through its view: reused for the same class');
   releaseBuffer(b.buf);
+});
+
+test('a full pool makes room for the size in use by dropping the size asked for least recently', () => {
+  // Fill the pool with a burst of one size (as a 1 MiB prefill does), then work with another.
+  const BURST = 1024 * 1024 - 4096; // sizes no other test here uses
+  const WORK = 128 * 1024 + 512;
+  const burst = Array.from({ length: 96 }, () => acquireBuffer(BURST));
+  for (const b of burst) releaseBuffer(b);
+  const full = poolStats().pooledBytes;
+  const burstPooled = poolStats().pooled(BURST);
+  assert.ok(full > 60 * 1024 * 1024, `the burst filled the pool (${full} bytes)`);
+  const work = Array.from({ length: 8 }, () => acquireBuffer(WORK));
+  for (const w of work) releaseBuffer(w);
+  assert.equal(poolStats().pooled(WORK), 8, 'the size in use is pooled despite the full pool');
+  assert.ok(poolStats().pooled(BURST) < burstPooled, 'the burst size gave way');
+  assert.ok(poolStats().pooledBytes <= 64 * 1024 * 1024, 'the cap holds');
+  // Reused, not reallocated.
+  const again = acquireBuffer(WORK);
+  assert.ok(work.some((w) => w.buffer === again.buffer));
+  releaseBuffer(again);
+  // A size asked for more recently than the one coming back is not dropped for it.
+  const newer = acquireBuffer(WORK);
+  releaseBuffer(newer);
+  const before = poolStats().pooled(WORK);
+  const old = Array.from({ length: 4 }, () => acquireBuffer(BURST));
+  acquireBuffer(WORK); // WORK asked for after BURST
+  for (const o of old) releaseBuffer(o);
+  assert.ok(poolStats().pooled(WORK) >= before - 1, 'the more recently asked size kept its buffers');
 });
