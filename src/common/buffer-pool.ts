@@ -31,6 +31,9 @@ const lent = new WeakSet<ArrayBuffer>();
 /** Holders beyond the first, for lent buffers that have more than one. */
 const extraHolders = new WeakMap<ArrayBuffer, number>();
 let pooledBytes = 0;
+/** Poolable buffers allocated because none of their size was free, and bytes dropped to make room (metrics). */
+let allocations = 0;
+let evictedBytes = 0;
 
 /** A buffer of exactly `size` bytes with undefined contents, reused when one is free. */
 export function acquireBuffer(size: number): Buffer {
@@ -38,6 +41,7 @@ export function acquireBuffer(size: number): Buffer {
   lastAsked.set(size, ++asks);
   const reused = free.get(size)?.pop();
   if (reused) pooledBytes -= size;
+  else allocations++;
   const buf = reused ?? Buffer.allocUnsafeSlow(size);
   lent.add(buf.buffer as ArrayBuffer);
   return buf;
@@ -98,7 +102,11 @@ function makeRoom(size: number): boolean {
     }
     if (victim === undefined) return false;
     const list = free.get(victim)!;
-    while (list.length && pooledBytes + size > MAX_POOLED_BYTES) pooledBytes -= list.pop()!.length;
+    while (list.length && pooledBytes + size > MAX_POOLED_BYTES) {
+      const dropped = list.pop()!.length;
+      pooledBytes -= dropped;
+      evictedBytes += dropped;
+    }
     if (!list.length) free.delete(victim);
   }
   return true;
@@ -110,6 +118,6 @@ export function retainBuffer(buf: Buffer): void {
   if (lent.has(ab)) extraHolders.set(ab, (extraHolders.get(ab) ?? 0) + 1);
 }
 
-export function poolStats(): { pooledBytes: number; sizes: number; pooled: (size: number) => number } {
-  return { pooledBytes, sizes: free.size, pooled: (size) => free.get(size)?.length ?? 0 };
+export function poolStats(): { pooledBytes: number; sizes: number; allocations: number; evictedBytes: number; pooled: (size: number) => number } {
+  return { pooledBytes, sizes: free.size, allocations, evictedBytes, pooled: (size) => free.get(size)?.length ?? 0 };
 }

@@ -6,6 +6,7 @@
  */
 import client from 'prom-client';
 import type { Appliance, ApplianceHooks } from '../appliance/appliance';
+import { poolStats } from '../common/buffer-pool';
 
 export interface Metrics {
   registry: client.Registry;
@@ -269,6 +270,11 @@ export function createMetrics(): Metrics {
     for (const s of j.drainAppendLatencies()) appendLatency.observe(s);
     for (const n of j.drainBatchSizes()) batchSize.observe(n);
   };
+
+  // ---- I/O buffer pool (src/common/buffer-pool.ts) ----
+  gauge('offsite_buffer_pool_bytes', 'Bytes of free I/O buffers kept for reuse (at most 64 MiB).', () => poolStats().pooledBytes);
+  counter('offsite_buffer_pool_allocations_total', 'I/O buffers allocated because none of their size was free: climbing steadily under a steady load means the pool is not keeping up (page faults, garbage collection).', () => poolStats().allocations);
+  counter('offsite_buffer_pool_evicted_bytes_total', 'Free buffers dropped to make room for a size in use.', () => poolStats().evictedBytes);
 
   // ---- replication (primary) ----
   const repl = () => app?.replicationStatus();

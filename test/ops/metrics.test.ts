@@ -22,6 +22,10 @@ test('metrics: promtool check metrics is clean and I/O shows up in offsite_* ser
     assert.ok(value(/^offsite_iscsi_events_total\{event="logins"\} (\d+)/m) >= 1);
     assert.equal(value(/^offsite_volume_size_bytes\{volume="m1"\} (\d+)/m), 16 * 1024 * 1024);
     assert.match(text, /^offsite_process_resident_memory_bytes \d+/m);
+    // The command's buffers came from the pool, which was empty, and went back to it.
+    assert.ok(value(/^offsite_buffer_pool_allocations_total (\d+)/m) >= 1);
+    assert.ok(value(/^offsite_buffer_pool_bytes (\d+)/m) >= 256 * 1024);
+    assert.equal(value(/^offsite_buffer_pool_evicted_bytes_total (\d+)/m), 0);
   } finally {
     await app.stop();
   }
