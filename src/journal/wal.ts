@@ -273,8 +273,18 @@ const INDEX_STALL = process.env.OFFSITE_FAILPOINT === 'journal-index-stall';
  * one batch per few records cost more main-thread time than the rest of the index.
  */
 const INDEX_DELAY_MS = 20;
-/** Memory the journal's cache of recent records may hold (see RecentRecords). */
-const RECENT_BYTES = 32 * 1024 * 1024;
+/**
+ * The journal's cache of recent records (see RecentRecords): what it may hold, and the biggest
+ * record it takes. It saves a small record the index lookup and the segment read, and keeping
+ * its data costs little. A big record's buffer held for the shipper is a buffer the pool cannot
+ * hand to the next command: a 32 MiB cache kept that much command memory cycling, out of the CPU
+ * caches, where without it the same few buffers come back hot. Measured with a replica on
+ * loopback, 4 interleaved runs each: 128K writes 1094 MiB/s with no cache, 965 with 2 MiB, 801
+ * with 8 MiB, 661 with 32 MiB (1.40 vs 2.16 CPU s/GiB); 4K writes 178 with 2 MiB, 174 with
+ * 32 MiB, 165 with none (7.54 CPU s/GiB, against 6.70).
+ */
+const RECENT_BYTES = 4 * 1024 * 1024;
+const RECENT_MAX_RECORD = 32 * 1024;
 
 /** Append-only data files holding record bytes; the LevelDB index points into them. */
 class SegmentStore {
@@ -847,7 +857,7 @@ export class Journal {
       const r = b.recs[i];
       this.head = r.seq;
       this.track(r.seq, r.vol, r.data.length, r.timeMs);
-      if (cache) this.recent.add(r);
+      if (cache && r.data.length <= RECENT_MAX_RECORD) this.recent.add(r);
       this.queue.push({ keys: b.headers, keyAt: i * SEGMENT_HEADER + SEGMENT_KEY_AT, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
     }
     this.noteLatency(b);

@@ -46,8 +46,11 @@ test('readAfter gives the records as appended, from the recent-record cache and 
   try {
     const cached = await openWithV({ dir: path.join(dir, 'c'), replicated: true });
     const plain = await openWithV({ dir: path.join(dir, 'p'), cacheRecent: false });
-    // 48 MiB: more than the cache holds, so the oldest come back through the index and segments.
-    const datas = await appendMany(cached, blocks(384, 128 * KiB));
+    // Three 4 KiB records, then one of 128 KiB, 1600 in all: the cache takes the small ones only
+    // (a gap at every big one), and more of them than it holds, so the oldest come back through
+    // the index and the segments.
+    const datas = blocks(1600, 4 * KiB).map((d, i) => (i % 4 === 3 ? randomBytes(128 * KiB) : d));
+    await appendMany(cached, datas);
     await appendMany(plain, datas);
     for (const j of [cached, plain]) {
       const recs = await readAll(j, 0);
@@ -56,13 +59,18 @@ test('readAfter gives the records as appended, from the recent-record cache and 
         assert.ok(r.data.equals(datas[i]), `record ${r.seq} data`);
         assert.equal(r.volume, 'v');
         assert.equal(r.op, 'write');
-        assert.equal(r.offsetBytes, (i % 64) * 128 * KiB);
-        assert.equal(r.lengthBytes, 128 * KiB);
+        assert.equal(r.offsetBytes, (i % 64) * datas[i].length);
+        assert.equal(r.lengthBytes, datas[i].length);
       });
-      // From the middle, and a bounded batch.
-      const mid = await j.readAfter(300, 512 * KiB);
-      assert.deepEqual(mid.map((r) => r.seq), [301, 302, 303, 304]);
-      assert.ok(mid[0].data.equals(datas[300]));
+      // From the middle (old: index; recent: cache), bounded: consecutive records from the one asked for.
+      for (const from of [300, 1500, 1501]) {
+        const mid = await j.readAfter(from, 512 * KiB);
+        assert.ok(mid.length > 0);
+        assert.deepEqual(mid.map((r) => r.seq), mid.map((_, k) => from + 1 + k));
+        mid.forEach((r) => assert.ok(r.data.equals(datas[r.seq - 1]), `record ${r.seq} data`));
+        const bytes = mid.reduce((n, r) => n + r.data.length, 0);
+        assert.ok(bytes - mid[mid.length - 1].data.length < 512 * KiB, 'nothing read past the bound');
+      }
     }
     // After a reset nothing old is served (from memory or not).
     await cached.resetTo(1000);
