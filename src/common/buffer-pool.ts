@@ -22,9 +22,12 @@ const MAX_PER_SIZE = 256;
 const MAX_POOLED_BYTES = 64 * 1024 * 1024;
 const MAX_BUFFER = 4 * 1024 * 1024;
 
-const free = new Map<number, Buffer[]>();
-/** When each size was last asked for (a counter, not a clock): the oldest gives way first. */
-const lastAsked = new Map<number, number>();
+/** Free buffers of one size, and when that size was last asked for (a counter, not a clock): the oldest gives way first. */
+interface SizeList {
+  bufs: Buffer[];
+  asked: number;
+}
+const free = new Map<number, SizeList>();
 let asks = 0;
 /** Buffers handed out and not yet returned (by their memory), so foreign buffers are never pooled. */
 const lent = new WeakSet<ArrayBuffer>();
@@ -38,8 +41,10 @@ let evictedBytes = 0;
 /** A buffer of exactly `size` bytes with undefined contents, reused when one is free. */
 export function acquireBuffer(size: number): Buffer {
   if (size > MAX_BUFFER || size === 0) return Buffer.allocUnsafeSlow(size);
-  lastAsked.set(size, ++asks);
-  const reused = free.get(size)?.pop();
+  let list = free.get(size);
+  if (!list) free.set(size, (list = { bufs: [], asked: 0 }));
+  list.asked = ++asks;
+  const reused = list.bufs.pop();
   if (reused) pooledBytes -= size;
   else allocations++;
   const buf = reused ?? Buffer.allocUnsafeSlow(size);
@@ -77,37 +82,27 @@ export function releaseBuffer(buf: Buffer): void {
   lent.delete(ab);
   const size = ab.byteLength;
   let list = free.get(size);
-  if (!list) free.set(size, (list = []));
-  if (list.length >= MAX_PER_SIZE) return;
-  if (pooledBytes + size > MAX_POOLED_BYTES && !makeRoom(size)) return;
-  list.push(Buffer.from(ab, 0, size));
+  if (!list) free.set(size, (list = { bufs: [], asked: 0 }));
+  if (list.bufs.length >= MAX_PER_SIZE) return;
+  if (pooledBytes + size > MAX_POOLED_BYTES && !makeRoom(size, list.asked)) return;
+  list.bufs.push(Buffer.from(ab, 0, size));
   pooledBytes += size;
 }
 
 /**
- * Drop pooled buffers of the sizes asked for least recently (never `size` itself, nor sizes
- * asked for since it was) until `size` more bytes fit; false if they cannot.
+ * Drop pooled buffers of the sizes asked for least recently, all asked for before `asked` (when
+ * the returning size was), until `size` more bytes fit; false if they cannot.
  */
-function makeRoom(size: number): boolean {
-  const mine = lastAsked.get(size) ?? 0;
+function makeRoom(size: number, asked: number): boolean {
   while (pooledBytes + size > MAX_POOLED_BYTES) {
-    let victim: number | undefined;
-    let oldest = mine;
-    for (const [s, list] of free) {
-      const asked = lastAsked.get(s) ?? 0;
-      if (list.length && s !== size && asked < oldest) {
-        oldest = asked;
-        victim = s;
-      }
-    }
-    if (victim === undefined) return false;
-    const list = free.get(victim)!;
-    while (list.length && pooledBytes + size > MAX_POOLED_BYTES) {
-      const dropped = list.pop()!.length;
+    let victim: SizeList | undefined;
+    for (const list of free.values()) if (list.bufs.length && list.asked < (victim?.asked ?? asked)) victim = list;
+    if (!victim) return false;
+    while (victim.bufs.length && pooledBytes + size > MAX_POOLED_BYTES) {
+      const dropped = victim.bufs.pop()!.length;
       pooledBytes -= dropped;
       evictedBytes += dropped;
     }
-    if (!list.length) free.delete(victim);
   }
   return true;
 }
@@ -119,5 +114,5 @@ export function retainBuffer(buf: Buffer): void {
 }
 
 export function poolStats(): { pooledBytes: number; sizes: number; allocations: number; evictedBytes: number; pooled: (size: number) => number } {
-  return { pooledBytes, sizes: free.size, allocations, evictedBytes, pooled: (size) => free.get(size)?.length ?? 0 };
+  return { pooledBytes, sizes: free.size, allocations, evictedBytes, pooled: (size) => free.get(size)?.bufs.length ?? 0 };
 }

@@ -22,7 +22,11 @@ export class RecentRecords {
   private bytes = 0;
   private holders = new Map<ArrayBufferLike, number>();
 
-  constructor(private readonly budget: number) {}
+  /** `budget`: memory held at most; records with more data than `maxRecordBytes` are not kept. */
+  constructor(
+    private readonly budget: number,
+    private readonly maxRecordBytes = Infinity,
+  ) {}
 
   get size(): number {
     return this.recs.length - this.first;
@@ -36,9 +40,10 @@ export class RecentRecords {
   /**
    * Holds the record's (pooled) data until it leaves: one pool reference per backing buffer,
    * taken by its first record here and given back when its last one leaves. Sequence numbers
-   * increase.
+   * increase. A record too big to keep leaves a gap: readers go to the segments from there.
    */
   add(rec: JournalRecord): void {
+    if (rec.data.length > this.maxRecordBytes) return;
     if (rec.data.length) {
       const ab = rec.data.buffer;
       const n = this.holders.get(ab) ?? 0;

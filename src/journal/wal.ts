@@ -606,7 +606,6 @@ export class Journal {
   private urgent = 0;
   private indexTimer?: NodeJS.Timeout;
   private waiters: { after: number; resolve: () => void }[] = [];
-  private times = new Map<number, number>();
   private sizes = new RecordSizes();
   /** Data bytes appended over the journal's life in this process (for bytesAfter). */
   private appendedBytes = 0;
@@ -632,7 +631,7 @@ export class Journal {
   private batchSizes: number[] = [];
   private failed?: unknown;
   private closed = false;
-  private recent = new RecentRecords(RECENT_BYTES);
+  private recent = new RecentRecords(RECENT_BYTES, RECENT_MAX_RECORD);
   private trimming?: Promise<void>;
   private segments!: SegmentStore;
   /** Called when a record begins a new segment file (the keeper's cue to trim). */
@@ -857,7 +856,7 @@ export class Journal {
       const r = b.recs[i];
       this.head = r.seq;
       this.track(r.seq, r.vol, r.data.length, r.timeMs);
-      if (cache && r.data.length <= RECENT_MAX_RECORD) this.recent.add(r);
+      if (cache) this.recent.add(r);
       this.queue.push({ keys: b.headers, keyAt: i * SEGMENT_HEADER + SEGMENT_KEY_AT, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
     }
     this.noteLatency(b);
