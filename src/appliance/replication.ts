@@ -102,8 +102,8 @@ class JournalSource implements ShipperSource {
     return this.journal.oldestSeq();
   }
 
-  readAfter(afterSeq: number, maxBytes: number): Promise<ReplicatedRecord[]> {
-    return this.journal.readAfter(afterSeq, maxBytes);
+  readAfter(afterSeq: number, maxBytes: number, into?: Buffer): Promise<ReplicatedRecord[]> {
+    return this.journal.readAfter(afterSeq, maxBytes, undefined, into);
   }
 
   waitForAppend(afterSeq: number): Promise<void> {

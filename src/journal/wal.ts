@@ -455,12 +455,17 @@ class SegmentStore {
   }
 
   read(segment: number, position: number, length: number): Buffer {
+    return this.readInto(segment, position, acquireBuffer(length)); // a reader done with it gives it back (see readAfter)
+  }
+
+  /** Fill `out` from the segment at `position`; returns `out`. */
+  readInto(segment: number, position: number, out: Buffer): Buffer {
     let fd = this.readFds.get(segment);
     if (fd === undefined) {
       fd = openSync(this.path(segment), 'r');
       this.readFds.set(segment, fd);
     }
-    const out = acquireBuffer(length); // a reader done with it gives it back (see readAfter)
+    const length = out.length;
     let done = 0;
     while (done < length) {
       const n = readSync(fd, out, done, length - done, position + done);
@@ -1104,8 +1109,12 @@ export class Journal {
    * Written records with seq > afterSeq, in order, up to about maxBytes of data (at least one).
    * A caller done with a record gives its data back with `releaseBuffer` (common/buffer-pool):
    * records served from memory share pooled buffers with the cache; for the others it is a no-op.
+   * With `into`, records read from the segment files land there, one after another from its
+   * start, while they fit (the read stops at the first that does not, unless it is the first):
+   * a shipper that sends the records' data as one payload then has it without another copy.
+   * Such records are valid only until the caller reuses `into`.
    */
-  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.head): Promise<JournalRecord[]> {
+  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.head, into?: Buffer): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let bytes = 0;
     // Recent records straight from memory, while they follow on without a gap.
@@ -1120,12 +1129,19 @@ export class Journal {
       if (out.length) return out;
     }
     await this.indexed(untilSeq);
+    let at = 0;
     for await (const [gk, gv] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       for (const [k, v] of indexEntries(gk, gv)) {
         const d = decodeKey(k);
         if (d.seq <= afterSeq) continue;
         if (d.seq > untilSeq) return out;
-        const data = this.dataOf(v);
+        let data: Buffer;
+        const len = v.readUInt32BE(12);
+        if (into && len && at + len <= into.length) {
+          data = this.segments.readInto(v.readUInt32BE(0), r64(v, 4), into.subarray(at, at + len));
+          at += len;
+        } else if (into && len && out.length) return out;
+        else data = this.dataOf(v);
         out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
         bytes += data.length;
         if (bytes >= maxBytes) return out;

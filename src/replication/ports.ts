@@ -37,8 +37,10 @@ export interface ShipperSource {
   /**
    * Records with seq > afterSeq in order, stopping once `maxBytes` of data is reached (at least
    * one if any). The caller gives each record's data back with `releaseBuffer` once done with it.
+   * `into`: memory the source may read data into, one record after another from its start (then
+   * valid only until the caller reuses it); records are never split across it and other memory.
    */
-  readAfter(afterSeq: number, maxBytes: number): Promise<ReplicatedRecord[]>;
+  readAfter(afterSeq: number, maxBytes: number, into?: Buffer): Promise<ReplicatedRecord[]>;
   /** Resolves once headSeq() > afterSeq (or at once if it already is). */
   waitForAppend(afterSeq: number): Promise<void>;
   /** Data bytes of the records after `afterSeq` (absent: the shipper never waits for a fuller segment). */

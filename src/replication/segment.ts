@@ -96,14 +96,27 @@ export function encodeSegment(records: ReplicatedRecord[], range?: { from: numbe
   let payload: Buffer;
   if (scratch) {
     payload = scratch(dataBytes);
-    let at = 0;
-    for (const d of datas) at += d.copy(payload, at);
+    // Already there when the source read the records into this memory (ShipperSource.readAfter's `into`).
+    if (!laidOut(datas, payload)) {
+      let at = 0;
+      for (const d of datas) at += d.copy(payload, at);
+    }
   } else {
     payload = Buffer.concat(datas, dataBytes);
   }
   const meta: SegmentMeta = { from: range?.from ?? records[0].seq, to: range?.to ?? records[records.length - 1].seq, vols, recs };
   if (recs.length !== meta.to - meta.from + 1) meta.coalesced = true;
   return { meta, payload };
+}
+
+/** Whether the data lie one after another in `payload`'s memory, from its start. */
+function laidOut(datas: Buffer[], payload: Buffer): boolean {
+  let at = payload.byteOffset;
+  for (const d of datas) {
+    if (d.buffer !== payload.buffer || d.byteOffset !== at) return false;
+    at += d.length;
+  }
+  return true;
 }
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;

@@ -306,7 +306,9 @@ export class Shipper {
         }
         const coalescing = this.opts.coalesce?.() ?? false;
         // Coalescing reads bigger batches: the more overwrites a batch holds, the more it saves.
-        const read = await source.readAfter(this.state.sentSeq, coalescing ? segmentBytes * 16 : segmentBytes);
+        // Records read from the journal's files land in the payload's memory (not when
+        // coalescing: dropping records would then move data within it).
+        const read = coalescing ? await source.readAfter(this.state.sentSeq, segmentBytes * 16) : await source.readAfter(this.state.sentSeq, segmentBytes, this.scratch(segmentBytes));
         let records = read;
         if (records.length && records[0].seq !== this.state.sentSeq + 1) {
           this.state.resyncsNeeded++;

@@ -72,6 +72,23 @@ test('readAfter gives the records as appended, from the recent-record cache and 
         assert.ok(bytes - mid[mid.length - 1].data.length < 512 * KiB, 'nothing read past the bound');
       }
     }
+    // Read into the caller's memory: records one after another from its start, while they fit;
+    // a first record bigger than the memory comes in its own buffer.
+    const into = Buffer.alloc(300 * KiB);
+    const laid = await plain.readAfter(0, 300 * KiB, undefined, into);
+    assert.deepEqual(laid.map((r) => r.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]); // 292 KiB; the next 128 KiB do not fit
+    let at = 0;
+    for (const r of laid) {
+      assert.ok(r.data.equals(datas[r.seq - 1]), `record ${r.seq} data`);
+      assert.equal(r.data.buffer, into.buffer);
+      assert.equal(r.data.byteOffset, into.byteOffset + at);
+      at += r.data.length;
+    }
+    const big = await plain.readAfter(3, 300 * KiB, undefined, Buffer.alloc(64 * KiB));
+    assert.equal(big[0].seq, 4);
+    assert.ok(big[0].data.equals(datas[3]));
+    assert.equal(big[1].data.byteOffset, 0, 'the next records fill the memory from its start');
+    assert.deepEqual(big.map((r) => r.seq), [4, 5, 6, 7]);
     // After a reset past the head nothing old is served (from memory or not).
     await cached.resetTo(5000);
     assert.deepEqual(await cached.readAfter(1599, MiB), []);
