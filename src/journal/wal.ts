@@ -1110,7 +1110,8 @@ export class Journal {
    * A caller done with a record gives its data back with `releaseBuffer` (common/buffer-pool):
    * records served from memory share pooled buffers with the cache; for the others it is a no-op.
    * With `into`, records read from the segment files land there, one after another from its
-   * start, while they fit (the read stops at the first that does not, unless it is the first):
+   * start, while they fit (the read stops before the first that does not; if that is the first
+   * record, it comes alone, in its own buffer):
    * a shipper that sends the records' data as one payload then has it without another copy.
    * Such records are valid only until the caller reuses `into`.
    */
@@ -1140,8 +1141,14 @@ export class Journal {
         if (into && len && at + len <= into.length) {
           data = this.segments.readInto(v.readUInt32BE(0), r64(v, 4), into.subarray(at, at + len));
           at += len;
-        } else if (into && len && out.length) return out;
-        else data = this.dataOf(v);
+        } else if (into && len) {
+          // Does not fit: the next call's, or (the first) alone in its own buffer, so that
+          // what the caller gets in `into` always starts at its start.
+          if (out.length) return out;
+          data = this.dataOf(v);
+          out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
+          return out;
+        } else data = this.dataOf(v);
         out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
         bytes += data.length;
         if (bytes >= maxBytes) return out;

@@ -96,10 +96,14 @@ export function encodeSegment(records: ReplicatedRecord[], range?: { from: numbe
   let payload: Buffer;
   if (scratch) {
     payload = scratch(dataBytes);
-    // Already there when the source read the records into this memory (ShipperSource.readAfter's `into`).
+    // Already there when the source read the records into this memory (ShipperSource.readAfter's
+    // `into`). Data elsewhere in it would be overwritten while being gathered: fresh memory then.
     if (!laidOut(datas, payload)) {
-      let at = 0;
-      for (const d of datas) at += d.copy(payload, at);
+      if (datas.some((d) => d.buffer === payload.buffer)) payload = Buffer.concat(datas, dataBytes);
+      else {
+        let at = 0;
+        for (const d of datas) at += d.copy(payload, at);
+      }
     }
   } else {
     payload = Buffer.concat(datas, dataBytes);
