@@ -7,7 +7,7 @@
  * Through the lz4block addon (native/lz4block.c, liblz4) when it is built; else lz4-napi, into
  * fresh buffers. Both write and read the same format.
  */
-import { compressSync, uncompressSync } from 'lz4-napi';
+import { compress, compressSync, uncompressSync } from 'lz4-napi';
 import { payloadBuffer, releaseBuffer } from './buffer-pool';
 import { loadAddon } from './native';
 
@@ -15,6 +15,8 @@ interface Lz4BlockAddon {
   compressBound(n: number): number;
   /** Bytes written (size prefix included), 0 when the result did not fit. */
   compressInto(src: Uint8Array, dst: Uint8Array): number;
+  /** compressInto on the thread pool; neither buffer may be touched until the callback. */
+  compressIntoAsync(src: Uint8Array, dst: Uint8Array, done: (bytes: number) => void): void;
   /** Bytes written, or -1 unless src is a valid block of exactly dst.length bytes. */
   decompressInto(src: Uint8Array, dst: Uint8Array): number;
 }
@@ -46,6 +48,25 @@ export function compressBlock(src: Buffer): Lz4Result | undefined {
   }
   const out = payloadBuffer(addon.compressBound(src.length));
   const n = addon.compressInto(src, out.buf);
+  if (n === 0 || n >= src.length) {
+    if (out.pooled) releaseBuffer(out.buf);
+    return undefined;
+  }
+  return { data: out.buf.subarray(0, n), pooled: out.pooled };
+}
+
+/**
+ * compressBlock on the thread pool, off the event loop: for a sender whose event loop has other
+ * work (a primary's shipper, next to every initiator's commands). `src` must stay unchanged
+ * until this resolves.
+ */
+export async function compressBlockAsync(src: Buffer): Promise<Lz4Result | undefined> {
+  if (!addon) {
+    const z = await compress(src);
+    return z.length < src.length ? { data: z, pooled: false } : undefined;
+  }
+  const out = payloadBuffer(addon.compressBound(src.length));
+  const n = await new Promise<number>((resolve) => addon.compressIntoAsync(src, out.buf, resolve));
   if (n === 0 || n >= src.length) {
     if (out.pooled) releaseBuffer(out.buf);
     return undefined;

@@ -1,6 +1,7 @@
 /** A framed replication connection: decodes frames from a socket, writes frames with backpressure. */
 import type net from 'node:net';
 import { releaseBuffer } from '../common/buffer-pool';
+import type { Lz4Result } from '../common/lz4';
 import { encodeFrame, FrameDecoder, type Frame, type FrameType } from './protocol';
 
 export interface LinkCounters {
@@ -58,8 +59,8 @@ export class FramedLink {
     return !this.socket.destroyed;
   }
 
-  /** Queue a frame; returns its wire size. Resolve `drained()` before queueing more when it returns false. */
-  send(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false, transient = false): number {
+  /** Queue a frame; returns its wire size. Resolve `drained()` before queueing more when it returns false. See encodeFrame. */
+  send(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress: boolean | Lz4Result = false, transient = false): number {
     const f = encodeFrame(type, meta, payload, compress, transient);
     const wire = f.head.length + f.payload.length;
     this.counters.framesSent++;

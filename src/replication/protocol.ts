@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import { crc32c } from '../common/crc32c';
 import { payloadBuffer } from '../common/buffer-pool';
-import { compressBlock, declaredSize, decompressBlock, maxDecompressedSize } from '../common/lz4';
+import { compressBlock, declaredSize, decompressBlock, maxDecompressedSize, type Lz4Result } from '../common/lz4';
 import { Packr } from 'msgpackr';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 
@@ -84,14 +84,19 @@ export function encodeMeta(meta: Record<string, unknown>): Buffer {
  * Encode one frame. The payload is lz4-compressed when `compress` is set and it shrinks;
  * otherwise it is sent raw. Returns the header+meta buffer and the payload to write after it
  * (so a large payload is never copied). A `transient` payload (memory the caller reuses) is
- * copied when it would be sent raw.
+ * copied when it would be sent raw. `compress` may also be the payload already compressed by
+ * the caller (compressBlock's result, when it shrank).
  */
-export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false, transient = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number; pooled: boolean } {
+export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress: boolean | Lz4Result = false, transient = false): { head: Buffer; payload: Buffer; rawPayloadBytes: number; pooled: boolean } {
   const metaBytes = packr.pack(meta);
   let body = payload ?? EMPTY;
   let flags = 0;
   let pooled = false;
-  if (compress && body.length > 64) {
+  if (typeof compress === 'object') {
+    body = compress.data;
+    pooled = compress.pooled;
+    flags |= FLAG_LZ4;
+  } else if (compress && body.length > 64) {
     const z = compressBlock(body);
     if (z) {
       body = z.data;

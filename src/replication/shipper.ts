@@ -10,6 +10,7 @@ import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
 import { isZero } from '../common/bytes';
+import { compressBlockAsync } from '../common/lz4';
 import type { ShipperSource, SyncCursor, SyncSource } from './ports';
 import { chunkHash, FrameType, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { coalesce, encodeSegment } from './segment';
@@ -327,7 +328,10 @@ export class Shipper {
           // The payload is a copy: the records' buffers can go back to the pool.
           for (const r of read) if (r.data) releaseBuffer(r.data);
           source.shipped?.(range.to);
-          const wire = link.send(FrameType.Segment, meta, payload, this.opts.compress ?? true, true);
+          // Compressed on the thread pool: the event loop meanwhile serves the initiators (the
+          // scratch memory is not touched until this resolves).
+          const compressed = (this.opts.compress ?? true) && payload.length > 64 ? await compressBlockAsync(payload) : undefined;
+          const wire = link.send(FrameType.Segment, meta, payload, compressed ?? false, true);
           this.state.sentSeq = meta.to;
           this.inflight.push({ to: meta.to, rawBytes: payload.length + 32 * records.length });
           this.inflightBytes += payload.length + 32 * records.length;

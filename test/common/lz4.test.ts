@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import test from 'node:test';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { SIZE_CLASS, acquireBuffer, releaseBuffer } from '../../src/common/buffer-pool';
-import { compressBlock, declaredSize, decompressBlock, lz4BlockNative, maxDecompressedSize } from '../../src/common/lz4';
+import { compressBlock, compressBlockAsync, declaredSize, decompressBlock, lz4BlockNative, maxDecompressedSize } from '../../src/common/lz4';
 
 /** Data that compresses a lot or somewhat. */
 function samples(): Buffer[] {
@@ -86,4 +86,18 @@ test('results are pooled memory: given back, the next payload of its size class 
   const held = acquireBuffer(c.data.buffer.byteLength);
   assert.ok(held.buffer === b.data.buffer || held.buffer === c.data.buffer, 'both went back to the pool');
   releaseBuffer(held);
+});
+
+test('compressBlockAsync (on the thread pool) writes what compressBlock writes, several at once, and leaves noise uncompressed', async () => {
+  const srcs = samples();
+  const results = await Promise.all(srcs.map((src) => compressBlockAsync(src)));
+  results.forEach((z, i) => {
+    assert.ok(z, `${srcs[i].length} bytes that compress must compress`);
+    const sync = compressBlock(srcs[i])!;
+    assert.ok(z.data.equals(sync.data), 'the same block as compressBlock');
+    assert.ok(uncompressSync(z.data).equals(srcs[i]), 'lz4-napi reads it');
+    releaseBuffer(z.data);
+    releaseBuffer(sync.data);
+  });
+  assert.equal(await compressBlockAsync(randomBytes(100_000)), undefined);
 });
