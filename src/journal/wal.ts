@@ -44,7 +44,7 @@ import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unli
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
-import { acquireBuffer, retainBuffer } from '../common/buffer-pool';
+import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
 import { deferred } from '../common/deferred';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
@@ -1131,28 +1131,32 @@ export class Journal {
     }
     await this.indexed(untilSeq);
     let at = 0;
-    for await (const [gk, gv] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
+    scan: for await (const [gk, gv] of this.db.iterator({ gte: seqKey(afterSeq + 1), lt: RECORD_END })) {
       for (const [k, v] of indexEntries(gk, gv)) {
         const d = decodeKey(k);
         if (d.seq <= afterSeq) continue;
-        if (d.seq > untilSeq) return out;
+        if (d.seq > untilSeq) break scan;
         let data: Buffer;
         const len = v.readUInt32BE(12);
-        if (into && len && at + len <= into.length) {
-          data = this.segments.readInto(v.readUInt32BE(0), r64(v, 4), into.subarray(at, at + len));
+        const fits = !!into && len > 0 && at + len <= into.length;
+        // One that does not fit is the next call's, or (the first) comes alone in its own
+        // buffer, so that what the caller gets in `into` always starts at its start.
+        if (into && len && !fits && out.length) break scan;
+        if (fits) {
+          data = this.segments.readInto(v.readUInt32BE(0), r64(v, 4), into!.subarray(at, at + len));
           at += len;
-        } else if (into && len) {
-          // Does not fit: the next call's, or (the first) alone in its own buffer, so that
-          // what the caller gets in `into` always starts at its start.
-          if (out.length) return out;
-          data = this.dataOf(v);
-          out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
-          return out;
         } else data = this.dataOf(v);
         out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
         bytes += data.length;
-        if (bytes >= maxBytes) return out;
+        if (bytes >= maxBytes || (into && len && !fits)) break scan;
       }
+    }
+    // The iterator reads a snapshot of the index: a record trimmed or folded since (between
+    // its steps) may have had its segment file recycled before it was read. Trimming goes
+    // oldest first, so a first record still retained now means all of them were throughout.
+    if (out.length && out[0].seq < this.oldest) {
+      for (const r of out) releaseBuffer(r.data);
+      throw new JournalError(JournalErrorCode.Sequence, `records ${out[0].seq}..${out[out.length - 1].seq} were trimmed while being read (oldest now ${this.oldest})`);
     }
     return out;
   }
