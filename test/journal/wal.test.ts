@@ -89,6 +89,16 @@ test('readAfter gives the records as appended, from the recent-record cache and 
     assert.deepEqual(big.map((r) => r.seq), [4], 'a first record bigger than the memory comes alone');
     assert.ok(big[0].data.equals(datas[3]));
     assert.notEqual(big[0].data.buffer, small.buffer);
+    // Records trimmed while being read (simulated: the oldest retained sequence moves on during
+    // a segment read, as a fold between two steps of the index iterator would make it) are refused.
+    const store = (plain as unknown as { segments: { readInto: (...a: unknown[]) => Buffer } }).segments;
+    const readInto = store.readInto;
+    store.readInto = function (...a: unknown[]) {
+      (plain as unknown as { oldest: number }).oldest = 3;
+      return readInto.apply(this, a);
+    };
+    await assert.rejects(plain.readAfter(0, 300 * KiB, undefined, Buffer.alloc(300 * KiB)), (e: Error & { code?: string }) => e.code === 'JOURNAL_SEQUENCE' && /trimmed while being read/.test(e.message));
+    store.readInto = readInto;
     // After a reset past the head nothing old is served (from memory or not).
     await cached.resetTo(5000);
     assert.deepEqual(await cached.readAfter(1599, MiB), []);
