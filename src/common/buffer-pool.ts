@@ -29,10 +29,14 @@ interface SizeList {
 }
 const free = new Map<number, SizeList>();
 let asks = 0;
-/** Buffers handed out and not yet returned (by their memory), so foreign buffers are never pooled. */
-const lent = new WeakSet<ArrayBuffer>();
-/** Holders beyond the first, for lent buffers that have more than one. */
-const extraHolders = new WeakMap<ArrayBuffer, number>();
+/**
+ * How many hold a buffer handed out and not yet returned, kept on its memory (1 when acquired;
+ * 0 or absent: not lent, so foreign buffers are never pooled). A property rather than a WeakSet
+ * and a WeakMap: those cost a hash lookup, often a runtime call, for every command and every
+ * replicated record.
+ */
+const HOLDERS = Symbol('offsite.bufferHolders');
+type Tracked = ArrayBuffer & { [HOLDERS]?: number };
 let pooledBytes = 0;
 /** Poolable buffers allocated because none of their size was free, and bytes dropped to make room (metrics). */
 let allocations = 0;
@@ -48,7 +52,7 @@ export function acquireBuffer(size: number): Buffer {
   if (reused) pooledBytes -= size;
   else allocations++;
   const buf = reused ?? Buffer.allocUnsafeSlow(size);
-  lent.add(buf.buffer as ArrayBuffer);
+  (buf.buffer as Tracked)[HOLDERS] = 1;
   return buf;
 }
 
@@ -71,15 +75,11 @@ export function payloadBuffer(size: number): { buf: Buffer; pooled: boolean } {
  * one returns it to the pool. Giving back a reference one does not hold is a bug.
  */
 export function releaseBuffer(buf: Buffer): void {
-  const ab = buf.buffer as ArrayBuffer;
-  if (!lent.has(ab)) return;
-  const extra = extraHolders.get(ab);
-  if (extra) {
-    if (extra > 1) extraHolders.set(ab, extra - 1);
-    else extraHolders.delete(ab);
-    return;
-  }
-  lent.delete(ab);
+  const ab = buf.buffer as Tracked;
+  const holders = ab[HOLDERS];
+  if (!holders) return;
+  ab[HOLDERS] = holders - 1;
+  if (holders > 1) return;
   const size = ab.byteLength;
   let list = free.get(size);
   if (!list) free.set(size, (list = { bufs: [], asked: 0 }));
@@ -109,8 +109,9 @@ function makeRoom(size: number, asked: number): boolean {
 
 /** One more holder of `buf` (a view of a pooled buffer, or anything else: then a no-op). */
 export function retainBuffer(buf: Buffer): void {
-  const ab = buf.buffer as ArrayBuffer;
-  if (lent.has(ab)) extraHolders.set(ab, (extraHolders.get(ab) ?? 0) + 1);
+  const ab = buf.buffer as Tracked;
+  const holders = ab[HOLDERS];
+  if (holders) ab[HOLDERS] = holders + 1;
 }
 
 export function poolStats(): { pooledBytes: number; sizes: number; allocations: number; evictedBytes: number; pooled: (size: number) => number } {

@@ -8,6 +8,8 @@ import type { JournalRecord } from './wal';
 /** What a cached record costs beside its data (the object and its fields). */
 const RECORD_OVERHEAD = 256;
 
+type Counted = ArrayBufferLike & Record<symbol, number | undefined>;
+
 /**
  * The newest appended records, data included, in sequence order, for the shipper (readAfter):
  * while it keeps up it never goes back to the index and the segment files. Bounded by the
@@ -20,7 +22,11 @@ export class RecentRecords {
   private recs: JournalRecord[] = [];
   private first = 0;
   private bytes = 0;
-  private holders = new Map<ArrayBufferLike, number>();
+  /**
+   * The property, on a backing buffer, counting this cache's records that use it: cheaper than a
+   * Map keyed by buffer, which grew and shrank through runtime calls on every replicated record.
+   */
+  private readonly uses = Symbol('offsite.cachedRecords');
 
   /** `budget`: memory held at most; records with more data than `maxRecordBytes` are not kept. */
   constructor(
@@ -45,9 +51,9 @@ export class RecentRecords {
   add(rec: JournalRecord): void {
     if (rec.data.length > this.maxRecordBytes) return;
     if (rec.data.length) {
-      const ab = rec.data.buffer;
-      const n = this.holders.get(ab) ?? 0;
-      this.holders.set(ab, n + 1);
+      const ab = rec.data.buffer as Counted;
+      const n = ab[this.uses] ?? 0;
+      ab[this.uses] = n + 1;
       if (n === 0) {
         retainBuffer(rec.data);
         this.bytes += ab.byteLength;
@@ -89,13 +95,13 @@ export class RecentRecords {
     this.recs[this.first++] = undefined as unknown as JournalRecord;
     this.bytes -= RECORD_OVERHEAD;
     if (r.data.length) {
-      const ab = r.data.buffer;
-      const n = this.holders.get(ab)!;
+      const ab = r.data.buffer as Counted;
+      const n = ab[this.uses]!;
+      ab[this.uses] = n - 1;
       if (n === 1) {
-        this.holders.delete(ab);
         this.bytes -= ab.byteLength;
         releaseBuffer(r.data);
-      } else this.holders.set(ab, n - 1);
+      }
     }
     if (this.first === this.recs.length) {
       this.recs = [];
