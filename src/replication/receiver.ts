@@ -287,7 +287,8 @@ export class Receiver {
     this.state.connected = true;
     this.state.receivedSeq = Math.max(this.state.receivedSeq, durable);
     const cursor = sink.sync?.cursor();
-    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), ...(cursor ? { sync: cursor } : {}) });
+    // segmentTable: segments may carry their record table in binary (see segment.ts).
+    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), segmentTable: true, ...(cursor ? { sync: cursor } : {}) });
     logger.info({ primarySiteId: this.state.primarySiteId, durableSeq: durable, volumes: volumes.map((v) => v.name) }, 'replication link up');
     return durable;
   }

@@ -1,8 +1,16 @@
 /**
  * Segment codec: a run of consecutive journal records as one frame. Pure.
  *   meta.from / meta.to   first and last sequence number (contiguous)
- *   meta.recs             [[seq, timeMs, volumeIndex, op, offsetBytes, lengthBytes, dataBytes], ...]
  *   meta.vols             volume names referenced by index
+ *   the record table, one of:
+ *     meta.table          binary, TABLE_ENTRY_BYTES per record, little-endian:
+ *                           0 u32 seq - from | 4 u16 volumeIndex | 6 u8 op | 7 u8 0
+ *                           8 f64 timeMs | 16 f64 offsetBytes | 24 f64 lengthBytes
+ *                          32 u32 dataBytes | 36 u32 0
+ *                         (sent to replicas that announce `segmentTable` in their HelloAck)
+ *     meta.recs           [[seq, timeMs, volumeIndex, op, offsetBytes, lengthBytes, dataBytes], ...]
+ *                         (msgpack arrays: what every replica reads; 256 small arrays per
+ *                         segment of 4K writes to pack, unpack and collect)
  *   payload               the records' data, concatenated in order
  */
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
@@ -10,13 +18,15 @@ import type { RecordOp, ReplicatedRecord } from './ports';
 
 const OPS: RecordOp[] = ['write', 'writeSame', 'unmap'];
 export const MAX_RECORDS_PER_SEGMENT = 65536;
+export const TABLE_ENTRY_BYTES = 40;
 
 export interface SegmentMeta {
   [key: string]: unknown;
   from: number;
   to: number;
   vols: string[];
-  recs: number[][];
+  recs?: number[][];
+  table?: Buffer;
 }
 
 /**
@@ -71,13 +81,16 @@ function addRange(ranges: [number, number][], start: number, end: number): void 
  * `scratch(n)`, when given, supplies the memory the payload is gathered into (the shipper reuses
  * one buffer: the payload is then only valid until the next call, see encodeFrame's `transient`).
  */
-export function encodeSegment(records: ReplicatedRecord[], range?: { from: number; to: number }, scratch?: (bytes: number) => Buffer): { meta: SegmentMeta; payload: Buffer } {
+export function encodeSegment(records: ReplicatedRecord[], range?: { from: number; to: number }, scratch?: (bytes: number) => Buffer, opts: { table?: boolean } = {}): { meta: SegmentMeta; payload: Buffer } {
   const vols: string[] = [];
   const volIndex = new Map<string, number>();
-  const recs: number[][] = [];
+  const from = range?.from ?? records[0].seq;
+  const recs: number[][] | undefined = opts.table ? undefined : [];
+  const table = opts.table ? Buffer.alloc(records.length * TABLE_ENTRY_BYTES) : undefined;
   const datas: Buffer[] = [];
   let dataBytes = 0;
-  for (const r of records) {
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i];
     let vi = volIndex.get(r.volume);
     if (vi === undefined) {
       vi = vols.length;
@@ -85,7 +98,16 @@ export function encodeSegment(records: ReplicatedRecord[], range?: { from: numbe
       volIndex.set(r.volume, vi);
     }
     const n = r.data?.length ?? 0;
-    recs.push([r.seq, r.timeMs, vi, OPS.indexOf(r.op), r.offsetBytes, r.lengthBytes, n]);
+    if (table) {
+      const at = i * TABLE_ENTRY_BYTES;
+      table.writeUInt32LE(r.seq - from, at);
+      table.writeUInt16LE(vi, at + 4);
+      table[at + 6] = OPS.indexOf(r.op);
+      table.writeDoubleLE(r.timeMs, at + 8);
+      table.writeDoubleLE(r.offsetBytes, at + 16);
+      table.writeDoubleLE(r.lengthBytes, at + 24);
+      table.writeUInt32LE(n, at + 32);
+    } else recs!.push([r.seq, r.timeMs, vi, OPS.indexOf(r.op), r.offsetBytes, r.lengthBytes, n]);
     if (n) {
       datas.push(r.data!);
       dataBytes += n;
@@ -108,8 +130,8 @@ export function encodeSegment(records: ReplicatedRecord[], range?: { from: numbe
   } else {
     payload = Buffer.concat(datas, dataBytes);
   }
-  const meta: SegmentMeta = { from: range?.from ?? records[0].seq, to: range?.to ?? records[records.length - 1].seq, vols, recs };
-  if (recs.length !== meta.to - meta.from + 1) meta.coalesced = true;
+  const meta: SegmentMeta = table ? { from, to: range?.to ?? records[records.length - 1].seq, vols, table } : { from, to: range?.to ?? records[records.length - 1].seq, vols, recs };
+  if (records.length !== meta.to - meta.from + 1) meta.coalesced = true;
   return { meta, payload };
 }
 
@@ -128,21 +150,27 @@ const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSa
 /** Decode and validate; any inconsistency is a typed error (the frame is never applied). */
 export function decodeSegment(meta: Record<string, unknown>, payload: Buffer): ReplicatedRecord[] {
   const bad = (why: string) => new ReplicationError(Code.FrameMeta, `invalid segment: ${why}`);
-  const { from, to, vols, recs } = meta as Partial<SegmentMeta>;
+  const { from, to, vols, recs, table } = meta as Partial<SegmentMeta>;
   const coalesced = meta.coalesced === true;
   if (!isUint(from) || !isUint(to) || to < from) throw bad(`from/to ${String(from)}..${String(to)}`);
   if (!Array.isArray(vols) || !vols.every((v) => typeof v === 'string')) throw bad('vols');
-  const countOk = Array.isArray(recs) && recs.length > 0 && (coalesced ? recs.length <= to - from + 1 : recs.length === to - from + 1);
-  if (!countOk || recs.length > MAX_RECORDS_PER_SEGMENT) throw bad(`record count ${Array.isArray(recs) ? recs.length : '?'} for ${from}..${to}`);
+  if ((recs === undefined) === (table === undefined)) throw bad('needs exactly one of recs and table');
+  let count: number | undefined;
+  if (table !== undefined) {
+    if (!(table instanceof Uint8Array) || table.length % TABLE_ENTRY_BYTES !== 0) throw bad(`table of ${table instanceof Uint8Array ? table.length : typeof table} bytes`);
+    count = table.length / TABLE_ENTRY_BYTES;
+  } else if (Array.isArray(recs)) count = recs.length;
+  const countOk = count !== undefined && count > 0 && (coalesced ? count <= to - from + 1 : count === to - from + 1);
+  if (!countOk || count! > MAX_RECORDS_PER_SEGMENT) throw bad(`record count ${count ?? '?'} for ${from}..${to}`);
   const out: ReplicatedRecord[] = [];
   let pos = 0;
-  for (let i = 0; i < recs.length; i++) {
-    const r = recs[i];
-    if (!Array.isArray(r) || r.length !== 7 || !r.every(isUint)) throw bad(`record ${i} shape`);
-    const [seq, timeMs, vi, opIndex, offsetBytes, lengthBytes, dataBytes] = r;
-    if (coalesced ? seq < from || seq > to || (i > 0 && seq <= recs[i - 1][0]) || (i === recs.length - 1 && seq !== to) : seq !== from + i) {
+  let prev = -1;
+  /** One row of the table, checked against the segment and the rows before it. */
+  const add = (i: number, seq: number, timeMs: number, vi: number, opIndex: number, offsetBytes: number, lengthBytes: number, dataBytes: number): void => {
+    if (coalesced ? seq < from || seq > to || (i > 0 && seq <= prev) || (i === count! - 1 && seq !== to) : seq !== from + i) {
       throw bad(`record ${i} has seq ${seq}, out of order in ${from}..${to}`);
     }
+    if (!isUint(timeMs) || !isUint(offsetBytes) || !isUint(lengthBytes)) throw bad(`record ${seq} time/offset/length`);
     if (vi >= vols.length || opIndex >= OPS.length) throw bad(`record ${seq} volume/op index`);
     const op = OPS[opIndex];
     if (op === 'write' && dataBytes !== lengthBytes) throw bad(`write ${seq} carries ${dataBytes} bytes for ${lengthBytes}`);
@@ -151,6 +179,21 @@ export function decodeSegment(meta: Record<string, unknown>, payload: Buffer): R
     if (pos + dataBytes > payload.length) throw bad(`record ${seq} data past the payload end`);
     out.push({ seq, timeMs, volume: vols[vi], op, offsetBytes, lengthBytes, data: dataBytes ? payload.subarray(pos, pos + dataBytes) : undefined });
     pos += dataBytes;
+    prev = seq;
+  };
+  if (table !== undefined) {
+    const t = Buffer.from(table.buffer, table.byteOffset, table.length);
+    for (let i = 0; i < count!; i++) {
+      const at = i * TABLE_ENTRY_BYTES;
+      if (t[at + 7] !== 0 || t.readUInt32LE(at + 36) !== 0) throw bad(`record ${i} reserved bytes`);
+      add(i, from + t.readUInt32LE(at), t.readDoubleLE(at + 8), t.readUInt16LE(at + 4), t[at + 6], t.readDoubleLE(at + 16), t.readDoubleLE(at + 24), t.readUInt32LE(at + 32));
+    }
+  } else {
+    for (let i = 0; i < count!; i++) {
+      const r = recs![i];
+      if (!Array.isArray(r) || r.length !== 7 || !r.every(isUint)) throw bad(`record ${i} shape`);
+      add(i, r[0], r[1], r[2], r[3], r[4], r[5], r[6]);
+    }
   }
   if (pos !== payload.length) throw bad(`${payload.length - pos} trailing payload bytes`);
   return out;

@@ -256,6 +256,8 @@ export class Shipper {
       throw new ReplicationError(Code.Handshake, `replica is ahead of this primary (replica durable ${durable}, primary head ${source.headSeq()}): the sites have diverged`);
     }
     this.state.replicaSiteId = String(helloAck.meta.siteId ?? '');
+    // Replicas that read binary record tables say so; older ones get msgpack arrays.
+    const segmentOpts = { table: helloAck.meta.segmentTable === true };
     this.state.replicaAppliedSeq = Number(helloAck.meta.appliedSeq ?? 0);
     this.inflight = [];
     this.inflightBytes = 0;
@@ -324,7 +326,7 @@ export class Shipper {
             records = c.kept;
           }
           // Gathered into the shipper's own buffer: a fresh one per segment was as much garbage as the data.
-          const { meta, payload } = encodeSegment(records, range, (n) => this.scratch(n));
+          const { meta, payload } = encodeSegment(records, range, (n) => this.scratch(n), segmentOpts);
           // The payload is a copy: the records' buffers can go back to the pool.
           for (const r of read) if (r.data) releaseBuffer(r.data);
           source.shipped?.(range.to);

@@ -378,7 +378,7 @@ function decodeOrTyped(meta: Record<string, unknown>, payload: Buffer): Replicat
   }
 }
 
-test('decodeSegment: valid segments (through the wire) decode to their records; mutated metas and payloads decode consistently or throw ReplicationError(REPL_FRAME_META)', { timeout: timeoutFor('replication/segment', 3) }, (t) => {
+test('decodeSegment: valid segments (through the wire, record tables as msgpack arrays or binary) decode to their records; mutated metas, tables and payloads decode consistently or throw ReplicationError(REPL_FRAME_META)', { timeout: timeoutFor('replication/segment', 3) }, (t) => {
   const f = fuzzing(t, 'replication/segment');
   let accepted = 0;
   fc.assert(
@@ -388,14 +388,16 @@ test('decodeSegment: valid segments (through the wire) decode to their records; 
       fc.constantFrom(0, 0, 1, 5),
       fc.array(metaEditArb, { maxLength: 4 }),
       fc.oneof({ weight: 3, arbitrary: fc.constant([] as Mutation[]) }, { weight: 1, arbitrary: mutationsArb(2) }),
-      (recs, start, gap, edits, payloadMutations) => {
+      fc.boolean(),
+      fc.oneof({ weight: 3, arbitrary: fc.constant([] as Mutation[]) }, { weight: 1, arbitrary: mutationsArb(3) }),
+      (recs, start, gap, edits, payloadMutations, table, tableMutations) => {
         f.hit();
         const records: ReplicatedRecord[] = recs.map((r, i) => ({ ...r, seq: start + i }));
         // `gap` > 0: a coalesced segment whose range covers records that were dropped before the first one.
-        const { meta, payload } = encodeSegment(records, gap ? { from: start - Math.min(gap, start - 1 || 0), to: start + recs.length - 1 } : undefined);
+        const { meta, payload } = encodeSegment(records, gap ? { from: start - Math.min(gap, start - 1 || 0), to: start + recs.length - 1 } : undefined, undefined, { table });
         // Through the real wire (msgpack + CRC), as the receiver gets it.
         const [frame] = new FrameDecoder().push(wire(FrameType.Segment, meta, payload));
-        if (edits.length === 0 && payloadMutations.length === 0) {
+        if (edits.length === 0 && payloadMutations.length === 0 && (!table || tableMutations.length === 0)) {
           const out = decodeOrTyped(frame.meta, frame.payload);
           assert.ok(!(out instanceof ReplicationError), `a valid segment was refused: ${out instanceof Error ? out.message : ''}`);
           checkRecords(out, frame.meta, frame.payload);
@@ -404,6 +406,7 @@ test('decodeSegment: valid segments (through the wire) decode to their records; 
           return;
         }
         const m = editMeta(frame.meta, edits);
+        if (m.table instanceof Uint8Array) m.table = mutate(m.table, tableMutations);
         const p = mutate(frame.payload, payloadMutations);
         const out = decodeOrTyped(m, p);
         if (!(out instanceof ReplicationError)) {
@@ -516,7 +519,7 @@ test('the receiver fed a Hello, then segments, stray frames and garbage (mutated
             const from = next + s.skip;
             const recs: ReplicatedRecord[] = Array.from({ length: s.n }, (_, i) => ({ seq: from + i, timeMs: 1, volume: i % 2 ? 'b' : 'a', op: 'write' as const, offsetBytes: (s.offset + i) * 512, lengthBytes: 512, data: Buffer.alloc(512, from + i) }));
             if (from < 1) continue;
-            const seg = encodeSegment(recs);
+            const seg = encodeSegment(recs, undefined, undefined, { table: s.n % 2 === 0 });
             parts.push(wire(FrameType.Segment, seg.meta, seg.payload, true));
             if (s.skip === 0) next = from + s.n;
           } else if (s.kind === 'frame') {

@@ -1,12 +1,16 @@
 /**
- * The segment codec's payload gathering: data the source already read into the shipper's memory
- * is sent from there, and data anywhere else is gathered without overwriting any of it.
+ * The segment codec: its two record tables (msgpack arrays for every replica, binary for those
+ * that announce it) carry the same records, and its payload gathering sends data the source
+ * already read into the shipper's memory from there, gathering data anywhere else without
+ * overwriting any of it. (Mutated segments: test/fuzz/replication.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import test from 'node:test';
 import type { ReplicatedRecord } from '../../src/replication/ports';
-import { decodeSegment, encodeSegment } from '../../src/replication/segment';
+import { ReplicationError } from '../../src/replication/errors';
+import { TABLE_ENTRY_BYTES, decodeSegment, encodeSegment } from '../../src/replication/segment';
+import { FrameDecoder, FrameType, encodeFrame } from '../../src/replication/protocol';
 
 const KiB = 1024;
 
@@ -57,4 +61,33 @@ test('encodeSegment sends data laid out in its scratch memory from there, and ga
   const c = encodeSegment(own, undefined, scratch);
   assert.equal(c.payload.buffer, scratchMem.buffer);
   roundTrips(own, contents, c.meta, c.payload);
+});
+
+test('binary and msgpack record tables carry the same records through the wire, coalesced ranges and big numbers included', () => {
+  const records: ReplicatedRecord[] = [
+    { seq: 2 ** 40 + 3, timeMs: 1_800_000_000_123, volume: 'db-log', op: 'write', offsetBytes: 2 ** 45 + 4096, lengthBytes: 8192, data: randomBytes(8192) },
+    { seq: 2 ** 40 + 5, timeMs: 1_800_000_000_124, volume: 'db-data', op: 'writeSame', offsetBytes: 0, lengthBytes: 2 ** 36, data: Buffer.alloc(512, 7) },
+    { seq: 2 ** 40 + 9, timeMs: 1_800_000_000_125, volume: 'db-log', op: 'unmap', offsetBytes: 512, lengthBytes: 2 ** 33 },
+  ];
+  const range = { from: 2 ** 40 + 1, to: 2 ** 40 + 9 }; // coalesced: records 1, 2, 4, 6-8 were dropped
+  const plain = encodeSegment(records, range);
+  assert.ok(Array.isArray(plain.meta.recs) && plain.meta.table === undefined, 'msgpack arrays unless asked');
+  const binary = encodeSegment(records, range, undefined, { table: true });
+  assert.equal(binary.meta.recs, undefined);
+  assert.equal(binary.meta.table!.length, 3 * TABLE_ENTRY_BYTES);
+  for (const { meta, payload } of [plain, binary]) {
+    const head = encodeFrame(FrameType.Segment, meta, payload, true);
+    const [frame] = new FrameDecoder().push(Buffer.concat([head.head, head.payload]));
+    const back = decodeSegment(frame.meta, frame.payload);
+    assert.deepEqual(back.map(({ data, ...r }) => r), records.map(({ data, ...r }) => r));
+    back.forEach((r, i) => assert.ok((r.data ?? Buffer.alloc(0)).equals(records[i].data ?? Buffer.alloc(0))));
+  }
+  // Both tables, or neither: refused.
+  for (const meta of [{ ...binary.meta, recs: plain.meta.recs }, { ...binary.meta, table: undefined }]) {
+    assert.throws(() => decodeSegment(meta, binary.payload), (e) => e instanceof ReplicationError && e.code === 'REPL_FRAME_META');
+  }
+  // A reserved byte set: refused.
+  const t = Buffer.from(binary.meta.table!);
+  t[7] = 1;
+  assert.throws(() => decodeSegment({ ...binary.meta, table: t }, binary.payload), /reserved/);
 });
