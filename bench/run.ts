@@ -23,7 +23,7 @@ interface Workload {
 const VOLUME_BYTES = 1024 * 1024 * 1024;
 const quick = process.argv.includes('--quick');
 const repeatIdx = process.argv.indexOf('--repeat');
-const repeat = repeatIdx > 0 ? Number(process.argv[repeatIdx + 1]) : 3;
+const repeat = repeatIdx > 0 ? Number(process.argv[repeatIdx + 1]) : 5;
 const scale = quick ? 0.25 : 1;
 /** Unmeasured runs of each workload on each subject before the measured ones (see measure). */
 const WARMUP_RUNS = 2;
