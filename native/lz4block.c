@@ -58,7 +58,6 @@ static napi_value compress_bound(napi_env env, napi_callback_info info) {
   return int_result(env, 4 + (int64_t)LZ4_compressBound((int)n));
 }
 
-
 /* Compress with the size prefix; bytes written, 0 when the result did not fit. */
 static int compress_prefixed(const io_pair *io) {
   if (io->dst_len <= 4) return 0;

@@ -80,6 +80,7 @@ function addRange(ranges: [number, number][], start: number, end: number): void 
 /**
  * `scratch(n)`, when given, supplies the memory the payload is gathered into (the shipper reuses
  * one buffer: the payload is then only valid until the next call, see encodeFrame's `transient`).
+ * `opts.table`: the record table in binary (meta.table) rather than msgpack arrays (meta.recs).
  */
 export function encodeSegment(records: ReplicatedRecord[], range?: { from: number; to: number }, scratch?: (bytes: number) => Buffer, opts: { table?: boolean } = {}): { meta: SegmentMeta; payload: Buffer } {
   const vols: string[] = [];
