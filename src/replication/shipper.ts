@@ -272,10 +272,10 @@ export class Shipper {
         this.state.resyncsNeeded++;
         throw new ReplicationError(Code.Sequence, `replica at ${durable} is behind the retained journal (oldest ${source.oldestSeq()}) and this source cannot sync images`);
       }
-      this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, durableSeq: durable, oldestSeq: source.oldestSeq(), resume: cursor }, 'replication link up; image sync needed');
+      this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, durableSeq: durable, oldestSeq: source.oldestSeq(), resume: cursor, segmentTable: segmentOpts.table }, 'replication link up; image sync needed');
       resumeFrom = await this.syncImages(link, source.sync, cursor, () => failure);
     } else {
-      this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, resumeFrom: durable + 1, headSeq: source.headSeq() }, 'replication link up');
+      this.opts.logger.info({ replica: `${this.opts.host}:${this.opts.port}`, replicaSiteId: this.state.replicaSiteId, resumeFrom: durable + 1, headSeq: source.headSeq(), segmentTable: segmentOpts.table }, 'replication link up');
     }
     this.state.ackedSeq = resumeFrom;
     this.state.sentSeq = resumeFrom;

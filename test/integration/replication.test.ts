@@ -40,6 +40,8 @@ test('the replica equals the primary byte for byte once caught up, and refuses w
 
     const { headSeq } = await waitCaughtUp(primary, replica);
     assert.ok(headSeq > 200, `headSeq ${headSeq}`);
+    // This replica reads binary record tables, so the segments carried them (test/replication/segment.test.ts).
+    assert.equal(primary.logs.find((l) => l.msg === 'replication link up')?.segmentTable, true);
     const st = await replica.status();
     assert.equal((st.volumes as { name: string; readOnly: boolean }[]).every((v) => v.readOnly), true);
     assert.deepEqual((st.volumes as { name: string }[]).map((v) => v.name).sort(), ['db', 'logs']);
