@@ -22,11 +22,9 @@ typedef struct {
   size_t src_len, dst_len;
 } io_pair;
 
-static int get_pair(napi_env env, napi_callback_info info, io_pair *io) {
-  size_t argc = 2;
-  napi_value argv[2];
+/* The (source, destination) Buffers in argv[0..1]; throws and returns 0 when they are not. */
+static int pair_of(napi_env env, size_t argc, napi_value *argv, io_pair *io) {
   void *src, *dst;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 2 || napi_get_buffer_info(env, argv[0], &src, &io->src_len) != napi_ok || napi_get_buffer_info(env, argv[1], &dst, &io->dst_len) != napi_ok) {
     napi_throw_type_error(env, NULL, "expected (source Buffer, destination Buffer)");
     return 0;
@@ -38,6 +36,13 @@ static int get_pair(napi_env env, napi_callback_info info, io_pair *io) {
   io->src = src;
   io->dst = dst;
   return 1;
+}
+
+static int get_pair(napi_env env, napi_callback_info info, io_pair *io) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  return pair_of(env, argc, argv, io);
 }
 
 static napi_value int_result(napi_env env, int64_t v) {
@@ -97,27 +102,21 @@ static void compress_complete(napi_env env, napi_status status, void *data) {
 static napi_value compress_into_async(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3], name;
-  void *src, *dst;
   napi_valuetype cb_type = napi_undefined;
+  io_pair io;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc >= 3) napi_typeof(env, argv[2], &cb_type);
+  if (cb_type != napi_function) {
+    napi_throw_type_error(env, NULL, "expected (source Buffer, destination Buffer, callback)");
+    return NULL;
+  }
+  if (!pair_of(env, argc, argv, &io)) return NULL;
   compress_req *r = calloc(1, sizeof *r);
   if (!r) {
     napi_throw_error(env, NULL, "out of memory");
     return NULL;
   }
-  if (argc < 3 || cb_type != napi_function || napi_get_buffer_info(env, argv[0], &src, &r->io.src_len) != napi_ok || napi_get_buffer_info(env, argv[1], &dst, &r->io.dst_len) != napi_ok) {
-    free(r);
-    napi_throw_type_error(env, NULL, "expected (source Buffer, destination Buffer, callback)");
-    return NULL;
-  }
-  if (r->io.src_len > LZ4_MAX_INPUT_SIZE || r->io.dst_len > LZ4_MAX_INPUT_SIZE) {
-    free(r);
-    napi_throw_range_error(env, NULL, "buffer larger than LZ4 allows");
-    return NULL;
-  }
-  r->io.src = src;
-  r->io.dst = dst;
+  r->io = io;
   napi_create_reference(env, argv[0], 1, &r->src);
   napi_create_reference(env, argv[1], 1, &r->dst);
   napi_create_reference(env, argv[2], 1, &r->callback);

@@ -47,7 +47,11 @@ export function compressBlock(src: Buffer): Lz4Result | undefined {
     return z.length < src.length ? { data: z, pooled: false } : undefined;
   }
   const out = payloadBuffer(addon.compressBound(src.length));
-  const n = addon.compressInto(src, out.buf);
+  return shrunk(src, out, addon.compressInto(src, out.buf));
+}
+
+/** The compressed block of `n` bytes in `out`, unless it is not smaller than `src` (then `out` goes back). */
+function shrunk(src: Buffer, out: { buf: Buffer; pooled: boolean }, n: number): Lz4Result | undefined {
   if (n === 0 || n >= src.length) {
     if (out.pooled) releaseBuffer(out.buf);
     return undefined;
@@ -66,12 +70,7 @@ export async function compressBlockAsync(src: Buffer): Promise<Lz4Result | undef
     return z.length < src.length ? { data: z, pooled: false } : undefined;
   }
   const out = payloadBuffer(addon.compressBound(src.length));
-  const n = await new Promise<number>((resolve) => addon.compressIntoAsync(src, out.buf, resolve));
-  if (n === 0 || n >= src.length) {
-    if (out.pooled) releaseBuffer(out.buf);
-    return undefined;
-  }
-  return { data: out.buf.subarray(0, n), pooled: out.pooled };
+  return shrunk(src, out, await new Promise<number>((resolve) => addon.compressIntoAsync(src, out.buf, resolve)));
 }
 
 /** The size prefix of a block, or -1 when it has none. */

@@ -219,6 +219,11 @@ function* indexEntries(k: Buffer, v: Buffer): Generator<[Buffer, Buffer]> {
   for (let at = 0; at < v.length; at += ENTRY_BYTES) yield [v.subarray(at, at + KEY_LEN), v.subarray(at + KEY_LEN, at + ENTRY_BYTES)];
 }
 
+/** The data length in a record's pointer (segment u32, position u64, data length u32). */
+function dataLength(ptr: Buffer): number {
+  return ptr.readUInt32BE(12);
+}
+
 /** A record appended but not yet written to its segment. */
 interface BatchedRecord extends JournalRecord {
   vol: number;
@@ -700,9 +705,9 @@ export class Journal {
         const d = decodeKey(k);
         if (!first) first = d.seq;
         this.head = d.seq;
-        last = { segment: v.readUInt32BE(0), position: r64(v, 4) + v.readUInt32BE(12) };
+        last = { segment: v.readUInt32BE(0), position: r64(v, 4) + dataLength(v) };
         this.segments.noteSeq(v.readUInt32BE(0), d.seq);
-        this.track(d.seq, d.vol, v.readUInt32BE(12), d.timeMs);
+        this.track(d.seq, d.vol, dataLength(v), d.timeMs);
       }
     }
     // An empty journal goes on after everything it ever held: its sequence numbers are never
@@ -1136,19 +1141,16 @@ export class Journal {
         const d = decodeKey(k);
         if (d.seq <= afterSeq) continue;
         if (d.seq > untilSeq) break scan;
-        let data: Buffer;
-        const len = v.readUInt32BE(12);
+        const len = dataLength(v);
         const fits = !!into && len > 0 && at + len <= into.length;
         // One that does not fit is the next call's, or (the first) comes alone in its own
         // buffer, so that what the caller gets in `into` always starts at its start.
-        if (into && len && !fits && out.length) break scan;
-        if (fits) {
-          data = this.segments.readInto(v.readUInt32BE(0), r64(v, 4), into!.subarray(at, at + len));
-          at += len;
-        } else data = this.dataOf(v);
+        const alone = !!into && len > 0 && !fits;
+        if (alone && out.length) break scan;
+        const data = this.dataOf(v, fits ? into!.subarray(at, (at += len)) : undefined);
         out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
         bytes += data.length;
-        if (bytes >= maxBytes || (into && len && !fits)) break scan;
+        if (bytes >= maxBytes || alone) break scan;
       }
     }
     // The iterator reads a snapshot of the index: a record trimmed or folded since (between
@@ -1176,9 +1178,11 @@ export class Journal {
     }
   }
 
-  private dataOf(ptr: Buffer): Buffer {
-    const len = ptr.readUInt32BE(12);
-    return len ? this.segments.read(ptr.readUInt32BE(0), r64(ptr, 4), len) : EMPTY_DATA;
+  /** A record's data, read into `into` (exactly its length) or a pooled buffer. */
+  private dataOf(ptr: Buffer, into?: Buffer): Buffer {
+    const len = dataLength(ptr);
+    if (!len) return EMPTY_DATA;
+    return into ? this.segments.readInto(ptr.readUInt32BE(0), r64(ptr, 4), into) : this.segments.read(ptr.readUInt32BE(0), r64(ptr, 4), len);
   }
 
   /** The images hold every record ≤ seq durably (after their fsync). */

@@ -26,6 +26,8 @@ export const FRAME_HEADER_BYTES = 20;
 export const MAX_META_BYTES = 1 << 20;
 export const MAX_PAYLOAD_BYTES = 64 << 20;
 export const FLAG_LZ4 = 0x01;
+/** Payloads this small are never worth compressing. */
+export const MIN_COMPRESS_BYTES = 65;
 
 /** Bytes per image-sync chunk: the unit compared by hash and sent when different. */
 export const SYNC_CHUNK_BYTES = 64 * 1024;
@@ -96,7 +98,7 @@ export function encodeFrame(type: FrameType, meta: Record<string, unknown>, payl
     body = compress.data;
     pooled = compress.pooled;
     flags |= FLAG_LZ4;
-  } else if (compress && body.length > 64) {
+  } else if (compress && body.length >= MIN_COMPRESS_BYTES) {
     const z = compressBlock(body);
     if (z) {
       body = z.data;

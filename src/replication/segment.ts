@@ -131,7 +131,9 @@ export function encodeSegment(records: ReplicatedRecord[], range?: { from: numbe
   } else {
     payload = Buffer.concat(datas, dataBytes);
   }
-  const meta: SegmentMeta = table ? { from, to: range?.to ?? records[records.length - 1].seq, vols, table } : { from, to: range?.to ?? records[records.length - 1].seq, vols, recs };
+  const meta: SegmentMeta = { from, to: range?.to ?? records[records.length - 1].seq, vols };
+  if (table) meta.table = table;
+  else meta.recs = recs;
   if (records.length !== meta.to - meta.from + 1) meta.coalesced = true;
   return { meta, payload };
 }

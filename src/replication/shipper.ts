@@ -12,7 +12,7 @@ import { FramedLink, newLinkCounters, type LinkCounters } from './link';
 import { isZero } from '../common/bytes';
 import { compressBlockAsync } from '../common/lz4';
 import type { ShipperSource, SyncCursor, SyncSource } from './ports';
-import { chunkHash, FrameType, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
+import { chunkHash, FrameType, MIN_COMPRESS_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { coalesce, encodeSegment } from './segment';
 import { TokenBucket } from './shaper';
 import { connectSecure, type LinkKey } from './link-security';
@@ -332,7 +332,7 @@ export class Shipper {
           source.shipped?.(range.to);
           // Compressed on the thread pool: the event loop meanwhile serves the initiators (the
           // scratch memory is not touched until this resolves).
-          const compressed = (this.opts.compress ?? true) && payload.length > 64 ? await compressBlockAsync(payload) : undefined;
+          const compressed = (this.opts.compress ?? true) && payload.length >= MIN_COMPRESS_BYTES ? await compressBlockAsync(payload) : undefined;
           const wire = link.send(FrameType.Segment, meta, payload, compressed ?? false, true);
           this.state.sentSeq = meta.to;
           this.inflight.push({ to: meta.to, rawBytes: payload.length + 32 * records.length });
