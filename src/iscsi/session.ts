@@ -16,6 +16,7 @@ import { IscsiError, IscsiErrorCode, PduRejected } from './errors';
 import { negotiate, type SessionParams, type TargetOffer } from './negotiation';
 import * as P from './pdu';
 import type { SessionType } from './login';
+import { TaskTable } from './task-table';
 import type { TargetEntry } from './targets';
 import { encodeText, parseText, type TextPairs } from './text';
 
@@ -80,7 +81,7 @@ export class Session {
   readonly nexus?: Nexus;
   expCmdSN: number;
   private held = new Map<number, P.Pdu>();
-  private tasks = new Map<number, Task>();
+  private tasks = new TaskTable<Task>(TARGET_LIMITS.queueDepth * 2);
   private windowed = 0;
   private nextTtt = 1;
   private bufferedDataOut = 0;
@@ -429,7 +430,7 @@ export class Session {
   /** Abort matching tasks: no response is sent for them. Resolves when those already executing have settled. */
   abortTasks(match: (lun: number, itt: number) => boolean): Promise<unknown> {
     const waits: Promise<void>[] = [];
-    for (const t of [...this.tasks.values()]) {
+    for (const t of this.tasks.values()) {
       if (!match(t.lun, t.itt)) continue;
       t.aborted = true;
       if (t.executing && t.done) waits.push(t.done);
@@ -581,7 +582,7 @@ export class Session {
     }
     this.loggingOut = true;
     // Commands already received complete and are answered before the logout response.
-    await Promise.all([...this.tasks.values()].map((t) => t.done).filter(Boolean));
+    await Promise.all(this.tasks.values().map((t) => t.done).filter(Boolean));
     if (this.closed) return;
     this.link.send(P.logoutResponse(itt, LogoutResponseCode.Success, this.params.defaultTime2Wait, this.params.defaultTime2Retain, this.seq(true)));
     this.logger.info({ reason: reason === LogoutReason.CloseSession ? 'close session' : 'close connection' }, 'logout');
@@ -591,7 +592,7 @@ export class Session {
 
   /** Wait for executing commands (bounded), then mark closed. Responses after this are dropped. */
   async drain(timeoutMs: number): Promise<void> {
-    const pending = [...this.tasks.values()].map((t) => t.done).filter((d): d is Promise<void> => !!d);
+    const pending = this.tasks.values().map((t) => t.done).filter((d): d is Promise<void> => !!d);
     if (pending.length) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([Promise.all(pending), new Promise((r) => { timer = setTimeout(r, timeoutMs); })]);
