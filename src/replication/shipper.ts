@@ -327,7 +327,8 @@ export class Shipper {
           }
           // Gathered into the shipper's own buffer: a fresh one per segment was as much garbage as the data.
           const { meta, payload } = encodeSegment(records, range, (n) => this.scratch(n), segmentOpts);
-          // The payload is a copy: the records' buffers can go back to the pool.
+          // The payload holds the data now (gathered, or read straight into the scratch memory):
+          // the records' pooled buffers can go back (for data in the scratch memory, a no-op).
           for (const r of read) if (r.data) releaseBuffer(r.data);
           source.shipped?.(range.to);
           // Compressed on the thread pool: the event loop meanwhile serves the initiators (the
