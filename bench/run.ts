@@ -6,6 +6,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import path from 'node:path';
 import { startAppliance, tempDir, removeDir, type RunningAppliance } from '../test/helpers/appliance';
 import { startTgt } from '../test/helpers/tgt';
@@ -105,27 +106,40 @@ async function quiet(subjects: Subject[]): Promise<void> {
  * pages, the journal's recycled segment files, pooled buffers) stays fast.
  */
 async function measure(subjects: Subject[]): Promise<Runs> {
-  const out: Runs = { mibs: Object.fromEntries(subjects.map((s) => [s.label, []])), cpu: Object.fromEntries(subjects.map((s) => [s.label, []])) };
+  const out: Runs = { mibs: {}, cpu: {}, machine: {} };
+  for (const s of subjects) {
+    out.mibs[s.label] = [];
+    out.cpu[s.label] = [];
+    out.machine[s.label] = [];
+  }
   for (const w of WORKLOADS) {
     const runs = new Map<string, number[]>(subjects.map((s) => [s.label, []]));
     const cpu = new Map<string, number[][]>(subjects.map((s) => [s.label, []]));
+    const machine = new Map<string, MachineCpu[]>(subjects.map((s) => [s.label, []]));
     for (let i = 0; i < WARMUP_RUNS + repeat; i++) {
       const warmUp = i < WARMUP_RUNS;
       for (const s of subjects) {
         await quiet(subjects);
         const before = s.pids.map(cpuSeconds);
+        const machineBefore = machineCpu();
         const got = await qemuBench(s.url, w);
+        const machineAfter = machineCpu();
         const spent = s.pids.map((pid, k) => cpuSeconds(pid) - before[k]);
         if (process.env.OFFSITE_BENCH_RUNS) process.stderr.write(`# ${w.name}, ${s.label}, ${warmUp ? `warm-up ${i + 1} (not counted)` : `run ${i - WARMUP_RUNS + 1}`}: ${got.toFixed(1)} MiB/s\n`);
         if (!warmUp) {
           runs.get(s.label)!.push(got);
-          cpu.get(s.label)!.push(spent.map((c) => c / ((w.count * w.sizeBytes) / 2 ** 30)));
+          const gib = (w.count * w.sizeBytes) / 2 ** 30;
+          cpu.get(s.label)!.push(spent.map((c) => c / gib));
+          const busy = machineAfter.busy - machineBefore.busy;
+          const seconds = (w.count * w.sizeBytes) / (got * 1024 * 1024);
+          machine.get(s.label)!.push({ perGiB: busy / gib, busyShare: Math.min(1, busy / (seconds * CORES)) });
         }
       }
     }
     for (const s of subjects) {
       out.mibs[s.label].push(runs.get(s.label)!);
       out.cpu[s.label].push(cpu.get(s.label)!);
+      out.machine[s.label].push(machine.get(s.label)!);
     }
   }
   return out;
@@ -137,13 +151,33 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100 on Linux)
 }
 
+const CORES = cpus().length;
+
 /**
- * Measured runs, per subject and workload (in WORKLOADS order): every run's MiB/s, and the CPU
- * seconds per GiB its processes (target, then replica) spent during that run.
+ * CPU seconds the whole machine has been busy so far (every process, the initiator's included,
+ * and the kernel's own threads: page-cache writeback, softirqs), from /proc/stat: everything
+ * but idle and I/O wait.
+ */
+function machineCpu(): { busy: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = f;
+  return { busy: (user + nice + system + irq + softirq + steal) / 100 };
+}
+
+/** A run's machine-wide CPU: busy seconds per GiB moved, and the share of all cores busy during it. */
+interface MachineCpu {
+  perGiB: number;
+  busyShare: number;
+}
+
+/**
+ * Measured runs, per subject and workload (in WORKLOADS order): every run's MiB/s, the CPU
+ * seconds per GiB its processes (target, then replica) spent during that run, and the machine's.
  */
 interface Runs {
   mibs: Record<string, number[][]>;
   cpu: Record<string, number[][][]>;
+  machine: Record<string, MachineCpu[][]>;
 }
 
 const best = (xs: number[]): number => Math.max(...xs);
@@ -200,7 +234,7 @@ async function main(): Promise<void> {
 const onlyIdx = process.argv.indexOf('--only');
 const only = onlyIdx > 0 ? process.argv[onlyIdx + 1] : undefined;
 
-function printIscsi({ mibs: runs, cpu }: Runs): void {
+function printIscsi({ mibs: runs, cpu, machine }: Runs): void {
   const results: Record<string, number[]> = Object.fromEntries(Object.entries(runs).map(([l, perWorkload]) => [l, perWorkload.map(best)]));
   const labels = Object.keys(results).filter((l) => l !== 'tgt');
   const header = ['workload (MiB/s)', 'tgt', ...labels, ...labels.map((l) => `${l}/tgt`)];
@@ -225,18 +259,36 @@ function printIscsi({ mibs: runs, cpu }: Runs): void {
   ratios('with a replica on loopback / without', 'offsite + replica', 'offsite', 'target: >= 0.90');
   // Where a ratio falls short, the CPU says why: this machine has two cores for the initiator,
   // the target and (on loopback) the replica together.
+  const medianRun = (l: string, i: number): number => {
+    const speeds = runs[l][i];
+    return speeds.indexOf([...speeds].sort((a, b) => a - b)[speeds.length >> 1]);
+  };
   process.stdout.write(`\nCPU seconds per GiB moved during the median run (target process; + replica process, during the run only):\n`);
   for (const [i, w] of WORKLOADS.entries()) {
-    process.stdout.write(
-      `  ${w.name}: ${Object.entries(cpu)
-        .map(([l, perWorkload]) => {
-          const speeds = runs[l][i];
-          const k = speeds.indexOf([...speeds].sort((a, b) => a - b)[speeds.length >> 1]);
-          return `${l} ${perWorkload[i][k].map((c) => c.toFixed(2)).join(' + ')}`;
-        })
-        .join(' | ')}\n`,
-    );
+    process.stdout.write(`  ${w.name}: ${Object.entries(cpu).map(([l, perWorkload]) => `${l} ${perWorkload[i][medianRun(l, i)].map((c) => c.toFixed(2)).join(' + ')}`).join(' | ')}\n`);
   }
+  // The whole machine: the initiator, the target, the replica and the kernel's threads share
+  // its cores. A configuration that keeps the cores busy is bound by its CPU cost per GiB.
+  const m = (l: string, i: number): MachineCpu => machine[l][i][medianRun(l, i)];
+  process.stdout.write(`\nWhole machine (${CORES} cores, all processes and the kernel) during the median run: busy core-seconds per GiB (share of the cores busy):\n`);
+  for (const [i, w] of WORKLOADS.entries()) {
+    process.stdout.write(`  ${w.name}: ${Object.keys(machine).map((l) => `${l} ${m(l, i).perGiB.toFixed(2)} (${(100 * m(l, i).busyShare).toFixed(0)}%)`).join(' | ')}\n`);
+  }
+  // A configuration costing c_n core-seconds per GiB cannot move more than CORES / c_n GiB/s;
+  // the one it is compared with moved busyShare_d * CORES / c_d. Their ratio is therefore at
+  // most c_d / (c_n * busyShare_d): what this machine allows, whatever the scheduling.
+  const ceiling = (what: string, num: string, den: string) => {
+    if (!machine[num] || !machine[den]) return;
+    const parts = WORKLOADS.flatMap((w, i) => {
+      if (!w.write) return [];
+      const n = m(num, i);
+      const d = m(den, i);
+      return [`${w.name} at most ${Math.min(1, d.perGiB / (n.perGiB * d.busyShare)).toFixed(2)} (median ${(median(runs[num][i]) / median(runs[den][i])).toFixed(2)})`];
+    });
+    process.stdout.write(`${what}, CPU ceiling on this machine: ${parts.join(', ')}\n`);
+  };
+  ceiling('journal on/off', 'offsite', 'offsite (no journal)');
+  ceiling('with a replica on loopback / without', 'offsite + replica', 'offsite');
   process.stdout.write(`every measured run of the write workloads, MiB/s:\n`);
   for (const [i, w] of WORKLOADS.entries()) {
     if (!w.write) continue;
