@@ -5,7 +5,7 @@
  *   - link utilisation while backlogged: what the shaped link carried (tbf's byte counter: frames
  *     plus TLS, TCP, IP and Ethernet headers) / limit, and the replication frames' share of it,
  *   - lz4 ratio of the shipped stream against the `lz4` command-line tool on the same data,
- *   - replica catch-up (ship + store + apply) rate on loopback,
+ *   - replica catch-up (ship + store + apply) rate on loopback, timed from the link coming up,
  *   - RPO: a marker block written on the primary every 250 ms, polled on the replica through
  *     iSCSI; lag = when the replica first shows it − when the primary acknowledged it.
  *
@@ -14,6 +14,7 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../test/helpers/appliance';
 import { freePort, testLinkKey, waitCaughtUp } from '../test/helpers/replication';
@@ -273,12 +274,23 @@ export async function runWanBench(): Promise<string> {
       try {
         await writer(primary.url('wan'), randomFile, 400 * MiB, quick ? 0.4 : 1, 0, 250 * MiB);
         const bytes = ((await primary.status()).backlogBytes as number) || 0;
-        const t0 = Date.now();
         const replica = await startAppliance({ dataDir: path.join(dir, 'catchup-b'), volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, '--link-key', testLinkKey()] });
         try {
-          await waitCaughtUp(primary, replica, 300_000);
-          const s = (Date.now() - t0) / 1000;
+          // Timed from the link coming up: until then the primary waits out its reconnect
+          // backoff (up to 5 s after a replica that was away), which is no part of the rate.
+          const up = Date.now();
+          let linked = 0;
+          for (;;) {
+            const p = await primary.status();
+            if (!linked && (p.link as { connected?: boolean }).connected) linked = Date.now();
+            if (linked && p.ackedSeq === p.headSeq && (await replica.status()).appliedSeq === p.headSeq) break;
+            if (Date.now() - up > 300_000) throw new Error('the replica did not catch up within 300 s');
+            await sleep(20);
+          }
+          const s = (Date.now() - linked) / 1000;
           rows.push([`replica catch-up on loopback (${(bytes / MiB).toFixed(0)} MiB backlog, ship+store+apply)`, `${(bytes / MiB / s).toFixed(1)} MiB/s`, '']);
+          rows.push(['  link up after the replica started (reconnect backoff, at most 5 s)', `${((linked - up) / 1000).toFixed(1)} s`, '']);
+          await waitCaughtUp(primary, replica, 300_000);
         } finally {
           await replica.stop();
         }
