@@ -210,7 +210,7 @@ export class Session {
     if (this.loggingOut) throw new PduRejected(RejectReason.WaitingForLogout, 'SCSI command while logging out');
     const itt = P.itt(bhs);
     if (this.tasks.has(itt)) throw new PduRejected(RejectReason.TaskInProgress, `ITT 0x${itt.toString(16)} is already in use`);
-    if (this.tasks.size >= TARGET_LIMITS.queueDepth * 2) throw new IscsiError(IscsiErrorCode.Protocol, `more than ${TARGET_LIMITS.queueDepth * 2} tasks outstanding`);
+    if (this.tasks.size >= this.tasks.capacity) throw new IscsiError(IscsiErrorCode.Protocol, `more than ${this.tasks.capacity} tasks outstanding`);
     const flags = bhs[1];
     const read = (flags & CMD_READ) !== 0;
     const write = (flags & CMD_WRITE) !== 0;

@@ -10,6 +10,14 @@
  * were promoted until the next full collection, which moved the then-live table and started it
  * again. A write-heavy session spent about a sixth more time that way.
  */
+/**
+ * A tag's home slot in a table of 2^(32 - shift) slots (Fibonacci hashing: tags are often
+ * consecutive). Exported for the tests, which pick tags that collide.
+ */
+export function homeSlot(tag: number, shift: number): number {
+  return Math.imul(tag, 0x9e3779b1) >>> shift;
+}
+
 export class TaskTable<T> {
   private readonly tags: Uint32Array;
   private readonly tasks: (T | undefined)[];
@@ -31,9 +39,8 @@ export class TaskTable<T> {
     return this.count;
   }
 
-  /** A tag's home slot (Fibonacci hashing: tags are often consecutive). */
   private home(tag: number): number {
-    return Math.imul(tag, 0x9e3779b1) >>> this.shift;
+    return homeSlot(tag, this.shift);
   }
 
   /** The slot holding `tag`, or -1. */

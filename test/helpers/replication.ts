@@ -38,7 +38,7 @@ export function startPrimary(dataDir: string, volumes: string[], replicateTo: nu
 }
 
 /** Poll until the replica holds (durably and applied) everything the primary has. */
-export async function waitCaughtUp(primary: RunningAppliance, replica: RunningAppliance, timeoutMs = 60_000): Promise<{ headSeq: number }> {
+export async function waitCaughtUp(primary: RunningAppliance, replica: RunningAppliance, timeoutMs = 60_000, pollMs = 100): Promise<{ headSeq: number }> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
@@ -47,7 +47,7 @@ export async function waitCaughtUp(primary: RunningAppliance, replica: RunningAp
     last = `primary head ${String(p.headSeq)} acked ${String(p.ackedSeq)} (${String(p.consistency)}, link error: ${String((p.link as { lastError?: string }).lastError)}); replica applied ${String(r.appliedSeq)} ${String(r.state)}, replica link error: ${String((r.link as { lastError?: string }).lastError)}`;
     if (p.ackedSeq === p.headSeq && r.appliedSeq === p.headSeq && r.state === 'consistent' && (p.link as { connected: boolean }).connected) return { headSeq: p.headSeq as number };
     if (Date.now() > deadline) throw new Error(`replica did not catch up: ${last}`);
-    await new Promise((res) => setTimeout(res, 100));
+    await new Promise((res) => setTimeout(res, pollMs));
   }
 }
 

@@ -6,14 +6,14 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
-import { TaskTable } from '../../src/iscsi/task-table';
+import { homeSlot, TaskTable } from '../../src/iscsi/task-table';
 
 const CAPACITY = 16;
 
 // Tags chosen to collide in a 16-task (32-slot) table: four per home slot for eight
 // neighbouring homes, so that runs form, wrap past the end and need their entries moved back on
-// removal; plus the ends of the 32-bit range. (The home computation mirrors the table's hash.)
-const home = (tag: number) => Math.imul(tag, 0x9e3779b1) >>> 27;
+// removal; plus the ends of the 32-bit range.
+const home = (tag: number) => homeSlot(tag, 27);
 const colliding: number[] = [];
 for (let tag = 0, seen = new Map<number, number>(); colliding.length < 32; tag++) {
   const h = home(tag);
