@@ -10,7 +10,7 @@ HTTP ?= 127.0.0.1:9464
 
 # Debian packages: real initiators for the tests, tgt for side-by-side comparison, Prometheus
 # (promtool and a real server for the metrics tests) and docker-compose (compose file validation).
-TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose
+TEST_PKGS := libiscsi-bin qemu-utils qemu-block-extra tgt prometheus docker-compose openssl
 BENCH_PKGS := $(TEST_PKGS) lz4
 # Intel's ISA-L, for the CRC32C addon (journal records, replication frames, iSCSI digests);
 # liblz4, for the addon that (de)compresses replication payloads into pooled buffers.

@@ -3,7 +3,8 @@
  * command-line flags, then OFFSITE_* environment variables (each overriding the previous).
  * Every error names the field and says why.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../common/errors';
@@ -24,6 +25,13 @@ export interface TargetAuthConfig {
   allowedInitiators?: string[];
 }
 
+export interface HttpTlsConfig {
+  certFile: string;
+  keyFile: string;
+  cert: Buffer;
+  key: Buffer;
+}
+
 export interface VolumeConfig {
   name: string;
   sizeBytes?: number;
@@ -38,6 +46,8 @@ export interface ApplianceConfig {
   http: HostPort;
   /** When set, GET /status, /metrics and /healthz are also served here, read-only (no admin API). */
   metricsListen?: HostPort;
+  /** HTTPS for both HTTP listeners (status, metrics, admin): PEM certificate chain and private key. */
+  httpTls?: HttpTlsConfig;
   targetPrefix: string;
   /** Auth applied to every target without its own entry in `targets`. */
   auth: TargetAuthConfig;
@@ -93,6 +103,7 @@ const fileSchema = z
     iscsi: z.string().optional(),
     http: z.string().optional(),
     metricsListen: z.string().optional(),
+    httpTls: z.object({ cert: z.string().min(1), key: z.string().min(1) }).strict().optional(),
     targetPrefix: z.string().optional(),
     auth: authSchema.optional(),
     targets: z.record(z.string(), authSchema).optional(),
@@ -129,6 +140,8 @@ export interface ConfigFlags {
   iscsi?: string;
   http?: string;
   metricsListen?: string;
+  httpTlsCert?: string;
+  httpTlsKey?: string;
   targetPrefix?: string;
   journal?: boolean;
   journalMax?: string;
@@ -186,6 +199,36 @@ function chapFromEnv(env: NodeJS.ProcessEnv, prefix: string): ChapSecret | undef
   return { user, secret };
 }
 
+/**
+ * Read and check the HTTPS certificate and key: both given or neither, readable, the key not
+ * readable by others, and the two a pair (TLS would otherwise fail only at the first client).
+ */
+export function loadHttpTls(certFile: string | undefined, keyFile: string | undefined): HttpTlsConfig | undefined {
+  if (!certFile && !keyFile) return undefined;
+  if (!certFile || !keyFile) {
+    throw new ConfigError(`http-tls: give both --http-tls-cert FILE and --http-tls-key FILE (only the ${certFile ? 'certificate' : 'key'} was given)`, certFile ? 'httpTls.key' : 'httpTls.cert');
+  }
+  const read = (file: string, what: string, field: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (e) {
+      throw new ConfigError(`http-tls-${what}: cannot read ${file}: ${(e as Error).message}`, field);
+    }
+  };
+  const cert = read(certFile, 'cert', 'httpTls.cert');
+  const key = read(keyFile, 'key', 'httpTls.key');
+  const mode = statSync(keyFile).mode;
+  if (mode & 0o077) throw new ConfigError(`http-tls-key: ${keyFile} is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, 'httpTls.key');
+  try {
+    createSecureContext({ cert, key });
+  } catch (e) {
+    const why = (e as Error).message;
+    const hint = /mismatch/i.test(why) ? 'the key does not belong to the certificate' : /PEM|no start line|decoder|unsupported/i.test(why) ? 'expected PEM files (a certificate chain and its private key)' : why;
+    throw new ConfigError(`http-tls: cannot use ${certFile} with ${keyFile}: ${hint} (${why})`, 'httpTls');
+  }
+  return { certFile, keyFile, cert, key };
+}
+
 /** Build the effective configuration: file < flags < environment. */
 export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.ProcessEnv = process.env): ApplianceConfig {
   const pick = <T>(...vals: (T | undefined)[]): T | undefined => {
@@ -212,6 +255,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
   const iscsiText = pick(file.iscsi, flags.iscsi, env.OFFSITE_ISCSI);
   const httpText = pick(file.http, flags.http, env.OFFSITE_HTTP);
   const metricsText = pick(file.metricsListen, flags.metricsListen, env.OFFSITE_METRICS_LISTEN);
+  const httpTls = loadHttpTls(pick(file.httpTls?.cert, flags.httpTlsCert, env.OFFSITE_HTTP_TLS_CERT), pick(file.httpTls?.key, flags.httpTlsKey, env.OFFSITE_HTTP_TLS_KEY));
   const targetPrefix = pick(file.targetPrefix, flags.targetPrefix, env.OFFSITE_TARGET_PREFIX) ?? DEFAULT_TARGET_PREFIX;
   if (!/^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]*)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/.test(targetPrefix)) {
     throw new ConfigError(`target-prefix: '${targetPrefix}' is not an iSCSI name (example: iqn.2026-11.dev.offsite)`, 'targetPrefix');
@@ -287,6 +331,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     iscsi: iscsiText ? parseHostPort(iscsiText, 'iscsi') : DEFAULT_ISCSI,
     http: httpText ? parseHostPort(httpText, 'http') : DEFAULT_HTTP,
     metricsListen: metricsText ? parseHostPort(metricsText, 'metrics-listen') : undefined,
+    httpTls,
     targetPrefix,
     auth,
     targets,

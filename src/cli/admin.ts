@@ -3,36 +3,73 @@
  * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`.
  */
 import { readFile } from 'node:fs/promises';
+import http from 'node:http';
+import https from 'node:https';
 import type { Command } from 'commander';
 import { OffsiteError } from '../common/errors';
 import { parseHostPort, parseRate } from '../common/units';
 import { fail } from './exit';
 
 let tokenFile: string | undefined;
+let caFile: string | undefined;
 
 async function adminToken(): Promise<string | undefined> {
   if (tokenFile) return (await readFile(tokenFile, 'utf8')).trim();
   return process.env.OFFSITE_ADMIN_TOKEN || undefined;
 }
 
-async function call(http: string, method: 'GET' | 'POST', route: string, body?: unknown): Promise<Record<string, unknown>> {
-  const hp = parseHostPort(http, '--http');
+/** `HOST:PORT` (plain HTTP), `http://HOST:PORT` or `https://HOST:PORT`. */
+export function parseApplianceUrl(text: string): { tls: boolean; host: string; port: number } {
+  const m = /^(https?):\/\/(.*?)\/?$/i.exec(text);
+  const hp = parseHostPort(m ? m[2] : text, '--http');
+  return { tls: !!m && m[1].toLowerCase() === 'https', host: hp.host, port: hp.port };
+}
+
+async function call(address: string, method: 'GET' | 'POST', route: string, body?: unknown): Promise<Record<string, unknown>> {
+  const { tls, host, port } = parseApplianceUrl(address);
   const token = method === 'POST' ? await adminToken() : undefined;
-  const headers: Record<string, string> = {};
-  if (body !== undefined) headers['content-type'] = 'application/json';
-  if (token) headers.authorization = `Bearer ${token}`;
-  let res: Response;
-  try {
-    res = await fetch(`http://${hp.host}:${hp.port}${route}`, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (e) {
-    throw new OffsiteError('HTTP_UNREACHABLE', `cannot reach the appliance at ${http}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
+  const ca = caFile ?? (process.env.OFFSITE_CA || undefined);
+  let caPem: Buffer | undefined;
+  if (ca) {
+    try {
+      caPem = await readFile(ca);
+    } catch (e) {
+      throw new OffsiteError('USAGE', `--ca: cannot read ${ca}: ${(e as Error).message}`);
+    }
   }
-  const json = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-  if (!res.ok) throw new OffsiteError(String(json.code ?? `HTTP_${res.status}`), String(json.error ?? `HTTP ${res.status}`));
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const headers: Record<string, string | number> = {};
+  if (payload !== undefined) {
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = Buffer.byteLength(payload);
+  }
+  if (token) headers.authorization = `Bearer ${token}`;
+  const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+    const opts = { host, port, method, path: route, headers, timeout: 30_000 };
+    const req = tls ? https.request({ ...opts, ca: caPem }) : http.request(opts);
+    req.on('timeout', () => req.destroy(new Error('no answer in 30 s')));
+    req.on('error', (e: Error & { code?: string }) => {
+      let why = e.message;
+      if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(e.code ?? '')) why += ca ? ` (checked against ${ca})` : ' (give the certificate or its CA with --ca FILE or OFFSITE_CA)';
+      else if (!tls && (e.code === 'ECONNRESET' || e.code === 'HPE_INVALID_CONSTANT')) why += ' (is it serving HTTPS? then give https://HOST:PORT)';
+      else if (tls && e.code === 'EPROTO') why += ' (is it serving plain HTTP? then give HOST:PORT)';
+      reject(new OffsiteError(tls && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(e.code ?? '') ? 'HTTP_TLS' : 'HTTP_UNREACHABLE', `cannot reach the appliance at ${address}: ${why}`));
+    });
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.end(payload);
+  });
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // not JSON: the status code speaks
+  }
+  if (status < 200 || status >= 300) throw new OffsiteError(String(json.code ?? `HTTP_${status}`), String(json.error ?? `HTTP ${status}`));
   return json;
 }
 
@@ -75,9 +112,11 @@ export function register(program: Command): void {
   program
     .command('status')
     .description("print a human summary of a running appliance's /status")
-    .requiredOption('--http <host:port>', 'the appliance HTTP address')
+    .requiredOption('--http <[https://]host:port>', 'the appliance HTTP address')
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .option('--json', 'print the raw JSON')
-    .action(async (opts: { http: string; json?: boolean }) => {
+    .action(async (opts: { http: string; ca?: string; json?: boolean }) => {
+      caFile = opts.ca;
       try {
         const s = await call(opts.http, 'GET', '/status');
         process.stdout.write(opts.json ? JSON.stringify(s, null, 2) + '\n' : summarize(s));
@@ -89,10 +128,12 @@ export function register(program: Command): void {
     .command('promote')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('make a replica the primary: volumes writable at its last consistent point (refused while syncing unless --force)')
-    .requiredOption('--http <host:port>', "the replica's HTTP address")
+    .requiredOption('--http <[https://]host:port>', "the replica's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .option('--force', 'promote even while the replica is syncing (its volumes may be inconsistent)')
     .option('--replicate-to <host:port>', 'ship to this replica once promoted (e.g. the old primary, demoted)')
-    .action(async (opts: { http: string; force?: boolean; replicateTo?: string; tokenFile?: string }) => {
+    .action(async (opts: { http: string; ca?: string; force?: boolean; replicateTo?: string; tokenFile?: string }) => {
+      caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo });
@@ -105,9 +146,11 @@ export function register(program: Command): void {
     .command('demote')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('turn a primary into a replica of the new primary; writes it took after the split are saved aside for offsite replay')
-    .requiredOption('--http <host:port>', "the (old) primary's HTTP address")
+    .requiredOption('--http <[https://]host:port>', "the (old) primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .requiredOption('--replication-listen <host:port>', 'where the new primary will connect (its --replicate-to)')
-    .action(async (opts: { http: string; replicationListen: string; tokenFile?: string }) => {
+    .action(async (opts: { http: string; ca?: string; replicationListen: string; tokenFile?: string }) => {
+      caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         const r = await call(opts.http, 'POST', '/demote', { replicationListen: opts.replicationListen });
@@ -120,10 +163,12 @@ export function register(program: Command): void {
     .command('replicate-to')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('point a running primary at a (new) replica, e.g. after an automatic takeover; --none stops replicating')
-    .requiredOption('--http <host:port>', "the primary's HTTP address")
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .argument('[host:port]', "the replica's replication address (its --replication-listen)")
     .option('--none', 'stop replicating')
-    .action(async (to: string | undefined, opts: { http: string; none?: boolean; tokenFile?: string }) => {
+    .action(async (to: string | undefined, opts: { http: string; ca?: string; none?: boolean; tokenFile?: string }) => {
+      caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         if (!to && !opts.none) throw new OffsiteError('USAGE', 'give the replica address, or --none');
@@ -137,9 +182,11 @@ export function register(program: Command): void {
     .command('test-failover')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('on a replica: serve writable throw-away copies of its volumes (<target>-test) while replication continues; --stop discards them')
-    .requiredOption('--http <host:port>', "the replica's HTTP address")
+    .requiredOption('--http <[https://]host:port>', "the replica's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .option('--stop', 'end the test failover and discard the copies')
-    .action(async (opts: { http: string; stop?: boolean; tokenFile?: string }) => {
+    .action(async (opts: { http: string; ca?: string; stop?: boolean; tokenFile?: string }) => {
+      caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start' });
@@ -153,9 +200,11 @@ export function register(program: Command): void {
     .command('bandwidth')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
     .description('change the replication bandwidth cap of a running primary')
-    .requiredOption('--http <host:port>', "the primary's HTTP address")
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .argument('<rate>', 'e.g. 10MB/s, 100Mbit, unlimited')
-    .action(async (rate: string, opts: { http: string; tokenFile?: string }) => {
+    .action(async (rate: string, opts: { http: string; ca?: string; tokenFile?: string }) => {
+      caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         parseRate(rate, 'rate');

@@ -23,6 +23,8 @@ export function register(program: Command): void {
     .option('--iscsi <host:port>', 'iSCSI portal address (default 0.0.0.0:3260)')
     .option('--http <host:port>', 'HTTP status, metrics and admin API address (default 127.0.0.1:9464)')
     .option('--metrics-listen <host:port>', 'also serve GET /status, /metrics and /healthz here, without the admin API (e.g. for Prometheus on another network)')
+    .option('--http-tls-cert <file>', 'serve the HTTP API (and --metrics-listen) over HTTPS with this PEM certificate (chain)')
+    .option('--http-tls-key <file>', "the certificate's PEM private key (chmod 600)")
     .option('--target-prefix <iqn>', 'target name prefix; each volume is <prefix>:<volume>')
     .option('--journal-max <size>', 'journal size cap; older records are folded, writes never stall')
     .option('--journal-retain <duration>', 'history kept for point-in-time replay, e.g. 1h')
@@ -115,9 +117,9 @@ export function register(program: Command): void {
             return switchRole({ role: 'replica', replicationListen: req.replicationListen, reason: 'demote' });
           },
         };
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin, adminToken: config.adminToken }, logger);
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin, adminToken: config.adminToken, tls: config.httpTls }, logger);
         if (config.metricsListen) {
-          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), metrics: metrics.registry, readOnly: true }, logger);
+          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), metrics: metrics.registry, readOnly: true, tls: config.httpTls }, logger);
         }
       } catch (e) {
         await httpServer?.close();
@@ -125,7 +127,7 @@ export function register(program: Command): void {
         fail(e, 'offsite serve: http');
       }
       const status = app.status();
-      logger.info({ http: formatHostPort({ host: config.http.host, port: httpServer.address.port }), metricsListen: monitorServer ? formatHostPort({ host: config.metricsListen!.host, port: monitorServer.address.port }) : undefined, volumes: status.volumes.map((v) => v.targetName) }, 'ready');
+      logger.info({ http: formatHostPort({ host: config.http.host, port: httpServer.address.port }), httpTls: !!config.httpTls, metricsListen: monitorServer ? formatHostPort({ host: config.metricsListen!.host, port: monitorServer.address.port }) : undefined, volumes: status.volumes.map((v) => v.targetName) }, 'ready');
       let stopping = false;
       const shutdown = (signal: string) => {
         if (stopping) return;

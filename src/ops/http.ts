@@ -1,7 +1,8 @@
-/** The HTTP side of an appliance: GET /status (JSON), GET /metrics (Prometheus text). */
+/** The HTTP side of an appliance: GET /status (JSON), GET /metrics (Prometheus text), the admin API; over HTTPS when given a certificate. */
 import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import https from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
@@ -32,6 +33,8 @@ export interface HttpRoutes {
   adminToken?: string;
   /** A monitoring-only listener: GET /status, /metrics and /healthz; every other request is refused. */
   readOnly?: boolean;
+  /** Serve HTTPS with this PEM certificate (chain) and key; plain HTTP without. */
+  tls?: { cert: Buffer; key: Buffer };
 }
 
 function checkAdmin(req: http.IncomingMessage, token: string | undefined): void {
@@ -79,7 +82,7 @@ function send(res: http.ServerResponse, code: number, type: string, body: string
 }
 
 export async function startHttp(host: string, port: number, routes: HttpRoutes, logger: Logger): Promise<OpsHttpServer> {
-  const server = http.createServer((req, res) => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const route = `${req.method} ${url.pathname}`;
     (async () => {
@@ -154,8 +157,31 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
       logger.error({ err: e, route }, 'http handler failed');
       if (!res.headersSent) send(res, 500, 'application/json', JSON.stringify({ error: 'internal error', code: 'HTTP_INTERNAL' }) + '\n');
     });
-  });
+  };
+  const server = routes.tls ? https.createServer({ cert: routes.tls.cert, key: routes.tls.key, minVersion: 'TLSv1.2' }, handler) : http.createServer(handler);
   server.on('clientError', (_err, socket) => socket.destroy());
+  if (routes.tls) {
+    // A client speaking plain HTTP, or distrusting the certificate: logged, the socket closed, nothing else touched.
+    let lastLog = 0;
+    let quiet = 0;
+    // The client's address, kept from the connection: a socket the client already closed has none.
+    const peers = new WeakMap<object, string>();
+    server.on('connection', (raw: Socket) => peers.set(raw, raw.remoteAddress ?? '?'));
+    server.on('tlsClientError', (err: Error & { code?: string }, socket) => {
+      const now = Date.now();
+      if (now - lastLog < 1000) {
+        quiet++;
+      } else {
+        const why =
+          err.code === 'ERR_SSL_HTTP_REQUEST' ? 'a plain-HTTP request on the HTTPS port' : err.code === 'ECONNRESET' ? 'the client closed the connection during the handshake (does it trust the certificate?)' : err.message.split('\n')[0];
+        const raw = (socket as unknown as { _parent?: object })._parent;
+        logger.warn({ peer: socket.remoteAddress ?? (raw && peers.get(raw)), code: err.code, alsoRefused: quiet || undefined }, `https: TLS handshake refused: ${why}`);
+        lastLog = now;
+        quiet = 0;
+      }
+      socket.destroy();
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve());

@@ -2,7 +2,8 @@
  * Issue 5 acceptance 1: a real Prometheus (Debian's) scrapes running appliances — a primary, its
  * replica, and a second replica that never met a primary — and every dashboard panel query and
  * every alert expression returns data (the alerts by making each condition true: link cut,
- * RPO over target, journal over its cap, a replica that is not consistent).
+ * RPO over target, journal over its cap, a replica that is not consistent). One of them serves
+ * HTTPS and Prometheus scrapes it as the README says (scheme https, the certificate as ca_file).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -16,6 +17,7 @@ import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../he
 import { run } from '../helpers/exec';
 import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
+import { selfSignedCert } from '../helpers/tls';
 
 const ROOT = path.resolve(__dirname, '../../..');
 
@@ -37,17 +39,21 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
   const b = await startReplica(path.join(dir, 'b'), replPort);
   const a = await startPrimary(path.join(dir, 'a'), ['vol:64M'], replPort, ['--rpo-target', '1s', '--journal-max', '2M']);
   let c: RunningAppliance | undefined = await startReplica(path.join(dir, 'c'), loneReplPort);
-  // A primary whose witness never answers: fenced (waiting for its lease).
-  const d = await startAppliance({ dataDir: path.join(dir, 'd'), volumes: ['f:1M'], args: ['--witness', `127.0.0.1:${await freePort()}`] });
+  // A primary whose witness never answers: fenced (waiting for its lease). It serves HTTPS.
+  const tls = await selfSignedCert(dir);
+  const d = await startAppliance({ dataDir: path.join(dir, 'd'), volumes: ['f:1M'], args: ['--witness', `127.0.0.1:${await freePort()}`, '--http-tls-cert', tls.cert, '--http-tls-key', tls.key] });
   const promPort = await freePort();
   copyFileSync(path.join(ROOT, 'deploy/alerts.yml'), path.join(dir, 'alerts.yml'));
-  const targets = [a, b, c, d].map((x) => `127.0.0.1:${x.httpPort}`);
+  const targets = [a, b, c].map((x) => `127.0.0.1:${x.httpPort}`);
   writeFileSync(
     path.join(dir, 'prometheus.yml'),
     YAML.stringify({
       global: { scrape_interval: '1s', evaluation_interval: '1s' },
       rule_files: [path.join(dir, 'alerts.yml')],
-      scrape_configs: [{ job_name: 'offsite', static_configs: [{ targets }] }],
+      scrape_configs: [
+        { job_name: 'offsite', static_configs: [{ targets }] },
+        { job_name: 'offsite-https', scheme: 'https', tls_config: { ca_file: tls.cert }, static_configs: [{ targets: [`127.0.0.1:${d.httpPort}`] }] },
+      ],
     }),
   );
   const prom = spawn('prometheus', [`--config.file=${path.join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'tsdb')}`, `--web.listen-address=127.0.0.1:${promPort}`], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -2,16 +2,17 @@
  * Issue 6 security, with real peers: the replication link is TLS 1.3 with a pre-shared key (a
  * replica with another key is refused before any journal data flows, and it is logged);
  * plain text only with --insecure-link; the admin API needs a bearer token; secrets and data
- * directories are owner-only.
+ * directories are owner-only; the HTTP API can be HTTPS with the operator's certificate.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import test from 'node:test';
 import { ADMIN_TOKEN, CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { httpsRequest, selfSignedCert } from '../helpers/tls';
 
 async function keygen(file: string): Promise<void> {
   const r = await run(process.execPath, [CLI, 'keygen', '--link-key', file]);
@@ -144,6 +145,64 @@ test('--metrics-listen: /status, /metrics and /healthz on a second address, wher
     await app.stop();
     removeDir(dir);
   }
+});
+
+test('HTTPS: status, metrics and admin calls over TLS with the operator\'s certificate; plain HTTP and clients that distrust it are refused and logged; bad certificate files are configuration errors', { timeout: 90_000 }, async () => {
+  const dir = tempDir();
+  const { cert, key } = await selfSignedCert(dir);
+  const ca = readFileSync(cert);
+  const app = await startPrimary(path.join(dir, 'a'), ['v:8M'], await freePort(), ['--http-tls-cert', cert, '--http-tls-key', key, '--metrics-listen', '127.0.0.1:0']);
+  try {
+    const ready = app.logs.find((l) => l.msg === 'ready');
+    assert.equal(ready?.httpTls, true, JSON.stringify(ready));
+    const base = `https://127.0.0.1:${app.httpPort}`;
+    // The CLI, trusting the certificate (--ca, or OFFSITE_CA).
+    let r = await run(process.execPath, [CLI, 'status', '--http', base, '--ca', cert]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^role:\s+primary/m);
+    r = await run(process.execPath, [CLI, 'bandwidth', '--http', base, '5MB/s'], { env: { ...process.env, OFFSITE_CA: cert } });
+    assert.equal(r.code, 0, r.stderr);
+    const status = await httpsRequest(`${base}/status`, ca);
+    assert.equal(status.status, 200);
+    assert.equal((JSON.parse(status.body) as { link: { maxBandwidthBytesPerSec: number } }).link.maxBandwidthBytesPerSec, 5_000_000);
+    // The token is still required over TLS.
+    const refused = await httpsRequest(`${base}/bandwidth`, ca, { method: 'POST', headers: { authorization: 'Bearer not-the-token-at-all-123', 'content-type': 'application/json' }, body: '{"rate":"1MB/s"}' });
+    assert.equal(refused.status, 401);
+    // A client that does not trust the certificate, and one speaking plain HTTP: clear errors, no data.
+    r = await run(process.execPath, [CLI, 'status', '--http', base], { env: { ...process.env, OFFSITE_CA: '' } });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /self-signed certificate.*--ca FILE/);
+    r = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${app.httpPort}`]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /is it serving HTTPS\?/);
+    await assert.rejects(fetch(`http://127.0.0.1:${app.httpPort}/status`));
+    assert.ok(app.logs.some((l) => String(l.msg).startsWith('https: TLS handshake refused') && l.peer === '127.0.0.1'), 'the refusals are logged with the peer');
+    // The monitoring address is HTTPS too; the appliance went on serving throughout.
+    const mon = Number(String(ready?.metricsListen).split(':').pop());
+    const metrics = await httpsRequest(`https://127.0.0.1:${mon}/metrics`, ca);
+    assert.equal(metrics.status, 200);
+    assert.match(metrics.body, /^offsite_iscsi_sessions\b/m);
+    assert.equal((await httpsRequest(`${base}/healthz`, ca)).status, 200);
+  } finally {
+    await app.stop();
+  }
+  // Configuration errors, before anything is served (exit 2).
+  const other = await selfSignedCert(dir, 'other');
+  const open = path.join(dir, 'open-key.pem');
+  copyFileSync(key, open);
+  chmodSync(open, 0o644);
+  const cases: [string[], RegExp][] = [
+    [['--http-tls-cert', cert], /give both --http-tls-cert FILE and --http-tls-key FILE/],
+    [['--http-tls-cert', cert, '--http-tls-key', other.key], /the key does not belong to the certificate/],
+    [['--http-tls-cert', cert, '--http-tls-key', open], /readable by others \(mode 644\); chmod 600 it/],
+    [['--http-tls-cert', path.join(dir, 'missing.pem'), '--http-tls-key', key], /http-tls-cert: cannot read/],
+  ];
+  for (const [args, message] of cases) {
+    const c = await run(process.execPath, [CLI, 'serve', '--data', path.join(dir, 'x'), '--iscsi', '127.0.0.1:0', '--http', '127.0.0.1:0', '--volume', 'v:1M', ...args]);
+    assert.equal(c.code, 2, `${args.join(' ')}: ${c.stderr}`);
+    assert.match(c.stderr, message);
+  }
+  removeDir(dir);
 });
 
 test('iSCSI logins are rate-limited per source: after repeated refusals even the right secret is dropped for a while', { timeout: 60_000 }, async () => {
