@@ -72,7 +72,7 @@ export interface ApplianceStatus {
   /** A delta sync is staged whole: the volumes stay at the consistent point until it commits. */
   stagingDeltaSync?: boolean;
   primarySiteId?: string;
-  witness?: { address: string; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean };
+  witness?: { address: string; authenticated: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean };
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
@@ -174,7 +174,10 @@ export class Appliance {
         for (const v of this.journaledVolumes()) v.ackDelay = () => repl.ackDelayMs();
       }
     }
-    if (config.witness) this.startLeaseKeeper(config.witness.address);
+    if (config.witness) {
+      this.warnUnauthenticatedWitness();
+      this.startLeaseKeeper(config.witness.address);
+    }
     await this.listenIscsi();
     if (this.replication) {
       this.replication.start();
@@ -228,7 +231,7 @@ export class Appliance {
     const siteId = this.identity!.siteId;
     this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
-      const r = await requestLease(witness, siteId, 'primary', leaseMs / 4);
+      const r = await requestLease(witness, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
       const now = Date.now();
       this.fence.witnessReachable = r !== undefined;
       const replicaUp = this.replication?.status().link.connected ?? false;
@@ -268,7 +271,7 @@ export class Appliance {
       const last = Math.max(r?.lastContactMs ?? 0, started);
       if (Date.now() - last < afterMs) return;
       asking = true;
-      void requestLease(witness, this.identity!.siteId, 'replica', leaseMs / 4)
+      void requestLease(witness, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem)
         .then(async (lease) => {
           if (!lease?.granted) return;
           this.logger.warn({ silentMs: Date.now() - last, witness }, 'primary silent and the witness agrees: taking over');
@@ -279,6 +282,20 @@ export class Appliance {
     }, 250);
     this.witnessTimer.unref();
   }
+
+  private warnUnauthenticatedWitness(): void {
+    const w = this.config.witness;
+    if (w && !w.key) this.logger.warn({ witness: w.address }, 'witness without --witness-key: lease requests and answers are not authenticated (anyone on the path could grant or refuse the lease)');
+  }
+
+  /** Why the witness gave no usable answer: logged when the reason changes, else every 30 s. */
+  private lastWitnessProblem = { why: '', at: 0 };
+  private readonly witnessProblem = (why: string): void => {
+    const now = Date.now();
+    if (why === this.lastWitnessProblem.why && now - this.lastWitnessProblem.at < 30_000) return;
+    this.lastWitnessProblem = { why, at: now };
+    this.logger.warn({ witness: this.config.witness?.address }, why);
+  };
 
   fenceStatus(): typeof this.fence {
     return { ...this.fence };
@@ -375,7 +392,10 @@ export class Appliance {
     const listen = config.replication.listen!;
     this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
     logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
-    if (config.witness?.failoverAfterMs) this.startFailoverMonitor(config.witness.address, config.witness.failoverAfterMs);
+    if (config.witness?.failoverAfterMs) {
+      this.warnUnauthenticatedWitness();
+      this.startFailoverMonitor(config.witness.address, config.witness.failoverAfterMs);
+    }
   }
 
   /**
@@ -504,7 +524,7 @@ export class Appliance {
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
       ...this.replicationFields(),
-      ...(this.config.witness ? { witness: { address: this.config.witness.address, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable } } : {}),
+      ...(this.config.witness ? { witness: { address: this.config.witness.address, authenticated: !!this.config.witness.key, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable } } : {}),
     };
   }
 

@@ -83,6 +83,8 @@ export interface ApplianceConfig {
   /** Split-brain protection and automatic takeover through a witness (offsite witness). */
   witness?: {
     address: string;
+    /** Shared key authenticating the lease requests and answers (offsite keygen --witness-key). */
+    key?: Buffer;
     /** Replica: promote itself when the primary has been silent this long (and the witness agrees). */
     failoverAfterMs?: number;
   };
@@ -113,7 +115,7 @@ const fileSchema = z
       .optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
     admin: z.object({ tokenFile: z.string().min(1).optional() }).strict().optional(),
-    witness: z.object({ address: z.string().min(1), failoverAfter: durationField.optional() }).strict().optional(),
+    witness: z.object({ address: z.string().min(1), failoverAfter: durationField.optional(), keyFile: z.string().min(1).optional() }).strict().optional(),
     nop: z.object({ interval: durationField.optional(), timeout: durationField.optional() }).strict().optional(),
     replication: z
       .object({
@@ -158,6 +160,7 @@ export interface ConfigFlags {
   insecureLink?: boolean;
   adminTokenFile?: string;
   witness?: string;
+  witnessKey?: string;
   failoverAfter?: string;
 }
 
@@ -197,6 +200,20 @@ function chapFromEnv(env: NodeJS.ProcessEnv, prefix: string): ChapSecret | undef
   if (user === undefined && secret === undefined) return undefined;
   if (!user || !secret) throw new ConfigError(`${prefix}_USER and ${prefix}_SECRET must be set together`, prefix);
   return { user, secret };
+}
+
+/** A shared secret from a file: owner-only, at least 32 characters (offsite keygen makes them). */
+export function readSecretFile(file: string, what: string, field: string): Buffer {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    throw new ConfigError(`${what}: cannot read ${file}: ${(e as Error).message}`, field);
+  }
+  const mode = statSync(file).mode;
+  if (mode & 0o077) throw new ConfigError(`${what}: ${file} is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, field);
+  if (text.length < 32) throw new ConfigError(`${what}: ${file} holds ${text.length} characters; use at least 32 (offsite keygen makes one)`, field);
+  return Buffer.from(text, 'utf8');
 }
 
 /**
@@ -320,6 +337,9 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
   const witnessAddr = pick(file.witness?.address, flags.witness, env.OFFSITE_WITNESS);
   const failoverText = pick<string | number>(file.witness?.failoverAfter, flags.failoverAfter, env.OFFSITE_FAILOVER_AFTER);
   if (witnessAddr) parseHostPort(witnessAddr, 'witness');
+  const witnessKeyFile = pick(file.witness?.keyFile, flags.witnessKey, env.OFFSITE_WITNESS_KEY);
+  if (witnessKeyFile && !witnessAddr) throw new ConfigError('witness-key: give the witness too (--witness HOST:PORT)', 'witness.keyFile');
+  const witnessKey = witnessKeyFile ? readSecretFile(witnessKeyFile, 'witness-key', 'witness.keyFile') : undefined;
   if (failoverText !== undefined && !witnessAddr) throw new ConfigError('failover-after: automatic takeover needs a witness (--witness HOST:PORT)', 'failoverAfter');
   if (failoverText !== undefined && role !== 'replica') throw new ConfigError('failover-after: only a replica takes over automatically', 'failoverAfter');
   if (adminToken !== undefined && adminToken.length < 16) throw new ConfigError('admin token: use at least 16 characters (offsite keygen --admin-token FILE makes one)', 'admin.tokenFile');
@@ -354,7 +374,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     },
     adminToken,
     witness: witnessAddr
-      ? { address: witnessAddr, failoverAfterMs: failoverText === undefined ? undefined : typeof failoverText === 'number' ? failoverText * 1000 : parseDuration(failoverText, 'failover-after') }
+      ? { address: witnessAddr, key: witnessKey, failoverAfterMs: failoverText === undefined ? undefined : typeof failoverText === 'number' ? failoverText * 1000 : parseDuration(failoverText, 'failover-after') }
       : undefined,
   };
 }

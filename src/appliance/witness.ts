@@ -5,9 +5,16 @@
  * (stops acknowledging writes) well before its lease runs out when it can reach neither the
  * witness nor its replica, so the two never accept writes at the same time.
  *
- *   POST /lease {siteId, role}   → 200 {granted: true, expiresAt} | 409 {granted: false, holder, expiresInMs}
- *   GET  /status                 → the current holder
+ *   POST /lease {siteId, role, timeMs}  → 200 {granted: true, expiresAt} | 409 {granted: false, holder, expiresInMs}
+ *   GET  /status                        → the current holder
+ *
+ * With a shared key (offsite keygen --witness-key, the same file at the witness and both sites)
+ * both directions are authenticated: a request carries `x-offsite-mac`, an HMAC-SHA256 of its
+ * body, whose `timeMs` must be within WITNESS_SKEW_MS of the witness's clock and later than the
+ * site's previous request (no replays); the answer carries an HMAC of the request's MAC and the
+ * answer's body, so a site trusts no answer the witness did not give to that very request.
  */
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../common/logger';
@@ -16,6 +23,23 @@ export interface WitnessOptions {
   leaseMs: number;
   logger: Logger;
   now?: () => number;
+  /** Shared key: requests must be signed with it, answers are. Undefined: anyone may ask. */
+  key?: Buffer;
+}
+
+/** How far a signed request's time may be from the witness's clock. */
+export const WITNESS_SKEW_MS = 30_000;
+export const MAC_HEADER = 'x-offsite-mac';
+
+/** HMAC-SHA256 (hex) of the parts, domain-separated by what they are. */
+export function witnessMac(key: Buffer, kind: 'request' | 'answer', ...parts: string[]): string {
+  return createHmac('sha256', key).update(`offsite-witness-${kind}\n${parts.join('\n')}`).digest('hex');
+}
+
+function sameMac(given: string, want: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(want);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 export interface Lease {
@@ -49,14 +73,29 @@ export class LeaseBook {
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<{ address: AddressInfo; close(): Promise<void>; book: LeaseBook }> {
   const now = opts.now ?? Date.now;
   const book = new LeaseBook(opts.leaseMs);
+  const key = opts.key;
+  /** The newest signed request time accepted per site: an older or equal one is a replay. */
+  const lastTime = new Map<string, number>();
+  let lastRefusalLog = 0;
+  const refuse = (reply: (code: number, body: unknown) => void, peer: string | undefined, code: string, error: string) => {
+    const t = Date.now();
+    if (t - lastRefusalLog >= 1000) {
+      lastRefusalLog = t;
+      opts.logger.warn({ peer, code }, `witness: request refused: ${error}`);
+    }
+    reply(401, { error, code });
+  };
   const server = http.createServer((req, res) => {
+    let requestMac = '';
     const reply = (code: number, body: unknown) => {
       const text = JSON.stringify(body) + '\n';
-      res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+      const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) };
+      if (key && requestMac) headers[MAC_HEADER] = witnessMac(key, 'answer', requestMac, text);
+      res.writeHead(code, headers);
       res.end(text);
     };
     const url = new URL(req.url ?? '/', 'http://witness');
-    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, holder: book.holder ?? null, grants: book.grants, refusals: book.refusals });
+    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: book.grants, refusals: book.refusals });
     if (req.method !== 'POST' || url.pathname !== '/lease') return reply(404, { error: 'not found' });
     let body = '';
     req.on('data', (c: Buffer) => {
@@ -64,7 +103,15 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       if (body.length > 4096) req.destroy();
     });
     req.on('end', () => {
-      let msg: { siteId?: unknown; role?: unknown };
+      const peer = req.socket.remoteAddress;
+      if (key) {
+        const given = String(req.headers[MAC_HEADER] ?? '');
+        if (!given || !sameMac(given, witnessMac(key, 'request', body))) {
+          return refuse(reply, peer, 'WITNESS_UNAUTHORIZED', given ? 'wrong signature (is --witness-key the witness\'s key?)' : 'unsigned request (this witness needs --witness-key at the sites)');
+        }
+        requestMac = given;
+      }
+      let msg: { siteId?: unknown; role?: unknown; timeMs?: unknown };
       try {
         msg = JSON.parse(body) as typeof msg;
       } catch {
@@ -72,6 +119,14 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       }
       if (typeof msg.siteId !== 'string' || !msg.siteId) return reply(400, { error: 'siteId required' });
       const t = now();
+      if (key) {
+        const sent = Number(msg.timeMs);
+        if (!Number.isFinite(sent) || Math.abs(sent - t) > WITNESS_SKEW_MS) {
+          return refuse(reply, peer, 'WITNESS_CLOCK', `request time ${Number.isFinite(sent) ? `${Math.round((sent - t) / 1000)} s off` : 'missing'}: the clocks of the site and the witness must agree within ${WITNESS_SKEW_MS / 1000} s`);
+        }
+        if (sent <= (lastTime.get(msg.siteId) ?? 0)) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} no newer than one already answered (a replay)`);
+        lastTime.set(msg.siteId, sent);
+      }
       const r = book.request(msg.siteId, String(msg.role ?? ''), t);
       if (r.granted) {
         if (r.takeover) opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
@@ -100,17 +155,47 @@ export function witnessLeaseMs(): number {
   return Number(process.env.OFFSITE_WITNESS_LEASE_MS ?? 6000);
 }
 
-/** Ask the witness for (or renew) the lease. Network failure: undefined. */
-export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number): Promise<{ granted: boolean; holder?: string; expiresInMs?: number } | undefined> {
+let lastRequestTime = 0;
+
+export type LeaseAnswer = { granted: boolean; holder?: string; expiresInMs?: number };
+
+/**
+ * Ask the witness for (or renew) the lease, signed with `key` when given. No usable answer
+ * (unreachable, refused, an answer that is not the witness's): undefined, and `problem` says why.
+ */
+export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void): Promise<LeaseAnswer | undefined> {
+  // Strictly increasing, even within a millisecond: the witness takes no request twice.
+  const timeMs = (lastRequestTime = Math.max(Date.now(), lastRequestTime + 1));
+  const body = JSON.stringify({ siteId, role, timeMs });
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  const mac = key ? witnessMac(key, 'request', body) : '';
+  if (key) headers[MAC_HEADER] = mac;
+  let res: Response;
+  let text: string;
   try {
-    const res = await fetch(`http://${witness}/lease`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ siteId, role }),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    return (await res.json()) as { granted: boolean; holder?: string; expiresInMs?: number };
-  } catch {
+    res = await fetch(`http://${witness}/lease`, { method: 'POST', headers, body, signal: AbortSignal.timeout(timeoutMs) });
+    text = await res.text();
+  } catch (e) {
+    problem?.(`witness ${witness} unreachable: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
     return undefined;
   }
+  let answer: LeaseAnswer & { error?: string };
+  try {
+    answer = JSON.parse(text) as typeof answer;
+  } catch {
+    problem?.(`witness ${witness} answered HTTP ${res.status} without JSON`);
+    return undefined;
+  }
+  if (res.status === 401 || res.status === 400) {
+    problem?.(`witness ${witness} refused the request: ${answer.error ?? res.status}`);
+    return undefined;
+  }
+  if (key) {
+    const given = res.headers.get(MAC_HEADER) ?? '';
+    if (!given || !sameMac(given, witnessMac(key, 'answer', mac, text))) {
+      problem?.(`witness ${witness}: ${given ? 'an answer with a wrong signature' : 'an unsigned answer (is the witness started with --key-file?)'}: ignored`);
+      return undefined;
+    }
+  }
+  return answer;
 }

@@ -1,4 +1,4 @@
-/** `offsite keygen`: the replication link's pre-shared key and the admin API token, owner-only files. */
+/** `offsite keygen`: the replication link's pre-shared key, the admin API token and the witness key, owner-only files. */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { Command } from 'commander';
@@ -19,13 +19,14 @@ async function writeSecret(file: string, text: string, force: boolean): Promise<
 export function register(program: Command): void {
   program
     .command('keygen')
-    .description('create the replication link key (copy the same file to both sites) and/or an admin API token')
+    .description('create the replication link key (copy the same file to both sites), an admin API token, and/or the witness key (the witness and both sites)')
     .option('--link-key <file>', 'write a TLS 1.3 pre-shared key for --link-key')
     .option('--admin-token <file>', 'write a bearer token for --admin-token-file and the admin commands (--token-file)')
+    .option('--witness-key <file>', 'write the key the witness (--key-file) and both sites (--witness-key) share')
     .option('--force', 'overwrite existing files')
-    .action(async (opts: { linkKey?: string; adminToken?: string; force?: boolean }) => {
+    .action(async (opts: { linkKey?: string; adminToken?: string; witnessKey?: string; force?: boolean }) => {
       try {
-        if (!opts.linkKey && !opts.adminToken) throw new OffsiteError('USAGE', 'say what to create: --link-key FILE and/or --admin-token FILE');
+        if (!opts.linkKey && !opts.adminToken && !opts.witnessKey) throw new OffsiteError('USAGE', 'say what to create: --link-key FILE, --admin-token FILE and/or --witness-key FILE');
         if (opts.linkKey) {
           await writeSecret(opts.linkKey, JSON.stringify(newLinkKey(), null, 2) + '\n', !!opts.force);
           process.stdout.write(`link key written to ${opts.linkKey} (mode 600): give both sites the same file with --link-key\n`);
@@ -33,6 +34,10 @@ export function register(program: Command): void {
         if (opts.adminToken) {
           await writeSecret(opts.adminToken, randomBytes(24).toString('base64url') + '\n', !!opts.force);
           process.stdout.write(`admin token written to ${opts.adminToken} (mode 600): serve --admin-token-file, and offsite promote/demote/bandwidth --token-file\n`);
+        }
+        if (opts.witnessKey) {
+          await writeSecret(opts.witnessKey, randomBytes(32).toString('base64url') + '\n', !!opts.force);
+          process.stdout.write(`witness key written to ${opts.witnessKey} (mode 600): offsite witness --key-file, and serve --witness-key at both sites\n`);
         }
       } catch (e) {
         fail(e, 'offsite keygen');

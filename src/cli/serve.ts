@@ -40,6 +40,7 @@ export function register(program: Command): void {
     .option('--insecure-link', 'replication: plain TCP, unauthenticated (only on a network you trust)')
     .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth); or OFFSITE_ADMIN_TOKEN')
     .option('--witness <host:port>', 'an offsite witness: the primary keeps its lease (and fences itself when it loses both witness and replica); a replica may take over')
+    .option('--witness-key <file>', 'the key shared with the witness and the other site (offsite keygen --witness-key FILE): lease requests and answers are authenticated')
     .option('--failover-after <duration>', 'replica: promote automatically when the primary has been silent this long and the witness agrees')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: ConfigFlags & { config?: string }) => {

@@ -31,7 +31,11 @@ test('split brain: with the link cut and the witness reachable by one side, exac
   process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
   const dir = tempDir();
   const witnessPort = await freePort();
-  const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${witnessPort}`], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
+  // Deployed as the README says: the witness and both sites share a key.
+  const witnessKey = path.join(dir, 'witness.key');
+  const kg = await run(process.execPath, [CLI, 'keygen', '--witness-key', witnessKey]);
+  assert.equal(kg.code, 0, kg.stderr);
+  const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${witnessPort}`, '--key-file', witnessKey], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
   const witnessLogs: Record<string, unknown>[] = [];
   readline.createInterface({ input: witness.stdout! }).on('line', (l) => {
     try {
@@ -47,8 +51,8 @@ test('split brain: with the link cut and the witness reachable by one side, exac
   const linkPort = await link.listen();
   const awPort = await aw.listen();
   const bwPort = await bw.listen();
-  let b = await startReplica(path.join(dir, 'b'), replPort, ['--witness', `127.0.0.1:${bwPort}`, '--failover-after', '2s']);
-  const a = await startPrimary(path.join(dir, 'a'), ['sb:8M'], linkPort, ['--witness', `127.0.0.1:${awPort}`]);
+  let b = await startReplica(path.join(dir, 'b'), replPort, ['--witness', `127.0.0.1:${bwPort}`, '--witness-key', witnessKey, '--failover-after', '2s']);
+  const a = await startPrimary(path.join(dir, 'a'), ['sb:8M'], linkPort, ['--witness', `127.0.0.1:${awPort}`, '--witness-key', witnessKey]);
   const samples: { a: boolean; b: boolean; phase: number }[] = [];
   const sample = async (phase: number, ms: number) => {
     const end = Date.now() + ms;

@@ -1,0 +1,100 @@
+/**
+ * The witness with a shared key: only requests signed with it count, a replayed or stale one is
+ * refused, and a site trusts only answers the witness signed for that very request. Then the
+ * real processes: `offsite witness --key-file` and a primary with --witness-key get their lease;
+ * a primary with another key stays fenced and says why.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import test from 'node:test';
+import { MAC_HEADER, requestLease, startWitness, witnessMac } from '../../src/appliance/witness';
+import { createLogger } from '../../src/ops/logging';
+import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
+import { run } from '../helpers/exec';
+import { freePort } from '../helpers/replication';
+import { until } from '../helpers/wait';
+
+const KEY = Buffer.from('a-witness-key-of-at-least-32-characters');
+const OTHER = Buffer.from('another-key-of-at-least-32-characters!!');
+
+test('a keyed witness: signed requests only, no replays or stale times, and answers a site can check', async () => {
+  const logger = createLogger('silent');
+  const w = await startWitness('127.0.0.1', 0, { leaseMs: 5000, logger, key: KEY });
+  const open = await startWitness('127.0.0.1', 0, { leaseMs: 5000, logger });
+  const at = `127.0.0.1:${w.address.port}`;
+  try {
+    const problems: string[] = [];
+    const note = (why: string) => problems.push(why);
+    assert.deepEqual(await requestLease(at, 'site-a', 'primary', 2000, KEY, note), { granted: true, expiresAt: w.book.holder!.expiresAt, leaseMs: 5000 });
+    // Another key, or none: refused by the witness, no lease changes hands.
+    assert.equal(await requestLease(at, 'site-b', 'replica', 2000, OTHER, note), undefined);
+    assert.match(problems.pop()!, /refused the request: wrong signature/);
+    assert.equal(await requestLease(at, 'site-b', 'replica', 2000, undefined, note), undefined);
+    assert.match(problems.pop()!, /refused the request: unsigned request/);
+    assert.equal(w.book.holder!.siteId, 'site-a');
+    // A captured request sent again is a replay; a correctly signed one far from the witness's clock is refused.
+    const post = (body: string, mac: string) => fetch(`http://${at}/lease`, { method: 'POST', headers: { 'content-type': 'application/json', [MAC_HEADER]: mac }, body });
+    const body = JSON.stringify({ siteId: 'site-a', role: 'primary', timeMs: Date.now() + 1000 });
+    assert.equal((await post(body, witnessMac(KEY, 'request', body))).status, 200);
+    const again = await post(body, witnessMac(KEY, 'request', body));
+    assert.equal(again.status, 401);
+    assert.equal(((await again.json()) as { code: string }).code, 'WITNESS_REPLAY');
+    const old = JSON.stringify({ siteId: 'site-b', role: 'replica', timeMs: Date.now() - 120_000 });
+    const stale = await post(old, witnessMac(KEY, 'request', old));
+    assert.equal(((await stale.json()) as { code: string }).code, 'WITNESS_CLOCK');
+    // The answer is bound to the request: a site checks it, and takes no answer a keyless witness (or anyone else) gave.
+    const res = await post(JSON.stringify({ siteId: 'site-a', role: 'primary', timeMs: Date.now() + 2000 }), 'x');
+    assert.equal(res.status, 401);
+    assert.equal(res.headers.get(MAC_HEADER), null, 'no signature on an answer to an unsigned request');
+    assert.equal(await requestLease(`127.0.0.1:${open.address.port}`, 'site-a', 'primary', 2000, KEY, note), undefined);
+    assert.match(problems.pop()!, /unsigned answer .*ignored/);
+    assert.deepEqual(problems, []);
+  } finally {
+    await w.close();
+    await open.close();
+  }
+});
+
+test('offsite witness --key-file and a primary with --witness-key: the lease is granted; a primary with another key stays fenced and logs why', { timeout: 60_000 }, async () => {
+  process.env.OFFSITE_WITNESS_LEASE_MS = '2000';
+  const dir = tempDir();
+  const keyFile = path.join(dir, 'witness.key');
+  const otherFile = path.join(dir, 'other.key');
+  for (const f of [keyFile, otherFile]) {
+    const r = await run(process.execPath, [CLI, 'keygen', '--witness-key', f]);
+    assert.equal(r.code, 0, r.stderr);
+  }
+  const port = await freePort();
+  const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${port}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
+  const witnessLogs: Record<string, unknown>[] = [];
+  readline.createInterface({ input: witness.stdout! }).on('line', (l) => witnessLogs.push(JSON.parse(l) as Record<string, unknown>));
+  await until('the witness to start', async () => witnessLogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
+  assert.equal(witnessLogs.find((l) => l.msg === 'witness ready')?.authenticated, true);
+  const good = await startAppliance({ dataDir: path.join(dir, 'a'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', keyFile] });
+  const bad = await startAppliance({ dataDir: path.join(dir, 'b'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', otherFile] });
+  try {
+    type W = { witness: { authenticated: boolean; fenced: boolean; reachable: boolean } };
+    await until('the primary with the right key to hold the lease', async () => !((await good.status()) as W).witness.fenced, 15_000, 100);
+    assert.equal(((await good.status()) as W).witness.authenticated, true);
+    await new Promise((r) => setTimeout(r, 1500));
+    const b = (await bad.status()) as W;
+    assert.equal(b.witness.fenced, true, 'a site whose requests the witness refuses gets no lease');
+    assert.equal(b.witness.reachable, false);
+    assert.ok(bad.logs.some((l) => /refused the request: wrong signature/.test(String(l.msg))), 'the site says why');
+    assert.ok(witnessLogs.some((l) => /request refused: wrong signature/.test(String(l.msg)) && l.peer), 'the witness logs the refusal with the peer');
+    // Key files follow the other secrets' rules.
+    writeFileSync(path.join(dir, 'short.key'), 'too-short\n', { mode: 0o600 });
+    const r = await run(process.execPath, [CLI, 'serve', '--data', path.join(dir, 'c'), '--iscsi', '127.0.0.1:0', '--http', '127.0.0.1:0', '--volume', 'v:1M', '--witness', `127.0.0.1:${port}`, '--witness-key', path.join(dir, 'short.key')]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /witness-key: .* holds 9 characters; use at least 32/);
+  } finally {
+    await good.stop();
+    await bad.stop();
+    witness.kill('SIGTERM');
+    delete process.env.OFFSITE_WITNESS_LEASE_MS;
+    removeDir(dir);
+  }
+});
