@@ -105,6 +105,11 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`consistent:  ${cp ? `sequence ${cp.seq}${cp.primaryTime ? ` (primary time ${cp.primaryTime})` : cp.seq === 0 ? ' (nothing written yet)' : ''}` : 'not yet (syncing)'}`);
     if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}`);
   } else lines.push('replica:     none configured');
+  const w = s.witness as { address: string; authenticated?: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean } | undefined;
+  if (w) {
+    const fence = w.fenced ? `FENCED (writes refused: ${w.reason})` : s.role === 'primary' ? 'writes accepted' : 'standing by';
+    lines.push(`witness:     ${w.address} ${w.reachable ? 'reachable' : 'UNREACHABLE'}, ${w.authenticated ? 'authenticated' : 'NOT authenticated (no --witness-key)'}; ${fence}${w.takenOver ? '; taken over by another site' : ''}`);
+  }
   return lines.join('\n') + '\n';
 }
 

@@ -85,6 +85,11 @@ test('offsite witness --key-file and a primary with --witness-key: the lease is 
     assert.equal(b.witness.reachable, false);
     assert.ok(bad.logs.some((l) => /refused the request: wrong signature/.test(String(l.msg))), 'the site says why');
     assert.ok(witnessLogs.some((l) => /request refused: wrong signature/.test(String(l.msg)) && l.peer), 'the witness logs the refusal with the peer');
+    // What an operator sees.
+    let st = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${good.httpPort}`]);
+    assert.match(st.stdout, /^witness: +127\.0\.0\.1:\d+ reachable, authenticated; writes accepted$/m);
+    st = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${bad.httpPort}`]);
+    assert.match(st.stdout, /^witness: +127\.0\.0\.1:\d+ UNREACHABLE, authenticated; FENCED \(writes refused: waiting for the witness lease\)$/m);
     // Key files follow the other secrets' rules.
     writeFileSync(path.join(dir, 'short.key'), 'too-short\n', { mode: 0o600 });
     const r = await run(process.execPath, [CLI, 'serve', '--data', path.join(dir, 'c'), '--iscsi', '127.0.0.1:0', '--http', '127.0.0.1:0', '--volume', 'v:1M', '--witness', `127.0.0.1:${port}`, '--witness-key', path.join(dir, 'short.key')]);
