@@ -55,8 +55,11 @@ VOLUME ["/data"]
 # iSCSI, HTTP (status, metrics, admin API), replication (the port a replica listens on; 7000 in
 # deploy/site-b.yaml; nothing listens on it unless configured).
 EXPOSE 3260 9464 7000
-# GET /status on the HTTP port of OFFSITE_HTTP (default 9464); the slim image has no curl.
+# GET /status on the HTTP port of OFFSITE_HTTP (default 9464); the slim image has no curl. HTTPS
+# first (a site with httpTls; a liveness probe on loopback, so the certificate is not checked),
+# then plain HTTP: a plain server drops the TLS attempt silently, where a plain request to an
+# HTTPS port would be logged at every probe.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["node", "-e", "const p=(process.env.OFFSITE_HTTP||'').split(':').pop()||'9464';fetch('http://127.0.0.1:'+p+'/status').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+  CMD ["node", "-e", "const p=(process.env.OFFSITE_HTTP||'').split(':').pop()||'9464';const u='//127.0.0.1:'+p+'/status';const done=r=>process.exit(r.statusCode===200?0:1);require('https').get('https:'+u,{rejectUnauthorized:false},done).on('error',()=>require('http').get('http:'+u,done).on('error',()=>process.exit(1)))"]
 ENTRYPOINT ["node", "dist/src/cli/main.js"]
 CMD ["serve", "--config", "/etc/offsite/site.yaml"]

@@ -17,6 +17,7 @@ import { parseRate, parseDuration } from '../../src/common/units';
 import { CLI, removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { have, run } from '../helpers/exec';
 import { freePort } from '../helpers/replication';
+import { selfSignedCert } from '../helpers/tls';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const DEPLOY = path.join(ROOT, 'deploy');
@@ -249,7 +250,7 @@ test('docker-compose: each offsite service resolves (its mounted site file + its
   assert.equal(sites['site-a'].replication.replicateTo?.host, 'site-b', 'site-a replicates to the site-b service by name');
 });
 
-test('site-a.yaml and site-b.yaml, run by the real CLI on loopback, replicate; the HEALTHCHECK passes on a running site', { timeout: 120_000 }, async () => {
+test('site-a.yaml and site-b.yaml, run by the real CLI on loopback, replicate; the HEALTHCHECK passes on a running site, plain or HTTPS', { timeout: 120_000 }, async () => {
   const dir = tempDir('offsite-config-files-');
   const keyDir = mkdtempSync(path.join(os.tmpdir(), 'offsite-keys-'));
   const apps: RunningAppliance[] = [];
@@ -286,6 +287,14 @@ test('site-a.yaml and site-b.yaml, run by the real CLI on loopback, replicate; t
     assert.equal(await a.stop(), 0);
     h = await run(process.execPath, args, { env, timeoutMs: 30_000 });
     assert.notEqual(h.code, 0, 'HEALTHCHECK passed with the site stopped');
+    // A site serving HTTPS passes too, and the probe leaves nothing in its log.
+    const tls = await selfSignedCert(keyDir);
+    const c = await startAppliance({ dataDir: path.join(dir, 'c'), volumes: [], args: ['--config', path.join(DEPLOY, 'site.yaml'), '--http-tls-cert', tls.cert, '--http-tls-key', tls.key], env: ENV_TOKEN });
+    apps.push(c);
+    h = await run(process.execPath, args, { env: { ...process.env, OFFSITE_HTTP: `127.0.0.1:${c.httpPort}` }, timeoutMs: 30_000 });
+    assert.equal(h.code, 0, `HEALTHCHECK failed on a running HTTPS site: ${h.stderr}`);
+    await new Promise((res) => setTimeout(res, 300));
+    assert.deepEqual(c.logs.filter((l) => Number(l.level) >= 40).map((l) => l.msg), [], 'the probe caused warnings');
   } finally {
     for (const app of apps) await app.stop();
     removeDir(dir);
