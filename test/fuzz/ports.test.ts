@@ -14,24 +14,35 @@
  * still works: iscsi-inq and a qemu-io write + verified read on the primary's volume, iscsi-ls
  * discovery on the replica.
  *
+ * The second test does the same to a witness with a key (`offsite witness --key-file`) and to an
+ * appliance serving HTTPS (raw bytes against its TLS layer, and the same again inside TLS
+ * sessions, into its HTTP parser): both stay up, the witness still grants a signed lease, and
+ * HTTPS /status still answers.
+ *
  * Rounds: PLAN 'ports/rounds' in test/helpers/fuzz.ts (OFFSITE_FUZZ_RUNS for a long run);
  * OFFSITE_FUZZ_SEED replays the same bytes.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import readline from 'node:readline';
+import tls from 'node:tls';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
 import { connectSecure, readLinkKey, type LinkKey } from '../../src/replication/link-security';
 import { FrameType, PROTOCOL_VERSION, encodeFrame } from '../../src/replication/protocol';
 import { encodeSegment } from '../../src/replication/segment';
-import { removeDir, startAppliance, tempDir, TARGET_PREFIX, type RunningAppliance } from '../helpers/appliance';
+import { requestLease } from '../../src/appliance/witness';
+import { CLI, removeDir, startAppliance, tempDir, TARGET_PREFIX, type RunningAppliance } from '../helpers/appliance';
 import { have, run } from '../helpers/exec';
 import { rng } from '../helpers/fault-proxy';
 import { LONG_RUN, mutate, mutationsArb, runsFor, timeoutFor, type Mutation } from '../helpers/fuzz';
 import { cdb as CDB, frame, loginRequest, scsiCommand, textData, textRequest } from '../helpers/iscsi-wire';
 import { freePort, startReplica, testLinkKey } from '../helpers/replication';
+import { httpsRequest, selfSignedCert } from '../helpers/tls';
+import { until } from '../helpers/wait';
 
 type Kind = 'iscsi' | 'http' | 'repl';
 interface Port {
@@ -168,12 +179,13 @@ function noise(n: number, seed: number): Buffer {
 
 /**
  * Connect, write `bytes`; `hold`: keep the socket open, else half-close and wait (bounded) for
- * the peer to close. `tls`: inside a TLS session with the test link key (past the replica's TLS
- * layer, into its frame decoder).
+ * the peer to close. `secure`: inside a TLS session, with the test link key (true: past the
+ * replica's TLS layer, into its frame decoder) or as an HTTPS client ('https').
  */
-function hit(port: number, bytes: Buffer, hold: boolean, tls = false): Promise<void> {
+function hit(port: number, bytes: Buffer, hold: boolean, secure: false | true | 'https' = false): Promise<void> {
   return new Promise((resolve) => {
-    const s: net.Socket = tls ? connectSecure('127.0.0.1', port, linkKey!) : net.connect({ port, host: '127.0.0.1' });
+    const s: net.Socket =
+      secure === 'https' ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false }) : secure ? connectSecure('127.0.0.1', port, linkKey!) : net.connect({ port, host: '127.0.0.1' });
     s.on('error', () => undefined);
     s.on('data', () => undefined);
     let done = false;
@@ -188,7 +200,7 @@ function hit(port: number, bytes: Buffer, hold: boolean, tls = false): Promise<v
       finish();
     }, 3000);
     s.once('close', finish);
-    s.once(tls ? 'secureConnect' : 'connect', () => {
+    s.once(secure ? 'secureConnect' : 'connect', () => {
       if (bytes.length) s.write(bytes);
       if (hold) {
         held.push(s);
@@ -321,3 +333,65 @@ function repairFirstCrc(b: Buffer): Buffer {
   out.writeUInt32BE(crc >>> 0, 16);
   return out;
 }
+
+test(`${ROUNDS} rounds of the same against a witness with a key and an appliance serving HTTPS (raw, and inside TLS sessions): both stay up, the witness still grants a signed lease, HTTPS /status still answers, nothing is logged as an error`, { timeout: timeoutFor('ports/rounds', 60_000, 120_000) }, async (t) => {
+  const seed = process.env.OFFSITE_FUZZ_SEED ? Number(process.env.OFFSITE_FUZZ_SEED) : Math.floor(Math.random() * 2 ** 31);
+  const wdir = tempDir('offsite-fuzz-witness-');
+  const keyFile = path.join(wdir, 'witness.key');
+  const kg = await run(process.execPath, [CLI, 'keygen', '--witness-key', keyFile]);
+  assert.equal(kg.code, 0, kg.stderr);
+  const key = Buffer.from(readFileSync(keyFile, 'utf8').trim());
+  const cert = await selfSignedCert(wdir);
+  const ca = readFileSync(cert.cert);
+  const wport = await freePort();
+  const witness: ChildProcess = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${wport}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
+  const wlogs: Record<string, unknown>[] = [];
+  readline.createInterface({ input: witness.stdout! }).on('line', (l) => wlogs.push(JSON.parse(l) as Record<string, unknown>));
+  const web = await startAppliance({ dataDir: path.join(wdir, 'https'), volumes: ['v:1M'], args: ['--http-tls-cert', cert.cert, '--http-tls-key', cert.key] });
+  try {
+    await until('the witness to start', () => wlogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
+    const lease = (site: string) => requestLease(`127.0.0.1:${wport}`, site, 'primary', 5000, key);
+    const signedBody = JSON.stringify({ siteId: 'fuzz-site', role: 'primary', timeMs: Date.now() });
+    const validWitness = (variant: number) =>
+      variant % 2 ? validHttp('/status') : Buffer.from(`POST /lease HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-offsite-mac: ${'0'.repeat(64)}\r\nContent-Length: ${signedBody.length}\r\nConnection: close\r\n\r\n${signedBody}`);
+    const httpPort = { name: 'https', port: () => web.httpPort, kind: 'http' as Kind };
+    let connections = 0;
+    for (let round = 0; round < ROUNDS; round++) {
+      const [plan] = fc.sample(roundArb, { seed: seed + round * 31, numRuns: 1 });
+      const jobs: Promise<void>[] = [];
+      const battery = (port: number, ok: Buffer, huge: Buffer, secure: false | 'https') => {
+        const headerLen = ok.indexOf('\r\n\r\n');
+        jobs.push(
+          hit(port, noise(plan.garbageBytes, plan.noise), false, secure),
+          hit(port, mutate(ok, plan.mutations), false, secure),
+          hit(port, Buffer.alloc(0), true, secure),
+          hit(port, ok.subarray(0, 1 + (plan.cut % (headerLen - 1))), true, secure),
+          hit(port, huge, true, secure),
+          hit(port, noise(1 << 20, plan.noise + 1), false, secure),
+        );
+        connections += 6;
+      };
+      battery(wport, validWitness(plan.variant), hugeHeader(httpPort, plan.variant), false);
+      // The HTTPS port: bytes against its TLS layer, then HTTP inside TLS.
+      battery(web.httpPort, valid(httpPort, plan.variant), hugeHeader(httpPort, plan.variant), false);
+      battery(web.httpPort, valid(httpPort, plan.variant), hugeHeader(httpPort, plan.variant), 'https');
+      await Promise.all(jobs);
+      while (held.length > MAX_HELD) held.shift()!.destroy();
+      assert.equal(witness.exitCode, null, `witness exited in round ${round}`);
+      assert.ok((await lease('fuzz-site'))?.granted, `round ${round}: the witness grants a signed lease`);
+      assert.equal(web.proc.exitCode, null, `HTTPS appliance exited in round ${round}`);
+      assert.equal((await httpsRequest(`https://127.0.0.1:${web.httpPort}/status`, ca)).status, 200, `round ${round}: HTTPS /status`);
+    }
+    for (const s of held.splice(0)) s.destroy();
+    const werrors = wlogs.filter((r) => Number(r.level) >= 50);
+    assert.deepEqual(werrors, [], `the witness logged at error level: ${JSON.stringify(werrors).slice(0, 2000)}`);
+    assert.deepEqual(errorLogs(web), [], `the HTTPS appliance logged at error level: ${JSON.stringify(errorLogs(web)).slice(0, 2000)}`);
+    const refused = wlogs.filter((l) => String(l.msg).startsWith('witness: request refused')).length;
+    const handshakes = web.logs.filter((l) => String(l.msg).startsWith('https: TLS handshake refused')).length;
+    t.diagnostic(`fuzz ports/witness+https: ${connections} inputs (${ROUNDS} rounds, seed ${seed}); witness logged ${refused} refusals (at most one a second), the HTTPS appliance ${handshakes} refused handshakes`);
+  } finally {
+    witness.kill('SIGTERM');
+    await web.stop();
+    removeDir(wdir);
+  }
+});
