@@ -314,7 +314,7 @@ export function createMetrics(): Metrics {
     const f = app?.fenceStatus();
     return app?.config.witness ? (f?.fenced ? 1 : 0) : undefined;
   });
-  gauge('offsite_witness_reachable', '1 when the last witness lease request got an answer.', () => (app?.config.witness && app.role === 'primary' ? (app.fenceStatus().witnessReachable ? 1 : 0) : undefined));
+  gauge('offsite_witness_reachable', '1 when the last witness lease request got a usable answer (0: unreachable, refused, or not signed with the shared --witness-key).', () => (app?.config.witness && app.role === 'primary' ? (app.fenceStatus().witnessReachable ? 1 : 0) : undefined));
 
   // ---- replication (replica) ----
   const replica = () => app?.replicaInfo();
