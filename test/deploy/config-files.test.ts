@@ -7,6 +7,7 @@
  * replicate to each other.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +19,7 @@ import { CLI, removeDir, startAppliance, tempDir, type RunningAppliance } from '
 import { have, run } from '../helpers/exec';
 import { freePort } from '../helpers/replication';
 import { selfSignedCert } from '../helpers/tls';
+import { until } from '../helpers/wait';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const DEPLOY = path.join(ROOT, 'deploy');
@@ -248,6 +250,59 @@ test('docker-compose: each offsite service resolves (its mounted site file + its
   assert.equal(sites['site-a'].role, 'primary');
   assert.equal(sites['site-b'].role, 'replica');
   assert.equal(sites['site-a'].replication.replicateTo?.host, 'site-b', 'site-a replicates to the site-b service by name');
+});
+
+test('docker-compose with deploy/docker-compose.witness.yml: a witness service runs the image\'s witness command with the key the keys service writes; the sites resolve with it; run here, the witness grants site-a its lease and its healthcheck passes', { skip: !have('docker-compose') && 'docker-compose is not installed (make test installs it)', timeout: 60_000 }, async () => {
+  const r = await run('docker-compose', ['-f', path.join(DEPLOY, 'docker-compose.yml'), '-f', path.join(DEPLOY, 'docker-compose.witness.yml'), 'config'], { timeoutMs: 60_000, env: { ...process.env, WAN_BANDWIDTH: '', RPO_TARGET: '', RPO_POLICY: '', FAILOVER_AFTER: '' } });
+  assert.equal(r.code, 0, r.stderr);
+  type Svc = { image?: string; command?: string[]; entrypoint?: string[]; environment?: Record<string, string>; volumes?: string[]; healthcheck?: { test: string[] } };
+  const { services } = YAML.parse(r.stdout) as { services: Record<string, Svc> };
+  const w = services.witness;
+  assert.ok(w, 'a witness service');
+  assert.equal(w.image, 'offsite:latest');
+  const cmd = w.command ?? [];
+  assert.equal(cmd[0], 'witness');
+  const keyPath = cmd[cmd.indexOf('--key-file') + 1];
+  assert.ok(keyPath && (w.volumes ?? []).some((v) => v.split(':')[1] === path.posix.dirname(keyPath)), `the witness mounts ${keyPath}`);
+  assert.ok(services.keys.command?.join(' ').includes(`keygen --witness-key ${keyPath}`), 'the keys service writes the witness key');
+  // The sites, through the real loader; the key file they name exists only in the volume, so a local one stands in.
+  const dir = tempDir('offsite-compose-witness-');
+  try {
+    const localKey = path.join(dir, 'witness.key');
+    const k = await run(process.execPath, [CLI, 'keygen', '--witness-key', localKey]);
+    assert.equal(k.code, 0, k.stderr);
+    const site = (name: string) => {
+      const svc = services[name];
+      assert.equal(svc.environment?.OFFSITE_WITNESS_KEY, keyPath, `${name} uses the witness's key`);
+      const mount = (svc.volumes ?? []).map((v) => v.split(':')).find((p) => p[1] === IMAGE_CONFIG)!;
+      return resolveConfig(loadConfigFile(mount[0]), {}, { ...svc.environment, ...ENV_TOKEN, OFFSITE_WITNESS_KEY: localKey });
+    };
+    const a = site('site-a');
+    const b = site('site-b');
+    assert.equal(a.witness?.address, 'witness:7790');
+    assert.ok(a.witness?.key && !a.witness.failoverAfterMs, 'site-a: a keyed witness, no takeover of its own');
+    assert.equal(b.witness?.failoverAfterMs, parseDuration('30s'), 'site-b takes over after FAILOVER_AFTER (default 30s)');
+    // The witness command as the image runs it (entry point: the CLI), on loopback with the local key; then a site and the healthcheck.
+    const port = await freePort();
+    const args = cmd.map((a) => (a === '0.0.0.0:7790' ? `127.0.0.1:${port}` : a === keyPath ? localKey : a));
+    const witness = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const primary = await startAppliance({ dataDir: path.join(dir, 'a'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', localKey] });
+      try {
+        await until('site-a to get its lease', async () => !((await primary.status()).witness as { fenced: boolean }).fenced, 15_000, 100);
+      } finally {
+        await primary.stop();
+      }
+      const [node, ...hc] = (w.healthcheck?.test ?? []).slice(1);
+      assert.equal(node, 'node');
+      const h = await run(process.execPath, hc.map((a) => a.replace('7790', String(port))), { timeoutMs: 30_000 });
+      assert.equal(h.code, 0, `the witness healthcheck failed: ${h.stderr}`);
+    } finally {
+      witness.kill('SIGTERM');
+    }
+  } finally {
+    removeDir(dir);
+  }
 });
 
 test('site-a.yaml and site-b.yaml, run by the real CLI on loopback, replicate; the HEALTHCHECK passes on a running site, plain or HTTPS', { timeout: 120_000 }, async () => {
