@@ -8,6 +8,10 @@
  *   POST /lease {siteId, role, timeMs}  → 200 {granted: true, expiresAt} | 409 {granted: false, holder, expiresInMs}
  *   GET  /status                        → the current holder
  *
+ * A witness that (re)starts knows no holder, while the last one's lease may still run: for one
+ * lease after its start it grants nothing (503 WITNESS_STARTING, which the sites treat like an
+ * unreachable witness), so a replica cannot take a lease a live primary still holds.
+ *
  * With a shared key (offsite keygen --witness-key, the same file at the witness and both sites)
  * both directions are authenticated: a request carries `x-offsite-mac`, an HMAC-SHA256 of its
  * body, whose `timeMs` must be within WITNESS_SKEW_MS of the witness's clock and later than the
@@ -25,6 +29,8 @@ export interface WitnessOptions {
   now?: () => number;
   /** Shared key: requests must be signed with it, answers are. Undefined: anyone may ask. */
   key?: Buffer;
+  /** No grants for this long after the start (default: one lease). */
+  quietMs?: number;
 }
 
 /** How far a signed request's time may be from the witness's clock. */
@@ -55,9 +61,14 @@ export class LeaseBook {
   grants = 0;
   refusals = 0;
 
-  constructor(private readonly leaseMs: number) {}
+  /** `quietUntil`: no grants before this time (a restarted witness: see the top of this file). */
+  constructor(
+    private readonly leaseMs: number,
+    private readonly quietUntil = 0,
+  ) {}
 
-  request(siteId: string, role: string, now: number): { granted: true; lease: Lease; takeover: boolean } | { granted: false; holder: Lease } {
+  request(siteId: string, role: string, now: number): { granted: true; lease: Lease; takeover: boolean } | { granted: false; holder: Lease } | { granted: false; quietForMs: number } {
+    if (now < this.quietUntil) return { granted: false, quietForMs: this.quietUntil - now };
     const h = this.holder;
     if (h && h.siteId !== siteId && h.expiresAt > now) {
       this.refusals++;
@@ -72,7 +83,7 @@ export class LeaseBook {
 
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<{ address: AddressInfo; close(): Promise<void>; book: LeaseBook }> {
   const now = opts.now ?? Date.now;
-  const book = new LeaseBook(opts.leaseMs);
+  const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs));
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
@@ -128,6 +139,9 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         lastTime.set(msg.siteId, sent);
       }
       const r = book.request(msg.siteId, String(msg.role ?? ''), t);
+      if ('quietForMs' in r) {
+        return reply(503, { granted: false, code: 'WITNESS_STARTING', error: `the witness started less than a lease ago: no grants for ${r.quietForMs} ms more`, retryInMs: r.quietForMs });
+      }
       if (r.granted) {
         if (r.takeover) opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
         return reply(200, { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs });
@@ -186,8 +200,8 @@ export async function requestLease(witness: string, siteId: string, role: string
     problem?.(`witness ${witness} answered HTTP ${res.status} without JSON`);
     return undefined;
   }
-  if (res.status === 401 || res.status === 400) {
-    problem?.(`witness ${witness} refused the request: ${answer.error ?? res.status}`);
+  if (res.status === 401 || res.status === 400 || res.status === 503) {
+    problem?.(`witness ${witness} ${res.status === 503 ? 'is starting' : 'refused the request'}: ${answer.error ?? res.status}`);
     return undefined;
   }
   if (key) {

@@ -10,7 +10,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import test from 'node:test';
-import { MAC_HEADER, requestLease, startWitness, witnessMac } from '../../src/appliance/witness';
+import { LeaseBook, MAC_HEADER, requestLease, startWitness, witnessMac } from '../../src/appliance/witness';
 import { createLogger } from '../../src/ops/logging';
 import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
@@ -22,8 +22,8 @@ const OTHER = Buffer.from('another-key-of-at-least-32-characters!!');
 
 test('a keyed witness: signed requests only, no replays or stale times, and answers a site can check', async () => {
   const logger = createLogger('silent');
-  const w = await startWitness('127.0.0.1', 0, { leaseMs: 5000, logger, key: KEY });
-  const open = await startWitness('127.0.0.1', 0, { leaseMs: 5000, logger });
+  const w = await startWitness('127.0.0.1', 0, { leaseMs: 5000, logger, key: KEY, quietMs: 0 });
+  const open = await startWitness('127.0.0.1', 0, { leaseMs: 5000, logger, quietMs: 0 });
   const at = `127.0.0.1:${w.address.port}`;
   try {
     const problems: string[] = [];
@@ -58,6 +58,22 @@ test('a keyed witness: signed requests only, no replays or stale times, and answ
   }
 });
 
+test('a witness grants nothing during its first lease (a holder from before a restart may still be alive); sites treat that as no answer', async () => {
+  const book = new LeaseBook(1000, 5000);
+  assert.deepEqual(book.request('site-a', 'primary', 4000), { granted: false, quietForMs: 1000 });
+  assert.equal(book.request('site-b', 'replica', 5000).granted, true);
+  const logger = createLogger('silent');
+  const w = await startWitness('127.0.0.1', 0, { leaseMs: 60_000, logger, key: KEY });
+  try {
+    const problems: string[] = [];
+    assert.equal(await requestLease(`127.0.0.1:${w.address.port}`, 'site-b', 'replica', 2000, KEY, (p) => problems.push(p)), undefined);
+    assert.match(problems[0], /is starting: the witness started less than a lease ago: no grants for \d+ ms more/);
+    assert.equal(w.book.holder, undefined);
+  } finally {
+    await w.close();
+  }
+});
+
 test('offsite witness --key-file and a primary with --witness-key: the lease is granted; a primary with another key stays fenced and logs why', { timeout: 60_000 }, async () => {
   process.env.OFFSITE_WITNESS_LEASE_MS = '2000';
   const dir = tempDir();
@@ -71,7 +87,12 @@ test('offsite witness --key-file and a primary with --witness-key: the lease is 
   const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${port}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
   const witnessLogs: Record<string, unknown>[] = [];
   readline.createInterface({ input: witness.stdout! }).on('line', (l) => witnessLogs.push(JSON.parse(l) as Record<string, unknown>));
-  await until('the witness to start', async () => witnessLogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
+  try {
+    await until('the witness to start', async () => witnessLogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
+  } catch (e) {
+    witness.kill('SIGTERM');
+    throw e;
+  }
   assert.equal(witnessLogs.find((l) => l.msg === 'witness ready')?.authenticated, true);
   const good = await startAppliance({ dataDir: path.join(dir, 'a'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', keyFile] });
   const bad = await startAppliance({ dataDir: path.join(dir, 'b'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', otherFile] });

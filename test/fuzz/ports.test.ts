@@ -344,13 +344,15 @@ test(`${ROUNDS} rounds of the same against a witness with a key and an appliance
   const cert = await selfSignedCert(wdir);
   const ca = readFileSync(cert.cert);
   const wport = await freePort();
-  const witness: ChildProcess = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${wport}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
+  const witness: ChildProcess = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${wport}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json', OFFSITE_WITNESS_LEASE_MS: '2000' } });
   const wlogs: Record<string, unknown>[] = [];
   readline.createInterface({ input: witness.stdout! }).on('line', (l) => wlogs.push(JSON.parse(l) as Record<string, unknown>));
   const web = await startAppliance({ dataDir: path.join(wdir, 'https'), volumes: ['v:1M'], args: ['--http-tls-cert', cert.cert, '--http-tls-key', cert.key] });
   try {
     await until('the witness to start', () => wlogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
     const lease = (site: string) => requestLease(`127.0.0.1:${wport}`, site, 'primary', 5000, key);
+    // It grants nothing during its first lease.
+    await until('the witness to grant leases', async () => (await lease('fuzz-site'))?.granted === true, 15_000, 200);
     const signedBody = JSON.stringify({ siteId: 'fuzz-site', role: 'primary', timeMs: Date.now() });
     const validWitness = (variant: number) =>
       variant % 2 ? validHttp('/status') : Buffer.from(`POST /lease HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-offsite-mac: ${'0'.repeat(64)}\r\nContent-Length: ${signedBody.length}\r\nConnection: close\r\n\r\n${signedBody}`);

@@ -14,6 +14,7 @@ import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appli
 import { run } from '../helpers/exec';
 import { FaultProxy } from '../helpers/fault-proxy';
 import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { until } from '../helpers/wait';
 
 const LEASE_MS = 3000;
 
@@ -67,6 +68,9 @@ test('split brain: with the link cut and the witness reachable by one side, exac
     for (let i = 0; i < 50 && (!(await acceptsWrite(a))); i++) await new Promise((r) => setTimeout(r, 200));
     await waitCaughtUp(a, b);
     assert.equal(((await a.status()).witness as { fenced: boolean }).fenced, false);
+    // The witness grants nothing during its first lease (a holder from before a restart may still
+    // be alive): the primary holds the lease only once that has passed.
+    await until('the primary to hold the witness lease', async () => ((await a.status()).witness as { reachable: boolean }).reachable, 20_000, 100);
 
     // Phase 1: link cut, witness reachable only by the primary: the primary goes on, no takeover.
     link.refuse(true);
