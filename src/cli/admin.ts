@@ -19,7 +19,7 @@ async function adminToken(): Promise<string | undefined> {
 }
 
 /** `HOST:PORT` (plain HTTP), `http://HOST:PORT` or `https://HOST:PORT`. */
-export function parseApplianceUrl(text: string): { tls: boolean; host: string; port: number } {
+function parseApplianceUrl(text: string): { tls: boolean; host: string; port: number } {
   const m = /^(https?):\/\/(.*?)\/?$/i.exec(text);
   const hp = parseHostPort(m ? m[2] : text, '--http');
   return { tls: !!m && m[1].toLowerCase() === 'https', host: hp.host, port: hp.port };
@@ -49,11 +49,12 @@ async function call(address: string, method: 'GET' | 'POST', route: string, body
     const req = tls ? https.request({ ...opts, ca: caPem }) : http.request(opts);
     req.on('timeout', () => req.destroy(new Error('no answer in 30 s')));
     req.on('error', (e: Error & { code?: string }) => {
+      const untrusted = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(e.code ?? '');
       let why = e.message;
-      if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(e.code ?? '')) why += ca ? ` (checked against ${ca})` : ' (give the certificate or its CA with --ca FILE or OFFSITE_CA)';
+      if (untrusted) why += ca ? ` (checked against ${ca})` : ' (give the certificate or its CA with --ca FILE or OFFSITE_CA)';
       else if (!tls && (e.code === 'ECONNRESET' || e.code === 'HPE_INVALID_CONSTANT')) why += ' (is it serving HTTPS? then give https://HOST:PORT)';
       else if (tls && e.code === 'EPROTO') why += ' (is it serving plain HTTP? then give HOST:PORT)';
-      reject(new OffsiteError(tls && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(e.code ?? '') ? 'HTTP_TLS' : 'HTTP_UNREACHABLE', `cannot reach the appliance at ${address}: ${why}`));
+      reject(new OffsiteError(untrusted ? 'HTTP_TLS' : 'HTTP_UNREACHABLE', `cannot reach the appliance at ${address}: ${why}`));
     });
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
