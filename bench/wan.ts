@@ -14,7 +14,7 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { until } from '../test/helpers/wait';
 import path from 'node:path';
 import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../test/helpers/appliance';
 import { freePort, testLinkKey, waitCaughtUp } from '../test/helpers/replication';
@@ -279,10 +279,7 @@ export async function runWanBench(): Promise<string> {
           // Timed from the link coming up: until then the primary waits out its reconnect
           // backoff (up to 5 s after a replica that was away), which is no part of the rate.
           const up = Date.now();
-          while (!((await primary.status()).link as { connected?: boolean }).connected) {
-            if (Date.now() - up > 60_000) throw new Error('the replication link did not come up within 60 s');
-            await sleep(20);
-          }
+          await until('the replication link to come up', async () => ((await primary.status()).link as { connected?: boolean }).connected === true, 60_000, 20);
           const linked = Date.now();
           await waitCaughtUp(primary, replica, 300_000, 20);
           const s = (Date.now() - linked) / 1000;

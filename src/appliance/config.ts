@@ -202,6 +202,12 @@ function chapFromEnv(env: NodeJS.ProcessEnv, prefix: string): ChapSecret | undef
   return { user, secret };
 }
 
+/** Refuse a secret file that group or others can read. */
+function checkOwnerOnly(file: string, what: string, field: string): void {
+  const mode = statSync(file).mode;
+  if (mode & 0o077) throw new ConfigError(`${what}: ${file} is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, field);
+}
+
 /** A shared secret from a file: owner-only, at least 32 characters (offsite keygen makes them). */
 export function readSecretFile(file: string, what: string, field: string): Buffer {
   let text: string;
@@ -210,8 +216,7 @@ export function readSecretFile(file: string, what: string, field: string): Buffe
   } catch (e) {
     throw new ConfigError(`${what}: cannot read ${file}: ${(e as Error).message}`, field);
   }
-  const mode = statSync(file).mode;
-  if (mode & 0o077) throw new ConfigError(`${what}: ${file} is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, field);
+  checkOwnerOnly(file, what, field);
   if (text.length < 32) throw new ConfigError(`${what}: ${file} holds ${text.length} characters; use at least 32 (offsite keygen makes one)`, field);
   return Buffer.from(text, 'utf8');
 }
@@ -234,8 +239,7 @@ export function loadHttpTls(certFile: string | undefined, keyFile: string | unde
   };
   const cert = read(certFile, 'cert', 'httpTls.cert');
   const key = read(keyFile, 'key', 'httpTls.key');
-  const mode = statSync(keyFile).mode;
-  if (mode & 0o077) throw new ConfigError(`http-tls-key: ${keyFile} is readable by others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`, 'httpTls.key');
+  checkOwnerOnly(keyFile, 'http-tls-key', 'httpTls.key');
   try {
     createSecureContext({ cert, key });
   } catch (e) {

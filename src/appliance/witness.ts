@@ -21,7 +21,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '../common/logger';
+import { logGate, type Logger } from '../common/logger';
 
 export interface WitnessOptions {
   leaseMs: number;
@@ -87,13 +87,10 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
-  let lastRefusalLog = 0;
+  const gate = logGate(1000);
   const refuse = (reply: (code: number, body: unknown) => void, peer: string | undefined, code: string, error: string) => {
-    const t = Date.now();
-    if (t - lastRefusalLog >= 1000) {
-      lastRefusalLog = t;
-      opts.logger.warn({ peer, code }, `witness: request refused: ${error}`);
-    }
+    const skipped = gate();
+    if (skipped !== undefined) opts.logger.warn({ peer, code, alsoRefused: skipped || undefined }, `witness: request refused: ${error}`);
     reply(401, { error, code });
   };
   const server = http.createServer((req, res) => {

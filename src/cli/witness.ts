@@ -23,7 +23,7 @@ export function register(program: Command): void {
         const keyFile = opts.keyFile ?? (process.env.OFFSITE_WITNESS_KEY || undefined);
         const key = keyFile ? readSecretFile(keyFile, 'key-file', 'keyFile') : undefined;
         w = await startWitness(hp.host, hp.port, { leaseMs, logger, key });
-        logger.info({ listen: `${w.address.address}:${w.address.port}`, leaseMs, authenticated: !!key, noGrantsForMs: leaseMs }, 'witness ready');
+        logger.info({ listen: `${w.address.address}:${w.address.port}`, leaseMs, authenticated: !!key }, 'witness ready');
         if (!key) logger.warn('witness without --key-file: anyone who reaches this address can take or keep the lease (offsite keygen --witness-key FILE, then --key-file here and --witness-key at both sites)');
       } catch (e) {
         fail(e, 'offsite witness');

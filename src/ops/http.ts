@@ -4,7 +4,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
-import type { Logger } from '../common/logger';
+import { logGate, type Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
 import { parseHostPort, parseRate } from '../common/units';
 
@@ -162,22 +162,17 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
   server.on('clientError', (_err, socket) => socket.destroy());
   if (routes.tls) {
     // A client speaking plain HTTP, or distrusting the certificate: logged, the socket closed, nothing else touched.
-    let lastLog = 0;
-    let quiet = 0;
+    const gate = logGate(1000);
     // The client's address, kept from the connection: a socket the client already closed has none.
     const peers = new WeakMap<object, string>();
     server.on('connection', (raw: Socket) => peers.set(raw, raw.remoteAddress ?? '?'));
     server.on('tlsClientError', (err: Error & { code?: string }, socket) => {
-      const now = Date.now();
-      if (now - lastLog < 1000) {
-        quiet++;
-      } else {
+      const skipped = gate();
+      if (skipped !== undefined) {
         const why =
           err.code === 'ERR_SSL_HTTP_REQUEST' ? 'a plain-HTTP request on the HTTPS port' : err.code === 'ECONNRESET' ? 'the client closed the connection during the handshake (does it trust the certificate?)' : err.message.split('\n')[0];
         const raw = (socket as unknown as { _parent?: object })._parent;
-        logger.warn({ peer: socket.remoteAddress ?? (raw && peers.get(raw)), code: err.code, alsoRefused: quiet || undefined }, `https: TLS handshake refused: ${why}`);
-        lastLog = now;
-        quiet = 0;
+        logger.warn({ peer: socket.remoteAddress ?? (raw && peers.get(raw)), code: err.code, alsoRefused: skipped || undefined }, `https: TLS handshake refused: ${why}`);
       }
       socket.destroy();
     });
