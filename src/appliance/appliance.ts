@@ -20,6 +20,7 @@ import { readLinkKey, type LinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
 import { requestLease, witnessLeaseMs } from './witness';
+import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
@@ -157,6 +158,11 @@ export class Appliance {
       this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true });
       const to = config.replication.replicateTo;
       if (to) {
+        const configured = config.replication.maxBandwidthBytesPerSec;
+        const bw = await startingBandwidth(this.dataDir.root, configured);
+        if (bw.change) logger.info({ maxBandwidthBytesPerSec: bw.bytesPerSec, configuredMaxBandwidthBytesPerSec: configured, changedAt: bw.change.changedAt }, 'replication bandwidth cap: keeping the change made at run time (offsite bandwidth --reset returns to the configured cap)');
+        else if (bw.dropped === 'unreadable') logger.warn({ maxBandwidthBytesPerSec: configured }, 'replication bandwidth cap: the saved run-time change is unreadable; using the configured cap');
+        else if (bw.dropped) logger.warn({ maxBandwidthBytesPerSec: configured, dropped: bw.dropped }, 'replication bandwidth cap: the configured cap changed since the run-time change; the configuration applies');
         const repl = (this.replication = new PrimaryReplication({
           siteId: this.identity.siteId,
           journal,
@@ -164,7 +170,9 @@ export class Appliance {
           images: () => new Map([...this.served].map(([n, sv]) => [n, sv.image])),
           host: to.host,
           port: to.port,
-          maxBandwidthBytesPerSec: config.replication.maxBandwidthBytesPerSec,
+          maxBandwidthBytesPerSec: bw.bytesPerSec,
+          bandwidthSource: bw.source,
+          configuredBandwidthBytesPerSec: configured,
           rpoTargetMs: config.replication.rpoTargetMs,
           rpoPolicy: config.replication.rpoPolicy,
           logger: logger.child({ layer: 'replication' }),
@@ -181,7 +189,7 @@ export class Appliance {
     await this.listenIscsi();
     if (this.replication) {
       this.replication.start();
-      logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: config.replication.rpoTargetMs / 1000, rpoPolicy: config.replication.rpoPolicy, maxBandwidthBytesPerSec: config.replication.maxBandwidthBytesPerSec }, 'replication to the replica started');
+      logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: config.replication.rpoTargetMs / 1000, rpoPolicy: config.replication.rpoPolicy, maxBandwidthBytesPerSec: this.replication.status().link.maxBandwidthBytesPerSec }, 'replication to the replica started');
     }
   }
 
@@ -473,13 +481,23 @@ export class Appliance {
   }
 
   /** Admin actions the HTTP API exposes. */
-  admin(): { setBandwidth?: (bytesPerSec: number) => unknown } {
+  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown> } {
     const repl = this.replication;
     if (!repl) return {};
+    const configured = this.config.replication.maxBandwidthBytesPerSec;
     return {
-      setBandwidth: (bps: number) => {
-        repl.setBandwidth(bps);
-        return { maxBandwidthBytesPerSec: bps };
+      // Saved before it applies: the cap the operator was told is the one a restart keeps.
+      setBandwidth: async (bps: number | 'configured') => {
+        if (bps === 'configured') {
+          await clearBandwidthChange(this.dataDir.root);
+          repl.setBandwidth(configured, 'configured');
+        } else {
+          await saveBandwidthChange(this.dataDir.root, { bytesPerSec: bps, configuredBytesPerSec: configured, changedAt: new Date().toISOString() });
+          repl.setBandwidth(bps, 'runtime');
+        }
+        const link = repl.status().link;
+        this.logger.info({ maxBandwidthBytesPerSec: link.maxBandwidthBytesPerSec, source: link.maxBandwidthSource, configuredMaxBandwidthBytesPerSec: configured }, bps === 'configured' ? 'replication bandwidth cap reset to the configured cap' : 'replication bandwidth cap changed (saved: kept across restarts)');
+        return { maxBandwidthBytesPerSec: link.maxBandwidthBytesPerSec, source: link.maxBandwidthSource, configuredMaxBandwidthBytesPerSec: configured, saved: true };
       },
     };
   }

@@ -10,6 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { writeJsonFile } from '../common/json-file';
 
 export interface Generation {
   id: string;
@@ -75,10 +76,7 @@ export class LineageFile {
     }
   }
 
-  async save(lineage: Lineage): Promise<void> {
-    await fsp.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
-    const tmp = `${this.file}.tmp`;
-    await fsp.writeFile(tmp, JSON.stringify(lineage, null, 2) + '\n', { mode: 0o600 });
-    await fsp.rename(tmp, this.file);
+  save(lineage: Lineage): Promise<void> {
+    return writeJsonFile(this.file, lineage);
   }
 }

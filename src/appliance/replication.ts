@@ -19,6 +19,9 @@ export interface PrimaryReplicationOptions {
   host: string;
   port: number;
   maxBandwidthBytesPerSec: number;
+  /** Where the starting cap comes from; the configured cap (when a run-time change overrides it). */
+  bandwidthSource?: 'configured' | 'runtime';
+  configuredBandwidthBytesPerSec?: number;
   rpoTargetMs: number;
   rpoPolicy: RpoPolicy;
   logger: Logger;
@@ -43,6 +46,9 @@ export interface PrimaryReplicationStatus {
     connects: number;
     disconnects: number;
     maxBandwidthBytesPerSec: number;
+    /** configured (flag, file, environment) or runtime (offsite bandwidth, kept across restarts). */
+    maxBandwidthSource: 'configured' | 'runtime';
+    configuredMaxBandwidthBytesPerSec: number;
     lastError: string;
   };
   rpo: {
@@ -138,6 +144,7 @@ export class PrimaryReplication {
   private coalescingLogged = false;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
+    this.bandwidthSource = opts.bandwidthSource ?? 'configured';
     this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
     this.shipper = new Shipper({
@@ -168,9 +175,12 @@ export class PrimaryReplication {
     return this.controller.current.throttleDelayMs;
   }
 
-  setBandwidth(bytesPerSec: number): void {
+  private bandwidthSource: 'configured' | 'runtime';
+
+  setBandwidth(bytesPerSec: number, source: 'configured' | 'runtime' = 'runtime'): void {
     this.shipper.setBandwidth(bytesPerSec);
     this.controller.linkHintBytesPerSec = bytesPerSec;
+    this.bandwidthSource = source;
   }
 
   private backlog(): { acked: number; backlogBytes: number; oldestUnackedMs?: number } {
@@ -228,6 +238,8 @@ export class PrimaryReplication {
         connects: s.connects,
         disconnects: s.disconnects,
         maxBandwidthBytesPerSec: this.shipper.bandwidth,
+        maxBandwidthSource: this.bandwidthSource,
+        configuredMaxBandwidthBytesPerSec: this.opts.configuredBandwidthBytesPerSec ?? this.opts.maxBandwidthBytesPerSec,
         lastError: s.lastError,
       },
       rpo: {

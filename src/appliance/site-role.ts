@@ -3,8 +3,8 @@
  * outlives the process: a promoted site restarted with its original flags stays a primary, a
  * demoted one stays a replica. Flags give only the initial role of a new site.
  */
-import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { formatHostPort, parseHostPort } from '../common/units';
 import type { ApplianceConfig } from './config';
 
@@ -19,19 +19,11 @@ export interface RoleOverride {
 const file = (dataDir: string) => path.join(dataDir, 'state', 'role.json');
 
 export async function readRoleOverride(dataDir: string): Promise<RoleOverride | undefined> {
-  try {
-    return JSON.parse(await fsp.readFile(file(dataDir), 'utf8')) as RoleOverride;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
+  return (await readJsonFile(file(dataDir))) as RoleOverride | undefined;
 }
 
-export async function writeRoleOverride(dataDir: string, o: RoleOverride): Promise<void> {
-  await fsp.mkdir(path.dirname(file(dataDir)), { recursive: true, mode: 0o700 });
-  const tmp = `${file(dataDir)}.tmp`;
-  await fsp.writeFile(tmp, JSON.stringify(o, null, 2) + '\n', { mode: 0o600 });
-  await fsp.rename(tmp, file(dataDir));
+export function writeRoleOverride(dataDir: string, o: RoleOverride): Promise<void> {
+  return writeJsonFile(file(dataDir), o);
 }
 
 /** The configuration for a role switch (keeping every bound address as it is now). */

@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { Command } from 'commander';
-import { OffsiteError } from '../common/errors';
+import { ConfigError, OffsiteError } from '../common/errors';
 import { parseHostPort, parseRate } from '../common/units';
 import { fail } from './exit';
 
@@ -86,6 +86,8 @@ const bytes = (n: unknown): string => {
   return `${x.toFixed(i ? 1 : 0)} ${units[i]}`;
 };
 
+const capText = (v: unknown): string => (Number(v) ? `${bytes(v)}/s` : 'none');
+
 export function summarize(s: Record<string, unknown>): string {
   const lines: string[] = [];
   const vols = (s.volumes as { name: string; sizeBytes: number; readOnly: boolean }[]) ?? [];
@@ -98,7 +100,7 @@ export function summarize(s: Record<string, unknown>): string {
     const r = (s.replication ?? {}) as { rpo?: Record<string, unknown>; sync?: Record<string, unknown> };
     lines.push(`replica:     ${String(link.replica)} ${link.connected ? 'connected' : 'DISCONNECTED'} (${String(s.consistency)}), acked ${String(s.ackedSeq)}`);
     lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
-    lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${Number(link.maxBandwidthBytesPerSec) ? `${bytes(link.maxBandwidthBytesPerSec)}/s` : 'none'}`);
+    lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
   } else if (s.role === 'replica') {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
@@ -205,17 +207,20 @@ export function register(program: Command): void {
   program
     .command('bandwidth')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
-    .description('change the replication bandwidth cap of a running primary')
+    .description('change the replication bandwidth cap of a running primary (kept across restarts until the configured cap changes, or --reset)')
     .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
-    .argument('<rate>', 'e.g. 10MB/s, 100Mbit, unlimited')
-    .action(async (rate: string, opts: { http: string; ca?: string; tokenFile?: string }) => {
+    .option('--reset', 'return to the configured cap (--max-bandwidth, the file or OFFSITE_MAX_BANDWIDTH)')
+    .argument('[rate]', 'e.g. 10MB/s, 100Mbit, unlimited')
+    .action(async (rate: string | undefined, opts: { http: string; ca?: string; tokenFile?: string; reset?: boolean }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
-        parseRate(rate, 'rate');
-        const r = await call(opts.http, 'POST', '/bandwidth', { rate });
-        process.stdout.write(`replication bandwidth cap: ${Number(r.maxBandwidthBytesPerSec) ? `${String(r.maxBandwidthBytesPerSec)} bytes/s` : 'unlimited'}\n`);
+        if ((rate === undefined) === !opts.reset) throw new ConfigError('give a rate (e.g. 10MB/s, unlimited) or --reset, not both');
+        if (rate !== undefined) parseRate(rate, 'rate');
+        const r = await call(opts.http, 'POST', '/bandwidth', opts.reset ? { reset: true } : { rate });
+        const cap = Number(r.maxBandwidthBytesPerSec) ? `${String(r.maxBandwidthBytesPerSec)} bytes/s` : 'unlimited';
+        process.stdout.write(`replication bandwidth cap: ${cap}${r.source === 'configured' ? ' (the configured cap)' : r.saved ? ' (saved: kept across restarts until the configured cap changes; --reset returns to it)' : ''}\n`);
       } catch (e) {
         fail(e, 'offsite bandwidth');
       }

@@ -97,7 +97,7 @@ export function register(program: Command): void {
           }
         };
         admin = {
-          setBandwidth: (bps: number) => {
+          setBandwidth: (bps: number | 'configured') => {
             const fn = app.admin().setBandwidth;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'bandwidth applies to a primary that replicates (--replicate-to)');
             return fn(bps);

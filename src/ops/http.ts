@@ -18,7 +18,8 @@ function checkHostPort(v: string, field: string): void {
 
 /** Admin actions an appliance offers over HTTP; each throws an OffsiteError (with a code) to refuse. */
 export interface AdminActions {
-  setBandwidth?(bytesPerSec: number): unknown;
+  /** A new cap (bytes/s, 0: none), or 'configured' to return to the configured one. */
+  setBandwidth?(bytesPerSec: number | 'configured'): unknown;
   promote?(req: { force?: boolean; replicateTo?: string }): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
   testFailover?(action: 'start' | 'stop'): Promise<unknown>;
@@ -101,7 +102,10 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (!routes.admin?.setBandwidth) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
           const body = await readJson(req);
           const raw = body.rate ?? body.bytesPerSec ?? url.searchParams.get('rate');
-          if (raw === undefined || raw === null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"rate": "10MB/s"} (or bytesPerSec; 0 or "unlimited" lifts the cap)');
+          const reset = body.reset === true || url.searchParams.get('reset') === 'true';
+          if (reset && raw !== undefined && raw !== null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give either a rate or reset, not both');
+          if (reset) return send(res, 200, 'application/json', JSON.stringify(await routes.admin.setBandwidth('configured')) + '\n');
+          if (raw === undefined || raw === null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"rate": "10MB/s"} (or bytesPerSec; 0 or "unlimited" lifts the cap), or {"reset": true} for the configured cap');
           let rate: number;
           try {
             rate = typeof raw === 'number' ? raw : parseRate(String(raw), 'rate');
@@ -109,7 +113,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
             throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
           }
           if (!Number.isFinite(rate) || rate < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `rate ${String(raw)} must be ≥ 0`);
-          const result = routes.admin.setBandwidth(Math.round(rate));
+          const result = await routes.admin.setBandwidth(Math.round(rate));
           return send(res, 200, 'application/json', JSON.stringify(result ?? { maxBandwidthBytesPerSec: Math.round(rate) }) + '\n');
         }
         case 'POST /promote': {

@@ -143,7 +143,6 @@ export class Shipper {
 
   setBandwidth(bytesPerSec: number): void {
     this.shaper.setRate(bytesPerSec);
-    this.opts.logger.info({ maxBandwidthBytesPerSec: bytesPerSec }, 'replication bandwidth limit changed');
   }
 
   get bandwidth(): number {
