@@ -19,7 +19,7 @@ import { Receiver } from '../replication/receiver';
 import { readLinkKey, type LinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
-import { requestLease, witnessLeaseMs } from './witness';
+import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
@@ -73,7 +73,7 @@ export interface ApplianceStatus {
   /** A delta sync is staged whole: the volumes stay at the consistent point until it commits. */
   stagingDeltaSync?: boolean;
   primarySiteId?: string;
-  witness?: { address: string; authenticated: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean };
+  witness?: { address: string; authenticated: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum: number; witnesses: WitnessVote[] };
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
@@ -100,7 +100,7 @@ export class Appliance {
   private replicationAddress?: HostPort;
   private lineage: Lineage = [];
   private witnessTimer?: NodeJS.Timeout;
-  private fence = { fenced: false, takenOver: false, lastGrantMs: 0, witnessReachable: false, reason: '' };
+  private fence = { fenced: false, takenOver: false, lastGrantMs: 0, witnessReachable: false, reason: '', votes: [] as WitnessVote[] };
   readonly dataDir: DataDir;
 
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
@@ -183,8 +183,8 @@ export class Appliance {
       }
     }
     if (config.witness) {
-      this.warnUnauthenticatedWitness();
-      this.startLeaseKeeper(config.witness.address);
+      this.warnWitnessSetup();
+      this.startLeaseKeeper(config.witness.addresses);
     }
     await this.listenIscsi();
     if (this.replication) {
@@ -234,13 +234,14 @@ export class Appliance {
    * the witness and the replica have been out of reach for half a lease (the witness gives the
    * lease away only after a whole one); fenced for good when another site holds the lease.
    */
-  private startLeaseKeeper(witness: string): void {
+  private startLeaseKeeper(witnesses: string[]): void {
     const leaseMs = witnessLeaseMs();
     const siteId = this.identity!.siteId;
     this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
-      const r = await requestLease(witness, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
+      const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
       const now = Date.now();
+      this.fence.votes = votes;
       this.fence.witnessReachable = r !== undefined;
       const replicaUp = this.replication?.status().link.connected ?? false;
       if (r?.granted) {
@@ -267,7 +268,7 @@ export class Appliance {
   }
 
   /** Replica with --failover-after: take over when the primary is silent and the witness agrees. */
-  private startFailoverMonitor(witness: string, afterMs: number): void {
+  private startFailoverMonitor(witnesses: string[], afterMs: number): void {
     const leaseMs = witnessLeaseMs();
     const started = Date.now();
     let asking = false;
@@ -279,10 +280,11 @@ export class Appliance {
       const last = Math.max(r?.lastContactMs ?? 0, started);
       if (Date.now() - last < afterMs) return;
       asking = true;
-      void requestLease(witness, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem)
-        .then(async (lease) => {
+      void requestQuorumLease(witnesses, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem)
+        .then(async ({ answer: lease, votes }) => {
+          this.fence.votes = votes;
           if (!lease?.granted) return;
-          this.logger.warn({ silentMs: Date.now() - last, witness }, 'primary silent and the witness agrees: taking over');
+          this.logger.warn({ silentMs: Date.now() - last, witness: witnesses.join(','), granted: votes.filter((v) => v.vote === 'granted').length }, 'primary silent and the witness agrees: taking over');
           await this.hooks.requestPromotion!(`primary silent for ${Date.now() - last} ms`);
         })
         .catch((e: unknown) => this.logger.error({ err: e }, 'automatic takeover failed'))
@@ -291,9 +293,12 @@ export class Appliance {
     this.witnessTimer.unref();
   }
 
-  private warnUnauthenticatedWitness(): void {
+  private warnWitnessSetup(): void {
     const w = this.config.witness;
-    if (w && !w.key) this.logger.warn({ witness: w.address }, 'witness without --witness-key: lease requests and answers are not authenticated (anyone on the path could grant or refuse the lease)');
+    if (!w) return;
+    this.fence.votes = w.addresses.map((address) => ({ address, vote: 'none' }));
+    if (!w.key) this.logger.warn({ witness: w.address }, 'witness without --witness-key: lease requests and answers are not authenticated (anyone on the path could grant or refuse the lease)');
+    if (w.addresses.length > 1 && w.addresses.length % 2 === 0) this.logger.warn({ witness: w.address }, `${w.addresses.length} witnesses: ${witnessMajority(w.addresses.length)} must agree, so this rides out no more failures than ${w.addresses.length - 1} would; use an odd number`);
   }
 
   /** Why the witness gave no usable answer: logged when the reason changes, else every 30 s. */
@@ -401,8 +406,8 @@ export class Appliance {
     this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
     logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
     if (config.witness?.failoverAfterMs) {
-      this.warnUnauthenticatedWitness();
-      this.startFailoverMonitor(config.witness.address, config.witness.failoverAfterMs);
+      this.warnWitnessSetup();
+      this.startFailoverMonitor(config.witness.addresses, config.witness.failoverAfterMs);
     }
   }
 
@@ -542,7 +547,7 @@ export class Appliance {
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
       ...this.replicationFields(),
-      ...(this.config.witness ? { witness: { address: this.config.witness.address, authenticated: !!this.config.witness.key, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable } } : {}),
+      ...(this.config.witness ? { witness: { address: this.config.witness.address, authenticated: !!this.config.witness.key, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable, quorum: witnessMajority(this.config.witness.addresses.length), witnesses: this.fence.votes.map((v) => ({ ...v })) } } : {}),
     };
   }
 

@@ -13,6 +13,8 @@ import { parseDuration, parseHostPort, parseRate, parseSize, type HostPort } fro
 export const DEFAULT_TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
 export const DEFAULT_ISCSI: HostPort = { host: '0.0.0.0', port: 3260 };
 export const DEFAULT_HTTP: HostPort = { host: '127.0.0.1', port: 9464 };
+/** Seven witnesses ride out three failures; more would only add requests to every renewal. */
+export const MAX_WITNESSES = 7;
 
 export interface ChapSecret {
   user: string;
@@ -82,7 +84,10 @@ export interface ApplianceConfig {
   adminToken?: string;
   /** Split-brain protection and automatic takeover through a witness (offsite witness). */
   witness?: {
+    /** The witnesses as given (comma-separated). */
     address: string;
+    /** Each witness; with several, a majority must agree (see requestQuorumLease). */
+    addresses: string[];
     /** Shared key authenticating the lease requests and answers (offsite keygen --witness-key). */
     key?: Buffer;
     /** Replica: promote itself when the primary has been silent this long (and the witness agrees). */
@@ -115,7 +120,7 @@ const fileSchema = z
       .optional(),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
     admin: z.object({ tokenFile: z.string().min(1).optional() }).strict().optional(),
-    witness: z.object({ address: z.string().min(1), failoverAfter: durationField.optional(), keyFile: z.string().min(1).optional() }).strict().optional(),
+    witness: z.object({ address: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]), failoverAfter: durationField.optional(), keyFile: z.string().min(1).optional() }).strict().optional(),
     nop: z.object({ interval: durationField.optional(), timeout: durationField.optional() }).strict().optional(),
     replication: z
       .object({
@@ -338,9 +343,13 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       throw new ConfigError(`admin-token-file: cannot read ${tokenFile}: ${(e as Error).message}`, 'admin.tokenFile');
     }
   }
-  const witnessAddr = pick(file.witness?.address, flags.witness, env.OFFSITE_WITNESS);
+  const witnessGiven = pick<string | string[]>(file.witness?.address, flags.witness, env.OFFSITE_WITNESS);
+  const witnessAddresses = witnessGiven === undefined ? [] : (Array.isArray(witnessGiven) ? witnessGiven : witnessGiven.split(',')).map((w) => w.trim());
+  const witnessAddr = witnessGiven === undefined ? undefined : witnessAddresses.join(',');
   const failoverText = pick<string | number>(file.witness?.failoverAfter, flags.failoverAfter, env.OFFSITE_FAILOVER_AFTER);
-  if (witnessAddr) parseHostPort(witnessAddr, 'witness');
+  for (const w of witnessAddresses) parseHostPort(w, 'witness');
+  if (new Set(witnessAddresses).size !== witnessAddresses.length) throw new ConfigError(`witness: ${witnessAddr} names a witness twice (a majority of distinct witnesses must agree)`, 'witness.address');
+  if (witnessAddresses.length > MAX_WITNESSES) throw new ConfigError(`witness: at most ${MAX_WITNESSES} witnesses (${witnessAddresses.length} given)`, 'witness.address');
   const witnessKeyFile = pick(file.witness?.keyFile, flags.witnessKey, env.OFFSITE_WITNESS_KEY);
   if (witnessKeyFile && !witnessAddr) throw new ConfigError('witness-key: give the witness too (--witness HOST:PORT)', 'witness.keyFile');
   const witnessKey = witnessKeyFile ? readSecretFile(witnessKeyFile, 'witness-key', 'witness.keyFile') : undefined;
@@ -378,7 +387,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     },
     adminToken,
     witness: witnessAddr
-      ? { address: witnessAddr, key: witnessKey, failoverAfterMs: failoverText === undefined ? undefined : typeof failoverText === 'number' ? failoverText * 1000 : parseDuration(failoverText, 'failover-after') }
+      ? { address: witnessAddr, addresses: witnessAddresses, key: witnessKey, failoverAfterMs: failoverText === undefined ? undefined : typeof failoverText === 'number' ? failoverText * 1000 : parseDuration(failoverText, 'failover-after') }
       : undefined,
   };
 }

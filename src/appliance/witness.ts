@@ -210,3 +210,35 @@ export async function requestLease(witness: string, siteId: string, role: string
   }
   return answer;
 }
+
+/** How many of `n` witnesses must agree: a strict majority, so two majorities always share one. */
+export function witnessMajority(n: number): number {
+  return Math.floor(n / 2) + 1;
+}
+
+export type WitnessVote = { address: string; vote: 'granted' | 'refused' | 'none'; holder?: string };
+
+/**
+ * Ask every witness at once and count. Granted when a majority granted; held by another site
+ * when a majority refused (the answer names the holder most of them named and the longest time
+ * left); otherwise no usable answer (undefined), as with one unreachable witness. Two sites can
+ * never both hold a majority: the witness they share grants one lease at a time. With one witness
+ * this is exactly that witness's answer.
+ */
+export async function requestQuorumLease(witnesses: readonly string[], siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void): Promise<{ answer: LeaseAnswer | undefined; votes: WitnessVote[] }> {
+  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem)));
+  const votes: WitnessVote[] = answers.map((a, i) => ({ address: witnesses[i], vote: a === undefined ? 'none' : a.granted ? 'granted' : 'refused', ...(a && !a.granted && a.holder ? { holder: a.holder } : {}) }));
+  const need = witnessMajority(witnesses.length);
+  const grants = votes.filter((v) => v.vote === 'granted').length;
+  const refused = answers.filter((a): a is LeaseAnswer => a !== undefined && !a.granted);
+  if (grants >= need) return { answer: { granted: true }, votes };
+  if (refused.length >= need) {
+    const count = new Map<string, number>();
+    for (const a of refused) count.set(a.holder ?? '', (count.get(a.holder ?? '') ?? 0) + 1);
+    const holder = [...count].sort((x, y) => y[1] - x[1])[0][0] || undefined;
+    const expiresInMs = Math.max(...refused.map((a) => a.expiresInMs ?? 0));
+    return { answer: { granted: false, holder, expiresInMs }, votes };
+  }
+  if (witnesses.length > 1) problem?.(`witness quorum not reached: ${grants} of ${witnesses.length} granted, ${refused.length} refused, ${witnesses.length - grants - refused.length} gave no usable answer (${need} must agree)`);
+  return { answer: undefined, votes };
+}

@@ -108,10 +108,20 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`consistent:  ${cp ? `sequence ${cp.seq}${cp.primaryTime ? ` (primary time ${cp.primaryTime})` : cp.seq === 0 ? ' (nothing written yet)' : ''}` : 'not yet (syncing)'}`);
     if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}`);
   } else lines.push('replica:     none configured');
-  const w = s.witness as { address: string; authenticated?: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean } | undefined;
+  const w = s.witness as { address: string; authenticated?: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum?: number; witnesses?: { address: string; vote: string }[] } | undefined;
   if (w) {
     const fence = w.fenced ? `FENCED (writes refused: ${w.reason})` : s.role === 'primary' ? 'writes accepted' : 'standing by';
-    lines.push(`witness:     ${w.address} ${w.reachable ? 'reachable' : 'UNREACHABLE'}, ${w.authenticated ? 'authenticated' : 'NOT authenticated (no --witness-key)'}; ${fence}${w.takenOver ? '; taken over by another site' : ''}`);
+    const votes = w.witnesses ?? [];
+    const asked = s.role === 'primary' || votes.some((v) => v.vote !== 'none');
+    let reach = w.reachable ? 'reachable' : 'UNREACHABLE';
+    if (!asked) reach = 'asked when the primary falls silent';
+    else if (votes.length > 1) {
+      const granted = votes.filter((v) => v.vote === 'granted').length;
+      const others = votes.filter((v) => v.vote !== 'granted').map((v) => `${v.address} ${v.vote === 'none' ? 'NO ANSWER' : 'refused'}`);
+      reach = `${s.role === 'primary' && w.reachable ? 'reachable' : 'UNREACHABLE'}: ${granted} of ${votes.length} granted, ${String(w.quorum)} needed${others.length ? ` (${others.join(', ')})` : ''}`;
+      if (s.role !== 'primary') reach = `${granted} of ${votes.length} granted at the last request, ${String(w.quorum)} needed`;
+    }
+    lines.push(`witness:     ${w.address} ${reach}, ${w.authenticated ? 'authenticated' : 'NOT authenticated (no --witness-key)'}; ${fence}${w.takenOver ? '; taken over by another site' : ''}`);
   }
   return lines.join('\n') + '\n';
 }

@@ -39,7 +39,7 @@ export function register(program: Command): void {
     .option('--link-key <file>', 'replication: TLS 1.3 pre-shared key file, the same at both sites (offsite keygen --link-key FILE)')
     .option('--insecure-link', 'replication: plain TCP, unauthenticated (only on a network you trust)')
     .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth); or OFFSITE_ADMIN_TOKEN')
-    .option('--witness <host:port>', 'an offsite witness: the primary keeps its lease (and fences itself when it loses both witness and replica); a replica may take over')
+    .option('--witness <host:port[,...]>', 'offsite witness(es): the primary keeps its lease (and fences itself when it loses both witness and replica); a replica may take over. Several (comma-separated, odd): a majority decides')
     .option('--witness-key <file>', 'the key shared with the witness and the other site (offsite keygen --witness-key FILE): lease requests and answers are authenticated')
     .option('--failover-after <duration>', 'replica: promote automatically when the primary has been silent this long and the witness agrees')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')

@@ -315,6 +315,8 @@ export function createMetrics(): Metrics {
     return app?.config.witness ? (f?.fenced ? 1 : 0) : undefined;
   });
   gauge('offsite_witness_reachable', '1 when the last witness lease request got a usable answer (0: unreachable, refused, or not signed with the shared --witness-key).', () => (app?.config.witness && app.role === 'primary' ? (app.fenceStatus().witnessReachable ? 1 : 0) : undefined));
+  gauge('offsite_witnesses', 'Witnesses configured (--witness A,B,C: a majority of them must grant the lease).', () => (app?.config.witness && app.role === 'primary' ? app.config.witness.addresses.length : undefined));
+  gauge('offsite_witnesses_answering', 'Witnesses that gave a usable answer (granted or refused) to the last lease request; below offsite_witnesses, the quorum rides out fewer failures.', () => (app?.config.witness && app.role === 'primary' ? app.fenceStatus().votes.filter((v) => v.vote !== 'none').length : undefined));
 
   // ---- replication (replica) ----
   const replica = () => app?.replicaInfo();

@@ -5,10 +5,8 @@
  * a primary with another key stays fenced and says why.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import test from 'node:test';
 import { LeaseBook, MAC_HEADER, requestLease, startWitness, witnessMac } from '../../src/appliance/witness';
 import { createLogger } from '../../src/ops/logging';
@@ -16,6 +14,7 @@ import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { freePort } from '../helpers/replication';
 import { until } from '../helpers/wait';
+import { startWitnessProcess } from '../helpers/witness';
 
 const KEY = Buffer.from('a-witness-key-of-at-least-32-characters');
 const OTHER = Buffer.from('another-key-of-at-least-32-characters!!');
@@ -84,15 +83,8 @@ test('offsite witness --key-file and a primary with --witness-key: the lease is 
     assert.equal(r.code, 0, r.stderr);
   }
   const port = await freePort();
-  const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${port}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
-  const witnessLogs: Record<string, unknown>[] = [];
-  readline.createInterface({ input: witness.stdout! }).on('line', (l) => witnessLogs.push(JSON.parse(l) as Record<string, unknown>));
-  try {
-    await until('the witness to start', async () => witnessLogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
-  } catch (e) {
-    witness.kill('SIGTERM');
-    throw e;
-  }
+  const witness = await startWitnessProcess(port, ['--key-file', keyFile]);
+  const witnessLogs = witness.logs;
   assert.equal(witnessLogs.find((l) => l.msg === 'witness ready')?.authenticated, true);
   const good = await startAppliance({ dataDir: path.join(dir, 'a'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', keyFile] });
   const bad = await startAppliance({ dataDir: path.join(dir, 'b'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', otherFile] });
@@ -119,7 +111,7 @@ test('offsite witness --key-file and a primary with --witness-key: the lease is 
   } finally {
     await good.stop();
     await bad.stop();
-    witness.kill('SIGTERM');
+    await witness.stop();
     delete process.env.OFFSITE_WITNESS_LEASE_MS;
     removeDir(dir);
   }

@@ -4,6 +4,8 @@
  * every alert expression returns data (the alerts by making each condition true: link cut,
  * RPO over target, journal over its cap, a replica that is not consistent). One of them serves
  * HTTPS and Prometheus scrapes it as the README says (scheme https, the certificate as ca_file).
+ * Two primaries use witnesses: one whose only witness never answers, one with a quorum of three
+ * of which one is down.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -18,6 +20,8 @@ import { run } from '../helpers/exec';
 import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
 import { selfSignedCert } from '../helpers/tls';
+import { startWitness } from '../../src/appliance/witness';
+import { createLogger } from '../../src/ops/logging';
 
 const ROOT = path.resolve(__dirname, '../../..');
 
@@ -42,9 +46,14 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
   // A primary whose witness never answers: fenced (waiting for its lease). It serves HTTPS.
   const tls = await selfSignedCert(dir);
   const d = await startAppliance({ dataDir: path.join(dir, 'd'), volumes: ['f:1M'], args: ['--witness', `127.0.0.1:${await freePort()}`, '--http-tls-cert', tls.cert, '--http-tls-key', tls.key] });
+  // A primary with a quorum of three witnesses, one of them down: it holds its lease (two of
+  // three grant), degraded.
+  const quiet = createLogger('silent');
+  const witnesses = await Promise.all([0, 1].map(() => startWitness('127.0.0.1', 0, { leaseMs: 6000, quietMs: 0, logger: quiet })));
+  const e = await startAppliance({ dataDir: path.join(dir, 'e'), volumes: ['g:1M'], args: ['--witness', [...witnesses.map((w) => `127.0.0.1:${w.address.port}`), `127.0.0.1:${await freePort()}`].join(',')] });
   const promPort = await freePort();
   copyFileSync(path.join(ROOT, 'deploy/alerts.yml'), path.join(dir, 'alerts.yml'));
-  const targets = [a, b, c].map((x) => `127.0.0.1:${x.httpPort}`);
+  const targets = [a, b, c, e].map((x) => `127.0.0.1:${x.httpPort}`);
   writeFileSync(
     path.join(dir, 'prometheus.yml'),
     YAML.stringify({
@@ -70,9 +79,9 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     // promtool agrees the exposition is clean.
     const check = await run('promtool', ['check', 'metrics'], { input: await metrics(a) });
     assert.equal(check.code, 0, check.stdout + check.stderr);
-    await until('Prometheus to scrape all four appliances', async () => {
+    await until('Prometheus to scrape all five appliances', async () => {
       const r = await query(promPort, 'up == 1').catch(() => undefined);
-      return (r?.data.result.length ?? 0) === 4;
+      return (r?.data.result.length ?? 0) === 5;
     }, 60_000, 250).catch((e: Error) => {
       throw new Error(`${e.message}\n${promLog}`);
     });
@@ -125,6 +134,8 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     await c?.stop();
     c = undefined;
     await d.stop();
+    await e.stop();
+    await Promise.all(witnesses.map((w) => w.close()));
     removeDir(dir);
   }
 });

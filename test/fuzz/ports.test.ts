@@ -24,9 +24,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import readline from 'node:readline';
 import tls from 'node:tls';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -43,6 +41,7 @@ import { cdb as CDB, frame, loginRequest, scsiCommand, textData, textRequest } f
 import { freePort, startReplica, testLinkKey } from '../helpers/replication';
 import { httpsRequest, selfSignedCert } from '../helpers/tls';
 import { until } from '../helpers/wait';
+import { startWitnessProcess } from '../helpers/witness';
 
 type Kind = 'iscsi' | 'http' | 'repl';
 interface Port {
@@ -344,12 +343,13 @@ test(`${ROUNDS} rounds of the same against a witness with a key and an appliance
   const cert = await selfSignedCert(wdir);
   const ca = readFileSync(cert.cert);
   const wport = await freePort();
-  const witness: ChildProcess = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${wport}`, '--key-file', keyFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json', OFFSITE_WITNESS_LEASE_MS: '2000' } });
-  const wlogs: Record<string, unknown>[] = [];
-  readline.createInterface({ input: witness.stdout! }).on('line', (l) => wlogs.push(JSON.parse(l) as Record<string, unknown>));
-  const web = await startAppliance({ dataDir: path.join(wdir, 'https'), volumes: ['v:1M'], args: ['--http-tls-cert', cert.cert, '--http-tls-key', cert.key] });
+  const witness = await startWitnessProcess(wport, ['--key-file', keyFile], { OFFSITE_WITNESS_LEASE_MS: '2000' });
+  const wlogs = witness.logs;
+  const web = await startAppliance({ dataDir: path.join(wdir, 'https'), volumes: ['v:1M'], args: ['--http-tls-cert', cert.cert, '--http-tls-key', cert.key] }).catch(async (e: unknown) => {
+    await witness.stop();
+    throw e;
+  });
   try {
-    await until('the witness to start', () => wlogs.some((l) => l.msg === 'witness ready'), 10_000, 50);
     const lease = (site: string) => requestLease(`127.0.0.1:${wport}`, site, 'primary', 5000, key);
     // It grants nothing during its first lease.
     await until('the witness to grant leases', async () => (await lease('fuzz-site'))?.granted === true, 15_000, 200);
@@ -379,7 +379,7 @@ test(`${ROUNDS} rounds of the same against a witness with a key and an appliance
       battery(web.httpPort, valid(httpPort, plan.variant), hugeHeader(httpPort, plan.variant), 'https');
       await Promise.all(jobs);
       while (held.length > MAX_HELD) held.shift()!.destroy();
-      assert.equal(witness.exitCode, null, `witness exited in round ${round}`);
+      assert.equal(witness.proc.exitCode, null, `witness exited in round ${round}`);
       assert.ok((await lease('fuzz-site'))?.granted, `round ${round}: the witness grants a signed lease`);
       assert.equal(web.proc.exitCode, null, `HTTPS appliance exited in round ${round}`);
       assert.equal((await httpsRequest(`https://127.0.0.1:${web.httpPort}/status`, ca)).status, 200, `round ${round}: HTTPS /status`);
@@ -392,7 +392,7 @@ test(`${ROUNDS} rounds of the same against a witness with a key and an appliance
     const handshakes = web.logs.filter((l) => String(l.msg).startsWith('https: TLS handshake refused')).length;
     t.diagnostic(`fuzz ports/witness+https: ${connections} inputs (${ROUNDS} rounds, seed ${seed}); witness logged ${refused} refusals (at most one a second), the HTTPS appliance ${handshakes} refused handshakes`);
   } finally {
-    witness.kill('SIGTERM');
+    await witness.stop();
     await web.stop();
     removeDir(wdir);
   }

@@ -6,15 +6,14 @@
  * the primary fenced itself before the replica took over.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import path from 'node:path';
-import readline from 'node:readline';
 import test from 'node:test';
 import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy } from '../helpers/fault-proxy';
 import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
+import { startWitnessProcess } from '../helpers/witness';
 
 const LEASE_MS = 3000;
 
@@ -36,15 +35,8 @@ test('split brain: with the link cut and the witness reachable by one side, exac
   const witnessKey = path.join(dir, 'witness.key');
   const kg = await run(process.execPath, [CLI, 'keygen', '--witness-key', witnessKey]);
   assert.equal(kg.code, 0, kg.stderr);
-  const witness = spawn(process.execPath, [CLI, 'witness', '--listen', `127.0.0.1:${witnessPort}`, '--key-file', witnessKey], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, OFFSITE_LOG_FORMAT: 'json' } });
-  const witnessLogs: Record<string, unknown>[] = [];
-  readline.createInterface({ input: witness.stdout! }).on('line', (l) => {
-    try {
-      witnessLogs.push(JSON.parse(l) as Record<string, unknown>);
-    } catch {
-      /* not JSON */
-    }
-  });
+  const witness = await startWitnessProcess(witnessPort, ['--key-file', witnessKey]);
+  const witnessLogs = witness.logs;
   const replPort = await freePort();
   const link = new FaultProxy('127.0.0.1', replPort, 1);
   const aw = new FaultProxy('127.0.0.1', witnessPort, 2);
@@ -116,7 +108,7 @@ test('split brain: with the link cut and the witness reachable by one side, exac
   } finally {
     await a.stop();
     await b.stop();
-    witness.kill('SIGTERM');
+    await witness.stop();
     await Promise.all([link.close(), aw.close(), bw.close()]);
     delete process.env.OFFSITE_WITNESS_LEASE_MS;
     removeDir(dir);
