@@ -100,6 +100,7 @@ export class Appliance {
   private replicationAddress?: HostPort;
   private lineage: Lineage = [];
   private witnessTimer?: NodeJS.Timeout;
+  private fenceTimer?: NodeJS.Timeout;
   private fence = { fenced: false, takenOver: false, lastGrantMs: 0, witnessReachable: false, reason: '', votes: [] as WitnessVote[] };
   readonly dataDir: DataDir;
 
@@ -229,69 +230,96 @@ export class Appliance {
   }
 
   /**
-   * Primary with a witness: renew the lease every quarter lease. Fenced (writes refused) from
-   * the start until the witness grants the lease or the replica is connected; fenced when both
-   * the witness and the replica have been out of reach for half a lease (the witness gives the
-   * lease away only after a whole one); fenced for good when another site holds the lease.
+   * Primary with a witness. Writes are accepted only while this site can show that no other site
+   * may take over: it holds the lease (a majority of witnesses granted it, asked less than half a
+   * lease ago), or its replica answered a ping sent less than half a lease ago (a replica that
+   * hears its primary does not take over: it waits for a silence of at least a whole lease, and
+   * the witness gives the lease away only a whole lease after the last renewal). An open
+   * connection is not enough: on a network gone silent it stays open for minutes. Fenced from the
+   * start until one of the two holds; fenced for good once another site holds the lease.
+   * Renewed every quarter lease, checked every 100 ms.
    */
   private startLeaseKeeper(witnesses: string[]): void {
     const leaseMs = witnessLeaseMs();
     const siteId = this.identity!.siteId;
+    /** Another site holds the lease and this one never has (e.g. just promoted while the old primary's runs out). */
+    let heldBy: string | undefined;
     this.setFenced(true, 'waiting for the witness lease');
-    const tick = async () => {
-      const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
+    const check = () => {
+      if (this.fence.takenOver) return;
       const now = Date.now();
+      const leaseHeld = this.fence.lastGrantMs > 0 && now - this.fence.lastGrantMs < leaseMs / 2;
+      const replicaHears = (this.replication?.sinceReplicaConfirmedMs() ?? Infinity) < leaseMs / 2;
+      if (leaseHeld) this.setFenced(false, 'witness lease granted');
+      else if (heldBy !== undefined) this.setFenced(true, `waiting for the witness lease (held by ${heldBy})`);
+      else if (replicaHears) this.setFenced(false, 'replica answering (witness unreachable)');
+      else this.setFenced(true, this.fence.lastGrantMs ? 'lost both the witness and the replica' : 'waiting for the witness lease');
+    };
+    const tick = async () => {
+      const asked = Date.now();
+      const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
       this.fence.votes = votes;
       this.fence.witnessReachable = r !== undefined;
-      const replicaUp = this.replication?.status().link.connected ?? false;
       if (r?.granted) {
-        this.fence.lastGrantMs = now;
-        if (!this.fence.takenOver) this.setFenced(false, 'witness lease granted');
-      } else if (r && !r.granted) {
-        if (this.fence.lastGrantMs === 0) {
-          // Never held the lease (e.g. just promoted while the old primary's lease runs out): wait for it.
-          this.setFenced(true, `waiting for the witness lease (held by ${r.holder ?? 'another site'} for ${r.expiresInMs ?? '?'} ms more)`);
-          return;
-        }
-        if (!this.fence.takenOver) this.logger.error({ holder: r.holder }, 'another site holds the witness lease: this site was taken over');
+        // Counted from the asking: each witness granted no earlier, so its lease runs at least this long.
+        this.fence.lastGrantMs = Math.max(this.fence.lastGrantMs, asked);
+        heldBy = undefined;
+      } else if (r && this.fence.lastGrantMs === 0) {
+        heldBy = `${r.holder ?? 'another site'} for ${r.expiresInMs ?? '?'} ms more`;
+      } else if (r && !this.fence.takenOver) {
+        this.logger.error({ holder: r.holder }, 'another site holds the witness lease: this site was taken over');
         this.fence.takenOver = true;
         this.setFenced(true, `taken over by ${r.holder ?? 'another site'}`);
-      } else if (!this.fence.takenOver) {
-        if (replicaUp && this.fence.fenced && this.fence.lastGrantMs === 0) this.setFenced(false, 'replica connected (witness unreachable)');
-        if (!replicaUp && now - this.fence.lastGrantMs > leaseMs / 2) this.setFenced(true, 'lost both the witness and the replica');
       }
+      check();
     };
     const run = () => void tick().catch((e: unknown) => this.logger.error({ err: e }, 'witness lease renewal failed'));
     run();
     this.witnessTimer = setInterval(run, leaseMs / 4);
     this.witnessTimer.unref();
+    this.fenceTimer = setInterval(check, 100);
+    this.fenceTimer.unref();
   }
 
-  /** Replica with --failover-after: take over when the primary is silent and the witness agrees. */
+  /**
+   * Replica with --failover-after: take over when the primary has been silent that long (at least
+   * one lease: the primary trusts a pong for half a lease, see startLeaseKeeper) and a majority of
+   * the witnesses agree. While asking, pings go unanswered (Receiver.holdPongs), and a refused
+   * site answers them again.
+   */
   private startFailoverMonitor(witnesses: string[], afterMs: number): void {
     const leaseMs = witnessLeaseMs();
+    const silenceMs = Math.max(afterMs, leaseMs);
+    if (afterMs < leaseMs) this.logger.warn({ failoverAfterMs: afterMs, leaseMs }, `--failover-after is shorter than the witness lease: taking over after ${silenceMs} ms of silence`);
     const started = Date.now();
     let asking = false;
     this.witnessTimer = setInterval(() => {
       const store = this.replicaStore;
-      if (!store || asking || !this.hooks.requestPromotion) return;
+      const receiver = this.receiver;
+      if (!store || !receiver || asking || !this.hooks.requestPromotion) return;
       if (!store.primarySiteId() || store.syncState() !== 'consistent') return;
-      const r = this.receiver?.stats();
-      const last = Math.max(r?.lastContactMs ?? 0, started);
-      if (Date.now() - last < afterMs) return;
+      const last = Math.max(receiver.stats().lastContactMs, started);
+      if (Date.now() - last < silenceMs) return;
       asking = true;
+      receiver.holdPongs = true;
+      let promoting = false;
       void requestQuorumLease(witnesses, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem)
         .then(async ({ answer: lease, votes }) => {
           this.fence.votes = votes;
           if (!lease?.granted) return;
+          promoting = true;
           this.logger.warn({ silentMs: Date.now() - last, witness: witnesses.join(','), granted: votes.filter((v) => v.vote === 'granted').length }, 'primary silent and the witness agrees: taking over');
           await this.hooks.requestPromotion!(`primary silent for ${Date.now() - last} ms`);
         })
         .catch((e: unknown) => this.logger.error({ err: e }, 'automatic takeover failed'))
-        .finally(() => (asking = false));
+        .finally(() => {
+          asking = false;
+          if (!promoting) receiver.holdPongs = false;
+        });
     }, 250);
     this.witnessTimer.unref();
   }
+
 
   private warnWitnessSetup(): void {
     const w = this.config.witness;
@@ -616,6 +644,7 @@ export class Appliance {
       };
       const logErr = (what: string, extra?: object) => (e: unknown) => this.logger.error({ err: e, ...extra }, what);
       clearInterval(this.witnessTimer);
+      clearInterval(this.fenceTimer);
       if (this.iscsi) await step('iscsi sessions', () => this.iscsi!.close(), logErr('iscsi close failed'));
       if (this.replication) await step('shipper', () => this.replication!.stop(), logErr('shipper stop failed'));
       if (this.receiver) await step('receiver', () => this.receiver!.close(), logErr('receiver close failed'));

@@ -170,6 +170,11 @@ export class PrimaryReplication {
     await this.shipper.stop();
   }
 
+  /** How long ago the replica certainly last heard from this site (see Shipper.sinceConfirmedMs). */
+  sinceReplicaConfirmedMs(): number {
+    return this.shipper.sinceConfirmedMs();
+  }
+
   /** The delay the throttle adds to each write acknowledgement now (ms). */
   ackDelayMs(): number {
     return this.controller.current.throttleDelayMs;

@@ -46,6 +46,13 @@ export class Receiver {
   readonly counters = newLinkCounters();
   private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0, refusedPeers: 0 };
 
+  /**
+   * While set, pings go unanswered: this site is asking a witness whether it may take over, and a
+   * pong would tell the primary it is still heard (and may keep accepting writes) just when it
+   * may be replaced. Every pong the primary gets was therefore sent before any such question.
+   */
+  holdPongs = false;
+
   constructor(private readonly opts: ReceiverOptions) {}
 
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
@@ -237,7 +244,7 @@ export class Receiver {
           break;
         }
         case FrameType.Ping:
-          link.send(FrameType.Pong, { id: f.meta.id, appliedSeq: sink.appliedSeq() });
+          if (!this.holdPongs) link.send(FrameType.Pong, { id: f.meta.id, appliedSeq: sink.appliedSeq() });
           break;
         case FrameType.Pong:
           break;

@@ -77,6 +77,9 @@ export interface ShipperStats extends LinkCounters {
   syncBytesSent: number;
 }
 
+/** Pings awaiting their pong; older ones are forgotten (their pongs then prove nothing). */
+const MAX_PINGS_OUT = 64;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 
@@ -91,6 +94,8 @@ export class Shipper {
   private inflightBytes = 0;
   private lastHeardMs = 0;
   private pingSentAt = new Map<number, number>();
+  /** When the newest ping that came back was sent (performance.now()): the replica heard this site no earlier. */
+  private confirmedAt = -Infinity;
   private pingId = 0;
   /** Where segment payloads are gathered before compression (grown as needed, reused). */
   private scratchBuf = Buffer.alloc(0);
@@ -143,6 +148,15 @@ export class Shipper {
 
   setBandwidth(bytesPerSec: number): void {
     this.shaper.setRate(bytesPerSec);
+  }
+
+  /**
+   * How long ago the replica certainly last heard from this site: the age of the newest ping whose
+   * pong came back (Infinity before the first). An open connection proves nothing on a network
+   * that went silent; this does, because the replica saw the ping before it answered.
+   */
+  sinceConfirmedMs(): number {
+    return performance.now() - this.confirmedAt;
   }
 
   get bandwidth(): number {
@@ -212,6 +226,7 @@ export class Shipper {
           const sent = this.pingSentAt.get(Number(f.meta.id));
           if (sent !== undefined) {
             this.state.rttMs = performance.now() - sent;
+            this.confirmedAt = Math.max(this.confirmedAt, sent);
             this.pingSentAt.delete(Number(f.meta.id));
           }
           if (typeof f.meta.appliedSeq === 'number') this.state.replicaAppliedSeq = f.meta.appliedSeq;
@@ -294,7 +309,7 @@ export class Shipper {
         lastPing = now;
         const id = ++this.pingId;
         this.pingSentAt.set(id, performance.now());
-        if (this.pingSentAt.size > 16) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
+        if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
         link.send(FrameType.Ping, { id });
       }
       if (this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
@@ -448,7 +463,7 @@ export class Shipper {
               lastPing = now;
               link.send(FrameType.Ping, { id: ++this.pingId });
               this.pingSentAt.set(this.pingId, performance.now());
-              if (this.pingSentAt.size > 16) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
+              if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
             }
             if (now - lastLog >= 5000) {
               lastLog = now;

@@ -4,6 +4,9 @@
  * over), then only the replica (the primary fences itself; the replica takes over once the
  * lease has expired). Sampled all along: never do both sides accept a write; and from the logs,
  * the primary fenced itself before the replica took over.
+ * The same with a silent network instead of closed connections: the link and the primary's way
+ * to the witness stop carrying anything while their connections stay open (no reset, no FIN),
+ * as when a site's uplink fails; the primary must not take its open link for a live replica.
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -22,21 +25,20 @@ async function acceptsWrite(app: RunningAppliance): Promise<boolean> {
   return r.code === 0 && !/error|failed/i.test(r.stdout + r.stderr);
 }
 
-function logTime(app: RunningAppliance, msg: string | RegExp): number | undefined {
-  const rec = app.logs.find((l) => (typeof msg === 'string' ? l.msg === msg : msg.test(String(l.msg))));
+/** When `msg` was first logged at or after `since` (ms since the epoch). */
+function logTime(app: RunningAppliance, msg: string, since = 0): number | undefined {
+  const rec = app.logs.find((l) => l.msg === msg && Number(l.time) >= since);
   return rec ? Number(rec.time) : undefined;
 }
 
-test('split brain: with the link cut and the witness reachable by one side, exactly one side accepts writes', { timeout: 180_000 }, async () => {
-  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
-  const dir = tempDir();
+/** The witness and both sites, through proxies (the link; each site's way to the witness), and a sampler. */
+async function deploy(dir: string) {
   const witnessPort = await freePort();
   // Deployed as the README says: the witness and both sites share a key.
   const witnessKey = path.join(dir, 'witness.key');
   const kg = await run(process.execPath, [CLI, 'keygen', '--witness-key', witnessKey]);
   assert.equal(kg.code, 0, kg.stderr);
   const witness = await startWitnessProcess(witnessPort, ['--key-file', witnessKey]);
-  const witnessLogs = witness.logs;
   const replPort = await freePort();
   const link = new FaultProxy('127.0.0.1', replPort, 1);
   const aw = new FaultProxy('127.0.0.1', witnessPort, 2);
@@ -44,7 +46,7 @@ test('split brain: with the link cut and the witness reachable by one side, exac
   const linkPort = await link.listen();
   const awPort = await aw.listen();
   const bwPort = await bw.listen();
-  let b = await startReplica(path.join(dir, 'b'), replPort, ['--witness', `127.0.0.1:${bwPort}`, '--witness-key', witnessKey, '--failover-after', '2s']);
+  const b = await startReplica(path.join(dir, 'b'), replPort, ['--witness', `127.0.0.1:${bwPort}`, '--witness-key', witnessKey, '--failover-after', '2s']);
   const a = await startPrimary(path.join(dir, 'a'), ['sb:8M'], linkPort, ['--witness', `127.0.0.1:${awPort}`, '--witness-key', witnessKey]);
   const samples: { a: boolean; b: boolean; phase: number }[] = [];
   const sample = async (phase: number, ms: number) => {
@@ -56,20 +58,60 @@ test('split brain: with the link cut and the witness reachable by one side, exac
       await new Promise((r) => setTimeout(r, 150));
     }
   };
-  try {
-    for (let i = 0; i < 50 && (!(await acceptsWrite(a))); i++) await new Promise((r) => setTimeout(r, 200));
-    await waitCaughtUp(a, b);
-    assert.equal(((await a.status()).witness as { fenced: boolean }).fenced, false);
-    // The witness grants nothing during its first lease (a holder from before a restart may still
-    // be alive): the primary holds the lease only once that has passed.
-    await until('the primary to hold the witness lease', async () => ((await a.status()).witness as { reachable: boolean }).reachable, 20_000, 100);
+  return {
+    a, b, link, aw, bw, witness, samples, sample,
+    /** Both sites up and replicating, the primary holding its lease. */
+    async ready() {
+      for (let i = 0; i < 50 && !(await acceptsWrite(a)); i++) await new Promise((r) => setTimeout(r, 200));
+      await waitCaughtUp(a, b);
+      assert.equal(((await a.status()).witness as { fenced: boolean }).fenced, false);
+      // The witness grants nothing during its first lease (a holder from before a restart may
+      // still be alive): the primary holds the lease only once that has passed.
+      await until('the primary to hold the witness lease', async () => ((await a.status()).witness as { reachable: boolean }).reachable, 20_000, 100);
+    },
+    /** Sample until the replica has taken over: then only it accepts writes, and the old primary fenced itself first. */
+    async takeover(phase: number) {
+      const phaseStart = Date.now();
+      const deadline = phaseStart + 30_000;
+      let promoted = false;
+      while (Date.now() < deadline && !promoted) {
+        await sample(phase, 500);
+        promoted = (await b.status().catch(() => ({ role: '' }))).role === 'primary';
+      }
+      assert.ok(promoted, 'the replica took over');
+      await sample(phase, 1500);
+      const last = samples[samples.length - 1];
+      assert.ok(!last.a && last.b, `after the takeover only the new primary accepts writes: ${JSON.stringify(last)}`);
+      // The primary starts fenced (until its first lease): the fence that counts is this phase's.
+      const fencedAt = logTime(a, 'fenced: this site refuses writes', phaseStart);
+      const takeoverAt = logTime(b, 'primary silent and the witness agrees: taking over', phaseStart);
+      assert.ok(fencedAt && takeoverAt, 'fence and takeover are logged in this phase');
+      assert.ok(fencedAt < takeoverAt, `the old primary fenced itself (${fencedAt}) before the takeover (${takeoverAt})`);
+      assert.ok(witness.logs.some((l) => l.msg === 'witness: lease taken over (the previous holder stopped renewing)'));
+      return takeoverAt - fencedAt;
+    },
+    async close() {
+      await a.stop();
+      await b.stop();
+      await witness.stop();
+      await Promise.all([link.close(), aw.close(), bw.close()]);
+    },
+  };
+}
 
+test('split brain: with the link cut and the witness reachable by one side, exactly one side accepts writes', { timeout: 180_000 }, async () => {
+  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
+  const dir = tempDir();
+  const d = await deploy(dir);
+  const { a, b, link, aw, bw, samples } = d;
+  try {
+    await d.ready();
     // Phase 1: link cut, witness reachable only by the primary: the primary goes on, no takeover.
     link.refuse(true);
     link.cut();
     bw.refuse(true);
     bw.cut();
-    await sample(1, 2000 + LEASE_MS * 2);
+    await d.sample(1, 2000 + LEASE_MS * 2);
     assert.ok(samples.filter((s) => s.phase === 1).every((s) => s.a && !s.b), `phase 1: ${JSON.stringify(samples)}`);
     assert.equal((await b.status()).role, 'replica');
 
@@ -77,21 +119,7 @@ test('split brain: with the link cut and the witness reachable by one side, exac
     bw.refuse(false);
     aw.refuse(true);
     aw.cut();
-    const deadline = Date.now() + 30_000;
-    let promoted = false;
-    while (Date.now() < deadline && !promoted) {
-      await sample(2, 500);
-      promoted = (await b.status().catch(() => ({ role: '' }))).role === 'primary';
-    }
-    assert.ok(promoted, 'the replica took over');
-    await sample(2, 1500);
-    const last = samples[samples.length - 1];
-    assert.ok(!last.a && last.b, `after the takeover only the new primary accepts writes: ${JSON.stringify(last)}`);
-    const fencedAt = logTime(a, 'fenced: this site refuses writes');
-    const takeoverAt = logTime(b, 'primary silent and the witness agrees: taking over');
-    assert.ok(fencedAt && takeoverAt, 'fence and takeover are logged');
-    assert.ok(fencedAt < takeoverAt, `the old primary fenced itself (${fencedAt}) before the takeover (${takeoverAt})`);
-    assert.ok(witnessLogs.some((l) => l.msg === 'witness: lease taken over (the previous holder stopped renewing)'));
+    const gap = await d.takeover(2);
     // Reconnected to the witness, the old primary learns it was taken over and stays fenced.
     aw.refuse(false);
     await new Promise((r) => setTimeout(r, LEASE_MS));
@@ -104,15 +132,31 @@ test('split brain: with the link cut and the witness reachable by one side, exac
     r = await run(process.execPath, [CLI, 'replicate-to', '--http', `127.0.0.1:${b.httpPort}`, `127.0.0.1:${aListen}`]);
     assert.equal(r.code, 0, r.stderr);
     await waitCaughtUp(b, a, 60_000);
-    process.stdout.write(`# split brain: ${samples.length} samples, phase 1 primary-only ${samples.filter((s) => s.phase === 1).length}, takeover ${takeoverAt - fencedAt} ms after the fence\n`);
+    process.stdout.write(`# split brain: ${samples.length} samples, phase 1 primary-only ${samples.filter((s) => s.phase === 1).length}, takeover ${gap} ms after the fence\n`);
   } finally {
-    await a.stop();
-    await b.stop();
-    await witness.stop();
-    await Promise.all([link.close(), aw.close(), bw.close()]);
+    await d.close();
     delete process.env.OFFSITE_WITNESS_LEASE_MS;
     removeDir(dir);
-    void b;
-    b = undefined as unknown as RunningAppliance;
+  }
+});
+
+test('split brain on a silent network: the primary\'s link and witness connections stay open but carry nothing; it fences itself before the replica takes over', { timeout: 180_000 }, async () => {
+  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
+  const dir = tempDir();
+  const d = await deploy(dir);
+  const { a, link, aw } = d;
+  try {
+    await d.ready();
+    link.stall(true);
+    aw.stall(true);
+    const gap = await d.takeover(1);
+    assert.equal(((await a.status()).witness as { fenced: boolean }).fenced, true);
+    process.stdout.write(`# split brain, silent network: ${d.samples.length} samples, takeover ${gap} ms after the fence\n`);
+  } finally {
+    link.stall(false);
+    aw.stall(false);
+    await d.close();
+    delete process.env.OFFSITE_WITNESS_LEASE_MS;
+    removeDir(dir);
   }
 });
