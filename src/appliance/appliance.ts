@@ -19,6 +19,7 @@ import { Receiver } from '../replication/receiver';
 import { readLinkKey, type LinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
+import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { OffsiteError } from '../common/errors';
@@ -221,10 +222,12 @@ export class Appliance {
   }
 
   private setFenced(on: boolean, reason: string): void {
-    if (this.fence.fenced === on) return;
+    if (this.fence.fenced === on) {
+      if (on) this.fence.reason = reason; // still fenced, perhaps for another reason now: no new log line
+      return;
+    }
     this.fence.fenced = on;
     this.fence.reason = on ? reason : '';
-    for (const v of this.journaledVolumes()) v.fenced = on;
     if (on) this.logger.error({ reason }, 'fenced: this site refuses writes');
     else this.logger.warn({ reason }, 'fence lifted: this site accepts writes again');
   }
@@ -244,32 +247,41 @@ export class Appliance {
     const siteId = this.identity!.siteId;
     /** Another site holds the lease and this one never has (e.g. just promoted while the old primary's runs out). */
     let heldBy: string | undefined;
-    this.setFenced(true, 'waiting for the witness lease');
-    const check = () => {
-      if (this.fence.takenOver) return;
-      const now = Date.now();
-      const leaseHeld = this.fence.lastGrantMs > 0 && now - this.fence.lastGrantMs < leaseMs / 2;
-      const replicaHears = (this.replication?.sinceReplicaConfirmedMs() ?? Infinity) < leaseMs / 2;
-      if (leaseHeld) this.setFenced(false, 'witness lease granted');
-      else if (heldBy !== undefined) this.setFenced(true, `waiting for the witness lease (held by ${heldBy})`);
-      else if (replicaHears) this.setFenced(false, 'replica answering (witness unreachable)');
-      else this.setFenced(true, this.fence.lastGrantMs ? 'lost both the witness and the replica' : 'waiting for the witness lease');
+    /** When the newest granted request was sent. */
+    let granted: Instant | undefined;
+    const why = (): string | undefined => {
+      if (this.fence.takenOver) return this.fence.reason;
+      if (elapsedMaxMs(granted) < leaseMs / 2) return undefined;
+      if (heldBy !== undefined) return `waiting for the witness lease (held by ${heldBy})`;
+      if ((this.replication?.sinceReplicaConfirmedMs() ?? Infinity) < leaseMs / 2) return undefined;
+      return granted ? 'lost both the witness and the replica' : 'waiting for the witness lease';
     };
+    // Asked at every write, so a process that was paused or suspended past its lease refuses
+    // the first write after it wakes, not only after the next check.
+    for (const v of this.journaledVolumes()) v.writeGate = () => why() === undefined;
+    const check = () => {
+      const reason = why();
+      if (reason === undefined) this.setFenced(false, granted && elapsedMaxMs(granted) < leaseMs / 2 ? 'witness lease granted' : 'replica answering (witness unreachable)');
+      else this.setFenced(true, reason);
+    };
+    this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
-      const asked = Date.now();
+      const asked = instant();
       const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
       this.fence.votes = votes;
       this.fence.witnessReachable = r !== undefined;
       if (r?.granted) {
         // Counted from the asking: each witness granted no earlier, so its lease runs at least this long.
-        this.fence.lastGrantMs = Math.max(this.fence.lastGrantMs, asked);
+        if (!granted || asked.mono > granted.mono) granted = asked;
+        this.fence.lastGrantMs = granted.wall;
         heldBy = undefined;
-      } else if (r && this.fence.lastGrantMs === 0) {
+      } else if (r && !granted) {
         heldBy = `${r.holder ?? 'another site'} for ${r.expiresInMs ?? '?'} ms more`;
       } else if (r && !this.fence.takenOver) {
         this.logger.error({ holder: r.holder }, 'another site holds the witness lease: this site was taken over');
         this.fence.takenOver = true;
-        this.setFenced(true, `taken over by ${r.holder ?? 'another site'}`);
+        this.fence.reason = `taken over by ${r.holder ?? 'another site'}`;
+        this.setFenced(true, this.fence.reason);
       }
       check();
     };
@@ -291,15 +303,14 @@ export class Appliance {
     const leaseMs = witnessLeaseMs();
     const silenceMs = Math.max(afterMs, leaseMs);
     if (afterMs < leaseMs) this.logger.warn({ failoverAfterMs: afterMs, leaseMs }, `--failover-after is shorter than the witness lease: taking over after ${silenceMs} ms of silence`);
-    const started = Date.now();
     let asking = false;
     this.witnessTimer = setInterval(() => {
       const store = this.replicaStore;
       const receiver = this.receiver;
       if (!store || !receiver || asking || !this.hooks.requestPromotion) return;
       if (!store.primarySiteId() || store.syncState() !== 'consistent') return;
-      const last = Math.max(receiver.stats().lastContactMs, started);
-      if (Date.now() - last < silenceMs) return;
+      const silentMs = receiver.silentMs();
+      if (silentMs < silenceMs) return;
       asking = true;
       receiver.holdPongs = true;
       let promoting = false;
@@ -308,8 +319,9 @@ export class Appliance {
           this.fence.votes = votes;
           if (!lease?.granted) return;
           promoting = true;
-          this.logger.warn({ silentMs: Date.now() - last, witness: witnesses.join(','), granted: votes.filter((v) => v.vote === 'granted').length }, 'primary silent and the witness agrees: taking over');
-          await this.hooks.requestPromotion!(`primary silent for ${Date.now() - last} ms`);
+          const silent = Math.round(receiver.silentMs());
+          this.logger.warn({ silentMs: silent, witness: witnesses.join(','), granted: votes.filter((v) => v.vote === 'granted').length }, 'primary silent and the witness agrees: taking over');
+          await this.hooks.requestPromotion!(`primary silent for ${silent} ms`);
         })
         .catch((e: unknown) => this.logger.error({ err: e }, 'automatic takeover failed'))
         .finally(() => {

@@ -21,11 +21,13 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { grantorNow } from '../common/clock';
 import { logGate, type Logger } from '../common/logger';
 
 export interface WitnessOptions {
   leaseMs: number;
   logger: Logger;
+  /** The clock leases run on (default grantorNow: monotonic, so a stepped or suspended clock only ever lengthens a lease). */
   now?: () => number;
   /** Shared key: requests must be signed with it, answers are. Undefined: anyone may ask. */
   key?: Buffer;
@@ -82,7 +84,7 @@ export class LeaseBook {
 }
 
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<{ address: AddressInfo; close(): Promise<void>; book: LeaseBook }> {
-  const now = opts.now ?? Date.now;
+  const now = opts.now ?? grantorNow;
   const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs));
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
@@ -128,9 +130,11 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       if (typeof msg.siteId !== 'string' || !msg.siteId) return reply(400, { error: 'siteId required' });
       const t = now();
       if (key) {
+        // Request times are wall-clock times: compared with this machine's wall clock.
         const sent = Number(msg.timeMs);
-        if (!Number.isFinite(sent) || Math.abs(sent - t) > WITNESS_SKEW_MS) {
-          return refuse(reply, peer, 'WITNESS_CLOCK', `request time ${Number.isFinite(sent) ? `${Math.round((sent - t) / 1000)} s off` : 'missing'}: the clocks of the site and the witness must agree within ${WITNESS_SKEW_MS / 1000} s`);
+        const wall = Date.now();
+        if (!Number.isFinite(sent) || Math.abs(sent - wall) > WITNESS_SKEW_MS) {
+          return refuse(reply, peer, 'WITNESS_CLOCK', `request time ${Number.isFinite(sent) ? `${Math.round((sent - wall) / 1000)} s off` : 'missing'}: the clocks of the site and the witness must agree within ${WITNESS_SKEW_MS / 1000} s`);
         }
         if (sent <= (lastTime.get(msg.siteId) ?? 0)) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} no newer than one already answered (a replay)`);
         lastTime.set(msg.siteId, sent);

@@ -4,6 +4,7 @@
  * it is acknowledged. A corrupt, duplicated, out-of-order or oversized frame drops the connection
  * (the primary resumes from the last ack); it is never applied.
  */
+import { elapsedMinMs, instant } from '../common/clock';
 import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
@@ -52,6 +53,12 @@ export class Receiver {
    * may be replaced. Every pong the primary gets was therefore sent before any such question.
    */
   holdPongs = false;
+  private lastContact = instant();
+
+  /** How long the primary has been silent (since the last frame, or since this receiver started), by the clock that says less. */
+  silentMs(): number {
+    return elapsedMinMs(this.lastContact);
+  }
 
   constructor(private readonly opts: ReceiverOptions) {}
 
@@ -156,7 +163,8 @@ export class Receiver {
       logger.warn({ peer, err: { code: (e as { code?: string }).code, message: e.message } }, 'replication frame rejected; dropping the connection');
     };
     const onFrame = (f: Frame) => {
-      this.state.lastContactMs = Date.now();
+      this.lastContact = instant();
+      this.state.lastContactMs = this.lastContact.wall;
       if (!greeted) {
         if (f.type !== FrameType.Hello) throw new ReplicationError(Code.Handshake, `expected Hello, got frame type ${f.type}`);
         greeted = true;

@@ -4,6 +4,7 @@
  * shipping resumes right after it: never a full resync because a link or a process dropped.
  * Several segments are in flight at once (acks by sequence), so a long link is kept full.
  */
+import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import net from 'node:net';
 import { releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
@@ -93,9 +94,10 @@ export class Shipper {
   private inflight: { to: number; rawBytes: number }[] = [];
   private inflightBytes = 0;
   private lastHeardMs = 0;
-  private pingSentAt = new Map<number, number>();
-  /** When the newest ping that came back was sent (performance.now()): the replica heard this site no earlier. */
-  private confirmedAt = -Infinity;
+  /** Pings awaiting their pong: when each was sent (performance.now()) and the Instant for leases. */
+  private pingSentAt = new Map<number, { at: number; instant: Instant }>();
+  /** When the newest ping that came back was sent: the replica heard this site no earlier. */
+  private confirmed?: Instant;
   private pingId = 0;
   /** Where segment payloads are gathered before compression (grown as needed, reused). */
   private scratchBuf = Buffer.alloc(0);
@@ -156,7 +158,7 @@ export class Shipper {
    * that went silent; this does, because the replica saw the ping before it answered.
    */
   sinceConfirmedMs(): number {
-    return performance.now() - this.confirmedAt;
+    return elapsedMaxMs(this.confirmed);
   }
 
   get bandwidth(): number {
@@ -225,8 +227,8 @@ export class Shipper {
         case FrameType.Pong: {
           const sent = this.pingSentAt.get(Number(f.meta.id));
           if (sent !== undefined) {
-            this.state.rttMs = performance.now() - sent;
-            this.confirmedAt = Math.max(this.confirmedAt, sent);
+            this.state.rttMs = performance.now() - sent.at;
+            if (!this.confirmed || sent.instant.mono > this.confirmed.mono) this.confirmed = sent.instant;
             this.pingSentAt.delete(Number(f.meta.id));
           }
           if (typeof f.meta.appliedSeq === 'number') this.state.replicaAppliedSeq = f.meta.appliedSeq;
@@ -308,7 +310,7 @@ export class Shipper {
       if (now - lastPing >= pingEvery) {
         lastPing = now;
         const id = ++this.pingId;
-        this.pingSentAt.set(id, performance.now());
+        this.pingSentAt.set(id, { at: performance.now(), instant: instant() });
         if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
         link.send(FrameType.Ping, { id });
       }
@@ -462,7 +464,7 @@ export class Shipper {
             if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
               lastPing = now;
               link.send(FrameType.Ping, { id: ++this.pingId });
-              this.pingSentAt.set(this.pingId, performance.now());
+              this.pingSentAt.set(this.pingId, { at: performance.now(), instant: instant() });
               if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
             }
             if (now - lastLog >= 5000) {

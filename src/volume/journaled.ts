@@ -78,8 +78,13 @@ export class JournaledVolume implements Volume {
   /** Extra delay before acknowledging a write (the RPO controller's throttle), ms; 0 most of the time. */
   ackDelay?: () => number;
 
-  /** Fenced (split-brain protection): writes are refused until the fence is lifted. */
-  fenced = false;
+  /** Split-brain protection: when set, a write is accepted only while this says yes (asked at every write). */
+  writeGate?: () => boolean;
+
+  /** Writes refused now because this site may not be the primary. */
+  get fenced(): boolean {
+    return this.writeGate !== undefined && !this.writeGate();
+  }
 
   get readOnly(): boolean {
     return this.image.readOnly || this.fenced;

@@ -7,13 +7,16 @@
  * The same with a silent network instead of closed connections: the link and the primary's way
  * to the witness stop carrying anything while their connections stay open (no reset, no FIN),
  * as when a site's uplink fails; the primary must not take its open link for a live replica.
+ * And a primary whose process is paused (SIGSTOP, as a suspended VM) past its lease while the
+ * replica takes over: the first write it gets after waking is refused.
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import test from 'node:test';
-import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { CLI, removeDir, TARGET_PREFIX, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy } from '../helpers/fault-proxy';
+import { pattern, RawInitiator } from '../helpers/raw-initiator';
 import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
 import { startWitnessProcess } from '../helpers/witness';
@@ -155,6 +158,38 @@ test('split brain on a silent network: the primary\'s link and witness connectio
   } finally {
     link.stall(false);
     aw.stall(false);
+    await d.close();
+    delete process.env.OFFSITE_WITNESS_LEASE_MS;
+    removeDir(dir);
+  }
+});
+
+test('a primary paused past its lease (SIGSTOP) while the replica takes over refuses the first write after it wakes', { timeout: 180_000 }, async () => {
+  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
+  const dir = tempDir();
+  const d = await deploy(dir);
+  const { a, b } = d;
+  let s: RawInitiator | undefined;
+  try {
+    await d.ready();
+    // A session logged in before the pause, so the write reaches the primary the moment it wakes.
+    s = await RawInitiator.session(a.iscsiPort, { targetName: `${TARGET_PREFIX}:sb`, initiatorName: 'iqn.2026-11.dev.offsite.test:pause' });
+    const before = await s.write10(4096, pattern(4096, 1));
+    assert.equal(before.status, 0, 'the primary accepts writes before the pause');
+    a.proc.kill('SIGSTOP');
+    await until('the replica to take over', async () => (await b.status().catch(() => ({ role: '' }))).role === 'primary', 40_000, 200);
+    const pending = s.write10(4104, pattern(4096, 2));
+    await new Promise((r) => setTimeout(r, 200));
+    a.proc.kill('SIGCONT');
+    const after = await pending;
+    assert.equal(after.status, 2, `the first write after waking is refused (status ${after.status})`);
+    assert.equal((after.sense?.[2] ?? 0) & 0x0f, 0x7, 'with DATA PROTECT');
+    assert.equal(await acceptsWrite(b), true, 'the new primary accepts writes');
+    await until('the old primary to learn it was taken over', async () => ((await a.status()).witness as { takenOver: boolean }).takenOver, 20_000, 100);
+    assert.equal(await acceptsWrite(a), false);
+  } finally {
+    a.proc.kill('SIGCONT');
+    s?.destroy();
     await d.close();
     delete process.env.OFFSITE_WITNESS_LEASE_MS;
     removeDir(dir);
