@@ -74,6 +74,13 @@ export const PANELS: PanelSpec[] = [
   { row: 'Journal and sync', title: 'Sync progress (remaining)', unit: 'bytes', queries: [
     { expr: `offsite_sync_remaining_bytes{${site}}`, legend: '{{instance}}' },
   ] },
+  { row: 'Split-brain protection', title: 'Fenced (writes refused)', unit: 'none', kind: 'stat', queries: [
+    { expr: `offsite_fenced{${site}}`, legend: '{{instance}}' },
+  ] },
+  { row: 'Split-brain protection', title: 'Witnesses answering', unit: 'none', queries: [
+    { expr: `offsite_witnesses_answering{${site}}`, legend: '{{instance}} answering' },
+    { expr: `offsite_witnesses{${site}}`, legend: '{{instance}} configured' },
+  ] },
 ];
 
 export function buildDashboard(): unknown {
