@@ -36,6 +36,9 @@ test('a quorum of three witnesses: one down changes nothing but the report; the 
     await waitCaughtUp(a, b);
     await until('the primary to hold the lease at all three witnesses', async () => ((await pa.status()) as W).witness.witnesses.every((v) => v.vote === 'granted'), 20_000, 100);
     assert.equal(((await a.status()) as W).witness.quorum, 2);
+    // The replica asks nobody while it hears its primary.
+    const rb = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${b.httpPort}`]);
+    assert.match(rb.stdout, new RegExp(`^witness: +${list} asked when the primary falls silent, authenticated; standing by$`, 'm'));
 
     // One witness down: still the primary, still writing; the report names the missing one.
     await witnesses[1].stop('SIGKILL');
