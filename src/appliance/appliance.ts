@@ -332,7 +332,6 @@ export class Appliance {
     this.witnessTimer.unref();
   }
 
-
   private warnWitnessSetup(): void {
     const w = this.config.witness;
     if (!w) return;

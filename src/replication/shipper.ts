@@ -94,8 +94,8 @@ export class Shipper {
   private inflight: { to: number; rawBytes: number }[] = [];
   private inflightBytes = 0;
   private lastHeardMs = 0;
-  /** Pings awaiting their pong: when each was sent (performance.now()) and the Instant for leases. */
-  private pingSentAt = new Map<number, { at: number; instant: Instant }>();
+  /** Pings awaiting their pong, and when each was sent. */
+  private pingSentAt = new Map<number, Instant>();
   /** When the newest ping that came back was sent: the replica heard this site no earlier. */
   private confirmed?: Instant;
   private pingId = 0;
@@ -227,8 +227,8 @@ export class Shipper {
         case FrameType.Pong: {
           const sent = this.pingSentAt.get(Number(f.meta.id));
           if (sent !== undefined) {
-            this.state.rttMs = performance.now() - sent.at;
-            if (!this.confirmed || sent.instant.mono > this.confirmed.mono) this.confirmed = sent.instant;
+            this.state.rttMs = performance.now() - sent.mono;
+            if (!this.confirmed || sent.mono > this.confirmed.mono) this.confirmed = sent;
             this.pingSentAt.delete(Number(f.meta.id));
           }
           if (typeof f.meta.appliedSeq === 'number') this.state.replicaAppliedSeq = f.meta.appliedSeq;
@@ -310,7 +310,7 @@ export class Shipper {
       if (now - lastPing >= pingEvery) {
         lastPing = now;
         const id = ++this.pingId;
-        this.pingSentAt.set(id, { at: performance.now(), instant: instant() });
+        this.pingSentAt.set(id, instant());
         if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
         link.send(FrameType.Ping, { id });
       }
@@ -464,7 +464,7 @@ export class Shipper {
             if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
               lastPing = now;
               link.send(FrameType.Ping, { id: ++this.pingId });
-              this.pingSentAt.set(this.pingId, { at: performance.now(), instant: instant() });
+              this.pingSentAt.set(this.pingId, instant());
               if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
             }
             if (now - lastLog >= 5000) {
