@@ -7,6 +7,7 @@
  *
  *   POST /lease {siteId, role, timeMs}  → 200 {granted: true, expiresAt} | 409 {granted: false, holder, expiresInMs}
  *   GET  /status                        → the current holder
+ *   GET  /metrics                       → Prometheus metrics (when the ops layer supplies them)
  *
  * A witness that (re)starts knows no holder, while the last one's lease may still run: for one
  * lease after its start it grants nothing (503 WITNESS_STARTING, which the sites treat like an
@@ -33,6 +34,27 @@ export interface WitnessOptions {
   key?: Buffer;
   /** No grants for this long after the start (default: one lease). */
   quietMs?: number;
+  /** GET /metrics answers with this (the ops layer's Prometheus exposition); absent: 404. */
+  metrics?: () => Promise<{ contentType: string; body: string }>;
+}
+
+/** What a witness has answered since it started, by kind (for its metrics). */
+export interface WitnessStats {
+  grants: number;
+  takeovers: number;
+  /** Refused requests, by why: held (another site's lease runs), starting, unauthorized, clock, replay, bad_request. */
+  refused: Record<'held' | 'starting' | 'unauthorized' | 'clock' | 'replay' | 'bad_request', number>;
+}
+
+export interface RunningWitness {
+  address: AddressInfo;
+  book: LeaseBook;
+  leaseMs: number;
+  authenticated: boolean;
+  stats(): WitnessStats;
+  /** The lease clock (grantorNow unless a test gave another). */
+  now(): number;
+  close(): Promise<void>;
 }
 
 /** How far a signed request's time may be from the witness's clock. */
@@ -83,14 +105,16 @@ export class LeaseBook {
   }
 }
 
-export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<{ address: AddressInfo; close(): Promise<void>; book: LeaseBook }> {
+export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<RunningWitness> {
   const now = opts.now ?? grantorNow;
+  const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0 } };
   const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs));
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
   const gate = logGate(1000);
-  const refuse = (reply: (code: number, body: unknown) => void, peer: string | undefined, code: string, error: string) => {
+  const refuse = (reply: (code: number, body: unknown) => void, peer: string | undefined, code: string, error: string, kind: 'unauthorized' | 'clock' | 'replay') => {
+    stats.refused[kind]++;
     const skipped = gate();
     if (skipped !== undefined) opts.logger.warn({ peer, code, alsoRefused: skipped || undefined }, `witness: request refused: ${error}`);
     reply(401, { error, code });
@@ -105,6 +129,19 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       res.end(text);
     };
     const url = new URL(req.url ?? '/', 'http://witness');
+    if (req.method === 'GET' && url.pathname === '/metrics' && opts.metrics) {
+      void opts.metrics().then(
+        (m) => {
+          res.writeHead(200, { 'content-type': m.contentType, 'content-length': Buffer.byteLength(m.body) });
+          res.end(m.body);
+        },
+        (e: unknown) => {
+          opts.logger.error({ err: e }, 'witness: metrics failed');
+          res.writeHead(500).end();
+        },
+      );
+      return;
+    }
     if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: book.grants, refusals: book.refusals });
     if (req.method !== 'POST' || url.pathname !== '/lease') return reply(404, { error: 'not found' });
     let body = '';
@@ -117,7 +154,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       if (key) {
         const given = String(req.headers[MAC_HEADER] ?? '');
         if (!given || !sameMac(given, witnessMac(key, 'request', body))) {
-          return refuse(reply, peer, 'WITNESS_UNAUTHORIZED', given ? 'wrong signature (is --witness-key the witness\'s key?)' : 'unsigned request (this witness needs --witness-key at the sites)');
+          return refuse(reply, peer, 'WITNESS_UNAUTHORIZED', given ? 'wrong signature (is --witness-key the witness\'s key?)' : 'unsigned request (this witness needs --witness-key at the sites)', 'unauthorized');
         }
         requestMac = given;
       }
@@ -125,28 +162,36 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       try {
         msg = JSON.parse(body) as typeof msg;
       } catch {
+        stats.refused.bad_request++;
         return reply(400, { error: 'body must be JSON {siteId, role}' });
       }
-      if (typeof msg.siteId !== 'string' || !msg.siteId) return reply(400, { error: 'siteId required' });
+      if (typeof msg.siteId !== 'string' || !msg.siteId) {
+        stats.refused.bad_request++;
+        return reply(400, { error: 'siteId required' });
+      }
       const t = now();
       if (key) {
         // Request times are wall-clock times: compared with this machine's wall clock.
         const sent = Number(msg.timeMs);
         const wall = Date.now();
         if (!Number.isFinite(sent) || Math.abs(sent - wall) > WITNESS_SKEW_MS) {
-          return refuse(reply, peer, 'WITNESS_CLOCK', `request time ${Number.isFinite(sent) ? `${Math.round((sent - wall) / 1000)} s off` : 'missing'}: the clocks of the site and the witness must agree within ${WITNESS_SKEW_MS / 1000} s`);
+          return refuse(reply, peer, 'WITNESS_CLOCK', `request time ${Number.isFinite(sent) ? `${Math.round((sent - wall) / 1000)} s off` : 'missing'}: the clocks of the site and the witness must agree within ${WITNESS_SKEW_MS / 1000} s`, 'clock');
         }
-        if (sent <= (lastTime.get(msg.siteId) ?? 0)) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} no newer than one already answered (a replay)`);
+        if (sent <= (lastTime.get(msg.siteId) ?? 0)) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} no newer than one already answered (a replay)`, 'replay');
         lastTime.set(msg.siteId, sent);
       }
       const r = book.request(msg.siteId, String(msg.role ?? ''), t);
       if ('quietForMs' in r) {
+        stats.refused.starting++;
         return reply(503, { granted: false, code: 'WITNESS_STARTING', error: `the witness started less than a lease ago: no grants for ${r.quietForMs} ms more`, retryInMs: r.quietForMs });
       }
       if (r.granted) {
+        stats.grants++;
+        if (r.takeover) stats.takeovers++;
         if (r.takeover) opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
         return reply(200, { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs });
       }
+      stats.refused.held++;
       opts.logger.info({ siteId: msg.siteId, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t }, 'witness: lease refused (held by another site)');
       return reply(409, { granted: false, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t });
     });
@@ -158,6 +203,10 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   return {
     address: server.address() as AddressInfo,
     book,
+    leaseMs: opts.leaseMs,
+    authenticated: !!key,
+    stats: () => structuredClone(stats),
+    now,
     close: () => new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();

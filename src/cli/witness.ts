@@ -1,9 +1,10 @@
 /** `offsite witness`: the third party that decides which site may accept writes (see appliance/witness.ts). */
 import type { Command } from 'commander';
 import { readSecretFile } from '../appliance/config';
-import { startWitness, witnessLeaseMs } from '../appliance/witness';
+import { startWitness, witnessLeaseMs, type RunningWitness } from '../appliance/witness';
 import { parseDuration, parseHostPort } from '../common/units';
 import { createLogger } from '../ops/logging';
+import { witnessMetrics } from '../ops/metrics';
 import { fail } from './exit';
 
 export function register(program: Command): void {
@@ -15,20 +16,21 @@ export function register(program: Command): void {
     .option('--key-file <file>', 'the key the sites give as --witness-key (offsite keygen --witness-key FILE; or OFFSITE_WITNESS_KEY): only signed requests count, answers are signed')
     .option('--log-level <level>', 'trace, debug, info, warn, error (default info)')
     .action(async (opts: { listen: string; lease?: string; keyFile?: string; logLevel?: string }) => {
-      let w: Awaited<ReturnType<typeof startWitness>>;
+      let w: RunningWitness | undefined;
+      const metrics = witnessMetrics(() => w);
       const logger = createLogger(opts.logLevel ?? 'info');
       try {
         const hp = parseHostPort(opts.listen, '--listen');
         const leaseMs = opts.lease ? parseDuration(opts.lease, '--lease') : witnessLeaseMs();
         const keyFile = opts.keyFile ?? (process.env.OFFSITE_WITNESS_KEY || undefined);
         const key = keyFile ? readSecretFile(keyFile, 'key-file', 'keyFile') : undefined;
-        w = await startWitness(hp.host, hp.port, { leaseMs, logger, key });
+        w = await startWitness(hp.host, hp.port, { leaseMs, logger, key, metrics: metrics.render });
         logger.info({ listen: `${w.address.address}:${w.address.port}`, leaseMs, authenticated: !!key }, 'witness ready');
         if (!key) logger.warn('witness without --key-file: anyone who reaches this address can take or keep the lease (offsite keygen --witness-key FILE, then --key-file here and --witness-key at both sites)');
       } catch (e) {
         fail(e, 'offsite witness');
       }
-      const stop = () => void w.close().then(() => process.exit(0));
+      const stop = () => void w!.close().then(() => process.exit(0));
       process.on('SIGTERM', stop);
       process.on('SIGINT', stop);
     });

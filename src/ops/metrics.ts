@@ -7,6 +7,7 @@
 import client from 'prom-client';
 import type { Appliance, ApplianceHooks } from '../appliance/appliance';
 import { poolStats } from '../common/buffer-pool';
+import type { RunningWitness, WitnessStats } from '../appliance/witness';
 
 export interface Metrics {
   registry: client.Registry;
@@ -97,12 +98,46 @@ class CommandLatency {
   }
 }
 
-export function createMetrics(): Metrics {
+/** A gauge read at scrape time (no series while `value` is undefined). */
+function scrapeGauge(registry: client.Registry, name: string, help: string, value: () => number | undefined): client.Gauge {
+  return new client.Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const v = value();
+      if (v === undefined) this.reset();
+      else this.set(v);
+    },
+  });
+}
+
+/** A counter read at scrape time from a running total. */
+function scrapeCounter(registry: client.Registry, name: string, help: string, value: () => number | undefined): client.Counter {
+  return new client.Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.reset();
+      const v = value();
+      if (v !== undefined && v > 0) this.inc(v);
+    },
+  });
+}
+
+/** A registry with the process's default metrics under `prefix`. */
+function processRegistry(prefix: string): client.Registry {
   const registry = new client.Registry();
-  client.collectDefaultMetrics({ register: registry, prefix: 'offsite_' });
+  client.collectDefaultMetrics({ register: registry, prefix });
   // prom-client also exports three gauges named *_total (beside the same gauges without the
   // suffix), which promtool rejects as non-counters: drop the duplicates.
-  for (const what of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`offsite_nodejs_active_${what}_total`);
+  for (const what of ['handles', 'requests', 'resources']) registry.removeSingleMetric(`${prefix}nodejs_active_${what}_total`);
+  return registry;
+}
+
+export function createMetrics(): Metrics {
+  const registry = processRegistry('offsite_');
   let app: Appliance | undefined;
 
   const latency = new CommandLatency();
@@ -218,28 +253,8 @@ export function createMetrics(): Metrics {
   });
 
   // ---- journal ----
-  const gauge = (name: string, help: string, value: () => number | undefined) =>
-    new client.Gauge({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        const v = app ? value() : undefined;
-        if (v === undefined) this.reset();
-        else this.set(v);
-      },
-    });
-  const counter = (name: string, help: string, value: () => number | undefined) =>
-    new client.Counter({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        this.reset();
-        const v = app ? value() : undefined;
-        if (v !== undefined && v > 0) this.inc(v);
-      },
-    });
+  const gauge = (name: string, help: string, value: () => number | undefined) => scrapeGauge(registry, name, help, () => (app ? value() : undefined));
+  const counter = (name: string, help: string, value: () => number | undefined) => scrapeCounter(registry, name, help, () => (app ? value() : undefined));
   const journal = () => app?.journalStats();
   gauge('offsite_journal_bytes', 'Data bytes held in the journal.', () => journal()?.bytes);
   gauge('offsite_journal_records', 'Records held in the journal.', () => journal()?.records);
@@ -346,5 +361,53 @@ export function createMetrics(): Metrics {
     attach(a: Appliance) {
       app = a;
     },
+  };
+}
+
+/**
+ * The witness's own metrics (offsite witness serves them at GET /metrics): its lease, what it
+ * granted and refused, and its process. Read at scrape time from the running witness.
+ */
+export function witnessMetrics(witness: () => RunningWitness | undefined): { registry: client.Registry; render(): Promise<{ contentType: string; body: string }> } {
+  const registry = processRegistry('offsite_witness_');
+  const holder = () => {
+    const w = witness();
+    const h = w?.book.holder;
+    return w && h && h.expiresAt > w.now() ? { w, h } : undefined;
+  };
+  const gauge = (name: string, help: string, value: () => number | undefined) => scrapeGauge(registry, name, help, value);
+  gauge('offsite_witness_lease_seconds', 'Lease length this witness grants.', () => { const w = witness(); return w && w.leaseMs / 1000; });
+  gauge('offsite_witness_authenticated', '1 when requests must be signed with the shared key (--key-file).', () => { const w = witness(); return w && (w.authenticated ? 1 : 0); });
+  gauge('offsite_witness_lease_held', '1 while a site holds an unexpired lease.', () => (witness() ? (holder() ? 1 : 0) : undefined));
+  gauge('offsite_witness_lease_remaining_seconds', 'Time left on the current lease (0: none held).', () => { const x = holder(); return witness() ? (x ? (x.h.expiresAt - x.w.now()) / 1000 : 0) : undefined; });
+  new client.Gauge({
+    name: 'offsite_witness_lease_holder_info',
+    help: 'The site holding the lease (1; no series while none does).',
+    labelNames: ['site_id', 'role'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const x = holder();
+      if (x) this.set({ site_id: x.h.siteId, role: x.h.role }, 1);
+    },
+  });
+  const counter = (name: string, help: string, value: (s: WitnessStats) => number) => scrapeCounter(registry, name, help, () => { const w = witness(); return w && value(w.stats()); });
+  counter('offsite_witness_grants_total', 'Lease requests granted (first grants and renewals).', (s) => s.grants);
+  counter('offsite_witness_takeovers_total', 'Leases given to a site other than the previous holder, once that one stopped renewing.', (s) => s.takeovers);
+  new client.Counter({
+    name: 'offsite_witness_refused_total',
+    help: 'Lease requests refused, by reason: held (another site holds the lease), starting (first lease after a start), unauthorized, clock, replay, bad_request.',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const w = witness();
+      if (!w) return;
+      for (const [reason, n] of Object.entries(w.stats().refused)) this.inc({ reason }, n);
+    },
+  });
+  return {
+    registry,
+    render: async () => ({ contentType: registry.contentType, body: await registry.metrics() }),
   };
 }

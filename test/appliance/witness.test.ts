@@ -98,6 +98,16 @@ test('offsite witness --key-file and a primary with --witness-key: the lease is 
     assert.equal(b.witness.reachable, false);
     assert.ok(bad.logs.some((l) => /refused the request: wrong signature/.test(String(l.msg))), 'the site says why');
     assert.ok(witnessLogs.some((l) => /request refused: wrong signature/.test(String(l.msg)) && l.peer), 'the witness logs the refusal with the peer');
+    // The witness's own metrics, as Prometheus reads them.
+    const goodSite = String((await good.status()).siteId);
+    const m = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    assert.match(m, /^offsite_witness_lease_held 1$/m);
+    assert.match(m, new RegExp(`^offsite_witness_lease_holder_info\\{site_id="${goodSite}",role="primary"\\} 1$`, 'm'));
+    assert.match(m, /^offsite_witness_authenticated 1$/m);
+    assert.ok(Number(/^offsite_witness_grants_total (\d+)$/m.exec(m)?.[1]) > 0, 'grants counted');
+    assert.ok(Number(/^offsite_witness_refused_total\{reason="unauthorized"\} (\d+)$/m.exec(m)?.[1]) > 0, 'the other key\'s requests counted as unauthorized');
+    const check = await run('promtool', ['check', 'metrics'], { input: m });
+    assert.equal(check.code, 0, check.stdout + check.stderr);
     // What an operator sees.
     let st = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${good.httpPort}`]);
     assert.match(st.stdout, /^witness: +127\.0\.0\.1:\d+ reachable, authenticated; writes accepted$/m);

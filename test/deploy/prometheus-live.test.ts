@@ -5,7 +5,7 @@
  * RPO over target, journal over its cap, a replica that is not consistent). One of them serves
  * HTTPS and Prometheus scrapes it as the README says (scheme https, the certificate as ca_file).
  * Two primaries use witnesses: one whose only witness never answers, one with a quorum of three
- * of which one is down.
+ * of which one is down; Prometheus scrapes the two witnesses that run, too.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -20,7 +20,8 @@ import { run } from '../helpers/exec';
 import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
 import { selfSignedCert } from '../helpers/tls';
-import { startWitness } from '../../src/appliance/witness';
+import { startWitness, type RunningWitness } from '../../src/appliance/witness';
+import { witnessMetrics } from '../../src/ops/metrics';
 import { createLogger } from '../../src/ops/logging';
 
 const ROOT = path.resolve(__dirname, '../../..');
@@ -49,7 +50,11 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
   // A primary with a quorum of three witnesses, one of them down: it holds its lease (two of
   // three grant), degraded.
   const quiet = createLogger('silent');
-  const witnesses = await Promise.all([0, 1].map(() => startWitness('127.0.0.1', 0, { leaseMs: 6000, quietMs: 0, logger: quiet })));
+  const witnesses = await Promise.all([0, 1].map(() => {
+    let w: RunningWitness | undefined;
+    const m = witnessMetrics(() => w);
+    return startWitness('127.0.0.1', 0, { leaseMs: 6000, quietMs: 0, logger: quiet, metrics: m.render }).then((x) => (w = x));
+  }));
   const e = await startAppliance({ dataDir: path.join(dir, 'e'), volumes: ['g:1M'], args: ['--witness', [...witnesses.map((w) => `127.0.0.1:${w.address.port}`), `127.0.0.1:${await freePort()}`].join(',')] });
   const promPort = await freePort();
   copyFileSync(path.join(ROOT, 'deploy/alerts.yml'), path.join(dir, 'alerts.yml'));
@@ -61,6 +66,7 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
       rule_files: [path.join(dir, 'alerts.yml')],
       scrape_configs: [
         { job_name: 'offsite', static_configs: [{ targets }] },
+        { job_name: 'offsite-witness', static_configs: [{ targets: witnesses.map((w) => `127.0.0.1:${w.address.port}`) }] },
         { job_name: 'offsite-https', scheme: 'https', tls_config: { ca_file: tls.cert }, static_configs: [{ targets: [`127.0.0.1:${d.httpPort}`] }] },
       ],
     }),
@@ -79,9 +85,9 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     // promtool agrees the exposition is clean.
     const check = await run('promtool', ['check', 'metrics'], { input: await metrics(a) });
     assert.equal(check.code, 0, check.stdout + check.stderr);
-    await until('Prometheus to scrape all five appliances', async () => {
+    await until('Prometheus to scrape all five appliances and both witnesses', async () => {
       const r = await query(promPort, 'up == 1').catch(() => undefined);
-      return (r?.data.result.length ?? 0) === 5;
+      return (r?.data.result.length ?? 0) === 7;
     }, 60_000, 250).catch((e: Error) => {
       throw new Error(`${e.message}\n${promLog}`);
     });
@@ -98,6 +104,10 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
       }
     }
     assert.deepEqual(empty, [], 'dashboard queries without data');
+    // The witnesses' own metrics: both grant the primary with the quorum its lease.
+    await until('both witnesses to report the lease held', async () => (await query(promPort, 'offsite_witness_lease_held == 1')).data.result.length === 2, 20_000, 250);
+    const holders = (await query(promPort, 'offsite_witness_lease_holder_info')).data.result as { metric: { site_id: string } }[];
+    assert.deepEqual(holders.map((h) => h.metric.site_id), [String((await e.status()).siteId), String((await e.status()).siteId)]);
 
     // Make every alert condition true, then evaluate each alert expression.
     const rules = (YAML.parse(readFileSync(path.join(ROOT, 'deploy/alerts.yml'), 'utf8')) as { groups: { rules: { alert: string; expr: string }[] }[] }).groups.flatMap((g) => g.rules);
