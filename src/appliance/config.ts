@@ -354,7 +354,6 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
   if (witnessKeyFile && !witnessAddr) throw new ConfigError('witness-key: give the witness too (--witness HOST:PORT)', 'witness.keyFile');
   const witnessKey = witnessKeyFile ? readSecretFile(witnessKeyFile, 'witness-key', 'witness.keyFile') : undefined;
   if (failoverText !== undefined && !witnessAddr) throw new ConfigError('failover-after: automatic takeover needs a witness (--witness HOST:PORT)', 'failoverAfter');
-  if (failoverText !== undefined && role !== 'replica') throw new ConfigError('failover-after: only a replica takes over automatically', 'failoverAfter');
   if (adminToken !== undefined && adminToken.length < 16) throw new ConfigError('admin token: use at least 16 characters (offsite keygen --admin-token FILE makes one)', 'admin.tokenFile');
 
   return {

@@ -15,7 +15,7 @@ import path from 'node:path';
 import test from 'node:test';
 import { CLI, removeDir, TARGET_PREFIX, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { FaultProxy } from '../helpers/fault-proxy';
+import { FaultProxy, rng } from '../helpers/fault-proxy';
 import { pattern, RawInitiator } from '../helpers/raw-initiator';
 import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
@@ -24,7 +24,7 @@ import { startWitnessProcess } from '../helpers/witness';
 const LEASE_MS = 3000;
 
 async function acceptsWrite(app: RunningAppliance): Promise<boolean> {
-  const r = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x3c ${1024 * 1024} 4k`, app.url('sb')], { timeoutMs: 15_000 });
+  const r = await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x3c ${1024 * 1024} 4k`, app.url('sb')], { timeoutMs: 5_000 });
   return r.code === 0 && !/error|failed/i.test(r.stdout + r.stderr);
 }
 
@@ -50,7 +50,8 @@ async function deploy(dir: string) {
   const awPort = await aw.listen();
   const bwPort = await bw.listen();
   const b = await startReplica(path.join(dir, 'b'), replPort, ['--witness', `127.0.0.1:${bwPort}`, '--witness-key', witnessKey, '--failover-after', '2s']);
-  const a = await startPrimary(path.join(dir, 'a'), ['sb:8M'], linkPort, ['--witness', `127.0.0.1:${awPort}`, '--witness-key', witnessKey]);
+  // Both sites may take over whenever they are the replica (after a failback, the old primary).
+  const a = await startPrimary(path.join(dir, 'a'), ['sb:8M'], linkPort, ['--witness', `127.0.0.1:${awPort}`, '--witness-key', witnessKey, '--failover-after', '2s']);
   const samples: { a: boolean; b: boolean; phase: number }[] = [];
   const sample = async (phase: number, ms: number) => {
     const end = Date.now() + ms;
@@ -191,6 +192,81 @@ test('a primary paused past its lease (SIGSTOP) while the replica takes over ref
     a.proc.kill('SIGCONT');
     s?.destroy();
     await d.close();
+    delete process.env.OFFSITE_WITNESS_LEASE_MS;
+    removeDir(dir);
+  }
+});
+
+/**
+ * Random rounds of the faults above, combined: the link cut or silent, either site's way to the
+ * witness cut or silent, the primary paused; healed after a random time. Sampled all along, never
+ * both sites accept a write. After each round the primary accepts writes again (a takeover is
+ * failed back by hand, as an operator would: demote, replicate-to), and the pair catches up.
+ * OFFSITE_SPLIT_BRAIN_ROUNDS (default 4) and OFFSITE_SPLIT_BRAIN_SEED replay a run.
+ */
+test('split brain, random rounds: cuts, silences and pauses combined; never two writable sites, always one again after healing', { timeout: 600_000 }, async (t) => {
+  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
+  const rounds = Number(process.env.OFFSITE_SPLIT_BRAIN_ROUNDS ?? 4);
+  const seed = Number(process.env.OFFSITE_SPLIT_BRAIN_SEED ?? Date.now() % 1_000_000);
+  const rand = rng(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
+  const dir = tempDir();
+  const d = await deploy(dir);
+  const proxies: FaultProxy[] = [];
+  // Who is primary, and the proxies on its link and on each site's way to the witness.
+  let primary = d.a;
+  let replica = d.b;
+  let link = d.link;
+  const witnessPath = new Map([[d.a, d.aw], [d.b, d.bw]]);
+  const log: string[] = [];
+  try {
+    await d.ready();
+    for (let round = 1; round <= rounds; round++) {
+      const fault = { link: pick(['none', 'cut', 'silent'] as const), primaryWitness: pick(['none', 'cut', 'silent'] as const), replicaWitness: pick(['none', 'none', 'cut', 'silent'] as const), pause: rand() < 0.25 };
+      const ms = 2000 + Math.floor(rand() * 8000);
+      log.push(`round ${round}: ${JSON.stringify(fault)} for ${ms} ms, primary ${primary === d.a ? 'a' : 'b'}`);
+      const apply = (p: FaultProxy, f: 'none' | 'cut' | 'silent') => {
+        if (f === 'cut') {
+          p.refuse(true);
+          p.cut();
+        } else if (f === 'silent') p.stall(true);
+      };
+      apply(link, fault.link);
+      apply(witnessPath.get(primary)!, fault.primaryWitness);
+      apply(witnessPath.get(replica)!, fault.replicaWitness);
+      if (fault.pause) primary.proc.kill('SIGSTOP');
+      await d.sample(round, ms);
+      if (fault.pause) primary.proc.kill('SIGCONT');
+      for (const p of [link, d.aw, d.bw]) {
+        p.refuse(false);
+        p.stall(false);
+      }
+      await d.sample(round, 2 * LEASE_MS);
+      if ((await replica.status()).role === 'primary') {
+        // Taken over: the old primary knows it, and is failed back as the new replica.
+        await until('the old primary to learn it was taken over', async () => ((await primary.status()).witness as { takenOver: boolean }).takenOver, 20_000, 100);
+        const listen = await freePort();
+        let r = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${primary.httpPort}`, '--replication-listen', `127.0.0.1:${listen}`]);
+        assert.equal(r.code, 0, r.stderr);
+        link = new FaultProxy('127.0.0.1', listen, seed + round);
+        proxies.push(link);
+        r = await run(process.execPath, [CLI, 'replicate-to', '--http', `127.0.0.1:${replica.httpPort}`, `127.0.0.1:${await link.listen()}`]);
+        assert.equal(r.code, 0, r.stderr);
+        [primary, replica] = [replica, primary];
+        log.push(`  taken over: now primary ${primary === d.a ? 'a' : 'b'}`);
+      }
+      await waitCaughtUp(primary, replica, 60_000);
+      const p = primary;
+      await until(`round ${round}: the primary to accept writes again`, () => acceptsWrite(p), 30_000, 250);
+      assert.equal(await acceptsWrite(replica), false, `round ${round}: the replica accepts writes`);
+    }
+    t.diagnostic(`split brain, random rounds (seed ${seed}): ${d.samples.length} samples, never both writable\n${log.join('\n')}`);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\nseed ${seed}:\n${log.join('\n')}`, { cause: e });
+  } finally {
+    for (const s of [d.a, d.b]) s.proc.kill('SIGCONT');
+    await d.close();
+    await Promise.all(proxies.map((p) => p.close()));
     delete process.env.OFFSITE_WITNESS_LEASE_MS;
     removeDir(dir);
   }
