@@ -267,7 +267,7 @@ export class Appliance {
     this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
       const asked = instant();
-      const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem);
+      const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs);
       this.fence.votes = votes;
       this.fence.witnessReachable = r !== undefined;
       if (r?.granted) {
@@ -314,7 +314,7 @@ export class Appliance {
       asking = true;
       receiver.holdPongs = true;
       let promoting = false;
-      void requestQuorumLease(witnesses, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem)
+      void requestQuorumLease(witnesses, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs)
         .then(async ({ answer: lease, votes }) => {
           this.fence.votes = votes;
           if (!lease?.granted) return;

@@ -193,7 +193,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       }
       stats.refused.held++;
       opts.logger.info({ siteId: msg.siteId, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t }, 'witness: lease refused (held by another site)');
-      return reply(409, { granted: false, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t });
+      return reply(409, { granted: false, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t, leaseMs: opts.leaseMs });
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -221,13 +221,13 @@ export function witnessLeaseMs(): number {
 
 let lastRequestTime = 0;
 
-export type LeaseAnswer = { granted: boolean; holder?: string; expiresInMs?: number };
+export type LeaseAnswer = { granted: boolean; holder?: string; expiresInMs?: number; leaseMs?: number };
 
 /**
  * Ask the witness for (or renew) the lease, signed with `key` when given. No usable answer
  * (unreachable, refused, an answer that is not the witness's): undefined, and `problem` says why.
  */
-export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void): Promise<LeaseAnswer | undefined> {
+export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number): Promise<LeaseAnswer | undefined> {
   // Strictly increasing, even within a millisecond: the witness takes no request twice.
   const timeMs = (lastRequestTime = Math.max(Date.now(), lastRequestTime + 1));
   const body = JSON.stringify({ siteId, role, timeMs });
@@ -261,6 +261,12 @@ export async function requestLease(witness: string, siteId: string, role: string
       return undefined;
     }
   }
+  // Safety rests on every party timing the same lease (a site trusts its lease for half of it,
+  // a replica waits a whole one): an answer timed otherwise is not used.
+  if (leaseMs !== undefined && answer.leaseMs !== undefined && answer.leaseMs !== leaseMs) {
+    problem?.(`witness ${witness} grants leases of ${answer.leaseMs} ms but this site times ${leaseMs} ms: its answers are not used (OFFSITE_WITNESS_LEASE_MS and the witness's --lease must agree everywhere)`);
+    return undefined;
+  }
   return answer;
 }
 
@@ -278,8 +284,8 @@ export type WitnessVote = { address: string; vote: 'granted' | 'refused' | 'none
  * never both hold a majority: the witness they share grants one lease at a time. With one witness
  * this is exactly that witness's answer.
  */
-export async function requestQuorumLease(witnesses: readonly string[], siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void): Promise<{ answer: LeaseAnswer | undefined; votes: WitnessVote[] }> {
-  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem)));
+export async function requestQuorumLease(witnesses: readonly string[], siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number): Promise<{ answer: LeaseAnswer | undefined; votes: WitnessVote[] }> {
+  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem, leaseMs)));
   const votes: WitnessVote[] = answers.map((a, i) => ({ address: witnesses[i], vote: a === undefined ? 'none' : a.granted ? 'granted' : 'refused', ...(a && !a.granted && a.holder ? { holder: a.holder } : {}) }));
   const need = witnessMajority(witnesses.length);
   const grants = votes.filter((v) => v.vote === 'granted').length;

@@ -126,3 +126,22 @@ test('offsite witness --key-file and a primary with --witness-key: the lease is 
     removeDir(dir);
   }
 });
+
+test('a witness timing another lease length than the site: its answers are not used, and the site says why', async () => {
+  const w = await startWitness('127.0.0.1', 0, { leaseMs: 4000, quietMs: 0, logger: createLogger('silent'), key: KEY });
+  try {
+    const at = `127.0.0.1:${w.address.port}`;
+    const problems: string[] = [];
+    assert.equal(await requestLease(at, 'site-a', 'primary', 2000, KEY, (p) => problems.push(p), 6000), undefined);
+    assert.match(problems[0], /grants leases of 4000 ms but this site times 6000 ms: its answers are not used/);
+    // The witness did grant site-a (it cannot know the site ignores the answer): a refusal to
+    // site-b timed otherwise is not used either; timed alike, it is.
+    assert.equal(await requestLease(at, 'site-b', 'replica', 2000, KEY, (p) => problems.push(p), 6000), undefined);
+    assert.equal(problems.length, 2);
+    const refused = await requestLease(at, 'site-b', 'replica', 2000, KEY, undefined, 4000);
+    assert.equal(refused?.granted, false);
+    assert.equal(refused?.holder, 'site-a');
+  } finally {
+    await w.close();
+  }
+});
