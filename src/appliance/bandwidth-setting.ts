@@ -5,9 +5,9 @@
  * changed the configured cap (flag, file or environment), that newer decision wins and the saved
  * change is dropped. `offsite bandwidth --reset` returns to the configured cap.
  */
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
-import { promises as fsp } from 'node:fs';
 
 export interface BandwidthChange {
   bytesPerSec: number;

@@ -90,7 +90,7 @@ export interface ApplianceConfig {
     addresses: string[];
     /** Shared key authenticating the lease requests and answers (offsite keygen --witness-key). */
     key?: Buffer;
-    /** Replica: promote itself when the primary has been silent this long (and the witness agrees). */
+    /** While this site is the replica: promote itself when the primary has been silent this long (and the witness agrees). */
     failoverAfterMs?: number;
   };
 }

@@ -5,7 +5,7 @@
  * (stops acknowledging writes) well before its lease runs out when it can reach neither the
  * witness nor its replica, so the two never accept writes at the same time.
  *
- *   POST /lease {siteId, role, timeMs}  → 200 {granted: true, expiresAt} | 409 {granted: false, holder, expiresInMs}
+ *   POST /lease {siteId, role, timeMs}  → 200 {granted: true, expiresAt, leaseMs} | 409 {granted: false, holder, expiresInMs, leaseMs}
  *   GET  /status                        → the current holder
  *   GET  /metrics                       → Prometheus metrics (when the ops layer supplies them)
  *
@@ -187,8 +187,10 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       }
       if (r.granted) {
         stats.grants++;
-        if (r.takeover) stats.takeovers++;
-        if (r.takeover) opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
+        if (r.takeover) {
+          stats.takeovers++;
+          opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
+        }
         return reply(200, { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs });
       }
       stats.refused.held++;

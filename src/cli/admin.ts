@@ -112,14 +112,15 @@ export function summarize(s: Record<string, unknown>): string {
   if (w) {
     const fence = w.fenced ? `FENCED (writes refused: ${w.reason})` : s.role === 'primary' ? 'writes accepted' : 'standing by';
     const votes = w.witnesses ?? [];
-    const asked = s.role === 'primary' || votes.some((v) => v.vote !== 'none');
-    let reach = w.reachable ? 'reachable' : 'UNREACHABLE';
-    if (!asked) reach = 'asked when the primary falls silent';
-    else if (votes.length > 1) {
-      const granted = votes.filter((v) => v.vote === 'granted').length;
-      const others = votes.filter((v) => v.vote !== 'granted').map((v) => `${v.address} ${v.vote === 'none' ? 'NO ANSWER' : 'refused'}`);
-      reach = `${s.role === 'primary' && w.reachable ? 'reachable' : 'UNREACHABLE'}: ${granted} of ${votes.length} granted, ${String(w.quorum)} needed${others.length ? ` (${others.join(', ')})` : ''}`;
-      if (s.role !== 'primary') reach = `${granted} of ${votes.length} granted at the last request, ${String(w.quorum)} needed`;
+    const granted = votes.filter((v) => v.vote === 'granted').length;
+    let reach: string;
+    if (s.role !== 'primary') {
+      // A replica asks only once its primary has been silent long enough.
+      reach = votes.some((v) => v.vote !== 'none') ? `${granted} of ${votes.length} granted at the last request, ${String(w.quorum)} needed` : 'asked when the primary falls silent';
+    } else {
+      reach = w.reachable ? 'reachable' : 'UNREACHABLE';
+      const missing = votes.filter((v) => v.vote !== 'granted').map((v) => `${v.address} ${v.vote === 'none' ? 'NO ANSWER' : 'refused'}`);
+      if (votes.length > 1) reach += `: ${granted} of ${votes.length} granted, ${String(w.quorum)} needed${missing.length ? ` (${missing.join(', ')})` : ''}`;
     }
     lines.push(`witness:     ${w.address} ${reach}, ${w.authenticated ? 'authenticated' : 'NOT authenticated (no --witness-key)'}; ${fence}${w.takenOver ? '; taken over by another site' : ''}`);
   }
