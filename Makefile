@@ -75,11 +75,15 @@ test: build sysdeps-test
 # The long proof run (issue 6): the fault campaign (FAULTS injected faults, seed printed), the fuzz
 # suite (FUZZ_RUNS inputs) and the load run (16 sessions x 8 volumes x LOAD_MINUTES), then one
 # summary; exit 1 on any loss, non-prefix state, crash, fuzz failure or load error. 0 skips a phase.
+# Then SPLIT_BRAIN_ROUNDS random rounds of partitions and pauses with a witness: never two
+# writable sites (0 skips them).
 FAULTS ?= 1000
 FUZZ_RUNS ?= 1000000
 LOAD_MINUTES ?= 10
+SPLIT_BRAIN_ROUNDS ?= 30
 test-faults: build sysdeps-test
 	node dist/test/faults/long.js --faults $(FAULTS) --fuzz-runs $(FUZZ_RUNS) --load-minutes $(LOAD_MINUTES) $(if $(SEED),--seed $(SEED))
+	$(if $(filter-out 0,$(SPLIT_BRAIN_ROUNDS)),OFFSITE_SPLIT_BRAIN_ROUNDS=$(SPLIT_BRAIN_ROUNDS) $(if $(SEED),OFFSITE_SPLIT_BRAIN_SEED=$(SEED)) node --test --test-timeout=3600000 --test-name-pattern='random rounds' dist/test/integration/split-brain.test.js)
 
 # The long load run (issue 6): 16 sessions over 8 volumes for 10 minutes while replicating.
 test-load: build sysdeps-test

@@ -204,9 +204,11 @@ test('a primary paused past its lease (SIGSTOP) while the replica takes over ref
  * failed back by hand, as an operator would: demote, replicate-to), and the pair catches up.
  * OFFSITE_SPLIT_BRAIN_ROUNDS (default 4) and OFFSITE_SPLIT_BRAIN_SEED replay a run.
  */
-test('split brain, random rounds: cuts, silences and pauses combined; never two writable sites, always one again after healing', { timeout: 600_000 }, async (t) => {
+const ROUNDS = Number(process.env.OFFSITE_SPLIT_BRAIN_ROUNDS ?? 4);
+
+test('split brain, random rounds: cuts, silences and pauses combined; never two writable sites, always one again after healing', { timeout: 120_000 + ROUNDS * 90_000 }, async (t) => {
   process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
-  const rounds = Number(process.env.OFFSITE_SPLIT_BRAIN_ROUNDS ?? 4);
+  const rounds = ROUNDS;
   const seed = Number(process.env.OFFSITE_SPLIT_BRAIN_SEED ?? Date.now() % 1_000_000);
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
