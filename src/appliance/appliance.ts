@@ -455,9 +455,17 @@ export class Appliance {
    * the primary's history, so this is the last consistent point), and start a new generation
    * right after it. The caller then restarts this site as a primary.
    */
-  async prepareForPromotion(force: boolean): Promise<{ seq: number; state: string; primaryTime?: string }> {
+  /**
+   * `automatic`: the takeover a witness agreed to (the primary fell silent), not an operator's
+   * promote; the witness is then the judge of whether the primary is gone.
+   */
+  async prepareForPromotion(force: boolean, automatic = false): Promise<{ seq: number; state: string; primaryTime?: string }> {
     const store = this.replicaStore;
     if (!store) throw new OffsiteError('NOT_REPLICA', 'this site is not a replica: nothing to promote');
+    const link = this.receiver?.stats();
+    if (link?.connected && !force && !automatic) {
+      throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${link.primarySiteId}) is connected to this replica right now, last heard ${Math.round(this.receiver!.silentMs())} ms ago: promoting would leave two sites accepting writes. Stop the primary, or for a planned switch demote it first; --force promotes anyway`);
+    }
     const state = store.syncState();
     if (state === 'syncing' && !force) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is still syncing (not consistent): promoting would expose a mixed state; use --force to promote anyway');
@@ -473,7 +481,7 @@ export class Appliance {
     lineage.push(newGeneration(seq + 1));
     await file.save(lineage);
     const t = store.appliedTimeMs();
-    this.logger.warn({ seq, state, forced: force && state === 'syncing', generation: lineage[lineage.length - 1].id }, 'promoting this replica: volumes become writable at the last consistent point');
+    this.logger.warn({ seq, state, forced: force && (state === 'syncing' || !!link?.connected), automatic, generation: lineage[lineage.length - 1].id }, 'promoting this replica: volumes become writable at the last consistent point');
     return { seq, state, primaryTime: t ? new Date(t).toISOString() : undefined };
   }
 

@@ -146,10 +146,10 @@ export function register(program: Command): void {
   program
     .command('promote')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
-    .description('make a replica the primary: volumes writable at its last consistent point (refused while syncing unless --force)')
+    .description('make a replica the primary: volumes writable at its last consistent point (refused while syncing or while the primary is connected, unless --force)')
     .requiredOption('--http <[https://]host:port>', "the replica's HTTP address")
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
-    .option('--force', 'promote even while the replica is syncing (its volumes may be inconsistent)')
+    .option('--force', 'promote even while the replica is syncing (its volumes may be inconsistent) or its primary is connected (two sites then accept writes)')
     .option('--replicate-to <host:port>', 'ship to this replica once promoted (e.g. the old primary, demoted)')
     .action(async (opts: { http: string; ca?: string; force?: boolean; replicateTo?: string; tokenFile?: string }) => {
       caFile = opts.ca;

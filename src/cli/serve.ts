@@ -104,7 +104,7 @@ export function register(program: Command): void {
           },
           promote: (req: { force?: boolean; replicateTo?: string; reason?: string }) => {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
-            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force));
+            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
           },
           testFailover: (action: 'start' | 'stop') => app.testFailover(action),
           replicateTo: (req: { replicateTo?: string }) => {

@@ -39,6 +39,13 @@ test('failover: promote the replica, fail back by demoting the old primary; only
     let r = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', img, a.url('fo')]);
     assert.equal(r.code, 0, r.stderr);
     await waitCaughtUp(a, b);
+    // An operator's promote while the primary is still connected is refused: it would leave two
+    // writable sites. Nothing changes.
+    const refused = await run(process.execPath, [CLI, 'promote', '--http', `127.0.0.1:${b.httpPort}`]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /the primary \(site [0-9a-f-]+\) is connected to this replica right now, last heard \d+ ms ago: promoting would leave two sites accepting writes.*--force promotes anyway \[PRIMARY_CONNECTED\]/);
+    assert.equal((await b.status()).role, 'replica');
+    await waitCaughtUp(a, b);
 
     // The link goes down; the primary keeps acknowledging writes the replica never sees.
     proxy.refuse(true);
