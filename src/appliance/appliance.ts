@@ -102,7 +102,7 @@ export class Appliance {
   private lineage: Lineage = [];
   private witnessTimer?: NodeJS.Timeout;
   private fenceTimer?: NodeJS.Timeout;
-  private fence = { fenced: false, takenOver: false, lastGrantMs: 0, witnessReachable: false, reason: '', votes: [] as WitnessVote[] };
+  private fence = { fenced: false, takenOver: false, witnessReachable: false, reason: '', votes: [] as WitnessVote[] };
   readonly dataDir: DataDir;
 
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
@@ -273,7 +273,6 @@ export class Appliance {
       if (r?.granted) {
         // Counted from the asking: each witness granted no earlier, so its lease runs at least this long.
         if (!granted || asked.mono > granted.mono) granted = asked;
-        this.fence.lastGrantMs = granted.wall;
         heldBy = undefined;
       } else if (r && !granted) {
         heldBy = `${r.holder ?? 'another site'} for ${r.expiresInMs ?? '?'} ms more`;

@@ -142,6 +142,7 @@ export class PrimaryReplication {
   private lastAppended = 0;
   private missed = false;
   private coalescingLogged = false;
+  private bandwidthSource: 'configured' | 'runtime';
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
@@ -179,8 +180,6 @@ export class PrimaryReplication {
   ackDelayMs(): number {
     return this.controller.current.throttleDelayMs;
   }
-
-  private bandwidthSource: 'configured' | 'runtime';
 
   setBandwidth(bytesPerSec: number, source: 'configured' | 'runtime' = 'runtime'): void {
     this.shipper.setBandwidth(bytesPerSec);

@@ -82,8 +82,6 @@ export interface Lease {
 /** Pure lease logic (kept apart from HTTP so it can be reasoned about and tested alone). */
 export class LeaseBook {
   holder?: Lease;
-  grants = 0;
-  refusals = 0;
 
   /** `quietUntil`: no grants before this time (a restarted witness: see the top of this file). */
   constructor(
@@ -94,13 +92,9 @@ export class LeaseBook {
   request(siteId: string, role: string, now: number): { granted: true; lease: Lease; takeover: boolean } | { granted: false; holder: Lease } | { granted: false; quietForMs: number } {
     if (now < this.quietUntil) return { granted: false, quietForMs: this.quietUntil - now };
     const h = this.holder;
-    if (h && h.siteId !== siteId && h.expiresAt > now) {
-      this.refusals++;
-      return { granted: false, holder: h };
-    }
+    if (h && h.siteId !== siteId && h.expiresAt > now) return { granted: false, holder: h };
     const takeover = !!h && h.siteId !== siteId;
     this.holder = { siteId, role, expiresAt: now + this.leaseMs, grantedAt: h && h.siteId === siteId ? h.grantedAt : now };
-    this.grants++;
     return { granted: true, lease: this.holder, takeover };
   }
 }
@@ -142,7 +136,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       );
       return;
     }
-    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: book.grants, refusals: book.refusals });
+    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held });
     if (req.method !== 'POST' || url.pathname !== '/lease') return reply(404, { error: 'not found' });
     let body = '';
     req.on('data', (c: Buffer) => {

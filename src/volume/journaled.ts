@@ -116,7 +116,7 @@ export class JournaledVolume implements Volume {
 
   private async change(op: JournalRecord['op'], offset: number, length: number, data: Buffer, fua: boolean, applyToImage: () => Promise<void>): Promise<void> {
     if (this.fenced) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' is fenced: this site may not accept writes now`);
-    if (this.readOnly) return this.image.write(offset, data); // the image refuses with its own error
+    if (this.image.readOnly) return this.image.write(offset, data); // the image refuses with its own error
     const { seq, done } = this.journal.append(this.name, op, offset, length, data, fua);
     if (seq === 0) return done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
     this.lastSeq = seq;

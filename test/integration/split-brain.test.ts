@@ -103,13 +103,37 @@ async function deploy(dir: string) {
   };
 }
 
-test('split brain: with the link cut and the witness reachable by one side, exactly one side accepts writes', { timeout: 180_000 }, async () => {
+type Deployment = Awaited<ReturnType<typeof deploy>>;
+
+/** Deploy (with the short lease), wait until ready, run `body`, and take everything down again. */
+async function withDeployment(body: (d: Deployment) => Promise<void>): Promise<void> {
   process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
   const dir = tempDir();
   const d = await deploy(dir);
-  const { a, b, link, aw, bw, samples } = d;
   try {
     await d.ready();
+    await body(d);
+  } finally {
+    for (const s of [d.a, d.b]) s.proc.kill('SIGCONT');
+    for (const p of [d.link, d.aw, d.bw]) p.stall(false);
+    await d.close();
+    delete process.env.OFFSITE_WITNESS_LEASE_MS;
+    removeDir(dir);
+  }
+}
+
+/** Fail back by hand: the old primary demoted, the new one replicating to it (at `target(listen)`). */
+async function failBack(oldPrimary: RunningAppliance, newPrimary: RunningAppliance, target: (listen: number) => Promise<number> = async (l) => l): Promise<void> {
+  const listen = await freePort();
+  let r = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${oldPrimary.httpPort}`, '--replication-listen', `127.0.0.1:${listen}`]);
+  assert.equal(r.code, 0, r.stderr);
+  r = await run(process.execPath, [CLI, 'replicate-to', '--http', `127.0.0.1:${newPrimary.httpPort}`, `127.0.0.1:${await target(listen)}`]);
+  assert.equal(r.code, 0, r.stderr);
+}
+
+test('split brain: with the link cut and the witness reachable by one side, exactly one side accepts writes', { timeout: 180_000 }, async () => {
+  await withDeployment(async (d) => {
+    const { a, b, link, aw, bw, samples } = d;
     // Phase 1: link cut, witness reachable only by the primary: the primary goes on, no takeover.
     link.refuse(true);
     link.cut();
@@ -130,49 +154,27 @@ test('split brain: with the link cut and the witness reachable by one side, exac
     assert.equal(await acceptsWrite(a), false);
     assert.equal(((await a.status()).witness as { takenOver: boolean }).takenOver, true);
     // Fail back by hand: the old primary becomes the new one's replica.
-    const aListen = await freePort();
-    let r = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${a.httpPort}`, '--replication-listen', `127.0.0.1:${aListen}`]);
-    assert.equal(r.code, 0, r.stderr);
-    r = await run(process.execPath, [CLI, 'replicate-to', '--http', `127.0.0.1:${b.httpPort}`, `127.0.0.1:${aListen}`]);
-    assert.equal(r.code, 0, r.stderr);
+    await failBack(a, b);
     await waitCaughtUp(b, a, 60_000);
     process.stdout.write(`# split brain: ${samples.length} samples, phase 1 primary-only ${samples.filter((s) => s.phase === 1).length}, takeover ${gap} ms after the fence\n`);
-  } finally {
-    await d.close();
-    delete process.env.OFFSITE_WITNESS_LEASE_MS;
-    removeDir(dir);
-  }
+  });
 });
 
 test('split brain on a silent network: the primary\'s link and witness connections stay open but carry nothing; it fences itself before the replica takes over', { timeout: 180_000 }, async () => {
-  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
-  const dir = tempDir();
-  const d = await deploy(dir);
-  const { a, link, aw } = d;
-  try {
-    await d.ready();
+  await withDeployment(async (d) => {
+    const { a, link, aw } = d;
     link.stall(true);
     aw.stall(true);
     const gap = await d.takeover(1);
     assert.equal(((await a.status()).witness as { fenced: boolean }).fenced, true);
     process.stdout.write(`# split brain, silent network: ${d.samples.length} samples, takeover ${gap} ms after the fence\n`);
-  } finally {
-    link.stall(false);
-    aw.stall(false);
-    await d.close();
-    delete process.env.OFFSITE_WITNESS_LEASE_MS;
-    removeDir(dir);
-  }
+  });
 });
 
 test('a primary paused past its lease (SIGSTOP) while the replica takes over refuses the first write after it wakes', { timeout: 180_000 }, async () => {
-  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
-  const dir = tempDir();
-  const d = await deploy(dir);
-  const { a, b } = d;
   let s: RawInitiator | undefined;
-  try {
-    await d.ready();
+  await withDeployment(async (d) => {
+    const { a, b } = d;
     // A session logged in before the pause, so the write reaches the primary the moment it wakes.
     s = await RawInitiator.session(a.iscsiPort, { targetName: `${TARGET_PREFIX}:sb`, initiatorName: 'iqn.2026-11.dev.offsite.test:pause' });
     const before = await s.write10(4096, pattern(4096, 1));
@@ -188,13 +190,7 @@ test('a primary paused past its lease (SIGSTOP) while the replica takes over ref
     assert.equal(await acceptsWrite(b), true, 'the new primary accepts writes');
     await until('the old primary to learn it was taken over', async () => ((await a.status()).witness as { takenOver: boolean }).takenOver, 20_000, 100);
     assert.equal(await acceptsWrite(a), false);
-  } finally {
-    a.proc.kill('SIGCONT');
-    s?.destroy();
-    await d.close();
-    delete process.env.OFFSITE_WITNESS_LEASE_MS;
-    removeDir(dir);
-  }
+  }).finally(() => s?.destroy());
 });
 
 /**
@@ -207,23 +203,18 @@ test('a primary paused past its lease (SIGSTOP) while the replica takes over ref
 const ROUNDS = Number(process.env.OFFSITE_SPLIT_BRAIN_ROUNDS ?? 4);
 
 test('split brain, random rounds: cuts, silences and pauses combined; never two writable sites, always one again after healing', { timeout: 120_000 + ROUNDS * 90_000 }, async (t) => {
-  process.env.OFFSITE_WITNESS_LEASE_MS = String(LEASE_MS);
-  const rounds = ROUNDS;
   const seed = Number(process.env.OFFSITE_SPLIT_BRAIN_SEED ?? Date.now() % 1_000_000);
   const rand = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
-  const dir = tempDir();
-  const d = await deploy(dir);
   const proxies: FaultProxy[] = [];
-  // Who is primary, and the proxies on its link and on each site's way to the witness.
-  let primary = d.a;
-  let replica = d.b;
-  let link = d.link;
-  const witnessPath = new Map([[d.a, d.aw], [d.b, d.bw]]);
   const log: string[] = [];
-  try {
-    await d.ready();
-    for (let round = 1; round <= rounds; round++) {
+  await withDeployment(async (d) => {
+    // Who is primary, and the proxies on its link and on each site's way to the witness.
+    let primary = d.a;
+    let replica = d.b;
+    let link = d.link;
+    const witnessPath = new Map([[d.a, d.aw], [d.b, d.bw]]);
+    for (let round = 1; round <= ROUNDS; round++) {
       const fault = { link: pick(['none', 'cut', 'silent'] as const), primaryWitness: pick(['none', 'cut', 'silent'] as const), replicaWitness: pick(['none', 'none', 'cut', 'silent'] as const), pause: rand() < 0.25 };
       const ms = 2000 + Math.floor(rand() * 8000);
       log.push(`round ${round}: ${JSON.stringify(fault)} for ${ms} ms, primary ${primary === d.a ? 'a' : 'b'}`);
@@ -247,13 +238,11 @@ test('split brain, random rounds: cuts, silences and pauses combined; never two 
       if ((await replica.status()).role === 'primary') {
         // Taken over: the old primary knows it, and is failed back as the new replica.
         await until('the old primary to learn it was taken over', async () => ((await primary.status()).witness as { takenOver: boolean }).takenOver, 20_000, 100);
-        const listen = await freePort();
-        let r = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${primary.httpPort}`, '--replication-listen', `127.0.0.1:${listen}`]);
-        assert.equal(r.code, 0, r.stderr);
-        link = new FaultProxy('127.0.0.1', listen, seed + round);
-        proxies.push(link);
-        r = await run(process.execPath, [CLI, 'replicate-to', '--http', `127.0.0.1:${replica.httpPort}`, `127.0.0.1:${await link.listen()}`]);
-        assert.equal(r.code, 0, r.stderr);
+        await failBack(primary, replica, (listen) => {
+          link = new FaultProxy('127.0.0.1', listen, seed + round);
+          proxies.push(link);
+          return link.listen();
+        });
         [primary, replica] = [replica, primary];
         log.push(`  taken over: now primary ${primary === d.a ? 'a' : 'b'}`);
       }
@@ -263,13 +252,9 @@ test('split brain, random rounds: cuts, silences and pauses combined; never two 
       assert.equal(await acceptsWrite(replica), false, `round ${round}: the replica accepts writes`);
     }
     t.diagnostic(`split brain, random rounds (seed ${seed}): ${d.samples.length} samples, never both writable\n${log.join('\n')}`);
-  } catch (e) {
-    throw new Error(`${(e as Error).message}\nseed ${seed}:\n${log.join('\n')}`, { cause: e });
-  } finally {
-    for (const s of [d.a, d.b]) s.proc.kill('SIGCONT');
-    await d.close();
-    await Promise.all(proxies.map((p) => p.close()));
-    delete process.env.OFFSITE_WITNESS_LEASE_MS;
-    removeDir(dir);
-  }
+  })
+    .catch((e: unknown) => {
+      throw new Error(`${(e as Error).message}\nseed ${seed}:\n${log.join('\n')}`, { cause: e });
+    })
+    .finally(() => Promise.all(proxies.map((p) => p.close())));
 });
