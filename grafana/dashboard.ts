@@ -81,6 +81,14 @@ export const PANELS: PanelSpec[] = [
     { expr: `offsite_witnesses_answering{${site}}`, legend: '{{instance}} answering' },
     { expr: `offsite_witnesses{${site}}`, legend: '{{instance}} configured' },
   ] },
+  { row: 'Online verify', title: 'Chunks differing on the replica (last verify)', unit: 'none', kind: 'stat', queries: [
+    { expr: `offsite_verify_mismatched_chunks{${site}}`, legend: '{{instance}}' },
+  ] },
+  { row: 'Online verify', title: 'Verify progress', unit: 'bytes', queries: [
+    { expr: `offsite_verify_checked_bytes{${site}}`, legend: '{{instance}} compared' },
+    { expr: `offsite_verify_unverified_bytes{${site}}`, legend: '{{instance}} not compared' },
+    { expr: `offsite_verify_total_bytes{${site}}`, legend: '{{instance}} total' },
+  ] },
 ];
 
 export function buildDashboard(): unknown {

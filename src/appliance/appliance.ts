@@ -24,6 +24,8 @@ import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote }
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
+import type { VerifyStatus } from '../replication/verify';
+import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
 
@@ -66,6 +68,8 @@ export interface ApplianceStatus {
   consistency?: string;
   link?: Record<string, unknown>;
   replication?: Omit<PrimaryReplicationStatus, 'ackedSeq' | 'rpoSeconds' | 'backlogBytes' | 'consistency' | 'link'>;
+  /** Online verify against the replica (primary): the running or last run. */
+  verify?: VerifyStatus;
   // --- replica ---
   receivedSeq?: number;
   appliedSeq?: number;
@@ -180,8 +184,13 @@ export class Appliance {
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
           linkKey: await this.linkKey(),
+          verifyResult: {
+            load: async () => (await readJsonFile(this.verifyResultFile())) as VerifyStatus | undefined,
+            save: (s) => writeJsonFile(this.verifyResultFile(), s),
+          },
         }));
         for (const v of this.journaledVolumes()) v.ackDelay = () => repl.ackDelayMs();
+        await repl.restoreVerifyResult();
       }
     }
     if (config.witness) {
@@ -531,12 +540,17 @@ export class Appliance {
     return this.replicationAddress?.port ?? 0;
   }
 
+  private verifyResultFile(): string {
+    return path.join(this.dataDir.root, 'state', 'verify.json');
+  }
+
   /** Admin actions the HTTP API exposes. */
-  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown> } {
+  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean }) => Promise<VerifyStatus> } {
     const repl = this.replication;
     if (!repl) return {};
     const configured = this.config.replication.maxBandwidthBytesPerSec;
     return {
+      verify: async (req) => (req.stop ? repl.verifier.stop() : repl.verifier.start(req.volumes, req.rateBytesPerSec)),
       // Saved before it applies: the cap the operator was told is the one a restart keeps.
       setBandwidth: async (bps: number | 'configured') => {
         if (bps === 'configured') {
@@ -551,6 +565,10 @@ export class Appliance {
         return { maxBandwidthBytesPerSec: link.maxBandwidthBytesPerSec, source: link.maxBandwidthSource, configuredMaxBandwidthBytesPerSec: configured, saved: true };
       },
     };
+  }
+
+  verifyStatus(): VerifyStatus | undefined {
+    return this.replication?.verifier.status();
   }
 
   replicationStatus(): PrimaryReplicationStatus | undefined {
@@ -600,7 +618,7 @@ export class Appliance {
   private replicationFields(): Partial<ApplianceStatus> {
     if (this.replication) {
       const { ackedSeq, rpoSeconds, backlogBytes, consistency, link, ...rest } = this.replication.status();
-      return { ackedSeq, rpoSeconds, backlogBytes, consistency, link, replication: rest };
+      return { ackedSeq, rpoSeconds, backlogBytes, consistency, link, replication: rest, verify: this.replication.verifier.status() };
     }
     const store = this.replicaStore;
     if (store) {

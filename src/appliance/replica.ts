@@ -21,7 +21,7 @@ import { ImageFileTarget, Journal, type JournalRecord } from '../journal/wal';
 import { DATA_FORMAT, DATA_VERSION } from './datadir';
 import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
-import type { ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VolumeDescriptor } from '../replication/ports';
+import type { ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
 import { chunkHash, SYNC_CHUNK_BYTES } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
 import { applyInOrder, applyToVolume } from '../volume/journaled';
@@ -58,6 +58,13 @@ interface Pending {
   toSeq: number;
   /** Pooled buffers holding the records' data: given back once they are applied. */
   payloads?: Buffer[];
+  /** An online-verify comparison placed here in the stream (no records): run when its turn comes. */
+  verify?: { volume: string; offsetBytes: number; lengthBytes: number; hashes: Buffer; answer: (a: VerifyAnswer) => void };
+}
+
+/** Queued comparisons that will not run (the queue was reset under them) answer "not ready". */
+function cancelVerifies(dropped: readonly Pending[], why: string): void {
+  for (const p of dropped) p.verify?.answer({ notReady: why });
 }
 
 export class ReplicaStore implements ReceiverSink, SyncSink {
@@ -77,7 +84,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
   rebaseNeeded = false;
-  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0 };
+  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0, verifiedBytes: 0, verifyMismatches: 0 };
   /** Staging images and the chunks staged in each (offset → length), while a delta sync is staged. */
   private staging?: { images: Map<string, FileVolume>; chunks: Map<string, Map<number, number>> };
   private committing?: Promise<void>;
@@ -238,6 +245,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.state.staged = undefined;
     this.state.sync = undefined;
     this.state.consistentSeq = 0;
+    cancelVerifies(this.queue, 'staged sync abandoned');
     this.queue = [];
     await this.save();
     this.logger.warn({ heldSeq: st.heldSeq }, 'staged delta sync abandoned: the volumes stay at their consistent point');
@@ -296,6 +304,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.state.appliedSeq = to;
     const endTime = lastTime || st.consistentTimeMs;
     if (endTime) this.state.appliedTimeMs = endTime;
+    cancelVerifies(this.queue.filter((seg) => seg.toSeq <= to), 'staged sync committed over it');
     this.queue = this.queue.filter((seg) => seg.toSeq > to);
     this.state.staged = undefined;
     this.state.consistentSeq = 0;
@@ -476,9 +485,48 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await applyToVolume(image, r);
   }
 
+  /**
+   * Online verify (ReceiverSink.verify): queued behind every segment stored so far, so the range
+   * is read once they are applied and before any later one is.
+   */
+  verify(volume: string, offsetBytes: number, lengthBytes: number, hashes: Buffer): Promise<VerifyAnswer> {
+    if (this.applyError) return Promise.resolve({ notReady: `applying failed: ${this.applyError.message}` });
+    if (this.state.staged || this.syncState() !== 'consistent') return Promise.resolve({ notReady: 'the replica is syncing' });
+    if (!this.volumes.has(volume)) return Promise.resolve({ notReady: `no volume ${volume} here` });
+    return new Promise((answer) => {
+      this.queue.push({ records: [], toSeq: this.durable, verify: { volume, offsetBytes, lengthBytes, hashes, answer } });
+      this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
+    });
+  }
+
+  private async compare(c: NonNullable<Pending['verify']>): Promise<number[]> {
+    const v = this.volumes.get(c.volume)!;
+    const data = await this.gate.read(() => v.image.read(c.offsetBytes, c.lengthBytes));
+    const mismatched: number[] = [];
+    for (let i = 0, off = 0; off < c.lengthBytes; i++, off += SYNC_CHUNK_BYTES) {
+      const ours = chunkHash(data.subarray(off, Math.min(off + SYNC_CHUNK_BYTES, c.lengthBytes)));
+      if (!ours.equals(c.hashes.subarray(i * 8, i * 8 + 8))) mismatched.push(i);
+    }
+    this.stats.verifiedBytes += c.lengthBytes;
+    if (mismatched.length) {
+      this.stats.verifyMismatches += mismatched.length;
+      this.logger.warn({ volume: c.volume, offsets: mismatched.map((i) => c.offsetBytes + i * SYNC_CHUNK_BYTES), chunkBytes: SYNC_CHUNK_BYTES, appliedSeq: this.applied }, 'verify: chunks differ from the primary');
+    }
+    return mismatched;
+  }
+
   private async applyLoop(): Promise<void> {
     while (this.queue.length) {
       const seg = this.queue[0];
+      if (seg.verify) {
+        const c = seg.verify;
+        await this.compare(c).then(
+          (mismatched) => c.answer({ mismatched }),
+          (e: Error) => c.answer({ notReady: `reading the volume failed: ${e.message}` }),
+        );
+        this.queue.shift();
+        continue;
+      }
       try {
         await this.gate.exclusive(async () => {
           await applyInOrder(seg.records as JournalRecord[], (r) => this.imageOf(r), this.testCopies.size ? (r) => this.preserve(r) : undefined);
@@ -542,6 +590,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     if (stage) {
       this.state.staged = { heldSeq: this.state.staged?.heldSeq ?? this.applied, heldTimeMs: this.state.staged?.heldTimeMs ?? this.state.appliedTimeMs };
       await this.openStaging(true);
+      cancelVerifies(this.queue, 'sync started');
       this.queue = [];
     }
     await this.journal.resetTo(fromSeq);

@@ -4,7 +4,9 @@
  */
 import type { Logger } from '../common/logger';
 import type { Journal } from '../journal/wal';
-import type { ReplicatedRecord, ShipperSource, SyncSource, VolumeDescriptor } from '../replication/ports';
+import type { ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
+import { chunkHash, SYNC_CHUNK_BYTES } from '../replication/protocol';
+import { Verifier, type VerifySource, type VerifyStatus } from '../replication/verify';
 import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
 import { Shipper, type ShipperStats } from '../replication/shipper';
 import type { LinkKey } from '../replication/link-security';
@@ -27,6 +29,8 @@ export interface PrimaryReplicationOptions {
   logger: Logger;
   lineage: () => unknown;
   linkKey?: LinkKey;
+  /** Keeps each verify run's result (and gives back the last one at start). */
+  verifyResult?: { load(): Promise<VerifyStatus | undefined>; save(s: VerifyStatus): Promise<void> };
 }
 
 export interface PrimaryReplicationStatus {
@@ -74,7 +78,9 @@ export interface PrimaryReplicationStatus {
   replicaAppliedSeq: number;
 }
 
-class JournalSource implements ShipperSource {
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+class JournalSource implements ShipperSource, VerifySource {
   readonly sync: SyncSource;
   constructor(
     readonly siteId: string,
@@ -131,11 +137,38 @@ class JournalSource implements ShipperSource {
   replicaAcked(seq: number): void {
     this.journal.replicaAcked(seq);
   }
+
+  /**
+   * Online verify: a range's chunk hashes as of the last record appended before the read began.
+   * The range is watched from before that point, every earlier record is waited into the image,
+   * and the read is thrown away if any later record touched the range while it ran.
+   */
+  async probe(volume: string, offsetBytes: number, lengthBytes: number): Promise<(VerifyProbe & { release(): void }) | undefined> {
+    const image = this.image(volume);
+    const w = this.journal.watch(volume, offsetBytes, lengthBytes);
+    const release = () => this.journal.unwatch(w);
+    try {
+      const seq = this.journal.assignedSeq();
+      for (const until = Date.now() + 10_000; this.tracker.safeSeq(this.journal.assignedSeq()) < seq; ) {
+        if (Date.now() > until || w.dirtySeq !== Infinity) return release(), undefined;
+        await sleep(2);
+      }
+      const data = await image.read(offsetBytes, lengthBytes);
+      if (w.dirtySeq !== Infinity) return release(), undefined;
+      const hashes = Buffer.allocUnsafe(8 * Math.ceil(lengthBytes / SYNC_CHUNK_BYTES));
+      for (let i = 0, off = 0; off < lengthBytes; i++, off += SYNC_CHUNK_BYTES) chunkHash(data.subarray(off, Math.min(off + SYNC_CHUNK_BYTES, lengthBytes))).copy(hashes, i * 8);
+      return { volume, offsetBytes, lengthBytes, seq, hashes, dirtySeq: () => w.dirtySeq, release };
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
 }
 
 export class PrimaryReplication {
   readonly shipper: Shipper;
   readonly controller: RpoController;
+  readonly verifier: Verifier;
   private readonly source: JournalSource;
   private timer?: NodeJS.Timeout;
   private lastBacklog = 0;
@@ -157,6 +190,8 @@ export class PrimaryReplication {
       coalesce: () => this.controller.current.coalesce,
       linkKey: opts.linkKey,
     });
+    const shipper = this.shipper;
+    this.verifier = new Verifier(this.source, { verify: (p) => shipper.verify(p), connected: () => shipper.stats().connected && !shipper.stats().syncing }, opts.logger.child({ task: 'verify' }), opts.verifyResult?.save);
   }
 
   start(): void {
@@ -166,8 +201,19 @@ export class PrimaryReplication {
     this.timer.unref();
   }
 
+  /** The last verify run's result, from before a restart (shown until the next run). */
+  async restoreVerifyResult(): Promise<void> {
+    try {
+      const s = await this.opts.verifyResult?.load();
+      if (s && typeof s === 'object' && typeof s.state === 'string') this.verifier.restore(s);
+    } catch (e) {
+      this.opts.logger.warn({ err: e }, 'verify: the last result is unreadable; ignored');
+    }
+  }
+
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    await this.verifier.stop();
     await this.shipper.stop();
   }
 

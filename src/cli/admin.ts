@@ -1,13 +1,15 @@
 /**
  * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
- * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`.
+ * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`, `offsite verify`.
  */
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { Command } from 'commander';
+import { SingleBar } from 'cli-progress';
 import { ConfigError, OffsiteError } from '../common/errors';
 import { parseHostPort, parseRate } from '../common/units';
+import type { VerifyStatus } from '../replication/verify';
 import { fail } from './exit';
 
 let tokenFile: string | undefined;
@@ -102,6 +104,8 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
+    const v = s.verify as VerifyView | undefined;
+    if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}`);
   } else if (s.role === 'replica') {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
     lines.push(`state:       ${String(s.state)}; received ${String(s.receivedSeq)}, applied ${String(s.appliedSeq)}`);
@@ -126,6 +130,21 @@ export function summarize(s: Record<string, unknown>): string {
   }
   return lines.join('\n') + '\n';
 }
+
+type VerifyView = VerifyStatus;
+
+function verifyLine(v: VerifyView): string {
+  const pct = v.totalBytes ? Math.floor((100 * (v.checkedBytes + v.unverifiedBytes)) / v.totalBytes) : 100;
+  const diff = v.mismatchedChunks ? `${v.mismatchedChunks} chunks DIFFER (${bytes(v.mismatchedBytes)})` : 'no difference';
+  const unverified = v.unverifiedBytes ? `, ${bytes(v.unverifiedBytes)} not compared (writes kept overtaking it)` : '';
+  if (v.state === 'running') return `running, ${pct}% of ${bytes(v.totalBytes)}, ${diff} so far${unverified}${v.waitingForReplica ? ', waiting for the replica' : ''}`;
+  if (v.state === 'failed') return `FAILED at ${String(v.finishedAt)}: ${String(v.error)}`;
+  return `${v.state === 'stopped' ? `stopped at ${pct}%` : 'done'} ${String(v.finishedAt)}: ${bytes(v.checkedBytes)} compared, ${diff}${unverified}`;
+}
+
+/** `offsite verify --wait` exit codes: equal, differences, incomplete (stopped, or ranges not compared). */
+export const EXIT_VERIFY_DIFFERENT = 3;
+export const EXIT_VERIFY_INCOMPLETE = 4;
 
 export function register(program: Command): void {
   program
@@ -234,6 +253,46 @@ export function register(program: Command): void {
         process.stdout.write(`replication bandwidth cap: ${cap}${r.source === 'configured' ? ' (the configured cap)' : r.saved ? ' (saved: kept across restarts until the configured cap changes; --reset returns to it)' : ''}\n`);
       } catch (e) {
         fail(e, 'offsite bandwidth');
+      }
+    });
+  program
+    .command('verify')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description("compare a running primary's volumes with its replica's, online (writes and replication go on); reports the 64 KiB chunks that differ")
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .option('--volume <name>', 'only this volume (repeat for several; default: all)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--rate <rate>', 'read at most this much per second on each site (e.g. 50MB/s; default: no cap)')
+    .option('--wait', 'wait for the end and print the result; exit 0 equal, 3 chunks differ, 4 incomplete, 1 failed')
+    .option('--stop', 'stop the running verify')
+    .action(async (opts: { http: string; ca?: string; tokenFile?: string; volume?: string[]; rate?: string; wait?: boolean; stop?: boolean }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        if (opts.stop && (opts.volume || opts.rate)) throw new ConfigError('--stop takes no --volume or --rate');
+        if (opts.rate !== undefined) parseRate(opts.rate, '--rate');
+        let v = (await call(opts.http, 'POST', '/verify', opts.stop ? { stop: true } : { volumes: opts.volume ?? [], rate: opts.rate })) as unknown as VerifyView;
+        if (!opts.wait) {
+          process.stdout.write(opts.stop ? `verify ${verifyLine(v)}\n` : `verify started: ${v.volumes.join(', ')} (${bytes(v.totalBytes)}); follow it with offsite status, or --wait\n`);
+          return;
+        }
+        const bar = process.stderr.isTTY && v.state === 'running' ? new SingleBar({ format: 'verify |{bar}| {percentage}% {done}/{size}', stream: process.stderr }) : undefined;
+        bar?.start(v.totalBytes, 0, { done: bytes(0), size: bytes(v.totalBytes) });
+        while (v.state === 'running') {
+          await new Promise((r) => setTimeout(r, 500));
+          v = (await call(opts.http, 'GET', '/status')).verify as VerifyView;
+          if (!v) throw new OffsiteError('NOT_REPLICATING', 'the appliance no longer replicates (restarted in another role?)');
+          const done = v.checkedBytes + v.unverifiedBytes;
+          bar?.update(done, { done: bytes(done), size: bytes(v.totalBytes) });
+        }
+        bar?.stop();
+        process.stdout.write(`verify ${verifyLine(v)}\n`);
+        for (const m of v.mismatches) process.stdout.write(`  differs: ${m.volume} bytes ${m.offsetBytes}..${m.offsetBytes + m.lengthBytes - 1} (${bytes(m.lengthBytes)})\n`);
+        if (v.state === 'failed') process.exit(1);
+        if (v.mismatchedChunks > 0) process.exit(EXIT_VERIFY_DIFFERENT);
+        if (v.state !== 'done' || v.unverifiedBytes > 0) process.exit(EXIT_VERIFY_INCOMPLETE);
+      } catch (e) {
+        fail(e, 'offsite verify');
       }
     });
 }

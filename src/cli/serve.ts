@@ -107,6 +107,11 @@ export function register(program: Command): void {
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
           },
           testFailover: (action: 'start' | 'stop') => app.testFailover(action),
+          verify: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean }) => {
+            const fn = app.admin().verify;
+            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary');
+            return fn(req);
+          },
           replicateTo: (req: { replicateTo?: string }) => {
             if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'only a primary replicates; this site is a replica');
             // Restarts the primary side on the same addresses with the new (or no) replica.

@@ -596,8 +596,21 @@ function isNoSpace(e: unknown): boolean {
   return code === 'ENOSPC' || code === 'EDQUOT' || /no space left/i.test(String((e as Error)?.message));
 }
 
+/**
+ * A range of one volume watched for new records (see Journal.watch): `dirtySeq` is the sequence
+ * number of the first record appended after the watch began that touches the range, or Infinity.
+ */
+export interface RangeWatch {
+  readonly volume: string;
+  readonly start: number;
+  readonly end: number;
+  dirtySeq: number;
+}
+
 export class Journal {
   private db: Level<Buffer, Buffer>;
+  /** Ranges someone reads while writes go on (online verify); empty almost always. */
+  private watches = new Set<RangeWatch>();
   private volumes: string[] = [];
   private volumeIndex = new Map<string, number>();
   /** The last record written to its segment (acknowledged, counted, readable). */
@@ -758,6 +771,31 @@ export class Journal {
     return this.head;
   }
 
+  /** The last sequence number handed out (records up to it may still be being written). */
+  assignedSeq(): number {
+    return this.assigned;
+  }
+
+  /**
+   * Watch a range of a volume: every record appended from now on that touches it marks the watch
+   * (its sequence number, the first one's). Records appended before this call have sequence
+   * numbers ≤ assignedSeq(). Call unwatch() when done.
+   */
+  watch(volume: string, offsetBytes: number, lengthBytes: number): RangeWatch {
+    const w: RangeWatch = { volume, start: offsetBytes, end: offsetBytes + lengthBytes, dirtySeq: Infinity };
+    this.watches.add(w);
+    return w;
+  }
+
+  unwatch(w: RangeWatch): void {
+    this.watches.delete(w);
+  }
+
+  private markWatches(seq: number, volume: string, offsetBytes: number, lengthBytes: number): void {
+    const end = offsetBytes + lengthBytes;
+    for (const w of this.watches) if (w.dirtySeq === Infinity && w.volume === volume && w.start < end && offsetBytes < w.end) w.dirtySeq = seq;
+  }
+
   oldestSeq(): number {
     return this.oldest;
   }
@@ -823,6 +861,7 @@ export class Journal {
     b.bytes += length;
     b.recs.push({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data, vol, at: at.position });
     this.assigned = seq;
+    if (this.watches.size !== 0) this.markWatches(seq, volume, offsetBytes, lengthBytes);
     if (sync) this.fuaSeq = seq;
     if (!this.writeScheduled) {
       // Let the rest of this turn's commands join the batch, then write.

@@ -24,6 +24,8 @@ export interface AdminActions {
   demote?(req: { replicationListen?: string }): Promise<unknown>;
   testFailover?(action: 'start' | 'stop'): Promise<unknown>;
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
+  /** Online verify against the replica: start (these volumes, all when empty; scan rate cap, 0: none) or stop. */
+  verify?(req: { volumes: string[]; rateBytesPerSec: number; stop: boolean }): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -137,6 +139,25 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const to = body.replicateTo === undefined || body.replicateTo === null ? undefined : String(body.replicateTo);
           if (to) checkHostPort(to, 'replicateTo');
           return send(res, 200, 'application/json', JSON.stringify(await routes.admin.replicateTo({ replicateTo: to })) + '\n');
+        }
+        case 'POST /verify': {
+          if (!routes.admin?.verify) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          const stop = body.stop === true;
+          const volumes = body.volumes ?? [];
+          if (!Array.isArray(volumes) || !volumes.every((v) => typeof v === 'string' && v !== '')) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'volumes must be a list of volume names');
+          let rate = 0;
+          if (body.rate !== undefined && body.rate !== null) {
+            try {
+              rate = typeof body.rate === 'number' ? body.rate : parseRate(String(body.rate), 'rate');
+            } catch (e) {
+              throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
+            }
+            if (!Number.isFinite(rate) || rate < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `rate ${String(body.rate)} must be ≥ 0`);
+          }
+          if (stop && (volumes.length || rate)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'stop takes no volumes or rate');
+          const result = await routes.admin.verify({ volumes: volumes as string[], rateBytesPerSec: Math.round(rate), stop });
+          return send(res, stop ? 200 : 202, 'application/json', JSON.stringify(result) + '\n');
         }
         case 'POST /demote': {
           if (!routes.admin?.demote) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

@@ -92,7 +92,42 @@ export interface ReceiverSink {
    */
   store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[]): Promise<void>;
   readonly sync?: SyncSink;
+  /**
+   * Online verify: compare a range's chunk hashes (8 bytes per SYNC_CHUNK_BYTES) with this
+   * replica's volume once everything stored so far is applied, before anything stored later.
+   * Must queue the comparison before it returns (the next store may follow at once).
+   */
+  verify?(volume: string, offsetBytes: number, lengthBytes: number, hashes: Buffer): Promise<VerifyAnswer>;
 }
+
+/** The replica's answer to one verify range. */
+export type VerifyAnswer = { mismatched: number[] } | { notReady: string };
+
+/**
+ * One range the primary hashed for online verify, to be compared at the replica at a point of
+ * the stream where the replica's copy must equal it: after the record `seq` and before the
+ * first later record that touched the range (`dirtySeq()`, Infinity while none has).
+ */
+export interface VerifyProbe {
+  volume: string;
+  offsetBytes: number;
+  lengthBytes: number;
+  seq: number;
+  hashes: Buffer;
+  dirtySeq(): number;
+}
+
+/**
+ * What became of a probe: compared (the chunks that differ, by index within the range); stale
+ * (a write overtook it before it could be placed); linkDown (the connection dropped first);
+ * notReady (the replica is syncing); unsupported (the replica does not verify).
+ */
+export type VerifyOutcome =
+  | { kind: 'compared'; mismatched: number[] }
+  | { kind: 'stale' }
+  | { kind: 'linkDown' }
+  | { kind: 'notReady'; reason: string }
+  | { kind: 'unsupported' };
 
 export interface SyncSink {
   /** Nothing was ever written to these volumes here (a sync can skip zero chunks without comparing). */

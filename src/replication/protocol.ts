@@ -59,9 +59,20 @@ export const enum FrameType {
   SyncStart = 10,
   /** replica → primary: hashes of the replica's chunks (only differing chunks are sent); `done` ends them. */
   SyncHashes = 11,
+  /**
+   * primary → replica (online verify): the chunk hashes of one range as the primary held it after
+   * every record up to `seq`, the last sequence sent before this frame, with no later record
+   * touching the range. The replica compares once it has applied `seq`, before anything after it.
+   */
+  Verify = 12,
+  /** replica → primary: the answer to a Verify (`id`): the indexes of the chunks that differ, or `notReady`. */
+  VerifyResult = 13,
 }
 
-const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+
+/** Largest range one Verify frame covers. */
+export const MAX_VERIFY_BYTES = 64 << 20;
 
 export interface Frame {
   readonly type: FrameType;

@@ -10,7 +10,7 @@ import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
 import type { ReceiverSink, ReplicatedRecord, VolumeDescriptor } from './ports';
-import { FrameType, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
+import { FrameType, MAX_VERIFY_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { decodeSegment } from './segment';
 import { createSecureServer, type LinkKey } from './link-security';
 
@@ -251,6 +251,30 @@ export class Receiver {
           });
           break;
         }
+        case FrameType.Verify: {
+          const id = Number(f.meta.id);
+          const volume = String(f.meta.volume);
+          const offset = Number(f.meta.offset);
+          const length = Number(f.meta.length);
+          const seq = Number(f.meta.seq);
+          const vol = volumeList.find((v) => v.name === volume);
+          if (!vol || !Number.isSafeInteger(id) || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || !Number.isSafeInteger(seq) || offset < 0 || offset % SYNC_CHUNK_BYTES !== 0 || length <= 0 || length > MAX_VERIFY_BYTES || offset + length > vol.sizeBytes || f.payload.length !== 8 * Math.ceil(length / SYNC_CHUNK_BYTES)) {
+            throw new ReplicationError(Code.FrameMeta, `invalid verify range ${volume} ${String(f.meta.offset)}+${String(f.meta.length)} (${f.payload.length} bytes of hashes)`);
+          }
+          const hashes = Buffer.from(f.payload);
+          step(async () => {
+            // Placed after the segment up to `seq`: compared once that is applied.
+            if (seq !== expectNext - 1) throw new ReplicationError(Code.Sequence, `verify at ${seq}, but the stream is at ${expectNext - 1}`);
+            while (flushing) await flushing; // every segment before it is in the sink's queue
+            if (dead) return;
+            const answer = sink.verify ? sink.verify(volume, offset, length, hashes) : Promise.resolve({ notReady: 'this replica cannot verify' });
+            answer.then(
+              (a) => link.send(FrameType.VerifyResult, { id, ...a }),
+              (e: Error) => link.send(FrameType.VerifyResult, { id, notReady: e.message }),
+            );
+          });
+          break;
+        }
         case FrameType.Ping:
           if (!this.holdPongs) link.send(FrameType.Pong, { id: f.meta.id, appliedSeq: sink.appliedSeq() });
           break;
@@ -303,7 +327,7 @@ export class Receiver {
     this.state.receivedSeq = Math.max(this.state.receivedSeq, durable);
     const cursor = sink.sync?.cursor();
     // segmentTable: segments may carry their record table in binary (see segment.ts).
-    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), segmentTable: true, ...(cursor ? { sync: cursor } : {}) });
+    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), segmentTable: true, verify: sink.verify !== undefined, ...(cursor ? { sync: cursor } : {}) });
     logger.info({ primarySiteId: this.state.primarySiteId, durableSeq: durable, volumes: volumes.map((v) => v.name) }, 'replication link up');
     return durable;
   }

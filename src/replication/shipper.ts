@@ -12,7 +12,7 @@ import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
 import { isZero } from '../common/bytes';
 import { compressBlockAsync } from '../common/lz4';
-import type { ShipperSource, SyncCursor, SyncSource } from './ports';
+import type { ShipperSource, SyncCursor, SyncSource, VerifyOutcome, VerifyProbe } from './ports';
 import { chunkHash, FrameType, MIN_COMPRESS_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { coalesce, encodeSegment } from './segment';
 import { TokenBucket } from './shaper';
@@ -83,6 +83,15 @@ const MAX_PINGS_OUT = 64;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+interface QueuedProbe {
+  probe: VerifyProbe;
+  queuedAt: number;
+  resolve: (o: VerifyOutcome) => void;
+}
+
+/** A probe the stream has not reached within this long is given up (stale). */
+const PROBE_PLACE_TIMEOUT_MS = 60_000;
+
 
 
 export class Shipper {
@@ -127,6 +136,12 @@ export class Shipper {
   };
   private hashFrames: Frame[] = [];
   private hashesDone = false;
+  /** Online-verify probes waiting for the stream to reach their point, and those sent, by id. */
+  private probesQueued: QueuedProbe[] = [];
+  private probesSent = new Map<number, QueuedProbe>();
+  private probeId = 0;
+  /** The replica said in its handshake that it answers Verify frames. */
+  private replicaVerifies = false;
 
   constructor(private readonly opts: ShipperOptions) {
     this.shaper = new TokenBucket(opts.maxBandwidthBytesPerSec ?? 0);
@@ -165,6 +180,63 @@ export class Shipper {
     return this.shaper.rate;
   }
 
+  /**
+   * Online verify: have the replica compare one range. The probe goes out right after the
+   * segment that brings the stream to its sequence number, if no later record that touched the
+   * range was sent by then (else: stale, hash it again).
+   */
+  verify(probe: VerifyProbe): Promise<VerifyOutcome> {
+    if (!this.state.connected || !this.link) return Promise.resolve({ kind: 'linkDown' });
+    if (!this.replicaVerifies) return Promise.resolve({ kind: 'unsupported' });
+    if (this.state.syncing) return Promise.resolve({ kind: 'notReady', reason: 'an image sync is running' });
+    return new Promise((resolve) => {
+      this.probesQueued.push({ probe, queuedAt: Date.now(), resolve });
+      this.poke();
+    });
+  }
+
+  /** Send the queued probes whose point the stream has reached (called between segments). */
+  private placeProbes(link: FramedLink): void {
+    if (this.probesQueued.length === 0) return;
+    const sent = this.state.sentSeq;
+    const now = Date.now();
+    this.probesQueued = this.probesQueued.filter((q) => {
+      if (q.probe.seq > sent) {
+        if (now - q.queuedAt < PROBE_PLACE_TIMEOUT_MS) return true;
+        q.resolve({ kind: 'stale' });
+        return false;
+      }
+      if (sent >= q.probe.dirtySeq()) {
+        q.resolve({ kind: 'stale' });
+        return false;
+      }
+      const id = ++this.probeId;
+      this.probesSent.set(id, q);
+      const p = q.probe;
+      link.send(FrameType.Verify, { id, volume: p.volume, offset: p.offsetBytes, length: p.lengthBytes, seq: sent }, p.hashes);
+      return false;
+    });
+  }
+
+  private onVerifyResult(meta: Record<string, unknown>): void {
+    const id = Number(meta.id);
+    const q = this.probesSent.get(id);
+    if (!q) return; // from a probe given up already
+    this.probesSent.delete(id);
+    const m = meta.mismatched;
+    const chunks = Math.ceil(q.probe.lengthBytes / SYNC_CHUNK_BYTES);
+    if (Array.isArray(m) && m.every((i) => Number.isSafeInteger(i) && i >= 0 && i < chunks)) q.resolve({ kind: 'compared', mismatched: m as number[] });
+    else q.resolve({ kind: 'notReady', reason: typeof meta.notReady === 'string' ? meta.notReady : 'the replica sent an invalid verify result' });
+  }
+
+  /** The connection ended: no probe queued or sent on it will be answered. */
+  private dropProbes(): void {
+    for (const q of this.probesQueued) q.resolve({ kind: 'linkDown' });
+    for (const q of this.probesSent.values()) q.resolve({ kind: 'linkDown' });
+    this.probesQueued = [];
+    this.probesSent.clear();
+  }
+
   stats(): ShipperStats {
     return { ...this.counters, ...this.state };
   }
@@ -193,6 +265,7 @@ export class Shipper {
           logger.warn({ err: { code: err.code, message: err.message } }, 'replication link error');
         }
       }
+      this.dropProbes();
       if (this.state.connected) {
         this.state.connected = false;
         this.state.disconnects++;
@@ -241,6 +314,9 @@ export class Shipper {
           if (f.meta.done === true) this.hashesDone = true;
           else this.hashFrames.push(f);
           break;
+        case FrameType.VerifyResult:
+          this.onVerifyResult(f.meta);
+          break;
         case FrameType.Error:
           throw new ReplicationError(String(f.meta.code ?? Code.Handshake), `replica refused: ${String(f.meta.message)}`);
         default:
@@ -274,6 +350,7 @@ export class Shipper {
     this.state.replicaSiteId = String(helloAck.meta.siteId ?? '');
     // Replicas that read binary record tables say so; older ones get msgpack arrays.
     const segmentOpts = { table: helloAck.meta.segmentTable === true };
+    this.replicaVerifies = helloAck.meta.verify === true;
     this.state.replicaAppliedSeq = Number(helloAck.meta.appliedSeq ?? 0);
     this.inflight = [];
     this.inflightBytes = 0;
@@ -307,6 +384,7 @@ export class Shipper {
       if (!link.open) throw new ReplicationError(Code.Handshake, 'connection closed');
       const now = Date.now();
       if (now - this.lastHeardMs > deadAfter) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${now - this.lastHeardMs} ms`);
+      this.placeProbes(link);
       if (now - lastPing >= pingEvery) {
         lastPing = now;
         const id = ++this.pingId;

@@ -5,17 +5,18 @@
  * RPO over target, journal over its cap, a replica that is not consistent). One of them serves
  * HTTPS and Prometheus scrapes it as the README says (scheme https, the certificate as ca_file).
  * Two primaries use witnesses: one whose only witness never answers, one with a quorum of three
- * of which one is down; Prometheus scrapes the two witnesses that run, too.
+ * of which one is down; Prometheus scrapes the two witnesses that run, too. An online verify
+ * finds a chunk damaged on the replica (the differing-replica alert).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import YAML from 'yaml';
 import { readFileSync } from 'node:fs';
 import { PANELS } from '../../grafana/dashboard';
-import { removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { CLI, removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
@@ -92,6 +93,12 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
       throw new Error(`${e.message}\n${promLog}`);
     });
     await waitCaughtUp(a, b);
+    // A chunk of the replica's copy damaged behind its back (away from the writer), found by an online verify.
+    const fd = openSync(path.join(dir, 'b', 'volumes', 'vol.img'), 'r+');
+    writeSync(fd, Buffer.alloc(100, 0xee), 0, 100, 50 * 1024 * 1024);
+    closeSync(fd);
+    const v = await run(process.execPath, [CLI, 'verify', '--http', `127.0.0.1:${a.httpPort}`, '--wait'], { timeoutMs: 120_000 });
+    assert.equal(v.code, 3, v.stdout + v.stderr);
     // Enough samples for rate() over the panels' windows.
     await new Promise((r) => setTimeout(r, 6000));
     const empty: string[] = [];

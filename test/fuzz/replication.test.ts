@@ -475,6 +475,7 @@ const UNKNOWN_VOLUME = 'JOURNAL_UNKNOWN_VOLUME';
 type Step =
   | { kind: 'segment'; n: number; offset: number; skip: number }
   | { kind: 'frame'; type: number; meta: Record<string, unknown> }
+  | { kind: 'verify'; chunks: number; skew: number }
   | { kind: 'raw'; bytes: Uint8Array };
 
 const stepArb: fc.Arbitrary<Step> = fc.oneof(
@@ -483,10 +484,12 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
     weight: 2,
     arbitrary: fc.record({
       kind: fc.constant('frame' as const),
-      type: fc.constantFrom(FrameType.Ping, FrameType.Pong, FrameType.Hello, FrameType.Ack, FrameType.SyncStart, FrameType.SyncChunk, FrameType.SyncDone, FrameType.SyncHashes, FrameType.Error, FrameType.Segment),
+      type: fc.constantFrom(FrameType.Ping, FrameType.Pong, FrameType.Hello, FrameType.Ack, FrameType.SyncStart, FrameType.SyncChunk, FrameType.SyncDone, FrameType.SyncHashes, FrameType.Error, FrameType.Segment, FrameType.Verify, FrameType.VerifyResult),
       meta: metaArb,
     }),
   },
+  // A well-formed online-verify probe, at the stream's point or (skew) off it.
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('verify' as const), chunks: fc.integer({ min: 1, max: 16 }), skew: fc.constantFrom(0, 0, 0, 1, -1) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('raw' as const), bytes: fc.uint8Array({ minLength: 1, maxLength: 64 }) }) },
 );
 
@@ -524,6 +527,8 @@ test('the receiver fed a Hello, then segments, stray frames and garbage (mutated
             if (s.skip === 0) next = from + s.n;
           } else if (s.kind === 'frame') {
             parts.push(wire(s.type as FrameType, s.meta));
+          } else if (s.kind === 'verify') {
+            parts.push(wire(FrameType.Verify, { id: 1, volume: 'a', offset: 0, length: s.chunks * 65536, seq: next - 1 + s.skew }, Buffer.alloc(8 * s.chunks)));
           } else {
             parts.push(Buffer.from(s.bytes));
           }

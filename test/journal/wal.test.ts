@@ -430,3 +430,36 @@ test('a segment trimmed while a sync of it is under way is closed after the sync
       await j.close();
     }
   }));
+
+test('a watched range is marked by the first later record that touches it, and only by such a record (online verify)', async () => {
+  const dir = tempDir();
+  try {
+    const j = await openWithV({ dir: path.join(dir, 'w') });
+    await j.registerVolume('u');
+    await j.append('v', 'write', 0, 4 * KiB, Buffer.alloc(4 * KiB, 1)).done;
+    const w = j.watch('v', 64 * KiB, 64 * KiB);
+    const before = j.assignedSeq();
+    assert.equal(before, 1);
+    // Beside the range, on another volume, ending where it starts: none of these touch it.
+    await j.append('v', 'write', 60 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, 2)).done;
+    await j.append('v', 'write', 128 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, 3)).done;
+    await j.append('u', 'write', 64 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, 4)).done;
+    assert.equal(w.dirtySeq, Infinity);
+    // The first that overlaps (an unmap reaching into it) marks it; later ones leave the mark.
+    const first = j.append('v', 'unmap', 32 * KiB, 33 * KiB, Buffer.alloc(0));
+    const second = j.append('v', 'write', 64 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, 5));
+    await Promise.all([first.done, second.done]);
+    assert.equal(w.dirtySeq, first.seq);
+    // Unwatched ranges are forgotten; a new watch starts clean.
+    j.unwatch(w);
+    const w2 = j.watch('v', 64 * KiB, 64 * KiB);
+    assert.equal(w2.dirtySeq, Infinity);
+    await j.append('v', 'writeSame', 100 * KiB, 8 * KiB, Buffer.alloc(512, 6)).done;
+    assert.equal(w2.dirtySeq, j.assignedSeq());
+    assert.equal(w.dirtySeq, first.seq);
+    j.unwatch(w2);
+    await j.close();
+  } finally {
+    removeDir(dir);
+  }
+});

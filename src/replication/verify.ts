@@ -1,0 +1,269 @@
+/**
+ * Online verify (primary side): compares every volume with the replica's copy while writes and
+ * replication go on, without pausing either. Each range is hashed here as it stood after some
+ * sequence number and compared at the replica at that same point of the stream (see
+ * Shipper.verify); a range a write overtakes is hashed again, split into chunks when it keeps
+ * being overtaken, and reported as unverified only when even its chunks never settle. The result
+ * says which chunks differ; nothing is changed on either side.
+ */
+import type { Logger } from '../common/logger';
+import { OffsiteError } from '../common/errors';
+import type { VerifyOutcome, VerifyProbe, VolumeDescriptor } from './ports';
+import { SYNC_CHUNK_BYTES } from './protocol';
+import { TokenBucket } from './shaper';
+
+export interface VerifySource {
+  volumes(): VolumeDescriptor[];
+  /**
+   * Hash a range (aligned to SYNC_CHUNK_BYTES) as it stands after some sequence number, and watch
+   * it for later writes until release(); undefined when a write overtook the read (try again).
+   */
+  probe(volume: string, offsetBytes: number, lengthBytes: number): Promise<(VerifyProbe & { release(): void }) | undefined>;
+}
+
+export interface VerifyTarget {
+  verify(probe: VerifyProbe): Promise<VerifyOutcome>;
+  connected(): boolean;
+}
+
+export interface VerifyRange {
+  volume: string;
+  offsetBytes: number;
+  lengthBytes: number;
+}
+
+export interface VerifyStatus {
+  /** idle (never ran here), running, done (every byte compared or reported unverified), stopped, failed. */
+  state: 'idle' | 'running' | 'done' | 'stopped' | 'failed';
+  volumes: string[];
+  startedAt?: string;
+  finishedAt?: string;
+  totalBytes: number;
+  checkedBytes: number;
+  mismatchedChunks: number;
+  mismatchedBytes: number;
+  /** Bytes no comparison could be placed for (writes kept overtaking them). */
+  unverifiedBytes: number;
+  /** Ranges hashed again because a write overtook them. */
+  retries: number;
+  /** Waiting for the replication link to come back. */
+  waitingForReplica: boolean;
+  chunkBytes: number;
+  /** The differing ranges (adjacent chunks merged), the first MAX_LISTED. */
+  mismatches: VerifyRange[];
+  unverified: VerifyRange[];
+  error?: string;
+}
+
+export class VerifyError extends OffsiteError {}
+
+/** Bytes hashed and compared per probe (split into chunks when writes keep overtaking it). */
+export const VERIFY_RANGE_BYTES = 1 << 20;
+/** Probes in flight at once (a long link's round trip is not paid once per range). */
+const WORKERS = 4;
+/** A run fails when the replica has been away this long (it names the chunks compared so far). */
+const REPLICA_AWAY_LIMIT_MS = 5 * 60_000;
+/** A range overtaken this often is split into chunks; a chunk this often, reported unverified. */
+const MAX_ATTEMPTS = 3;
+const MAX_CHUNK_ATTEMPTS = 8;
+const MAX_LISTED = 1000;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class Verifier {
+  private current: VerifyStatus = emptyStatus();
+  private run?: Promise<void>;
+  private stopping = false;
+
+  constructor(
+    private readonly source: VerifySource,
+    private readonly target: VerifyTarget,
+    private readonly logger: Logger,
+    /** Called with the final status of each run (to keep it across restarts). */
+    private readonly onFinish?: (s: VerifyStatus) => Promise<void>,
+  ) {}
+
+  /** The last run's result, kept from an earlier process. */
+  restore(s: VerifyStatus): void {
+    if (this.run) return;
+    const num = (n: unknown) => (Number.isSafeInteger(n) && (n as number) >= 0 ? (n as number) : 0);
+    const ranges = (l: unknown) => (Array.isArray(l) ? (l as VerifyRange[]).filter((r) => r && typeof r.volume === 'string' && Number.isSafeInteger(r.offsetBytes) && Number.isSafeInteger(r.lengthBytes)).slice(0, MAX_LISTED) : []);
+    const states: VerifyStatus['state'][] = ['idle', 'done', 'stopped', 'failed'];
+    this.current = {
+      ...emptyStatus(),
+      state: s.state === 'running' ? 'stopped' : states.includes(s.state) ? s.state : 'idle',
+      volumes: Array.isArray(s.volumes) ? s.volumes.filter((v) => typeof v === 'string') : [],
+      startedAt: typeof s.startedAt === 'string' ? s.startedAt : undefined,
+      finishedAt: typeof s.finishedAt === 'string' ? s.finishedAt : undefined,
+      totalBytes: num(s.totalBytes),
+      checkedBytes: num(s.checkedBytes),
+      mismatchedChunks: num(s.mismatchedChunks),
+      mismatchedBytes: num(s.mismatchedBytes),
+      unverifiedBytes: num(s.unverifiedBytes),
+      retries: num(s.retries),
+      mismatches: ranges(s.mismatches),
+      unverified: ranges(s.unverified),
+      error: typeof s.error === 'string' ? s.error : undefined,
+    };
+  }
+
+  status(): VerifyStatus {
+    return { ...this.current, mismatches: [...this.current.mismatches], unverified: [...this.current.unverified] };
+  }
+
+  get running(): boolean {
+    return this.run !== undefined;
+  }
+
+  /** Start a run over these volumes (all when empty), scanning at most `rateBytesPerSec` (0: no cap). */
+  start(volumeNames: string[], rateBytesPerSec = 0): VerifyStatus {
+    if (this.run) throw new VerifyError('VERIFY_RUNNING', `a verify is already running (${this.current.checkedBytes} of ${this.current.totalBytes} bytes checked); stop it first`);
+    const all = this.source.volumes();
+    for (const n of volumeNames) if (!all.some((v) => v.name === n)) throw new VerifyError('UNKNOWN_VOLUME', `no volume ${n} (volumes: ${all.map((v) => v.name).join(', ') || 'none'})`);
+    if (!this.target.connected()) throw new VerifyError('REPLICA_DISCONNECTED', 'the replica is not connected (or an image sync is running): verify compares against a consistent replica');
+    const volumes = all.filter((v) => volumeNames.length === 0 || volumeNames.includes(v.name)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt: new Date().toISOString(), totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0) };
+    this.stopping = false;
+    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec }, 'verify started: comparing the volumes with the replica');
+    const rate = new TokenBucket(rateBytesPerSec);
+    this.run = this.scan(volumes, rate)
+      .then(
+        () => {
+          this.current.state = this.stopping ? 'stopped' : 'done';
+        },
+        (e: Error) => {
+          this.current.state = 'failed';
+          this.current.error = e.message;
+        },
+      )
+      .then(() => this.finish())
+      .finally(() => (this.run = undefined));
+    return this.status();
+  }
+
+  async stop(): Promise<VerifyStatus> {
+    this.stopping = true;
+    await this.run;
+    return this.status();
+  }
+
+  private async finish(): Promise<void> {
+    const s = this.current;
+    s.mismatches = merged(s.mismatches);
+    s.unverified = merged(s.unverified);
+    s.finishedAt = new Date().toISOString();
+    s.waitingForReplica = false;
+    const summary = { state: s.state, checkedBytes: s.checkedBytes, totalBytes: s.totalBytes, mismatchedChunks: s.mismatchedChunks, unverifiedBytes: s.unverifiedBytes, retries: s.retries, error: s.error };
+    if (s.state === 'failed') this.logger.error(summary, 'verify failed');
+    else if (s.mismatchedChunks > 0) this.logger.error({ ...summary, firstMismatches: s.mismatches.slice(0, 10) }, 'verify found chunks that differ on the replica');
+    else this.logger.info(summary, s.state === 'stopped' ? 'verify stopped' : s.unverifiedBytes > 0 ? 'verify done: no difference, but some ranges could not be compared (writes kept overtaking them)' : 'verify done: the replica equals the primary');
+    try {
+      await this.onFinish?.(this.status());
+    } catch (e) {
+      this.logger.warn({ err: e }, 'verify: could not save the result');
+    }
+  }
+
+  private async scan(volumes: VolumeDescriptor[], rate: TokenBucket): Promise<void> {
+    const ranges = (function* () {
+      for (const v of volumes) for (let off = 0; off < v.sizeBytes; off += VERIFY_RANGE_BYTES) yield { volume: v.name, offsetBytes: off, lengthBytes: Math.min(VERIFY_RANGE_BYTES, v.sizeBytes - off) };
+    })();
+    let failure: Error | undefined;
+    const worker = async () => {
+      for (;;) {
+        if (this.stopping || failure) return;
+        const next = ranges.next();
+        if (next.done) return;
+        await rate.take(next.value.lengthBytes);
+        try {
+          if (!(await this.verifyRange(next.value, MAX_ATTEMPTS))) {
+            // Overtaken again and again as a whole: chunk by chunk, each with more tries.
+            const r = next.value;
+            for (let off = r.offsetBytes; off < r.offsetBytes + r.lengthBytes && !this.stopping; off += SYNC_CHUNK_BYTES) {
+              const chunk = { volume: r.volume, offsetBytes: off, lengthBytes: Math.min(SYNC_CHUNK_BYTES, r.offsetBytes + r.lengthBytes - off) };
+              if (!(await this.verifyRange(chunk, MAX_CHUNK_ATTEMPTS))) {
+                this.current.unverifiedBytes += chunk.lengthBytes;
+                addRange(this.current.unverified, chunk);
+              }
+            }
+          }
+        } catch (e) {
+          failure ??= e as Error;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: WORKERS }, worker));
+    if (failure) throw failure;
+  }
+
+  /** Compare one range; false when writes overtook every attempt. */
+  private async verifyRange(r: VerifyRange, attempts: number): Promise<boolean> {
+    let awaySince: number | undefined;
+    for (let attempt = 1; !this.stopping; ) {
+      if (!this.target.connected()) {
+        this.current.waitingForReplica = true;
+        awaySince ??= Date.now();
+        if (Date.now() - awaySince > REPLICA_AWAY_LIMIT_MS) throw new VerifyError('REPLICA_DISCONNECTED', `the replica has been away for ${Math.round(REPLICA_AWAY_LIMIT_MS / 60_000)} minutes`);
+        await sleep(250);
+        continue;
+      }
+      awaySince = undefined;
+      this.current.waitingForReplica = false;
+      const p = await this.source.probe(r.volume, r.offsetBytes, r.lengthBytes);
+      let outcome: VerifyOutcome = { kind: 'stale' };
+      if (p) {
+        try {
+          outcome = await this.target.verify(p);
+        } finally {
+          p.release();
+        }
+      }
+      switch (outcome.kind) {
+        case 'compared':
+          this.current.checkedBytes += r.lengthBytes;
+          for (const i of outcome.mismatched) {
+            const off = r.offsetBytes + i * SYNC_CHUNK_BYTES;
+            const len = Math.min(SYNC_CHUNK_BYTES, r.offsetBytes + r.lengthBytes - off);
+            this.current.mismatchedChunks++;
+            this.current.mismatchedBytes += len;
+            addRange(this.current.mismatches, { volume: r.volume, offsetBytes: off, lengthBytes: len });
+          }
+          return true;
+        case 'unsupported':
+          throw new VerifyError('VERIFY_UNSUPPORTED', 'the replica does not answer verify requests (it runs an older offsite): upgrade it first');
+        case 'notReady':
+          throw new VerifyError('REPLICA_NOT_READY', `the replica cannot compare now: ${outcome.reason}`);
+        case 'linkDown':
+          continue; // compared again once the link is back; not the range's fault
+        case 'stale':
+          this.current.retries++;
+          if (attempt++ >= attempts) return false;
+          await sleep(Math.min(500, 5 * attempt * attempt));
+      }
+    }
+    return true; // stopping: neither compared nor unverified
+  }
+}
+
+function emptyStatus(): VerifyStatus {
+  return { state: 'idle', volumes: [], totalBytes: 0, checkedBytes: 0, mismatchedChunks: 0, mismatchedBytes: 0, unverifiedBytes: 0, retries: 0, waitingForReplica: false, chunkBytes: SYNC_CHUNK_BYTES, mismatches: [], unverified: [] };
+}
+
+/** Add a range to a list (the workers finish ranges in any order: merged() tidies it at the end). */
+function addRange(list: VerifyRange[], r: VerifyRange): void {
+  const last = list[list.length - 1];
+  if (last && last.volume === r.volume && last.offsetBytes + last.lengthBytes === r.offsetBytes) last.lengthBytes += r.lengthBytes;
+  else if (list.length < 4 * MAX_LISTED) list.push({ ...r });
+}
+
+/** Sorted, adjacent ranges joined, at most MAX_LISTED. */
+function merged(list: VerifyRange[]): VerifyRange[] {
+  const sorted = [...list].sort((a, b) => (a.volume !== b.volume ? (a.volume < b.volume ? -1 : 1) : a.offsetBytes - b.offsetBytes));
+  const out: VerifyRange[] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && last.volume === r.volume && last.offsetBytes + last.lengthBytes === r.offsetBytes) last.lengthBytes += r.lengthBytes;
+    else out.push({ ...r });
+  }
+  return out.slice(0, MAX_LISTED);
+}
