@@ -8,12 +8,15 @@
  *   - no acknowledged write lost on the primary (its chain reaches the last acknowledged record),
  *   - the replica is always a prefix of the primary's history (chain check on every read),
  *   - images equal after catch-up,
- *   - no full resync where a resume was possible (no sync ever started).
+ *   - no full resync where a resume was possible (no sync ever started),
+ *   - online verify, run over and over on the primary through all of it, never reports a
+ *     difference (nothing damages the replica here: any difference is a bug in replication or in
+ *     verify), and a last verify after catch-up compares every byte and finds them equal.
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
 import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
@@ -35,6 +38,10 @@ export interface CampaignResult {
   crashes: number;
   fullResyncs: number;
   imagesEqual: boolean;
+  /** Online verify runs that ended (done) during the faults, bytes they compared, differences they reported. */
+  verifyRuns: number;
+  verifiedBytes: number;
+  verifyDifferences: number;
   problems: string[];
 }
 
@@ -84,6 +91,9 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     crashes: 0,
     fullResyncs: 0,
     imagesEqual: false,
+    verifyRuns: 0,
+    verifiedBytes: 0,
+    verifyDifferences: 0,
     problems: [],
   };
   const pair = await startPairBehindProxy(dir, [`chain:${16 * MiB}`], seed);
@@ -112,6 +122,37 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
       result.problems.push(`seed ${seed}: replica not a prefix: ${c.error}`);
     }
   });
+  // Online verify on whichever primary runs, again and again (a start the primary refuses, e.g.
+  // while the replica is away, is tried again).
+  let verifying = true;
+  type VerifyRun = { state: string; checkedBytes: number; mismatchedChunks: number; mismatches: unknown[] };
+  const verifier = (async () => {
+    while (verifying) {
+      const p: RunningAppliance | undefined = primary;
+      try {
+        if (p) {
+          const res = await fetch(`http://127.0.0.1:${p.httpPort}/verify`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: '{}' });
+          if (res.status === 202) {
+            for (let v: VerifyRun; verifying && primary === p; ) {
+              await new Promise((r) => setTimeout(r, 100));
+              v = (await p.status()).verify as VerifyRun;
+              if (v.state === 'running') continue;
+              if (v.state === 'done') result.verifyRuns++;
+              result.verifiedBytes += v.checkedBytes;
+              if (v.mismatchedChunks > 0) {
+                result.verifyDifferences += v.mismatchedChunks;
+                result.problems.push(`seed ${seed}: online verify reported ${v.mismatchedChunks} differing chunks: ${JSON.stringify(v.mismatches).slice(0, 400)}`);
+              }
+              break;
+            }
+          }
+        }
+      } catch {
+        // the primary was killed under the call
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
   let acked = 0;
   const writeBatch = async (count: number, during: () => Promise<void>) => {
     const from = acked + 1;
@@ -200,8 +241,13 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
       if ((i + 1) % 25 === 0) log(`# faults ${i + 1}/${opts.faults}: acked ${acked}, replica reads ${result.replicaReads}`);
     }
     result.recordsAcked = acked;
+    verifying = false;
+    await verifier;
     await waitCaughtUp(primary, replica!, 120_000);
     await reader.stop();
+    // A last verify, quiet and caught up: every byte compared, all equal.
+    const last = await run(process.execPath, [CLI, 'verify', '--http', `127.0.0.1:${primary.httpPort}`, '--wait'], { timeoutMs: 120_000 });
+    if (last.code !== 0) result.problems.push(`seed ${seed}: the verify after catch-up ended with exit code ${String(last.code)}: ${last.stdout}${last.stderr}`);
     // No acknowledged write lost on the primary, and it is a chain prefix too.
     const pImg = await readVolume(primary, 'chain', path.join(dir, 'primary.img'));
     const pc = checkChainImage(pImg, N);
@@ -222,6 +268,8 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     for (const p of primaries) result.fullResyncs += p.logs.filter((l) => l.msg === 'sync start').length;
     if (result.fullResyncs) result.problems.push(`seed ${seed}: ${result.fullResyncs} full resyncs`);
   } finally {
+    verifying = false;
+    await verifier;
     await reader.stop();
     await primary?.stop().catch(() => undefined);
     await replica?.stop().catch(() => undefined);
@@ -237,5 +285,6 @@ export function formatResult(r: CampaignResult): string {
     `fault campaign, seed ${r.seed}: ${r.faultsTotal} faults injected (${kinds})`,
     `  chain records acknowledged ${r.recordsAcked}, replica reads checked ${r.replicaReads}`,
     `  data lost ${r.lostWrites}, non-prefix states ${r.nonPrefixStates}, crashes ${r.crashes}, full resyncs ${r.fullResyncs}, images equal ${r.imagesEqual}`,
+    `  online verify during the faults: ${r.verifyRuns} runs done, ${(r.verifiedBytes / MiB).toFixed(0)} MiB compared, ${r.verifyDifferences} differences`,
   ].join('\n');
 }

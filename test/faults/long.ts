@@ -118,9 +118,10 @@ async function main(): Promise<void> {
   say(`  load:             ${load ? `${load.sessions} sessions x ${(load.seconds / 60).toFixed(1)} min over ${load.volumes} volumes, ${load.commands} commands, ${load.ioErrors} I/O errors, max RPO ${load.maxRpoSeconds.toFixed(2)} s` : 'skipped'}`);
   say(`  data lost:        ${lost}`);
   say(`  non-prefix states: ${nonPrefix}`);
+  if (c) say(`  verify differences: ${c.verifyDifferences} (${c.verifyRuns} online verify runs during the faults)`);
   say(`  crashes:          ${crashes}`);
   for (const p of problems) say(`  PROBLEM: ${p}`);
-  process.exit(problems.length || lost || nonPrefix || crashes ? 1 : 0);
+  process.exit(problems.length || lost || nonPrefix || crashes || c?.verifyDifferences ? 1 : 0);
 }
 
 main().catch((e: unknown) => {
