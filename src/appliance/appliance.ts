@@ -545,12 +545,12 @@ export class Appliance {
   }
 
   /** Admin actions the HTTP API exposes. */
-  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean }) => Promise<VerifyStatus> } {
+  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean; repair: boolean }) => Promise<VerifyStatus> } {
     const repl = this.replication;
     if (!repl) return {};
     const configured = this.config.replication.maxBandwidthBytesPerSec;
     return {
-      verify: async (req) => (req.stop ? repl.verifier.stop() : repl.verifier.start(req.volumes, req.rateBytesPerSec)),
+      verify: async (req) => (req.stop ? repl.verifier.stop() : repl.verifier.start(req.volumes, req.rateBytesPerSec, req.repair)),
       // Saved before it applies: the cap the operator was told is the one a restart keeps.
       setBandwidth: async (bps: number | 'configured') => {
         if (bps === 'configured') {

@@ -59,7 +59,7 @@ interface Pending {
   /** Pooled buffers holding the records' data: given back once they are applied. */
   payloads?: Buffer[];
   /** An online-verify comparison placed here in the stream (no records): run when its turn comes. */
-  verify?: { volume: string; offsetBytes: number; lengthBytes: number; hashes: Buffer; answer: (a: VerifyAnswer) => void };
+  verify?: { volume: string; offsetBytes: number; lengthBytes: number; hashes: Buffer; answer: (a: VerifyAnswer) => void; data?: Buffer };
 }
 
 /** Queued comparisons that will not run (the queue was reset under them) answer "not ready". */
@@ -84,7 +84,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
   rebaseNeeded = false;
-  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0, verifiedBytes: 0, verifyMismatches: 0 };
+  private readonly stats = { recordsApplied: 0, bytesApplied: 0, segmentsApplied: 0, syncChunks: 0, syncBytes: 0, verifiedBytes: 0, verifyMismatches: 0, repairedBytes: 0 };
   /** Staging images and the chunks staged in each (offset → length), while a delta sync is staged. */
   private staging?: { images: Map<string, FileVolume>; chunks: Map<string, Map<number, number>> };
   private committing?: Promise<void>;
@@ -489,14 +489,30 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    * Online verify (ReceiverSink.verify): queued behind every segment stored so far, so the range
    * is read once they are applied and before any later one is.
    */
-  verify(volume: string, offsetBytes: number, lengthBytes: number, hashes: Buffer): Promise<VerifyAnswer> {
+  verify(volume: string, offsetBytes: number, lengthBytes: number, hashes: Buffer, data?: Buffer): Promise<VerifyAnswer> {
     if (this.applyError) return Promise.resolve({ notReady: `applying failed: ${this.applyError.message}` });
     if (this.state.staged || this.syncState() !== 'consistent') return Promise.resolve({ notReady: 'the replica is syncing' });
     if (!this.volumes.has(volume)) return Promise.resolve({ notReady: `no volume ${volume} here` });
     return new Promise((answer) => {
-      this.queue.push({ records: [], toSeq: this.durable, verify: { volume, offsetBytes, lengthBytes, hashes, answer } });
+      this.queue.push({ records: [], toSeq: this.durable, verify: { volume, offsetBytes, lengthBytes, hashes, answer, data } });
       this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
     });
+  }
+
+  /** verify --repair: the primary's data for a range, written at the same point of the stream as verify() compares. */
+  repair(volume: string, offsetBytes: number, data: Buffer): Promise<VerifyAnswer> {
+    return this.verify(volume, offsetBytes, data.length, EMPTY, data);
+  }
+
+  private async writeRepair(c: NonNullable<Pending['verify']>): Promise<void> {
+    const v = this.volumes.get(c.volume)!;
+    await this.gate.exclusive(async () => {
+      await this.testCopies.get(c.volume)?.preserve(c.offsetBytes, c.lengthBytes);
+      await v.image.write(c.offsetBytes, c.data!);
+    });
+    await v.image.flush();
+    this.stats.repairedBytes += c.lengthBytes;
+    this.logger.warn({ volume: c.volume, offsetBytes: c.offsetBytes, lengthBytes: c.lengthBytes, appliedSeq: this.applied }, 'verify: range repaired with the primary\'s data');
   }
 
   private async compare(c: NonNullable<Pending['verify']>): Promise<number[]> {
@@ -520,10 +536,17 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       const seg = this.queue[0];
       if (seg.verify) {
         const c = seg.verify;
-        await this.compare(c).then(
-          (mismatched) => c.answer({ mismatched }),
-          (e: Error) => c.answer({ notReady: `reading the volume failed: ${e.message}` }),
-        );
+        if (c.data) {
+          await this.writeRepair(c).then(
+            () => c.answer({ repaired: true }),
+            (e: Error) => c.answer({ notReady: `writing the volume failed: ${e.message}` }),
+          );
+        } else {
+          await this.compare(c).then(
+            (mismatched) => c.answer({ mismatched }),
+            (e: Error) => c.answer({ notReady: `reading the volume failed: ${e.message}` }),
+          );
+        }
         this.queue.shift();
         continue;
       }

@@ -139,11 +139,11 @@ class JournalSource implements ShipperSource, VerifySource {
   }
 
   /**
-   * Online verify: a range's chunk hashes as of the last record appended before the read began.
+   * Online verify: a range's chunk hashes (or its data, for a repair) as of the last record appended before the read began.
    * The range is watched from before that point, every earlier record is waited into the image,
    * and the read is thrown away if any later record touched the range while it ran.
    */
-  async probe(volume: string, offsetBytes: number, lengthBytes: number): Promise<(VerifyProbe & { release(): void }) | undefined> {
+  async probe(volume: string, offsetBytes: number, lengthBytes: number, withData = false): Promise<(VerifyProbe & { release(): void }) | undefined> {
     const image = this.image(volume);
     const w = this.journal.watch(volume, offsetBytes, lengthBytes);
     const release = () => this.journal.unwatch(w);
@@ -155,6 +155,7 @@ class JournalSource implements ShipperSource, VerifySource {
       }
       const data = await image.read(offsetBytes, lengthBytes);
       if (w.dirtySeq !== Infinity) return release(), undefined;
+      if (withData) return { volume, offsetBytes, lengthBytes, seq, hashes: Buffer.alloc(0), data, dirtySeq: () => w.dirtySeq, release };
       const hashes = Buffer.allocUnsafe(8 * Math.ceil(lengthBytes / SYNC_CHUNK_BYTES));
       for (let i = 0, off = 0; off < lengthBytes; i++, off += SYNC_CHUNK_BYTES) chunkHash(data.subarray(off, Math.min(off + SYNC_CHUNK_BYTES, lengthBytes))).copy(hashes, i * 8);
       return { volume, offsetBytes, lengthBytes, seq, hashes, dirtySeq: () => w.dirtySeq, release };

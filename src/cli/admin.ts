@@ -135,7 +135,10 @@ type VerifyView = VerifyStatus;
 
 function verifyLine(v: VerifyView): string {
   const pct = v.totalBytes ? Math.floor((100 * (v.checkedBytes + v.unverifiedBytes)) / v.totalBytes) : 100;
-  const diff = v.mismatchedChunks ? `${v.mismatchedChunks} chunks DIFFER (${bytes(v.mismatchedBytes)})` : 'no difference';
+  const repaired = v.repair && v.mismatchedChunks ? (v.repairedChunks === v.mismatchedChunks ? ', all repaired' : `, ${v.repairedChunks} repaired, ${v.mismatchedChunks - v.repairedChunks} NOT`) : '';
+  const one = v.mismatchedChunks === 1;
+  const verb = v.repair && v.repairedChunks === v.mismatchedChunks ? 'differed' : one ? 'DIFFERS' : 'DIFFER';
+  const diff = v.mismatchedChunks ? `${v.mismatchedChunks} chunk${one ? '' : 's'} ${verb} (${bytes(v.mismatchedBytes)}${repaired})` : 'no difference';
   const unverified = v.unverifiedBytes ? `, ${bytes(v.unverifiedBytes)} not compared (writes kept overtaking it)` : '';
   if (v.state === 'running') return `running, ${pct}% of ${bytes(v.totalBytes)}, ${diff} so far${unverified}${v.waitingForReplica ? ', waiting for the replica' : ''}`;
   if (v.state === 'failed') return `FAILED at ${String(v.finishedAt)}: ${String(v.error)}`;
@@ -263,15 +266,16 @@ export function register(program: Command): void {
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .option('--volume <name>', 'only this volume (repeat for several; default: all)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--rate <rate>', 'read at most this much per second on each site (e.g. 50MB/s; default: no cap)')
-    .option('--wait', 'wait for the end and print the result; exit 0 equal, 3 chunks differ, 4 incomplete, 1 failed')
+    .option('--repair', "overwrite each chunk that differs with the primary's data, at the same point of the stream")
+    .option('--wait', 'wait for the end and print the result; exit 0 equal (or all differences repaired), 3 chunks differ, 4 incomplete, 1 failed')
     .option('--stop', 'stop the running verify')
-    .action(async (opts: { http: string; ca?: string; tokenFile?: string; volume?: string[]; rate?: string; wait?: boolean; stop?: boolean }) => {
+    .action(async (opts: { http: string; ca?: string; tokenFile?: string; volume?: string[]; rate?: string; wait?: boolean; stop?: boolean; repair?: boolean }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
-        if (opts.stop && (opts.volume || opts.rate)) throw new ConfigError('--stop takes no --volume or --rate');
+        if (opts.stop && (opts.volume || opts.rate || opts.repair)) throw new ConfigError('--stop takes no --volume, --rate or --repair');
         if (opts.rate !== undefined) parseRate(opts.rate, '--rate');
-        let v = (await call(opts.http, 'POST', '/verify', opts.stop ? { stop: true } : { volumes: opts.volume ?? [], rate: opts.rate })) as unknown as VerifyView;
+        let v = (await call(opts.http, 'POST', '/verify', opts.stop ? { stop: true } : { volumes: opts.volume ?? [], rate: opts.rate, repair: opts.repair === true })) as unknown as VerifyView;
         if (!opts.wait) {
           process.stdout.write(opts.stop ? `verify ${verifyLine(v)}\n` : `verify started: ${v.volumes.join(', ')} (${bytes(v.totalBytes)}); follow it with offsite status, or --wait\n`);
           return;
@@ -287,9 +291,9 @@ export function register(program: Command): void {
         }
         bar?.stop();
         process.stdout.write(`verify ${verifyLine(v)}\n`);
-        for (const m of v.mismatches) process.stdout.write(`  differs: ${m.volume} bytes ${m.offsetBytes}..${m.offsetBytes + m.lengthBytes - 1} (${bytes(m.lengthBytes)})\n`);
+        for (const m of v.mismatches) process.stdout.write(`  ${v.repair ? 'differed' : 'differs'}: ${m.volume} bytes ${m.offsetBytes}..${m.offsetBytes + m.lengthBytes - 1} (${bytes(m.lengthBytes)})\n`);
         if (v.state === 'failed') process.exit(1);
-        if (v.mismatchedChunks > 0) process.exit(EXIT_VERIFY_DIFFERENT);
+        if (v.mismatchedChunks > v.repairedChunks) process.exit(EXIT_VERIFY_DIFFERENT);
         if (v.state !== 'done' || v.unverifiedBytes > 0) process.exit(EXIT_VERIFY_INCOMPLETE);
       } catch (e) {
         fail(e, 'offsite verify');

@@ -107,7 +107,7 @@ export function register(program: Command): void {
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
           },
           testFailover: (action: 'start' | 'stop') => app.testFailover(action),
-          verify: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean }) => {
+          verify: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean; repair: boolean }) => {
             const fn = app.admin().verify;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary');
             return fn(req);

@@ -25,7 +25,7 @@ export interface AdminActions {
   testFailover?(action: 'start' | 'stop'): Promise<unknown>;
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
   /** Online verify against the replica: start (these volumes, all when empty; scan rate cap, 0: none) or stop. */
-  verify?(req: { volumes: string[]; rateBytesPerSec: number; stop: boolean }): Promise<unknown>;
+  verify?(req: { volumes: string[]; rateBytesPerSec: number; stop: boolean; repair: boolean }): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -155,8 +155,10 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
             }
             if (!Number.isFinite(rate) || rate < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `rate ${String(body.rate)} must be ≥ 0`);
           }
-          if (stop && (volumes.length || rate)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'stop takes no volumes or rate');
-          const result = await routes.admin.verify({ volumes: volumes as string[], rateBytesPerSec: Math.round(rate), stop });
+          const repair = body.repair === true;
+          if (body.repair !== undefined && typeof body.repair !== 'boolean') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'repair must be true or false');
+          if (stop && (volumes.length || rate || repair)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'stop takes no volumes, rate or repair');
+          const result = await routes.admin.verify({ volumes: volumes as string[], rateBytesPerSec: Math.round(rate), stop, repair });
           return send(res, stop ? 200 : 202, 'application/json', JSON.stringify(result) + '\n');
         }
         case 'POST /demote': {

@@ -349,6 +349,7 @@ export function createMetrics(): Metrics {
   counter('offsite_replica_applied_records_total', 'Records applied to the replica volumes.', () => replica()?.store.counters().recordsApplied);
   counter('offsite_replica_applied_bytes_total', 'Bytes applied to the replica volumes.', () => replica()?.store.counters().bytesApplied);
   counter('offsite_replica_verified_bytes_total', 'Bytes this replica compared with the primary for online verify.', () => replica()?.store.counters().verifiedBytes);
+  counter('offsite_replica_verify_repaired_bytes_total', 'Bytes of this replica\'s volumes overwritten with the primary\'s data by verify --repair.', () => replica()?.store.counters().repairedBytes);
   counter('offsite_replica_verify_mismatched_chunks_total', 'Chunks this replica found different from the primary during online verify.', () => replica()?.store.counters().verifyMismatches);
 
   // ---- online verify (primary) ----
@@ -357,6 +358,7 @@ export function createMetrics(): Metrics {
   gauge('offsite_verify_total_bytes', 'Bytes the running (or last) verify covers.', () => verify()?.totalBytes);
   gauge('offsite_verify_checked_bytes', 'Bytes the running (or last) verify compared so far.', () => verify()?.checkedBytes);
   gauge('offsite_verify_mismatched_chunks', 'Chunks the running (or last) verify found different on the replica (0: none).', () => verify()?.mismatchedChunks);
+  gauge('offsite_verify_repaired_chunks', 'Differing chunks the running (or last) verify --repair overwrote with the primary\'s data.', () => verify()?.repairedChunks);
   gauge('offsite_verify_unverified_bytes', 'Bytes the running (or last) verify could not compare (writes kept overtaking them).', () => verify()?.unverifiedBytes);
   gauge('offsite_verify_last_finished_timestamp_seconds', 'When the last verify ended (done, stopped or failed).', () => { const f = verify()?.finishedAt; return f ? Date.parse(f) / 1000 : undefined; });
   gauge('offsite_verify_last_failed', '1 when the last verify failed (see /status verify.error).', () => { const v = verify(); return v && (v.state === 'failed' ? 1 : 0); });

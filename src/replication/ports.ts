@@ -98,10 +98,12 @@ export interface ReceiverSink {
    * Must queue the comparison before it returns (the next store may follow at once).
    */
   verify?(volume: string, offsetBytes: number, lengthBytes: number, hashes: Buffer): Promise<VerifyAnswer>;
+  /** verify --repair: write the primary's data over a range, queued like verify(). */
+  repair?(volume: string, offsetBytes: number, data: Buffer): Promise<VerifyAnswer>;
 }
 
-/** The replica's answer to one verify range. */
-export type VerifyAnswer = { mismatched: number[] } | { notReady: string };
+/** The replica's answer to one verify (or repair) range. */
+export type VerifyAnswer = { mismatched: number[] } | { repaired: true } | { notReady: string };
 
 /**
  * One range the primary hashed for online verify, to be compared at the replica at a point of
@@ -113,7 +115,10 @@ export interface VerifyProbe {
   offsetBytes: number;
   lengthBytes: number;
   seq: number;
+  /** 8 bytes per chunk; empty for a repair. */
   hashes: Buffer;
+  /** A repair: the range's data, to be written over the replica's copy. */
+  data?: Buffer;
   dirtySeq(): number;
 }
 
@@ -124,6 +129,7 @@ export interface VerifyProbe {
  */
 export type VerifyOutcome =
   | { kind: 'compared'; mismatched: number[] }
+  | { kind: 'repaired' }
   | { kind: 'stale' }
   | { kind: 'linkDown' }
   | { kind: 'notReady'; reason: string }

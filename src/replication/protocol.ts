@@ -65,11 +65,16 @@ export const enum FrameType {
    * touching the range. The replica compares once it has applied `seq`, before anything after it.
    */
   Verify = 12,
-  /** replica → primary: the answer to a Verify (`id`): the indexes of the chunks that differ, or `notReady`. */
+  /** replica → primary: the answer to a Verify or Repair (`id`): the chunks that differ, `repaired`, or `notReady`. */
   VerifyResult = 13,
+  /**
+   * primary → replica (verify --repair): a range's data as the primary held it at `seq`, placed
+   * like a Verify; the replica writes it over its copy at that point of the stream.
+   */
+  Repair = 14,
 }
 
-const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
 
 /** Largest range one Verify frame covers. */
 export const MAX_VERIFY_BYTES = 64 << 20;

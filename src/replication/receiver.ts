@@ -251,23 +251,27 @@ export class Receiver {
           });
           break;
         }
-        case FrameType.Verify: {
+        case FrameType.Verify:
+        case FrameType.Repair: {
+          const repair = f.type === FrameType.Repair;
           const id = Number(f.meta.id);
           const volume = String(f.meta.volume);
           const offset = Number(f.meta.offset);
           const length = Number(f.meta.length);
           const seq = Number(f.meta.seq);
           const vol = volumeList.find((v) => v.name === volume);
-          if (!vol || !Number.isSafeInteger(id) || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || !Number.isSafeInteger(seq) || offset < 0 || offset % SYNC_CHUNK_BYTES !== 0 || length <= 0 || length > MAX_VERIFY_BYTES || offset + length > vol.sizeBytes || f.payload.length !== 8 * Math.ceil(length / SYNC_CHUNK_BYTES)) {
-            throw new ReplicationError(Code.FrameMeta, `invalid verify range ${volume} ${String(f.meta.offset)}+${String(f.meta.length)} (${f.payload.length} bytes of hashes)`);
+          const payloadBytes = repair ? length : 8 * Math.ceil(length / SYNC_CHUNK_BYTES);
+          if (!vol || !Number.isSafeInteger(id) || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || !Number.isSafeInteger(seq) || offset < 0 || offset % SYNC_CHUNK_BYTES !== 0 || length <= 0 || length > MAX_VERIFY_BYTES || offset + length > vol.sizeBytes || f.payload.length !== payloadBytes) {
+            throw new ReplicationError(Code.FrameMeta, `invalid ${repair ? 'repair' : 'verify'} range ${volume} ${String(f.meta.offset)}+${String(f.meta.length)} (${f.payload.length} bytes)`);
           }
-          const hashes = Buffer.from(f.payload);
+          const payload = Buffer.from(f.payload);
           step(async () => {
-            // Placed after the segment up to `seq`: compared once that is applied.
-            if (seq !== expectNext - 1) throw new ReplicationError(Code.Sequence, `verify at ${seq}, but the stream is at ${expectNext - 1}`);
+            // Placed after the segment up to `seq`: compared (or written) once that is applied.
+            if (seq !== expectNext - 1) throw new ReplicationError(Code.Sequence, `${repair ? 'repair' : 'verify'} at ${seq}, but the stream is at ${expectNext - 1}`);
             while (flushing) await flushing; // every segment before it is in the sink's queue
             if (dead) return;
-            const answer = sink.verify ? sink.verify(volume, offset, length, hashes) : Promise.resolve({ notReady: 'this replica cannot verify' });
+            const unsupported = Promise.resolve({ notReady: `this replica cannot ${repair ? 'repair' : 'verify'}` });
+            const answer = repair ? (sink.repair?.(volume, offset, payload) ?? unsupported) : (sink.verify?.(volume, offset, length, payload) ?? unsupported);
             answer.then(
               (a) => link.send(FrameType.VerifyResult, { id, ...a }),
               (e: Error) => link.send(FrameType.VerifyResult, { id, notReady: e.message }),

@@ -213,7 +213,9 @@ export class Shipper {
       const id = ++this.probeId;
       this.probesSent.set(id, q);
       const p = q.probe;
-      link.send(FrameType.Verify, { id, volume: p.volume, offset: p.offsetBytes, length: p.lengthBytes, seq: sent }, p.hashes);
+      const meta = { id, volume: p.volume, offset: p.offsetBytes, length: p.lengthBytes, seq: sent };
+      if (p.data) link.send(FrameType.Repair, meta, p.data, this.opts.compress ?? true);
+      else link.send(FrameType.Verify, meta, p.hashes);
       return false;
     });
   }
@@ -223,9 +225,10 @@ export class Shipper {
     const q = this.probesSent.get(id);
     if (!q) return; // from a probe given up already
     this.probesSent.delete(id);
+    if (meta.repaired === true && q.probe.data) return q.resolve({ kind: 'repaired' });
     const m = meta.mismatched;
     const chunks = Math.ceil(q.probe.lengthBytes / SYNC_CHUNK_BYTES);
-    if (Array.isArray(m) && m.every((i) => Number.isSafeInteger(i) && i >= 0 && i < chunks)) q.resolve({ kind: 'compared', mismatched: m as number[] });
+    if (!q.probe.data && Array.isArray(m) && m.every((i) => Number.isSafeInteger(i) && i >= 0 && i < chunks)) q.resolve({ kind: 'compared', mismatched: m as number[] });
     else q.resolve({ kind: 'notReady', reason: typeof meta.notReady === 'string' ? meta.notReady : 'the replica sent an invalid verify result' });
   }
 

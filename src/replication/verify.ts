@@ -4,7 +4,8 @@
  * sequence number and compared at the replica at that same point of the stream (see
  * Shipper.verify); a range a write overtakes is hashed again, split into chunks when it keeps
  * being overtaken, and reported as unverified only when even its chunks never settle. The result
- * says which chunks differ; nothing is changed on either side.
+ * says which chunks differ. A repair run (--repair) then sends each differing chunk's data,
+ * placed in the stream the same way, and the replica writes it over its copy at that point.
  */
 import type { Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
@@ -17,8 +18,9 @@ export interface VerifySource {
   /**
    * Hash a range (aligned to SYNC_CHUNK_BYTES) as it stands after some sequence number, and watch
    * it for later writes until release(); undefined when a write overtook the read (try again).
+   * `withData`: a repair probe, carrying the range's data instead of its hashes.
    */
-  probe(volume: string, offsetBytes: number, lengthBytes: number): Promise<(VerifyProbe & { release(): void }) | undefined>;
+  probe(volume: string, offsetBytes: number, lengthBytes: number, withData?: boolean): Promise<(VerifyProbe & { release(): void }) | undefined>;
 }
 
 export interface VerifyTarget {
@@ -48,6 +50,10 @@ export interface VerifyStatus {
   retries: number;
   /** Waiting for the replication link to come back. */
   waitingForReplica: boolean;
+  /** The run repairs what differs (--repair): the replica's chunks are overwritten with the primary's. */
+  repair: boolean;
+  /** Differing chunks overwritten with the primary's data (a repair run); the rest of mismatchedChunks stay different. */
+  repairedChunks: number;
   chunkBytes: number;
   /** The differing ranges (adjacent chunks merged), the first MAX_LISTED. */
   mismatches: VerifyRange[];
@@ -101,6 +107,8 @@ export class Verifier {
       mismatchedBytes: num(s.mismatchedBytes),
       unverifiedBytes: num(s.unverifiedBytes),
       retries: num(s.retries),
+      repair: s.repair === true,
+      repairedChunks: num(s.repairedChunks),
       mismatches: ranges(s.mismatches),
       unverified: ranges(s.unverified),
       error: typeof s.error === 'string' ? s.error : undefined,
@@ -115,16 +123,19 @@ export class Verifier {
     return this.run !== undefined;
   }
 
-  /** Start a run over these volumes (all when empty), scanning at most `rateBytesPerSec` (0: no cap). */
-  start(volumeNames: string[], rateBytesPerSec = 0): VerifyStatus {
+  /**
+   * Start a run over these volumes (all when empty), scanning at most `rateBytesPerSec` (0: no
+   * cap); with `repair`, each differing chunk is overwritten at the replica with the primary's data.
+   */
+  start(volumeNames: string[], rateBytesPerSec = 0, repair = false): VerifyStatus {
     if (this.run) throw new VerifyError('VERIFY_RUNNING', `a verify is already running (${this.current.checkedBytes} of ${this.current.totalBytes} bytes checked); stop it first`);
     const all = this.source.volumes();
     for (const n of volumeNames) if (!all.some((v) => v.name === n)) throw new VerifyError('UNKNOWN_VOLUME', `no volume ${n} (volumes: ${all.map((v) => v.name).join(', ') || 'none'})`);
     if (!this.target.connected()) throw new VerifyError('REPLICA_DISCONNECTED', 'the replica is not connected (or an image sync is running): verify compares against a consistent replica');
     const volumes = all.filter((v) => volumeNames.length === 0 || volumeNames.includes(v.name)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt: new Date().toISOString(), totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0) };
+    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt: new Date().toISOString(), totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0), repair };
     this.stopping = false;
-    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec }, 'verify started: comparing the volumes with the replica');
+    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec, repair }, 'verify started: comparing the volumes with the replica');
     const rate = new TokenBucket(rateBytesPerSec);
     this.run = this.scan(volumes, rate)
       .then(
@@ -153,9 +164,10 @@ export class Verifier {
     s.unverified = merged(s.unverified);
     s.finishedAt = new Date().toISOString();
     s.waitingForReplica = false;
-    const summary = { state: s.state, checkedBytes: s.checkedBytes, totalBytes: s.totalBytes, mismatchedChunks: s.mismatchedChunks, unverifiedBytes: s.unverifiedBytes, retries: s.retries, error: s.error };
+    const summary = { state: s.state, checkedBytes: s.checkedBytes, totalBytes: s.totalBytes, mismatchedChunks: s.mismatchedChunks, repairedChunks: s.repair ? s.repairedChunks : undefined, unverifiedBytes: s.unverifiedBytes, retries: s.retries, error: s.error };
     if (s.state === 'failed') this.logger.error(summary, 'verify failed');
-    else if (s.mismatchedChunks > 0) this.logger.error({ ...summary, firstMismatches: s.mismatches.slice(0, 10) }, 'verify found chunks that differ on the replica');
+    else if (s.mismatchedChunks > s.repairedChunks) this.logger.error({ ...summary, firstMismatches: s.mismatches.slice(0, 10) }, 'verify found chunks that differ on the replica');
+    else if (s.mismatchedChunks > 0) this.logger.warn({ ...summary, firstMismatches: s.mismatches.slice(0, 10) }, 'verify found chunks that differed on the replica and repaired them all');
     else this.logger.info(summary, s.state === 'stopped' ? 'verify stopped' : s.unverifiedBytes > 0 ? 'verify done: no difference, but some ranges could not be compared (writes kept overtaking them)' : 'verify done: the replica equals the primary');
     try {
       await this.onFinish?.(this.status());
@@ -196,8 +208,28 @@ export class Verifier {
     if (failure) throw failure;
   }
 
-  /** Compare one range; false when writes overtook every attempt. */
+  /** Compare one range (and repair what differs, in a repair run); false when writes overtook every attempt. */
   private async verifyRange(r: VerifyRange, attempts: number): Promise<boolean> {
+    const outcome = await this.place(r, attempts, false);
+    if (outcome?.kind !== 'compared') return outcome === undefined ? this.stopping : true;
+    this.current.checkedBytes += r.lengthBytes;
+    for (const i of outcome.mismatched) {
+      const off = r.offsetBytes + i * SYNC_CHUNK_BYTES;
+      const chunk = { volume: r.volume, offsetBytes: off, lengthBytes: Math.min(SYNC_CHUNK_BYTES, r.offsetBytes + r.lengthBytes - off) };
+      this.current.mismatchedChunks++;
+      this.current.mismatchedBytes += chunk.lengthBytes;
+      addRange(this.current.mismatches, chunk);
+      if (this.current.repair && (await this.place(chunk, MAX_CHUNK_ATTEMPTS, true))?.kind === 'repaired') this.current.repairedChunks++;
+    }
+    return true;
+  }
+
+  /**
+   * Hash (or, `withData`, read) a range and have the replica compare (or take) it at the same
+   * point of the stream, waiting out link drops and trying again when writes overtake it.
+   * Undefined when they overtook every attempt, or the run is stopping.
+   */
+  private async place(r: VerifyRange, attempts: number, withData: boolean): Promise<VerifyOutcome | undefined> {
     let awaySince: number | undefined;
     for (let attempt = 1; !this.stopping; ) {
       if (!this.target.connected()) {
@@ -209,7 +241,7 @@ export class Verifier {
       }
       awaySince = undefined;
       this.current.waitingForReplica = false;
-      const p = await this.source.probe(r.volume, r.offsetBytes, r.lengthBytes);
+      const p = await this.source.probe(r.volume, r.offsetBytes, r.lengthBytes, withData);
       let outcome: VerifyOutcome = { kind: 'stale' };
       if (p) {
         try {
@@ -219,34 +251,27 @@ export class Verifier {
         }
       }
       switch (outcome.kind) {
-        case 'compared':
-          this.current.checkedBytes += r.lengthBytes;
-          for (const i of outcome.mismatched) {
-            const off = r.offsetBytes + i * SYNC_CHUNK_BYTES;
-            const len = Math.min(SYNC_CHUNK_BYTES, r.offsetBytes + r.lengthBytes - off);
-            this.current.mismatchedChunks++;
-            this.current.mismatchedBytes += len;
-            addRange(this.current.mismatches, { volume: r.volume, offsetBytes: off, lengthBytes: len });
-          }
-          return true;
         case 'unsupported':
           throw new VerifyError('VERIFY_UNSUPPORTED', 'the replica does not answer verify requests (it runs an older offsite): upgrade it first');
         case 'notReady':
-          throw new VerifyError('REPLICA_NOT_READY', `the replica cannot compare now: ${outcome.reason}`);
+          throw new VerifyError('REPLICA_NOT_READY', `the replica cannot ${withData ? 'repair' : 'compare'} now: ${outcome.reason}`);
         case 'linkDown':
-          continue; // compared again once the link is back; not the range's fault
+          continue; // placed again once the link is back; not the range's fault
         case 'stale':
           this.current.retries++;
-          if (attempt++ >= attempts) return false;
+          if (attempt++ >= attempts) return undefined;
           await sleep(Math.min(500, 5 * attempt * attempt));
+          continue;
+        default:
+          return outcome;
       }
     }
-    return true; // stopping: neither compared nor unverified
+    return undefined;
   }
 }
 
 function emptyStatus(): VerifyStatus {
-  return { state: 'idle', volumes: [], totalBytes: 0, checkedBytes: 0, mismatchedChunks: 0, mismatchedBytes: 0, unverifiedBytes: 0, retries: 0, waitingForReplica: false, chunkBytes: SYNC_CHUNK_BYTES, mismatches: [], unverified: [] };
+  return { state: 'idle', volumes: [], totalBytes: 0, checkedBytes: 0, mismatchedChunks: 0, mismatchedBytes: 0, unverifiedBytes: 0, retries: 0, waitingForReplica: false, repair: false, repairedChunks: 0, chunkBytes: SYNC_CHUNK_BYTES, mismatches: [], unverified: [] };
 }
 
 /** Add a range to a list (the workers finish ranges in any order: merged() tidies it at the end). */

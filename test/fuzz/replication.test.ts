@@ -484,7 +484,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
     weight: 2,
     arbitrary: fc.record({
       kind: fc.constant('frame' as const),
-      type: fc.constantFrom(FrameType.Ping, FrameType.Pong, FrameType.Hello, FrameType.Ack, FrameType.SyncStart, FrameType.SyncChunk, FrameType.SyncDone, FrameType.SyncHashes, FrameType.Error, FrameType.Segment, FrameType.Verify, FrameType.VerifyResult),
+      type: fc.constantFrom(FrameType.Ping, FrameType.Pong, FrameType.Hello, FrameType.Ack, FrameType.SyncStart, FrameType.SyncChunk, FrameType.SyncDone, FrameType.SyncHashes, FrameType.Error, FrameType.Segment, FrameType.Verify, FrameType.VerifyResult, FrameType.Repair),
       meta: metaArb,
     }),
   },

@@ -1,7 +1,8 @@
 /**
  * Online verify: `offsite verify` compares a running primary's volumes with its replica's while
- * writes and replication go on, and names the chunks that differ. Real appliances, qemu-io
- * writing through iSCSI, the replica's image damaged on disk behind its back.
+ * writes and replication go on, names the chunks that differ, and with --repair rewrites them
+ * from the primary. Real appliances, qemu-io writing through iSCSI, the replica's image damaged
+ * on disk behind its back.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -10,13 +11,13 @@ import path from 'node:path';
 import test from 'node:test';
 import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { assertSameVolume, freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1 << 20;
 const CHUNK = 64 * 1024;
 
 type Range = { volume: string; offsetBytes: number; lengthBytes: number };
-type Verify = { state: string; totalBytes: number; checkedBytes: number; mismatchedChunks: number; mismatchedBytes: number; unverifiedBytes: number; retries: number; mismatches: Range[]; unverified: Range[]; error?: string };
+type Verify = { state: string; repair: boolean; repairedChunks: number; totalBytes: number; checkedBytes: number; mismatchedChunks: number; mismatchedBytes: number; unverifiedBytes: number; retries: number; mismatches: Range[]; unverified: Range[]; error?: string };
 const verifyStatus = async (a: RunningAppliance): Promise<Verify> => (await a.status()).verify as Verify;
 const cli = (a: RunningAppliance, ...args: string[]) => run(process.execPath, [CLI, 'verify', '--http', `127.0.0.1:${a.httpPort}`, ...args], { timeoutMs: 120_000 });
 
@@ -30,7 +31,7 @@ function damage(replicaDir: string, volume: string, offset: number, bytes: Buffe
   }
 }
 
-test('verify: equal volumes pass; chunks damaged on the replica are named, also while writes go on; no false difference under load', { timeout: 300_000 }, async () => {
+test('verify: equal volumes pass; chunks damaged on the replica are named and repaired, also while writes go on; no false difference under load', { timeout: 300_000 }, async () => {
   const dir = tempDir();
   const replPort = await freePort();
   const bDir = path.join(dir, 'b');
@@ -72,6 +73,18 @@ test('verify: equal volumes pass; chunks damaged on the replica are named, also 
     assert.ok(replica.logs.some((l) => l.msg === 'verify: chunks differ from the primary'));
     assert.ok(primary.logs.some((l) => l.msg === 'verify found chunks that differ on the replica'));
 
+    // --repair: the differing chunks are overwritten with the primary's data; then all is equal.
+    r = await cli(primary, '--repair', '--wait');
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /3 chunks differed \(192\.0 KiB, all repaired\)/);
+    v = await verifyStatus(primary);
+    assert.equal(v.repairedChunks, 3);
+    assert.equal(metricValue(await metrics(replica), 'offsite_replica_verify_repaired_bytes_total'), 3 * CHUNK);
+    r = await cli(primary, '--wait');
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /no difference/);
+    await assertSameVolume(primary, replica, 'data', dir);
+
     // While writes go on: the link is capped and a burst puts the replica seconds behind, and one
     // range is rewritten all the while, so its probes are overtaken before the stream reaches them
     // (hashed again, then chunk by chunk). No difference may be reported that is not there, and a
@@ -79,22 +92,30 @@ test('verify: equal volumes pass; chunks damaged on the replica are named, also 
     damage(bDir, 'busy', 7 * MiB + 4096, Buffer.alloc(512, 0x55));
     const bw = (...a: string[]) => run(process.execPath, [CLI, 'bandwidth', '--http', `127.0.0.1:${primary.httpPort}`, ...a]);
     assert.equal((await bw('2MB/s')).code, 0);
-    let writing = true;
+    let writing = false;
     let writes = 0;
-    const hot = (async () => {
-      for (let i = 0; writing; i++) {
-        const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${i % 250} 0 16k`, '-c', `write -P ${(i + 1) % 250} 512k 16k`, primary.url('busy')]);
-        assert.equal(w.code, 0, w.stderr);
-        writes += 2;
+    /** Rewrite 0..16k and 512k..528k of busy over and over, behind a 3 MiB burst the capped link takes 1.5 s to carry. */
+    const underLoad = async <T>(fn: () => Promise<T>): Promise<T> => {
+      writing = true;
+      const hot = (async () => {
+        for (let i = 0; writing; i++) {
+          const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${i % 250} 0 16k`, '-c', `write -P ${(i + 1) % 250} 512k 16k`, primary.url('busy')]);
+          assert.equal(w.code, 0, w.stderr);
+          writes += 2;
+        }
+      })();
+      try {
+        const noise = path.join(dir, 'noise.bin');
+        writeFileSync(noise, randomBytes(3 * MiB)); // incompressible: lz4 cannot shrink the backlog away
+        const b = await run('qemu-io', ['-f', 'raw', '-c', `write -s ${noise} 1M 3M`, primary.url('busy')]);
+        assert.equal(b.code, 0, b.stderr);
+        return await fn();
+      } finally {
+        writing = false;
+        await hot;
       }
-    })();
-    const noise = path.join(dir, 'noise.bin');
-    writeFileSync(noise, randomBytes(3 * MiB)); // incompressible: lz4 cannot shrink the backlog away
-    r = await run('qemu-io', ['-f', 'raw', '-c', `write -s ${noise} 1M 3M`, primary.url('busy')]);
-    assert.equal(r.code, 0, r.stderr);
-    r = await cli(primary, '--volume', 'busy', '--wait');
-    writing = false;
-    await hot;
+    };
+    r = await underLoad(() => cli(primary, '--volume', 'busy', '--wait'));
     v = await verifyStatus(primary);
     assert.deepEqual(v.mismatches, [{ volume: 'busy', offsetBytes: 7 * MiB, lengthBytes: CHUNK }], r.stdout);
     assert.equal(r.code, 3, r.stdout + r.stderr);
@@ -118,7 +139,30 @@ test('verify: equal volumes pass; chunks damaged on the replica are named, also 
     assert.equal(v.state, 'done');
     assert.equal(v.mismatchedChunks, 1);
     r = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${primary.httpPort}`]);
-    assert.match(r.stdout, /verify: +done .*1 chunks DIFFER \(64\.0 KiB\)/);
+    assert.match(r.stdout, /verify: +done .*1 chunk DIFFERS \(64\.0 KiB\)/);
+
+    // --repair while writes go on, with a damaged chunk among the rewritten ones (beyond the
+    // bytes the writes cover, so replication never mends it by itself). A repair is placed in the
+    // stream like a comparison: whatever it reports repaired must compare equal afterwards.
+    damage(bDir, 'busy', 32 * 1024 + 100, Buffer.alloc(100, 0x5a));
+    assert.equal((await bw('2MB/s')).code, 0);
+    r = await underLoad(() => cli(primary, '--volume', 'busy', '--repair', '--wait'));
+    v = await verifyStatus(primary);
+    assert.ok(v.mismatches.every((m) => (m.offsetBytes === 0 || m.offsetBytes === 7 * MiB) && m.lengthBytes === CHUNK), `only the damaged chunks may differ: ${JSON.stringify(v.mismatches)}`);
+    assert.ok(v.mismatches.some((m) => m.offsetBytes === 7 * MiB), r.stdout);
+    assert.ok(v.repair && v.repairedChunks >= 1, r.stdout);
+    const repairedUnderLoad = v.repairedChunks === v.mismatchedChunks ? v.mismatches.map((m) => m.offsetBytes) : [];
+    process.stdout.write(`# repair under load: ${r.stdout.split('\n')[0]}\n`);
+    assert.equal((await bw('--reset')).code, 0);
+    await waitCaughtUp(primary, replica);
+    r = await cli(primary, '--volume', 'busy', '--wait');
+    v = await verifyStatus(primary);
+    assert.equal(v.unverifiedBytes, 0);
+    for (const m of v.mismatches) assert.ok(m.offsetBytes === 0 && !repairedUnderLoad.includes(0), `a chunk repaired under load differs again: ${JSON.stringify(v.mismatches)}`);
+    r = await cli(primary, '--volume', 'busy', '--repair', '--wait');
+    assert.equal(r.code, 0, r.stdout);
+    await waitCaughtUp(primary, replica);
+    await assertSameVolume(primary, replica, 'busy', dir);
 
     // Refusals: an unknown volume, a second run while one runs, the replica, a bad request.
     r = await cli(primary, '--volume', 'nope');
