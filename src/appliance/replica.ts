@@ -22,7 +22,7 @@ import { DATA_FORMAT, DATA_VERSION } from './datadir';
 import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
 import type { ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
-import { chunkHash, SYNC_CHUNK_BYTES } from '../replication/protocol';
+import { chunkHash, SYNC_CHUNK_BYTES, verifyHashes } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
 import { applyInOrder, applyToVolume } from '../volume/journaled';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
@@ -518,11 +518,9 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   private async compare(c: NonNullable<Pending['verify']>): Promise<number[]> {
     const v = this.volumes.get(c.volume)!;
     const data = await this.gate.read(() => v.image.read(c.offsetBytes, c.lengthBytes));
+    const ours = verifyHashes(data);
     const mismatched: number[] = [];
-    for (let i = 0, off = 0; off < c.lengthBytes; i++, off += SYNC_CHUNK_BYTES) {
-      const ours = chunkHash(data.subarray(off, Math.min(off + SYNC_CHUNK_BYTES, c.lengthBytes)));
-      if (!ours.equals(c.hashes.subarray(i * 8, i * 8 + 8))) mismatched.push(i);
-    }
+    for (let i = 0; i * 8 < ours.length; i++) if (ours.compare(c.hashes, i * 8, i * 8 + 8, i * 8, i * 8 + 8) !== 0) mismatched.push(i);
     this.stats.verifiedBytes += c.lengthBytes;
     if (mismatched.length) {
       this.stats.verifyMismatches += mismatched.length;

@@ -5,7 +5,7 @@
 import type { Logger } from '../common/logger';
 import type { Journal } from '../journal/wal';
 import type { ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
-import { chunkHash, SYNC_CHUNK_BYTES } from '../replication/protocol';
+import { verifyHashes } from '../replication/protocol';
 import { Verifier, type VerifySource, type VerifyStatus } from '../replication/verify';
 import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
 import { Shipper, type ShipperStats } from '../replication/shipper';
@@ -156,9 +156,7 @@ class JournalSource implements ShipperSource, VerifySource {
       const data = await image.read(offsetBytes, lengthBytes);
       if (w.dirtySeq !== Infinity) return release(), undefined;
       if (withData) return { volume, offsetBytes, lengthBytes, seq, hashes: Buffer.alloc(0), data, dirtySeq: () => w.dirtySeq, release };
-      const hashes = Buffer.allocUnsafe(8 * Math.ceil(lengthBytes / SYNC_CHUNK_BYTES));
-      for (let i = 0, off = 0; off < lengthBytes; i++, off += SYNC_CHUNK_BYTES) chunkHash(data.subarray(off, Math.min(off + SYNC_CHUNK_BYTES, lengthBytes))).copy(hashes, i * 8);
-      return { volume, offsetBytes, lengthBytes, seq, hashes, dirtySeq: () => w.dirtySeq, release };
+      return { volume, offsetBytes, lengthBytes, seq, hashes: verifyHashes(data), dirtySeq: () => w.dirtySeq, release };
     } catch (e) {
       release();
       throw e;

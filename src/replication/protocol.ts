@@ -14,6 +14,7 @@
  *  20     meta, then payload
  */
 import { createHash } from 'node:crypto';
+import { xxh64 } from '@node-rs/xxhash';
 import { crc32c } from '../common/crc32c';
 import { payloadBuffer } from '../common/buffer-pool';
 import { compressBlock, declaredSize, decompressBlock, maxDecompressedSize, type Lz4Result } from '../common/lz4';
@@ -35,6 +36,17 @@ export const SYNC_CHUNK_BYTES = 64 * 1024;
 /** A sync chunk's identity, the same on both sides: the first 8 bytes of its SHA-1. */
 export function chunkHash(data: Buffer): Buffer {
   return createHash('sha1').update(data).digest().subarray(0, 8);
+}
+
+/**
+ * Online verify's hashes: XXH64 of each SYNC_CHUNK_BYTES chunk of `data`, 8 bytes each, into
+ * `out` from `at`. Ten times cheaper than SHA-1 (14 GB/s against 1.4 here), which matters when
+ * whole volumes are hashed on both sites while they serve I/O; it guards against damage, not
+ * against an adversary (the link is authenticated for that).
+ */
+export function verifyHashes(data: Buffer, out: Buffer = Buffer.allocUnsafe(8 * Math.ceil(data.length / SYNC_CHUNK_BYTES)), at = 0): Buffer {
+  for (let i = 0, off = 0; off < data.length; i++, off += SYNC_CHUNK_BYTES) out.writeBigUInt64BE(xxh64(data.subarray(off, Math.min(off + SYNC_CHUNK_BYTES, data.length))), at + i * 8);
+  return out;
 }
 
 export const enum FrameType {

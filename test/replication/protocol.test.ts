@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
-import { encodeFrame, FrameDecoder, FrameType, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES } from '../../src/replication/protocol';
+import { encodeFrame, FrameDecoder, FrameType, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, SYNC_CHUNK_BYTES, verifyHashes } from '../../src/replication/protocol';
+import { randomBytes } from 'node:crypto';
 import { ReplicationError } from '../../src/replication/errors';
 
 const wire = (type: FrameType, meta: Record<string, unknown>, payload?: Buffer, compress = false): Buffer => {
@@ -118,4 +119,22 @@ test('a decoder that failed stays failed (the connection must be dropped)', () =
   const dec = new FrameDecoder();
   assert.throws(() => dec.push(Buffer.from('GET /status HTTP/1.1\r\nHost: x\r\n\r\n')), { code: 'REPL_FRAME_MAGIC' });
   assert.throws(() => dec.push(wire(FrameType.Ping, {})), { code: 'REPL_FRAME_MAGIC' });
+});
+
+test('verifyHashes: 8 bytes per 64 KiB chunk (the last one partial), each changed by any flipped bit of its own chunk only', () => {
+  const data = randomBytes(3 * SYNC_CHUNK_BYTES + 4096);
+  const h = verifyHashes(data);
+  assert.equal(h.length, 4 * 8);
+  assert.ok(verifyHashes(Buffer.from(data)).equals(h), 'the same bytes hash the same');
+  for (const [chunk, at] of [[0, 0], [1, SYNC_CHUNK_BYTES + 12345], [3, 3 * SYNC_CHUNK_BYTES + 4095]]) {
+    const d = Buffer.from(data);
+    d[at] ^= 0x10;
+    const g = verifyHashes(d);
+    for (let i = 0; i < 4; i++) assert.equal(g.subarray(i * 8, i * 8 + 8).equals(h.subarray(i * 8, i * 8 + 8)), i !== chunk, `flip in chunk ${chunk}: hash ${i}`);
+  }
+  // Written where asked, into a buffer given.
+  const out = Buffer.alloc(40, 0xff);
+  verifyHashes(data, out, 8);
+  assert.ok(out.subarray(8).equals(h));
+  assert.ok(out.subarray(0, 8).equals(Buffer.alloc(8, 0xff)));
 });
