@@ -68,8 +68,8 @@ export interface ApplianceStatus {
   consistency?: string;
   link?: Record<string, unknown>;
   replication?: Omit<PrimaryReplicationStatus, 'ackedSeq' | 'rpoSeconds' | 'backlogBytes' | 'consistency' | 'link'>;
-  /** Online verify against the replica (primary): the running or last run. */
-  verify?: VerifyStatus;
+  /** Online verify against the replica (primary): the running or last run, and the schedule. */
+  verify?: VerifyStatus & { scheduleEverySeconds: number; nextScheduledAt?: string };
   // --- replica ---
   receivedSeq?: number;
   appliedSeq?: number;
@@ -184,6 +184,8 @@ export class Appliance {
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
           linkKey: await this.linkKey(),
+          verifyEveryMs: config.replication.verifyEveryMs,
+          verifyRateBytesPerSec: config.replication.verifyRateBytesPerSec,
           verifyResult: {
             load: async () => (await readJsonFile(this.verifyResultFile())) as VerifyStatus | undefined,
             save: (s) => writeJsonFile(this.verifyResultFile(), s),
@@ -567,8 +569,8 @@ export class Appliance {
     };
   }
 
-  verifyStatus(): VerifyStatus | undefined {
-    return this.replication?.verifier.status();
+  verifyStatus(): ReturnType<PrimaryReplication['verifyStatus']> | undefined {
+    return this.replication?.verifyStatus();
   }
 
   replicationStatus(): PrimaryReplicationStatus | undefined {
@@ -618,7 +620,7 @@ export class Appliance {
   private replicationFields(): Partial<ApplianceStatus> {
     if (this.replication) {
       const { ackedSeq, rpoSeconds, backlogBytes, consistency, link, ...rest } = this.replication.status();
-      return { ackedSeq, rpoSeconds, backlogBytes, consistency, link, replication: rest, verify: this.replication.verifier.status() };
+      return { ackedSeq, rpoSeconds, backlogBytes, consistency, link, replication: rest, verify: this.replication.verifyStatus() };
     }
     const store = this.replicaStore;
     if (store) {

@@ -79,6 +79,10 @@ export interface ApplianceConfig {
     linkKeyFile?: string;
     /** Plain-text replication, explicitly asked for. */
     insecureLink: boolean;
+    /** Online verify on a schedule (while the site is the primary): every this long (0: only when asked). */
+    verifyEveryMs: number;
+    /** The scheduled runs' read-rate cap, bytes per second (0: none). */
+    verifyRateBytesPerSec: number;
   };
   /** Bearer token for the admin API (promote, demote, bandwidth); none: admin calls are refused. */
   adminToken?: string;
@@ -131,6 +135,8 @@ const fileSchema = z
         rpoPolicy: z.enum(['coalesce', 'throttle', 'alert']).optional(),
         linkKey: z.string().min(1).optional(),
         insecureLink: z.boolean().optional(),
+        verifyEvery: durationField.optional(),
+        verifyRate: z.union([z.number().nonnegative(), z.string()]).optional(),
       })
       .strict()
       .optional(),
@@ -163,6 +169,8 @@ export interface ConfigFlags {
   rpoPolicy?: string;
   linkKey?: string;
   insecureLink?: boolean;
+  verifyEvery?: string;
+  verifyRate?: string;
   adminTokenFile?: string;
   witness?: string;
   witnessKey?: string;
@@ -334,6 +342,12 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     throw new ConfigError('link-key: the replication link is authenticated and encrypted: give --link-key FILE (make it with offsite keygen --link-key FILE, same file at both sites) or, knowingly, --insecure-link', 'linkKey');
   }
   if (linkKeyFile && insecureLink) throw new ConfigError('insecure-link: --insecure-link and --link-key exclude each other', 'insecureLink');
+  const verifyEveryText = pick<string | number>(rf.verifyEvery, flags.verifyEvery, env.OFFSITE_VERIFY_EVERY);
+  const verifyRateText = pick<string | number>(rf.verifyRate, flags.verifyRate, env.OFFSITE_VERIFY_RATE);
+  const verifyEveryMs = ms(verifyEveryText, 'verify-every', 0);
+  if (verifyEveryMs !== 0 && verifyEveryMs < 1000) throw new ConfigError('verify-every: at least 1s (0 turns the schedule off)', 'replication.verifyEvery');
+  if (verifyEveryMs && !replicateTo && !listen) throw new ConfigError('verify-every: online verify compares with a replica: give --replicate-to (or, on a replica, --replication-listen, for when it is promoted)', 'replication.verifyEvery');
+  const verifyRateBytesPerSec = verifyRateText === undefined ? 0 : typeof verifyRateText === 'number' ? verifyRateText : parseRate(verifyRateText, 'verify-rate');
   const tokenFile = pick(file.admin?.tokenFile, flags.adminTokenFile);
   let adminToken = env.OFFSITE_ADMIN_TOKEN || undefined;
   if (!adminToken && tokenFile) {
@@ -383,6 +397,8 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       rpoPolicy: rpoPolicy as 'coalesce' | 'throttle' | 'alert',
       linkKeyFile,
       insecureLink,
+      verifyEveryMs,
+      verifyRateBytesPerSec,
     },
     adminToken,
     witness: witnessAddr

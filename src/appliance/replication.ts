@@ -29,6 +29,9 @@ export interface PrimaryReplicationOptions {
   logger: Logger;
   lineage: () => unknown;
   linkKey?: LinkKey;
+  /** Online verify on a schedule: every this long (0: only when asked), reading at most this fast (0: no cap). */
+  verifyEveryMs?: number;
+  verifyRateBytesPerSec?: number;
   /** Keeps each verify run's result (and gives back the last one at start). */
   verifyResult?: { load(): Promise<VerifyStatus | undefined>; save(s: VerifyStatus): Promise<void> };
 }
@@ -174,6 +177,9 @@ export class PrimaryReplication {
   private lastAppended = 0;
   private missed = false;
   private coalescingLogged = false;
+  /** The schedule counts from here until a run over every volume has started. */
+  private readonly scheduleFrom = Date.now();
+  private scheduleRefusal = '';
   private bandwidthSource: 'configured' | 'runtime';
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
@@ -242,7 +248,42 @@ export class PrimaryReplication {
     return { acked, backlogBytes, oldestUnackedMs };
   }
 
+  /** When the next scheduled verify is due (ms since the epoch), if there is a schedule. */
+  nextVerifyAt(): number | undefined {
+    const every = this.opts.verifyEveryMs ?? 0;
+    if (!every) return undefined;
+    const last = this.verifier.status();
+    const lastStart = last.startedAt ? Date.parse(last.startedAt) : NaN;
+    // A run over fewer volumes (an operator's --volume) does not reset the schedule.
+    const full = last.volumes.length >= this.source.volumes().length;
+    // Overdue (the site was down when it fell due): as soon as the replica is there.
+    return (Number.isFinite(lastStart) && full ? lastStart : this.scheduleFrom) + every;
+  }
+
+  /** /status verify: the running or last run, and the schedule. */
+  verifyStatus(): VerifyStatus & { scheduleEverySeconds: number; nextScheduledAt?: string } {
+    const next = this.nextVerifyAt();
+    return { ...this.verifier.status(), scheduleEverySeconds: (this.opts.verifyEveryMs ?? 0) / 1000, nextScheduledAt: next === undefined ? undefined : new Date(next).toISOString() };
+  }
+
+  /** Start the scheduled verify when it is due and the replica is there to compare with (else: as soon as it is). */
+  private checkSchedule(): void {
+    const due = this.nextVerifyAt();
+    if (due === undefined || this.verifier.running || Date.now() < due) return;
+    const s = this.shipper.stats();
+    if (!s.connected || s.syncing) return;
+    try {
+      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, false, 'schedule');
+      this.scheduleRefusal = '';
+    } catch (e) {
+      const why = (e as Error).message;
+      if (why !== this.scheduleRefusal) this.opts.logger.warn({ err: e }, 'scheduled verify could not start');
+      this.scheduleRefusal = why;
+    }
+  }
+
   private tick(): void {
+    this.checkSchedule();
     const b = this.backlog();
     const appended = this.opts.journal.appendedBytesTotal();
     const appendedDelta = appended - this.lastAppended;

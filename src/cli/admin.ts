@@ -105,7 +105,8 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
     const v = s.verify as VerifyView | undefined;
-    if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}`);
+    if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}${v.trigger === 'schedule' ? ' (scheduled)' : ''}`);
+    if (v?.scheduleEverySeconds) lines.push(`             every ${String(v.scheduleEverySeconds)} s; next ${v.state === 'running' ? 'after this one' : String(v.nextScheduledAt)}`);
   } else if (s.role === 'replica') {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
     lines.push(`state:       ${String(s.state)}; received ${String(s.receivedSeq)}, applied ${String(s.appliedSeq)}`);
@@ -131,7 +132,7 @@ export function summarize(s: Record<string, unknown>): string {
   return lines.join('\n') + '\n';
 }
 
-type VerifyView = VerifyStatus;
+type VerifyView = VerifyStatus & { scheduleEverySeconds?: number; nextScheduledAt?: string };
 
 function verifyLine(v: VerifyView): string {
   const pct = v.totalBytes ? Math.floor((100 * (v.checkedBytes + v.unverifiedBytes)) / v.totalBytes) : 100;

@@ -36,6 +36,8 @@ export function register(program: Command): void {
     .option('--max-bandwidth <rate>', 'primary: cap the replication link, e.g. 10MB/s or 100Mbit (changeable with POST /bandwidth)')
     .option('--rpo-target <duration>', 'primary: recovery-point target, e.g. 30s')
     .option('--rpo-policy <policy>', 'primary: coalesce (default), throttle or alert when the RPO nears its target')
+    .option('--verify-every <duration>', 'primary: run an online verify against the replica this often, e.g. 7d (reports, never repairs; see offsite verify)')
+    .option('--verify-rate <rate>', 'the scheduled verify runs read at most this much per second on each site, e.g. 50MB/s')
     .option('--link-key <file>', 'replication: TLS 1.3 pre-shared key file, the same at both sites (offsite keygen --link-key FILE)')
     .option('--insecure-link', 'replication: plain TCP, unauthenticated (only on a network you trust)')
     .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth); or OFFSITE_ADMIN_TOKEN')

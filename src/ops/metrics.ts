@@ -361,6 +361,7 @@ export function createMetrics(): Metrics {
   gauge('offsite_verify_repaired_chunks', 'Differing chunks the running (or last) verify --repair overwrote with the primary\'s data.', () => verify()?.repairedChunks);
   gauge('offsite_verify_unverified_bytes', 'Bytes the running (or last) verify could not compare (writes kept overtaking them).', () => verify()?.unverifiedBytes);
   gauge('offsite_verify_last_finished_timestamp_seconds', 'When the last verify ended (done, stopped or failed).', () => { const f = verify()?.finishedAt; return f ? Date.parse(f) / 1000 : undefined; });
+  gauge('offsite_verify_schedule_seconds', 'How often the primary verifies its replica by itself (--verify-every; 0: only when asked).', () => verify()?.scheduleEverySeconds);
   gauge('offsite_verify_last_failed', '1 when the last verify failed (see /status verify.error).', () => { const v = verify(); return v && (v.state === 'failed' ? 1 : 0); });
 
   const baseMetrics = registry.metrics.bind(registry);

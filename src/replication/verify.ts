@@ -52,6 +52,8 @@ export interface VerifyStatus {
   waitingForReplica: boolean;
   /** The run repairs what differs (--repair): the replica's chunks are overwritten with the primary's. */
   repair: boolean;
+  /** Who started the run: an operator (offsite verify, POST /verify) or the schedule (--verify-every). */
+  trigger: 'operator' | 'schedule';
   /** Differing chunks overwritten with the primary's data (a repair run); the rest of mismatchedChunks stay different. */
   repairedChunks: number;
   chunkBytes: number;
@@ -108,6 +110,7 @@ export class Verifier {
       unverifiedBytes: num(s.unverifiedBytes),
       retries: num(s.retries),
       repair: s.repair === true,
+      trigger: s.trigger === 'schedule' ? 'schedule' : 'operator',
       repairedChunks: num(s.repairedChunks),
       mismatches: ranges(s.mismatches),
       unverified: ranges(s.unverified),
@@ -127,15 +130,15 @@ export class Verifier {
    * Start a run over these volumes (all when empty), scanning at most `rateBytesPerSec` (0: no
    * cap); with `repair`, each differing chunk is overwritten at the replica with the primary's data.
    */
-  start(volumeNames: string[], rateBytesPerSec = 0, repair = false): VerifyStatus {
+  start(volumeNames: string[], rateBytesPerSec = 0, repair = false, trigger: VerifyStatus['trigger'] = 'operator'): VerifyStatus {
     if (this.run) throw new VerifyError('VERIFY_RUNNING', `a verify is already running (${this.current.checkedBytes} of ${this.current.totalBytes} bytes checked); stop it first`);
     const all = this.source.volumes();
     for (const n of volumeNames) if (!all.some((v) => v.name === n)) throw new VerifyError('UNKNOWN_VOLUME', `no volume ${n} (volumes: ${all.map((v) => v.name).join(', ') || 'none'})`);
     if (!this.target.connected()) throw new VerifyError('REPLICA_DISCONNECTED', 'the replica is not connected (or an image sync is running): verify compares against a consistent replica');
     const volumes = all.filter((v) => volumeNames.length === 0 || volumeNames.includes(v.name)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt: new Date().toISOString(), totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0), repair };
+    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt: new Date().toISOString(), totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0), repair, trigger };
     this.stopping = false;
-    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec, repair }, 'verify started: comparing the volumes with the replica');
+    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec, repair, trigger }, 'verify started: comparing the volumes with the replica');
     const rate = new TokenBucket(rateBytesPerSec);
     this.run = this.scan(volumes, rate)
       .then(
@@ -271,7 +274,7 @@ export class Verifier {
 }
 
 function emptyStatus(): VerifyStatus {
-  return { state: 'idle', volumes: [], totalBytes: 0, checkedBytes: 0, mismatchedChunks: 0, mismatchedBytes: 0, unverifiedBytes: 0, retries: 0, waitingForReplica: false, repair: false, repairedChunks: 0, chunkBytes: SYNC_CHUNK_BYTES, mismatches: [], unverified: [] };
+  return { state: 'idle', volumes: [], totalBytes: 0, checkedBytes: 0, mismatchedChunks: 0, mismatchedBytes: 0, unverifiedBytes: 0, retries: 0, waitingForReplica: false, repair: false, trigger: 'operator', repairedChunks: 0, chunkBytes: SYNC_CHUNK_BYTES, mismatches: [], unverified: [] };
 }
 
 /** Add a range to a list (the workers finish ranges in any order: merged() tidies it at the end). */

@@ -6,12 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { assertSameVolume, freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { until } from '../helpers/wait';
 
 const MiB = 1 << 20;
 const CHUNK = 64 * 1024;
@@ -183,6 +184,72 @@ test('verify: equal volumes pass; chunks damaged on the replica are named and re
     assert.match(r.stderr, /\[NOT_REPLICATING\]/);
     const res = await fetch(`http://127.0.0.1:${primary.httpPort}/verify`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ volumes: 'data' }) });
     assert.equal(res.status, 400);
+  } finally {
+    await primary.stop();
+    await replica.stop();
+    removeDir(dir);
+  }
+});
+
+test('verify on a schedule: --verify-every runs it by itself (rate-capped), reports what differs, and keeps its rhythm across a restart', { timeout: 120_000 }, async () => {
+  const dir = tempDir();
+  const replPort = await freePort();
+  const bDir = path.join(dir, 'b');
+  const replica = await startReplica(bDir, replPort);
+  const args = ['--verify-every', '2s', '--verify-rate', '50MB/s'];
+  let primary = await startPrimary(path.join(dir, 'a'), ['sched:4M'], replPort, args);
+  type Scheduled = Verify & { trigger: string; startedAt?: string; finishedAt?: string; scheduleEverySeconds: number; nextScheduledAt?: string };
+  const sched = async () => (await primary.status()).verify as Scheduled;
+  try {
+    let r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 0 4M', primary.url('sched')]);
+    assert.equal(r.code, 0, r.stderr);
+    let v = await sched();
+    assert.equal(v.scheduleEverySeconds, 2);
+    assert.ok(v.nextScheduledAt, 'the next run is announced');
+    await until('a scheduled run to pass', async () => {
+      v = await sched();
+      return v.trigger === 'schedule' && v.state === 'done';
+    }, 30_000, 100);
+    assert.equal(v.mismatchedChunks, 0);
+    assert.equal(v.checkedBytes, 4 * MiB);
+    assert.equal(Date.parse(v.nextScheduledAt!), Date.parse(v.startedAt!) + 2000);
+    assert.ok(primary.logs.some((l) => l.msg === 'verify started: comparing the volumes with the replica' && l.trigger === 'schedule' && l.rateBytesPerSec === 50_000_000));
+
+    // Damage on the replica is found by the next scheduled run, without anyone asking.
+    await waitCaughtUp(primary, replica);
+    const damagedAt = Date.now();
+    damage(bDir, 'sched', MiB + 7, Buffer.from([0xfe]));
+    await until('a scheduled run after the damage to report it', async () => {
+      v = await sched();
+      return v.trigger === 'schedule' && v.state === 'done' && Date.parse(v.startedAt!) > damagedAt;
+    }, 30_000, 100);
+    assert.deepEqual(v.mismatches, [{ volume: 'sched', offsetBytes: MiB, lengthBytes: CHUNK }]);
+    const m = await metrics(primary);
+    assert.equal(metricValue(m, 'offsite_verify_schedule_seconds'), 2);
+    assert.equal(metricValue(m, 'offsite_verify_mismatched_chunks'), 1);
+    r = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${primary.httpPort}`]);
+    assert.match(r.stdout, /verify: .*1 chunk DIFFERS.*\(scheduled\)/);
+    assert.match(r.stdout, /every 2 s; next /);
+
+    // After a restart the schedule counts from the last run, kept with its result (an hourly
+    // one here, so that no run starts meanwhile), not from the restart.
+    await primary.stop();
+    const last = JSON.parse(readFileSync(path.join(dir, 'a', 'state', 'verify.json'), 'utf8')) as Scheduled;
+    primary = await startPrimary(path.join(dir, 'a'), [], replPort, ['--verify-every', '1h']);
+    v = await sched();
+    assert.equal(v.startedAt, last.startedAt);
+    assert.equal(v.scheduleEverySeconds, 3600);
+    assert.equal(Date.parse(v.nextScheduledAt!), Date.parse(last.startedAt!) + 3_600_000);
+
+    // A schedule shorter than a second, or without a replica to compare with, is refused at start.
+    for (const [extra, message] of [
+      [['--replicate-to', '127.0.0.1:1', '--insecure-link', '--verify-every', '500ms'], /verify-every: at least 1s/],
+      [['--verify-every', '1d'], /verify-every: online verify compares with a replica/],
+    ] as [string[], RegExp][]) {
+      r = await run(process.execPath, [CLI, 'serve', '--data', path.join(dir, 'c'), '--volume', 'x:1M', ...extra]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+    }
   } finally {
     await primary.stop();
     await replica.stop();
