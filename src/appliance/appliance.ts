@@ -24,7 +24,7 @@ import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote }
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
-import type { VerifyStatus } from '../replication/verify';
+import { VerifyError, type VerifyStatus } from '../replication/verify';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
@@ -552,7 +552,11 @@ export class Appliance {
     if (!repl) return {};
     const configured = this.config.replication.maxBandwidthBytesPerSec;
     return {
-      verify: async (req) => (req.stop ? repl.verifier.stop() : repl.verifier.start(req.volumes, req.rateBytesPerSec, req.repair)),
+      verify: async (req) => {
+        if (!req.stop) return repl.verifier.start(req.volumes, req.rateBytesPerSec, req.repair);
+        if (!repl.verifier.running) throw new VerifyError('VERIFY_NOT_RUNNING', 'no verify is running');
+        return repl.verifier.stop();
+      },
       // Saved before it applies: the cap the operator was told is the one a restart keeps.
       setBandwidth: async (bps: number | 'configured') => {
         if (bps === 'configured') {

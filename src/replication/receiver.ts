@@ -268,7 +268,7 @@ export class Receiver {
           step(async () => {
             // Placed after the segment up to `seq`: compared (or written) once that is applied.
             if (seq !== expectNext - 1) throw new ReplicationError(Code.Sequence, `${repair ? 'repair' : 'verify'} at ${seq}, but the stream is at ${expectNext - 1}`);
-            while (flushing) await flushing; // every segment before it is in the sink's queue
+            while (flushing) await flushing.catch(() => undefined); // every segment before it is in the sink's queue (a failed store is reported by its flush)
             if (dead) return;
             const unsupported = Promise.resolve({ notReady: `this replica cannot ${repair ? 'repair' : 'verify'}` });
             const answer = repair ? (sink.repair?.(volume, offset, payload) ?? unsupported) : (sink.verify?.(volume, offset, length, payload) ?? unsupported);

@@ -179,6 +179,9 @@ test('verify: equal volumes pass; chunks damaged on the replica are named and re
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /verify stopped at \d+%/);
     assert.equal((await verifyStatus(primary)).state, 'stopped');
+    r = await cli(primary, '--stop');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /no verify is running \[VERIFY_NOT_RUNNING\]/);
     r = await cli(replica);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /\[NOT_REPLICATING\]/);
