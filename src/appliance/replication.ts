@@ -252,12 +252,11 @@ export class PrimaryReplication {
   nextVerifyAt(): number | undefined {
     const every = this.opts.verifyEveryMs ?? 0;
     if (!every) return undefined;
-    const last = this.verifier.status();
-    const lastStart = last.startedAt ? Date.parse(last.startedAt) : NaN;
-    // A run over fewer volumes (an operator's --volume) does not reset the schedule.
-    const full = last.volumes.length >= this.source.volumes().length;
+    // From the last run over every volume (one over fewer, an operator's --volume, does not count).
+    const last = this.verifier.status().lastFullRunStartedAt;
+    const lastStart = last ? Date.parse(last) : NaN;
     // Overdue (the site was down when it fell due): as soon as the replica is there.
-    return (Number.isFinite(lastStart) && full ? lastStart : this.scheduleFrom) + every;
+    return (Number.isFinite(lastStart) ? lastStart : this.scheduleFrom) + every;
   }
 
   /** /status verify: the running or last run, and the schedule. */

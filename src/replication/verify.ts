@@ -54,6 +54,8 @@ export interface VerifyStatus {
   repair: boolean;
   /** Who started the run: an operator (offsite verify, POST /verify) or the schedule (--verify-every). */
   trigger: 'operator' | 'schedule';
+  /** When the latest run over every volume started (this one or an earlier one): the schedule counts from it. */
+  lastFullRunStartedAt?: string;
   /** Differing chunks overwritten with the primary's data (a repair run); the rest of mismatchedChunks stay different. */
   repairedChunks: number;
   chunkBytes: number;
@@ -102,6 +104,7 @@ export class Verifier {
       state: s.state === 'running' ? 'stopped' : states.includes(s.state) ? s.state : 'idle',
       volumes: Array.isArray(s.volumes) ? s.volumes.filter((v) => typeof v === 'string') : [],
       startedAt: typeof s.startedAt === 'string' ? s.startedAt : undefined,
+      lastFullRunStartedAt: typeof s.lastFullRunStartedAt === 'string' ? s.lastFullRunStartedAt : undefined,
       finishedAt: typeof s.finishedAt === 'string' ? s.finishedAt : undefined,
       totalBytes: num(s.totalBytes),
       checkedBytes: num(s.checkedBytes),
@@ -136,7 +139,9 @@ export class Verifier {
     for (const n of volumeNames) if (!all.some((v) => v.name === n)) throw new VerifyError('UNKNOWN_VOLUME', `no volume ${n} (volumes: ${all.map((v) => v.name).join(', ') || 'none'})`);
     if (!this.target.connected()) throw new VerifyError('REPLICA_DISCONNECTED', 'the replica is not connected (or an image sync is running): verify compares against a consistent replica');
     const volumes = all.filter((v) => volumeNames.length === 0 || volumeNames.includes(v.name)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt: new Date().toISOString(), totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0), repair, trigger };
+    const startedAt = new Date().toISOString();
+    const lastFullRunStartedAt = volumes.length === all.length ? startedAt : this.current.lastFullRunStartedAt;
+    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt, lastFullRunStartedAt, totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0), repair, trigger };
     this.stopping = false;
     this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec, repair, trigger }, 'verify started: comparing the volumes with the replica');
     const rate = new TokenBucket(rateBytesPerSec);

@@ -200,7 +200,7 @@ test('verify on a schedule: --verify-every runs it by itself (rate-capped), repo
   const bDir = path.join(dir, 'b');
   const replica = await startReplica(bDir, replPort);
   const args = ['--verify-every', '2s', '--verify-rate', '50MB/s'];
-  let primary = await startPrimary(path.join(dir, 'a'), ['sched:4M'], replPort, args);
+  let primary = await startPrimary(path.join(dir, 'a'), ['sched:4M', 'other:1M'], replPort, args);
   type Scheduled = Verify & { trigger: string; startedAt?: string; finishedAt?: string; scheduleEverySeconds: number; nextScheduledAt?: string };
   const sched = async () => (await primary.status()).verify as Scheduled;
   try {
@@ -214,7 +214,7 @@ test('verify on a schedule: --verify-every runs it by itself (rate-capped), repo
       return v.trigger === 'schedule' && v.state === 'done';
     }, 30_000, 100);
     assert.equal(v.mismatchedChunks, 0);
-    assert.equal(v.checkedBytes, 4 * MiB);
+    assert.equal(v.checkedBytes, 5 * MiB);
     assert.equal(Date.parse(v.nextScheduledAt!), Date.parse(v.startedAt!) + 2000);
     assert.ok(primary.logs.some((l) => l.msg === 'verify started: comparing the volumes with the replica' && l.trigger === 'schedule' && l.rateBytesPerSec === 50_000_000));
 
@@ -243,6 +243,13 @@ test('verify on a schedule: --verify-every runs it by itself (rate-capped), repo
     assert.equal(v.startedAt, last.startedAt);
     assert.equal(v.scheduleEverySeconds, 3600);
     assert.equal(Date.parse(v.nextScheduledAt!), Date.parse(last.startedAt!) + 3_600_000);
+    // A run over some volumes only (an operator's --volume) leaves the rhythm alone.
+    const fullStart = v.startedAt;
+    r = await cli(primary, '--volume', 'other', '--wait');
+    assert.equal(r.code, 0, r.stdout);
+    v = await sched();
+    assert.notEqual(v.startedAt, fullStart);
+    assert.equal(Date.parse(v.nextScheduledAt!), Date.parse(fullStart!) + 3_600_000);
 
     // A schedule shorter than a second, or without a replica to compare with, is refused at start.
     for (const [extra, message] of [
