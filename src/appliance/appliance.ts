@@ -77,6 +77,8 @@ export interface ApplianceStatus {
   consistentPoint?: { seq: number; primaryTime?: string } | null;
   /** A delta sync is staged whole: the volumes stay at the consistent point until it commits. */
   stagingDeltaSync?: boolean;
+  /** Replica: what the primary's online verify compared and found here since this process started. */
+  verified?: { comparedBytes: number; mismatchedChunks: number; repairedBytes: number };
   primarySiteId?: string;
   witness?: { address: string; authenticated: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum: number; witnesses: WitnessVote[] };
 }
@@ -638,6 +640,8 @@ export class Appliance {
         state,
         consistentPoint: state === 'consistent' ? { seq: applied, primaryTime: t ? new Date(t).toISOString() : undefined } : null,
         stagingDeltaSync: store.isStaging(),
+        // What the primary's online verify found here since this process started (the primary keeps the runs' results).
+        verified: { comparedBytes: store.counters().verifiedBytes, mismatchedChunks: store.counters().verifyMismatches, repairedBytes: store.counters().repairedBytes },
         primarySiteId: store.primarySiteId(),
         link: {
           connected: r?.connected ?? false,

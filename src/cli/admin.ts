@@ -111,6 +111,8 @@ export function summarize(s: Record<string, unknown>): string {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
     lines.push(`state:       ${String(s.state)}; received ${String(s.receivedSeq)}, applied ${String(s.appliedSeq)}`);
     lines.push(`consistent:  ${cp ? `sequence ${cp.seq}${cp.primaryTime ? ` (primary time ${cp.primaryTime})` : cp.seq === 0 ? ' (nothing written yet)' : ''}` : 'not yet (syncing)'}`);
+    const vf = s.verified as { comparedBytes: number; mismatchedChunks: number; repairedBytes: number } | undefined;
+    if (vf?.comparedBytes) lines.push(`verified:    ${bytes(vf.comparedBytes)} compared with the primary since start, ${vf.mismatchedChunks ? `${vf.mismatchedChunks} chunks DIFFERED` : 'no difference'}${vf.repairedBytes ? `, ${bytes(vf.repairedBytes)} repaired` : ''}`);
     if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}`);
   } else lines.push('replica:     none configured');
   const w = s.witness as { address: string; authenticated?: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum?: number; witnesses?: { address: string; vote: string }[] } | undefined;

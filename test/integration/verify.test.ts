@@ -72,6 +72,9 @@ test('verify: equal volumes pass; chunks damaged on the replica are named and re
     assert.equal(metricValue(await metrics(primary), 'offsite_verify_mismatched_chunks'), 3);
     assert.equal(metricValue(await metrics(replica), 'offsite_replica_verify_mismatched_chunks_total'), 3);
     assert.ok(replica.logs.some((l) => l.msg === 'verify: chunks differ from the primary'));
+    assert.deepEqual((await replica.status()).verified, { comparedBytes: 48 * MiB, mismatchedChunks: 3, repairedBytes: 0 });
+    r = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${replica.httpPort}`]);
+    assert.match(r.stdout, /verified: +48\.0 MiB compared with the primary since start, 3 chunks DIFFERED/);
     assert.ok(primary.logs.some((l) => l.msg === 'verify found chunks that differ on the replica'));
 
     // --repair: the differing chunks are overwritten with the primary's data; then all is equal.
