@@ -607,10 +607,18 @@ export interface RangeWatch {
   dirtySeq: number;
 }
 
+/** The span of a volume that range watches are filed under (see Journal.watch). */
+const WATCH_BUCKET = 1 << 20;
+
 export class Journal {
   private db: Level<Buffer, Buffer>;
-  /** Ranges someone reads while writes go on (online verify); empty almost always. */
-  private watches = new Set<RangeWatch>();
+  /**
+   * Ranges someone reads while writes go on (online verify; empty almost always), by volume and
+   * WATCH_BUCKET of the volume they lie in: a record looks only at the watches of its own buckets,
+   * however many ranges are watched.
+   */
+  private watches = new Map<string, Map<number, Set<RangeWatch>>>();
+  private watchCount = 0;
   private volumes: string[] = [];
   private volumeIndex = new Map<string, number>();
   /** The last record written to its segment (acknowledged, counted, readable). */
@@ -783,17 +791,40 @@ export class Journal {
    */
   watch(volume: string, offsetBytes: number, lengthBytes: number): RangeWatch {
     const w: RangeWatch = { volume, start: offsetBytes, end: offsetBytes + lengthBytes, dirtySeq: Infinity };
-    this.watches.add(w);
+    let byBucket = this.watches.get(volume);
+    if (!byBucket) this.watches.set(volume, (byBucket = new Map()));
+    for (let b = Math.floor(w.start / WATCH_BUCKET); b * WATCH_BUCKET < w.end; b++) {
+      let set = byBucket.get(b);
+      if (!set) byBucket.set(b, (set = new Set()));
+      set.add(w);
+    }
+    this.watchCount++;
     return w;
   }
 
   unwatch(w: RangeWatch): void {
-    this.watches.delete(w);
+    const byBucket = this.watches.get(w.volume);
+    let found = false;
+    for (let b = Math.floor(w.start / WATCH_BUCKET); byBucket && b * WATCH_BUCKET < w.end; b++) {
+      const set = byBucket.get(b);
+      if (set?.delete(w)) {
+        found = true;
+        if (set.size === 0) byBucket.delete(b);
+      }
+    }
+    if (!found) return;
+    this.watchCount--;
+    if (byBucket!.size === 0) this.watches.delete(w.volume);
   }
 
   private markWatches(seq: number, volume: string, offsetBytes: number, lengthBytes: number): void {
+    const byBucket = this.watches.get(volume);
+    if (!byBucket) return;
     const end = offsetBytes + lengthBytes;
-    for (const w of this.watches) if (w.dirtySeq === Infinity && w.volume === volume && w.start < end && offsetBytes < w.end) w.dirtySeq = seq;
+    for (let b = Math.floor(offsetBytes / WATCH_BUCKET); b * WATCH_BUCKET < end; b++) {
+      const set = byBucket.get(b);
+      if (set) for (const w of set) if (w.dirtySeq === Infinity && w.start < end && offsetBytes < w.end) w.dirtySeq = seq;
+    }
   }
 
   oldestSeq(): number {
@@ -861,7 +892,7 @@ export class Journal {
     b.bytes += length;
     b.recs.push({ seq, timeMs, volume, op, offsetBytes, lengthBytes, data, vol, at: at.position });
     this.assigned = seq;
-    if (this.watches.size !== 0) this.markWatches(seq, volume, offsetBytes, lengthBytes);
+    if (this.watchCount !== 0) this.markWatches(seq, volume, offsetBytes, lengthBytes);
     if (sync) this.fuaSeq = seq;
     if (!this.writeScheduled) {
       // Let the rest of this turn's commands join the batch, then write.

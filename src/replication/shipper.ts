@@ -89,8 +89,8 @@ interface QueuedProbe {
   resolve: (o: VerifyOutcome) => void;
 }
 
-/** A probe the stream has not reached within this long is given up (stale). */
-const PROBE_PLACE_TIMEOUT_MS = 60_000;
+/** A probe the stream has not reached within this long is given up (stale): the replica is that far behind. */
+const PROBE_PLACE_TIMEOUT_MS = 10 * 60_000;
 
 
 
@@ -140,6 +140,9 @@ export class Shipper {
   private probesQueued: QueuedProbe[] = [];
   private probesSent = new Map<number, QueuedProbe>();
   private probeId = 0;
+  /** The stream position the queued probes were last looked at for (nothing to do until it moves, or a probe comes). */
+  private probesScannedAt = -1;
+  private probesScanTime = 0;
   /** The replica said in its handshake that it answers Verify frames. */
   private replicaVerifies = false;
 
@@ -191,6 +194,7 @@ export class Shipper {
     if (this.state.syncing) return Promise.resolve({ kind: 'notReady', reason: 'an image sync is running' });
     return new Promise((resolve) => {
       this.probesQueued.push({ probe, queuedAt: Date.now(), resolve });
+      this.probesScannedAt = -1; // a new probe may be placeable now
       this.poke();
     });
   }
@@ -200,6 +204,10 @@ export class Shipper {
     if (this.probesQueued.length === 0) return;
     const sent = this.state.sentSeq;
     const now = Date.now();
+    // Nothing placeable since the last look (the timeouts are checked at least once a second).
+    if (sent === this.probesScannedAt && now - this.probesScanTime < 1000) return;
+    this.probesScannedAt = sent;
+    this.probesScanTime = now;
     this.probesQueued = this.probesQueued.filter((q) => {
       if (q.probe.seq > sent) {
         if (now - q.queuedAt < PROBE_PLACE_TIMEOUT_MS) return true;
@@ -232,8 +240,8 @@ export class Shipper {
     else q.resolve({ kind: 'notReady', reason: typeof meta.notReady === 'string' ? meta.notReady : 'the replica sent an invalid verify result' });
   }
 
-  /** The connection ended: no probe queued or sent on it will be answered. */
-  private dropProbes(): void {
+  /** The connection ended (or verify stops): no probe queued or sent on it will be answered. */
+  dropProbes(): void {
     for (const q of this.probesQueued) q.resolve({ kind: 'linkDown' });
     for (const q of this.probesSent.values()) q.resolve({ kind: 'linkDown' });
     this.probesQueued = [];

@@ -26,6 +26,8 @@ export interface VerifySource {
 export interface VerifyTarget {
   verify(probe: VerifyProbe): Promise<VerifyOutcome>;
   connected(): boolean;
+  /** Give up every probe still waiting (a stop need not wait for the replica to catch up). */
+  cancel(): void;
 }
 
 export interface VerifyRange {
@@ -69,8 +71,15 @@ export class VerifyError extends OffsiteError {}
 
 /** Bytes hashed and compared per probe (split into chunks when writes keep overtaking it). */
 export const VERIFY_RANGE_BYTES = 1 << 20;
-/** Probes in flight at once (a long link's round trip is not paid once per range). */
-const WORKERS = 4;
+/**
+ * Ranges in flight at once. A probe waits for the stream to reach its sequence number, which
+ * takes as long as the replica is behind (up to the RPO on a busy WAN): with a handful in flight,
+ * a replica seconds behind would be verified at a few MiB per lag. A waiting probe holds only
+ * its hashes (8 bytes per 64 KiB) and a range watch.
+ */
+const WORKERS = 256;
+/** Ranges read and hashed at once (each read holds its 1 MiB until hashed). */
+const READ_SLOTS = 4;
 /** A run fails when the replica has been away this long (it names the chunks compared so far). */
 const REPLICA_AWAY_LIMIT_MS = 5 * 60_000;
 /** A range overtaken this often is split into chunks; a chunk this often, reported unverified. */
@@ -84,6 +93,8 @@ export class Verifier {
   private current: VerifyStatus = emptyStatus();
   private run?: Promise<void>;
   private stopping = false;
+  private reading = 0;
+  private readWaiters: (() => void)[] = [];
 
   constructor(
     private readonly source: VerifySource,
@@ -162,6 +173,7 @@ export class Verifier {
 
   async stop(): Promise<VerifyStatus> {
     this.stopping = true;
+    if (this.run) this.target.cancel();
     await this.run;
     return this.status();
   }
@@ -249,7 +261,7 @@ export class Verifier {
       }
       awaySince = undefined;
       this.current.waitingForReplica = false;
-      const p = await this.source.probe(r.volume, r.offsetBytes, r.lengthBytes, withData);
+      const p = await this.readSlot(() => this.source.probe(r.volume, r.offsetBytes, r.lengthBytes, withData));
       let outcome: VerifyOutcome = { kind: 'stale' };
       if (p) {
         try {
@@ -275,6 +287,18 @@ export class Verifier {
       }
     }
     return undefined;
+  }
+
+  /** At most READ_SLOTS reads at once, however many ranges wait for their place in the stream. */
+  private async readSlot<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.reading >= READ_SLOTS) await new Promise<void>((r) => this.readWaiters.push(r));
+    this.reading++;
+    try {
+      return await fn();
+    } finally {
+      this.reading--;
+      this.readWaiters.shift()?.();
+    }
   }
 }
 

@@ -458,6 +458,21 @@ test('a watched range is marked by the first later record that touches it, and o
     assert.equal(w2.dirtySeq, j.assignedSeq());
     assert.equal(w.dirtySeq, first.seq);
     j.unwatch(w2);
+    // Watches are filed by the MiB of the volume they lie in: one across a MiB boundary is
+    // marked from either side, a long unmap marks every watch it covers, and many watches at
+    // once are each marked by their own records only.
+    const across = j.watch('v', MiB - 4 * KiB, 8 * KiB);
+    const far = j.watch('v', 5 * MiB / 2, 4 * KiB);
+    const many = Array.from({ length: 300 }, (_, i) => j.watch('v', 8 * MiB + i * 64 * KiB, 64 * KiB));
+    const w3 = j.append('v', 'write', MiB + 100, 512, Buffer.alloc(512, 7));
+    const w4 = j.append('v', 'unmap', 0, 3 * MiB, Buffer.alloc(0));
+    const w5 = j.append('v', 'write', 8 * MiB + 77 * 64 * KiB, 4 * KiB, Buffer.alloc(4 * KiB, 8));
+    await Promise.all([w3.done, w4.done, w5.done]);
+    assert.equal(across.dirtySeq, w3.seq);
+    assert.equal(far.dirtySeq, w4.seq);
+    assert.deepEqual(many.flatMap((m, i) => (m.dirtySeq === Infinity ? [] : [[i, m.dirtySeq]])), [[77, w5.seq]]);
+    for (const m of [across, far, ...many]) j.unwatch(m);
+    j.unwatch(across); // twice: harmless
     await j.close();
   } finally {
     removeDir(dir);
