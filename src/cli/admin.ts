@@ -106,7 +106,7 @@ export function summarize(s: Record<string, unknown>): string {
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
     const v = s.verify as VerifyView | undefined;
     if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}${v.trigger === 'schedule' ? ' (scheduled)' : ''}`);
-    if (v?.scheduleEverySeconds) lines.push(`             every ${String(v.scheduleEverySeconds)} s; next ${v.state === 'running' ? 'after this one' : String(v.nextScheduledAt)}`);
+    if (v?.scheduleEverySeconds) lines.push(`${v.state === 'idle' ? 'verify:      not run yet;' : '            '} every ${String(v.scheduleEverySeconds)} s; next ${v.state === 'running' ? 'after this one' : String(v.nextScheduledAt)}`);
   } else if (s.role === 'replica') {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;
     lines.push(`state:       ${String(s.state)}; received ${String(s.receivedSeq)}, applied ${String(s.appliedSeq)}`);

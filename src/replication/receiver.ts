@@ -272,10 +272,12 @@ export class Receiver {
             if (dead) return;
             const unsupported = Promise.resolve({ notReady: `this replica cannot ${repair ? 'repair' : 'verify'}` });
             const answer = repair ? (sink.repair?.(volume, offset, payload) ?? unsupported) : (sink.verify?.(volume, offset, length, payload) ?? unsupported);
-            answer.then(
-              (a) => link.send(FrameType.VerifyResult, { id, ...a }),
-              (e: Error) => link.send(FrameType.VerifyResult, { id, notReady: e.message }),
-            );
+            answer
+              .then(
+                (a) => link.send(FrameType.VerifyResult, { id, ...a }),
+                (e: Error) => link.send(FrameType.VerifyResult, { id, notReady: e.message }),
+              )
+              .catch((e: Error) => logger.warn({ peer, err: { message: e.message } }, 'verify: the answer could not be sent'));
           });
           break;
         }
