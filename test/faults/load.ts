@@ -1,13 +1,15 @@
 /**
  * Load (issue 6): concurrent initiator sessions over several volumes while replicating. Each
  * session owns a region of a volume and loops writing random patterns and reading them back
- * (qemu-io verifies). Sampled: the appliances' memory (RSS) and the primary's RPO. At the end:
- * no I/O errors, memory bounded, RPO held, replica images equal the primary's.
+ * (qemu-io verifies). Sampled: the appliances' memory (RSS) and the primary's RPO. Online verify
+ * runs over and over meanwhile (at 64 MB/s, as an operator would cap it), and must never report a
+ * difference. At the end: no I/O errors, memory bounded, RPO held, replica images equal the
+ * primary's.
  */
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { ADMIN_TOKEN, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { freePort, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
@@ -25,6 +27,11 @@ export interface LoadResult {
   maxRpoSeconds: number;
   rpoTargetSeconds: number;
   imagesEqual: boolean;
+  /** Online verify runs that ended during the load, bytes compared and not compared, differences reported. */
+  verifyRuns: number;
+  verifiedBytes: number;
+  unverifiedBytes: number;
+  verifyDifferences: number;
   problems: string[];
 }
 
@@ -67,6 +74,10 @@ export async function runLoad(opts: { sessions: number; volumes: number; seconds
     maxRpoSeconds: 0,
     rpoTargetSeconds: rpoTarget,
     imagesEqual: false,
+    verifyRuns: 0,
+    verifiedBytes: 0,
+    unverifiedBytes: 0,
+    verifyDifferences: 0,
     problems: [],
   };
   const end = Date.now() + opts.seconds * 1000;
@@ -84,6 +95,26 @@ export async function runLoad(opts: { sessions: number; volumes: number; seconds
       const st = await primary.status().catch(() => undefined);
       if (st) result.maxRpoSeconds = Math.max(result.maxRpoSeconds, Number(st.rpoSeconds ?? 0));
       await new Promise((res) => setTimeout(res, Math.max(500, (opts.seconds * 1000) / 40)));
+    }
+  })();
+  type VerifyRun = { state: string; checkedBytes: number; unverifiedBytes: number; mismatchedChunks: number; mismatches: unknown[] };
+  const verifier = (async () => {
+    while (!stop && Date.now() < end) {
+      const res = await fetch(`http://127.0.0.1:${primary.httpPort}/verify`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ rate: '64MB/s' }) }).catch(() => undefined);
+      for (let v: VerifyRun | undefined; res?.status === 202 && !stop; ) {
+        await new Promise((r) => setTimeout(r, 250));
+        v = (await primary.status().catch(() => undefined))?.verify as VerifyRun | undefined;
+        if (!v || v.state === 'running') continue;
+        if (v.state === 'done') result.verifyRuns++;
+        result.verifiedBytes += v.checkedBytes;
+        result.unverifiedBytes += v.unverifiedBytes;
+        if (v.mismatchedChunks) {
+          result.verifyDifferences += v.mismatchedChunks;
+          result.problems.push(`online verify reported ${v.mismatchedChunks} differing chunks: ${JSON.stringify(v.mismatches).slice(0, 400)}`);
+        }
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 500));
     }
   })();
   const perVolume = Math.ceil(opts.sessions / opts.volumes);
@@ -120,6 +151,7 @@ export async function runLoad(opts: { sessions: number; volumes: number; seconds
     await Promise.all(Array.from({ length: opts.sessions }, (_, s) => session(s)));
     stop = true;
     await sampler;
+    await verifier;
     result.rssGrowthMiB.primary = Math.max(0, result.maxRssMiB.primary - baseline.primary);
     result.rssGrowthMiB.replica = Math.max(0, result.maxRssMiB.replica - baseline.replica);
     log(`# load: ${result.commands} commands, ${(result.bytesWritten / MiB).toFixed(0)} MiB written; catching up`);
@@ -138,6 +170,7 @@ export async function runLoad(opts: { sessions: number; volumes: number; seconds
   } finally {
     stop = true;
     await sampler;
+    await verifier;
     await primary.stop();
     await replica.stop();
     removeDir(dir);
@@ -149,6 +182,7 @@ export function formatLoad(r: LoadResult): string {
   return [
     `load: ${r.sessions} sessions x ${r.volumes} volumes for ${(r.seconds / 60).toFixed(1)} min (${((r.sessions * r.seconds) / 60).toFixed(1)} session-minutes): ${r.commands} commands, ${(r.bytesWritten / MiB).toFixed(0)} MiB written`,
     `  I/O errors ${r.ioErrors}, verification failures ${r.verifyFailures}, max RPO ${r.maxRpoSeconds.toFixed(2)} s (target ${r.rpoTargetSeconds} s), images equal ${r.imagesEqual}`,
+    `  online verify meanwhile: ${r.verifyRuns} runs done, ${(r.verifiedBytes / MiB).toFixed(0)} MiB compared, ${(r.unverifiedBytes / MiB).toFixed(1)} MiB not compared, ${r.verifyDifferences} differences`,
     `  RSS max primary ${r.maxRssMiB.primary.toFixed(0)} MiB (+${r.rssGrowthMiB.primary.toFixed(0)} after warm-up), replica ${r.maxRssMiB.replica.toFixed(0)} MiB (+${r.rssGrowthMiB.replica.toFixed(0)})`,
   ].join('\n');
 }

@@ -118,10 +118,10 @@ async function main(): Promise<void> {
   say(`  load:             ${load ? `${load.sessions} sessions x ${(load.seconds / 60).toFixed(1)} min over ${load.volumes} volumes, ${load.commands} commands, ${load.ioErrors} I/O errors, max RPO ${load.maxRpoSeconds.toFixed(2)} s` : 'skipped'}`);
   say(`  data lost:        ${lost}`);
   say(`  non-prefix states: ${nonPrefix}`);
-  if (c) say(`  verify differences: ${c.verifyDifferences} (${c.verifyRuns} online verify runs during the faults)`);
+  if (c || load) say(`  verify differences: ${(c?.verifyDifferences ?? 0) + (load?.verifyDifferences ?? 0)} (${c?.verifyRuns ?? 0} online verify runs during the faults, ${load?.verifyRuns ?? 0} during the load)`);
   say(`  crashes:          ${crashes}`);
   for (const p of problems) say(`  PROBLEM: ${p}`);
-  process.exit(problems.length || lost || nonPrefix || crashes || c?.verifyDifferences ? 1 : 0);
+  process.exit(problems.length || lost || nonPrefix || crashes || c?.verifyDifferences || load?.verifyDifferences ? 1 : 0);
 }
 
 main().catch((e: unknown) => {
