@@ -206,7 +206,10 @@ export class Verifier {
         if (this.stopping || failure) return;
         const next = ranges.next();
         if (next.done) return;
-        await rate.take(next.value.lengthBytes);
+        // Paced, but a stop does not wait out the pace (with many ranges in flight and a low
+        // rate, the last of them is due minutes from now).
+        for (const until = Date.now() + rate.reserve(next.value.lengthBytes); !this.stopping && Date.now() < until; ) await sleep(Math.min(100, until - Date.now()));
+        if (this.stopping) return;
         try {
           if (!(await this.verifyRange(next.value, MAX_ATTEMPTS))) {
             // Overtaken again and again as a whole: chunk by chunk, each with more tries.
