@@ -24,7 +24,7 @@ import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote }
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
-import { VerifyError, type VerifyStatus } from '../replication/verify';
+import { VerifyError, type VerifyRequest, type VerifyStatus } from '../replication/verify';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
@@ -549,7 +549,7 @@ export class Appliance {
   }
 
   /** Admin actions the HTTP API exposes. */
-  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean; repair: boolean }) => Promise<VerifyStatus> } {
+  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus> } {
     const repl = this.replication;
     if (!repl) return {};
     const configured = this.config.replication.maxBandwidthBytesPerSec;
@@ -641,7 +641,7 @@ export class Appliance {
         consistentPoint: state === 'consistent' ? { seq: applied, primaryTime: t ? new Date(t).toISOString() : undefined } : null,
         stagingDeltaSync: store.isStaging(),
         // What the primary's online verify found here since this process started (the primary keeps the runs' results).
-        verified: { comparedBytes: store.counters().verifiedBytes, mismatchedChunks: store.counters().verifyMismatches, repairedBytes: store.counters().repairedBytes },
+        verified: verifiedHere(store.counters()),
         primarySiteId: store.primarySiteId(),
         link: {
           connected: r?.connected ?? false,
@@ -714,4 +714,9 @@ export class Appliance {
 
 function toTargetAuth(a: TargetAuthConfig): TargetEntry['auth'] {
   return { chap: a.chap, mutualChap: a.mutualChap, allowedInitiators: a.allowedInitiators };
+}
+
+/** A replica's /status verified: what the primary's online verify compared and found here. */
+function verifiedHere(c: ReturnType<ReplicaStore['counters']>): NonNullable<ApplianceStatus['verified']> {
+  return { comparedBytes: c.verifiedBytes, mismatchedChunks: c.verifyMismatches, repairedBytes: c.repairedBytes };
 }

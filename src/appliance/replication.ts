@@ -196,7 +196,10 @@ export class PrimaryReplication {
       linkKey: opts.linkKey,
     });
     const shipper = this.shipper;
-    this.verifier = new Verifier(this.source, { verify: (p) => shipper.verify(p), connected: () => shipper.stats().connected && !shipper.stats().syncing, cancel: () => shipper.dropProbes() }, opts.logger.child({ task: 'verify' }), opts.verifyResult?.save);
+    this.verifier = new Verifier(this.source, { verify: (p) => shipper.verify(p), connected: () => {
+        const st = shipper.stats();
+        return st.connected && !st.syncing;
+      }, cancel: () => shipper.dropProbes() }, opts.logger.child({ task: 'verify' }), opts.verifyResult?.save);
   }
 
   start(): void {

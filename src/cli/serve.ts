@@ -6,6 +6,7 @@ import { OffsiteError } from '../common/errors';
 import { loadConfigFile, resolveConfig, type ConfigFile, type ConfigFlags } from '../appliance/config';
 import { formatHostPort } from '../common/units';
 import { startHttp } from '../ops/http';
+import type { VerifyRequest } from '../replication/verify';
 import { createLogger } from '../ops/logging';
 import { createMetrics } from '../ops/metrics';
 import { fail } from './exit';
@@ -109,7 +110,7 @@ export function register(program: Command): void {
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
           },
           testFailover: (action: 'start' | 'stop') => app.testFailover(action),
-          verify: (req: { volumes: string[]; rateBytesPerSec: number; stop: boolean; repair: boolean }) => {
+          verify: (req: VerifyRequest) => {
             const fn = app.admin().verify;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary');
             return fn(req);

@@ -7,6 +7,7 @@ import type { Registry } from 'prom-client';
 import { logGate, type Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
 import { parseHostPort, parseRate } from '../common/units';
+import type { VerifyRequest } from '../replication/verify';
 
 function checkHostPort(v: string, field: string): void {
   try {
@@ -25,7 +26,7 @@ export interface AdminActions {
   testFailover?(action: 'start' | 'stop'): Promise<unknown>;
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
   /** Online verify against the replica: start (these volumes, all when empty; scan rate cap, 0: none) or stop. */
-  verify?(req: { volumes: string[]; rateBytesPerSec: number; stop: boolean; repair: boolean }): Promise<unknown>;
+  verify?(req: VerifyRequest): Promise<unknown>;
 }
 
 export interface HttpRoutes {

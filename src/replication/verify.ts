@@ -69,6 +69,14 @@ export interface VerifyStatus {
 
 export class VerifyError extends OffsiteError {}
 
+/** An operator's verify call (POST /verify): start over these volumes (all when empty) at a read-rate cap (0: none), or stop. */
+export interface VerifyRequest {
+  volumes: string[];
+  rateBytesPerSec: number;
+  stop: boolean;
+  repair: boolean;
+}
+
 /** Bytes hashed and compared per probe (split into chunks when writes keep overtaking it). */
 export const VERIFY_RANGE_BYTES = 1 << 20;
 /**

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, copyFileSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import YAML from 'yaml';
@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import { PANELS } from '../../grafana/dashboard';
 import { CLI, removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { damageVolumeFile, freePort, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
 import { selfSignedCert } from '../helpers/tls';
 import { startWitness, type RunningWitness } from '../../src/appliance/witness';
@@ -94,9 +94,7 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     });
     await waitCaughtUp(a, b);
     // A chunk of the replica's copy damaged behind its back (away from the writer), found by an online verify.
-    const fd = openSync(path.join(dir, 'b', 'volumes', 'vol.img'), 'r+');
-    writeSync(fd, Buffer.alloc(100, 0xee), 0, 100, 50 * 1024 * 1024);
-    closeSync(fd);
+    damageVolumeFile(path.join(dir, 'b'), 'vol', 50 * 1024 * 1024, Buffer.alloc(100, 0xee));
     const v = await run(process.execPath, [CLI, 'verify', '--http', `127.0.0.1:${a.httpPort}`, '--wait'], { timeoutMs: 120_000 });
     assert.equal(v.code, 3, v.stdout + v.stderr);
     // Enough samples for rate() over the panels' windows.

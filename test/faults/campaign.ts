@@ -16,10 +16,10 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
-import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, verifyOverAndOver, waitCaughtUp } from '../helpers/replication';
 
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
@@ -122,37 +122,16 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
       result.problems.push(`seed ${seed}: replica not a prefix: ${c.error}`);
     }
   });
-  // Online verify on whichever primary runs, again and again (a start the primary refuses, e.g.
-  // while the replica is away, is tried again).
+  // Online verify on whichever primary runs, again and again.
   let verifying = true;
-  type VerifyRun = { state: string; checkedBytes: number; mismatchedChunks: number; mismatches: unknown[] };
-  const verifier = (async () => {
-    while (verifying) {
-      const p: RunningAppliance | undefined = primary;
-      try {
-        if (p) {
-          const res = await fetch(`http://127.0.0.1:${p.httpPort}/verify`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: '{}' });
-          if (res.status === 202) {
-            for (let v: VerifyRun; verifying && primary === p; ) {
-              await new Promise((r) => setTimeout(r, 100));
-              v = (await p.status()).verify as VerifyRun;
-              if (v.state === 'running') continue;
-              if (v.state === 'done') result.verifyRuns++;
-              result.verifiedBytes += v.checkedBytes;
-              if (v.mismatchedChunks > 0) {
-                result.verifyDifferences += v.mismatchedChunks;
-                result.problems.push(`seed ${seed}: online verify reported ${v.mismatchedChunks} differing chunks: ${JSON.stringify(v.mismatches).slice(0, 400)}`);
-              }
-              break;
-            }
-          }
-        }
-      } catch {
-        // the primary was killed under the call
-      }
-      await new Promise((r) => setTimeout(r, 200));
+  const verifier = verifyOverAndOver(() => primary, () => verifying, (v) => {
+    if (v.state === 'done') result.verifyRuns++;
+    result.verifiedBytes += v.checkedBytes;
+    if (v.mismatchedChunks > 0) {
+      result.verifyDifferences += v.mismatchedChunks;
+      result.problems.push(`seed ${seed}: online verify reported ${v.mismatchedChunks} differing chunks: ${JSON.stringify(v.mismatches).slice(0, 400)}`);
     }
-  })();
+  });
   let acked = 0;
   const writeBatch = async (count: number, during: () => Promise<void>) => {
     const from = acked + 1;

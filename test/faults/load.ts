@@ -9,8 +9,8 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ADMIN_TOKEN, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
-import { freePort, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { freePort, readVolume, startPrimary, startReplica, verifyOverAndOver, waitCaughtUp } from '../helpers/replication';
 
 const MiB = 1024 * 1024;
 
@@ -97,26 +97,15 @@ export async function runLoad(opts: { sessions: number; volumes: number; seconds
       await new Promise((res) => setTimeout(res, Math.max(500, (opts.seconds * 1000) / 40)));
     }
   })();
-  type VerifyRun = { state: string; checkedBytes: number; unverifiedBytes: number; mismatchedChunks: number; mismatches: unknown[] };
-  const verifier = (async () => {
-    while (!stop && Date.now() < end) {
-      const res = await fetch(`http://127.0.0.1:${primary.httpPort}/verify`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ rate: '64MB/s' }) }).catch(() => undefined);
-      for (let v: VerifyRun | undefined; res?.status === 202 && !stop; ) {
-        await new Promise((r) => setTimeout(r, 250));
-        v = (await primary.status().catch(() => undefined))?.verify as VerifyRun | undefined;
-        if (!v || v.state === 'running') continue;
-        if (v.state === 'done') result.verifyRuns++;
-        result.verifiedBytes += v.checkedBytes;
-        result.unverifiedBytes += v.unverifiedBytes;
-        if (v.mismatchedChunks) {
-          result.verifyDifferences += v.mismatchedChunks;
-          result.problems.push(`online verify reported ${v.mismatchedChunks} differing chunks: ${JSON.stringify(v.mismatches).slice(0, 400)}`);
-        }
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 500));
+  const verifier = verifyOverAndOver(() => primary, () => !stop && Date.now() < end, (v) => {
+    if (v.state === 'done') result.verifyRuns++;
+    result.verifiedBytes += v.checkedBytes;
+    result.unverifiedBytes += v.unverifiedBytes;
+    if (v.mismatchedChunks) {
+      result.verifyDifferences += v.mismatchedChunks;
+      result.problems.push(`online verify reported ${v.mismatchedChunks} differing chunks: ${JSON.stringify(v.mismatches).slice(0, 400)}`);
     }
-  })();
+  }, { rate: '64MB/s' });
   const perVolume = Math.ceil(opts.sessions / opts.volumes);
   const region = Math.floor(volSize / perVolume / MiB) * MiB;
   const session = async (s: number) => {

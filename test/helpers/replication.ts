@@ -5,7 +5,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
-import { startAppliance, type RunningAppliance } from './appliance';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { ADMIN_TOKEN, startAppliance, type RunningAppliance } from './appliance';
 import { FaultProxy } from './fault-proxy';
 import { run } from './exec';
 
@@ -140,4 +141,47 @@ export function chainBlock(k: number): Buffer {
   b.writeUInt32BE(k, 8);
   b.writeUInt32BE(k - 1, 12);
   return b;
+}
+
+/** Overwrite bytes of a replica's volume file directly, as a failing disk or a stray process would. */
+export function damageVolumeFile(dataDir: string, volume: string, offset: number, bytes: Buffer): void {
+  const fd = openSync(path.join(dataDir, 'volumes', `${volume}.img`), 'r+');
+  try {
+    writeSync(fd, bytes, 0, bytes.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** One online verify run as /status reports it (the fields the long runs count). */
+export interface VerifyRunResult {
+  state: string;
+  checkedBytes: number;
+  unverifiedBytes: number;
+  mismatchedChunks: number;
+  mismatches: unknown[];
+}
+
+/**
+ * Online verify over and over on whichever primary `current()` gives, until `keepGoing()` says
+ * no: each run that ends (done, stopped or failed) goes to `onRun`. A start the primary refuses
+ * (the replica away, say) or a primary killed under a call is simply tried again.
+ */
+export async function verifyOverAndOver(current: () => RunningAppliance | undefined, keepGoing: () => boolean, onRun: (v: VerifyRunResult) => void, body: Record<string, unknown> = {}): Promise<void> {
+  while (keepGoing()) {
+    const p = current();
+    try {
+      const res = p && (await fetch(`http://127.0.0.1:${p.httpPort}/verify`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) }));
+      while (res?.status === 202 && keepGoing() && current() === p) {
+        await new Promise((r) => setTimeout(r, 100));
+        const v = (await p!.status()).verify as VerifyRunResult;
+        if (v.state === 'running') continue;
+        onRun(v);
+        break;
+      }
+    } catch {
+      // the primary was killed under the call
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

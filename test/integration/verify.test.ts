@@ -6,12 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { assertSameVolume, freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { assertSameVolume, damageVolumeFile, freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
 
 const MiB = 1 << 20;
@@ -21,16 +21,6 @@ type Range = { volume: string; offsetBytes: number; lengthBytes: number };
 type Verify = { state: string; repair: boolean; repairedChunks: number; totalBytes: number; checkedBytes: number; mismatchedChunks: number; mismatchedBytes: number; unverifiedBytes: number; retries: number; mismatches: Range[]; unverified: Range[]; error?: string };
 const verifyStatus = async (a: RunningAppliance): Promise<Verify> => (await a.status()).verify as Verify;
 const cli = (a: RunningAppliance, ...args: string[]) => run(process.execPath, [CLI, 'verify', '--http', `127.0.0.1:${a.httpPort}`, ...args], { timeoutMs: 120_000 });
-
-/** Overwrite bytes of a replica's volume file directly, as a failing disk or a stray process would. */
-function damage(replicaDir: string, volume: string, offset: number, bytes: Buffer): void {
-  const fd = openSync(path.join(replicaDir, 'volumes', `${volume}.img`), 'r+');
-  try {
-    writeSync(fd, bytes, 0, bytes.length, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 test('verify: equal volumes pass; chunks damaged on the replica are named and repaired, also while writes go on; no false difference under load', { timeout: 300_000 }, async () => {
   const dir = tempDir();
@@ -57,8 +47,8 @@ test('verify: equal volumes pass; chunks damaged on the replica are named and re
     assert.equal(v.mismatchedChunks, 0);
 
     // Damage the replica's copy: one byte in one chunk, and 4 KiB across the boundary of two.
-    damage(bDir, 'data', 5 * MiB + 100, Buffer.from([0x99]));
-    damage(bDir, 'data', 12 * MiB - 2048, Buffer.alloc(4096, 0x77));
+    damageVolumeFile(bDir, 'data', 5 * MiB + 100, Buffer.from([0x99]));
+    damageVolumeFile(bDir, 'data', 12 * MiB - 2048, Buffer.alloc(4096, 0x77));
     r = await cli(primary, '--wait');
     assert.equal(r.code, 3, r.stdout + r.stderr);
     assert.match(r.stdout, /3 chunks DIFFER \(192\.0 KiB\)/);
@@ -93,7 +83,7 @@ test('verify: equal volumes pass; chunks damaged on the replica are named and re
     // range is rewritten all the while, so its probes are overtaken before the stream reaches them
     // (hashed again, then chunk by chunk). No difference may be reported that is not there, and a
     // damaged chunk away from the writes is still found.
-    damage(bDir, 'busy', 7 * MiB + 4096, Buffer.alloc(512, 0x55));
+    damageVolumeFile(bDir, 'busy', 7 * MiB + 4096, Buffer.alloc(512, 0x55));
     const bw = (...a: string[]) => run(process.execPath, [CLI, 'bandwidth', '--http', `127.0.0.1:${primary.httpPort}`, ...a]);
     assert.equal((await bw('2MB/s')).code, 0);
     let writing = false;
@@ -148,7 +138,7 @@ test('verify: equal volumes pass; chunks damaged on the replica are named and re
     // --repair while writes go on, with a damaged chunk among the rewritten ones (beyond the
     // bytes the writes cover, so replication never mends it by itself). A repair is placed in the
     // stream like a comparison: whatever it reports repaired must compare equal afterwards.
-    damage(bDir, 'busy', 32 * 1024 + 100, Buffer.alloc(100, 0x5a));
+    damageVolumeFile(bDir, 'busy', 32 * 1024 + 100, Buffer.alloc(100, 0x5a));
     assert.equal((await bw('2MB/s')).code, 0);
     r = await underLoad(() => cli(primary, '--volume', 'busy', '--repair', '--wait'));
     v = await verifyStatus(primary);
@@ -224,7 +214,7 @@ test('verify on a schedule: --verify-every runs it by itself (rate-capped), repo
     // Damage on the replica is found by the next scheduled run, without anyone asking.
     await waitCaughtUp(primary, replica);
     const damagedAt = Date.now();
-    damage(bDir, 'sched', MiB + 7, Buffer.from([0xfe]));
+    damageVolumeFile(bDir, 'sched', MiB + 7, Buffer.from([0xfe]));
     await until('a scheduled run after the damage to report it', async () => {
       v = await sched();
       return v.trigger === 'schedule' && v.state === 'done' && Date.parse(v.startedAt!) > damagedAt;
