@@ -86,7 +86,10 @@ export const enum FrameType {
   Repair = 14,
 }
 
-const FRAME_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+/** The highest frame type this version knows (types run 1..LAST_FRAME_TYPE without gaps). */
+export const LAST_FRAME_TYPE = FrameType.Repair;
+
+const FRAME_TYPES = new Set(Array.from({ length: LAST_FRAME_TYPE }, (_, i) => i + 1));
 
 /** Largest range one Verify frame covers. */
 export const MAX_VERIFY_BYTES = 64 << 20;

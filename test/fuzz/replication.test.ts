@@ -25,7 +25,7 @@ import pino from 'pino';
 import { OffsiteError } from '../../src/common/errors';
 import { ReplicationError, ReplicationErrorCode } from '../../src/replication/errors';
 import type { ReplicatedRecord } from '../../src/replication/ports';
-import { FLAG_LZ4, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameDecoder, FrameType, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, encodeFrame, encodeMeta, type Frame } from '../../src/replication/protocol';
+import { FLAG_LZ4, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameDecoder, FrameType, LAST_FRAME_TYPE, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, encodeFrame, encodeMeta, type Frame } from '../../src/replication/protocol';
 import { Receiver } from '../../src/replication/receiver';
 import { MAX_RECORDS_PER_SEGMENT, decodeSegment, encodeSegment } from '../../src/replication/segment';
 import { LogCapture, compact, cutsArb, describeError, feedStream, fuzzing, mutate, mutationsArb, split, timeoutFor, type Mutation } from '../helpers/fuzz';
@@ -53,7 +53,7 @@ function checkDecode(out: DecodeOutcome, total: number): void {
   if (out.error) assert.ok(CODES.has(out.error.code), `unknown ReplicationError code ${out.error.code}`);
   let wire = 0;
   for (const f of out.frames) {
-    assert.ok(f.type >= 1 && f.type <= 11, `frame type ${f.type}`);
+    assert.ok(f.type >= 1 && f.type <= LAST_FRAME_TYPE, `frame type ${f.type}`);
     assert.ok(f.meta !== null && typeof f.meta === 'object' && !Array.isArray(f.meta), 'meta is a map');
     assert.ok(Buffer.isBuffer(f.payload), 'payload is bytes');
     assert.ok(f.payload.length <= MAX_PAYLOAD_BYTES);
@@ -105,7 +105,7 @@ test('FrameDecoder: random bytes cut anywhere give verified frames or a Replicat
       fc.oneof(
         fc.uint8Array({ maxLength: 4096 }).map((b) => Buffer.from(b)),
         // past the magic and version checks: a random header after a valid prefix
-        fc.tuple(fc.integer({ min: 0, max: 12 }), fc.integer({ min: 0, max: 3 }), fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.uint8Array({ maxLength: 2048 }), fc.boolean()).map(([type, flags, lens, rest, small]) => {
+        fc.tuple(fc.integer({ min: 0, max: LAST_FRAME_TYPE + 1 }), fc.integer({ min: 0, max: 3 }), fc.uint8Array({ minLength: 8, maxLength: 8 }), fc.uint8Array({ maxLength: 2048 }), fc.boolean()).map(([type, flags, lens, rest, small]) => {
           const h = Buffer.alloc(FRAME_HEADER_BYTES);
           h.writeUInt32BE(FRAME_MAGIC, 0);
           h[4] = PROTOCOL_VERSION;
@@ -159,7 +159,7 @@ const metaArb = fc.oneof(
 );
 
 const frameArb = fc.record({
-  type: fc.integer({ min: 1, max: 11 }),
+  type: fc.integer({ min: 1, max: LAST_FRAME_TYPE }),
   meta: metaArb,
   payload: fc.oneof(
     fc.constant(Buffer.alloc(0)),
