@@ -36,6 +36,9 @@ export const PANELS: PanelSpec[] = [
   { row: 'Recovery point', title: 'Link up', unit: 'none', kind: 'stat', queries: [
     { expr: `offsite_link_up{${site}}`, legend: '{{instance}}' },
   ] },
+  { row: 'Recovery point', title: 'Shipping paused (offsite pause)', unit: 'none', kind: 'stat', queries: [
+    { expr: `offsite_replication_paused{${site}}`, legend: '{{instance}}' },
+  ] },
   { row: 'Link', title: 'Link throughput: raw vs on the wire', unit: 'Bps', queries: [
     { expr: `rate(offsite_link_raw_bytes_total{${site}}[1m])`, legend: '{{instance}} raw' },
     { expr: `rate(offsite_link_wire_bytes_total{${site}}[1m])`, legend: '{{instance}} wire' },

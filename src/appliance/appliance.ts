@@ -22,8 +22,9 @@ import { LineageFile, newGeneration, type Lineage } from './lineage';
 import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
+import { clearPause, savePause, savedPause } from './pause-setting';
 import { OffsiteError } from '../common/errors';
-import { PrimaryReplication, type PrimaryReplicationStatus } from './replication';
+import { PrimaryReplication, type PrimaryReplicationStatus, type ReplicationPause } from './replication';
 import { VerifyError, type VerifyRequest, type VerifyStatus } from '../replication/verify';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
@@ -171,6 +172,9 @@ export class Appliance {
         if (bw.change) logger.info({ maxBandwidthBytesPerSec: bw.bytesPerSec, configuredMaxBandwidthBytesPerSec: configured, changedAt: bw.change.changedAt }, 'replication bandwidth cap: keeping the change made at run time (offsite bandwidth --reset returns to the configured cap)');
         else if (bw.dropped === 'unreadable') logger.warn({ maxBandwidthBytesPerSec: configured }, 'replication bandwidth cap: the saved run-time change is unreadable; using the configured cap');
         else if (bw.dropped) logger.warn({ maxBandwidthBytesPerSec: configured, dropped: bw.dropped }, 'replication bandwidth cap: the configured cap changed since the run-time change; the configuration applies');
+        const pause = await savedPause(this.dataDir.root);
+        if (pause === 'unreadable') logger.warn('replication pause: the saved pause is unreadable; ignored, shipping');
+        else if (pause) logger.warn({ pausedAt: pause.pausedAt, reason: pause.reason }, 'replication is PAUSED (offsite pause, kept across restarts): writes are journaled, nothing is shipped until offsite resume');
         const repl = (this.replication = new PrimaryReplication({
           siteId: this.identity.siteId,
           journal,
@@ -192,6 +196,7 @@ export class Appliance {
             load: async () => (await readJsonFile(this.verifyResultFile())) as VerifyStatus | undefined,
             save: (s) => writeJsonFile(this.verifyResultFile(), s),
           },
+          paused: pause === 'unreadable' ? undefined : pause,
         }));
         for (const v of this.journaledVolumes()) v.ackDelay = () => repl.ackDelayMs();
         await repl.restoreVerifyResult();
@@ -417,6 +422,12 @@ export class Appliance {
     // replayed onto volumes that still show the older consistent point); a commit a crash cut
     // short is redone (staged chunks, then the stored tail) before anything is served.
     const stateDir = path.join(this.dataDir.root, 'state');
+    // A pause belonged to this site's time as a primary: a replica ships nothing, and a later
+    // promotion must not start paused.
+    if ((await savedPause(this.dataDir.root)) !== undefined) {
+      await clearPause(this.dataDir.root);
+      logger.info('replication pause dropped: this site is now a replica');
+    }
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);
     if (staged && !staged.committing) {
@@ -549,12 +560,36 @@ export class Appliance {
   }
 
   /** Admin actions the HTTP API exposes. */
-  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus> } {
+  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus>; pause?: (req: { reason?: string }) => Promise<PauseResult>; resume?: () => Promise<PauseResult> } {
     const repl = this.replication;
     if (!repl) return {};
     const configured = this.config.replication.maxBandwidthBytesPerSec;
+    const pauseResult = (changed: boolean): PauseResult => {
+      const st = repl.status();
+      return { paused: st.paused, changed, backlogBytes: st.backlogBytes, rpoSeconds: st.rpoSeconds, ackedSeq: st.ackedSeq, headSeq: this.journal?.headSeq() ?? 0 };
+    };
     return {
+      // Saved before it applies, as the bandwidth: the state the operator was told is the one a restart keeps.
+      pause: async (req) => {
+        if (repl.paused) return pauseResult(false);
+        const p = { pausedAt: new Date().toISOString(), reason: (req.reason ?? '').slice(0, 500) };
+        await savePause(this.dataDir.root, p);
+        const verifying = repl.verifier.running;
+        await repl.pause(p);
+        const r = pauseResult(true);
+        this.logger.warn({ reason: p.reason || undefined, backlogBytes: r.backlogBytes, ackedSeq: r.ackedSeq, verifyStopped: verifying || undefined }, 'replication PAUSED by the operator: writes are journaled, nothing is shipped until offsite resume');
+        return r;
+      },
+      resume: async () => {
+        if (!repl.paused) return pauseResult(false);
+        await clearPause(this.dataDir.root);
+        const was = repl.resume();
+        const r = pauseResult(true);
+        this.logger.info({ pausedAt: was?.pausedAt, pausedSeconds: was ? Math.round((Date.now() - Date.parse(was.pausedAt)) / 1000) : undefined, backlogBytes: r.backlogBytes }, 'replication resumed: shipping the backlog');
+        return r;
+      },
       verify: async (req) => {
+        if (!req.stop && repl.paused) throw new VerifyError('REPLICATION_PAUSED', 'replication is paused (offsite pause): the replica is not moving; verify after offsite resume');
         if (!req.stop) return repl.verifier.start(req.volumes, req.rateBytesPerSec, req.repair);
         if (!repl.verifier.running) throw new VerifyError('VERIFY_NOT_RUNNING', 'no verify is running');
         return repl.verifier.stop();
@@ -650,6 +685,8 @@ export class Appliance {
           bytesWire: r?.bytesWireReceived ?? 0,
           connections: r?.connections ?? 0,
           rejectedFrames: r?.rejectedFrames ?? 0,
+          // The primary paused shipping (offsite pause): this copy stays at its point until it resumes.
+          primaryPaused: r?.primaryPaused ?? false,
           lastError: r?.lastError ?? '',
           durableSeq: store.durableSeq(),
         },
@@ -714,6 +751,18 @@ export class Appliance {
 
 function toTargetAuth(a: TargetAuthConfig): TargetEntry['auth'] {
   return { chap: a.chap, mutualChap: a.mutualChap, allowedInitiators: a.allowedInitiators };
+}
+
+/** The answer to POST /pause and /resume. */
+export interface PauseResult {
+  /** The pause in place after the call (null: shipping). */
+  paused: ReplicationPause | null;
+  /** Whether this call changed anything (false: already paused, or not paused). */
+  changed: boolean;
+  backlogBytes: number;
+  rpoSeconds: number;
+  ackedSeq: number;
+  headSeq: number;
 }
 
 /** A replica's /status verified: what the primary's online verify compared and found here. */

@@ -34,6 +34,14 @@ export interface PrimaryReplicationOptions {
   verifyRateBytesPerSec?: number;
   /** Keeps each verify run's result (and gives back the last one at start). */
   verifyResult?: { load(): Promise<VerifyStatus | undefined>; save(s: VerifyStatus): Promise<void> };
+  /** Start with shipping paused (an operator's offsite pause, kept across restarts). */
+  paused?: ReplicationPause;
+}
+
+/** Shipping paused by the operator (offsite pause): since when, and why (their words). */
+export interface ReplicationPause {
+  pausedAt: string;
+  reason: string;
 }
 
 export interface PrimaryReplicationStatus {
@@ -79,6 +87,8 @@ export interface PrimaryReplicationStatus {
     chunksSkipped: number;
   };
   replicaAppliedSeq: number;
+  /** Shipping paused by the operator (offsite pause; the link stays up, the journal keeps every write), or null. */
+  paused: ReplicationPause | null;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -181,9 +191,11 @@ export class PrimaryReplication {
   private readonly scheduleFrom = Date.now();
   private scheduleRefusal = '';
   private bandwidthSource: 'configured' | 'runtime';
+  private pausedBy: ReplicationPause | null;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
+    this.pausedBy = opts.paused ?? null;
     this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
     this.shipper = new Shipper({
@@ -195,10 +207,11 @@ export class PrimaryReplication {
       coalesce: () => this.controller.current.coalesce,
       linkKey: opts.linkKey,
     });
+    if (this.pausedBy) this.shipper.setPaused(true);
     const shipper = this.shipper;
     this.verifier = new Verifier(this.source, { verify: (p) => shipper.verify(p), connected: () => {
         const st = shipper.stats();
-        return st.connected && !st.syncing;
+        return st.connected && !st.syncing && !shipper.paused;
       }, cancel: () => shipper.dropProbes() }, opts.logger.child({ task: 'verify' }), opts.verifyResult?.save);
   }
 
@@ -233,6 +246,32 @@ export class PrimaryReplication {
   /** The delay the throttle adds to each write acknowledgement now (ms). */
   ackDelayMs(): number {
     return this.controller.current.throttleDelayMs;
+  }
+
+  get paused(): ReplicationPause | null {
+    return this.pausedBy;
+  }
+
+  /**
+   * Stop shipping (offsite pause): the link stays up, writes go on and the journal keeps them
+   * (its cap folds the oldest, as when the link is down); a running online verify stops, as the
+   * replica stops moving. Already paused: the pause in place, unchanged.
+   */
+  async pause(p: ReplicationPause): Promise<ReplicationPause> {
+    if (this.pausedBy) return this.pausedBy;
+    this.pausedBy = { ...p };
+    // The run stops first (as it would for a role switch), so it ends "stopped", not failed on probes the pause refused.
+    if (this.verifier.running) await this.verifier.stop();
+    if (this.pausedBy) this.shipper.setPaused(true);
+    return p;
+  }
+
+  /** Ship again from where it stopped (offsite resume). Returns the pause it ended, if any. */
+  resume(): ReplicationPause | null {
+    const was = this.pausedBy;
+    this.pausedBy = null;
+    this.shipper.setPaused(false);
+    return was;
   }
 
   setBandwidth(bytesPerSec: number, source: 'configured' | 'runtime' = 'runtime'): void {
@@ -271,7 +310,8 @@ export class PrimaryReplication {
   /** Start the scheduled verify when it is due and the replica is there to compare with (else: as soon as it is). */
   private checkSchedule(): void {
     const due = this.nextVerifyAt();
-    if (due === undefined || this.verifier.running || Date.now() < due) return;
+    // Paused: due when shipping resumes.
+    if (due === undefined || this.verifier.running || this.pausedBy || Date.now() < due) return;
     const s = this.shipper.stats();
     if (!s.connected || s.syncing) return;
     try {
@@ -292,11 +332,11 @@ export class PrimaryReplication {
     this.lastAppended = appended;
     const ackedDelta = Math.max(0, this.lastBacklog + appendedDelta - b.backlogBytes);
     this.lastBacklog = b.backlogBytes;
-    const d = this.controller.observe({ nowMs: Date.now(), oldestUnackedMs: b.oldestUnackedMs, backlogBytes: b.backlogBytes, ackedBytesDelta: ackedDelta, appendedBytesDelta: appendedDelta });
+    const d = this.controller.observe({ nowMs: Date.now(), oldestUnackedMs: b.oldestUnackedMs, backlogBytes: b.backlogBytes, ackedBytesDelta: ackedDelta, appendedBytesDelta: appendedDelta, paused: this.pausedBy !== null });
     const log = this.opts.logger;
     if (d.targetMissed !== this.missed) {
       this.missed = d.targetMissed;
-      if (d.targetMissed) log.warn({ rpoSeconds: round(d.rpoSeconds), targetSeconds: this.controller.targetSeconds, backlogBytes: b.backlogBytes }, 'RPO target missed');
+      if (d.targetMissed) log.warn({ rpoSeconds: round(d.rpoSeconds), targetSeconds: this.controller.targetSeconds, backlogBytes: b.backlogBytes, paused: this.pausedBy !== null || undefined }, this.pausedBy ? 'RPO target missed (shipping is paused: offsite resume)' : 'RPO target missed');
       else log.info({ rpoSeconds: round(d.rpoSeconds), targetSeconds: this.controller.targetSeconds }, 'RPO back within target');
     }
     if (d.coalesce !== this.coalescingLogged) {
@@ -355,6 +395,7 @@ export class PrimaryReplication {
         chunksSkipped: s.syncChunksSkipped,
       },
       replicaAppliedSeq: s.replicaAppliedSeq,
+      paused: this.pausedBy && { ...this.pausedBy },
     };
   }
 }

@@ -1,6 +1,7 @@
 /**
  * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
- * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`, `offsite verify`.
+ * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`, `offsite verify`,
+ * `offsite pause`, `offsite resume`.
  */
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -101,6 +102,8 @@ export function summarize(s: Record<string, unknown>): string {
   if (s.role === 'primary' && link) {
     const r = (s.replication ?? {}) as { rpo?: Record<string, unknown>; sync?: Record<string, unknown> };
     lines.push(`replica:     ${String(link.replica)} ${link.connected ? 'connected' : 'DISCONNECTED'} (${String(s.consistency)}), acked ${String(s.ackedSeq)}`);
+    const paused = (s.replication as { paused?: { pausedAt: string; reason: string } | null } | undefined)?.paused;
+    if (paused) lines.push(`shipping:    PAUSED since ${paused.pausedAt}${paused.reason ? ` (${paused.reason})` : ''}: writes are journaled, nothing is shipped; offsite resume ships again`);
     lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
@@ -113,7 +116,7 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`consistent:  ${cp ? `sequence ${cp.seq}${cp.primaryTime ? ` (primary time ${cp.primaryTime})` : cp.seq === 0 ? ' (nothing written yet)' : ''}` : 'not yet (syncing)'}`);
     const vf = s.verified as { comparedBytes: number; mismatchedChunks: number; repairedBytes: number } | undefined;
     if (vf?.comparedBytes) lines.push(`verified:    ${bytes(vf.comparedBytes)} compared with the primary since start, ${vf.mismatchedChunks ? `${vf.mismatchedChunks} chunks DIFFERED` : 'no difference'}${vf.repairedBytes ? `, ${bytes(vf.repairedBytes)} repaired` : ''}`);
-    if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}`);
+    if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}${link.connected && link.primaryPaused ? ' (it has PAUSED shipping: this copy stays at its point until it resumes)' : ''}`);
   } else lines.push('replica:     none configured');
   const w = s.witness as { address: string; authenticated?: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum?: number; witnesses?: { address: string; vote: string }[] } | undefined;
   if (w) {
@@ -259,6 +262,45 @@ export function register(program: Command): void {
         process.stdout.write(`replication bandwidth cap: ${cap}${r.source === 'configured' ? ' (the configured cap)' : r.saved ? ' (saved: kept across restarts until the configured cap changes; --reset returns to it)' : ''}\n`);
       } catch (e) {
         fail(e, 'offsite bandwidth');
+      }
+    });
+  const pauseLine = (r: Record<string, unknown>): string => {
+    const p = r.paused as { pausedAt: string; reason: string } | null;
+    const waiting = Number(r.headSeq) > Number(r.ackedSeq);
+    const backlog = waiting ? `backlog ${bytes(r.backlogBytes)} (sequences ${Number(r.ackedSeq) + 1}..${String(r.headSeq)} not at the replica), rpo ${String(r.rpoSeconds)} s` : 'the replica has every write so far';
+    if (p) return `${r.changed ? 'replication paused' : 'replication was already paused'} since ${p.pausedAt}${p.reason ? ` (${p.reason})` : ''}: writes are journaled, nothing is shipped (kept across restarts); ${backlog}; offsite resume ships again\n`;
+    if (!r.changed) return `replication was not paused; ${waiting ? backlog : 'nothing waiting'}\n`;
+    return waiting ? `replication resumed: shipping the backlog; ${backlog}\n` : 'replication resumed; nothing was waiting\n';
+  };
+  program
+    .command('pause')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('stop shipping to the replica (e.g. for a WAN maintenance window): the link stays up, writes are journaled (under --journal-max, as when the link is down), kept across restarts until offsite resume')
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .option('--reason <text>', 'shown in /status, offsite status and the log')
+    .action(async (opts: { http: string; ca?: string; tokenFile?: string; reason?: string }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        process.stdout.write(pauseLine(await call(opts.http, 'POST', '/pause', opts.reason === undefined ? {} : { reason: opts.reason })));
+      } catch (e) {
+        fail(e, 'offsite pause');
+      }
+    });
+  program
+    .command('resume')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('ship again after offsite pause, from where it stopped')
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .action(async (opts: { http: string; ca?: string; tokenFile?: string }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        process.stdout.write(pauseLine(await call(opts.http, 'POST', '/resume', {})));
+      } catch (e) {
+        fail(e, 'offsite resume');
       }
     });
   program

@@ -41,7 +41,7 @@ export function register(program: Command): void {
     .option('--verify-rate <rate>', 'the scheduled verify runs read at most this much per second on each site, e.g. 50MB/s')
     .option('--link-key <file>', 'replication: TLS 1.3 pre-shared key file, the same at both sites (offsite keygen --link-key FILE)')
     .option('--insecure-link', 'replication: plain TCP, unauthenticated (only on a network you trust)')
-    .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth); or OFFSITE_ADMIN_TOKEN')
+    .option('--admin-token-file <file>', 'bearer token for the admin API (promote, demote, bandwidth, verify, pause, resume, ...); or OFFSITE_ADMIN_TOKEN')
     .option('--witness <host:port[,...]>', 'offsite witness(es): the primary keeps its lease (and fences itself when it loses both witness and replica); a replica may take over. Several (comma-separated, odd): a majority decides')
     .option('--witness-key <file>', 'the key shared with the witness and the other site (offsite keygen --witness-key FILE): lease requests and answers are authenticated')
     .option('--failover-after <duration>', 'replica: promote automatically when the primary has been silent this long and the witness agrees')
@@ -114,6 +114,16 @@ export function register(program: Command): void {
             const fn = app.admin().verify;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary');
             return fn(req);
+          },
+          pause: (req: { reason?: string }) => {
+            const fn = app.admin().pause;
+            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'pause applies to a primary that replicates (--replicate-to)');
+            return fn(req);
+          },
+          resume: () => {
+            const fn = app.admin().resume;
+            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'resume applies to a primary that replicates (--replicate-to)');
+            return fn();
           },
           replicateTo: (req: { replicateTo?: string }) => {
             if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'only a primary replicates; this site is a replica');

@@ -27,6 +27,9 @@ export interface AdminActions {
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
   /** Online verify against the replica: start (these volumes, all when empty; scan rate cap, 0: none) or stop. */
   verify?(req: VerifyRequest): Promise<unknown>;
+  /** Stop shipping (the link stays up, the journal keeps every write), kept across restarts; and ship again. */
+  pause?(req: { reason?: string }): Promise<unknown>;
+  resume?(): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -161,6 +164,17 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (stop && (volumes.length || rate || repair)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'stop takes no volumes, rate or repair');
           const result = await routes.admin.verify({ volumes: volumes as string[], rateBytesPerSec: Math.round(rate), stop, repair });
           return send(res, stop ? 200 : 202, 'application/json', JSON.stringify(result) + '\n');
+        }
+        case 'POST /pause': {
+          if (!routes.admin?.pause) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          if (body.reason !== undefined && typeof body.reason !== 'string') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'reason must be a string');
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.pause({ reason: body.reason as string | undefined })) + '\n');
+        }
+        case 'POST /resume': {
+          if (!routes.admin?.resume) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          await readJson(req);
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.resume()) + '\n');
         }
         case 'POST /demote': {
           if (!routes.admin?.demote) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

@@ -294,6 +294,12 @@ export function createMetrics(): Metrics {
   // ---- replication (primary) ----
   const repl = () => app?.replicationStatus();
   gauge('offsite_replication_configured', '1 on a primary configured to replicate (--replicate-to), else 0.', () => (app ? (app.replicationStatus() ? 1 : 0) : undefined));
+  gauge('offsite_replication_paused', '1 while shipping is paused by the operator (offsite pause): on a primary, its own pause; on a replica, what its connected primary said. Else 0.', () => {
+    const r = repl();
+    if (r) return r.paused ? 1 : 0;
+    const info = app?.replicaInfo();
+    return info ? (info.receiver?.stats().primaryPaused ? 1 : 0) : undefined;
+  });
   gauge('offsite_rpo_seconds', 'Recovery point: now minus the time of the oldest write not yet durable at the replica (0 when caught up).', () => repl()?.rpoSeconds);
   gauge('offsite_rpo_target_seconds', 'Recovery-point target (0: none).', () => repl()?.rpo.targetSeconds);
   gauge('offsite_rpo_projected_seconds', 'Projected RPO once the current backlog has drained.', () => repl()?.rpo.projectedSeconds);

@@ -34,6 +34,8 @@ export interface ReceiverStats extends LinkCounters {
   lastContactMs: number;
   /** Connections refused at the TLS handshake (wrong or missing key). */
   refusedPeers: number;
+  /** The connected primary has paused shipping (offsite pause), as its last ping said. */
+  primaryPaused: boolean;
 }
 
 export class Receiver {
@@ -45,7 +47,7 @@ export class Receiver {
   /** Every TCP connection, from before its TLS handshake on (close drops them all). */
   private sockets = new Set<net.Socket>();
   readonly counters = newLinkCounters();
-  private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0, refusedPeers: 0 };
+  private readonly state = { connected: false, primarySiteId: '', receivedSeq: 0, connections: 0, rejectedFrames: 0, lastError: '', lastContactMs: 0, refusedPeers: 0, primaryPaused: false };
 
   /**
    * While set, pings go unanswered: this site is asking a witness whether it may take over, and a
@@ -282,6 +284,10 @@ export class Receiver {
           break;
         }
         case FrameType.Ping:
+          if ((f.meta.paused === true) !== this.state.primaryPaused) {
+            this.state.primaryPaused = f.meta.paused === true;
+            logger.info({ peer }, this.state.primaryPaused ? 'the primary paused shipping (offsite pause): the replica stays at its consistent point until it resumes' : 'the primary resumed shipping');
+          }
           if (!this.holdPongs) link.send(FrameType.Pong, { id: f.meta.id, appliedSeq: sink.appliedSeq() });
           break;
         case FrameType.Pong:
@@ -298,6 +304,7 @@ export class Receiver {
         this.current = undefined;
         if (this.state.connected) logger.warn({ peer }, 'replication link down');
         this.state.connected = false;
+        this.state.primaryPaused = false;
       }
     });
   }
@@ -330,6 +337,7 @@ export class Receiver {
     const durable = sink.durableSeq();
     this.state.primarySiteId = String(m.siteId ?? '');
     this.state.connected = true;
+    this.state.primaryPaused = false; // until its first ping says otherwise
     this.state.receivedSeq = Math.max(this.state.receivedSeq, durable);
     const cursor = sink.sync?.cursor();
     // segmentTable: segments may carry their record table in binary (see segment.ts).

@@ -6,6 +6,7 @@
  * As projected rpo approaches the target it (1) coalesces — ships only the newest version of
  * overwritten blocks; (2) with policy `throttle`, delays write acknowledgements just enough that
  * the backlog drains inside the target; (3) alerts (log line + metric) while the target is missed.
+ * While the operator has paused shipping it only measures: no coalescing, no throttle.
  * Pure state machine: the caller feeds it observations and reads its decisions.
  */
 export type RpoPolicy = 'coalesce' | 'throttle' | 'alert';
@@ -19,6 +20,12 @@ export interface RpoObservation {
   ackedBytesDelta: number;
   /** Bytes appended since the previous observation. */
   appendedBytesDelta: number;
+  /**
+   * Shipping is paused by the operator (offsite pause): nothing drains, so neither coalescing nor
+   * throttling can help, and writers are not slowed for a pause they were not asked about. The
+   * RPO and a missed target are still reported as they are.
+   */
+  paused?: boolean;
 }
 
 export interface RpoDecision {
@@ -57,7 +64,8 @@ export class RpoController {
       const alpha = Math.min(1, dt / 2); // ~2 s smoothing
       const drainNow = o.ackedBytesDelta / dt;
       // Only learn the drain rate while there is a backlog to drain; otherwise it just mirrors load.
-      if (o.backlogBytes > 0 || drainNow > this.drain) this.drain += alpha * (drainNow - this.drain);
+      // Paused, nothing drains: the link's rate is not learnt as zero.
+      if (!o.paused && (o.backlogBytes > 0 || drainNow > this.drain)) this.drain += alpha * (drainNow - this.drain);
       this.incoming += alpha * (o.appendedBytesDelta / dt - this.incoming);
     }
     this.last = o;
@@ -68,14 +76,14 @@ export class RpoController {
     const enabled = target > 0;
 
     // (1) coalesce from half the target on, with hysteresis.
-    if (enabled && this.policy !== 'alert') {
+    if (enabled && this.policy !== 'alert' && !o.paused) {
       if (!this.coalescing && projected > 0.5 * target) this.coalescing = true;
       else if (this.coalescing && projected < 0.25 * target && o.backlogBytes === 0) this.coalescing = false;
     } else this.coalescing = false;
 
     // (2) throttle: proportional control on the projected RPO above 60% of the target,
     // bounded so that writers are slowed, never stopped.
-    if (enabled && this.policy === 'throttle') {
+    if (enabled && this.policy === 'throttle' && !o.paused) {
       const pressure = (projected - 0.6 * target) / (0.4 * target);
       if (pressure > 0) this.throttleMs = Math.min(200, Math.max(this.throttleMs * 1.25 + 0.1, pressure * 20));
       else this.throttleMs = Math.max(0, this.throttleMs * 0.8 - 0.05);

@@ -145,6 +145,11 @@ export class Shipper {
   private probesScanTime = 0;
   /** The replica said in its handshake that it answers Verify frames. */
   private replicaVerifies = false;
+  /**
+   * Shipping paused by the operator: the link stays up (pings, acks, verify answers), no segment
+   * or sync chunk goes out, and the journal keeps everything for when it resumes.
+   */
+  private pausedFlag = false;
 
   constructor(private readonly opts: ShipperOptions) {
     this.shaper = new TokenBucket(opts.maxBandwidthBytesPerSec ?? 0);
@@ -183,6 +188,24 @@ export class Shipper {
     return this.shaper.rate;
   }
 
+  /** Pause (or resume) shipping; the link stays connected. */
+  setPaused(paused: boolean): void {
+    this.pausedFlag = paused;
+    this.poke();
+  }
+
+  get paused(): boolean {
+    return this.pausedFlag;
+  }
+
+  /** A ping (telling the replica whether shipping is paused), remembered for its pong. */
+  private sendPing(link: FramedLink): void {
+    const id = ++this.pingId;
+    this.pingSentAt.set(id, instant());
+    if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
+    link.send(FrameType.Ping, this.pausedFlag ? { id, paused: true } : { id });
+  }
+
   /**
    * Online verify: have the replica compare one range. The probe goes out right after the
    * segment that brings the stream to its sequence number, if no later record that touched the
@@ -191,6 +214,7 @@ export class Shipper {
   verify(probe: VerifyProbe): Promise<VerifyOutcome> {
     if (!this.state.connected || !this.link) return Promise.resolve({ kind: 'linkDown' });
     if (!this.replicaVerifies) return Promise.resolve({ kind: 'unsupported' });
+    if (this.pausedFlag) return Promise.resolve({ kind: 'notReady', reason: 'replication is paused' });
     if (this.state.syncing) return Promise.resolve({ kind: 'notReady', reason: 'an image sync is running' });
     return new Promise((resolve) => {
       this.probesQueued.push({ probe, queuedAt: Date.now(), resolve });
@@ -390,20 +414,20 @@ export class Shipper {
     const pingEvery = this.opts.pingIntervalMs ?? 1000;
     const deadAfter = this.opts.deadAfterMs ?? 10_000;
     let lastPing = 0;
+    let pausedTold = false;
     while (!this.stopped) {
       if (failure) throw failure;
       if (!link.open) throw new ReplicationError(Code.Handshake, 'connection closed');
       const now = Date.now();
       if (now - this.lastHeardMs > deadAfter) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${now - this.lastHeardMs} ms`);
       this.placeProbes(link);
-      if (now - lastPing >= pingEvery) {
+      // A pause (or resume) is told at once, not at the next ping.
+      if (now - lastPing >= pingEvery || this.pausedFlag !== pausedTold) {
         lastPing = now;
-        const id = ++this.pingId;
-        this.pingSentAt.set(id, instant());
-        if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
-        link.send(FrameType.Ping, { id });
+        pausedTold = this.pausedFlag;
+        this.sendPing(link);
       }
-      if (this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
+      if (!this.pausedFlag && this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
         const wait = this.lingerLeft(segmentBytes);
         if (wait > 0) {
           // Until the linger ends or another record arrives (the segment may be full then).
@@ -549,12 +573,27 @@ export class Shipper {
               await link.drained();
             } else this.state.syncChunksSkipped++;
             this.state.syncRemainingBytes = Math.max(0, this.state.syncRemainingBytes - len);
-            const now = Date.now();
+            let now = Date.now();
             if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
               lastPing = now;
-              link.send(FrameType.Ping, { id: ++this.pingId });
-              this.pingSentAt.set(this.pingId, instant());
-              if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
+              this.sendPing(link);
+            }
+            // Paused: the sync holds its place (the link stays up, pinged) until shipping resumes.
+            if (this.pausedFlag) {
+              this.sendPing(link);
+              logger.info({ volume: v.name, offset: chunk + SYNC_CHUNK_BYTES, remainingBytes: this.state.syncRemainingBytes }, 'sync paused');
+              while (this.pausedFlag) {
+                check();
+                if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Date.now() - this.lastHeardMs} ms`);
+                await Promise.race([this.waitForPoke(), sleep(Math.min(this.opts.pingIntervalMs ?? 1000, 250))]);
+                if (Date.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
+                  lastPing = Date.now();
+                  this.sendPing(link);
+                }
+              }
+              this.sendPing(link);
+              logger.info({ volume: v.name, remainingBytes: this.state.syncRemainingBytes }, 'sync resumed');
+              now = Date.now();
             }
             if (now - lastLog >= 5000) {
               lastLog = now;

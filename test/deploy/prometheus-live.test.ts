@@ -6,7 +6,8 @@
  * HTTPS and Prometheus scrapes it as the README says (scheme https, the certificate as ca_file).
  * Two primaries use witnesses: one whose only witness never answers, one with a quorum of three
  * of which one is down; Prometheus scrapes the two witnesses that run, too. An online verify
- * finds a chunk damaged on the replica (the differing-replica alert).
+ * finds a chunk damaged on the replica (the differing-replica alert); the primary's shipping is
+ * paused (the paused alert).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -117,6 +118,9 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     // Make every alert condition true, then evaluate each alert expression.
     const rules = (YAML.parse(readFileSync(path.join(ROOT, 'deploy/alerts.yml'), 'utf8')) as { groups: { rules: { alert: string; expr: string }[] }[] }).groups.flatMap((g) => g.rules);
     assert.ok(rules.length >= 4);
+    // Shipping paused by the operator (the paused alert), then the replica lost.
+    const paused = await run(process.execPath, [CLI, 'pause', '--http', `127.0.0.1:${a.httpPort}`, '--reason', 'alert test']);
+    assert.equal(paused.code, 0, paused.stdout + paused.stderr);
     await b.kill('SIGKILL'); // link down; RPO grows; the journal keeps what the replica lacks (over its 2M cap)
     for (let i = 0; i < 6; i++) {
       const r = await run('qemu-io', ['-f', 'raw', '-c', `write -P 9 ${40 * 1024 * 1024 + i * 1024 * 1024} 1M`, a.url('vol')]);

@@ -3,7 +3,8 @@
  * replica run with the project's fault proxy on the link while a writer lays down a chain of
  * dependent records (record k at block ((k-1) mod N)+1, each acknowledged before the next is
  * issued) and a reader polls the replica through iSCSI. Faults: SIGKILL either side, clean
- * restarts, link cuts, stalls, slow links, duplicated and corrupted bytes. Invariants checked
+ * restarts, link cuts, stalls, slow links, duplicated and corrupted bytes, and an operator's
+ * pause of shipping (offsite pause, resumed a moment later; a running verify stops). Invariants checked
  * after every fault and at the end:
  *   - no acknowledged write lost on the primary (its chain reaches the last acknowledged record),
  *   - the replica is always a prefix of the primary's history (chain check on every read),
@@ -16,7 +17,7 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { FaultProxy, rng } from '../helpers/fault-proxy';
 import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, startPrimary, startReplica, verifyOverAndOver, waitCaughtUp } from '../helpers/replication';
@@ -24,7 +25,7 @@ import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, st
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt'] as const;
+export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface CampaignResult {
@@ -202,6 +203,16 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
           case 'corrupt':
             proxy.corrupt(1, rand() < 0.5 ? 'up' : 'down');
             break;
+          case 'pauseShipping': {
+            const p = primary!;
+            const admin = (route: string) => fetch(`http://127.0.0.1:${p.httpPort}${route}`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: '{}' });
+            const paused = await admin('/pause');
+            if (paused.status !== 200) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /pause answered ${paused.status}: ${await paused.text()}`);
+            await pause(300 + rand() * 1200);
+            const resumed = await admin('/resume');
+            if (resumed.status !== 200) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /resume answered ${resumed.status}: ${await resumed.text()}`);
+            break;
+          }
         }
       });
       // An image sync is a finding in itself: say right away which fault led to it and why

@@ -1,11 +1,12 @@
 /**
  * Issue 5 acceptance 2: failover and failback. The primary takes writes the replica never gets
- * (the link is down), then dies; the replica is promoted (time to writable printed) and takes
- * writes; the old primary comes back, is demoted, keeps its split-off writes aside for
+ * (the link is down, its shipping paused as an operator may have left it), then dies; the
+ * replica is promoted (time to writable printed) and takes writes; the old primary comes back
+ * (still paused), is demoted (the pause dropped), keeps its split-off writes aside for
  * `offsite replay`, and converges on the new primary receiving only the differing chunks.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import test from 'node:test';
@@ -47,6 +48,9 @@ test('failover: promote the replica, fail back by demoting the old primary; only
     assert.equal((await b.status()).role, 'replica');
     await waitCaughtUp(a, b);
 
+    // The operator had paused shipping (kept across restarts) when the site was lost.
+    const pz = await run(process.execPath, [CLI, 'pause', '--http', `127.0.0.1:${a.httpPort}`, '--reason', 'before the loss']);
+    assert.equal(pz.code, 0, pz.stdout + pz.stderr);
     // The link goes down; the primary keeps acknowledging writes the replica never sees.
     proxy.refuse(true);
     proxy.cut();
@@ -76,12 +80,16 @@ test('failover: promote the replica, fail back by demoting the old primary; only
 
     // The old primary comes back (same flags) and is demoted.
     a = await startAppliance({ dataDir: aDir, volumes: [], args: ['--replicate-to', `127.0.0.1:${proxyPort}`, '--link-key', testLinkKey()] });
+    assert.equal(((await a.status()).replication as { paused: { reason: string } | null }).paused?.reason, 'before the loss');
     const bNow = await readVolume(b, 'fo', path.join(dir, 'b-now.img'));
     const expectedChunks = differingChunks(aFinal, bNow);
     assert.ok(expectedChunks >= 5, `${expectedChunks} differing chunks`);
     const d = await run(process.execPath, [CLI, 'demote', '--http', `127.0.0.1:${a.httpPort}`, '--replication-listen', `127.0.0.1:${aListen}`]);
     assert.equal(d.code, 0, d.stderr);
     await waitCaughtUp(b, a, 120_000);
+    // A pause belonged to its time as a primary: dropped, so a later promotion ships at once.
+    assert.ok(!existsSync(path.join(aDir, 'state', 'pause.json')), 'the pause is dropped on demotion');
+    assert.ok(a.logs.some((l) => l.msg === 'replication pause dropped: this site is now a replica'));
     // Its consistent point carries the new primary's time (written after the promotion), not that of its own split-off writes.
     const cp = (await a.status()).consistentPoint as { primaryTime?: string };
     assert.ok(cp.primaryTime && Date.parse(cp.primaryTime) >= t0, `consistent point time ${cp.primaryTime} is before the promotion (${new Date(t0).toISOString()})`);

@@ -61,3 +61,26 @@ test('coalesce policy: coalescing turns on under pressure', () => {
   simulate(c, 20e6, 10e6, 20, 0.6);
   assert.equal(c.current.coalesce, true);
 });
+
+test('paused by the operator: the RPO and a missed target are reported, but nothing coalesces or throttles, and the drain rate is not learnt as zero', () => {
+  const c = new RpoController(2, 'throttle');
+  // Backlogged at twice the link rate until the throttle works and the drain rate is known.
+  simulate(c, 20e6, 10e6, 30);
+  assert.ok(c.current.throttleDelayMs > 0 && c.current.coalesce);
+  const drain = c.current.drainBytesPerSec;
+  // Paused for 20 s: writes go on, nothing is acknowledged.
+  let backlog = 1e6;
+  let d = c.current;
+  for (let t = 30_100; t <= 50_000; t += 100) {
+    backlog += 2e6;
+    d = c.observe({ nowMs: t, oldestUnackedMs: 30_000, backlogBytes: backlog, ackedBytesDelta: 0, appendedBytesDelta: 2e6, paused: true });
+  }
+  assert.equal(d.throttleDelayMs, 0);
+  assert.equal(d.coalesce, false);
+  assert.equal(d.targetMissed, true);
+  assert.ok(d.rpoSeconds >= 19.9, `rpo ${d.rpoSeconds}`);
+  assert.ok(d.drainBytesPerSec >= drain * 0.99, `drain ${d.drainBytesPerSec} (was ${drain})`);
+  // Resumed: the controller acts again on the backlog it sees.
+  d = c.observe({ nowMs: 50_100, oldestUnackedMs: 30_000, backlogBytes: backlog, ackedBytesDelta: 0, appendedBytesDelta: 0 });
+  assert.ok(d.throttleDelayMs > 0 && d.coalesce);
+});
