@@ -137,7 +137,21 @@ export class Appliance {
     const wanted: VolumeConfig[] = config.volumes.length ? config.volumes : existing.map((name) => ({ name }));
     const images = new Map<string, FileVolume>();
     for (const v of wanted) {
-      images.set(v.name, await FileVolume.open({ dir: this.dataDir.volumesDir, name: v.name, sizeBytes: v.sizeBytes, readOnly: v.readOnly }));
+      // An existing volume opens at its own size: a configured size above it grows it (online
+      // growth, declared); one below it (the volume grew at run time since) is served as it is,
+      // since a volume never shrinks.
+      const exists = existing.includes(v.name);
+      const image = await FileVolume.open({ dir: this.dataDir.volumesDir, name: v.name, sizeBytes: exists ? undefined : v.sizeBytes, readOnly: v.readOnly });
+      images.set(v.name, image);
+      if (exists && v.sizeBytes !== undefined && v.sizeBytes !== image.sizeBytes) {
+        if (v.sizeBytes > image.sizeBytes && !image.readOnly) {
+          const from = image.sizeBytes;
+          await image.grow(v.sizeBytes);
+          logger.warn({ volume: v.name, sizeBytes: image.sizeBytes, previousSizeBytes: from }, 'volume grown to its configured size');
+        } else {
+          logger.warn({ volume: v.name, sizeBytes: image.sizeBytes, configuredSizeBytes: v.sizeBytes }, v.sizeBytes > image.sizeBytes ? 'volume is smaller than configured but read-only: served at its size' : 'volume is larger than configured (grown at run time): served at its size; volumes never shrink');
+        }
+      }
     }
     const journaled = config.journal.enabled;
     if (journaled) {
@@ -444,6 +458,7 @@ export class Appliance {
       volumes,
       gate,
       onVolume: async (v, created) => this.serveVolume(v, v.image, created),
+      onGrown: (v) => this.served.get(v.name)?.target.capacityChanged(),
       logger: logger.child({ layer: 'replica' }),
     }));
     for (const v of volumes.values()) await this.serveVolume(v, v.image, false);
@@ -558,6 +573,34 @@ export class Appliance {
   private verifyResultFile(): string {
     return path.join(this.dataDir.root, 'state', 'verify.json');
   }
+
+  /**
+   * Grow a volume online (offsite resize, POST /resize), on the primary: the image file, then
+   * the LU's capacity (initiators get CAPACITY DATA HAS CHANGED), then a new replication
+   * handshake that grows the replica's copy before any write past the old end reaches it.
+   * Never shrinks. One resize at a time.
+   */
+  resizeVolume(name: string, sizeBytes: number): Promise<ResizeResult> {
+    const run = async (): Promise<ResizeResult> => {
+      if (this.config.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', "a replica's volumes follow its primary: grow the volume there, and the replica's copy grows with it");
+      const sv = this.served.get(name);
+      if (!sv) throw new OffsiteError('UNKNOWN_VOLUME', `no volume ${name} (volumes: ${[...this.served.keys()].join(', ') || 'none'})`);
+      if (sv.image.readOnly) throw new OffsiteError('VOLUME_READ_ONLY', `volume ${name} is served read-only`);
+      const from = sv.image.sizeBytes;
+      const changed = await sv.image.grow(sizeBytes);
+      if (changed) {
+        sv.target.capacityChanged();
+        this.replication?.volumesChanged(`volume ${name} grew`);
+        this.logger.warn({ volume: name, sizeBytes, previousSizeBytes: from, replicated: !!this.replication }, 'volume grown online');
+      }
+      return { volume: name, sizeBytes: sv.image.sizeBytes, previousSizeBytes: from, changed };
+    };
+    const p = this.resizing.then(run, run);
+    this.resizing = p.catch(() => undefined);
+    return p;
+  }
+
+  private resizing: Promise<unknown> = Promise.resolve();
 
   /** Admin actions the HTTP API exposes. */
   admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus>; pause?: (req: { reason?: string }) => Promise<PauseResult>; resume?: () => Promise<PauseResult> } {
@@ -751,6 +794,15 @@ export class Appliance {
 
 function toTargetAuth(a: TargetAuthConfig): TargetEntry['auth'] {
   return { chap: a.chap, mutualChap: a.mutualChap, allowedInitiators: a.allowedInitiators };
+}
+
+/** The answer to POST /resize. */
+export interface ResizeResult {
+  volume: string;
+  sizeBytes: number;
+  previousSizeBytes: number;
+  /** False when the volume already had that size. */
+  changed: boolean;
 }
 
 /** The answer to POST /pause and /resume. */

@@ -102,6 +102,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     private readonly onVolume: (v: ReplicaVolume, created: boolean) => Promise<void>,
     private readonly logger: Logger,
     state: ReplicaState,
+    /** A volume grew with the primary's (its LU reports the new capacity). */
+    private readonly onGrown?: (v: ReplicaVolume) => void,
   ) {
     this.state = state;
     this.dataRoot = path.dirname(volumesDir);
@@ -120,6 +122,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     volumes: Map<string, ReplicaVolume>;
     gate: ApplyGate;
     onVolume: (v: ReplicaVolume, created: boolean) => Promise<void>;
+    onGrown?: (v: ReplicaVolume) => void;
     logger: Logger;
   }): Promise<ReplicaStore> {
     const statePath = path.join(opts.stateDir, 'replica.json');
@@ -131,7 +134,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       state = { fresh: opts.journal.headSeq() === 0, consistentSeq: 0, appliedTimeMs: 0, appliedSeq: 0 };
     }
     await fsp.mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
-    const store = new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state);
+    const store = new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state, opts.onGrown);
     if (state.staged?.committing) {
       // The appliance finished the interrupted commit (finishStagedCommit + journal recovery) before opening us.
       state.staged = undefined;
@@ -183,7 +186,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     const images = new Map<string, FileVolume>();
     const chunks = new Map<string, Map<number, number>>();
     for (const v of this.volumes.values()) {
-      images.set(v.name, await FileVolume.open({ dir, name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize, readOnly: false, create: true }));
+      images.set(v.name, await openStagingImage(dir, v));
       chunks.set(v.name, wipe ? new Map() : await readChunkList(dir, v.name));
     }
     this.staging = { images, chunks };
@@ -369,8 +372,18 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     for (const d of descs) {
       const have = this.volumes.get(d.name);
       if (have) {
-        if (have.sizeBytes !== d.sizeBytes) {
-          throw new ReplicationError(ReplicationErrorCode.Handshake, `volume ${d.name} is ${d.sizeBytes} bytes on the primary but ${have.sizeBytes} here`);
+        if (have.sizeBytes > d.sizeBytes) {
+          throw new ReplicationError(ReplicationErrorCode.Handshake, `volume ${d.name} is ${d.sizeBytes} bytes on the primary but ${have.sizeBytes} here: a volume never shrinks (is this the primary it replicates?)`);
+        }
+        if (have.sizeBytes < d.sizeBytes) {
+          // The primary grew it (offsite resize): grown here before any record past the old end
+          // can arrive (they come after this handshake), with a staged sync's image alongside.
+          const from = have.sizeBytes;
+          await have.image.grow(d.sizeBytes);
+          const staged = this.staging?.images.get(d.name);
+          if (staged && staged.sizeBytes < d.sizeBytes) await staged.grow(d.sizeBytes);
+          this.onGrown?.(have);
+          this.logger.warn({ volume: d.name, sizeBytes: d.sizeBytes, previousSizeBytes: from }, 'replica volume grown with the primary');
         }
         continue;
       }
@@ -644,7 +657,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       let img = this.staging.images.get(volume);
       if (!img) {
         // A volume the primary added since the staging began.
-        img = await FileVolume.open({ dir: path.join(this.dataRoot, STAGING_DIR), name: volume, sizeBytes: v.sizeBytes, blockSize: v.blockSize, readOnly: false, create: true });
+        img = await openStagingImage(path.join(this.dataRoot, STAGING_DIR), v);
         this.staging.images.set(volume, img);
         this.staging.chunks.set(volume, new Map());
       }
@@ -710,6 +723,14 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** A staging image as large as its volume: created, or reopened (and grown if the volume grew since). */
+async function openStagingImage(dir: string, v: { name: string; sizeBytes: number; blockSize: number }): Promise<FileVolume> {
+  const exists = (await FileVolume.list(dir)).includes(v.name);
+  const img = await FileVolume.open({ dir, name: v.name, sizeBytes: exists ? undefined : v.sizeBytes, blockSize: v.blockSize, readOnly: false, create: true });
+  if (img.sizeBytes < v.sizeBytes) await img.grow(v.sizeBytes);
+  return img;
+}
 
 /** Copy the listed chunks from a staging image into a volume image (`before` runs ahead of each). */
 async function copyChunks(list: Map<number, number>, from: FileVolume, to: FileVolume, before?: (off: number, len: number) => Promise<void>): Promise<void> {

@@ -248,6 +248,11 @@ export class PrimaryReplication {
     return this.controller.current.throttleDelayMs;
   }
 
+  /** A volume grew: the replica learns the new size in a new handshake (its volumes grow before any record past the old end). */
+  volumesChanged(reason: string): void {
+    this.shipper.reconnect(reason);
+  }
+
   get paused(): ReplicationPause | null {
     return this.pausedBy;
   }

@@ -1,7 +1,7 @@
 /**
  * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
  * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`, `offsite verify`,
- * `offsite pause`, `offsite resume`.
+ * `offsite pause`, `offsite resume`, `offsite resize`.
  */
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -9,7 +9,7 @@ import https from 'node:https';
 import type { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { ConfigError, OffsiteError } from '../common/errors';
-import { parseHostPort, parseRate } from '../common/units';
+import { parseHostPort, parseRate, parseSize } from '../common/units';
 import type { VerifyStatus } from '../replication/verify';
 import { fail } from './exit';
 
@@ -301,6 +301,25 @@ export function register(program: Command): void {
         process.stdout.write(pauseLine(await call(opts.http, 'POST', '/resume', {})));
       } catch (e) {
         fail(e, 'offsite resume');
+      }
+    });
+  program
+    .command('resize')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description("grow a volume of a running primary, online (never shrink): initiators are told the new capacity, and the replica's copy grows with it")
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .argument('<volume>', 'the volume name')
+    .argument('<size>', 'the new size, e.g. 2G, 1536MiB (a multiple of 512 bytes, not smaller than now)')
+    .action(async (volume: string, size: string, opts: { http: string; ca?: string; tokenFile?: string }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        const sizeBytes = parseSize(size, 'size');
+        const r = await call(opts.http, 'POST', '/resize', { volume, sizeBytes });
+        process.stdout.write(r.changed ? `volume ${volume} grown: ${bytes(r.previousSizeBytes)} → ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes); initiators are told (CAPACITY DATA HAS CHANGED), the replica's copy follows\n` : `volume ${volume} is already ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes): nothing to do\n`);
+      } catch (e) {
+        fail(e, 'offsite resize');
       }
     });
   program

@@ -115,6 +115,7 @@ export function register(program: Command): void {
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary');
             return fn(req);
           },
+          resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
           pause: (req: { reason?: string }) => {
             const fn = app.admin().pause;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'pause applies to a primary that replicates (--replicate-to)');

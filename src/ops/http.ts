@@ -6,7 +6,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { logGate, type Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
-import { parseHostPort, parseRate } from '../common/units';
+import { parseHostPort, parseRate, parseSize } from '../common/units';
 import type { VerifyRequest } from '../replication/verify';
 
 function checkHostPort(v: string, field: string): void {
@@ -30,6 +30,8 @@ export interface AdminActions {
   /** Stop shipping (the link stays up, the journal keeps every write), kept across restarts; and ship again. */
   pause?(req: { reason?: string }): Promise<unknown>;
   resume?(): Promise<unknown>;
+  /** Grow a volume online (never shrink). */
+  resize?(req: { volume: string; sizeBytes: number }): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -164,6 +166,20 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (stop && (volumes.length || rate || repair)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'stop takes no volumes, rate or repair');
           const result = await routes.admin.verify({ volumes: volumes as string[], rateBytesPerSec: Math.round(rate), stop, repair });
           return send(res, stop ? 200 : 202, 'application/json', JSON.stringify(result) + '\n');
+        }
+        case 'POST /resize': {
+          if (!routes.admin?.resize) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          if (typeof body.volume !== 'string' || body.volume === '') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"volume": "NAME", "size": "2G"} (or sizeBytes)');
+          const raw = body.size ?? body.sizeBytes;
+          let sizeBytes: number;
+          try {
+            sizeBytes = typeof raw === 'number' ? raw : parseSize(String(raw ?? ''), 'size');
+          } catch (e) {
+            throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
+          }
+          if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `size ${String(raw)} must be a positive whole number of bytes`);
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.resize({ volume: body.volume, sizeBytes })) + '\n');
         }
         case 'POST /pause': {
           if (!routes.admin?.pause) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

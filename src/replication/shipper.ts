@@ -150,6 +150,9 @@ export class Shipper {
    * or sync chunk goes out, and the journal keeps everything for when it resumes.
    */
   private pausedFlag = false;
+  /** Why the current connection is being replaced on purpose (reconnect), if it is. */
+  private reconnectReason?: string;
+  private wakeBackoff?: () => void;
 
   constructor(private readonly opts: ShipperOptions) {
     this.shaper = new TokenBucket(opts.maxBandwidthBytesPerSec ?? 0);
@@ -186,6 +189,21 @@ export class Shipper {
 
   get bandwidth(): number {
     return this.shaper.rate;
+  }
+
+  /**
+   * Start a new connection at once (no backoff), e.g. because a volume grew: the handshake is
+   * where the replica learns the volumes and their sizes. Nothing is lost: the new session
+   * resumes after what the replica holds durably, as after any reconnect.
+   */
+  reconnect(reason: string): void {
+    if (this.link) {
+      this.reconnectReason = reason;
+      this.link.close();
+      this.poke();
+    }
+    // Between connections: the next one starts now, and says what is current.
+    this.wakeBackoff?.();
   }
 
   /** Pause (or resume) shipping; the link stays connected. */
@@ -295,24 +313,36 @@ export class Shipper {
         await this.session();
       } catch (e) {
         const err = e as Error & { code?: string };
-        if (!this.stopped) {
+        if (!this.stopped && !this.reconnectReason) {
           this.state.lastError = `${err.code ?? 'ERROR'}: ${err.message}`;
           logger.warn({ err: { code: err.code, message: err.message } }, 'replication link error');
         }
       }
       this.dropProbes();
+      const planned = this.reconnectReason;
+      this.reconnectReason = undefined;
       if (this.state.connected) {
         this.state.connected = false;
         this.state.disconnects++;
-        logger.warn({ ackedSeq: this.state.ackedSeq }, 'replication link down');
+        if (planned) logger.info({ ackedSeq: this.state.ackedSeq, reason: planned }, 'replication link restarted');
+        else logger.warn({ ackedSeq: this.state.ackedSeq }, 'replication link down');
       }
       // Closed whatever ended the session: a socket left open went on delivering the old
       // connection's frames (acks, pings) next to the new one's.
       this.link?.close();
       this.link = undefined;
       if (this.stopped) break;
+      if (planned) continue;
       if (Date.now() - startedAt > 10_000) backoff = this.opts.backoffMinMs ?? 100;
-      await sleep(backoff);
+      // A planned reconnect (reconnect()) cuts the wait short.
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, backoff);
+        this.wakeBackoff = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wakeBackoff = undefined;
       backoff = Math.min(backoff * 2, this.opts.backoffMaxMs ?? 5000);
     }
   }

@@ -71,6 +71,7 @@ export const Asc = {
   ReservationsReleased: 0x2a04,
   RegistrationsPreempted: 0x2a05,
   AsymmetricAccessStateChanged: 0x2a06,
+  CapacityDataHasChanged: 0x2a09,
   CommandsClearedByAnotherInitiator: 0x2f00,
   SavingParametersNotSupported: 0x3900,
   InternalTargetFailure: 0x4400,

@@ -7,6 +7,7 @@ import type { Volume } from '../volume/volume';
 import { EMPTY_PR_STATE, type PrState } from './pr';
 import { PrStore } from './pr-store';
 import { Spc2Reservation } from './reserve6';
+import { Asc } from './constants';
 import { UnitAttentions } from './ua';
 
 /** Changeable mode parameters (current values; defaults in `mode.ts`). */
@@ -102,7 +103,8 @@ export interface CopyResult {
 export class LogicalUnit {
   readonly blockSize: number;
   readonly blockShift: number;
-  readonly blocks: number;
+  /** Capacity in logical blocks (follows the volume when it grows: see capacityChanged). */
+  blocks: number;
   readonly ua = new UnitAttentions();
   readonly spc2 = new Spc2Reservation();
   readonly gate = new WriteGate();
@@ -127,6 +129,20 @@ export class LogicalUnit {
     if (!Number.isInteger(this.blockShift)) throw new Error(`block size ${volume.blockSize} is not a power of two`);
     this.blocks = Math.floor(volume.sizeBytes / volume.blockSize);
     this.prStore = new PrStore(stateDir, lun);
+  }
+
+  /**
+   * The volume grew: READ CAPACITY reports the new size, and every I_T nexus gets CAPACITY DATA
+   * HAS CHANGED on its next command (SBC-3 §4.x, SPC-4 §5.14), so initiators re-read it.
+   * Returns whether the capacity changed.
+   */
+  capacityChanged(nexuses: Iterable<string>): boolean {
+    const blocks = Math.floor(this.volume.sizeBytes / this.blockSize);
+    if (blocks === this.blocks) return false;
+    this.blocks = blocks;
+    for (const itn of nexuses) this.ua.register(itn);
+    this.ua.addAll(Asc.CapacityDataHasChanged);
+    return true;
   }
 
   /** Writes refused: the volume is read-only or SWP is set. */

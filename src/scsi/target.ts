@@ -58,7 +58,8 @@ export interface ScsiStats {
   unitAttentions: number;
 }
 
-export type ScsiTargetHandle = ScsiTarget & { stats(): ScsiStats; close(): Promise<void> };
+/** What the appliance holds of a target: the port iSCSI calls, plus statistics, capacity changes (a grown volume) and close. */
+export type ScsiTargetHandle = ScsiTarget & { stats(): ScsiStats; capacityChanged(): void; close(): Promise<void> };
 
 const MAX_TRANSFER_BYTES = 32 * 1024 * 1024;
 
@@ -302,7 +303,15 @@ class Target implements ScsiTargetHandle, TargetEnv {
     lu.ua.addAll(ascq);
   }
 
-  nexusStarted(nexus: Nexus, reinstated: boolean): void {
+  /** The volume under these LUNs grew (FileVolume.grow): new capacity, and a unit attention for every nexus. */
+  capacityChanged(): void {
+    for (const lu of this.luns.values()) {
+      const before = lu.blocks;
+      if (lu.capacityChanged(this.sessions.keys())) this.logger?.info({ lun: lu.lun, blocks: lu.blocks, previousBlocks: before }, 'capacity changed: initiators are told (unit attention CAPACITY DATA HAS CHANGED)');
+    }
+  }
+
+    nexusStarted(nexus: Nexus, reinstated: boolean): void {
     const itn = this.itn(nexus);
     this.sessions.set(itn, (this.sessions.get(itn) ?? 0) + 1);
     for (const lu of this.luns.values()) {

@@ -10,4 +10,6 @@ export const VolumeErrorCode = {
   SizeMismatch: 'VOLUME_SIZE_MISMATCH',
   BadName: 'VOLUME_BAD_NAME',
   NoSpace: 'VOLUME_NO_SPACE',
+  /** A volume may grow, never shrink (the blocks past the new end would be lost). */
+  Shrink: 'VOLUME_SHRINK',
 } as const;

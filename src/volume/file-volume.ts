@@ -3,6 +3,9 @@
  * identity (uuid, size, block size). Reads and writes are positional (pread/pwrite on the
  * libuv pool); flush is fdatasync. Thin when the blockio addon is built: unmap punches holes
  * (reads back zeros, LBPRZ=1) and allocation comes from SEEK_DATA/SEEK_HOLE; otherwise thick.
+ * A volume grows online (never shrinks): the metadata first names the old and the new size, then
+ * the file is extended, then the metadata holds the new size alone, so a crash in between is
+ * finished at the next open and never mistaken for a damaged image.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc, writeSync, writevSync } from 'node:fs';
@@ -25,6 +28,9 @@ interface VolumeMeta {
   sizeBytes: number;
   blockSize: number;
   createdAt: string;
+  /** Set only while a grow is under way: the size before it (an image of this size is completed at open). */
+  growingFromBytes?: number;
+  grownAt?: string;
 }
 
 export interface OpenVolumeOptions {
@@ -66,13 +72,43 @@ export class FileVolume implements Volume {
 
   private constructor(
     readonly name: string,
-    readonly sizeBytes: number,
+    private size: number,
     readonly blockSize: number,
     readonly uuid: Buffer,
     public readOnly: boolean,
     private readonly fh: FileHandle,
     readonly imagePath: string,
+    private readonly metaPath: string,
+    private meta: VolumeMeta,
   ) {}
+
+  get sizeBytes(): number {
+    return this.size;
+  }
+
+  /**
+   * Grow to `sizeBytes` (a larger multiple of the block size), online: reads and writes go on;
+   * the new blocks read as zeros. Durable when it returns. Refused for a smaller size or a
+   * read-only volume; the same size changes nothing (returns false).
+   */
+  async grow(sizeBytes: number): Promise<boolean> {
+    this.checkWritable();
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes % this.blockSize !== 0) {
+      throw new VolumeError(VolumeErrorCode.SizeMismatch, `volume size must be a multiple of ${this.blockSize} bytes, got ${sizeBytes}`);
+    }
+    if (sizeBytes < this.size) throw new VolumeError(VolumeErrorCode.Shrink, `volume '${this.name}' is ${this.size} bytes: it can grow, never shrink (to ${sizeBytes} bytes would lose the blocks past it)`);
+    if (sizeBytes === this.size) return false;
+    const from = this.size;
+    await writeMeta(this.metaPath, { ...this.meta, sizeBytes, growingFromBytes: from });
+    await this.fh.truncate(sizeBytes);
+    await this.fh.sync();
+    const meta: VolumeMeta = { ...this.meta, sizeBytes, grownAt: new Date().toISOString() };
+    delete meta.growingFromBytes;
+    await writeMeta(this.metaPath, meta);
+    this.meta = meta;
+    this.size = sizeBytes;
+    return true;
+  }
 
   static imagePath(dir: string, name: string): string {
     return path.join(dir, `${name}.img`);
@@ -108,7 +144,7 @@ export class FileVolume implements Volume {
     }
     if (meta) {
       if (opts.sizeBytes !== undefined && opts.sizeBytes !== meta.sizeBytes) {
-        throw new VolumeError(VolumeErrorCode.SizeMismatch, `volume '${name}' exists with size ${meta.sizeBytes} bytes, not the requested ${opts.sizeBytes} bytes (resizing is not supported)`);
+        throw new VolumeError(VolumeErrorCode.SizeMismatch, `volume '${name}' exists with size ${meta.sizeBytes} bytes, not the requested ${opts.sizeBytes} bytes (open it without a size, then grow it)`);
       }
     } else {
       if (opts.sizeBytes === undefined || opts.create === false) {
@@ -133,23 +169,27 @@ export class FileVolume implements Volume {
         blockSize,
         createdAt: new Date().toISOString(),
       };
-      const tmp = `${metaPath}.tmp`;
-      await fsp.writeFile(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
-      const tfh = await fsp.open(tmp, 'r');
-      await tfh.datasync();
-      await tfh.close();
-      await fsp.rename(tmp, metaPath);
-      const dfh = await fsp.open(dir, 'r');
-      await dfh.sync().catch(() => undefined);
-      await dfh.close();
+      await writeMeta(metaPath, meta);
     }
     const fh = await fsp.open(imagePath, opts.readOnly ? fsc.O_RDONLY : fsc.O_RDWR);
-    const st = await fh.stat();
+    let st = await fh.stat();
+    if (meta.growingFromBytes !== undefined && (st.size === meta.growingFromBytes || st.size === meta.sizeBytes)) {
+      // A grow a crash interrupted: finished now (the new blocks are zeros either way).
+      if (opts.readOnly) {
+        await fh.close();
+        throw new VolumeError(VolumeErrorCode.SizeMismatch, `volume '${name}' was growing to ${meta.sizeBytes} bytes when it stopped: open it writable once to finish`);
+      }
+      await fh.truncate(meta.sizeBytes);
+      await fh.sync();
+      delete meta.growingFromBytes;
+      await writeMeta(metaPath, meta);
+      st = await fh.stat();
+    }
     if (st.size !== meta.sizeBytes) {
       await fh.close();
       throw new VolumeError(VolumeErrorCode.SizeMismatch, `image ${imagePath} is ${st.size} bytes but its metadata says ${meta.sizeBytes}`);
     }
-    return new FileVolume(name, meta.sizeBytes, meta.blockSize, Buffer.from(meta.uuid, 'hex'), opts.readOnly ?? false, fh, imagePath);
+    return new FileVolume(name, meta.sizeBytes, meta.blockSize, Buffer.from(meta.uuid, 'hex'), opts.readOnly ?? false, fh, imagePath, metaPath, meta);
   }
 
   private check(offsetBytes: number, lengthBytes: number): void {
@@ -325,4 +365,17 @@ export class FileVolume implements Volume {
     if (!this.readOnly) await this.fh.datasync().catch(() => undefined);
     await this.fh.close();
   }
+}
+
+/** Write a volume's metadata whole: temporary file, synced, renamed over the old one, directory synced. */
+async function writeMeta(metaPath: string, meta: VolumeMeta): Promise<void> {
+  const tmp = `${metaPath}.tmp`;
+  await fsp.writeFile(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
+  const tfh = await fsp.open(tmp, 'r');
+  await tfh.datasync();
+  await tfh.close();
+  await fsp.rename(tmp, metaPath);
+  const dfh = await fsp.open(path.dirname(metaPath), 'r');
+  await dfh.sync().catch(() => undefined);
+  await dfh.close();
 }

@@ -67,7 +67,6 @@ const settled = (w: Inflight): Promise<unknown> => w.write.catch(() => undefined
 export class JournaledVolume implements Volume {
   readonly name: string;
   readonly blockSize: number;
-  readonly sizeBytes: number;
   readonly uuid: Buffer;
   readonly thin: boolean;
   /** Image writes under way, in no order (removal swaps the last entry in). */
@@ -93,9 +92,13 @@ export class JournaledVolume implements Volume {
   constructor(readonly image: FileVolume, private readonly journal: Journal, private readonly tracker: ImageTracker) {
     this.name = image.name;
     this.blockSize = image.blockSize;
-    this.sizeBytes = image.sizeBytes;
     this.uuid = image.uuid;
     this.thin = image.thin;
+  }
+
+  /** The image's size: it grows online (FileVolume.grow). */
+  get sizeBytes(): number {
+    return this.image.sizeBytes;
   }
 
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {

@@ -43,7 +43,6 @@ export class ApplyGate {
 export class ReplicaVolume implements Volume {
   readonly name: string;
   readonly blockSize: number;
-  readonly sizeBytes: number;
   readonly uuid: Buffer;
   readonly thin: boolean;
   /** Writable only after promotion (the image underneath is always writable for the applier). */
@@ -52,9 +51,13 @@ export class ReplicaVolume implements Volume {
   constructor(readonly image: FileVolume, private readonly gate: ApplyGate) {
     this.name = image.name;
     this.blockSize = image.blockSize;
-    this.sizeBytes = image.sizeBytes;
     this.uuid = image.uuid;
     this.thin = image.thin;
+  }
+
+  /** The image's size: it grows online (FileVolume.grow). */
+  get sizeBytes(): number {
+    return this.image.sizeBytes;
   }
 
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {

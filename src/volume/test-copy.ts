@@ -90,7 +90,8 @@ export class TestCopyVolume implements Volume {
     if (this.closed) return;
     const bs = this.blockSize;
     let b = Math.floor(offsetBytes / bs);
-    const end = Math.ceil((offsetBytes + lengthBytes) / bs);
+    // Past the copy's end (the volume grew after the copy was made) there is nothing to keep.
+    const end = Math.min(Math.ceil((offsetBytes + lengthBytes) / bs), this.sizeBytes / bs);
     while (b < end) {
       if (this.has(b)) {
         b++;

@@ -35,15 +35,29 @@ test('volumes are sparse files created on first start, reopened later; /status r
   removeDir(dir);
 });
 
-test('a size that differs from the existing volume is a clear error, exit code 1, no stack trace', async () => {
+test('a configured size above the existing volume grows it at start (the data kept); one below it is served at the volume size with a warning: volumes never shrink', async () => {
   const dir = tempDir();
   const data = path.join(dir, 'data');
-  const app = await startAppliance({ dataDir: data, volumes: ['alpha:64M'] });
+  let app = await startAppliance({ dataDir: data, volumes: ['alpha:64M'] });
+  let r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5c 63M 1M', app.url('alpha')]);
+  assert.equal(r.code, 0, r.stderr);
   await app.stop();
-  const r = await serve(['--data', data, '--volume', 'alpha:128M']);
-  assert.equal(r.code, 1);
-  assert.match(r.stderr, /alpha.*exists with size 67108864 bytes.*134217728/);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  app = await startAppliance({ dataDir: data, volumes: ['alpha:128M'] });
+  assert.equal(((await app.status()).volumes as { sizeBytes: number }[])[0].sizeBytes, 128 * 1024 * 1024);
+  assert.ok(app.logs.some((l) => l.msg === 'volume grown to its configured size' && l.previousSizeBytes === 64 * 1024 * 1024));
+  assert.equal(statSync(path.join(data, 'volumes', 'alpha.img')).size, 128 * 1024 * 1024);
+  r = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5c 63M 1M', '-c', 'read -P 0 64M 64M', '-c', 'write -P 0x5d 127M 1M', app.url('alpha')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.doesNotMatch(r.stdout, /Pattern verification failed/);
+  await app.stop();
+  // The old configuration again: served at its grown size, said so, nothing lost.
+  app = await startAppliance({ dataDir: data, volumes: ['alpha:64M'] });
+  assert.equal(((await app.status()).volumes as { sizeBytes: number }[])[0].sizeBytes, 128 * 1024 * 1024);
+  assert.ok(app.logs.some((l) => String(l.msg).startsWith('volume is larger than configured (grown at run time)')));
+  r = await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 0x5d 127M 1M', app.url('alpha')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.doesNotMatch(r.stdout, /Pattern verification failed/);
+  await app.stop();
   removeDir(dir);
 });
 
