@@ -584,6 +584,23 @@ export class Shipper {
           const extents = await sync.allocated(v.name, off, windowEnd - off);
           for (let chunk = off; chunk < windowEnd; chunk += SYNC_CHUNK_BYTES) {
             check();
+            // Paused: the sync holds its place (the link stays up, pinged) until shipping resumes.
+            if (this.pausedFlag) {
+              logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes }, 'sync paused');
+              this.sendPing(link); // the replica hears of the pause at once
+              lastPing = Date.now();
+              while (this.pausedFlag) {
+                check();
+                if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Date.now() - this.lastHeardMs} ms`);
+                if (Date.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
+                  lastPing = Date.now();
+                  this.sendPing(link);
+                }
+                await Promise.race([this.waitForPoke(), sleep(Math.min(this.opts.pingIntervalMs ?? 1000, 250))]);
+              }
+              this.sendPing(link);
+              logger.info({ volume: v.name, remainingBytes: this.state.syncRemainingBytes }, 'sync resumed');
+            }
             const len = Math.min(SYNC_CHUNK_BYTES, v.sizeBytes - chunk);
             const mapped = extents.some((e) => e.mapped && e.offsetBytes < chunk + len && chunk < e.offsetBytes + e.lengthBytes);
             let data: Buffer | undefined = mapped ? await sync.readImage(v.name, chunk, len) : undefined;
@@ -603,27 +620,10 @@ export class Shipper {
               await link.drained();
             } else this.state.syncChunksSkipped++;
             this.state.syncRemainingBytes = Math.max(0, this.state.syncRemainingBytes - len);
-            let now = Date.now();
+            const now = Date.now();
             if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
               lastPing = now;
               this.sendPing(link);
-            }
-            // Paused: the sync holds its place (the link stays up, pinged) until shipping resumes.
-            if (this.pausedFlag) {
-              this.sendPing(link);
-              logger.info({ volume: v.name, offset: chunk + SYNC_CHUNK_BYTES, remainingBytes: this.state.syncRemainingBytes }, 'sync paused');
-              while (this.pausedFlag) {
-                check();
-                if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Date.now() - this.lastHeardMs} ms`);
-                await Promise.race([this.waitForPoke(), sleep(Math.min(this.opts.pingIntervalMs ?? 1000, 250))]);
-                if (Date.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
-                  lastPing = Date.now();
-                  this.sendPing(link);
-                }
-              }
-              this.sendPing(link);
-              logger.info({ volume: v.name, remainingBytes: this.state.syncRemainingBytes }, 'sync resumed');
-              now = Date.now();
             }
             if (now - lastLog >= 5000) {
               lastLog = now;
