@@ -23,6 +23,7 @@ import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { clearPause, savePause, savedPause } from './pause-setting';
+import { addedVolumes, recordAddedVolume } from './added-volumes';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus, type ReplicationPause } from './replication';
 import { VerifyError, type VerifyRequest, type VerifyStatus } from '../replication/verify';
@@ -134,7 +135,17 @@ export class Appliance {
     if (config.role === 'replica') return this.openReplica();
     this.lineage = await LineageFile.in(this.dataDir.root).load();
     const existing = await FileVolume.list(this.dataDir.volumesDir);
-    const wanted: VolumeConfig[] = config.volumes.length ? config.volumes : existing.map((name) => ({ name }));
+    const wanted: VolumeConfig[] = config.volumes.length ? [...config.volumes] : existing.map((name) => ({ name }));
+    if (config.volumes.length) {
+      // Volumes added at run time are served though the configuration does not name them (yet).
+      const added = await addedVolumes(this.dataDir.root);
+      if (added.unreadable) logger.warn('the list of volumes added at run time (state/added-volumes.json) is unreadable: only the configured volumes are served');
+      for (const name of added.names) {
+        if (wanted.some((v) => v.name === name) || !existing.includes(name)) continue;
+        wanted.push({ name });
+        logger.info({ volume: name }, 'volume added at run time: served (add it to the configuration to say so there)');
+      }
+    }
     const images = new Map<string, FileVolume>();
     for (const v of wanted) {
       // An existing volume opens at its own size: a configured size above it grows it (online
@@ -212,7 +223,7 @@ export class Appliance {
           },
           paused: pause === 'unreadable' ? undefined : pause,
         }));
-        for (const v of this.journaledVolumes()) v.ackDelay = () => repl.ackDelayMs();
+        this.forEachJournaledVolume((v) => (v.ackDelay = () => repl.ackDelayMs()));
         await repl.restoreVerifyResult();
       }
     }
@@ -253,6 +264,14 @@ export class Appliance {
     return [...this.served.values()].map((s) => s.volume).filter((v): v is JournaledVolume => v instanceof JournaledVolume);
   }
 
+  /** Per-volume settings (throttle, split-brain gate): applied to the journaled volumes served now and to those added later. */
+  private readonly journaledVolumeSetup: ((v: JournaledVolume) => void)[] = [];
+
+  private forEachJournaledVolume(setup: (v: JournaledVolume) => void): void {
+    this.journaledVolumeSetup.push(setup);
+    for (const v of this.journaledVolumes()) setup(v);
+  }
+
   private setFenced(on: boolean, reason: string): void {
     if (this.fence.fenced === on) {
       if (on) this.fence.reason = reason; // still fenced, perhaps for another reason now: no new log line
@@ -290,7 +309,7 @@ export class Appliance {
     };
     // Asked at every write, so a process that was paused or suspended past its lease refuses
     // the first write after it wakes, not only after the next check.
-    for (const v of this.journaledVolumes()) v.writeGate = () => why() === undefined;
+    this.forEachJournaledVolume((v) => (v.writeGate = () => why() === undefined));
     const check = () => {
       const reason = why();
       if (reason === undefined) this.setFenced(false, granted && elapsedMaxMs(granted) < leaseMs / 2 ? 'witness lease granted' : 'replica answering (witness unreachable)');
@@ -602,6 +621,37 @@ export class Appliance {
 
   private resizing: Promise<unknown> = Promise.resolve();
 
+  /**
+   * Add a volume to a running primary (offsite add-volume, POST /volumes): created empty,
+   * journaled like the others (throttle, split-brain gate), served as its own target at once,
+   * kept across restarts; the replica creates and serves its copy in a new handshake. One volume
+   * operation at a time (shared with resize).
+   */
+  addVolume(name: string, sizeBytes: number): Promise<AddVolumeResult> {
+    const run = async (): Promise<AddVolumeResult> => {
+      if (this.config.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', "a replica's volumes come from its primary: add the volume there, and the replica creates its copy");
+      if (this.served.has(name)) throw new OffsiteError('VOLUME_EXISTS', `volume ${name} is already served`);
+      if ((await FileVolume.list(this.dataDir.volumesDir)).includes(name)) throw new OffsiteError('VOLUME_EXISTS', `volume ${name} already exists in the data directory (not served): name it with --volume and restart to serve it`);
+      const image = await FileVolume.open({ dir: this.dataDir.volumesDir, name, sizeBytes, create: true });
+      let volume: Volume = image;
+      if (this.journal) {
+        await this.journal.registerVolume(name);
+        const jv = new JournaledVolume(image, this.journal, this.tracker);
+        for (const setup of this.journaledVolumeSetup) setup(jv);
+        volume = jv;
+      }
+      await recordAddedVolume(this.dataDir.root, name);
+      await this.serveVolume(volume, image, true);
+      this.replication?.volumesChanged(`volume ${name} added`);
+      const targetName = this.served.get(name)!.entry.name;
+      this.logger.warn({ volume: name, sizeBytes, target: targetName, replicated: !!this.replication }, 'volume added online');
+      return { volume: name, sizeBytes, targetName };
+    };
+    const p = this.resizing.then(run, run);
+    this.resizing = p.catch(() => undefined);
+    return p;
+  }
+
   /** Admin actions the HTTP API exposes. */
   admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus>; pause?: (req: { reason?: string }) => Promise<PauseResult>; resume?: () => Promise<PauseResult> } {
     const repl = this.replication;
@@ -794,6 +844,13 @@ export class Appliance {
 
 function toTargetAuth(a: TargetAuthConfig): TargetEntry['auth'] {
   return { chap: a.chap, mutualChap: a.mutualChap, allowedInitiators: a.allowedInitiators };
+}
+
+/** The answer to POST /volumes. */
+export interface AddVolumeResult {
+  volume: string;
+  sizeBytes: number;
+  targetName: string;
 }
 
 /** The answer to POST /resize. */

@@ -1,7 +1,7 @@
 /**
  * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
  * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`, `offsite verify`,
- * `offsite pause`, `offsite resume`, `offsite resize`.
+ * `offsite pause`, `offsite resume`, `offsite resize`, `offsite add-volume`.
  */
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -320,6 +320,25 @@ export function register(program: Command): void {
         process.stdout.write(r.changed ? `volume ${volume} grown: ${bytes(r.previousSizeBytes)} → ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes); initiators are told (CAPACITY DATA HAS CHANGED), the replica's copy follows\n` : `volume ${volume} is already ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes): nothing to do\n`);
       } catch (e) {
         fail(e, 'offsite resize');
+      }
+    });
+  program
+    .command('add-volume')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('add a volume to a running primary: created empty, served as its own target at once, kept across restarts; the replica creates its copy')
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .argument('<name>', 'the volume name (a-z, 0-9, . _ -)')
+    .argument('<size>', 'its size, e.g. 10G (a multiple of 512 bytes)')
+    .action(async (name: string, size: string, opts: { http: string; ca?: string; tokenFile?: string }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        const sizeBytes = parseSize(size, 'size');
+        const r = await call(opts.http, 'POST', '/volumes', { name, sizeBytes });
+        process.stdout.write(`volume ${name} added: ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes), served as ${String(r.targetName)}; kept across restarts, and the replica creates its copy\n`);
+      } catch (e) {
+        fail(e, 'offsite add-volume');
       }
     });
   program

@@ -116,6 +116,7 @@ export function register(program: Command): void {
             return fn(req);
           },
           resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
+          addVolume: (req: { name: string; sizeBytes: number }) => app.addVolume(req.name, req.sizeBytes),
           pause: (req: { reason?: string }) => {
             const fn = app.admin().pause;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'pause applies to a primary that replicates (--replicate-to)');

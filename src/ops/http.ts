@@ -32,6 +32,8 @@ export interface AdminActions {
   resume?(): Promise<unknown>;
   /** Grow a volume online (never shrink). */
   resize?(req: { volume: string; sizeBytes: number }): Promise<unknown>;
+  /** Add a volume online. */
+  addVolume?(req: { name: string; sizeBytes: number }): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -72,6 +74,19 @@ async function readJson(req: http.IncomingMessage, limit = 64 * 1024): Promise<R
   } catch (e) {
     throw new HttpError(400, 'HTTP_BAD_JSON', `request body is not a JSON object: ${(e as Error).message}`);
   }
+}
+
+/** A request's size: `size` ("2G", "512MiB", bytes) or `sizeBytes`. */
+function sizeFrom(body: Record<string, unknown>): number {
+  const raw = body.size ?? body.sizeBytes;
+  let sizeBytes: number;
+  try {
+    sizeBytes = typeof raw === 'number' ? raw : parseSize(String(raw ?? ''), 'size');
+  } catch (e) {
+    throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
+  }
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `size ${String(raw)} must be a positive whole number of bytes`);
+  return sizeBytes;
 }
 
 class HttpError extends Error {
@@ -171,15 +186,13 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (!routes.admin?.resize) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
           const body = await readJson(req);
           if (typeof body.volume !== 'string' || body.volume === '') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"volume": "NAME", "size": "2G"} (or sizeBytes)');
-          const raw = body.size ?? body.sizeBytes;
-          let sizeBytes: number;
-          try {
-            sizeBytes = typeof raw === 'number' ? raw : parseSize(String(raw ?? ''), 'size');
-          } catch (e) {
-            throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
-          }
-          if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `size ${String(raw)} must be a positive whole number of bytes`);
-          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.resize({ volume: body.volume, sizeBytes })) + '\n');
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.resize({ volume: body.volume, sizeBytes: sizeFrom(body) })) + '\n');
+        }
+        case 'POST /volumes': {
+          if (!routes.admin?.addVolume) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          if (typeof body.name !== 'string' || body.name === '') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"name": "NAME", "size": "2G"} (or sizeBytes)');
+          return send(res, 201, 'application/json', JSON.stringify(await routes.admin.addVolume({ name: body.name, sizeBytes: sizeFrom(body) })) + '\n');
         }
         case 'POST /pause': {
           if (!routes.admin?.pause) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

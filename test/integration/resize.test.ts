@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { ADMIN_TOKEN, CLI, TARGET_PREFIX, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { ADMIN_TOKEN, CLI, TARGET_PREFIX, removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { RawInitiator, type ScsiOutcome } from '../helpers/raw-initiator';
 import { assertSameVolume, freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
@@ -130,6 +130,73 @@ test('resize: a volume grows online on the primary and its replica; a logged-in 
     assert.ok(readFileSync(out).equals(readFileSync(path.join(dir, 'vol.primary.img'))), 'the replayed image equals the primary');
   } finally {
     for (const s of sessions) await s.logout().catch(() => undefined);
+    await primary.stop();
+    await replica.stop();
+    removeDir(dir);
+  }
+});
+
+test('add-volume: a volume added to a running primary is served at once, journaled and replicated (the replica creates its copy), kept across restarts, and fenced like the others', { timeout: 240_000 }, async () => {
+  const dir = tempDir();
+  const replPort = await freePort();
+  const aDir = path.join(dir, 'a');
+  let replica = await startReplica(path.join(dir, 'b'), replPort);
+  let primary = await startPrimary(aDir, ['vol:8M'], replPort);
+  // A primary whose only witness never answers: fenced, every write refused.
+  let fenced: RunningAppliance | undefined = await startAppliance({ dataDir: path.join(dir, 'f'), volumes: ['f:1M'], args: ['--witness', `127.0.0.1:${await freePort()}`] });
+  const add = (a: RunningAppliance, ...args: string[]) => run(process.execPath, [CLI, 'add-volume', '--http', `127.0.0.1:${a.httpPort}`, ...args], { timeoutMs: 60_000 });
+  try {
+    let r = await add(primary, 'added', '12M');
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, new RegExp(`^volume added added: 12\\.0 MiB \\(12582912 bytes\\), served as ${TARGET_PREFIX}:added`));
+    assert.equal(await sizeOf(primary, 'added'), 12 * MiB);
+    r = await run('iscsi-ls', ['-s', `iscsi://127.0.0.1:${primary.iscsiPort}`]);
+    assert.match(r.stdout, new RegExp(`${TARGET_PREFIX}:added`));
+    r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 11M 1M', primary.url('added')]);
+    assert.equal(r.code, 0, r.stderr);
+    await waitCaughtUp(primary, replica);
+    assert.equal(await sizeOf(replica, 'added'), 12 * MiB);
+    await assertSameVolume(primary, replica, 'added', dir);
+    assert.ok(((await primary.status()).headSeq as number) >= 1, 'the write was journaled');
+
+    // Refused: a name in use, a bad name, a size that is not whole blocks, on a replica.
+    r = await add(primary, 'added', '1M');
+    assert.match(r.stderr, /VOLUME_EXISTS/);
+    r = await add(primary, 'Bad/Name', '1M');
+    assert.match(r.stderr, /invalid volume name/);
+    r = await add(primary, 'odd', '1000');
+    assert.match(r.stderr, /multiple of 512/);
+    r = await add(replica, 'more', '1M');
+    assert.match(r.stderr, /NOT_PRIMARY/);
+
+    // A restart with the original configuration (only vol) still serves it, with its data.
+    await primary.stop();
+    primary = await startPrimary(aDir, ['vol:8M'], replPort);
+    assert.equal(await sizeOf(primary, 'added'), 12 * MiB);
+    assert.ok(primary.logs.some((l) => String(l.msg).startsWith('volume added at run time: served')));
+    r = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x66 11M 1M', '-c', 'write -P 0x67 0 64k', primary.url('added')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /Pattern verification failed/);
+    await replica.stop();
+    replica = await startReplica(path.join(dir, 'b'), replPort);
+    await waitCaughtUp(primary, replica);
+    await assertSameVolume(primary, replica, 'added', dir);
+
+    // A fenced primary's added volume refuses writes like its others (the split-brain gate applies to it).
+    r = await add(fenced, 'g', '1M');
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const w = await RawInitiator.session(fenced.iscsiPort, { initiatorName: 'iqn.2026-11.dev.offsite.test:added-fenced', targetName: `${TARGET_PREFIX}:g` });
+    try {
+      await w.scsi(TUR); // a unit attention, if any, is taken here
+      const o = await w.write10(0, Buffer.alloc(512, 1));
+      assert.equal(o.status, 2, 'the write is refused');
+      assert.equal(senseOf(o)[0], 0x7, 'with DATA PROTECT');
+    } finally {
+      await w.logout().catch(() => undefined);
+    }
+  } finally {
+    await fenced?.stop();
+    fenced = undefined;
     await primary.stop();
     await replica.stop();
     removeDir(dir);
