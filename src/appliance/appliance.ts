@@ -614,12 +614,17 @@ export class Appliance {
       }
       return { volume: name, sizeBytes: sv.image.sizeBytes, previousSizeBytes: from, changed };
     };
-    const p = this.resizing.then(run, run);
-    this.resizing = p.catch(() => undefined);
-    return p;
+    return this.volumeOp(run);
   }
 
-  private resizing: Promise<unknown> = Promise.resolve();
+  /** Volume operations (resize, add) run one at a time, each whatever became of the one before. */
+  private volumeOps: Promise<unknown> = Promise.resolve();
+
+  private volumeOp<T>(run: () => Promise<T>): Promise<T> {
+    const p = this.volumeOps.then(run, run);
+    this.volumeOps = p.catch(() => undefined);
+    return p;
+  }
 
   /**
    * Add a volume to a running primary (offsite add-volume, POST /volumes): created empty,
@@ -647,9 +652,7 @@ export class Appliance {
       this.logger.warn({ volume: name, sizeBytes, target: targetName, replicated: !!this.replication }, 'volume added online');
       return { volume: name, sizeBytes, targetName };
     };
-    const p = this.resizing.then(run, run);
-    this.resizing = p.catch(() => undefined);
-    return p;
+    return this.volumeOp(run);
   }
 
   /** Admin actions the HTTP API exposes. */

@@ -248,7 +248,7 @@ export class PrimaryReplication {
     return this.controller.current.throttleDelayMs;
   }
 
-  /** A volume grew: the replica learns the new size in a new handshake (its volumes grow before any record past the old end). */
+  /** A volume grew or was added: the replica learns the volumes in a new handshake (grown or created before any record for the new blocks). */
   volumesChanged(reason: string): void {
     this.shipper.reconnect(reason);
   }
