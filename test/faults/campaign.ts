@@ -4,8 +4,9 @@
  * dependent records (record k at block ((k-1) mod N)+1, each acknowledged before the next is
  * issued) and a reader polls the replica through iSCSI. Faults: SIGKILL either side, clean
  * restarts, link cuts, stalls, slow links, duplicated and corrupted bytes, and an operator's
- * pause of shipping (offsite pause, resumed a moment later; a running verify stops), and an
- * online grow of the volume by 1 MiB (offsite resize: a new handshake grows the replica's copy). Invariants checked
+ * pause of shipping (offsite pause, resumed a moment later; a running verify stops), an online
+ * grow of the volume by 1 MiB (offsite resize: a new handshake grows the replica's copy), and a
+ * volume added online (offsite add-volume: the replica creates its copy; verify covers it). Invariants checked
  * after every fault and at the end:
  *   - no acknowledged write lost on the primary (its chain reaches the last acknowledged record),
  *   - the replica is always a prefix of the primary's history (chain check on every read),
@@ -26,7 +27,7 @@ import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, st
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume'] as const;
+export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface CampaignResult {
@@ -209,6 +210,12 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             const size = ((await p.status()).volumes as { name: string; sizeBytes: number }[]).find((v) => v.name === 'chain')!.sizeBytes;
             const res = await fetch(`http://127.0.0.1:${p.httpPort}/resize`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ volume: 'chain', sizeBytes: size + MiB }) });
             if (res.status !== 200) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /resize answered ${res.status}: ${await res.text()}`);
+            break;
+          }
+          case 'addVolume': {
+            const p = primary!;
+            const res = await fetch(`http://127.0.0.1:${p.httpPort}/volumes`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: `added-${i + 1}`, sizeBytes: MiB }) });
+            if (res.status !== 201) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /volumes answered ${res.status}: ${await res.text()}`);
             break;
           }
           case 'pauseShipping': {
