@@ -132,12 +132,14 @@ test('--metrics-listen: /status, /metrics and /healthz on a second address, wher
     assert.match(await metrics.text(), /^offsite_iscsi_sessions\b/m);
     assert.equal((await fetch(`${base}/healthz`)).status, 200);
     const auth = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
-    for (const route of ['/bandwidth', '/promote', '/demote', '/test-failover', '/replicate-to']) {
-      const res = await fetch(base + route, { method: 'POST', headers: auth, body: JSON.stringify({ rate: '1MB/s' }) });
+    for (const route of ['/bandwidth', '/promote', '/demote', '/test-failover', '/replicate-to', '/verify', '/pause', '/resume', '/resize', '/volumes']) {
+      const res = await fetch(base + route, { method: 'POST', headers: auth, body: JSON.stringify({ rate: '1MB/s', name: 'w', volume: 'v', size: '2M' }) });
       assert.equal(res.status, 403, route);
       assert.equal(((await res.json()) as { code: string }).code, 'ADMIN_NOT_HERE');
     }
     assert.ok(app.logs.some((l) => String(l.msg).startsWith('admin calls are not served on this address')));
+    const after = (await (await fetch(`${base}/status`)).json()) as { volumes: { name: string; sizeBytes: number }[] };
+    assert.deepEqual(after.volumes.map((v) => [v.name, v.sizeBytes]), [['v', 1 << 20]], 'nothing was added or grown through the monitoring address');
     // The main address keeps the admin API (here: a primary without a replica refuses promote for its own reason).
     const res = await fetch(`http://127.0.0.1:${app.httpPort}/promote`, { method: 'POST', headers: auth, body: '{}' });
     assert.equal(((await res.json()) as { code: string }).code, 'NOT_REPLICA');
