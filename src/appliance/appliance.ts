@@ -22,6 +22,7 @@ import { LineageFile, newGeneration, type Lineage } from './lineage';
 import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
+import { clearRpoChange, saveRpoChange, startingRpo, type RpoSetting } from './rpo-setting';
 import { clearPause, savePause, savedPause } from './pause-setting';
 import { addedVolumes, recordAddedVolume } from './added-volumes';
 import { OffsiteError } from '../common/errors';
@@ -197,6 +198,11 @@ export class Appliance {
         if (bw.change) logger.info({ maxBandwidthBytesPerSec: bw.bytesPerSec, configuredMaxBandwidthBytesPerSec: configured, changedAt: bw.change.changedAt }, 'replication bandwidth cap: keeping the change made at run time (offsite bandwidth --reset returns to the configured cap)');
         else if (bw.dropped === 'unreadable') logger.warn({ maxBandwidthBytesPerSec: configured }, 'replication bandwidth cap: the saved run-time change is unreadable; using the configured cap');
         else if (bw.dropped) logger.warn({ maxBandwidthBytesPerSec: configured, dropped: bw.dropped }, 'replication bandwidth cap: the configured cap changed since the run-time change; the configuration applies');
+        const configuredRpo = { targetMs: config.replication.rpoTargetMs, policy: config.replication.rpoPolicy };
+        const rpo = await startingRpo(this.dataDir.root, configuredRpo);
+        if (rpo.change) logger.info({ rpoTargetSeconds: rpo.targetMs / 1000, rpoPolicy: rpo.policy, configured: configuredRpo, changedAt: rpo.change.changedAt }, 'RPO target and policy: keeping the change made at run time (offsite rpo --reset returns to the configured ones)');
+        else if (rpo.dropped === 'unreadable') logger.warn('RPO target and policy: the saved run-time change is unreadable; using the configured ones');
+        else if (rpo.dropped) logger.warn({ configured: configuredRpo, dropped: rpo.dropped }, 'RPO target and policy: the configuration changed since the run-time change; the configuration applies');
         const pause = await savedPause(this.dataDir.root);
         if (pause === 'unreadable') logger.warn('replication pause: the saved pause is unreadable; ignored, shipping');
         else if (pause) logger.warn({ pausedAt: pause.pausedAt, reason: pause.reason }, 'replication is PAUSED (offsite pause, kept across restarts): writes are journaled, nothing is shipped until offsite resume');
@@ -210,8 +216,10 @@ export class Appliance {
           maxBandwidthBytesPerSec: bw.bytesPerSec,
           bandwidthSource: bw.source,
           configuredBandwidthBytesPerSec: configured,
-          rpoTargetMs: config.replication.rpoTargetMs,
-          rpoPolicy: config.replication.rpoPolicy,
+          rpoTargetMs: rpo.targetMs,
+          rpoPolicy: rpo.policy,
+          rpoSource: rpo.source,
+          configuredRpo,
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
           linkKey: await this.linkKey(),
@@ -234,7 +242,7 @@ export class Appliance {
     await this.listenIscsi();
     if (this.replication) {
       this.replication.start();
-      logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: config.replication.rpoTargetMs / 1000, rpoPolicy: config.replication.rpoPolicy, maxBandwidthBytesPerSec: this.replication.status().link.maxBandwidthBytesPerSec }, 'replication to the replica started');
+      logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: this.replication.status().rpo.targetSeconds, rpoPolicy: this.replication.status().rpo.policy, maxBandwidthBytesPerSec: this.replication.status().link.maxBandwidthBytesPerSec }, 'replication to the replica started');
     }
   }
 
@@ -656,7 +664,7 @@ export class Appliance {
   }
 
   /** Admin actions the HTTP API exposes. */
-  admin(): { setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus>; pause?: (req: { reason?: string }) => Promise<PauseResult>; resume?: () => Promise<PauseResult> } {
+  admin(): { setRpo?: (req: Partial<RpoSetting> | 'configured') => Promise<unknown>; setBandwidth?: (bytesPerSec: number | 'configured') => Promise<unknown>; verify?: (req: VerifyRequest) => Promise<VerifyStatus>; pause?: (req: { reason?: string }) => Promise<PauseResult>; resume?: () => Promise<PauseResult> } {
     const repl = this.replication;
     if (!repl) return {};
     const configured = this.config.replication.maxBandwidthBytesPerSec;
@@ -683,6 +691,23 @@ export class Appliance {
         const r = pauseResult(true);
         this.logger.info({ pausedAt: was?.pausedAt, pausedSeconds: was ? Math.round((Date.now() - Date.parse(was.pausedAt)) / 1000) : undefined, backlogBytes: r.backlogBytes }, 'replication resumed: shipping the backlog');
         return r;
+      },
+      // Saved before it applies, as the bandwidth. A field left out keeps its current value.
+      setRpo: async (req) => {
+        const configuredRpo = { targetMs: this.config.replication.rpoTargetMs, policy: this.config.replication.rpoPolicy };
+        const now = repl.status().rpo;
+        if (req === 'configured') {
+          await clearRpoChange(this.dataDir.root);
+          repl.setRpo(configuredRpo.targetMs, configuredRpo.policy, 'configured');
+        } else {
+          const next: RpoSetting = { targetMs: req.targetMs ?? Math.round(now.targetSeconds * 1000), policy: req.policy ?? now.policy };
+          await saveRpoChange(this.dataDir.root, { ...next, configuredTargetMs: configuredRpo.targetMs, configuredPolicy: configuredRpo.policy, changedAt: new Date().toISOString() });
+          repl.setRpo(next.targetMs, next.policy, 'runtime');
+        }
+        const r = repl.status().rpo;
+        const result = { targetSeconds: r.targetSeconds, policy: r.policy, source: r.source, configuredTargetSeconds: r.configuredTargetSeconds, configuredPolicy: r.configuredPolicy, saved: r.source === 'runtime' };
+        this.logger.info({ ...result, previousTargetSeconds: now.targetSeconds, previousPolicy: now.policy }, req === 'configured' ? 'RPO target and policy reset to the configured ones' : 'RPO target and policy changed (saved: kept across restarts)');
+        return result;
       },
       verify: async (req) => {
         if (!req.stop && repl.paused) throw new VerifyError('REPLICATION_PAUSED', 'replication is paused (offsite pause): the replica is not moving; verify after offsite resume');

@@ -26,6 +26,9 @@ export interface PrimaryReplicationOptions {
   configuredBandwidthBytesPerSec?: number;
   rpoTargetMs: number;
   rpoPolicy: RpoPolicy;
+  /** Where the starting target and policy come from; the configured ones (when a run-time change overrides them). */
+  rpoSource?: 'configured' | 'runtime';
+  configuredRpo?: { targetMs: number; policy: RpoPolicy };
   logger: Logger;
   lineage: () => unknown;
   linkKey?: LinkKey;
@@ -69,6 +72,10 @@ export interface PrimaryReplicationStatus {
   rpo: {
     targetSeconds: number;
     policy: RpoPolicy;
+    /** configured (flag, file, environment) or runtime (offsite rpo, kept across restarts). */
+    source: 'configured' | 'runtime';
+    configuredTargetSeconds: number;
+    configuredPolicy: RpoPolicy;
     projectedSeconds: number;
     drainBytesPerSec: number;
     coalescing: boolean;
@@ -191,10 +198,12 @@ export class PrimaryReplication {
   private readonly scheduleFrom = Date.now();
   private scheduleRefusal = '';
   private bandwidthSource: 'configured' | 'runtime';
+  private rpoSource: 'configured' | 'runtime';
   private pausedBy: ReplicationPause | null;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
+    this.rpoSource = opts.rpoSource ?? 'configured';
     this.pausedBy = opts.paused ?? null;
     this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
@@ -277,6 +286,13 @@ export class PrimaryReplication {
     this.pausedBy = null;
     this.shipper.setPaused(false);
     return was;
+  }
+
+  /** A new RPO target (ms, 0: none) and policy, in force from the next evaluation (a quarter second). */
+  setRpo(targetMs: number, policy: RpoPolicy, source: 'configured' | 'runtime' = 'runtime'): void {
+    this.controller.targetSeconds = targetMs / 1000;
+    this.controller.policy = policy;
+    this.rpoSource = source;
   }
 
   setBandwidth(bytesPerSec: number, source: 'configured' | 'runtime' = 'runtime'): void {
@@ -382,6 +398,9 @@ export class PrimaryReplication {
       rpo: {
         targetSeconds: this.controller.targetSeconds,
         policy: this.controller.policy,
+        source: this.rpoSource,
+        configuredTargetSeconds: (this.opts.configuredRpo?.targetMs ?? this.opts.rpoTargetMs) / 1000,
+        configuredPolicy: this.opts.configuredRpo?.policy ?? this.opts.rpoPolicy,
         projectedSeconds: round(d.projectedRpoSeconds),
         drainBytesPerSec: Math.round(d.drainBytesPerSec),
         coalescing: d.coalesce,

@@ -1,7 +1,7 @@
 /**
  * Commands that talk to a running appliance over its HTTP API: `offsite status` (a human
  * summary of /status), `offsite promote`, `offsite demote`, `offsite bandwidth`, `offsite verify`,
- * `offsite pause`, `offsite resume`, `offsite resize`, `offsite add-volume`.
+ * `offsite pause`, `offsite resume`, `offsite resize`, `offsite add-volume`, `offsite rpo`.
  */
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
@@ -9,7 +9,7 @@ import https from 'node:https';
 import type { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { ConfigError, OffsiteError } from '../common/errors';
-import { parseHostPort, parseRate, parseSize } from '../common/units';
+import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/units';
 import type { VerifyStatus } from '../replication/verify';
 import { fail } from './exit';
 
@@ -104,7 +104,8 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`replica:     ${String(link.replica)} ${link.connected ? 'connected' : 'DISCONNECTED'} (${String(s.consistency)}), acked ${String(s.ackedSeq)}`);
     const paused = (s.replication as { paused?: { pausedAt: string; reason: string } | null } | undefined)?.paused;
     if (paused) lines.push(`shipping:    PAUSED since ${paused.pausedAt}${paused.reason ? ` (${paused.reason})` : ''}: writes are journaled, nothing is shipped; offsite resume ships again`);
-    lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
+    const rpoSet = r.rpo?.source === 'runtime' ? `; set at run time, configured ${String(r.rpo.configuredTargetSeconds)} s ${String(r.rpo.configuredPolicy)}` : '';
+    lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${rpoSet}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
     const v = s.verify as VerifyView | undefined;
@@ -339,6 +340,29 @@ export function register(program: Command): void {
         process.stdout.write(`volume ${name} added: ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes), served as ${String(r.targetName)}; kept across restarts, and the replica creates its copy\n`);
       } catch (e) {
         fail(e, 'offsite add-volume');
+      }
+    });
+  program
+    .command('rpo')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('change the RPO target and/or policy of a running primary (kept across restarts until the configured ones change, or --reset)')
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .option('--target <duration>', 'e.g. 30s, 5m; 0: no target')
+    .option('--policy <policy>', 'coalesce, throttle or alert')
+    .option('--reset', 'return to the configured target and policy')
+    .action(async (opts: { http: string; ca?: string; tokenFile?: string; target?: string; policy?: string; reset?: boolean }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        const given = opts.target !== undefined || opts.policy !== undefined;
+        if (given === !!opts.reset) throw new ConfigError('give --target and/or --policy, or --reset, not both');
+        if (opts.target !== undefined) parseDuration(opts.target, '--target');
+        if (opts.policy !== undefined && !['coalesce', 'throttle', 'alert'].includes(opts.policy)) throw new ConfigError(`--policy: '${opts.policy}' must be coalesce, throttle or alert`);
+        const r = await call(opts.http, 'POST', '/rpo', opts.reset ? { reset: true } : { target: opts.target, policy: opts.policy });
+        process.stdout.write(`RPO target ${String(r.targetSeconds)} s, policy ${String(r.policy)}${r.source === 'configured' ? ' (the configured ones)' : ` (saved: kept across restarts until the configured ones change, configured ${String(r.configuredTargetSeconds)} s ${String(r.configuredPolicy)}; --reset returns to them)`}\n`);
+      } catch (e) {
+        fail(e, 'offsite rpo');
       }
     });
   program

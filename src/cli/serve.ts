@@ -7,6 +7,7 @@ import { loadConfigFile, resolveConfig, type ConfigFile, type ConfigFlags } from
 import { formatHostPort } from '../common/units';
 import { startHttp } from '../ops/http';
 import type { VerifyRequest } from '../replication/verify';
+import type { RpoSetting } from '../appliance/rpo-setting';
 import { createLogger } from '../ops/logging';
 import { createMetrics } from '../ops/metrics';
 import { fail } from './exit';
@@ -117,6 +118,11 @@ export function register(program: Command): void {
           },
           resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
           addVolume: (req: { name: string; sizeBytes: number }) => app.addVolume(req.name, req.sizeBytes),
+          setRpo: (req: Partial<RpoSetting> | 'configured') => {
+            const fn = app.admin().setRpo;
+            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'the RPO target applies to a primary that replicates (--replicate-to)');
+            return fn(req);
+          },
           pause: (req: { reason?: string }) => {
             const fn = app.admin().pause;
             if (!fn) throw new OffsiteError('NOT_REPLICATING', 'pause applies to a primary that replicates (--replicate-to)');

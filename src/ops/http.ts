@@ -6,7 +6,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { logGate, type Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
-import { parseHostPort, parseRate, parseSize } from '../common/units';
+import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/units';
 import type { VerifyRequest } from '../replication/verify';
 
 function checkHostPort(v: string, field: string): void {
@@ -34,6 +34,8 @@ export interface AdminActions {
   resize?(req: { volume: string; sizeBytes: number }): Promise<unknown>;
   /** Add a volume online. */
   addVolume?(req: { name: string; sizeBytes: number }): Promise<unknown>;
+  /** A new RPO target (ms) and/or policy, or 'configured' to return to the configured ones. */
+  setRpo?(req: { targetMs?: number; policy?: 'coalesce' | 'throttle' | 'alert' } | 'configured'): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -193,6 +195,28 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const body = await readJson(req);
           if (typeof body.name !== 'string' || body.name === '') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"name": "NAME", "size": "2G"} (or sizeBytes)');
           return send(res, 201, 'application/json', JSON.stringify(await routes.admin.addVolume({ name: body.name, sizeBytes: sizeFrom(body) })) + '\n');
+        }
+        case 'POST /rpo': {
+          if (!routes.admin?.setRpo) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          const given = body.target !== undefined || body.policy !== undefined;
+          if (body.reset === true) {
+            if (given) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give a target and/or policy, or reset, not both');
+            return send(res, 200, 'application/json', JSON.stringify(await routes.admin.setRpo('configured')) + '\n');
+          }
+          if (!given) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"target": "30s"} (seconds as a number, 0: none) and/or {"policy": "coalesce|throttle|alert"}, or {"reset": true}');
+          let targetMs: number | undefined;
+          if (body.target !== undefined) {
+            try {
+              targetMs = typeof body.target === 'number' ? body.target * 1000 : parseDuration(String(body.target), 'target');
+            } catch (e) {
+              throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
+            }
+            if (!Number.isFinite(targetMs) || targetMs < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `target ${String(body.target)} must be ≥ 0`);
+          }
+          const policy = body.policy;
+          if (policy !== undefined && policy !== 'coalesce' && policy !== 'throttle' && policy !== 'alert') throw new HttpError(400, 'HTTP_BAD_REQUEST', `policy ${String(policy)} must be coalesce, throttle or alert`);
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.setRpo({ targetMs: targetMs === undefined ? undefined : Math.round(targetMs), policy })) + '\n');
         }
         case 'POST /pause': {
           if (!routes.admin?.pause) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

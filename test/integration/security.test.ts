@@ -132,7 +132,7 @@ test('--metrics-listen: /status, /metrics and /healthz on a second address, wher
     assert.match(await metrics.text(), /^offsite_iscsi_sessions\b/m);
     assert.equal((await fetch(`${base}/healthz`)).status, 200);
     const auth = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
-    for (const route of ['/bandwidth', '/promote', '/demote', '/test-failover', '/replicate-to', '/verify', '/pause', '/resume', '/resize', '/volumes']) {
+    for (const route of ['/bandwidth', '/rpo', '/promote', '/demote', '/test-failover', '/replicate-to', '/verify', '/pause', '/resume', '/resize', '/volumes']) {
       const res = await fetch(base + route, { method: 'POST', headers: auth, body: JSON.stringify({ rate: '1MB/s', name: 'w', volume: 'v', size: '2M' }) });
       assert.equal(res.status, 403, route);
       assert.equal(((await res.json()) as { code: string }).code, 'ADMIN_NOT_HERE');
