@@ -9,6 +9,7 @@ import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../common/errors';
 import { parseDuration, parseHostPort, parseRate, parseSize, type HostPort } from '../common/units';
+import { isRpoPolicy, RPO_POLICIES, type RpoPolicy } from '../replication/rpo';
 
 export const DEFAULT_TARGET_PREFIX = 'iqn.2026-11.dev.offsite';
 export const DEFAULT_ISCSI: HostPort = { host: '0.0.0.0', port: 3260 };
@@ -74,7 +75,7 @@ export interface ApplianceConfig {
     maxBandwidthBytesPerSec: number;
     /** Recovery-point target (0: none). */
     rpoTargetMs: number;
-    rpoPolicy: 'coalesce' | 'throttle' | 'alert';
+    rpoPolicy: RpoPolicy;
     /** TLS 1.3 pre-shared key file (offsite keygen --link-key). */
     linkKeyFile?: string;
     /** Plain-text replication, explicitly asked for. */
@@ -132,7 +133,7 @@ const fileSchema = z
         listen: z.string().optional(),
         maxBandwidth: z.union([z.number().nonnegative(), z.string()]).optional(),
         rpoTarget: durationField.optional(),
-        rpoPolicy: z.enum(['coalesce', 'throttle', 'alert']).optional(),
+        rpoPolicy: z.enum(RPO_POLICIES).optional(),
         linkKey: z.string().min(1).optional(),
         insecureLink: z.boolean().optional(),
         verifyEvery: durationField.optional(),
@@ -330,7 +331,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
   const bwText = pick<string | number>(rf.maxBandwidth, flags.maxBandwidth, env.OFFSITE_MAX_BANDWIDTH);
   const rpoText = pick<string | number>(rf.rpoTarget, flags.rpoTarget, env.OFFSITE_RPO_TARGET);
   const rpoPolicy = pick(rf.rpoPolicy, flags.rpoPolicy, env.OFFSITE_RPO_POLICY) ?? 'coalesce';
-  if (!['coalesce', 'throttle', 'alert'].includes(rpoPolicy)) throw new ConfigError(`rpo-policy: '${rpoPolicy}' must be coalesce, throttle or alert`, 'rpoPolicy');
+  if (!isRpoPolicy(rpoPolicy)) throw new ConfigError(`rpo-policy: '${rpoPolicy}' must be coalesce, throttle or alert`, 'rpoPolicy');
   if (role === 'replica' && replicateTo) throw new ConfigError('replicate-to: a replica does not replicate (it receives on --replication-listen)', 'replicateTo');
   if (role === 'primary' && listen) throw new ConfigError('replication-listen: only a replica listens for replication (use --role replica)', 'replicationListen');
   if (role === 'replica' && !listen) throw new ConfigError('replication-listen: a replica needs --replication-listen HOST:PORT', 'replicationListen');
@@ -394,7 +395,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       listen: listen ? parseHostPort(listen, 'replication-listen') : undefined,
       maxBandwidthBytesPerSec: bwText === undefined ? 0 : typeof bwText === 'number' ? bwText : parseRate(bwText, 'max-bandwidth'),
       rpoTargetMs: rpoText === undefined ? 0 : typeof rpoText === 'number' ? rpoText * 1000 : parseDuration(rpoText, 'rpo-target'),
-      rpoPolicy: rpoPolicy as 'coalesce' | 'throttle' | 'alert',
+      rpoPolicy,
       linkKeyFile,
       insecureLink,
       verifyEveryMs,

@@ -517,12 +517,18 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return this.verify(volume, offsetBytes, data.length, EMPTY, data);
   }
 
+  /** Write (or, without data, zero) a range of a volume outside the journal, between readers, keeping a test copy's view. */
+  private async overwrite(v: ReplicaVolume, offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void> {
+    await this.gate.exclusive(async () => {
+      await this.testCopies.get(v.name)?.preserve(offsetBytes, lengthBytes);
+      if (data) await v.image.write(offsetBytes, data);
+      else await v.image.unmap(offsetBytes, lengthBytes);
+    });
+  }
+
   private async writeRepair(c: NonNullable<Pending['verify']>): Promise<void> {
     const v = this.volumes.get(c.volume)!;
-    await this.gate.exclusive(async () => {
-      await this.testCopies.get(c.volume)?.preserve(c.offsetBytes, c.lengthBytes);
-      await v.image.write(c.offsetBytes, c.data!);
-    });
+    await this.overwrite(v, c.offsetBytes, c.lengthBytes, c.data);
     await v.image.flush();
     this.stats.repairedBytes += c.lengthBytes;
     this.logger.warn({ volume: c.volume, offsetBytes: c.offsetBytes, lengthBytes: c.lengthBytes, appliedSeq: this.applied }, 'verify: range repaired with the primary\'s data');
@@ -665,11 +671,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       else await img.unmap(offsetBytes, lengthBytes);
       this.staging.chunks.get(volume)!.set(offsetBytes, lengthBytes);
     } else {
-      await this.gate.exclusive(async () => {
-        await this.testCopies.get(volume)?.preserve(offsetBytes, lengthBytes);
-        if (data) await v.image.write(offsetBytes, data);
-        else await v.image.unmap(offsetBytes, lengthBytes);
-      });
+      await this.overwrite(v, offsetBytes, lengthBytes, data);
       if (this.state.fresh) this.state.fresh = false;
     }
     this.stats.syncChunks++;

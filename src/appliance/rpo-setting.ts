@@ -3,7 +3,7 @@
  * of `throttle` for a planned bulk load, outlive the process (see runtime-setting.ts): kept across
  * restarts until the configured target or policy changes, or `offsite rpo --reset` returns to them.
  */
-import type { RpoPolicy } from '../replication/rpo';
+import { isRpoPolicy, type RpoPolicy } from '../replication/rpo';
 import { RuntimeSetting, type SettingSource } from './runtime-setting';
 
 export interface RpoSetting {
@@ -18,12 +18,10 @@ export interface RpoChange extends RpoSetting {
   changedAt: string;
 }
 
-export const RPO_POLICIES: readonly RpoPolicy[] = ['coalesce', 'throttle', 'alert'];
-
 function isChange(v: unknown): v is RpoChange {
   const c = v as RpoChange;
   const ms = (n: unknown) => typeof n === 'number' && Number.isFinite(n) && n >= 0;
-  return !!c && typeof c === 'object' && ms(c.targetMs) && ms(c.configuredTargetMs) && RPO_POLICIES.includes(c.policy) && RPO_POLICIES.includes(c.configuredPolicy) && typeof c.changedAt === 'string';
+  return !!c && typeof c === 'object' && ms(c.targetMs) && ms(c.configuredTargetMs) && isRpoPolicy(c.policy) && isRpoPolicy(c.configuredPolicy) && typeof c.changedAt === 'string';
 }
 
 const setting = (dataDir: string) => new RuntimeSetting(dataDir, 'rpo', isChange);

@@ -3,7 +3,8 @@
  * the process: each is saved in the data directory with the configured value in force when it was
  * made, and a restart keeps it as long as the configuration still says the same. When the
  * operator has since changed the configuration (flag, file or environment), that newer decision
- * wins and the saved change is dropped; a file that is not a change is dropped too.
+ * wins and the saved change is dropped; a file that is not a change is dropped too. (A pause of
+ * shipping is kept the same way, with no configured value to compare.)
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -11,7 +12,7 @@ import { readJsonFile, writeJsonFile } from '../common/json-file';
 
 export type SettingSource = 'configured' | 'runtime';
 
-export class RuntimeSetting<C extends { changedAt: string }> {
+export class RuntimeSetting<C> {
   private readonly file: string;
 
   constructor(

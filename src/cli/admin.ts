@@ -10,6 +10,7 @@ import type { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { ConfigError, OffsiteError } from '../common/errors';
 import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/units';
+import { isRpoPolicy } from '../replication/rpo';
 import type { VerifyStatus } from '../replication/verify';
 import { fail } from './exit';
 
@@ -358,7 +359,7 @@ export function register(program: Command): void {
         const given = opts.target !== undefined || opts.policy !== undefined;
         if (given === !!opts.reset) throw new ConfigError('give --target and/or --policy, or --reset, not both');
         if (opts.target !== undefined) parseDuration(opts.target, '--target');
-        if (opts.policy !== undefined && !['coalesce', 'throttle', 'alert'].includes(opts.policy)) throw new ConfigError(`--policy: '${opts.policy}' must be coalesce, throttle or alert`);
+        if (opts.policy !== undefined && !isRpoPolicy(opts.policy)) throw new ConfigError(`--policy: '${opts.policy}' must be coalesce, throttle or alert`);
         const r = await call(opts.http, 'POST', '/rpo', opts.reset ? { reset: true } : { target: opts.target, policy: opts.policy });
         process.stdout.write(`RPO target ${String(r.targetSeconds)} s, policy ${String(r.policy)}${r.source === 'configured' ? ' (the configured ones)' : ` (saved: kept across restarts until the configured ones change, configured ${String(r.configuredTargetSeconds)} s ${String(r.configuredPolicy)}; --reset returns to them)`}\n`);
       } catch (e) {

@@ -8,6 +8,8 @@ import { formatHostPort } from '../common/units';
 import { startHttp } from '../ops/http';
 import type { VerifyRequest } from '../replication/verify';
 import type { RpoSetting } from '../appliance/rpo-setting';
+
+type ReplicationAdmin = ReturnType<Appliance['admin']>;
 import { createLogger } from '../ops/logging';
 import { createMetrics } from '../ops/metrics';
 import { fail } from './exit';
@@ -100,39 +102,26 @@ export function register(program: Command): void {
             switching = false;
           }
         };
+        // The replication actions exist only while the site is a primary that replicates (asked at
+        // each call: a role switch replaces the appliance).
+        const replicating = <K extends keyof ReplicationAdmin>(action: K, why: string): NonNullable<ReplicationAdmin[K]> => {
+          const fn = app.admin()[action];
+          if (!fn) throw new OffsiteError('NOT_REPLICATING', why);
+          return fn as NonNullable<ReplicationAdmin[K]>;
+        };
         admin = {
-          setBandwidth: (bps: number | 'configured') => {
-            const fn = app.admin().setBandwidth;
-            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'bandwidth applies to a primary that replicates (--replicate-to)');
-            return fn(bps);
-          },
+          setBandwidth: (bps: number | 'configured') => replicating('setBandwidth', 'bandwidth applies to a primary that replicates (--replicate-to)')(bps),
           promote: (req: { force?: boolean; replicateTo?: string; reason?: string }) => {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
           },
           testFailover: (action: 'start' | 'stop') => app.testFailover(action),
-          verify: (req: VerifyRequest) => {
-            const fn = app.admin().verify;
-            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary');
-            return fn(req);
-          },
+          verify: (req: VerifyRequest) => replicating('verify', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary')(req),
           resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
           addVolume: (req: { name: string; sizeBytes: number }) => app.addVolume(req.name, req.sizeBytes),
-          setRpo: (req: Partial<RpoSetting> | 'configured') => {
-            const fn = app.admin().setRpo;
-            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'the RPO target applies to a primary that replicates (--replicate-to)');
-            return fn(req);
-          },
-          pause: (req: { reason?: string }) => {
-            const fn = app.admin().pause;
-            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'pause applies to a primary that replicates (--replicate-to)');
-            return fn(req);
-          },
-          resume: () => {
-            const fn = app.admin().resume;
-            if (!fn) throw new OffsiteError('NOT_REPLICATING', 'resume applies to a primary that replicates (--replicate-to)');
-            return fn();
-          },
+          setRpo: (req: Partial<RpoSetting> | 'configured') => replicating('setRpo', 'the RPO target applies to a primary that replicates (--replicate-to)')(req),
+          pause: (req: { reason?: string }) => replicating('pause', 'pause applies to a primary that replicates (--replicate-to)')(req),
+          resume: () => replicating('resume', 'resume applies to a primary that replicates (--replicate-to)')(),
           replicateTo: (req: { replicateTo?: string }) => {
             if (app.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', 'only a primary replicates; this site is a replica');
             // Restarts the primary side on the same addresses with the new (or no) replica.

@@ -8,13 +8,19 @@ import { logGate, type Logger } from '../common/logger';
 import { OffsiteError } from '../common/errors';
 import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/units';
 import type { VerifyRequest } from '../replication/verify';
+import { isRpoPolicy, type RpoPolicy } from '../replication/rpo';
 
-function checkHostPort(v: string, field: string): void {
+/** A request field parsed by `parse`: its error (a ConfigError's message) becomes a 400. */
+function badRequestOn<T>(parse: () => T): T {
   try {
-    parseHostPort(v, field);
+    return parse();
   } catch (e) {
     throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
   }
+}
+
+function checkHostPort(v: string, field: string): void {
+  badRequestOn(() => parseHostPort(v, field));
 }
 
 /** Admin actions an appliance offers over HTTP; each throws an OffsiteError (with a code) to refuse. */
@@ -35,7 +41,7 @@ export interface AdminActions {
   /** Add a volume online. */
   addVolume?(req: { name: string; sizeBytes: number }): Promise<unknown>;
   /** A new RPO target (ms) and/or policy, or 'configured' to return to the configured ones. */
-  setRpo?(req: { targetMs?: number; policy?: 'coalesce' | 'throttle' | 'alert' } | 'configured'): Promise<unknown>;
+  setRpo?(req: { targetMs?: number; policy?: RpoPolicy } | 'configured'): Promise<unknown>;
 }
 
 export interface HttpRoutes {
@@ -81,12 +87,7 @@ async function readJson(req: http.IncomingMessage, limit = 64 * 1024): Promise<R
 /** A request's size: `size` ("2G", "512MiB", bytes) or `sizeBytes`. */
 function sizeFrom(body: Record<string, unknown>): number {
   const raw = body.size ?? body.sizeBytes;
-  let sizeBytes: number;
-  try {
-    sizeBytes = typeof raw === 'number' ? raw : parseSize(String(raw ?? ''), 'size');
-  } catch (e) {
-    throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
-  }
+  const sizeBytes = typeof raw === 'number' ? raw : badRequestOn(() => parseSize(String(raw ?? ''), 'size'));
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `size ${String(raw)} must be a positive whole number of bytes`);
   return sizeBytes;
 }
@@ -131,12 +132,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (reset && raw !== undefined && raw !== null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give either a rate or reset, not both');
           if (reset) return send(res, 200, 'application/json', JSON.stringify(await routes.admin.setBandwidth('configured')) + '\n');
           if (raw === undefined || raw === null) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"rate": "10MB/s"} (or bytesPerSec; 0 or "unlimited" lifts the cap), or {"reset": true} for the configured cap');
-          let rate: number;
-          try {
-            rate = typeof raw === 'number' ? raw : parseRate(String(raw), 'rate');
-          } catch (e) {
-            throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
-          }
+          const rate = typeof raw === 'number' ? raw : badRequestOn(() => parseRate(String(raw), 'rate'));
           if (!Number.isFinite(rate) || rate < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `rate ${String(raw)} must be ≥ 0`);
           const result = await routes.admin.setBandwidth(Math.round(rate));
           return send(res, 200, 'application/json', JSON.stringify(result ?? { maxBandwidthBytesPerSec: Math.round(rate) }) + '\n');
@@ -171,11 +167,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (!Array.isArray(volumes) || !volumes.every((v) => typeof v === 'string' && v !== '')) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'volumes must be a list of volume names');
           let rate = 0;
           if (body.rate !== undefined && body.rate !== null) {
-            try {
-              rate = typeof body.rate === 'number' ? body.rate : parseRate(String(body.rate), 'rate');
-            } catch (e) {
-              throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
-            }
+            rate = typeof body.rate === 'number' ? body.rate : badRequestOn(() => parseRate(String(body.rate), 'rate'));
             if (!Number.isFinite(rate) || rate < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `rate ${String(body.rate)} must be ≥ 0`);
           }
           const repair = body.repair === true;
@@ -207,15 +199,11 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (!given) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"target": "30s"} (seconds as a number, 0: none) and/or {"policy": "coalesce|throttle|alert"}, or {"reset": true}');
           let targetMs: number | undefined;
           if (body.target !== undefined) {
-            try {
-              targetMs = typeof body.target === 'number' ? body.target * 1000 : parseDuration(String(body.target), 'target');
-            } catch (e) {
-              throw new HttpError(400, 'HTTP_BAD_REQUEST', (e as Error).message);
-            }
+            targetMs = typeof body.target === 'number' ? body.target * 1000 : badRequestOn(() => parseDuration(String(body.target), 'target'));
             if (!Number.isFinite(targetMs) || targetMs < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `target ${String(body.target)} must be ≥ 0`);
           }
           const policy = body.policy;
-          if (policy !== undefined && policy !== 'coalesce' && policy !== 'throttle' && policy !== 'alert') throw new HttpError(400, 'HTTP_BAD_REQUEST', `policy ${String(policy)} must be coalesce, throttle or alert`);
+          if (policy !== undefined && !isRpoPolicy(policy)) throw new HttpError(400, 'HTTP_BAD_REQUEST', `policy ${String(policy)} must be coalesce, throttle or alert`);
           return send(res, 200, 'application/json', JSON.stringify(await routes.admin.setRpo({ targetMs: targetMs === undefined ? undefined : Math.round(targetMs), policy })) + '\n');
         }
         case 'POST /pause': {

@@ -9,7 +9,12 @@
  * While the operator has paused shipping it only measures: no coalescing, no throttle.
  * Pure state machine: the caller feeds it observations and reads its decisions.
  */
-export type RpoPolicy = 'coalesce' | 'throttle' | 'alert';
+export const RPO_POLICIES = ['coalesce', 'throttle', 'alert'] as const;
+export type RpoPolicy = (typeof RPO_POLICIES)[number];
+
+export function isRpoPolicy(v: unknown): v is RpoPolicy {
+  return (RPO_POLICIES as readonly unknown[]).includes(v);
+}
 
 export interface RpoObservation {
   nowMs: number;

@@ -7,7 +7,6 @@ import type { Volume } from '../volume/volume';
 import { EMPTY_PR_STATE, type PrState } from './pr';
 import { PrStore } from './pr-store';
 import { Spc2Reservation } from './reserve6';
-import { Asc } from './constants';
 import { UnitAttentions } from './ua';
 
 /** Changeable mode parameters (current values; defaults in `mode.ts`). */
@@ -131,17 +130,11 @@ export class LogicalUnit {
     this.prStore = new PrStore(stateDir, lun);
   }
 
-  /**
-   * The volume grew: READ CAPACITY reports the new size, and every I_T nexus gets CAPACITY DATA
-   * HAS CHANGED on its next command (SBC-3 §4.x, SPC-4 §5.14), so initiators re-read it.
-   * Returns whether the capacity changed.
-   */
-  capacityChanged(nexuses: Iterable<string>): boolean {
+  /** Take the volume's size again (it grew); whether the capacity changed. */
+  refreshCapacity(): boolean {
     const blocks = Math.floor(this.volume.sizeBytes / this.blockSize);
     if (blocks === this.blocks) return false;
     this.blocks = blocks;
-    for (const itn of nexuses) this.ua.register(itn);
-    this.ua.addAll(Asc.CapacityDataHasChanged);
     return true;
   }
 

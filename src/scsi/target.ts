@@ -299,19 +299,30 @@ class Target implements ScsiTargetHandle, TargetEnv {
    */
   private resetLu(lu: LogicalUnit, ascq: number = Asc.BusDeviceResetFunctionOccurred): void {
     lu.spc2.clear();
+    this.attentionForAll(lu, ascq);
+  }
+
+  /** A unit attention for every I_T nexus with a session now (and every one that addressed the LU). */
+  private attentionForAll(lu: LogicalUnit, ascq: number): void {
     for (const itn of this.sessions.keys()) lu.ua.register(itn);
     lu.ua.addAll(ascq);
   }
 
-  /** The volume under these LUNs grew (FileVolume.grow): new capacity, and a unit attention for every nexus. */
+  /**
+   * The volume under these LUNs grew (FileVolume.grow): READ CAPACITY reports the new size, and
+   * every I_T nexus gets CAPACITY DATA HAS CHANGED on its next command (SPC-4 §5.14), so
+   * initiators re-read it.
+   */
   capacityChanged(): void {
     for (const lu of this.luns.values()) {
       const before = lu.blocks;
-      if (lu.capacityChanged(this.sessions.keys())) this.logger?.info({ lun: lu.lun, blocks: lu.blocks, previousBlocks: before }, 'capacity changed: initiators are told (unit attention CAPACITY DATA HAS CHANGED)');
+      if (!lu.refreshCapacity()) continue;
+      this.attentionForAll(lu, Asc.CapacityDataHasChanged);
+      this.logger?.info({ lun: lu.lun, blocks: lu.blocks, previousBlocks: before }, 'capacity changed: initiators are told (unit attention CAPACITY DATA HAS CHANGED)');
     }
   }
 
-    nexusStarted(nexus: Nexus, reinstated: boolean): void {
+  nexusStarted(nexus: Nexus, reinstated: boolean): void {
     const itn = this.itn(nexus);
     this.sessions.set(itn, (this.sessions.get(itn) ?? 0) + 1);
     for (const lu of this.luns.values()) {
