@@ -455,8 +455,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return dir;
   }
 
-  async store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[]): Promise<void> {
+  async store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[], ends?: number[]): Promise<void> {
     if (this.applyError) throw this.applyError;
+    // Fewer records than sequence numbers: some segment was coalesced. Its inner points are
+    // marked (durably) before its records are stored, so replay never offers one.
+    if (records.length !== toSeq - this.durable) await this.markCoalesced(records, ends ?? [toSeq]);
     const dones: Promise<void>[] = [];
     for (const r of records) {
       const { done } = this.journal.appendAt(r.seq, r.timeMs, r.volume, r.op, r.offsetBytes, r.lengthBytes, r.data ?? EMPTY);
@@ -478,6 +481,22 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     }
     this.queue.push({ records, toSeq, payloads });
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
+  }
+
+  /** Each coalesced segment among `records` (ending at `ends`): its points from the first missing record on are no state the primary had. */
+  private async markCoalesced(records: ReplicatedRecord[], ends: number[]): Promise<void> {
+    let i = 0;
+    let next = this.durable + 1;
+    for (const end of ends) {
+      let firstMissing: number | undefined;
+      for (; i < records.length && records[i].seq <= end; i++) {
+        if (firstMissing === undefined && records[i].seq !== next) firstMissing = next;
+        next = records[i].seq + 1;
+      }
+      if (firstMissing === undefined && next <= end) firstMissing = next;
+      if (firstMissing !== undefined) await this.journal.markCoalesced(firstMissing, end);
+      next = end + 1;
+    }
   }
 
   private imageOf(r: JournalRecord): FileVolume {

@@ -11,7 +11,7 @@ export function register(program: Command): void {
   const journal = program.command('journal').description('inspect the write-ahead journal');
   journal
     .command('inspect')
-    .description('head and oldest sequence, retained window, records and bytes per volume, base')
+    .description('head and oldest sequence, retained window, records and bytes per volume, base, coalesced batches')
     .requiredOption('--data <dir>', 'data directory of a stopped appliance')
     .option('--json', 'machine-readable output')
     .action(async (opts: { data: string; json?: boolean }) => {
@@ -35,6 +35,8 @@ export function register(program: Command): void {
           volumes: st.perVolume,
           base: st.baseSeq === undefined ? null : { seq: st.baseSeq, time: iso(st.baseTimeMs) },
           segments: { files: segs.length, bytes: segBytes },
+          /** A replica's batches received coalesced: the points from..to-1 are not replayable. */
+          coalescedBatches: await j.coalescedBatches(),
         };
         if (opts.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
         else {
@@ -45,6 +47,9 @@ export function register(program: Command): void {
             `retained window   ${describeWindow(j)}`,
             `records           ${out.records} (${out.bytes} bytes of data in ${out.segments.files} segment files, ${out.segments.bytes} bytes)`,
             `base              ${out.base ? `state after sequence ${out.base.seq}${out.base.time ? ` (${out.base.time})` : ''}` : 'none (no history kept)'}`,
+            ...(out.coalescedBatches.length
+              ? [`coalesced         ${out.coalescedBatches.length} batches received coalesced: ${out.coalescedBatches.reduce((n, b) => n + b.to - b.from, 0)} sequences inside them are states the primary never had (not replayable)`]
+              : []),
             'volumes:',
             ...Object.entries(out.volumes).map(([v, s]) => `  ${v.padEnd(16)} ${String(s.records).padStart(8)} records  ${String(s.bytes).padStart(12)} bytes`),
           ];

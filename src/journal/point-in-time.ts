@@ -33,12 +33,27 @@ export function describeWindow(journal: Journal): string {
   return `sequences ${w.fromSeq}..${w.toSeq} (${t(w.fromTimeMs)} .. ${t(w.toTimeMs)})`;
 }
 
+/**
+ * Refuse a point inside a batch a replica received coalesced: its records are only the newest
+ * version of each block, so the points before its end are states the primary never had.
+ */
+export async function checkReplayable(j: Journal, seq: number): Promise<void> {
+  const around = await j.coalescedAround(seq);
+  if (around) {
+    throw new JournalError(
+      JournalErrorCode.CoalescedPoint,
+      `sequence ${seq} lies inside a batch this replica received coalesced (only the newest version of each block it overwrote): sequences ${around.from}..${around.to - 1} are states the primary never had; the nearest points are ${around.from - 1} and ${around.to}`,
+    );
+  }
+}
+
 export async function reconstruct(o: ReconstructOptions): Promise<ReconstructReport> {
   const j = o.journal;
   const w = j.window();
   if (o.seq < w.fromSeq || o.seq > w.toSeq) {
     throw new JournalError(JournalErrorCode.OutsideWindow, `sequence ${o.seq} is outside the retained window: ${describeWindow(j)}`);
   }
+  await checkReplayable(j, o.seq);
   let from: ReconstructReport['from'];
   let after: number;
   if (o.seq === j.headSeq()) {

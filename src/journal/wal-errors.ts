@@ -7,6 +7,8 @@ export const JournalErrorCode = {
   Corrupt: 'JOURNAL_CORRUPT',
   UnknownVolume: 'JOURNAL_UNKNOWN_VOLUME',
   OutsideWindow: 'JOURNAL_OUTSIDE_WINDOW',
+  /** Inside a batch a replica received coalesced: not a state the primary ever had. */
+  CoalescedPoint: 'JOURNAL_COALESCED_POINT',
   Sequence: 'JOURNAL_SEQUENCE',
   NoSpace: 'JOURNAL_NO_SPACE',
 } as const;

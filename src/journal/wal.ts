@@ -18,6 +18,8 @@
  *   'm' 'checkpoint'  → JSON { imageSeq, droppedSeq? }: every record ≤ imageSeq is durable in
  *       the images; droppedSeq, the newest record trimmed while it was only in their page cache
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
+ *   'g' to(8)         → firstMissing(8): a replica's coalesced batch ending at `to`; the points
+ *       firstMissing..to-1 are states the primary never had, which replay refuses
  *
  * Appending: `append` assigns the sequence number (call order is journal order); the records
  * appended in one turn of the event loop are written to their segment together, with one writev
@@ -169,6 +171,16 @@ const META_CHECKPOINT = Buffer.from('mcheckpoint');
 const META_BASE = Buffer.from('mbase');
 const META_RETENTION = Buffer.from('mretention');
 const RECORD_END = Buffer.from([0x73]);
+/** A replica's coalesced batches: 'g' + the batch's last sequence → its first missing one. */
+const GAP_PREFIX = 0x67;
+const GAP_END = Buffer.from([GAP_PREFIX + 1]);
+
+function gapKey(toSeq: number): Buffer {
+  const k = Buffer.alloc(9);
+  k[0] = GAP_PREFIX;
+  u64(k, 1, toSeq);
+  return k;
+}
 const EMPTY_DATA = Buffer.alloc(0);
 const DONE = Promise.resolve();
 
@@ -664,6 +676,8 @@ export class Journal {
   private closed = false;
   private recent = new RecentRecords(RECENT_BYTES, RECENT_MAX_RECORD);
   private trimming?: Promise<void>;
+  /** Readers of the history (a point-in-time test copy being built): no trim or fold meanwhile. */
+  private historyHolds = 0;
   private segments!: SegmentStore;
   /** Called when a record begins a new segment file (the keeper's cue to trim). */
   onNewSegment?: () => void;
@@ -1045,6 +1059,7 @@ export class Journal {
     await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
+    await this.db.clear({ gte: gapKey(0), lt: GAP_END });
     // The file being written goes too: the new history starts in a new file, where no dropped
     // record can be read back as one of its own after a crash.
     this.segments.retireCurrent();
@@ -1326,6 +1341,57 @@ export class Journal {
   }
 
   /**
+   * A replica stores a coalesced batch (the primary shipped only the newest version of blocks
+   * overwritten inside it): the points from its first missing sequence number up to the one
+   * before its last are no state the primary ever had, and replay must not offer them.
+   * Written (and synced) before the batch's records, so no such point is ever replayable
+   * unmarked.
+   */
+  async markCoalesced(firstMissing: number, toSeq: number): Promise<void> {
+    if (firstMissing >= toSeq) return;
+    const v = Buffer.alloc(8);
+    u64(v, 0, firstMissing);
+    await this.db.put(gapKey(toSeq), v, { sync: true });
+  }
+
+  /** The coalesced batch `seq` lies inside (no replayable point), if any: its points from..to-1, to being its end. */
+  async coalescedAround(seq: number): Promise<{ from: number; to: number } | undefined> {
+    for await (const [k, v] of this.db.iterator({ gt: gapKey(seq), lt: GAP_END, limit: 1 })) {
+      const from = r64(v, 0);
+      const to = r64(k, 1);
+      return from <= seq ? { from, to } : undefined;
+    }
+    return undefined;
+  }
+
+  /** Every coalesced batch still marked, oldest first (`offsite journal inspect`). */
+  async coalescedBatches(): Promise<{ from: number; to: number }[]> {
+    const out: { from: number; to: number }[] = [];
+    for await (const [k, v] of this.db.iterator({ gte: gapKey(0), lt: GAP_END })) out.push({ from: r64(v, 0), to: r64(k, 1) });
+    return out;
+  }
+
+  /** The latest point at or before `seq` that replay can produce (the start of a coalesced batch it lies inside moves it back). */
+  async consistentAtOrBefore(seq: number): Promise<number> {
+    const around = await this.coalescedAround(seq);
+    return around ? around.from - 1 : seq;
+  }
+
+  /**
+   * Run `fn` while the history stays put: no trim, no fold into the base (a trim under way
+   * finishes first). For readers of the base and the records that take a while.
+   */
+  async holdHistory<T>(fn: () => Promise<T>): Promise<T> {
+    this.historyHolds++;
+    try {
+      if (this.trimming) await this.trimming.catch(() => undefined);
+      return await fn();
+    } finally {
+      this.historyHolds--;
+    }
+  }
+
+  /**
    * Remove records that no longer need to be kept. With history on, they are applied to the
    * base images first (via `baseFor`). Runs one at a time; safe to call often.
    */
@@ -1337,6 +1403,8 @@ export class Journal {
   }
 
   private async trimNow(baseFor?: (volume: string) => Promise<RecordTarget>): Promise<void> {
+    // The history is being read: the next trim catches up (the cap may be passed meanwhile).
+    if (this.historyHolds) return;
     const o = this.opts;
     // Trimming works on index entries: they must all be there.
     if (this.inImagesSeq > this.writtenSeq) await this.indexed(this.inImagesSeq);
@@ -1416,6 +1484,8 @@ export class Journal {
       await this.putCheckpoint();
     }
     await this.db.clear({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) });
+    // Batches that ended by upTo hold no point the window still has.
+    await this.db.clear({ gte: gapKey(0), lt: gapKey(upTo + 1) });
     // The group holding upTo + 1 may begin with dropped records: keep only the rest of it (its
     // segments may go now). A crash before this put only leaves dropped records indexed a while
     // longer, their segments still there.
@@ -1539,5 +1609,5 @@ export async function seqAtTime(journal: Journal, timeMs: number): Promise<numbe
     if (rec.timeMs > timeMs) break;
     seq = rec.seq;
   }
-  return seq;
+  return journal.consistentAtOrBefore(seq);
 }

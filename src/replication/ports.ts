@@ -89,8 +89,10 @@ export interface ReceiverSink {
    * range durableSeq()+1 .. toSeq; a coalesced batch omits overwritten records and is applied whole.
    * `payloads`: pooled buffers (common/buffer-pool) the records' data are views of, handed over:
    * the sink gives each back once nothing of it is needed any more (or never, if it cannot tell).
+   * `ends`: the last sequence number of each segment stored together (default: just toSeq),
+   * so that the sink can tell which of them were coalesced.
    */
-  store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[]): Promise<void>;
+  store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[], ends?: number[]): Promise<void>;
   readonly sync?: SyncSink;
   /**
    * Online verify: compare a range's chunk hashes (8 bytes per SYNC_CHUNK_BYTES) with this

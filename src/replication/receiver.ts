@@ -124,7 +124,8 @@ export class Receiver {
               const to = take[take.length - 1].to;
               const payloads: Buffer[] = [];
               for (const t of take) if (t.payload) payloads.push(t.payload);
-              await sink.store(records, to, payloads);
+              // Where each segment ends: the sink tells a coalesced one by its missing records.
+              await sink.store(records, to, payloads, take.length === 1 ? undefined : take.map((t) => t.to));
               link.send(FrameType.Ack, { seq: sink.durableSeq(), appliedSeq: sink.appliedSeq() });
             }
           } catch (e) {
