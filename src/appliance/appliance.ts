@@ -11,6 +11,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
+import { checkPoint, pointAtTime } from '../journal/point-in-time';
 import { FileVolume } from '../volume/file-volume';
 import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
@@ -80,10 +81,19 @@ export interface ApplianceStatus {
   consistentPoint?: { seq: number; primaryTime?: string } | null;
   /** A delta sync is staged whole: the volumes stay at the consistent point until it commits. */
   stagingDeltaSync?: boolean;
+  /** Replica: the running test failover (offsite test-failover), if any. */
+  testFailover?: TestFailoverStatus;
   /** Replica: what the primary's online verify compared and found here since this process started. */
   verified?: { comparedBytes: number; mismatchedChunks: number; repairedBytes: number };
   primarySiteId?: string;
   witness?: { address: string; authenticated: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum: number; witnesses: WitnessVote[] };
+}
+
+/** A test failover (replica): its writable copies, and the earlier point they were made at, if any. */
+export interface TestFailoverStatus {
+  active: boolean;
+  targets: string[];
+  point?: { seq: number; primaryTime?: string };
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
@@ -95,6 +105,8 @@ export interface ApplianceHooks {
 
 export class Appliance {
   private readonly served = new Map<string, ServedVolume>();
+  /** The earlier point the running test failover's copies show (undefined: the point it started at). */
+  private testPoint?: TestFailoverStatus['point'];
   private journal?: Journal;
   private keeper?: JournalKeeper;
   private readonly tracker = new ImageTracker();
@@ -551,27 +563,63 @@ export class Appliance {
   }
 
   /**
-   * Test failover: a writable, throw-away copy of every replica volume (as of now), served as
-   * `<target>-test`, while replication keeps running underneath. `stop` discards the copies.
+   * Test failover: a writable, throw-away copy of every replica volume (as of now, or as of an
+   * earlier point of the retained history: `at`), served as `<target>-test`, while replication
+   * keeps running underneath. `stop` discards the copies.
    */
-  async testFailover(action: 'start' | 'stop'): Promise<{ active: boolean; targets: string[] }> {
+  async testFailover(action: 'start' | 'stop', at: { seq?: number; timeMs?: number } = {}): Promise<TestFailoverStatus> {
     const store = this.replicaStore;
     if (!store) throw new OffsiteError('NOT_REPLICA', 'test failover runs on a replica');
     if (action === 'start') {
       if (store.testCopies.size) throw new OffsiteError('TEST_FAILOVER_ACTIVE', 'a test failover is already running; stop it first');
+      const atPoint = at.seq !== undefined || at.timeMs !== undefined;
+      const journal = this.journal!;
       const dir = path.join(this.dataDir.root, 'test-failover');
       await mkdir(dir, { recursive: true, mode: 0o700 });
       const targets: string[] = [];
-      await store.gate.exclusive(async () => {
-        for (const v of store.volumes.values()) {
-          const copy = await TestCopyVolume.create(v.image, store.gate, path.join(dir, `${v.name}.img`));
-          store.testCopies.set(v.name, copy);
-          await this.serveVolume(copy, v.image, true);
-          targets.push(targetName(this.config.targetPrefix, copy.name));
-        }
-      });
-      this.logger.warn({ targets, appliedSeq: store.appliedSeq() }, 'test failover started: writable throw-away copies served; replication continues');
-      return { active: true, targets };
+      let point: { seq: number; timeMs?: number; rewoundBlocks: number; records: number } | undefined;
+      const started = Date.now();
+      await store.gate.exclusive(() =>
+        journal.holdHistory(async () => {
+          // Under the gate the images hold exactly the applied point; the history stays put.
+          const now = store.appliedSeq();
+          let seq = now;
+          if (atPoint) {
+            if (store.isStaging() || store.syncState() !== 'consistent') throw new OffsiteError('REPLICA_SYNCING', 'the replica is syncing: its history has no point to start a test at until it is consistent');
+            seq = at.seq ?? (await pointAtTime(journal, at.timeMs!));
+            await checkPoint(journal, seq);
+          }
+          const made: { name: string; copy: TestCopyVolume; image: FileVolume }[] = [];
+          try {
+            let rewoundBlocks = 0;
+            let records = 0;
+            for (const v of store.volumes.values()) {
+              const copy = await TestCopyVolume.create(v.image, store.gate, path.join(dir, `${v.name}.img`));
+              made.push({ name: v.name, copy, image: v.image });
+              if (seq !== now) {
+                const r = await copy.rewind(journal, seq, now);
+                rewoundBlocks += r.blocks;
+                records += r.records;
+              }
+            }
+            if (atPoint) point = { seq, timeMs: journal.timeOf(seq), rewoundBlocks, records };
+          } catch (e) {
+            for (const m of made) await m.copy.close().catch(() => undefined);
+            throw e;
+          }
+          for (const { name, copy, image } of made) {
+            store.testCopies.set(name, copy);
+            await this.serveVolume(copy, image, true);
+            targets.push(targetName(this.config.targetPrefix, copy.name));
+          }
+        }),
+      );
+      this.testPoint = point && { seq: point.seq, primaryTime: point.timeMs ? new Date(point.timeMs).toISOString() : undefined };
+      const log = point
+        ? { targets, seq: point.seq, primaryTime: this.testPoint?.primaryTime, appliedSeq: store.appliedSeq(), blocksRewound: point.rewoundBlocks, recordsRead: point.records, ms: Date.now() - started }
+        : { targets, appliedSeq: store.appliedSeq() };
+      this.logger.warn(log, point ? 'test failover started at an earlier point: writable throw-away copies served; replication continues' : 'test failover started: writable throw-away copies served; replication continues');
+      return this.testFailoverStatus();
     }
     const targets: string[] = [];
     for (const [name, copy] of store.testCopies) {
@@ -585,8 +633,16 @@ export class Appliance {
       await store.gate.exclusive(() => copy.close());
       store.testCopies.delete(name);
     }
+    this.testPoint = undefined;
     this.logger.warn({ targets }, 'test failover ended: the copies are discarded');
     return { active: false, targets };
+  }
+
+  /** The running test failover (replica): its targets and, when made at an earlier point, that point. */
+  private testFailoverStatus(): TestFailoverStatus {
+    const copies = [...(this.replicaStore?.testCopies.values() ?? [])];
+    const targets = copies.map((c) => targetName(this.config.targetPrefix, c.name));
+    return copies.length ? { active: true, targets, ...(this.testPoint ? { point: this.testPoint } : {}) } : { active: false, targets };
   }
 
   get role(): 'primary' | 'replica' {
@@ -796,6 +852,7 @@ export class Appliance {
         state,
         consistentPoint: state === 'consistent' ? { seq: applied, primaryTime: t ? new Date(t).toISOString() : undefined } : null,
         stagingDeltaSync: store.isStaging(),
+        testFailover: this.testFailoverStatus(),
         // What the primary's online verify found here since this process started (the primary keeps the runs' results).
         verified: verifiedHere(store.counters()),
         primarySiteId: store.primarySiteId(),

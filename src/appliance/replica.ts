@@ -589,6 +589,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       try {
         await this.gate.exclusive(async () => {
           await applyInOrder(seg.records as JournalRecord[], (r) => this.imageOf(r), this.testCopies.size ? (r) => this.preserve(r) : undefined);
+          // Under the gate: whoever holds it next (a test copy made at a point) reads the
+          // applied point the images hold.
+          this.applied = seg.toSeq;
+          const last = seg.records[seg.records.length - 1];
+          if (last) this.state.appliedTimeMs = last.timeMs;
         });
       } catch (e) {
         if ((e as { code?: string }).code === 'VOLUME_NO_SPACE' || (e as NodeJS.ErrnoException).code === 'ENOSPC') {
@@ -610,9 +615,6 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
         this.stats.bytesApplied += r.lengthBytes;
       }
       this.stats.segmentsApplied++;
-      this.applied = seg.toSeq;
-      const last = seg.records[seg.records.length - 1];
-      if (last) this.state.appliedTimeMs = last.timeMs;
       this.state.appliedSeq = this.applied;
       if (this.state.consistentSeq && this.applied >= this.state.consistentSeq && !this.state.sync) {
         this.logger.info({ appliedSeq: this.applied }, 'replica consistent');

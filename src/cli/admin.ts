@@ -13,6 +13,7 @@ import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/un
 import { isRpoPolicy } from '../replication/rpo';
 import type { VerifyStatus } from '../replication/verify';
 import { fail } from './exit';
+import { seqNumber } from './args';
 
 let tokenFile: string | undefined;
 let caFile: string | undefined;
@@ -119,6 +120,8 @@ export function summarize(s: Record<string, unknown>): string {
     const vf = s.verified as { comparedBytes: number; mismatchedChunks: number; repairedBytes: number } | undefined;
     if (vf?.comparedBytes) lines.push(`verified:    ${bytes(vf.comparedBytes)} compared with the primary since start, ${vf.mismatchedChunks ? `${vf.mismatchedChunks} chunks DIFFERED` : 'no difference'}${vf.repairedBytes ? `, ${bytes(vf.repairedBytes)} repaired` : ''}`);
     if (link) lines.push(`primary:     ${link.connected ? 'connected' : 'not connected'} ${String(link.primarySiteId ?? '')}${link.connected && link.primaryPaused ? ' (it has PAUSED shipping: this copy stays at its point until it resumes)' : ''}`);
+    const tf = s.testFailover as { active: boolean; targets: string[]; point?: { seq: number; primaryTime?: string } } | undefined;
+    if (tf?.active) lines.push(`test:        failover test running${tf.point ? `, copies as of sequence ${tf.point.seq}${tf.point.primaryTime ? ` (primary time ${tf.point.primaryTime})` : ''}` : ''}: ${tf.targets.join(', ')}`);
   } else lines.push('replica:     none configured');
   const w = s.witness as { address: string; authenticated?: boolean; fenced: boolean; reason: string; takenOver: boolean; reachable: boolean; quorum?: number; witnesses?: { address: string; vote: string }[] } | undefined;
   if (w) {
@@ -234,13 +237,20 @@ export function register(program: Command): void {
     .requiredOption('--http <[https://]host:port>', "the replica's HTTP address")
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .option('--stop', 'end the test failover and discard the copies')
-    .action(async (opts: { http: string; ca?: string; stop?: boolean; tokenFile?: string }) => {
+    .option('--seq <n>', "copies as the volumes were right after this sequence number (the replica's retained history: --journal-retain)", seqNumber)
+    .option('--time <iso8601>', 'copies as the volumes were at this moment (the last write at or before it)')
+    .action(async (opts: { http: string; ca?: string; stop?: boolean; tokenFile?: string; seq?: number; time?: string }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
-        const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start' });
+        if (opts.seq !== undefined && opts.time !== undefined) throw new OffsiteError('USAGE', '--seq and --time are mutually exclusive');
+        if (opts.stop && (opts.seq !== undefined || opts.time !== undefined)) throw new OffsiteError('USAGE', '--seq and --time go with starting a test, not with --stop');
+        if (opts.time !== undefined && Number.isNaN(Date.parse(opts.time))) throw new OffsiteError('USAGE', `--time ${opts.time} is not an ISO-8601 time`);
+        const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start', seq: opts.seq, time: opts.time });
         const targets = (r.targets as string[]) ?? [];
-        process.stdout.write(opts.stop ? `test failover ended; discarded ${targets.join(', ') || 'nothing'}\n` : `test failover running; writable copies: ${targets.join(', ')}\n`);
+        const point = r.point as { seq: number; primaryTime?: string } | undefined;
+        const at = point ? ` (as of sequence ${point.seq}${point.primaryTime ? `, ${point.primaryTime}` : ''})` : '';
+        process.stdout.write(opts.stop ? `test failover ended; discarded ${targets.join(', ') || 'nothing'}\n` : `test failover running; writable copies${at}: ${targets.join(', ')}\n`);
       } catch (e) {
         fail(e, 'offsite test-failover');
       }

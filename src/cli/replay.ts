@@ -4,13 +4,14 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { DataDir } from '../appliance/datadir';
 import { OffsiteError } from '../common/errors';
-import { Journal, seqAtTime } from '../journal/wal';
-import { describeWindow, reconstruct } from '../journal/point-in-time';
+import { Journal } from '../journal/wal';
+import { pointAtTime, reconstruct } from '../journal/point-in-time';
 import { fail } from './exit';
+import { seqNumber } from './args';
 
 /** Open a stopped appliance's journal, refusing a running or foreign data directory. */
 export async function openStoppedJournal(dataDir: string): Promise<{ dir: DataDir; journal: Journal }> {
@@ -27,11 +28,6 @@ export async function openStoppedJournal(dataDir: string): Promise<{ dir: DataDi
   return { dir, journal };
 }
 
-const int = (v: string): number => {
-  if (!/^\d+$/.test(v)) throw new InvalidArgumentError('expected a sequence number');
-  return Number(v);
-};
-
 export function register(program: Command): void {
   program
     .command('replay')
@@ -39,7 +35,7 @@ export function register(program: Command): void {
     .requiredOption('--data <dir>', 'data directory of a stopped appliance (primary or replica)')
     .requiredOption('--volume <name>', 'volume to reconstruct')
     .requiredOption('--out <file>', 'output image file (created or overwritten)')
-    .option('--seq <n>', 'state right after this sequence number', int)
+    .option('--seq <n>', 'state right after this sequence number', seqNumber)
     .option('--time <iso8601>', 'state at this moment (the last write at or before it)')
     .action(async (opts: { data: string; volume: string; out: string; seq?: number; time?: string }) => {
       const started = Date.now();
@@ -56,11 +52,7 @@ export function register(program: Command): void {
         if (opts.time !== undefined) {
           const t = Date.parse(opts.time);
           if (Number.isNaN(t)) throw new OffsiteError('USAGE', `--time ${opts.time} is not an ISO-8601 time`);
-          const w = journal.window();
-          if ((w.fromTimeMs !== undefined && t < w.fromTimeMs && w.fromSeq > 0) || w.toTimeMs === undefined) {
-            throw new OffsiteError('JOURNAL_OUTSIDE_WINDOW', `time ${opts.time} is outside the retained window: ${describeWindow(journal)}`);
-          }
-          seq = Math.max(await seqAtTime(journal, t), w.fromSeq);
+          seq = await pointAtTime(journal, t);
         }
         const bar = process.stderr.isTTY ? new SingleBar({ format: 'replay |{bar}| {percentage}% {value}/{total} records', stream: process.stderr }) : undefined;
         bar?.start(1, 0);

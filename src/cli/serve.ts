@@ -115,7 +115,7 @@ export function register(program: Command): void {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
             return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
           },
-          testFailover: (action: 'start' | 'stop') => app.testFailover(action),
+          testFailover: (action: 'start' | 'stop', at?: { seq?: number; timeMs?: number }) => app.testFailover(action, at),
           verify: (req: VerifyRequest) => replicating('verify', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary')(req),
           resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
           addVolume: (req: { name: string; sizeBytes: number }) => app.addVolume(req.name, req.sizeBytes),

@@ -5,7 +5,7 @@
 import { copyFile, open, stat } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
 import { JournalError, JournalErrorCode } from './wal-errors';
-import { applyRecord, type Journal } from './wal';
+import { applyRecord, seqAtTime, type Journal } from './wal';
 
 export interface ReconstructOptions {
   journal: Journal;
@@ -47,13 +47,30 @@ export async function checkReplayable(j: Journal, seq: number): Promise<void> {
   }
 }
 
+/** A point replay (or a test copy) can give: inside the retained window, not inside a coalesced batch. */
+export async function checkPoint(j: Journal, seq: number): Promise<void> {
+  const w = j.window();
+  if (seq < w.fromSeq || seq > w.toSeq) {
+    throw new JournalError(JournalErrorCode.OutsideWindow, `sequence ${seq} is outside the retained window: ${describeWindow(j)}`);
+  }
+  await checkReplayable(j, seq);
+}
+
+/**
+ * The point for a moment: right after the last write at or before it (moved back out of a
+ * coalesced batch), and at least the window's start; a moment outside the window is refused.
+ */
+export async function pointAtTime(j: Journal, timeMs: number): Promise<number> {
+  const w = j.window();
+  if ((w.fromTimeMs !== undefined && timeMs < w.fromTimeMs && w.fromSeq > 0) || w.toTimeMs === undefined) {
+    throw new JournalError(JournalErrorCode.OutsideWindow, `time ${new Date(timeMs).toISOString()} is outside the retained window: ${describeWindow(j)}`);
+  }
+  return Math.max(await seqAtTime(j, timeMs), w.fromSeq);
+}
+
 export async function reconstruct(o: ReconstructOptions): Promise<ReconstructReport> {
   const j = o.journal;
-  const w = j.window();
-  if (o.seq < w.fromSeq || o.seq > w.toSeq) {
-    throw new JournalError(JournalErrorCode.OutsideWindow, `sequence ${o.seq} is outside the retained window: ${describeWindow(j)}`);
-  }
-  await checkReplayable(j, o.seq);
+  await checkPoint(j, o.seq);
   let from: ReconstructReport['from'];
   let after: number;
   if (o.seq === j.headSeq()) {

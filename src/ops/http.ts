@@ -29,7 +29,8 @@ export interface AdminActions {
   setBandwidth?(bytesPerSec: number | 'configured'): unknown;
   promote?(req: { force?: boolean; replicateTo?: string }): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
-  testFailover?(action: 'start' | 'stop'): Promise<unknown>;
+  /** `at`: an earlier point of the replica's retained history for the copies (sequence or time). */
+  testFailover?(action: 'start' | 'stop', at?: { seq?: number; timeMs?: number }): Promise<unknown>;
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
   /** Online verify against the replica: start (these volumes, all when empty; scan rate cap, 0: none) or stop. */
   verify?(req: VerifyRequest): Promise<unknown>;
@@ -150,7 +151,18 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const body = await readJson(req);
           const action = body.action ?? 'start';
           if (action !== 'start' && action !== 'stop') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'action must be start or stop');
-          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.testFailover(action)) + '\n');
+          const at: { seq?: number; timeMs?: number } = {};
+          if (body.seq !== undefined) {
+            if (typeof body.seq !== 'number' || !Number.isSafeInteger(body.seq) || body.seq < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `seq ${JSON.stringify(body.seq)} must be a sequence number (an integer ≥ 0)`);
+            at.seq = body.seq;
+          }
+          if (body.time !== undefined) {
+            at.timeMs = typeof body.time === 'string' ? Date.parse(body.time) : NaN;
+            if (Number.isNaN(at.timeMs)) throw new HttpError(400, 'HTTP_BAD_REQUEST', `time ${JSON.stringify(body.time)} must be an ISO-8601 time`);
+          }
+          if (at.seq !== undefined && at.timeMs !== undefined) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give seq or time, not both');
+          if (action === 'stop' && (at.seq !== undefined || at.timeMs !== undefined)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'seq and time go with start');
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.testFailover(action, at)) + '\n');
         }
         case 'POST /replicate-to': {
           if (!routes.admin?.replicateTo) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
