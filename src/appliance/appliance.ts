@@ -481,6 +481,7 @@ export class Appliance {
       await clearPause(this.dataDir.root);
       logger.info('replication pause dropped: this site is now a replica');
     }
+    const rewound = await ReplicaStore.finishInterruptedRewind(stateDir, journal, images, logger);
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);
     if (staged && !staged.committing) {
@@ -505,6 +506,8 @@ export class Appliance {
     // may be split-off writes that must be saved aside, not trimmed.
     this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked });
     const history = !!(config.journal.retainMs || config.journal.retainBytes);
+    // The journal restarted at the point a cut-short promotion took the volumes back to.
+    if (rewound?.historyRestarted) store.rebaseNeeded = true;
     this.replicaTimer = setInterval(() => {
       if (history && store.rebaseNeeded && store.syncState() === 'consistent' && !store.isStaging()) {
         store.rebaseNeeded = false;
@@ -536,7 +539,7 @@ export class Appliance {
    * `automatic`: the takeover a witness agreed to (the primary fell silent), not an operator's
    * promote; the witness is then the judge of whether the primary is gone.
    */
-  async prepareForPromotion(force: boolean, automatic = false): Promise<{ seq: number; state: string; primaryTime?: string }> {
+  async prepareForPromotion(force: boolean, automatic = false, at: { seq?: number; timeMs?: number } = {}): Promise<{ seq: number; state: string; primaryTime?: string; wentBackFrom?: number; savedTo?: string; blocksRewritten?: number }> {
     const store = this.replicaStore;
     if (!store) throw new OffsiteError('NOT_REPLICA', 'this site is not a replica: nothing to promote');
     const link = this.receiver?.stats();
@@ -547,11 +550,22 @@ export class Appliance {
     if (state === 'syncing' && !force) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is still syncing (not consistent): promoting would expose a mixed state; use --force to promote anyway');
     }
+    const atPoint = at.seq !== undefined || at.timeMs !== undefined;
+    if (atPoint && (state === 'syncing' || store.isStaging())) {
+      throw new OffsiteError('REPLICA_SYNCING', 'the replica is syncing: its history has no earlier point to promote at until it is consistent');
+    }
     if (this.receiver) await this.receiver.close();
     this.receiver = undefined;
     // A delta sync staged over a consistent point is given up: the volumes hold that point.
     if (store.isStaging()) await store.abandonStaging();
     await store.idle();
+    let back: Awaited<ReturnType<ReplicaStore['rewindForPromotion']>> | undefined;
+    if (atPoint) {
+      // The copies of a test failover would not survive the volumes going back under them.
+      if (store.testCopies.size) await this.testFailover('stop');
+      back = await store.rewindForPromotion(at, !!(this.config.journal.retainMs || this.config.journal.retainBytes));
+      if (back.seq < back.fromSeq) this.logger.warn({ seq: back.seq, fromSeq: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks }, 'promoting at an earlier point: the volumes went back; the later writes are saved aside');
+    }
     const seq = store.appliedSeq();
     const file = LineageFile.in(this.dataDir.root);
     const lineage = await file.load();
@@ -559,7 +573,8 @@ export class Appliance {
     await file.save(lineage);
     const t = store.appliedTimeMs();
     this.logger.warn({ seq, state, forced: force && (state === 'syncing' || !!link?.connected), automatic, generation: lineage[lineage.length - 1].id }, 'promoting this replica: volumes become writable at the last consistent point');
-    return { seq, state, primaryTime: t ? new Date(t).toISOString() : undefined };
+    const wentBack = back && back.seq < back.fromSeq ? { wentBackFrom: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks } : {};
+    return { seq, state, primaryTime: t ? new Date(t).toISOString() : undefined, ...wentBack };
   }
 
   /**

@@ -19,12 +19,15 @@ import type { Logger } from '../common/logger';
 import { randomUUID } from 'node:crypto';
 import { ImageFileTarget, Journal, type JournalRecord } from '../journal/wal';
 import { DATA_FORMAT, DATA_VERSION } from './datadir';
+import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
 import type { ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
 import { chunkHash, SYNC_CHUNK_BYTES, verifyHashes } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
 import { applyInOrder, applyToVolume } from '../volume/journaled';
+import { writeChangedBlocksAsOf } from '../volume/rewind';
+import { checkPoint, pointAtTime } from '../journal/point-in-time';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { TestCopyVolume } from '../volume/test-copy';
 
@@ -45,11 +48,19 @@ export interface ReplicaState {
    * sync ended (`consistentSeq` known) and the journal tail through it is stored, it is committed.
    */
   staged?: { heldSeq: number; heldTimeMs: number; consistentSeq?: number; consistentTimeMs?: number; committing?: boolean };
+  /**
+   * A promotion at an earlier point is taking the volumes back from `fromSeq` to `toSeq`. A
+   * start that finds it either brings them forward again (the journal still holds the records
+   * after `toSeq`) or finds them there (it no longer does): finishInterruptedRewind.
+   */
+  rewinding?: { toSeq: number; toTimeMs: number; fromSeq: number };
 }
 
 const STAGING_DIR = 'staging';
 /** Tests only: OFFSITE_FAILPOINT=replica-commit-midway kills the process half-way through a staged commit. */
 const COMMIT_FAILPOINT = process.env.OFFSITE_FAILPOINT === 'replica-commit-midway';
+/** Tests only: OFFSITE_FAILPOINT=promote-rewind-midway kills the process after the second block run a promotion at an earlier point rewrote. */
+const REWIND_FAILPOINT = process.env.OFFSITE_FAILPOINT === 'promote-rewind-midway';
 
 export type ReplicaSyncState = 'syncing' | 'consistent';
 
@@ -176,6 +187,87 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await image.flush();
     }
     logger.warn({ chunks }, 'a staged delta sync was being committed when the appliance stopped: commit redone before serving');
+  }
+
+  /**
+   * At start, before anything else touches the images: a promotion at an earlier point that a
+   * crash cut short (see rewindForPromotion). While the journal still holds the records after
+   * the point, the volumes may be half way back: those records are applied again, which brings
+   * every volume forward to where it was, and nothing was promoted. Once it no longer holds
+   * them, the volumes are at the point. Either way the site starts as the replica it still is.
+   * Returns where the volumes are, or undefined when there was nothing to finish.
+   */
+  static async finishInterruptedRewind(stateDir: string, journal: Journal, images: ReadonlyMap<string, FileVolume>, logger: Logger): Promise<{ seq: number; historyRestarted: boolean } | undefined> {
+    const file = path.join(stateDir, 'replica.json');
+    const state = (await readJsonFile(file)) as ReplicaState | undefined;
+    const r = state?.rewinding;
+    if (!state || !r) return undefined;
+    const head = journal.headSeq();
+    const forward = head > r.toSeq;
+    if (forward) {
+      let records = 0;
+      for await (const rec of journal.records(r.toSeq, head)) {
+        const img = images.get(rec.volume);
+        if (img) await applyToVolume(img, rec);
+        records++;
+      }
+      for (const img of images.values()) await img.flush();
+      logger.warn({ toSeq: r.toSeq, fromSeq: r.fromSeq, records }, 'a promotion at an earlier point was cut short: the volumes are brought forward again to where they were (nothing was promoted; the later writes were saved aside too); promote again');
+    } else {
+      state.appliedSeq = r.toSeq;
+      state.appliedTimeMs = r.toTimeMs;
+      logger.warn({ toSeq: r.toSeq, fromSeq: r.fromSeq }, 'a promotion at an earlier point was cut short after the volumes went back: they hold that point, still as a replica; promote again');
+    }
+    state.rewinding = undefined;
+    await writeJsonFile(file, state);
+    return { seq: forward ? head : r.toSeq, historyRestarted: !forward };
+  }
+
+  /**
+   * Promotion at an earlier point (offsite promote --seq/--time, after a bad write reached the
+   * replica): the volumes go back to the state right after that point. Everything after it is
+   * saved aside first (`split-<time>/`, like a demotion's split-off writes), and the intent is
+   * saved before any image changes (finishInterruptedRewind). Only the blocks written since
+   * the point are rewritten. The journal then restarts at the point, its history from the
+   * images as they are then (with `history`).
+   */
+  async rewindForPromotion(at: { seq?: number; timeMs?: number }, history: boolean): Promise<{ seq: number; timeMs?: number; fromSeq: number; savedTo?: string; blocks: number }> {
+    await this.idle();
+    const now = this.applied;
+    const res = await this.journal.holdHistory(async () => {
+      const seq = at.seq ?? (await pointAtTime(this.journal, at.timeMs!));
+      await checkPoint(this.journal, seq);
+      const base = this.journal.baseInfo();
+      const timeMs = this.journal.timeOf(seq) ?? (base?.seq === seq ? base.timeMs : undefined);
+      if (seq >= now) return { seq: now, timeMs: this.state.appliedTimeMs, fromSeq: now, blocks: 0 };
+      const savedTo = await this.saveSplit(seq);
+      this.state.rewinding = { toSeq: seq, toTimeMs: timeMs ?? 0, fromSeq: now };
+      await this.save();
+      let blocks = 0;
+      let runs = 0;
+      await this.gate.exclusive(async () => {
+        for (const v of this.volumes.values()) {
+          const r = await writeChangedBlocksAsOf(this.journal, v.name, v.image, seq, now, async (offsetBytes, data) => {
+            await v.image.write(offsetBytes, data);
+            if (REWIND_FAILPOINT && ++runs === 2) {
+              await v.image.flush();
+              process.kill(process.pid, 'SIGKILL');
+            }
+          });
+          blocks += r.blocks;
+        }
+        for (const v of this.volumes.values()) await v.image.flush();
+        await this.journal.resetTo(seq);
+        this.durable = this.applied = seq;
+        this.state.appliedSeq = seq;
+        this.state.appliedTimeMs = timeMs ?? 0;
+      });
+      this.state.rewinding = undefined;
+      await this.save();
+      return { seq, timeMs, fromSeq: now, savedTo, blocks };
+    });
+    if (history && res.seq < now) await this.rebaseHistory();
+    return res;
   }
 
   /** Open (or, with `wipe`, recreate) the staging images and chunk lists. */

@@ -13,7 +13,7 @@ import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/un
 import { isRpoPolicy } from '../replication/rpo';
 import type { VerifyStatus } from '../replication/verify';
 import { fail } from './exit';
-import { seqNumber } from './args';
+import { checkPointOptions, seqNumber } from './args';
 
 let tokenFile: string | undefined;
 let caFile: string | undefined;
@@ -184,12 +184,16 @@ export function register(program: Command): void {
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
     .option('--force', 'promote even while the replica is syncing (its volumes may be inconsistent) or its primary is connected (two sites then accept writes)')
     .option('--replicate-to <host:port>', 'ship to this replica once promoted (e.g. the old primary, demoted)')
-    .action(async (opts: { http: string; ca?: string; force?: boolean; replicateTo?: string; tokenFile?: string }) => {
+    .option('--seq <n>', "promote at this earlier point of the replica's retained history (--journal-retain): the volumes go back to the state right after it; what came later is saved aside", seqNumber)
+    .option('--time <iso8601>', 'promote at the state of this moment (the last write at or before it); as --seq')
+    .action(async (opts: { http: string; ca?: string; force?: boolean; replicateTo?: string; tokenFile?: string; seq?: number; time?: string }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
-        const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo });
-        process.stdout.write(`promoted in ${String(r.ms)} ms: writable at sequence ${String(r.seq)}${r.primaryTime ? ` (primary time ${String(r.primaryTime)})` : ''}\n`);
+        checkPointOptions(opts);
+        const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo, seq: opts.seq, time: opts.time });
+        const back = r.wentBackFrom !== undefined ? `; went back from sequence ${String(r.wentBackFrom)} (${String(r.blocksRewritten)} blocks rewritten): the later writes are saved aside in ${String(r.savedTo)}` : '';
+        process.stdout.write(`promoted in ${String(r.ms)} ms: writable at sequence ${String(r.seq)}${r.primaryTime ? ` (primary time ${String(r.primaryTime)})` : ''}${back}\n`);
       } catch (e) {
         fail(e, 'offsite promote');
       }
@@ -243,9 +247,8 @@ export function register(program: Command): void {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
-        if (opts.seq !== undefined && opts.time !== undefined) throw new OffsiteError('USAGE', '--seq and --time are mutually exclusive');
+        checkPointOptions(opts);
         if (opts.stop && (opts.seq !== undefined || opts.time !== undefined)) throw new OffsiteError('USAGE', '--seq and --time go with starting a test, not with --stop');
-        if (opts.time !== undefined && Number.isNaN(Date.parse(opts.time))) throw new OffsiteError('USAGE', `--time ${opts.time} is not an ISO-8601 time`);
         const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start', seq: opts.seq, time: opts.time });
         const targets = (r.targets as string[]) ?? [];
         const point = r.point as { seq: number; primaryTime?: string } | undefined;

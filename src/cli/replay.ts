@@ -11,7 +11,7 @@ import { OffsiteError } from '../common/errors';
 import { Journal } from '../journal/wal';
 import { pointAtTime, reconstruct } from '../journal/point-in-time';
 import { fail } from './exit';
-import { seqNumber } from './args';
+import { checkPointOptions, seqNumber } from './args';
 
 /** Open a stopped appliance's journal, refusing a running or foreign data directory. */
 export async function openStoppedJournal(dataDir: string): Promise<{ dir: DataDir; journal: Journal }> {
@@ -41,7 +41,7 @@ export function register(program: Command): void {
       const started = Date.now();
       let journal: Journal | undefined;
       try {
-        if (opts.seq !== undefined && opts.time !== undefined) throw new OffsiteError('USAGE', '--seq and --time are mutually exclusive');
+        checkPointOptions(opts);
         const opened = await openStoppedJournal(opts.data);
         journal = opened.journal;
         const metaPath = path.join(opened.dir.volumesDir, `${opts.volume}.json`);
@@ -50,9 +50,7 @@ export function register(program: Command): void {
         })) as { sizeBytes: number };
         let seq = opts.seq ?? journal.headSeq();
         if (opts.time !== undefined) {
-          const t = Date.parse(opts.time);
-          if (Number.isNaN(t)) throw new OffsiteError('USAGE', `--time ${opts.time} is not an ISO-8601 time`);
-          seq = await pointAtTime(journal, t);
+          seq = await pointAtTime(journal, Date.parse(opts.time));
         }
         const bar = process.stderr.isTTY ? new SingleBar({ format: 'replay |{bar}| {percentage}% {value}/{total} records', stream: process.stderr }) : undefined;
         bar?.start(1, 0);

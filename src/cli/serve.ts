@@ -111,9 +111,9 @@ export function register(program: Command): void {
         };
         admin = {
           setBandwidth: (bps: number | 'configured') => replicating('setBandwidth', 'bandwidth applies to a primary that replicates (--replicate-to)')(bps),
-          promote: (req: { force?: boolean; replicateTo?: string; reason?: string }) => {
+          promote: (req: { force?: boolean; replicateTo?: string; reason?: string; seq?: number; timeMs?: number }) => {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
-            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined));
+            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined, { seq: req.seq, timeMs: req.timeMs }));
           },
           testFailover: (action: 'start' | 'stop', at?: { seq?: number; timeMs?: number }) => app.testFailover(action, at),
           verify: (req: VerifyRequest) => replicating('verify', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary')(req),

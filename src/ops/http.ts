@@ -19,6 +19,21 @@ function badRequestOn<T>(parse: () => T): T {
   }
 }
 
+/** An earlier point of the history in a request: `seq` (a sequence number) or `time` (ISO-8601), not both. */
+function pointIn(body: Record<string, unknown>): { seq?: number; timeMs?: number } {
+  const at: { seq?: number; timeMs?: number } = {};
+  if (body.seq !== undefined) {
+    if (typeof body.seq !== 'number' || !Number.isSafeInteger(body.seq) || body.seq < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `seq ${JSON.stringify(body.seq)} must be a sequence number (an integer ≥ 0)`);
+    at.seq = body.seq;
+  }
+  if (body.time !== undefined) {
+    at.timeMs = typeof body.time === 'string' ? Date.parse(body.time) : NaN;
+    if (Number.isNaN(at.timeMs)) throw new HttpError(400, 'HTTP_BAD_REQUEST', `time ${JSON.stringify(body.time)} must be an ISO-8601 time`);
+  }
+  if (at.seq !== undefined && at.timeMs !== undefined) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give seq or time, not both');
+  return at;
+}
+
 function checkHostPort(v: string, field: string): void {
   badRequestOn(() => parseHostPort(v, field));
 }
@@ -27,7 +42,8 @@ function checkHostPort(v: string, field: string): void {
 export interface AdminActions {
   /** A new cap (bytes/s, 0: none), or 'configured' to return to the configured one. */
   setBandwidth?(bytesPerSec: number | 'configured'): unknown;
-  promote?(req: { force?: boolean; replicateTo?: string }): Promise<unknown>;
+  /** `seq`/`timeMs`: promote at an earlier point of the replica's retained history. */
+  promote?(req: { force?: boolean; replicateTo?: string; seq?: number; timeMs?: number }): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
   /** `at`: an earlier point of the replica's retained history for the copies (sequence or time). */
   testFailover?(action: 'start' | 'stop', at?: { seq?: number; timeMs?: number }): Promise<unknown>;
@@ -143,7 +159,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const body = await readJson(req);
           const replicateTo = body.replicateTo === undefined ? undefined : String(body.replicateTo);
           if (replicateTo) checkHostPort(replicateTo, 'replicateTo');
-          const result = await routes.admin.promote({ force: body.force === true, replicateTo });
+          const result = await routes.admin.promote({ force: body.force === true, replicateTo, ...pointIn(body) });
           return send(res, 200, 'application/json', JSON.stringify(result) + '\n');
         }
         case 'POST /test-failover': {
@@ -151,16 +167,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const body = await readJson(req);
           const action = body.action ?? 'start';
           if (action !== 'start' && action !== 'stop') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'action must be start or stop');
-          const at: { seq?: number; timeMs?: number } = {};
-          if (body.seq !== undefined) {
-            if (typeof body.seq !== 'number' || !Number.isSafeInteger(body.seq) || body.seq < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `seq ${JSON.stringify(body.seq)} must be a sequence number (an integer ≥ 0)`);
-            at.seq = body.seq;
-          }
-          if (body.time !== undefined) {
-            at.timeMs = typeof body.time === 'string' ? Date.parse(body.time) : NaN;
-            if (Number.isNaN(at.timeMs)) throw new HttpError(400, 'HTTP_BAD_REQUEST', `time ${JSON.stringify(body.time)} must be an ISO-8601 time`);
-          }
-          if (at.seq !== undefined && at.timeMs !== undefined) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give seq or time, not both');
+          const at = pointIn(body);
           if (action === 'stop' && (at.seq !== undefined || at.timeMs !== undefined)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'seq and time go with start');
           return send(res, 200, 'application/json', JSON.stringify(await routes.admin.testFailover(action, at)) + '\n');
         }

@@ -8,8 +8,8 @@
  */
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { releaseBuffer } from '../common/buffer-pool';
-import type { Journal, JournalRecord } from '../journal/wal';
+import type { Journal } from '../journal/wal';
+import { writeChangedBlocksAsOf } from './rewind';
 import type { FileVolume } from './file-volume';
 import type { ApplyGate } from './replica';
 import type { AllocationExtent, Volume } from './volume';
@@ -91,79 +91,15 @@ export class TestCopyVolume implements Volume {
   /**
    * Show the volume as it was right after sequence `seq` instead of `nowSeq` (what the image
    * holds now; `seq` may lie on either side of it): every block a record between the two
-   * changed gets its content at `seq` — the point-in-time base's, then the records after the
-   * base up to `seq` — and the overlay keeps it. Every other block is the same at both points.
-   * The caller holds the apply gate and the journal's history (no trim meanwhile), and has
-   * checked that `seq` is a replayable point of the retained window.
+   * changed gets its content at `seq` in the overlay, which keeps it (see rewind.ts). On a new
+   * copy; the caller holds the apply gate and the journal's history, and has checked `seq`.
    */
   async rewind(journal: Journal, seq: number, nowSeq: number): Promise<{ blocks: number; records: number }> {
-    const bs = this.blockSize;
-    const blocks = this.sizeBytes / bs;
-    const touched = new Uint8Array(this.present.length);
-    const volume = this.base.name;
-    const inRange = (r: JournalRecord): [number, number] => [Math.floor(r.offsetBytes / bs), Math.min(Math.ceil((r.offsetBytes + r.lengthBytes) / bs), blocks)];
-    for await (const r of journal.records(Math.min(seq, nowSeq), Math.max(seq, nowSeq), volume)) {
-      const [b0, b1] = inRange(r);
-      for (let b = b0; b < b1; b++) touched[b >> 3] |= 1 << (b & 7);
-      releaseBuffer(r.data);
-    }
-    const isTouched = (b: number) => (touched[b >> 3] & (1 << (b & 7))) !== 0;
-    // The base's content of the changed blocks (none, or none of this volume: it was empty then).
-    const base = journal.baseInfo();
-    const basePath = journal.baseImagePath(volume);
-    const baseFile = base && base.seq > 0 ? await fsp.open(basePath, 'r').catch(() => undefined) : undefined;
-    let count = 0;
-    try {
-      const chunk = Buffer.alloc(Math.min(1 << 20, this.sizeBytes));
-      let b = 0;
-      while (b < blocks) {
-        if (touched[b >> 3] === 0) {
-          b = (b | 7) + 1;
-          continue;
-        }
-        if (!isTouched(b)) {
-          b++;
-          continue;
-        }
-        let e = b + 1;
-        while (e < blocks && (e - b) * bs < chunk.length && isTouched(e)) e++;
-        const len = (e - b) * bs;
-        const buf = chunk.subarray(0, len).fill(0);
-        if (baseFile) await baseFile.read(buf, 0, len, b * bs);
-        await this.overlay.write(buf, 0, len, b * bs);
-        for (let k = b; k < e; k++) this.mark(k);
-        count += e - b;
-        b = e;
-      }
-    } finally {
-      await baseFile?.close();
-    }
-    // Then the records after the base up to the point, where they touch those blocks.
-    let records = 0;
-    for await (const r of journal.records(base?.seq ?? 0, seq, volume)) {
-      const [b0, b1] = inRange(r);
-      for (let b = b0; b < b1; b++) {
-        if (!isTouched(b)) continue;
-        let e = b + 1;
-        while (e < b1 && isTouched(e)) e++;
-        await this.overwriteWith(r, b * bs, (e - b) * bs);
-        b = e;
-      }
-      records++;
-      releaseBuffer(r.data);
-    }
-    return { blocks: count, records };
-  }
-
-  /** The part [offsetBytes, +lengthBytes) of a record, onto the overlay. */
-  private async overwriteWith(r: JournalRecord, offsetBytes: number, lengthBytes: number): Promise<void> {
-    if (r.op === 'write') {
-      await this.overlay.write(r.data, offsetBytes - r.offsetBytes, lengthBytes, offsetBytes);
-      return;
-    }
-    const fill = Buffer.alloc(Math.min(lengthBytes, 1 << 20));
-    if (r.op === 'writeSame') for (let o = 0; o < fill.length; o += r.data.length) r.data.copy(fill, o);
-    for (let o = 0; o < lengthBytes; o += fill.length) await this.overlay.write(fill, 0, Math.min(fill.length, lengthBytes - o), offsetBytes + o);
+    const r = await writeChangedBlocksAsOf(journal, this.base.name, this, seq, nowSeq, async (offsetBytes, data) => {
+      await this.overlay.write(data, 0, data.length, offsetBytes);
+    });
+    for (let i = 0; i < r.changed.length; i++) this.present[i] |= r.changed[i];
+    return { blocks: r.blocks, records: r.records };
   }
 
   /** The applier is about to change this range of the replica: keep the snapshot's view of it. */
