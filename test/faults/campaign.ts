@@ -6,7 +6,9 @@
  * restarts, link cuts, stalls, slow links, duplicated and corrupted bytes, and an operator's
  * pause of shipping (offsite pause, resumed a moment later; a running verify stops), an online
  * grow of the volume by 1 MiB (offsite resize: a new handshake grows the replica's copy), and a
- * volume added online (offsite add-volume: the replica creates its copy; verify covers it). Invariants checked
+ * volume added online (offsite add-volume: the replica creates its copy; verify covers it), and
+ * a test failover at a random earlier point of the replica's history (offsite test-failover
+ * --seq, built while records arrive; the copy must be a chain prefix too). Invariants checked
  * after every fault and at the end:
  *   - no acknowledged write lost on the primary (its chain reaches the last acknowledged record),
  *   - the replica is always a prefix of the primary's history (chain check on every read),
@@ -27,7 +29,7 @@ import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, st
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume'] as const;
+export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume', 'testAtPoint'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface CampaignResult {
@@ -41,6 +43,9 @@ export interface CampaignResult {
   crashes: number;
   fullResyncs: number;
   imagesEqual: boolean;
+  /** Test copies made at an earlier point and read (testAtPoint), and points refused (inside a coalesced batch, or trimmed meanwhile). */
+  pointCopies: number;
+  pointsRefused: number;
   /** Online verify runs that ended (done) during the faults, bytes they compared, differences they reported. */
   verifyRuns: number;
   verifiedBytes: number;
@@ -94,12 +99,16 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     crashes: 0,
     fullResyncs: 0,
     imagesEqual: false,
+    pointCopies: 0,
+    pointsRefused: 0,
     verifyRuns: 0,
     verifiedBytes: 0,
     verifyDifferences: 0,
     problems: [],
   };
-  const pair = await startPairBehindProxy(dir, [`chain:${16 * MiB}`], seed);
+  // The replica keeps history, for the test copies at an earlier point (and its base images fold meanwhile).
+  const replicaArgs = ['--journal-retain', '20s'];
+  const pair = await startPairBehindProxy(dir, [`chain:${16 * MiB}`], seed, replicaArgs);
   const { proxy, proxyPort, replPort, aDir, bDir } = pair;
   let replica: RunningAppliance | undefined = pair.replica;
   let primary: RunningAppliance | undefined = pair.primary;
@@ -182,7 +191,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             const r = replica!;
             replica = undefined;
             await (kind === 'killReplica' ? r.kill('SIGKILL') : r.stop());
-            replica = await startReplica(bDir, replPort);
+            replica = await startReplica(bDir, replPort, replicaArgs);
             watch(replica, 'replica');
             break;
           }
@@ -216,6 +225,38 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             const p = primary!;
             const res = await fetch(`http://127.0.0.1:${p.httpPort}/volumes`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: `added-${i + 1}`, sizeBytes: MiB }) });
             if (res.status !== 201) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /volumes answered ${res.status}: ${await res.text()}`);
+            break;
+          }
+          case 'testAtPoint': {
+            // A copy at a random point of the replica's history: a prefix of the chain too.
+            const r = replica;
+            if (!r) break;
+            const admin = (body: unknown) => fetch(`http://127.0.0.1:${r.httpPort}/test-failover`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+            const w = ((await r.status()).journal as { window: { fromSeq: number; toSeq: number } }).window;
+            const seq = w.fromSeq + Math.floor(rand() * (w.toSeq - w.fromSeq + 1));
+            const res = await admin({ seq });
+            if (res.status === 409) {
+              const code = ((await res.json()) as { code: string }).code;
+              if (code === 'JOURNAL_COALESCED_POINT' || code === 'JOURNAL_OUTSIDE_WINDOW') result.pointsRefused++;
+              else result.problems.push(`seed ${seed}: fault ${i + 1}: test failover at ${seq} refused: ${code}`);
+              break;
+            }
+            if (res.status !== 200) {
+              result.problems.push(`seed ${seed}: fault ${i + 1}: POST /test-failover {seq: ${seq}} answered ${res.status}: ${await res.text()}`);
+              break;
+            }
+            const file = path.join(dir, 'point-copy.img');
+            const read = await run('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `bs=${16 * MiB}`, 'count=1', `if=${r.url('chain-test')}`, `of=${file}`], { timeoutMs: 30_000 });
+            if (read.code === 0) {
+              result.pointCopies++;
+              const c = checkChainImage(readFileSync(file), N);
+              if (c.error) {
+                result.nonPrefixStates++;
+                result.problems.push(`seed ${seed}: fault ${i + 1}: the test copy at sequence ${seq} is not a prefix: ${c.error}`);
+              }
+            } else result.problems.push(`seed ${seed}: fault ${i + 1}: reading the test copy at sequence ${seq} failed: ${read.stderr}`);
+            const stopped = await admin({ action: 'stop' });
+            if (stopped.status !== 200) result.problems.push(`seed ${seed}: fault ${i + 1}: stopping the test failover answered ${stopped.status}: ${await stopped.text()}`);
             break;
           }
           case 'pauseShipping': {
@@ -291,5 +332,6 @@ export function formatResult(r: CampaignResult): string {
     `  chain records acknowledged ${r.recordsAcked}, replica reads checked ${r.replicaReads}`,
     `  data lost ${r.lostWrites}, non-prefix states ${r.nonPrefixStates}, crashes ${r.crashes}, full resyncs ${r.fullResyncs}, images equal ${r.imagesEqual}`,
     `  online verify during the faults: ${r.verifyRuns} runs done, ${(r.verifiedBytes / MiB).toFixed(0)} MiB compared, ${r.verifyDifferences} differences`,
+    `  test copies at an earlier point: ${r.pointCopies} read (each a chain prefix), ${r.pointsRefused} points refused (coalesced or trimmed meanwhile)`,
   ].join('\n');
 }

@@ -123,13 +123,13 @@ export function pollReplica(current: () => RunningAppliance | undefined, volume:
 }
 
 /** A primary shipping to a replica through the project's fault proxy (the link faults go there). */
-export async function startPairBehindProxy(dir: string, volumes: string[], seed: number): Promise<{ proxy: FaultProxy; proxyPort: number; replPort: number; aDir: string; bDir: string; primary: RunningAppliance; replica: RunningAppliance }> {
+export async function startPairBehindProxy(dir: string, volumes: string[], seed: number, replicaArgs: string[] = []): Promise<{ proxy: FaultProxy; proxyPort: number; replPort: number; aDir: string; bDir: string; primary: RunningAppliance; replica: RunningAppliance }> {
   const replPort = await freePort();
   const proxy = new FaultProxy('127.0.0.1', replPort, seed);
   const proxyPort = await proxy.listen();
   const aDir = path.join(dir, 'a');
   const bDir = path.join(dir, 'b');
-  const replica = await startReplica(bDir, replPort);
+  const replica = await startReplica(bDir, replPort, replicaArgs);
   const primary = await startPrimary(aDir, volumes, proxyPort);
   return { proxy, proxyPort, replPort, aDir, bDir, primary, replica };
 }
