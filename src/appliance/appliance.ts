@@ -11,7 +11,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
-import { checkPoint, pointAtTime } from '../journal/point-in-time';
+import { resolvePoint } from '../journal/point-in-time';
 import { FileVolume } from '../volume/file-volume';
 import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
@@ -94,6 +94,17 @@ export interface TestFailoverStatus {
   active: boolean;
   targets: string[];
   point?: { seq: number; primaryTime?: string };
+}
+
+/** GET /history: the retained records by time. */
+export interface HistoryView {
+  role: 'primary' | 'replica';
+  bucketSeconds: number;
+  window: { fromSeq: number; toSeq: number; fromTime?: string; toTime?: string };
+  /** The state the oldest retained records start from (history before it was folded in). */
+  base: { seq: number; time?: string } | null;
+  /** Only the buckets holding records; `point`: the latest replayable point up to lastSeq. */
+  buckets: { start: string; firstSeq: number; lastSeq: number; point: number; records: number; bytes: number; volumes: Record<string, number> }[];
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
@@ -599,10 +610,10 @@ export class Appliance {
           // Under the gate the images hold exactly the applied point; the history stays put.
           const now = store.appliedSeq();
           let seq = now;
+          let timeMs: number | undefined;
           if (atPoint) {
             if (store.isStaging() || store.syncState() !== 'consistent') throw new OffsiteError('REPLICA_SYNCING', 'the replica is syncing: its history has no point to start a test at until it is consistent');
-            seq = at.seq ?? (await pointAtTime(journal, at.timeMs!));
-            await checkPoint(journal, seq);
+            ({ seq, timeMs } = await resolvePoint(journal, at));
           }
           const made: { name: string; copy: TestCopyVolume; image: FileVolume }[] = [];
           try {
@@ -617,7 +628,7 @@ export class Appliance {
                 records += r.records;
               }
             }
-            if (atPoint) point = { seq, timeMs: journal.timeOf(seq), rewoundBlocks, records };
+            if (atPoint) point = { seq, timeMs, rewoundBlocks, records };
           } catch (e) {
             for (const m of made) await m.copy.close().catch(() => undefined);
             throw e;
@@ -651,6 +662,30 @@ export class Appliance {
     this.testPoint = undefined;
     this.logger.warn({ targets }, 'test failover ended: the copies are discarded');
     return { active: false, targets };
+  }
+
+  /**
+   * The retained history by time (GET /history, offsite history): what was written when, to
+   * find the point to go back to (a burst of overwrites where ransomware started). Each bucket
+   * names the latest point in it that can be replayed, tested or promoted at.
+   */
+  async history(bucketMs: number): Promise<HistoryView> {
+    const j = this.journal;
+    if (!j) throw new OffsiteError('NO_JOURNAL', 'this appliance runs without a journal (--no-journal): it keeps no history');
+    const w = j.window();
+    const base = j.baseInfo();
+    const iso = (t?: number) => (t ? new Date(t).toISOString() : undefined);
+    const buckets: HistoryView['buckets'] = [];
+    for (const b of j.history(bucketMs)) {
+      buckets.push({ start: iso(b.startMs)!, firstSeq: b.firstSeq, lastSeq: b.lastSeq, point: await j.consistentAtOrBefore(b.lastSeq), records: b.records, bytes: b.bytes, volumes: b.perVolume });
+    }
+    return {
+      role: this.config.role,
+      bucketSeconds: bucketMs / 1000,
+      window: { fromSeq: w.fromSeq, toSeq: w.toSeq, fromTime: iso(w.fromTimeMs), toTime: iso(w.toTimeMs) },
+      base: base && base.seq > 0 ? { seq: base.seq, time: iso(base.timeMs) } : null,
+      buckets,
+    };
   }
 
   /** The running test failover (replica): its targets and, when made at an earlier point, that point. */

@@ -27,7 +27,7 @@ import { chunkHash, SYNC_CHUNK_BYTES, verifyHashes } from '../replication/protoc
 import { FileVolume } from '../volume/file-volume';
 import { applyInOrder, applyToVolume } from '../volume/journaled';
 import { writeChangedBlocksAsOf } from '../volume/rewind';
-import { checkPoint, pointAtTime } from '../journal/point-in-time';
+import { resolvePoint } from '../journal/point-in-time';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { TestCopyVolume } from '../volume/test-copy';
 
@@ -235,10 +235,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await this.idle();
     const now = this.applied;
     const res = await this.journal.holdHistory(async () => {
-      const seq = at.seq ?? (await pointAtTime(this.journal, at.timeMs!));
-      await checkPoint(this.journal, seq);
-      const base = this.journal.baseInfo();
-      const timeMs = this.journal.timeOf(seq) ?? (base?.seq === seq ? base.timeMs : undefined);
+      const { seq, timeMs } = await resolvePoint(this.journal, at);
       if (seq >= now) return { seq: now, timeMs: this.state.appliedTimeMs, fromSeq: now, blocks: 0 };
       const savedTo = await this.saveSplit(seq);
       this.state.rewinding = { toSeq: seq, toTimeMs: timeMs ?? 0, fromSeq: now };

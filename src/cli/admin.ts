@@ -12,6 +12,7 @@ import { ConfigError, OffsiteError } from '../common/errors';
 import { parseDuration, parseHostPort, parseRate, parseSize } from '../common/units';
 import { isRpoPolicy } from '../replication/rpo';
 import type { VerifyStatus } from '../replication/verify';
+import type { HistoryView } from '../appliance/appliance';
 import { fail } from './exit';
 import { checkPointOptions, seqNumber } from './args';
 
@@ -77,6 +78,31 @@ async function call(address: string, method: 'GET' | 'POST', route: string, body
   }
   if (status < 200 || status >= 300) throw new OffsiteError(String(json.code ?? `HTTP_${status}`), String(json.error ?? `HTTP ${status}`));
   return json;
+}
+
+/**
+ * The history, one line per bucket. A bucket that wrote at least 4 times the median bucket
+ * (and 1 MiB) is marked: a burst of overwrites is how ransomware encrypting a volume looks.
+ */
+function historyText(h: HistoryView): string {
+  const w = h.window;
+  const lines = [
+    `${h.role}: retained sequences ${w.fromSeq}..${w.toSeq}${w.fromTime ? ` (${w.fromTime} .. ${w.toTime ?? '?'})` : ''}${h.base ? `; from the base: state after sequence ${h.base.seq}${h.base.time ? ` (${h.base.time})` : ''}` : ''}`,
+  ];
+  if (!h.buckets.length) {
+    lines.push(w.fromSeq === w.toSeq ? 'no history retained: only the latest state (configure --journal-retain to keep some)' : 'no records retained');
+    return lines.join('\n') + '\n';
+  }
+  const sorted = h.buckets.map((b) => b.bytes).sort((a, b) => a - b);
+  const median = sorted[Math.floor(sorted.length / 2)];
+  lines.push(`${'from (primary time)'.padEnd(26)}${'sequences'.padEnd(20)}${'records'.padStart(9)}${'written'.padStart(12)}  ${'point'.padStart(8)}  volumes`);
+  for (const b of h.buckets) {
+    const burst = h.buckets.length >= 3 && b.bytes >= 4 * median && b.bytes >= 1 << 20 ? `  BURST: ${median ? `${Math.round(b.bytes / median)}x the median` : 'the others wrote nothing'}` : '';
+    const vols = Object.entries(b.volumes).map(([v, n]) => `${v} ${bytes(n)}`).join(', ');
+    lines.push(`${b.start.padEnd(26)}${`${b.firstSeq}..${b.lastSeq}`.padEnd(20)}${String(b.records).padStart(9)}${bytes(b.bytes).padStart(12)}  ${String(b.point).padStart(8)}  ${vols}${burst}`);
+  }
+  lines.push(`point: the latest state at the end of the line that replay --seq, test-failover --seq and promote --seq can give (${h.bucketSeconds} s per line)`);
+  return lines.join('\n') + '\n';
 }
 
 const bytes = (n: unknown): string => {
@@ -174,6 +200,23 @@ export function register(program: Command): void {
         process.stdout.write(opts.json ? JSON.stringify(s, null, 2) + '\n' : summarize(s));
       } catch (e) {
         fail(e, 'offsite status');
+      }
+    });
+  program
+    .command('history')
+    .description("what a running appliance's retained journal history holds, by time: when was what written, and the point to go back to (test-failover, promote, replay --seq); bursts of writes stand out")
+    .requiredOption('--http <[https://]host:port>', 'the appliance HTTP address')
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .option('--bucket <duration>', 'length of each line, e.g. 10s, 1m, 1h', '1m')
+    .option('--json', 'print the raw JSON')
+    .action(async (opts: { http: string; ca?: string; bucket: string; json?: boolean }) => {
+      caFile = opts.ca;
+      try {
+        const seconds = parseDuration(opts.bucket, 'bucket') / 1000;
+        const h = await call(opts.http, 'GET', `/history?bucket=${seconds}`);
+        process.stdout.write(opts.json ? JSON.stringify(h, null, 2) + '\n' : historyText(h as unknown as HistoryView));
+      } catch (e) {
+        fail(e, 'offsite history');
       }
     });
   program

@@ -133,9 +133,9 @@ export function register(program: Command): void {
             return switchRole({ role: 'replica', replicationListen: req.replicationListen, reason: 'demote' });
           },
         };
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), metrics: metrics.registry, admin, adminToken: config.adminToken, tls: config.httpTls }, logger);
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), history: (ms) => app.history(ms), metrics: metrics.registry, admin, adminToken: config.adminToken, tls: config.httpTls }, logger);
         if (config.metricsListen) {
-          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), metrics: metrics.registry, readOnly: true, tls: config.httpTls }, logger);
+          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), history: (ms) => app.history(ms), metrics: metrics.registry, readOnly: true, tls: config.httpTls }, logger);
         }
       } catch (e) {
         await httpServer?.close();

@@ -68,6 +68,17 @@ export async function pointAtTime(j: Journal, timeMs: number): Promise<number> {
   return Math.max(await seqAtTime(j, timeMs), w.fromSeq);
 }
 
+/**
+ * The point an operator asked for (`seq`, or the point at `timeMs`), checked as checkPoint
+ * does, with the primary's time of it (the base's, when the point is the base).
+ */
+export async function resolvePoint(j: Journal, at: { seq?: number; timeMs?: number }): Promise<{ seq: number; timeMs?: number }> {
+  const seq = at.seq ?? (await pointAtTime(j, at.timeMs!));
+  await checkPoint(j, seq);
+  const base = j.baseInfo();
+  return { seq, timeMs: j.timeOf(seq) ?? (base?.seq === seq && base.timeMs ? base.timeMs : undefined) };
+}
+
 export async function reconstruct(o: ReconstructOptions): Promise<ReconstructReport> {
   const j = o.journal;
   await checkPoint(j, o.seq);

@@ -88,6 +88,17 @@ export interface JournalOptions {
   ownsRetention?: boolean;
 }
 
+/** The retained records of one stretch of time (`offsite history`). */
+export interface HistoryBucket {
+  startMs: number;
+  firstSeq: number;
+  lastSeq: number;
+  records: number;
+  /** Data bytes journaled (a write's bytes, a WRITE SAME's one block, nothing for UNMAP). */
+  bytes: number;
+  perVolume: Record<string, number>;
+}
+
 export interface JournalStats {
   headSeq: number;
   oldestSeq: number;
@@ -1375,6 +1386,28 @@ export class Journal {
   async consistentAtOrBefore(seq: number): Promise<number> {
     const around = await this.coalescedAround(seq);
     return around ? around.from - 1 : seq;
+  }
+
+  /**
+   * The retained records by the primary's time, in buckets of `bucketMs` (only those holding
+   * records), from the bookkeeping kept in memory: no I/O.
+   */
+  history(bucketMs: number): HistoryBucket[] {
+    const out: HistoryBucket[] = [];
+    let cur: HistoryBucket | undefined;
+    for (let i = 0; i < this.sizes.size; i++) {
+      const t = this.sizes.timeAt(i);
+      const start = Math.floor(t / bucketMs) * bucketMs;
+      const seq = this.sizes.seqAt(i);
+      if (!cur || cur.startMs !== start) out.push((cur = { startMs: start, firstSeq: seq, lastSeq: seq, records: 0, bytes: 0, perVolume: {} }));
+      const bytes = this.sizes.bytesAt(i);
+      const vol = this.volumes[this.sizes.volAt(i)];
+      cur.lastSeq = seq;
+      cur.records++;
+      cur.bytes += bytes;
+      cur.perVolume[vol] = (cur.perVolume[vol] ?? 0) + bytes;
+    }
+    return out;
   }
 
   /**

@@ -63,11 +63,13 @@ export interface AdminActions {
 
 export interface HttpRoutes {
   status(): unknown;
+  /** GET /history?bucket=SECONDS: the retained records by time. */
+  history?(bucketMs: number): Promise<unknown>;
   metrics: Registry;
   admin?: AdminActions;
   /** Admin calls need `Authorization: Bearer <token>`; without a token they are refused. */
   adminToken?: string;
-  /** A monitoring-only listener: GET /status, /metrics and /healthz; every other request is refused. */
+  /** A monitoring-only listener: GET /status, /metrics, /history and /healthz; every other request is refused. */
   readOnly?: boolean;
   /** Serve HTTPS with this PEM certificate (chain) and key; plain HTTP without. */
   tls?: { cert: Buffer; key: Buffer };
@@ -139,6 +141,13 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           return send(res, 200, 'application/json', JSON.stringify(routes.status(), null, 2) + '\n');
         case 'GET /metrics':
           return send(res, 200, routes.metrics.contentType, await routes.metrics.metrics());
+        case 'GET /history': {
+          if (!routes.history) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no history here');
+          const raw = url.searchParams.get('bucket') ?? '60';
+          const seconds = /^\d+(\.\d+)?$/.test(raw) ? Number(raw) : badRequestOn(() => parseDuration(raw, 'bucket') / 1000);
+          if (!(seconds >= 0.001) || seconds > 86_400 * 366) throw new HttpError(400, 'HTTP_BAD_REQUEST', `bucket ${raw} must be a duration from 1ms to a year (seconds, or e.g. 10s, 5m)`);
+          return send(res, 200, 'application/json', JSON.stringify(await routes.history(seconds * 1000), null, 2) + '\n');
+        }
         case 'GET /healthz':
           return send(res, 200, 'text/plain', 'ok\n');
         case 'POST /bandwidth': {

@@ -116,7 +116,7 @@ test('admin API: refused without a token, with a wrong one, and when none is con
   }
 });
 
-test('--metrics-listen: /status, /metrics and /healthz on a second address, where admin calls are refused even with the token', { timeout: 60_000 }, async () => {
+test('--metrics-listen: /status, /metrics, /history and /healthz on a second address, where admin calls are refused even with the token', { timeout: 60_000 }, async () => {
   const dir = tempDir();
   const app = await startAppliance({ dataDir: path.join(dir, 'm'), volumes: ['v:1M'], args: ['--metrics-listen', '127.0.0.1:0'] });
   try {
@@ -131,6 +131,8 @@ test('--metrics-listen: /status, /metrics and /healthz on a second address, wher
     assert.equal(metrics.status, 200);
     assert.match(await metrics.text(), /^offsite_iscsi_sessions\b/m);
     assert.equal((await fetch(`${base}/healthz`)).status, 200);
+    const history = (await (await fetch(`${base}/history?bucket=10`)).json()) as { role: string; bucketSeconds: number };
+    assert.deepEqual([history.role, history.bucketSeconds], ['primary', 10]);
     const auth = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
     for (const route of ['/bandwidth', '/rpo', '/promote', '/demote', '/test-failover', '/replicate-to', '/verify', '/pause', '/resume', '/resize', '/volumes']) {
       const res = await fetch(base + route, { method: 'POST', headers: auth, body: JSON.stringify({ rate: '1MB/s', name: 'w', volume: 'v', size: '2M' }) });

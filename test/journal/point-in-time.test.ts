@@ -115,3 +115,31 @@ test('replay refuses a point inside a coalesced batch, goes back to the batch st
     removeDir(dir);
   }
 });
+
+test('history: the retained records by time, in buckets holding records, per volume, from memory', async () => {
+  const dir = tempDir();
+  const j = await Journal.open({ dir: path.join(dir, 'journal'), retainMs: 3_600_000 });
+  try {
+    await j.registerVolume('a');
+    await j.registerVolume('b');
+    const t0 = Date.parse('2026-11-28T00:00:00Z');
+    // Seconds 0 and 1 quiet, nothing in 2..4, a burst in 5.
+    const plan: [seq: number, vol: string, atMs: number, bytes: number][] = [
+      [1, 'a', 100, BS],
+      [2, 'b', 900, BS],
+      [3, 'a', 1_500, BS],
+      [4, 'a', 5_000, 8 * BS],
+      [5, 'b', 5_999, 4 * BS],
+    ];
+    for (const [seq, vol, at, bytes] of plan) await j.appendAt(seq, t0 + at, vol, 'write', 0, bytes, Buffer.alloc(bytes, seq)).done;
+    assert.deepEqual(j.history(1000), [
+      { startMs: t0, firstSeq: 1, lastSeq: 2, records: 2, bytes: 2 * BS, perVolume: { a: BS, b: BS } },
+      { startMs: t0 + 1000, firstSeq: 3, lastSeq: 3, records: 1, bytes: BS, perVolume: { a: BS } },
+      { startMs: t0 + 5000, firstSeq: 4, lastSeq: 5, records: 2, bytes: 12 * BS, perVolume: { a: 8 * BS, b: 4 * BS } },
+    ]);
+    assert.deepEqual(j.history(10_000).map((b) => [b.firstSeq, b.lastSeq, b.records]), [[1, 5, 5]]);
+  } finally {
+    await j.close();
+    removeDir(dir);
+  }
+});
