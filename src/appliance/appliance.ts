@@ -12,6 +12,7 @@ import path from 'node:path';
 import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
 import { resolvePoint } from '../journal/point-in-time';
+import { Bookmarks } from '../journal/bookmarks';
 import { FileVolume } from '../volume/file-volume';
 import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
@@ -96,6 +97,21 @@ export interface TestFailoverStatus {
   point?: { seq: number; primaryTime?: string };
 }
 
+/** A bookmark as listed (GET /bookmarks): its point, and whether this site's history still holds it. */
+export interface BookmarkView {
+  name: string;
+  seq: number;
+  time: string;
+  state: 'retained' | 'not retained' | 'not here yet';
+}
+
+/** An earlier point of the history, as an operator names it. */
+export interface PointRequest {
+  seq?: number;
+  timeMs?: number;
+  bookmark?: string;
+}
+
 /** GET /history: the retained records by time. */
 export interface HistoryView {
   role: 'primary' | 'replica';
@@ -104,7 +120,7 @@ export interface HistoryView {
   /** The state the oldest retained records start from (history before it was folded in). */
   base: { seq: number; time?: string } | null;
   /** Only the buckets holding records; `point`: the latest replayable point up to lastSeq. */
-  buckets: { start: string; firstSeq: number; lastSeq: number; point: number; records: number; bytes: number; volumes: Record<string, number> }[];
+  buckets: { start: string; firstSeq: number; lastSeq: number; point: number; records: number; bytes: number; volumes: Record<string, number>; bookmarks?: string[] }[];
 }
 
 /** Observers the ops layer attaches (metrics), so lower layers never import prom-client. */
@@ -119,6 +135,8 @@ export class Appliance {
   /** The earlier point the running test failover's copies show (undefined: the point it started at). */
   private testPoint?: TestFailoverStatus['point'];
   private journal?: Journal;
+  /** Named points of the history (offsite bookmark): taken here as a primary, kept from the primary as a replica. */
+  private bookmarks?: Bookmarks;
   private keeper?: JournalKeeper;
   private readonly tracker = new ImageTracker();
   private iscsi?: IscsiServer;
@@ -191,6 +209,7 @@ export class Appliance {
     const journaled = config.journal.enabled;
     if (journaled) {
       const journal = (this.journal = await this.openJournal(!!config.replication.replicateTo));
+      this.bookmarks = await Bookmarks.load(journal);
       for (const name of images.keys()) await journal.registerVolume(name);
       const writable = new Map([...images].filter(([, img]) => !img.readOnly));
       const report = await recoverImages(journal, writable, logger);
@@ -245,6 +264,7 @@ export class Appliance {
           configuredRpo,
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
+          bookmarks: this.bookmarks,
           linkKey: await this.linkKey(),
           verifyEveryMs: config.replication.verifyEveryMs,
           verifyRateBytesPerSec: config.replication.verifyRateBytesPerSec,
@@ -481,6 +501,7 @@ export class Appliance {
       volumes.set(name, new ReplicaVolume(image, gate));
     }
     const journal = (this.journal = await this.openJournal(false));
+    this.bookmarks = await Bookmarks.load(journal);
     for (const name of images.keys()) await journal.registerVolume(name);
     // A staged delta sync: while staging, the stored records after its sync point are held (not
     // replayed onto volumes that still show the older consistent point); a commit a crash cut
@@ -511,6 +532,7 @@ export class Appliance {
       onVolume: async (v, created) => this.serveVolume(v, v.image, created),
       onGrown: (v) => this.served.get(v.name)?.target.capacityChanged(),
       logger: logger.child({ layer: 'replica' }),
+      bookmarks: this.bookmarks,
     }));
     for (const v of volumes.values()) await this.serveVolume(v, v.image, false);
     // Records stay until a primary's lineage has been checked: a demoted primary's last writes
@@ -550,7 +572,7 @@ export class Appliance {
    * `automatic`: the takeover a witness agreed to (the primary fell silent), not an operator's
    * promote; the witness is then the judge of whether the primary is gone.
    */
-  async prepareForPromotion(force: boolean, automatic = false, at: { seq?: number; timeMs?: number } = {}): Promise<{ seq: number; state: string; primaryTime?: string; wentBackFrom?: number; savedTo?: string; blocksRewritten?: number }> {
+  async prepareForPromotion(force: boolean, automatic = false, asked: PointRequest = {}): Promise<{ seq: number; state: string; primaryTime?: string; wentBackFrom?: number; savedTo?: string; blocksRewritten?: number }> {
     const store = this.replicaStore;
     if (!store) throw new OffsiteError('NOT_REPLICA', 'this site is not a replica: nothing to promote');
     const link = this.receiver?.stats();
@@ -561,6 +583,7 @@ export class Appliance {
     if (state === 'syncing' && !force) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is still syncing (not consistent): promoting would expose a mixed state; use --force to promote anyway');
     }
+    const at = this.pointOfBookmark(asked);
     const atPoint = at.seq !== undefined || at.timeMs !== undefined;
     if (atPoint && (state === 'syncing' || store.isStaging())) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is syncing: its history has no earlier point to promote at until it is consistent');
@@ -593,11 +616,12 @@ export class Appliance {
    * earlier point of the retained history: `at`), served as `<target>-test`, while replication
    * keeps running underneath. `stop` discards the copies.
    */
-  async testFailover(action: 'start' | 'stop', at: { seq?: number; timeMs?: number } = {}): Promise<TestFailoverStatus> {
+  async testFailover(action: 'start' | 'stop', asked: PointRequest = {}): Promise<TestFailoverStatus> {
     const store = this.replicaStore;
     if (!store) throw new OffsiteError('NOT_REPLICA', 'test failover runs on a replica');
     if (action === 'start') {
       if (store.testCopies.size) throw new OffsiteError('TEST_FAILOVER_ACTIVE', 'a test failover is already running; stop it first');
+      const at = this.pointOfBookmark(asked);
       const atPoint = at.seq !== undefined || at.timeMs !== undefined;
       const journal = this.journal!;
       const dir = path.join(this.dataDir.root, 'test-failover');
@@ -665,6 +689,39 @@ export class Appliance {
   }
 
   /**
+   * Take a bookmark (offsite bookmark NAME, POST /bookmarks): a name for the point right after
+   * every write acknowledged so far, e.g. while an application is quiesced. Kept in the journal
+   * and shipped to the replica, where test-failover, promote and replay take it by name.
+   */
+  async addBookmark(name: string): Promise<BookmarkView> {
+    if (this.config.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', "a replica keeps its primary's bookmarks: take one on the primary");
+    if (!this.journal || !this.bookmarks) throw new OffsiteError('NO_JOURNAL', 'this appliance runs without a journal (--no-journal): it has no history to name a point of');
+    const b = await this.bookmarks.add({ name, seq: this.journal.headSeq(), timeMs: Date.now() });
+    this.replication?.bookmarked();
+    this.logger.info({ bookmark: b.name, seq: b.seq }, 'bookmark taken');
+    return this.bookmarkView(b);
+  }
+
+  /** Every bookmark held here, oldest point first, and whether the history still holds its point. */
+  listBookmarks(): BookmarkView[] {
+    return (this.bookmarks?.all() ?? []).map((b) => this.bookmarkView(b));
+  }
+
+  private bookmarkView(b: { name: string; seq: number; timeMs: number }): BookmarkView {
+    const w = this.journal?.window();
+    const state = !w ? 'not retained' : b.seq > w.toSeq ? 'not here yet' : b.seq < w.fromSeq ? 'not retained' : 'retained';
+    return { name: b.name, seq: b.seq, time: new Date(b.timeMs).toISOString(), state };
+  }
+
+  /** An earlier point asked for by bookmark name: its sequence number. */
+  private pointOfBookmark(at: PointRequest): { seq?: number; timeMs?: number } {
+    if (at.bookmark === undefined) return at;
+    const b = this.bookmarks?.get(at.bookmark);
+    if (!b) throw new OffsiteError('BOOKMARK_UNKNOWN', `no bookmark '${at.bookmark}' here (${this.bookmarks?.all().length ?? 0} bookmarks: offsite bookmarks lists them)`);
+    return { seq: b.seq };
+  }
+
+  /**
    * The retained history by time (GET /history, offsite history): what was written when, to
    * find the point to go back to (a burst of overwrites where ransomware started). Each bucket
    * names the latest point in it that can be replayed, tested or promoted at.
@@ -677,7 +734,8 @@ export class Appliance {
     const iso = (t?: number) => (t ? new Date(t).toISOString() : undefined);
     const buckets: HistoryView['buckets'] = [];
     for (const b of j.history(bucketMs)) {
-      buckets.push({ start: iso(b.startMs)!, firstSeq: b.firstSeq, lastSeq: b.lastSeq, point: await j.consistentAtOrBefore(b.lastSeq), records: b.records, bytes: b.bytes, volumes: b.perVolume });
+      const marks = (this.bookmarks?.all() ?? []).filter((m) => m.seq >= b.firstSeq && m.seq <= b.lastSeq).map((m) => m.name);
+      buckets.push({ start: iso(b.startMs)!, firstSeq: b.firstSeq, lastSeq: b.lastSeq, point: await j.consistentAtOrBefore(b.lastSeq), records: b.records, bytes: b.bytes, volumes: b.perVolume, ...(marks.length ? { bookmarks: marks } : {}) });
     }
     return {
       role: this.config.role,

@@ -22,7 +22,8 @@ import { DATA_FORMAT, DATA_VERSION } from './datadir';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
-import type { ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
+import type { BookmarkDescriptor, ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
+import { isBookmark, type Bookmarks } from '../journal/bookmarks';
 import { chunkHash, SYNC_CHUNK_BYTES, verifyHashes } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
 import { applyInOrder, applyToVolume } from '../volume/journaled';
@@ -89,6 +90,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   private saving: Promise<void> = Promise.resolve();
   private applyError?: Error;
   private syncBytesSinceSave = 0;
+  /** The primary's bookmarks, kept here (storeBookmarks). */
+  bookmarks?: Bookmarks;
   /** Throw-away test copies (offsite test-failover) that must keep their view as records land. */
   readonly testCopies = new Map<string, TestCopyVolume>();
   /** A primary's lineage was checked in this process's life (until then nothing is trimmed). */
@@ -135,6 +138,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     onVolume: (v: ReplicaVolume, created: boolean) => Promise<void>;
     onGrown?: (v: ReplicaVolume) => void;
     logger: Logger;
+    bookmarks?: Bookmarks;
   }): Promise<ReplicaStore> {
     const statePath = path.join(opts.stateDir, 'replica.json');
     let state: ReplicaState;
@@ -146,6 +150,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     }
     await fsp.mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
     const store = new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state, opts.onGrown);
+    store.bookmarks = opts.bookmarks;
     if (state.staged?.committing) {
       // The appliance finished the interrupted commit (finishStagedCommit + journal recovery) before opening us.
       state.staged = undefined;
@@ -255,6 +260,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
         }
         for (const v of this.volumes.values()) await v.image.flush();
         await this.journal.resetTo(seq);
+        await this.bookmarks?.dropAfter(seq);
         this.durable = this.applied = seq;
         this.state.appliedSeq = seq;
         this.state.appliedTimeMs = timeMs ?? 0;
@@ -504,6 +510,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       this.logger.warn({ forkSeq: verdict.forkSeq, durableSeq: this.durable, savedTo: saved, primarySiteId: siteId }, 'this site holds writes the new primary never saw (split-off writes): saved aside for offsite replay; resyncing only differing blocks');
       const fork = Math.min(verdict.forkSeq, this.durable);
       await this.journal.resetTo(fork);
+      await this.bookmarks?.dropAfter(fork);
       this.durable = this.applied = fork;
       this.state.sync = { fromSeq: -1, volume: '', offsetBytes: 0, compare: true };
       this.state.fresh = false;
@@ -586,6 +593,28 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       if (firstMissing !== undefined) await this.journal.markCoalesced(firstMissing, end);
       next = end + 1;
     }
+  }
+
+  /**
+   * ReceiverSink.storeBookmarks: the primary's bookmarks, kept durably. The primary's word wins
+   * over a bookmark of the same name kept here before (from another history).
+   */
+  async storeBookmarks(list: BookmarkDescriptor[]): Promise<number> {
+    const marks = this.bookmarks;
+    if (!marks) return 0;
+    let top = 0;
+    for (const b of list) {
+      top = Math.max(top, b.id);
+      if (!isBookmark(b)) {
+        this.logger.warn({ bookmark: (b as BookmarkDescriptor).name }, 'a bookmark from the primary with a name this site does not take: skipped');
+        continue;
+      }
+      const had = marks.get(b.name);
+      if (had && had.seq !== b.seq) await marks.dropNamed(b.name);
+      if (!had || had.seq !== b.seq) this.logger.info({ bookmark: b.name, seq: b.seq, time: new Date(b.timeMs).toISOString() }, 'bookmark from the primary kept');
+      await marks.add(b);
+    }
+    return top;
   }
 
   private imageOf(r: JournalRecord): FileVolume {

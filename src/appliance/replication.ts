@@ -4,7 +4,8 @@
  */
 import type { Logger } from '../common/logger';
 import type { Journal } from '../journal/wal';
-import type { ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
+import type { BookmarkDescriptor, ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
+import type { Bookmarks } from '../journal/bookmarks';
 import { verifyHashes } from '../replication/protocol';
 import { Verifier, type VerifySource, type VerifyStatus } from '../replication/verify';
 import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
@@ -31,6 +32,8 @@ export interface PrimaryReplicationOptions {
   configuredRpo?: { targetMs: number; policy: RpoPolicy };
   logger: Logger;
   lineage: () => unknown;
+  /** Named points (offsite bookmark) to ship to the replica. */
+  bookmarks?: Bookmarks;
   linkKey?: LinkKey;
   /** Online verify on a schedule: every this long (0: only when asked), reading at most this fast (0: no cap). */
   verifyEveryMs?: number;
@@ -108,6 +111,7 @@ class JournalSource implements ShipperSource, VerifySource {
     private readonly tracker: ImageTracker,
     private readonly images: () => ReadonlyMap<string, FileVolume>,
     readonly lineage: () => unknown,
+    private readonly marks?: Bookmarks,
   ) {
     this.sync = {
       imageSeq: () => this.tracker.safeSeq(this.journal.headSeq()),
@@ -152,6 +156,14 @@ class JournalSource implements ShipperSource, VerifySource {
 
   shipped(seq: number): void {
     this.journal.shipped(seq);
+  }
+
+  bookmarksAfter(afterId: number): BookmarkDescriptor[] {
+    return this.marks?.after(afterId) ?? [];
+  }
+
+  nextBookmarkAfter(seq: number): number | undefined {
+    return this.marks?.nextAfter(seq);
   }
 
   replicaAcked(seq: number): void {
@@ -205,7 +217,7 @@ export class PrimaryReplication {
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
     this.rpoSource = opts.rpoSource ?? 'configured';
     this.pausedBy = opts.paused ?? null;
-    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage);
+    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage, opts.bookmarks);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
     this.shipper = new Shipper({
       source: this.source,
@@ -271,6 +283,11 @@ export class PrimaryReplication {
    * (its cap folds the oldest, as when the link is down); a running online verify stops, as the
    * replica stops moving. Already paused: the pause in place, unchanged.
    */
+  /** A bookmark was taken: the replica hears of it right away. */
+  bookmarked(): void {
+    this.shipper.bookmarked();
+  }
+
   async pause(p: ReplicationPause): Promise<ReplicationPause> {
     if (this.pausedBy) return this.pausedBy;
     this.pausedBy = { ...p };

@@ -99,7 +99,8 @@ function historyText(h: HistoryView): string {
   for (const b of h.buckets) {
     const burst = h.buckets.length >= 3 && b.bytes >= 4 * median && b.bytes >= 1 << 20 ? `  BURST: ${median ? `${Math.round(b.bytes / median)}x the median` : 'the others wrote nothing'}` : '';
     const vols = Object.entries(b.volumes).map(([v, n]) => `${v} ${bytes(n)}`).join(', ');
-    lines.push(`${b.start.padEnd(26)}${`${b.firstSeq}..${b.lastSeq}`.padEnd(20)}${String(b.records).padStart(9)}${bytes(b.bytes).padStart(12)}  ${String(b.point).padStart(8)}  ${vols}${burst}`);
+    const marks = b.bookmarks?.length ? `  bookmarks: ${b.bookmarks.join(', ')}` : '';
+    lines.push(`${b.start.padEnd(26)}${`${b.firstSeq}..${b.lastSeq}`.padEnd(20)}${String(b.records).padStart(9)}${bytes(b.bytes).padStart(12)}  ${String(b.point).padStart(8)}  ${vols}${burst}${marks}`);
   }
   lines.push(`point: the latest state at the end of the line that replay --seq, test-failover --seq and promote --seq can give (${h.bucketSeconds} s per line)`);
   return lines.join('\n') + '\n';
@@ -186,39 +187,56 @@ function verifyLine(v: VerifyView): string {
 export const EXIT_VERIFY_DIFFERENT = 3;
 export const EXIT_VERIFY_INCOMPLETE = 4;
 
+/** A read-only command: GET its route from `--http`, printed by `text` (or as it came with --json). */
+function readCommand<O extends object = object>(program: Command, name: string, description: string, route: (opts: O) => string, text: (r: Record<string, unknown>) => string, configure?: (c: Command) => Command): void {
+  const c = program
+    .command(name)
+    .description(description)
+    .requiredOption('--http <[https://]host:port>', 'the appliance HTTP address')
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .option('--json', 'print the raw JSON');
+  (configure?.(c) ?? c).action(async (opts: O & { http: string; ca?: string; json?: boolean }) => {
+    caFile = opts.ca;
+    try {
+      const r = await call(opts.http, 'GET', route(opts));
+      process.stdout.write(opts.json ? JSON.stringify(r, null, 2) + '\n' : text(r));
+    } catch (e) {
+      fail(e, `offsite ${name}`);
+    }
+  });
+}
+
 export function register(program: Command): void {
+  readCommand(program, 'status', "print a human summary of a running appliance's /status", () => '/status', summarize);
   program
-    .command('status')
-    .description("print a human summary of a running appliance's /status")
-    .requiredOption('--http <[https://]host:port>', 'the appliance HTTP address')
+    .command('bookmark')
+    .argument('<name>', '1-64 characters: letters, digits, . _ : @ + -')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description('on a primary: name the point right after every write acknowledged so far (e.g. while an application is quiesced); shipped to the replica, where test-failover, promote and replay take it with --bookmark')
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
-    .option('--json', 'print the raw JSON')
-    .action(async (opts: { http: string; ca?: string; json?: boolean }) => {
+    .action(async (name: string, opts: { http: string; ca?: string; tokenFile?: string }) => {
       caFile = opts.ca;
+      tokenFile = opts.tokenFile;
       try {
-        const s = await call(opts.http, 'GET', '/status');
-        process.stdout.write(opts.json ? JSON.stringify(s, null, 2) + '\n' : summarize(s));
+        const r = await call(opts.http, 'POST', '/bookmarks', { name });
+        process.stdout.write(`bookmark ${String(r.name)}: sequence ${String(r.seq)} (${String(r.time)})\n`);
       } catch (e) {
-        fail(e, 'offsite status');
+        fail(e, 'offsite bookmark');
       }
     });
-  program
-    .command('history')
-    .description("what a running appliance's retained journal history holds, by time: when was what written, and the point to go back to (test-failover, promote, replay --seq); bursts of writes stand out")
-    .requiredOption('--http <[https://]host:port>', 'the appliance HTTP address')
-    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
-    .option('--bucket <duration>', 'length of each line, e.g. 10s, 1m, 1h', '1m')
-    .option('--json', 'print the raw JSON')
-    .action(async (opts: { http: string; ca?: string; bucket: string; json?: boolean }) => {
-      caFile = opts.ca;
-      try {
-        const seconds = parseDuration(opts.bucket, 'bucket') / 1000;
-        const h = await call(opts.http, 'GET', `/history?bucket=${seconds}`);
-        process.stdout.write(opts.json ? JSON.stringify(h, null, 2) + '\n' : historyText(h as unknown as HistoryView));
-      } catch (e) {
-        fail(e, 'offsite history');
-      }
-    });
+  readCommand(program, 'bookmarks', "list a running appliance's bookmarks (primary or replica), and whether its history still holds each point", () => '/bookmarks', (r) => {
+    const list = r.bookmarks as { name: string; seq: number; time: string; state: string }[];
+    return list.length ? list.map((b) => `${b.name.padEnd(24)} sequence ${String(b.seq).padEnd(10)} ${b.time}  ${b.state}\n`).join('') : 'no bookmarks\n';
+  });
+  readCommand<{ bucket: string }>(
+    program,
+    'history',
+    "what a running appliance's retained journal history holds, by time: when was what written, and the point to go back to (test-failover, promote, replay --seq); bursts of writes stand out",
+    (o) => `/history?bucket=${parseDuration(o.bucket, 'bucket') / 1000}`,
+    (h) => historyText(h as unknown as HistoryView),
+    (c) => c.option('--bucket <duration>', 'length of each line, e.g. 10s, 1m, 1h', '1m'),
+  );
   program
     .command('promote')
     .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
@@ -229,12 +247,13 @@ export function register(program: Command): void {
     .option('--replicate-to <host:port>', 'ship to this replica once promoted (e.g. the old primary, demoted)')
     .option('--seq <n>', "promote at this earlier point of the replica's retained history (--journal-retain): the volumes go back to the state right after it; what came later is saved aside", seqNumber)
     .option('--time <iso8601>', 'promote at the state of this moment (the last write at or before it); as --seq')
-    .action(async (opts: { http: string; ca?: string; force?: boolean; replicateTo?: string; tokenFile?: string; seq?: number; time?: string }) => {
+    .option('--bookmark <name>', 'promote at this bookmark (offsite bookmark on the primary); as --seq')
+    .action(async (opts: { http: string; ca?: string; force?: boolean; replicateTo?: string; tokenFile?: string; seq?: number; time?: string; bookmark?: string }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         checkPointOptions(opts);
-        const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo, seq: opts.seq, time: opts.time });
+        const r = await call(opts.http, 'POST', '/promote', { force: !!opts.force, replicateTo: opts.replicateTo, seq: opts.seq, time: opts.time, bookmark: opts.bookmark });
         const back = r.wentBackFrom !== undefined ? `; went back from sequence ${String(r.wentBackFrom)} (${String(r.blocksRewritten)} blocks rewritten): the later writes are saved aside in ${String(r.savedTo)}` : '';
         process.stdout.write(`promoted in ${String(r.ms)} ms: writable at sequence ${String(r.seq)}${r.primaryTime ? ` (primary time ${String(r.primaryTime)})` : ''}${back}\n`);
       } catch (e) {
@@ -286,13 +305,14 @@ export function register(program: Command): void {
     .option('--stop', 'end the test failover and discard the copies')
     .option('--seq <n>', "copies as the volumes were right after this sequence number (the replica's retained history: --journal-retain)", seqNumber)
     .option('--time <iso8601>', 'copies as the volumes were at this moment (the last write at or before it)')
-    .action(async (opts: { http: string; ca?: string; stop?: boolean; tokenFile?: string; seq?: number; time?: string }) => {
+    .option('--bookmark <name>', 'copies as the volumes were at this bookmark (offsite bookmark on the primary)')
+    .action(async (opts: { http: string; ca?: string; stop?: boolean; tokenFile?: string; seq?: number; time?: string; bookmark?: string }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
         checkPointOptions(opts);
-        if (opts.stop && (opts.seq !== undefined || opts.time !== undefined)) throw new OffsiteError('USAGE', '--seq and --time go with starting a test, not with --stop');
-        const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start', seq: opts.seq, time: opts.time });
+        if (opts.stop && (opts.seq !== undefined || opts.time !== undefined || opts.bookmark !== undefined)) throw new OffsiteError('USAGE', '--seq, --time and --bookmark go with starting a test, not with --stop');
+        const r = await call(opts.http, 'POST', '/test-failover', { action: opts.stop ? 'stop' : 'start', seq: opts.seq, time: opts.time, bookmark: opts.bookmark });
         const targets = (r.targets as string[]) ?? [];
         const point = r.point as { seq: number; primaryTime?: string } | undefined;
         const at = point ? ` (as of sequence ${point.seq}${point.primaryTime ? `, ${point.primaryTime}` : ''})` : '';

@@ -8,8 +8,9 @@ export const seqNumber = (v: string): number => {
   return Number(v);
 };
 
-/** `--seq` and `--time` (a point of the history): not both, and a time that parses. */
-export function checkPointOptions(opts: { seq?: number; time?: string }): void {
-  if (opts.seq !== undefined && opts.time !== undefined) throw new OffsiteError('USAGE', '--seq and --time are mutually exclusive');
+/** `--seq`, `--time` or `--bookmark` (a point of the history): one of them, and a time that parses. */
+export function checkPointOptions(opts: { seq?: number; time?: string; bookmark?: string }): void {
+  const given = [opts.seq !== undefined && '--seq', opts.time !== undefined && '--time', opts.bookmark !== undefined && '--bookmark'].filter(Boolean);
+  if (given.length > 1) throw new OffsiteError('USAGE', `${given.join(' and ')} are mutually exclusive`);
   if (opts.time !== undefined && Number.isNaN(Date.parse(opts.time))) throw new OffsiteError('USAGE', `--time ${opts.time} is not an ISO-8601 time`);
 }

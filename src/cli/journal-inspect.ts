@@ -4,6 +4,7 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Journal } from '../journal/wal';
 import { describeWindow } from '../journal/point-in-time';
+import { Bookmarks } from '../journal/bookmarks';
 import { fail } from './exit';
 import { openStoppedJournal } from './replay';
 
@@ -11,7 +12,7 @@ export function register(program: Command): void {
   const journal = program.command('journal').description('inspect the write-ahead journal');
   journal
     .command('inspect')
-    .description('head and oldest sequence, retained window, records and bytes per volume, base, coalesced batches')
+    .description('head and oldest sequence, retained window, records and bytes per volume, base, coalesced batches, bookmarks')
     .requiredOption('--data <dir>', 'data directory of a stopped appliance')
     .option('--json', 'machine-readable output')
     .action(async (opts: { data: string; json?: boolean }) => {
@@ -37,6 +38,7 @@ export function register(program: Command): void {
           segments: { files: segs.length, bytes: segBytes },
           /** A replica's batches received coalesced: the points from..to-1 are not replayable. */
           coalescedBatches: await j.coalescedBatches(),
+          bookmarks: (await Bookmarks.load(j)).all().map((b) => ({ name: b.name, seq: b.seq, time: iso(b.timeMs), retained: b.seq >= w.fromSeq && b.seq <= w.toSeq })),
         };
         if (opts.json) process.stdout.write(JSON.stringify(out, null, 2) + '\n');
         else {
@@ -50,6 +52,7 @@ export function register(program: Command): void {
             ...(out.coalescedBatches.length
               ? [`coalesced         ${out.coalescedBatches.length} batches received coalesced: ${out.coalescedBatches.reduce((n, b) => n + b.to - b.from, 0)} sequences inside them are states the primary never had (not replayable)`]
               : []),
+            ...out.bookmarks.map((b) => `bookmark          ${b.name} at sequence ${b.seq} (${b.time ?? '?'})${b.retained ? '' : ', not retained'}`),
             'volumes:',
             ...Object.entries(out.volumes).map(([v, s]) => `  ${v.padEnd(16)} ${String(s.records).padStart(8)} records  ${String(s.bytes).padStart(12)} bytes`),
           ];

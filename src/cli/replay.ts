@@ -10,6 +10,7 @@ import { DataDir } from '../appliance/datadir';
 import { OffsiteError } from '../common/errors';
 import { Journal } from '../journal/wal';
 import { pointAtTime, reconstruct } from '../journal/point-in-time';
+import { Bookmarks } from '../journal/bookmarks';
 import { fail } from './exit';
 import { checkPointOptions, seqNumber } from './args';
 
@@ -37,7 +38,8 @@ export function register(program: Command): void {
     .requiredOption('--out <file>', 'output image file (created or overwritten)')
     .option('--seq <n>', 'state right after this sequence number', seqNumber)
     .option('--time <iso8601>', 'state at this moment (the last write at or before it)')
-    .action(async (opts: { data: string; volume: string; out: string; seq?: number; time?: string }) => {
+    .option('--bookmark <name>', 'state at this bookmark (offsite bookmark)')
+    .action(async (opts: { data: string; volume: string; out: string; seq?: number; time?: string; bookmark?: string }) => {
       const started = Date.now();
       let journal: Journal | undefined;
       try {
@@ -49,6 +51,11 @@ export function register(program: Command): void {
           throw new OffsiteError('VOLUME_NOT_FOUND', `volume ${opts.volume} does not exist in ${opts.data}`);
         })) as { sizeBytes: number };
         let seq = opts.seq ?? journal.headSeq();
+        if (opts.bookmark !== undefined) {
+          const b = (await Bookmarks.load(journal)).get(opts.bookmark);
+          if (!b) throw new OffsiteError('BOOKMARK_UNKNOWN', `no bookmark '${opts.bookmark}' in ${opts.data}`);
+          seq = b.seq;
+        }
         if (opts.time !== undefined) {
           seq = await pointAtTime(journal, Date.parse(opts.time));
         }

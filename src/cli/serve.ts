@@ -1,6 +1,6 @@
 /** `offsite serve`: run one appliance until SIGTERM/SIGINT. */
 import type { Command } from 'commander';
-import { Appliance } from '../appliance/appliance';
+import { Appliance, type PointRequest } from '../appliance/appliance';
 import { readRoleOverride, withRole, writeRoleOverride, describeRole } from '../appliance/site-role';
 import { OffsiteError } from '../common/errors';
 import { loadConfigFile, resolveConfig, type ConfigFile, type ConfigFlags } from '../appliance/config';
@@ -111,11 +111,12 @@ export function register(program: Command): void {
         };
         admin = {
           setBandwidth: (bps: number | 'configured') => replicating('setBandwidth', 'bandwidth applies to a primary that replicates (--replicate-to)')(bps),
-          promote: (req: { force?: boolean; replicateTo?: string; reason?: string; seq?: number; timeMs?: number }) => {
+          promote: (req: { force?: boolean; replicateTo?: string; reason?: string; seq?: number; timeMs?: number; bookmark?: string }) => {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
-            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined, { seq: req.seq, timeMs: req.timeMs }));
+            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined, { seq: req.seq, timeMs: req.timeMs, bookmark: req.bookmark }));
           },
-          testFailover: (action: 'start' | 'stop', at?: { seq?: number; timeMs?: number }) => app.testFailover(action, at),
+          testFailover: (action: 'start' | 'stop', at?: PointRequest) => app.testFailover(action, at),
+          addBookmark: (name: string) => app.addBookmark(name),
           verify: (req: VerifyRequest) => replicating('verify', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary')(req),
           resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
           addVolume: (req: { name: string; sizeBytes: number }) => app.addVolume(req.name, req.sizeBytes),
@@ -133,9 +134,9 @@ export function register(program: Command): void {
             return switchRole({ role: 'replica', replicationListen: req.replicationListen, reason: 'demote' });
           },
         };
-        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), history: (ms) => app.history(ms), metrics: metrics.registry, admin, adminToken: config.adminToken, tls: config.httpTls }, logger);
+        httpServer = await startHttp(config.http.host, config.http.port, { status: () => app.status(), history: (ms) => app.history(ms), bookmarks: () => app.listBookmarks(), metrics: metrics.registry, admin, adminToken: config.adminToken, tls: config.httpTls }, logger);
         if (config.metricsListen) {
-          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), history: (ms) => app.history(ms), metrics: metrics.registry, readOnly: true, tls: config.httpTls }, logger);
+          monitorServer = await startHttp(config.metricsListen.host, config.metricsListen.port, { status: () => app.status(), history: (ms) => app.history(ms), bookmarks: () => app.listBookmarks(), metrics: metrics.registry, readOnly: true, tls: config.httpTls }, logger);
         }
       } catch (e) {
         await httpServer?.close();

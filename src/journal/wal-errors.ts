@@ -9,6 +9,9 @@ export const JournalErrorCode = {
   OutsideWindow: 'JOURNAL_OUTSIDE_WINDOW',
   /** Inside a batch a replica received coalesced: not a state the primary ever had. */
   CoalescedPoint: 'JOURNAL_COALESCED_POINT',
+  BadBookmark: 'BOOKMARK_BAD_NAME',
+  BookmarkExists: 'BOOKMARK_EXISTS',
+  UnknownBookmark: 'BOOKMARK_UNKNOWN',
   Sequence: 'JOURNAL_SEQUENCE',
   NoSpace: 'JOURNAL_NO_SPACE',
 } as const;

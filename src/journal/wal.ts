@@ -20,6 +20,7 @@
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
  *   'g' to(8)         → firstMissing(8): a replica's coalesced batch ending at `to`; the points
  *       firstMissing..to-1 are states the primary never had, which replay refuses
+ *   'k' name          → JSON { id, seq, timeMs }: a bookmark (offsite bookmark, bookmarks.ts)
  *
  * Appending: `append` assigns the sequence number (call order is journal order); the records
  * appended in one turn of the event loop are written to their segment together, with one writev
@@ -185,6 +186,10 @@ const RECORD_END = Buffer.from([0x73]);
 /** A replica's coalesced batches: 'g' + the batch's last sequence → its first missing one. */
 const GAP_PREFIX = 0x67;
 const GAP_END = Buffer.from([GAP_PREFIX + 1]);
+
+/** Named entries (bookmarks): 'k' + the name. */
+const NAMED_PREFIX = Buffer.from('k');
+const NAMED_END = Buffer.from('l');
 
 function gapKey(toSeq: number): Buffer {
   const k = Buffer.alloc(9);
@@ -1386,6 +1391,18 @@ export class Journal {
   async consistentAtOrBefore(seq: number): Promise<number> {
     const around = await this.coalescedAround(seq);
     return around ? around.from - 1 : seq;
+  }
+
+  /** Small named entries beside the records ('k' keys: bookmarks.ts), all of them. */
+  async *namedEntries(): AsyncGenerator<[string, Buffer]> {
+    for await (const [k, v] of this.db.iterator({ gte: NAMED_PREFIX, lt: NAMED_END })) yield [k.subarray(1).toString('utf8'), v];
+  }
+
+  /** Write (synced) or, without a value, remove a named entry. */
+  async putNamed(name: string, value?: Buffer): Promise<void> {
+    const key = Buffer.concat([NAMED_PREFIX, Buffer.from(name, 'utf8')]);
+    if (value) await this.db.put(key, value, { sync: true });
+    else await this.db.del(key, { sync: true });
   }
 
   /**

@@ -20,8 +20,12 @@ function badRequestOn<T>(parse: () => T): T {
 }
 
 /** An earlier point of the history in a request: `seq` (a sequence number) or `time` (ISO-8601), not both. */
-function pointIn(body: Record<string, unknown>): { seq?: number; timeMs?: number } {
-  const at: { seq?: number; timeMs?: number } = {};
+function pointIn(body: Record<string, unknown>): { seq?: number; timeMs?: number; bookmark?: string } {
+  const at: { seq?: number; timeMs?: number; bookmark?: string } = {};
+  if (body.bookmark !== undefined) {
+    if (typeof body.bookmark !== 'string' || !body.bookmark) throw new HttpError(400, 'HTTP_BAD_REQUEST', `bookmark ${JSON.stringify(body.bookmark)} must be a bookmark's name`);
+    at.bookmark = body.bookmark;
+  }
   if (body.seq !== undefined) {
     if (typeof body.seq !== 'number' || !Number.isSafeInteger(body.seq) || body.seq < 0) throw new HttpError(400, 'HTTP_BAD_REQUEST', `seq ${JSON.stringify(body.seq)} must be a sequence number (an integer ≥ 0)`);
     at.seq = body.seq;
@@ -30,7 +34,7 @@ function pointIn(body: Record<string, unknown>): { seq?: number; timeMs?: number
     at.timeMs = typeof body.time === 'string' ? Date.parse(body.time) : NaN;
     if (Number.isNaN(at.timeMs)) throw new HttpError(400, 'HTTP_BAD_REQUEST', `time ${JSON.stringify(body.time)} must be an ISO-8601 time`);
   }
-  if (at.seq !== undefined && at.timeMs !== undefined) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give seq or time, not both');
+  if ([at.seq, at.timeMs, at.bookmark].filter((x) => x !== undefined).length > 1) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give one of seq, time and bookmark');
   return at;
 }
 
@@ -43,10 +47,12 @@ export interface AdminActions {
   /** A new cap (bytes/s, 0: none), or 'configured' to return to the configured one. */
   setBandwidth?(bytesPerSec: number | 'configured'): unknown;
   /** `seq`/`timeMs`: promote at an earlier point of the replica's retained history. */
-  promote?(req: { force?: boolean; replicateTo?: string; seq?: number; timeMs?: number }): Promise<unknown>;
+  promote?(req: { force?: boolean; replicateTo?: string; seq?: number; timeMs?: number; bookmark?: string }): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
   /** `at`: an earlier point of the replica's retained history for the copies (sequence or time). */
-  testFailover?(action: 'start' | 'stop', at?: { seq?: number; timeMs?: number }): Promise<unknown>;
+  testFailover?(action: 'start' | 'stop', at?: { seq?: number; timeMs?: number; bookmark?: string }): Promise<unknown>;
+  /** Take a bookmark (a name for the point after every write acknowledged so far). */
+  addBookmark?(name: string): Promise<unknown>;
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
   /** Online verify against the replica: start (these volumes, all when empty; scan rate cap, 0: none) or stop. */
   verify?(req: VerifyRequest): Promise<unknown>;
@@ -65,11 +71,13 @@ export interface HttpRoutes {
   status(): unknown;
   /** GET /history?bucket=SECONDS: the retained records by time. */
   history?(bucketMs: number): Promise<unknown>;
+  /** GET /bookmarks: the bookmarks held here. */
+  bookmarks?(): unknown;
   metrics: Registry;
   admin?: AdminActions;
   /** Admin calls need `Authorization: Bearer <token>`; without a token they are refused. */
   adminToken?: string;
-  /** A monitoring-only listener: GET /status, /metrics, /history and /healthz; every other request is refused. */
+  /** A monitoring-only listener: GET /status, /metrics, /history, /bookmarks and /healthz; every other request is refused. */
   readOnly?: boolean;
   /** Serve HTTPS with this PEM certificate (chain) and key; plain HTTP without. */
   tls?: { cert: Buffer; key: Buffer };
@@ -148,6 +156,15 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           if (!(seconds >= 0.001) || seconds > 86_400 * 366) throw new HttpError(400, 'HTTP_BAD_REQUEST', `bucket ${raw} must be a duration from 1ms to a year (seconds, or e.g. 10s, 5m)`);
           return send(res, 200, 'application/json', JSON.stringify(await routes.history(seconds * 1000), null, 2) + '\n');
         }
+        case 'GET /bookmarks':
+          if (!routes.bookmarks) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no bookmarks here');
+          return send(res, 200, 'application/json', JSON.stringify({ bookmarks: routes.bookmarks() }, null, 2) + '\n');
+        case 'POST /bookmarks': {
+          if (!routes.admin?.addBookmark) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          if (typeof body.name !== 'string' || !body.name) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"name": "..."}');
+          return send(res, 201, 'application/json', JSON.stringify(await routes.admin.addBookmark(body.name)) + '\n');
+        }
         case 'GET /healthz':
           return send(res, 200, 'text/plain', 'ok\n');
         case 'POST /bandwidth': {
@@ -177,7 +194,7 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const action = body.action ?? 'start';
           if (action !== 'start' && action !== 'stop') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'action must be start or stop');
           const at = pointIn(body);
-          if (action === 'stop' && (at.seq !== undefined || at.timeMs !== undefined)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'seq and time go with start');
+          if (action === 'stop' && (at.seq !== undefined || at.timeMs !== undefined || at.bookmark !== undefined)) throw new HttpError(400, 'HTTP_BAD_REQUEST', 'seq, time and bookmark go with start');
           return send(res, 200, 'application/json', JSON.stringify(await routes.admin.testFailover(action, at)) + '\n');
         }
         case 'POST /replicate-to': {

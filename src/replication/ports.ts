@@ -27,6 +27,14 @@ export interface VolumeDescriptor {
   uuid: string;
 }
 
+/** A named point of the primary's history (offsite bookmark), numbered by the primary. */
+export interface BookmarkDescriptor {
+  id: number;
+  name: string;
+  seq: number;
+  timeMs: number;
+}
+
 export interface ShipperSource {
   readonly siteId: string;
   volumes(): VolumeDescriptor[];
@@ -51,6 +59,10 @@ export interface ShipperSource {
   replicaAcked(seq: number): void;
   /** Everything ≤ seq was sent (a reconnect resends from the last ack): a hint to let go of cached records. */
   shipped?(seq: number): void;
+  /** Bookmarks (named points, offsite bookmark) with id > afterId, by id: sent with the pings until the replica has them. */
+  bookmarksAfter?(afterId: number): BookmarkDescriptor[];
+  /** The first bookmarked sequence number > seq: a coalesced batch never reaches past it (a bookmark stays a point the replica can go back to). */
+  nextBookmarkAfter?(seq: number): number | undefined;
   /** The history this primary's data descends from (generations), sent in the handshake. */
   lineage?(): unknown;
   /** Full / delta sync of the images (absent: the replica must be fed from the journal alone). */
@@ -94,6 +106,8 @@ export interface ReceiverSink {
    */
   store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[], ends?: number[]): Promise<void>;
   readonly sync?: SyncSink;
+  /** Keep the primary's bookmarks (durably); resolves to the highest id this replica holds. */
+  storeBookmarks?(bookmarks: BookmarkDescriptor[]): Promise<number>;
   /**
    * Online verify: compare a range's chunk hashes (8 bytes per SYNC_CHUNK_BYTES) with this
    * replica's volume once everything stored so far is applied, before anything stored later.

@@ -32,6 +32,8 @@ export const MIN_COMPRESS_BYTES = 65;
 
 /** Bytes per image-sync chunk: the unit compared by hash and sent when different. */
 export const SYNC_CHUNK_BYTES = 64 * 1024;
+/** Bookmarks one ping carries at most (the rest follow with the next pings). */
+export const MAX_BOOKMARKS_PER_PING = 100;
 
 /** A sync chunk's identity, the same on both sides: the first 8 bytes of its SHA-1. */
 export function chunkHash(data: Buffer): Buffer {

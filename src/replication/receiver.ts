@@ -9,8 +9,8 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import type { ReceiverSink, ReplicatedRecord, VolumeDescriptor } from './ports';
-import { FrameType, MAX_VERIFY_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
+import type { BookmarkDescriptor, ReceiverSink, ReplicatedRecord, VolumeDescriptor } from './ports';
+import { FrameType, MAX_BOOKMARKS_PER_PING, MAX_VERIFY_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { decodeSegment } from './segment';
 import { createSecureServer, type LinkKey } from './link-security';
 
@@ -289,6 +289,19 @@ export class Receiver {
             this.state.primaryPaused = f.meta.paused === true;
             logger.info({ peer }, this.state.primaryPaused ? 'the primary paused shipping (offsite pause): the replica stays at its consistent point until it resumes' : 'the primary resumed shipping');
           }
+          if (f.meta.bookmarks !== undefined && sink.storeBookmarks) {
+            // Kept before the pong says so (the primary resends until a pong confirms them).
+            const list = bookmarksIn(f.meta.bookmarks);
+            const id = f.meta.id;
+            void sink.storeBookmarks(list).then(
+              (top) => !this.holdPongs && link.open && link.send(FrameType.Pong, { id, appliedSeq: sink.appliedSeq(), bookmarkId: top }),
+              (e: Error) => {
+                logger.warn({ peer, err: e.message }, 'bookmarks from the primary not kept; the connection is dropped (they come again)');
+                socket.destroy();
+              },
+            );
+            break;
+          }
           if (!this.holdPongs) link.send(FrameType.Pong, { id: f.meta.id, appliedSeq: sink.appliedSeq() });
           break;
         case FrameType.Pong:
@@ -342,8 +355,19 @@ export class Receiver {
     this.state.receivedSeq = Math.max(this.state.receivedSeq, durable);
     const cursor = sink.sync?.cursor();
     // segmentTable: segments may carry their record table in binary (see segment.ts).
-    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), segmentTable: true, verify: sink.verify !== undefined, ...(cursor ? { sync: cursor } : {}) });
+    link.send(FrameType.HelloAck, { version: PROTOCOL_VERSION, siteId: sink.siteId, durableSeq: durable, appliedSeq: sink.appliedSeq(), segmentTable: true, verify: sink.verify !== undefined, bookmarks: sink.storeBookmarks !== undefined, ...(cursor ? { sync: cursor } : {}) });
     logger.info({ primarySiteId: this.state.primarySiteId, durableSeq: durable, volumes: volumes.map((v) => v.name) }, 'replication link up');
     return durable;
   }
+}
+
+/** The bookmarks a ping carries: a short list of well-formed ones, or the frame is refused. */
+function bookmarksIn(v: unknown): BookmarkDescriptor[] {
+  const ok = (b: Partial<BookmarkDescriptor> | null): boolean =>
+    typeof b === 'object' && b !== null && typeof b.name === 'string' && b.name.length > 0 && b.name.length <= 64 &&
+    Number.isSafeInteger(b.id) && b.id! > 0 && Number.isSafeInteger(b.seq) && b.seq! >= 0 && typeof b.timeMs === 'number' && Number.isFinite(b.timeMs);
+  if (!Array.isArray(v) || v.length > MAX_BOOKMARKS_PER_PING || !v.every((b) => ok(b as Partial<BookmarkDescriptor> | null))) {
+    throw new ReplicationError(Code.FrameMeta, 'ping with malformed bookmarks');
+  }
+  return (v as BookmarkDescriptor[]).map((b) => ({ id: b.id, name: b.name, seq: b.seq, timeMs: b.timeMs }));
 }

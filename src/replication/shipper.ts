@@ -13,7 +13,7 @@ import { FramedLink, newLinkCounters, type LinkCounters } from './link';
 import { isZero } from '../common/bytes';
 import { compressBlockAsync } from '../common/lz4';
 import type { ShipperSource, SyncCursor, SyncSource, VerifyOutcome, VerifyProbe } from './ports';
-import { chunkHash, FrameType, MIN_COMPRESS_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
+import { chunkHash, FrameType, MAX_BOOKMARKS_PER_PING, MIN_COMPRESS_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { coalesce, encodeSegment } from './segment';
 import { TokenBucket } from './shaper';
 import { connectSecure, type LinkKey } from './link-security';
@@ -150,6 +150,11 @@ export class Shipper {
    * or sync chunk goes out, and the journal keeps everything for when it resumes.
    */
   private pausedFlag = false;
+  /** The highest bookmark id the replica confirmed on this connection. */
+  private bookmarksConfirmed = 0;
+  private bookmarkNews = false;
+  /** The replica keeps bookmarks (it said so in its handshake answer; older ones do not). */
+  private replicaBookmarks = false;
   /** Why the current connection is being replaced on purpose (reconnect), if it is. */
   private reconnectReason?: string;
   private wakeBackoff?: () => void;
@@ -221,7 +226,15 @@ export class Shipper {
     const id = ++this.pingId;
     this.pingSentAt.set(id, instant());
     if (this.pingSentAt.size > MAX_PINGS_OUT) this.pingSentAt.delete(this.pingSentAt.keys().next().value as number);
-    link.send(FrameType.Ping, this.pausedFlag ? { id, paused: true } : { id });
+    // Bookmarks the replica has not confirmed yet ride along (a pong confirms them).
+    const bookmarks = this.replicaBookmarks ? this.opts.source.bookmarksAfter?.(this.bookmarksConfirmed) : undefined;
+    link.send(FrameType.Ping, { id, ...(this.pausedFlag ? { paused: true } : {}), ...(bookmarks?.length ? { bookmarks: bookmarks.slice(0, MAX_BOOKMARKS_PER_PING) } : {}) });
+  }
+
+  /** A bookmark was taken: told with a ping right away. */
+  bookmarked(): void {
+    this.bookmarkNews = true;
+    this.poke();
   }
 
   /**
@@ -370,6 +383,7 @@ export class Shipper {
             this.pingSentAt.delete(Number(f.meta.id));
           }
           if (typeof f.meta.appliedSeq === 'number') this.state.replicaAppliedSeq = f.meta.appliedSeq;
+          if (typeof f.meta.bookmarkId === 'number' && f.meta.bookmarkId > this.bookmarksConfirmed) this.bookmarksConfirmed = f.meta.bookmarkId;
           break;
         }
         case FrameType.Ping:
@@ -416,11 +430,14 @@ export class Shipper {
     // Replicas that read binary record tables say so; older ones get msgpack arrays.
     const segmentOpts = { table: helloAck.meta.segmentTable === true };
     this.replicaVerifies = helloAck.meta.verify === true;
+    this.replicaBookmarks = helloAck.meta.bookmarks === true;
     this.state.replicaAppliedSeq = Number(helloAck.meta.appliedSeq ?? 0);
     this.inflight = [];
     this.inflightBytes = 0;
     this.lastHeardMs = Date.now();
     this.state.connected = true;
+    // A new connection (maybe a new replica process): every bookmark goes again until confirmed.
+    this.bookmarksConfirmed = 0;
     this.state.connects++;
     const cursor = helloAck.meta.sync as SyncCursor | undefined;
     const behind = durable + 1 < source.oldestSeq();
@@ -451,10 +468,11 @@ export class Shipper {
       const now = Date.now();
       if (now - this.lastHeardMs > deadAfter) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${now - this.lastHeardMs} ms`);
       this.placeProbes(link);
-      // A pause (or resume) is told at once, not at the next ping.
-      if (now - lastPing >= pingEvery || this.pausedFlag !== pausedTold) {
+      // A pause (or resume), or a new bookmark, is told at once, not at the next ping.
+      if (now - lastPing >= pingEvery || this.pausedFlag !== pausedTold || this.bookmarkNews) {
         lastPing = now;
         pausedTold = this.pausedFlag;
+        this.bookmarkNews = false;
         this.sendPing(link);
       }
       if (!this.pausedFlag && this.inflightBytes < windowBytes && source.headSeq() > this.state.sentSeq) {
@@ -478,6 +496,12 @@ export class Shipper {
         }
         if (records.length && link.open) {
           const range = { from: records[0].seq, to: records[records.length - 1].seq };
+          // A bookmark inside the batch ends it: the replica keeps the bookmarked point.
+          const mark = coalescing && records.length > 1 ? source.nextBookmarkAfter?.(records[0].seq - 1) : undefined;
+          if (mark !== undefined && mark < range.to) {
+            records = records.filter((r) => r.seq <= mark);
+            range.to = records[records.length - 1].seq;
+          }
           if (coalescing && records.length > 1) {
             const c = coalesce(records);
             this.state.coalescedBytesSaved += c.savedBytes;
