@@ -278,16 +278,16 @@ export class PrimaryReplication {
     return this.pausedBy;
   }
 
-  /**
-   * Stop shipping (offsite pause): the link stays up, writes go on and the journal keeps them
-   * (its cap folds the oldest, as when the link is down); a running online verify stops, as the
-   * replica stops moving. Already paused: the pause in place, unchanged.
-   */
   /** A bookmark was taken: the replica hears of it right away. */
   bookmarked(): void {
     this.shipper.bookmarked();
   }
 
+  /**
+   * Stop shipping (offsite pause): the link stays up, writes go on and the journal keeps them
+   * (its cap folds the oldest, as when the link is down); a running online verify stops, as the
+   * replica stops moving. Already paused: the pause in place, unchanged.
+   */
   async pause(p: ReplicationPause): Promise<ReplicationPause> {
     if (this.pausedBy) return this.pausedBy;
     this.pausedBy = { ...p };

@@ -8,7 +8,9 @@
  * grow of the volume by 1 MiB (offsite resize: a new handshake grows the replica's copy), and a
  * volume added online (offsite add-volume: the replica creates its copy; verify covers it), and
  * a test failover at a random earlier point of the replica's history (offsite test-failover
- * --seq, built while records arrive; the copy must be a chain prefix too). Invariants checked
+ * --seq, or --bookmark for one taken earlier: a bookmark fault takes one on the primary while
+ * the chain is written; built while records arrive; the copy must be a chain prefix too).
+ * Invariants checked
  * after every fault and at the end:
  *   - no acknowledged write lost on the primary (its chain reaches the last acknowledged record),
  *   - the replica is always a prefix of the primary's history (chain check on every read),
@@ -29,7 +31,7 @@ import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, st
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume', 'testAtPoint'] as const;
+export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume', 'testAtPoint', 'bookmark'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface CampaignResult {
@@ -46,6 +48,9 @@ export interface CampaignResult {
   /** Test copies made at an earlier point and read (testAtPoint), and points refused (inside a coalesced batch, or trimmed meanwhile). */
   pointCopies: number;
   pointsRefused: number;
+  /** Bookmarks taken on the primary, and test copies made at one by name. */
+  bookmarks: number;
+  bookmarkCopies: number;
   /** Online verify runs that ended (done) during the faults, bytes they compared, differences they reported. */
   verifyRuns: number;
   verifiedBytes: number;
@@ -101,6 +106,8 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     imagesEqual: false,
     pointCopies: 0,
     pointsRefused: 0,
+    bookmarks: 0,
+    bookmarkCopies: 0,
     verifyRuns: 0,
     verifiedBytes: 0,
     verifyDifferences: 0,
@@ -233,11 +240,16 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             if (!r) break;
             const admin = (body: unknown) => fetch(`http://127.0.0.1:${r.httpPort}/test-failover`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
             const w = ((await r.status()).journal as { window: { fromSeq: number; toSeq: number } }).window;
-            const seq = w.fromSeq + Math.floor(rand() * (w.toSeq - w.fromSeq + 1));
-            const res = await admin({ seq });
+            let seq = w.fromSeq + Math.floor(rand() * (w.toSeq - w.fromSeq + 1));
+            // Half the time at a bookmark the replica holds, by name.
+            const marks = ((await (await fetch(`http://127.0.0.1:${r.httpPort}/bookmarks`)).json()) as { bookmarks: { name: string; seq: number; state: string }[] }).bookmarks.filter((b) => b.state === 'retained');
+            const mark = marks.length && rand() < 0.5 ? marks[Math.floor(rand() * marks.length)] : undefined;
+            if (mark) seq = mark.seq;
+            const res = await admin(mark ? { bookmark: mark.name } : { seq });
             if (res.status === 409) {
               const code = ((await res.json()) as { code: string }).code;
-              if (code === 'JOURNAL_COALESCED_POINT' || code === 'JOURNAL_OUTSIDE_WINDOW') result.pointsRefused++;
+              // A bookmark is never inside a coalesced batch (the shipper ends batches at bookmarks).
+              if ((code === 'JOURNAL_COALESCED_POINT' && !mark) || code === 'JOURNAL_OUTSIDE_WINDOW') result.pointsRefused++;
               else result.problems.push(`seed ${seed}: fault ${i + 1}: test failover at ${seq} refused: ${code}`);
               break;
             }
@@ -249,6 +261,7 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             const read = await run('qemu-img', ['dd', '-f', 'raw', '-O', 'raw', `bs=${16 * MiB}`, 'count=1', `if=${r.url('chain-test')}`, `of=${file}`], { timeoutMs: 30_000 });
             if (read.code === 0) {
               result.pointCopies++;
+              if (mark) result.bookmarkCopies++;
               const c = checkChainImage(readFileSync(file), N);
               if (c.error) {
                 result.nonPrefixStates++;
@@ -257,6 +270,14 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             } else result.problems.push(`seed ${seed}: fault ${i + 1}: reading the test copy at sequence ${seq} failed: ${read.stderr}`);
             const stopped = await admin({ action: 'stop' });
             if (stopped.status !== 200) result.problems.push(`seed ${seed}: fault ${i + 1}: stopping the test failover answered ${stopped.status}: ${await stopped.text()}`);
+            break;
+          }
+          case 'bookmark': {
+            // Named while the chain is being written; kept through kills and restarts, shipped to the replica.
+            const p = primary!;
+            const res = await fetch(`http://127.0.0.1:${p.httpPort}/bookmarks`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: `fault-${i + 1}` }) });
+            if (res.status !== 201) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /bookmarks answered ${res.status}: ${await res.text()}`);
+            else result.bookmarks++;
             break;
           }
           case 'pauseShipping': {
@@ -332,6 +353,6 @@ export function formatResult(r: CampaignResult): string {
     `  chain records acknowledged ${r.recordsAcked}, replica reads checked ${r.replicaReads}`,
     `  data lost ${r.lostWrites}, non-prefix states ${r.nonPrefixStates}, crashes ${r.crashes}, full resyncs ${r.fullResyncs}, images equal ${r.imagesEqual}`,
     `  online verify during the faults: ${r.verifyRuns} runs done, ${(r.verifiedBytes / MiB).toFixed(0)} MiB compared, ${r.verifyDifferences} differences`,
-    `  test copies at an earlier point: ${r.pointCopies} read (each a chain prefix), ${r.pointsRefused} points refused (coalesced or trimmed meanwhile)`,
+    `  test copies at an earlier point: ${r.pointCopies} read (each a chain prefix; ${r.bookmarkCopies} at a bookmark, of ${r.bookmarks} taken), ${r.pointsRefused} points refused (coalesced or trimmed meanwhile)`,
   ].join('\n');
 }
