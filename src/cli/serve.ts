@@ -111,9 +111,9 @@ export function register(program: Command): void {
         };
         admin = {
           setBandwidth: (bps: number | 'configured') => replicating('setBandwidth', 'bandwidth applies to a primary that replicates (--replicate-to)')(bps),
-          promote: (req: { force?: boolean; replicateTo?: string; reason?: string; seq?: number; timeMs?: number; bookmark?: string }) => {
+          promote: (req: { force?: boolean; replicateTo?: string; reason?: string } & PointRequest) => {
             if (app.role !== 'replica') throw new OffsiteError('NOT_REPLICA', 'this site is already a primary');
-            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined, { seq: req.seq, timeMs: req.timeMs, bookmark: req.bookmark }));
+            return switchRole({ role: 'primary', replicateTo: req.replicateTo, reason: 'promote' }, () => app.prepareForPromotion(!!req.force, req.reason !== undefined, req));
           },
           testFailover: (action: 'start' | 'stop', at?: PointRequest) => app.testFailover(action, at),
           addBookmark: (name: string) => app.addBookmark(name),

@@ -19,9 +19,12 @@ function badRequestOn<T>(parse: () => T): T {
   }
 }
 
-/** An earlier point of the history in a request: `seq` (a sequence number) or `time` (ISO-8601), not both. */
-function pointIn(body: Record<string, unknown>): { seq?: number; timeMs?: number; bookmark?: string } {
-  const at: { seq?: number; timeMs?: number; bookmark?: string } = {};
+/** An earlier point of the history, as a request names it. */
+type PointAsked = { seq?: number; timeMs?: number; bookmark?: string };
+
+/** The point in a request: `seq` (a sequence number), `time` (ISO-8601) or `bookmark` (a name), at most one. */
+function pointIn(body: Record<string, unknown>): PointAsked {
+  const at: PointAsked = {};
   if (body.bookmark !== undefined) {
     if (typeof body.bookmark !== 'string' || !body.bookmark) throw new HttpError(400, 'HTTP_BAD_REQUEST', `bookmark ${JSON.stringify(body.bookmark)} must be a bookmark's name`);
     at.bookmark = body.bookmark;
@@ -47,10 +50,10 @@ export interface AdminActions {
   /** A new cap (bytes/s, 0: none), or 'configured' to return to the configured one. */
   setBandwidth?(bytesPerSec: number | 'configured'): unknown;
   /** `seq`/`timeMs`: promote at an earlier point of the replica's retained history. */
-  promote?(req: { force?: boolean; replicateTo?: string; seq?: number; timeMs?: number; bookmark?: string }): Promise<unknown>;
+  promote?(req: { force?: boolean; replicateTo?: string } & PointAsked): Promise<unknown>;
   demote?(req: { replicationListen?: string }): Promise<unknown>;
   /** `at`: an earlier point of the replica's retained history for the copies (sequence or time). */
-  testFailover?(action: 'start' | 'stop', at?: { seq?: number; timeMs?: number; bookmark?: string }): Promise<unknown>;
+  testFailover?(action: 'start' | 'stop', at?: PointAsked): Promise<unknown>;
   /** Take a bookmark (a name for the point after every write acknowledged so far). */
   addBookmark?(name: string): Promise<unknown>;
   replicateTo?(req: { replicateTo?: string }): Promise<unknown>;
