@@ -66,6 +66,8 @@ export interface ApplianceStatus {
     /** What `offsite replay` can reproduce: sequence and time range. */
     window: { fromSeq: number; toSeq: number; fromTime?: string; toTime?: string };
   };
+  /** Bookmarks held here (offsite bookmarks lists them): how many, and the newest. */
+  bookmarks?: { count: number; newest: BookmarkView | null };
   // --- primary with --replicate-to ---
   ackedSeq?: number;
   rpoSeconds?: number;
@@ -938,6 +940,7 @@ export class Appliance {
       })),
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
+      bookmarks: this.bookmarkSummary(),
       ...this.replicationFields(),
       ...(this.config.witness ? { witness: { address: this.config.witness.address, authenticated: !!this.config.witness.key, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable, quorum: witnessMajority(this.config.witness.addresses.length), witnesses: this.fence.votes.map((v) => ({ ...v })) } } : {}),
     };
@@ -996,6 +999,15 @@ export class Appliance {
 
   journalStats(): ReturnType<Journal['stats']> | undefined {
     return this.journal?.stats();
+  }
+
+  /** How many bookmarks this site holds, and the newest (by time), for /status and the metrics. */
+  bookmarkSummary(): ApplianceStatus['bookmarks'] {
+    const all = this.bookmarks?.all();
+    if (!all) return undefined;
+    let newest: (typeof all)[number] | undefined;
+    for (const b of all) if (!newest || b.timeMs > newest.timeMs) newest = b;
+    return { count: all.length, newest: newest ? this.bookmarkView(newest) : null };
   }
 
   /** Which step of stop() is running (named in the log when a stop takes too long). */

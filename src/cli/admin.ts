@@ -166,6 +166,8 @@ export function summarize(s: Record<string, unknown>): string {
     }
     lines.push(`witness:     ${w.address} ${reach}, ${w.authenticated ? 'authenticated' : 'NOT authenticated (no --witness-key)'}; ${fence}${w.takenOver ? '; taken over by another site' : ''}`);
   }
+  const bm = s.bookmarks as { count: number; newest: { name: string; seq: number; time: string } | null } | undefined;
+  if (bm?.count) lines.push(`bookmarks:   ${bm.count}, newest ${bm.newest!.name} at sequence ${bm.newest!.seq} (${bm.newest!.time})`);
   return lines.join('\n') + '\n';
 }
 

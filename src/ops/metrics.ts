@@ -261,6 +261,11 @@ export function createMetrics(): Metrics {
   gauge('offsite_journal_head_sequence', 'Highest journal sequence number appended.', () => journal()?.headSeq);
   gauge('offsite_journal_oldest_sequence', 'Oldest journal sequence number retained.', () => journal()?.oldestSeq);
   gauge('offsite_journal_max_bytes', 'Journal size cap (0: none).', () => (app ? (app.config.journal.maxBytes ?? 0) : undefined));
+  gauge('offsite_bookmarks', 'Bookmarks held here (offsite bookmark on the primary; kept by the replica).', () => app?.bookmarkSummary()?.count);
+  gauge('offsite_bookmark_newest_timestamp_seconds', 'Primary time of the newest bookmark (0: none): alert when a scheduled, application-consistent bookmark is overdue.', () => {
+    const n = app?.bookmarkSummary()?.newest;
+    return n === undefined ? undefined : n ? Date.parse(n.time) / 1000 : 0;
+  });
   counter('offsite_journal_appends_total', 'Records appended to the journal.', () => journal()?.appends);
   counter('offsite_journal_syncs_total', 'Journal syncs to disk (FUA, SYNCHRONIZE CACHE, replica stores).', () => journal()?.syncs);
   counter('offsite_journal_trimmed_records_total', 'Records removed from the journal (replicated, checkpointed, out of the history window).', () => journal()?.trimmed);

@@ -71,6 +71,13 @@ test('bookmarks: taken on the primary mid-burst, kept by the replica, gone back 
     assert.match(r.stdout, new RegExp(`^app-quiesced +sequence ${seq} +\\S+ +retained$`, 'm'));
     const h = await cli(replica, 'history', '--bucket', '1h');
     assert.match(h.stdout, /bookmarks: app-quiesced/);
+    // Counted for monitoring (e.g. an alert when a nightly bookmark is overdue), and in the status.
+    const mt = await metrics(replica);
+    assert.equal(metricValue(mt, 'offsite_bookmarks'), 1);
+    const newest = ((await replica.status()).bookmarks as { count: number; newest: { name: string; time: string } }).newest;
+    assert.equal(newest.name, 'app-quiesced');
+    assert.equal(metricValue(mt, 'offsite_bookmark_newest_timestamp_seconds'), Date.parse(newest.time) / 1000);
+    assert.match((await cli(replica, 'status')).stdout, new RegExp(`^bookmarks: +1, newest app-quiesced at sequence ${seq} `, 'm'));
 
     // A test failover at it shows the quiesced state (a coalesced batch would have refused it).
     r = await cli(replica, 'test-failover', '--bookmark', 'app-quiesced');
