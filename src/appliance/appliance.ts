@@ -540,7 +540,7 @@ export class Appliance {
     // Records stay until a primary's lineage has been checked: a demoted primary's last writes
     // may be split-off writes that must be saved aside, not trimmed.
     this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked });
-    const history = !!(config.journal.retainMs || config.journal.retainBytes);
+    const history = journal.keepsHistory;
     // The journal restarted at the point a cut-short promotion took the volumes back to.
     if (rewound?.historyRestarted) store.rebaseNeeded = true;
     this.replicaTimer = setInterval(() => {
@@ -599,7 +599,7 @@ export class Appliance {
     if (atPoint) {
       // The copies of a test failover would not survive the volumes going back under them.
       if (store.testCopies.size) await this.testFailover('stop');
-      back = await store.rewindForPromotion(at, !!(this.config.journal.retainMs || this.config.journal.retainBytes));
+      back = await store.rewindForPromotion(at);
       if (back.seq < back.fromSeq) this.logger.warn({ seq: back.seq, fromSeq: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks }, 'promoting at an earlier point: the volumes went back; the later writes are saved aside');
     }
     const seq = store.appliedSeq();

@@ -26,7 +26,7 @@ import type { BookmarkDescriptor, ReceiverSink, ReplicatedRecord, SyncCursor, Sy
 import { isBookmark, type Bookmarks } from '../journal/bookmarks';
 import { chunkHash, SYNC_CHUNK_BYTES, verifyHashes } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
-import { applyInOrder, applyToVolume } from '../volume/journaled';
+import { applyInOrder, applyToVolume, replayOnto } from '../volume/journaled';
 import { writeChangedBlocksAsOf } from '../volume/rewind';
 import { resolvePoint } from '../journal/point-in-time';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
@@ -210,13 +210,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     const head = journal.headSeq();
     const forward = head > r.toSeq;
     if (forward) {
-      let records = 0;
-      for await (const rec of journal.records(r.toSeq, head)) {
-        const img = images.get(rec.volume);
-        if (img) await applyToVolume(img, rec);
-        records++;
-      }
-      for (const img of images.values()) await img.flush();
+      const { records } = await replayOnto(journal, images, r.toSeq, head, logger);
       logger.warn({ toSeq: r.toSeq, fromSeq: r.fromSeq, records }, 'a promotion at an earlier point was cut short: the volumes are brought forward again to where they were (nothing was promoted; the later writes were saved aside too); promote again');
     } else {
       state.appliedSeq = r.toSeq;
@@ -233,10 +227,10 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    * replica): the volumes go back to the state right after that point. Everything after it is
    * saved aside first (`split-<time>/`, like a demotion's split-off writes), and the intent is
    * saved before any image changes (finishInterruptedRewind). Only the blocks written since
-   * the point are rewritten. The journal then restarts at the point, its history from the
-   * images as they are then (with `history`).
+   * the point are rewritten. The journal then restarts at the point, its history (when kept)
+   * from the images as they are then.
    */
-  async rewindForPromotion(at: { seq?: number; timeMs?: number }, history: boolean): Promise<{ seq: number; timeMs?: number; fromSeq: number; savedTo?: string; blocks: number }> {
+  async rewindForPromotion(at: { seq?: number; timeMs?: number }): Promise<{ seq: number; timeMs?: number; fromSeq: number; savedTo?: string; blocks: number }> {
     await this.idle();
     const now = this.applied;
     const res = await this.journal.holdHistory(async () => {
@@ -269,7 +263,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await this.save();
       return { seq, timeMs, fromSeq: now, savedTo, blocks };
     });
-    if (history && res.seq < now) await this.rebaseHistory();
+    if (this.journal.keepsHistory && res.seq < now) await this.rebaseHistory();
     return res;
   }
 
@@ -610,9 +604,10 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
         continue;
       }
       const had = marks.get(b.name);
-      if (had && had.seq !== b.seq) await marks.dropNamed(b.name);
-      if (!had || had.seq !== b.seq) this.logger.info({ bookmark: b.name, seq: b.seq, time: new Date(b.timeMs).toISOString() }, 'bookmark from the primary kept');
+      if (had?.seq === b.seq) continue;
+      if (had) await marks.dropNamed(b.name);
       await marks.add(b);
+      this.logger.info({ bookmark: b.name, seq: b.seq, time: new Date(b.timeMs).toISOString() }, 'bookmark from the primary kept');
     }
     return top;
   }

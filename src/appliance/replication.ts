@@ -6,6 +6,7 @@ import type { Logger } from '../common/logger';
 import type { Journal } from '../journal/wal';
 import type { BookmarkDescriptor, ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
 import type { Bookmarks } from '../journal/bookmarks';
+import type { SettingSource } from './runtime-setting';
 import { verifyHashes } from '../replication/protocol';
 import { Verifier, type VerifySource, type VerifyStatus } from '../replication/verify';
 import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
@@ -23,12 +24,12 @@ export interface PrimaryReplicationOptions {
   port: number;
   maxBandwidthBytesPerSec: number;
   /** Where the starting cap comes from; the configured cap (when a run-time change overrides it). */
-  bandwidthSource?: 'configured' | 'runtime';
+  bandwidthSource?: SettingSource;
   configuredBandwidthBytesPerSec?: number;
   rpoTargetMs: number;
   rpoPolicy: RpoPolicy;
   /** Where the starting target and policy come from; the configured ones (when a run-time change overrides them). */
-  rpoSource?: 'configured' | 'runtime';
+  rpoSource?: SettingSource;
   configuredRpo?: { targetMs: number; policy: RpoPolicy };
   logger: Logger;
   lineage: () => unknown;
@@ -68,7 +69,7 @@ export interface PrimaryReplicationStatus {
     disconnects: number;
     maxBandwidthBytesPerSec: number;
     /** configured (flag, file, environment) or runtime (offsite bandwidth, kept across restarts). */
-    maxBandwidthSource: 'configured' | 'runtime';
+    maxBandwidthSource: SettingSource;
     configuredMaxBandwidthBytesPerSec: number;
     lastError: string;
   };
@@ -76,7 +77,7 @@ export interface PrimaryReplicationStatus {
     targetSeconds: number;
     policy: RpoPolicy;
     /** configured (flag, file, environment) or runtime (offsite rpo, kept across restarts). */
-    source: 'configured' | 'runtime';
+    source: SettingSource;
     configuredTargetSeconds: number;
     configuredPolicy: RpoPolicy;
     projectedSeconds: number;
@@ -209,8 +210,8 @@ export class PrimaryReplication {
   /** The schedule counts from here until a run over every volume has started. */
   private readonly scheduleFrom = Date.now();
   private scheduleRefusal = '';
-  private bandwidthSource: 'configured' | 'runtime';
-  private rpoSource: 'configured' | 'runtime';
+  private bandwidthSource: SettingSource;
+  private rpoSource: SettingSource;
   private pausedBy: ReplicationPause | null;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
@@ -306,13 +307,13 @@ export class PrimaryReplication {
   }
 
   /** A new RPO target (ms, 0: none) and policy, in force from the next evaluation (a quarter second). */
-  setRpo(targetMs: number, policy: RpoPolicy, source: 'configured' | 'runtime' = 'runtime'): void {
+  setRpo(targetMs: number, policy: RpoPolicy, source: SettingSource = 'runtime'): void {
     this.controller.targetSeconds = targetMs / 1000;
     this.controller.policy = policy;
     this.rpoSource = source;
   }
 
-  setBandwidth(bytesPerSec: number, source: 'configured' | 'runtime' = 'runtime'): void {
+  setBandwidth(bytesPerSec: number, source: SettingSource = 'runtime'): void {
     this.shipper.setBandwidth(bytesPerSec);
     this.controller.linkHintBytesPerSec = bytesPerSec;
     this.bandwidthSource = source;

@@ -1335,12 +1335,17 @@ export class Journal {
     return this.ackedSeq;
   }
 
+  /** A history window is configured (`--journal-retain`): trimmed records fold into base images. */
+  get keepsHistory(): boolean {
+    return !!(this.opts.retainMs || this.opts.retainBytes);
+  }
+
   /** The point-in-time base (state right after `seq`), when history is kept. */
   baseInfo(): { seq: number; timeMs: number } | undefined {
     if (this.base) return this.base;
     if (this.noBase) return undefined;
     // Nothing ever trimmed with history on: the base is the empty volume before seq 1.
-    if (this.opts.retainMs || this.opts.retainBytes) return this.oldest === 1 ? { seq: 0, timeMs: 0 } : undefined;
+    if (this.keepsHistory) return this.oldest === 1 ? { seq: 0, timeMs: 0 } : undefined;
     return undefined;
   }
 
@@ -1462,7 +1467,7 @@ export class Journal {
     const imageLimit = this.fuaSeq > this.imageSeq ? this.imageSeq : Math.max(this.imageSeq, Math.min(this.inImagesSeq, this.writtenSeq));
     let limit = imageLimit;
     if (o.replicated) limit = Math.min(limit, this.ackedSeq);
-    const history = !!(o.retainMs || o.retainBytes);
+    const history = this.keepsHistory;
     let historyLimit = limit;
     if (history) {
       const now = Date.now();
@@ -1629,23 +1634,31 @@ export class ImageFileTarget implements RecordTarget {
 }
 
 /** Write one record's effect onto a file (idempotent: records carry full data). */
-export async function applyRecord(fh: FileHandle, rec: JournalRecord): Promise<void> {
+export function applyRecord(fh: FileHandle, rec: JournalRecord): Promise<void> {
+  return applyRecordPart(rec, rec.offsetBytes, rec.lengthBytes, async (offsetBytes, data) => {
+    await fh.write(data, 0, data.length, offsetBytes);
+  });
+}
+
+/**
+ * The part [offsetBytes, +lengthBytes) of a record (inside its range; for WRITE SAME, on a
+ * block boundary), through `write`: a write's bytes, a WRITE SAME's block repeated, or zeros.
+ */
+export async function applyRecordPart(rec: JournalRecord, offsetBytes: number, lengthBytes: number, write: (offsetBytes: number, data: Buffer) => Promise<void>): Promise<void> {
   if (rec.op === 'write') {
-    await fh.write(rec.data, 0, rec.data.length, rec.offsetBytes);
+    const at = offsetBytes - rec.offsetBytes;
+    await write(offsetBytes, at === 0 && lengthBytes === rec.data.length ? rec.data : rec.data.subarray(at, at + lengthBytes));
     return;
   }
   const chunk = 1024 * 1024;
   let fill: Buffer;
-  if (rec.op === 'unmap') fill = Buffer.alloc(Math.min(chunk, rec.lengthBytes));
+  if (rec.op === 'unmap') fill = Buffer.alloc(Math.min(chunk, lengthBytes));
   else {
-    const n = Math.max(1, Math.floor(Math.min(chunk, rec.lengthBytes) / rec.data.length));
+    const n = Math.max(1, Math.floor(Math.min(chunk, lengthBytes) / rec.data.length));
     fill = Buffer.alloc(n * rec.data.length);
     for (let o = 0; o < fill.length; o += rec.data.length) rec.data.copy(fill, o);
   }
-  for (let o = 0; o < rec.lengthBytes; o += fill.length) {
-    const n = Math.min(fill.length, rec.lengthBytes - o);
-    await fh.write(fill, 0, n, rec.offsetBytes + o);
-  }
+  for (let o = 0; o < lengthBytes; o += fill.length) await write(offsetBytes + o, fill.subarray(0, Math.min(fill.length, lengthBytes - o)));
 }
 
 export async function removeJournal(dir: string): Promise<void> {

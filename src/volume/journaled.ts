@@ -226,9 +226,16 @@ export async function recoverImages(journal: Journal, images: ReadonlyMap<string
   // journal: a crash of the process left them in the images.
   const from = Math.max(journal.checkpointSeq(), journal.oldestSeq() - 1);
   const to = journal.headSeq();
+  const { records, bytes } = await replayOnto(journal, images, from, to, logger);
+  await journal.checkpoint(to);
+  return { fromSeq: from + 1, toSeq: to, records, bytes };
+}
+
+/** Apply the journal's records in (afterSeq, toSeq] onto their images (idempotent), then flush the images. */
+export async function replayOnto(journal: Journal, images: ReadonlyMap<string, FileVolume>, afterSeq: number, toSeq: number, logger?: Logger): Promise<{ records: number; bytes: number }> {
   let records = 0;
   let bytes = 0;
-  for await (const rec of journal.records(from, to)) {
+  for await (const rec of journal.records(afterSeq, toSeq)) {
     const img = images.get(rec.volume);
     if (!img) {
       logger?.warn({ volume: rec.volume, seq: rec.seq }, 'journal record for a volume that is not served; kept, not applied');
@@ -239,8 +246,7 @@ export async function recoverImages(journal: Journal, images: ReadonlyMap<string
     bytes += rec.lengthBytes;
   }
   for (const img of images.values()) await img.flush();
-  await journal.checkpoint(to);
-  return { fromSeq: from + 1, toSeq: to, records, bytes };
+  return { records, bytes };
 }
 
 /** What the keeper needs of a volume: its name, size and image. */

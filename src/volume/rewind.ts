@@ -7,7 +7,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { releaseBuffer } from '../common/buffer-pool';
-import type { Journal, JournalRecord } from '../journal/wal';
+import { applyRecordPart, type Journal, type JournalRecord } from '../journal/wal';
 
 export interface RewindReport {
   /** One bit per block: changed between the two points (now holding its content at `seq`). */
@@ -78,7 +78,7 @@ export async function writeChangedBlocksAsOf(
         if (!isChanged(b)) continue;
         let e = b + 1;
         while (e < b1 && isChanged(e)) e++;
-        await writePart(r, b * bs, (e - b) * bs, write);
+        await applyRecordPart(r, b * bs, (e - b) * bs, write);
         b = e;
       }
       records++;
@@ -86,15 +86,4 @@ export async function writeChangedBlocksAsOf(
     }
   }
   return { changed, blocks: count, records };
-}
-
-/** The part [offsetBytes, +lengthBytes) of a record, through `write`. */
-async function writePart(r: JournalRecord, offsetBytes: number, lengthBytes: number, write: (offsetBytes: number, data: Buffer) => Promise<void>): Promise<void> {
-  if (r.op === 'write') {
-    await write(offsetBytes, r.data.subarray(offsetBytes - r.offsetBytes, offsetBytes - r.offsetBytes + lengthBytes));
-    return;
-  }
-  const fill = Buffer.alloc(Math.min(lengthBytes, 1 << 20));
-  if (r.op === 'writeSame') for (let o = 0; o < fill.length; o += r.data.length) r.data.copy(fill, o);
-  for (let o = 0; o < lengthBytes; o += fill.length) await write(offsetBytes + o, fill.subarray(0, Math.min(fill.length, lengthBytes - o)));
 }

@@ -185,3 +185,26 @@ export async function verifyOverAndOver(current: () => RunningAppliance | undefi
     await new Promise((r) => setTimeout(r, 200));
   }
 }
+
+/** Replica and primary arguments for a link slower than the writes, so that the shipper coalesces: 1 MB/s, a 4 s RPO target (coalescing from 2 s projected), history on both. */
+export const COALESCING = { replica: ['--journal-retain', '1h'], primary: ['--journal-retain', '1h', '--max-bandwidth', '1MB/s', '--rpo-target', '4s'] };
+
+/**
+ * Overwrites of a hot region that do not compress (the bandwidth cap counts bytes on the wire):
+ * 16 slots of 64 KiB at the start of `url`'s volume, written over and over, never twice in a row
+ * with the same data (13 sources against 16 slots). Writes number `from`..`from + count - 1`.
+ */
+export function hotOverwrites(dir: string): (url: string, from: number, count: number) => Promise<void> {
+  const slot = 64 * 1024;
+  const sources = Array.from({ length: 13 }, (_, i) => {
+    const f = path.join(dir, `hot-src-${i}.bin`);
+    writeFileSync(f, randomBytes(slot));
+    return f;
+  });
+  return async (url, from, count) => {
+    const cmds: string[] = [];
+    for (let k = from; k < from + count; k++) cmds.push('-c', `write -s ${sources[k % sources.length]} ${((k * 7) % 16) * slot} ${slot}`);
+    const w = await run('qemu-io', ['-f', 'raw', ...cmds, url], { timeoutMs: 120_000 });
+    assert.equal(w.code, 0, w.stderr);
+  };
+}

@@ -6,15 +6,13 @@
  * replica can go back to: a coalesced batch ends at it.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { freePort, metricValue, metrics, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { COALESCING, freePort, hotOverwrites, metricValue, metrics, readVolume, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
-const KiB = 1024;
 const cli = (site: RunningAppliance, ...args: string[]) => run(process.execPath, [CLI, args[0], '--http', `127.0.0.1:${site.httpPort}`, ...args.slice(1)]);
 
 test('bookmarks: taken on the primary mid-burst, kept by the replica, gone back to by name (test failover, promote, replay)', { timeout: 240_000 }, async () => {
@@ -22,22 +20,13 @@ test('bookmarks: taken on the primary mid-burst, kept by the replica, gone back 
   const aDir = path.join(dir, 'a');
   const bDir = path.join(dir, 'b');
   const replPort = await freePort();
-  const retain = ['--journal-retain', '1h'];
+  const retain = COALESCING.replica;
   let replica = await startReplica(bDir, replPort, retain);
   // A slow link against incompressible overwrites: the shipper coalesces.
-  let primary: RunningAppliance | undefined = await startPrimary(aDir, ['hot:8M'], replPort, [...retain, '--max-bandwidth', '1MB/s', '--rpo-target', '4s']);
+  let primary: RunningAppliance | undefined = await startPrimary(aDir, ['hot:8M'], replPort, COALESCING.primary);
   try {
-    const sources = Array.from({ length: 13 }, (_, i) => {
-      const f = path.join(dir, `src-${i}.bin`);
-      writeFileSync(f, randomBytes(64 * KiB));
-      return f;
-    });
-    const burst = async (from: number, count: number) => {
-      const cmds: string[] = [];
-      for (let k = from; k < from + count; k++) cmds.push('-c', `write -s ${sources[k % sources.length]} ${((k * 7) % 16) * 64 * KiB} 64k`);
-      const w = await run('qemu-io', ['-f', 'raw', ...cmds, primary!.url('hot')], { timeoutMs: 120_000 });
-      assert.equal(w.code, 0, w.stderr);
-    };
+    const overwrite = hotOverwrites(dir);
+    const burst = (from: number, count: number) => overwrite(primary!.url('hot'), from, count);
     await burst(0, 160);
     // The application is quiet here: its state, and a name for it.
     const quiesced = await readVolume(primary, 'hot', path.join(dir, 'quiesced.img'));

@@ -7,40 +7,27 @@
  * it, and every point it does offer equals the primary's replay of the same point.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { reconstruct } from '../../src/journal/point-in-time';
 import { Journal } from '../../src/journal/wal';
 import { CLI, removeDir, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { assertSameVolume, freePort, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
+import { assertSameVolume, COALESCING, freePort, hotOverwrites, metricValue, metrics, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 
-const KiB = 1024;
 
 test('coalesced batches: the replica ends equal, and replay on it offers only points the primary had', { timeout: 240_000 }, async () => {
   const dir = tempDir();
   const aDir = path.join(dir, 'a');
   const bDir = path.join(dir, 'b');
   const replPort = await freePort();
-  const retain = ['--journal-retain', '1h'];
-  const replica = await startReplica(bDir, replPort, retain);
+  const replica = await startReplica(bDir, replPort, COALESCING.replica);
   // 1 MB/s against ~20 MB of overwrites: the projected RPO passes half the 4 s target at once.
-  const primary = await startPrimary(aDir, ['hot:8M'], replPort, [...retain, '--max-bandwidth', '1MB/s', '--rpo-target', '4s']);
+  const primary = await startPrimary(aDir, ['hot:8M'], replPort, COALESCING.primary);
   let stopped = false;
   try {
-    // Incompressible data (the cap counts bytes on the wire), 16 slots of 64 KiB overwritten
-    // over and over, never twice in a row with the same data (13 sources against 16 slots).
-    const sources = Array.from({ length: 13 }, (_, i) => {
-      const f = path.join(dir, `src-${i}.bin`);
-      writeFileSync(f, randomBytes(64 * KiB));
-      return f;
-    });
-    const cmds: string[] = [];
-    for (let k = 0; k < 320; k++) cmds.push('-c', `write -s ${sources[k % sources.length]} ${((k * 7) % 16) * 64 * KiB} 64k`);
-    const w = await run('qemu-io', ['-f', 'raw', ...cmds, primary.url('hot')], { timeoutMs: 120_000 });
-    assert.equal(w.code, 0, w.stderr);
+    await hotOverwrites(dir)(primary.url('hot'), 0, 320);
     await waitCaughtUp(primary, replica, 120_000);
     await assertSameVolume(primary, replica, 'hot', dir);
     const saved = metricValue(await metrics(primary), 'offsite_rpo_coalesced_bytes_saved_total');
