@@ -27,3 +27,9 @@ export async function recordAddedVolume(dataDir: string, name: string): Promise<
   const { names } = await addedVolumes(dataDir);
   if (!names.includes(name)) await writeJsonFile(file(dataDir), [...names, name]);
 }
+
+/** A removed volume is no longer served at start (offsite remove-volume). */
+export async function forgetAddedVolume(dataDir: string, name: string): Promise<void> {
+  const { names, unreadable } = await addedVolumes(dataDir);
+  if (!unreadable && names.includes(name)) await writeJsonFile(file(dataDir), names.filter((n) => n !== name));
+}

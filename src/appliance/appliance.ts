@@ -26,7 +26,8 @@ import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote }
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { clearRpoChange, saveRpoChange, startingRpo, type RpoSetting } from './rpo-setting';
 import { clearPause, savePause, savedPause } from './pause-setting';
-import { addedVolumes, recordAddedVolume } from './added-volumes';
+import { addedVolumes, forgetAddedVolume, recordAddedVolume } from './added-volumes';
+import { moveRemovedAside, recordRemovedVolume, removedDirName, removedVolumes, type RemovedVolume } from './removed-volumes';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus, type ReplicationPause } from './replication';
 import { VerifyError, type VerifyRequest, type VerifyStatus } from '../replication/verify';
@@ -68,6 +69,13 @@ export interface ApplianceStatus {
   };
   /** Bookmarks held here (offsite bookmarks lists them): how many, and the newest. */
   bookmarks?: { count: number; newest: BookmarkView | null };
+  /**
+   * Volumes removed here (offsite remove-volume; on a replica, its copies of volumes the primary
+   * removed, retired once every write of them arrived), where their files went, and on a
+   * replica the removals it still waits to retire.
+   */
+  removedVolumes: { name: string; sizeBytes: number; lastSeq: number; removedAt: string; movedTo: string }[];
+  pendingRemovals?: { name: string; lastSeq: number }[];
   // --- primary with --replicate-to ---
   ackedSeq?: number;
   rpoSeconds?: number;
@@ -156,6 +164,10 @@ export class Appliance {
   private fenceTimer?: NodeJS.Timeout;
   private fence = { fenced: false, takenOver: false, witnessReachable: false, reason: '', votes: [] as WitnessVote[] };
   readonly dataDir: DataDir;
+  /** Volumes removed here (offsite remove-volume; on a replica, copies it retired). */
+  private removed: RemovedVolume[] = [];
+  /** A replica retiring its copy of a volume the primary removed (one at a time). */
+  private retiring?: Promise<void>;
 
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
     this.dataDir = new DataDir(config.dataDir);
@@ -176,10 +188,15 @@ export class Appliance {
     const { config, logger } = this;
     this.identity = await this.dataDir.init();
     await this.dataDir.lock();
+    await this.loadRemoved();
     if (config.role === 'replica') return this.openReplica();
     this.lineage = await LineageFile.in(this.dataDir.root).load();
     const existing = await FileVolume.list(this.dataDir.volumesDir);
     const wanted: VolumeConfig[] = config.volumes.length ? [...config.volumes] : existing.map((name) => ({ name }));
+    for (const v of wanted) {
+      const gone = this.removed.find((r) => r.name === v.name);
+      if (gone) throw new OffsiteError('VOLUME_REMOVED', `volume ${v.name} was removed (offsite remove-volume, ${gone.removedAt}; its files are in ${path.join(this.dataDir.root, gone.movedTo)}): take it out of the configuration, or name a new volume differently`);
+    }
     if (config.volumes.length) {
       // Volumes added at run time are served though the configuration does not name them (yet).
       const added = await addedVolumes(this.dataDir.root);
@@ -234,7 +251,7 @@ export class Appliance {
     }
     if (this.journal) {
       const journal = this.journal;
-      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true });
+      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true, sizeOf: (name) => this.sizeOfUnserved(name) });
       const to = config.replication.replicateTo;
       if (to) {
         const configured = config.replication.maxBandwidthBytesPerSec;
@@ -267,6 +284,7 @@ export class Appliance {
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
           bookmarks: this.bookmarks,
+          removedVolumes: () => this.removed.map((r) => ({ name: r.name, lastSeq: r.lastSeq })),
           linkKey: await this.linkKey(),
           verifyEveryMs: config.replication.verifyEveryMs,
           verifyRateBytesPerSec: config.replication.verifyRateBytesPerSec,
@@ -537,13 +555,15 @@ export class Appliance {
       bookmarks: this.bookmarks,
     }));
     for (const v of volumes.values()) await this.serveVolume(v, v.image, false);
+    for (const r of this.removed) if (!volumes.has(r.name)) store.retired.add(r.name);
     // Records stay until a primary's lineage has been checked: a demoted primary's last writes
     // may be split-off writes that must be saved aside, not trimmed.
-    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked });
+    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked, sizeOf: (name) => this.sizeOfUnserved(name) });
     const history = journal.keepsHistory;
     // The journal restarted at the point a cut-short promotion took the volumes back to.
     if (rewound?.historyRestarted) store.rebaseNeeded = true;
     this.replicaTimer = setInterval(() => {
+      this.retireRemovedCopies(store);
       if (history && store.rebaseNeeded && store.syncState() === 'consistent' && !store.isStaging()) {
         store.rebaseNeeded = false;
         store.rebaseHistory().then(
@@ -678,7 +698,7 @@ export class Appliance {
       const served = this.served.get(copy.name);
       if (served) {
         this.served.delete(copy.name);
-        for (const s of this.iscsi?.sessionsOf(served.entry.name) ?? []) await s.close().catch(() => undefined);
+        await this.iscsi?.endSessionsOf(served.entry.name);
         await served.target.close().catch(() => undefined);
         targets.push(served.entry.name);
       }
@@ -810,6 +830,8 @@ export class Appliance {
     const run = async (): Promise<AddVolumeResult> => {
       if (this.config.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', "a replica's volumes come from its primary: add the volume there, and the replica creates its copy");
       if (this.served.has(name)) throw new OffsiteError('VOLUME_EXISTS', `volume ${name} is already served`);
+      const gone = this.removed.find((r) => r.name === name);
+      if (gone) throw new OffsiteError('VOLUME_REMOVED', `a volume ${name} was removed here (${gone.removedAt}; its files are in ${path.join(this.dataDir.root, gone.movedTo)}) and the replica may still hold its copy under that name: choose another name`);
       if ((await FileVolume.list(this.dataDir.volumesDir)).includes(name)) throw new OffsiteError('VOLUME_EXISTS', `volume ${name} already exists in the data directory (not served): name it with --volume and restart to serve it`);
       const image = await FileVolume.open({ dir: this.dataDir.volumesDir, name, sizeBytes, create: true });
       let volume: Volume = image;
@@ -827,6 +849,99 @@ export class Appliance {
       return { volume: name, sizeBytes, targetName };
     };
     return this.volumeOp(run);
+  }
+
+  /**
+   * Remove a volume from a running primary (offsite remove-volume, POST /volumes/remove): its
+   * target goes (refused while initiators are logged in, unless `force`, which ends their
+   * sessions), no write is taken any more, and once every write taken is in the journal and the
+   * image, the removal is recorded and the files are moved aside (removed/<name>-<time>/, never
+   * deleted). The records stay in the journal: the replica still gets every one of them and then
+   * retires its own copy. One volume operation at a time (shared with resize and add).
+   */
+  removeVolume(name: string, force = false): Promise<RemoveVolumeResult> {
+    const run = async (): Promise<RemoveVolumeResult> => {
+      if (this.config.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', "a replica's volumes come from its primary: remove the volume there, and the replica retires its copy once it holds every write of it");
+      const sv = this.served.get(name);
+      if (!sv || sv.volume instanceof TestCopyVolume) throw new OffsiteError('UNKNOWN_VOLUME', `no volume ${name} (volumes: ${[...this.served.keys()].join(', ') || 'none'})`);
+      const sessions = this.iscsi?.sessionsOf(sv.entry.name) ?? [];
+      if (sessions.length && !force) {
+        const who = [...new Set(sessions.map((s) => s.initiatorName))].join(', ');
+        throw new OffsiteError('VOLUME_IN_USE', `volume ${name} has ${sessions.length} initiator session(s) logged in (${who}): log them out first, or remove with --force to end them`);
+      }
+      // From here no write is taken: the target is gone from discovery and login, its sessions end.
+      if (sv.volume instanceof JournaledVolume) sv.volume.retired = true;
+      this.served.delete(name);
+      await this.iscsi?.endSessionsOf(sv.entry.name);
+      await sv.target.close().catch(() => undefined);
+      let lastSeq = this.journal?.headSeq() ?? 0;
+      if (sv.volume instanceof JournaledVolume) lastSeq = Math.max(lastSeq, await sv.volume.settled());
+      await sv.image.flush();
+      await sv.image.close();
+      const now = new Date();
+      const entry: RemovedVolume = { name, sizeBytes: sv.image.sizeBytes, lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(name, now) };
+      await recordRemovedVolume(this.dataDir.root, entry);
+      this.removed.push(entry);
+      await forgetAddedVolume(this.dataDir.root, name);
+      await moveRemovedAside(this.dataDir.root, entry);
+      this.replication?.volumesChanged(`volume ${name} removed`);
+      const movedTo = path.join(this.dataDir.root, entry.movedTo);
+      this.logger.warn({ volume: name, target: sv.entry.name, lastSeq, movedTo, sessionsEnded: sessions.length, replicated: !!this.replication }, 'volume removed: no longer served; its files are moved aside (delete them when no longer needed)');
+      return { volume: name, targetName: sv.entry.name, sizeBytes: entry.sizeBytes, lastSeq, movedTo, sessionsEnded: sessions.length, replicated: !!this.replication };
+    };
+    return this.volumeOp(run);
+  }
+
+  /** The volumes removed here; a move a crash cut short is finished (before any volume is opened). */
+  private async loadRemoved(): Promise<void> {
+    this.removed = await removedVolumes(this.dataDir.root);
+    for (const r of this.removed) {
+      const moved = await moveRemovedAside(this.dataDir.root, r);
+      if (moved.length) this.logger.warn({ volume: r.name, moved, movedTo: path.join(this.dataDir.root, r.movedTo) }, 'a volume removal was cut short: its files are moved aside now');
+    }
+  }
+
+  /** The size of a volume this site does not serve (removed, or left out of the configuration), for the journal's history base. */
+  private async sizeOfUnserved(name: string): Promise<number | undefined> {
+    const gone = this.removed.find((r) => r.name === name);
+    if (gone) return gone.sizeBytes;
+    const meta = (await readJsonFile(path.join(this.dataDir.volumesDir, `${name}.json`)).catch(() => undefined)) as { sizeBytes?: unknown } | undefined;
+    return typeof meta?.sizeBytes === 'number' ? meta.sizeBytes : undefined;
+  }
+
+  /**
+   * A replica: retire its copy of a volume the primary removed, once it holds (and applied) every
+   * write of it, is consistent, and runs no test copy of it. Its target goes, its files are moved
+   * aside like the primary's. Called every second.
+   */
+  private retireRemovedCopies(store: ReplicaStore): void {
+    if (this.retiring) return;
+    const due = store.primaryRemoved().find((r) => store.volumes.has(r.name) && store.appliedSeq() >= r.lastSeq && !store.testCopies.has(r.name));
+    if (!due || store.syncState() !== 'consistent' || store.isStaging()) return;
+    this.retiring = (async () => {
+      const sv = this.served.get(due.name);
+      const v = store.volumes.get(due.name)!;
+      if (sv) {
+        this.served.delete(due.name);
+        await this.iscsi?.endSessionsOf(sv.entry.name);
+        await sv.target.close().catch(() => undefined);
+      }
+      await store.gate.exclusive(async () => {
+        store.retire(due.name);
+        await v.image.flush();
+        await v.image.close();
+      });
+      const now = new Date();
+      const entry: RemovedVolume = { name: due.name, sizeBytes: v.image.sizeBytes, lastSeq: due.lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(due.name, now) };
+      await recordRemovedVolume(this.dataDir.root, entry);
+      this.removed.push(entry);
+      await moveRemovedAside(this.dataDir.root, entry);
+      this.logger.warn({ volume: due.name, lastSeq: due.lastSeq, appliedSeq: store.appliedSeq(), movedTo: path.join(this.dataDir.root, entry.movedTo) }, 'the primary removed this volume and every write of it is here: copy retired, no longer served; its files are moved aside (delete them when no longer needed)');
+    })()
+      .catch((e: unknown) => this.logger.error({ err: e, volume: due.name }, 'retiring the copy of a removed volume failed; retried'))
+      .finally(() => {
+        this.retiring = undefined;
+      });
   }
 
   /** Admin actions the HTTP API exposes. */
@@ -941,6 +1056,7 @@ export class Appliance {
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
       bookmarks: this.bookmarkSummary(),
+      removedVolumes: this.removedSummary(),
       ...this.replicationFields(),
       ...(this.config.witness ? { witness: { address: this.config.witness.address, authenticated: !!this.config.witness.key, fenced: this.fence.fenced, reason: this.fence.reason, takenOver: this.fence.takenOver, reachable: this.fence.witnessReachable, quorum: witnessMajority(this.config.witness.addresses.length), witnesses: this.fence.votes.map((v) => ({ ...v })) } } : {}),
     };
@@ -963,6 +1079,7 @@ export class Appliance {
         state,
         consistentPoint: state === 'consistent' ? { seq: applied, primaryTime: t ? new Date(t).toISOString() : undefined } : null,
         stagingDeltaSync: store.isStaging(),
+        pendingRemovals: store.primaryRemoved().filter((r) => store.volumes.has(r.name)),
         testFailover: this.testFailoverStatus(),
         // What the primary's online verify found here since this process started (the primary keeps the runs' results).
         verified: verifiedHere(store.counters()),
@@ -1002,6 +1119,10 @@ export class Appliance {
   }
 
   /** How many bookmarks this site holds, and the newest (by time), for /status and the metrics. */
+  private removedSummary(): ApplianceStatus['removedVolumes'] {
+    return this.removed.map((r) => ({ ...r, movedTo: path.join(this.dataDir.root, r.movedTo) }));
+  }
+
   bookmarkSummary(): ApplianceStatus['bookmarks'] {
     const all = this.bookmarks?.all();
     if (!all) return undefined;
@@ -1052,6 +1173,19 @@ function toTargetAuth(a: TargetAuthConfig): TargetEntry['auth'] {
 }
 
 /** The answer to POST /volumes. */
+/** The answer to POST /volumes/remove. */
+export interface RemoveVolumeResult {
+  volume: string;
+  targetName: string;
+  sizeBytes: number;
+  /** Every record of the volume has a sequence number at or below this one. */
+  lastSeq: number;
+  /** Where its files are now. */
+  movedTo: string;
+  sessionsEnded: number;
+  replicated: boolean;
+}
+
 export interface AddVolumeResult {
   volume: string;
   sizeBytes: number;

@@ -22,7 +22,7 @@ import { DATA_FORMAT, DATA_VERSION } from './datadir';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
-import type { BookmarkDescriptor, ReceiverSink, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
+import type { BookmarkDescriptor, ReceiverSink, RemovedVolumeDescriptor, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
 import { isBookmark, type Bookmarks } from '../journal/bookmarks';
 import { chunkHash, SYNC_CHUNK_BYTES, verifyHashes } from '../replication/protocol';
 import { FileVolume } from '../volume/file-volume';
@@ -55,7 +55,11 @@ export interface ReplicaState {
    * after `toSeq`) or finds them there (it no longer does): finishInterruptedRewind.
    */
   rewinding?: { toSeq: number; toTimeMs: number; fromSeq: number };
+  /** The volumes the primary removed, as its last handshake said: each copy is retired once every write up to `lastSeq` is applied here. */
+  primaryRemoved?: RemovedByPrimary[];
 }
+
+type RemovedByPrimary = RemovedVolumeDescriptor;
 
 const STAGING_DIR = 'staging';
 /** Tests only: OFFSITE_FAILPOINT=replica-commit-midway kills the process half-way through a staged commit. */
@@ -94,6 +98,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   bookmarks?: Bookmarks;
   /** Throw-away test copies (offsite test-failover) that must keep their view as records land. */
   readonly testCopies = new Map<string, TestCopyVolume>();
+  /** Copies retired here (the primary removed the volume): a stray record for one is skipped, not an error. */
+  readonly retired = new Set<string>();
   /** A primary's lineage was checked in this process's life (until then nothing is trimmed). */
   primaryChecked = false;
   /** A sync rebuilt the images outside the journal: point-in-time history restarts once consistent. */
@@ -477,6 +483,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
         continue;
       }
       const image = await FileVolume.open({ dir: this.volumesDir, name: d.name, sizeBytes: d.sizeBytes, blockSize: d.blockSize, readOnly: false, create: true });
+      this.retired.delete(d.name); // a primary serves a volume of that name again (a later primary, after a failover)
       await this.journal.registerVolume(d.name);
       const v = new ReplicaVolume(image, this.gate);
       this.volumes.set(d.name, v);
@@ -612,6 +619,31 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return top;
   }
 
+  /** The primary's removed volumes (Hello): kept, so that a copy is retired even if the link drops first. */
+  async primaryRemovedVolumes(list: RemovedByPrimary[]): Promise<void> {
+    const had = this.state.primaryRemoved ?? [];
+    if (had.length === list.length && had.every((r, i) => r.name === list[i].name && r.lastSeq === list[i].lastSeq)) return;
+    this.state.primaryRemoved = list;
+    await this.save();
+  }
+
+  primaryRemoved(): readonly RemovedByPrimary[] {
+    return this.state.primaryRemoved ?? [];
+  }
+
+  /** Forget a volume whose copy is retired (the caller holds the apply gate and closes its image). */
+  retire(name: string): void {
+    this.volumes.delete(name);
+    this.retired.add(name);
+  }
+
+  /** The records to apply: a record for a retired copy is dropped (none should come: the primary removed the volume after them). */
+  private applicable(records: readonly JournalRecord[]): readonly JournalRecord[] {
+    if (!this.retired.size || records.every((r) => !this.retired.has(r.volume))) return records;
+    this.logger.warn({ volumes: [...new Set(records.filter((r) => this.retired.has(r.volume)).map((r) => r.volume))] }, 'records for a volume whose copy is retired here: skipped');
+    return records.filter((r) => !this.retired.has(r.volume));
+  }
+
   private imageOf(r: JournalRecord): FileVolume {
     const v = this.volumes.get(r.volume);
     if (!v) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for unknown volume ${r.volume}`);
@@ -625,6 +657,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 
   /** One record onto its volume (a running test copy keeps its view first). Callers hold the apply gate. */
   private async applyRecord(r: JournalRecord): Promise<void> {
+    if (this.retired.has(r.volume)) return;
     const image = this.imageOf(r);
     await this.preserve(r);
     await applyToVolume(image, r);
@@ -701,7 +734,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       }
       try {
         await this.gate.exclusive(async () => {
-          await applyInOrder(seg.records as JournalRecord[], (r) => this.imageOf(r), this.testCopies.size ? (r) => this.preserve(r) : undefined);
+          await applyInOrder(this.applicable(seg.records as JournalRecord[]), (r) => this.imageOf(r), this.testCopies.size ? (r) => this.preserve(r) : undefined);
           // Under the gate: whoever holds it next (a test copy made at a point) reads the
           // applied point the images hold.
           this.applied = seg.toSeq;

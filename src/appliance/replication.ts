@@ -4,7 +4,7 @@
  */
 import type { Logger } from '../common/logger';
 import type { Journal } from '../journal/wal';
-import type { BookmarkDescriptor, ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
+import type { BookmarkDescriptor, RemovedVolumeDescriptor, ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
 import type { Bookmarks } from '../journal/bookmarks';
 import type { SettingSource } from './runtime-setting';
 import { verifyHashes } from '../replication/protocol';
@@ -35,6 +35,8 @@ export interface PrimaryReplicationOptions {
   lineage: () => unknown;
   /** Named points (offsite bookmark) to ship to the replica. */
   bookmarks?: Bookmarks;
+  /** The volumes removed from this primary (offsite remove-volume), told to the replica at each handshake. */
+  removedVolumes?: () => RemovedVolumeDescriptor[];
   linkKey?: LinkKey;
   /** Online verify on a schedule: every this long (0: only when asked), reading at most this fast (0: no cap). */
   verifyEveryMs?: number;
@@ -113,6 +115,7 @@ class JournalSource implements ShipperSource, VerifySource {
     private readonly images: () => ReadonlyMap<string, FileVolume>,
     readonly lineage: () => unknown,
     private readonly marks?: Bookmarks,
+    readonly removedVolumes?: () => RemovedVolumeDescriptor[],
   ) {
     this.sync = {
       imageSeq: () => this.tracker.safeSeq(this.journal.headSeq()),
@@ -218,7 +221,7 @@ export class PrimaryReplication {
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
     this.rpoSource = opts.rpoSource ?? 'configured';
     this.pausedBy = opts.paused ?? null;
-    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage, opts.bookmarks);
+    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage, opts.bookmarks, opts.removedVolumes);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
     this.shipper = new Shipper({
       source: this.source,

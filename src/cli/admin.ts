@@ -168,6 +168,9 @@ export function summarize(s: Record<string, unknown>): string {
   }
   const bm = s.bookmarks as { count: number; newest: { name: string; seq: number; time: string } | null } | undefined;
   if (bm?.count) lines.push(`bookmarks:   ${bm.count}, newest ${bm.newest!.name} at sequence ${bm.newest!.seq} (${bm.newest!.time})`);
+  const pending = (s.pendingRemovals as { name: string; lastSeq: number }[] | undefined) ?? [];
+  for (const p of pending) lines.push(`removing:    ${p.name}: the primary removed it; this copy is retired once every write up to sequence ${p.lastSeq} is applied here`);
+  for (const r of (s.removedVolumes as { name: string; removedAt: string; movedTo: string }[] | undefined) ?? []) lines.push(`removed:     ${r.name} (${r.removedAt}): files in ${r.movedTo}`);
   return lines.join('\n') + '\n';
 }
 
@@ -419,6 +422,26 @@ export function register(program: Command): void {
         process.stdout.write(`volume ${name} added: ${bytes(r.sizeBytes)} (${String(r.sizeBytes)} bytes), served as ${String(r.targetName)}; kept across restarts, and the replica creates its copy\n`);
       } catch (e) {
         fail(e, 'offsite add-volume');
+      }
+    });
+  program
+    .command('remove-volume')
+    .option('--token-file <file>', 'admin API token (default: OFFSITE_ADMIN_TOKEN)')
+    .description("remove a volume from a running primary: no longer served, its files moved aside (never deleted); the replica retires its copy once it has every write of it")
+    .requiredOption('--http <[https://]host:port>', "the primary's HTTP address")
+    .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
+    .option('--force', 'end the sessions of initiators logged in to it (otherwise refused while any is)')
+    .argument('<name>', 'the volume name')
+    .action(async (name: string, opts: { http: string; ca?: string; tokenFile?: string; force?: boolean }) => {
+      caFile = opts.ca;
+      tokenFile = opts.tokenFile;
+      try {
+        const r = await call(opts.http, 'POST', '/volumes/remove', { name, force: !!opts.force });
+        const ended = Number(r.sessionsEnded) ? `; ${String(r.sessionsEnded)} session(s) ended` : '';
+        const replica = r.replicated ? `; the replica retires its copy once it has every write up to sequence ${String(r.lastSeq)}` : '';
+        process.stdout.write(`volume ${name} removed: ${String(r.targetName)} is no longer served${ended}; its files (${bytes(r.sizeBytes)}) are in ${String(r.movedTo)}, to delete when no longer needed${replica}\n`);
+      } catch (e) {
+        fail(e, 'offsite remove-volume');
       }
     });
   program

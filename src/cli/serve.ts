@@ -120,6 +120,7 @@ export function register(program: Command): void {
           verify: (req: VerifyRequest) => replicating('verify', 'verify compares a primary that replicates (--replicate-to) with its replica: run it on the primary')(req),
           resize: (req: { volume: string; sizeBytes: number }) => app.resizeVolume(req.volume, req.sizeBytes),
           addVolume: (req: { name: string; sizeBytes: number }) => app.addVolume(req.name, req.sizeBytes),
+          removeVolume: (req: { name: string; force: boolean }) => app.removeVolume(req.name, req.force),
           setRpo: (req: Partial<RpoSetting> | 'configured') => replicating('setRpo', 'the RPO target applies to a primary that replicates (--replicate-to)')(req),
           pause: (req: { reason?: string }) => replicating('pause', 'pause applies to a primary that replicates (--replicate-to)')(req),
           resume: () => replicating('resume', 'resume applies to a primary that replicates (--replicate-to)')(),

@@ -169,6 +169,17 @@ export class IscsiServer implements ConnectionHost, SessionHost {
     return [...this.sessions.values()].filter((s) => s.target?.name === targetName && !s.closed);
   }
 
+  /**
+   * End every session logged in to a target that goes away (a volume removed, a test copy
+   * discarded): their connections are dropped, their tasks aborted. Returns how many ended.
+   */
+  async endSessionsOf(targetName: string): Promise<number> {
+    const sessions = this.sessionsOf(targetName);
+    for (const c of this.connections) if (c.session && sessions.includes(c.session)) c.destroy();
+    for (const s of sessions) await s.close().catch(() => undefined);
+    return sessions.length;
+  }
+
   visibleTargets(initiatorName: string): readonly TargetEntry[] {
     return this.opts.directory.targets().filter((t) => !t.auth.allowedInitiators?.length || t.auth.allowedInitiators.includes(initiatorName));
   }

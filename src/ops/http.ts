@@ -66,6 +66,8 @@ export interface AdminActions {
   resize?(req: { volume: string; sizeBytes: number }): Promise<unknown>;
   /** Add a volume online. */
   addVolume?(req: { name: string; sizeBytes: number }): Promise<unknown>;
+  /** Remove a volume (its files are moved aside); `force` ends the sessions logged in to it. */
+  removeVolume?(req: { name: string; force: boolean }): Promise<unknown>;
   /** A new RPO target (ms) and/or policy, or 'configured' to return to the configured ones. */
   setRpo?(req: { targetMs?: number; policy?: RpoPolicy } | 'configured'): Promise<unknown>;
 }
@@ -235,6 +237,13 @@ export async function startHttp(host: string, port: number, routes: HttpRoutes, 
           const body = await readJson(req);
           if (typeof body.name !== 'string' || body.name === '') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"name": "NAME", "size": "2G"} (or sizeBytes)');
           return send(res, 201, 'application/json', JSON.stringify(await routes.admin.addVolume({ name: body.name, sizeBytes: sizeFrom(body) })) + '\n');
+        }
+        case 'POST /volumes/remove': {
+          if (!routes.admin?.removeVolume) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');
+          const body = await readJson(req);
+          if (typeof body.name !== 'string' || body.name === '') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'give {"name": "NAME"} (and "force": true to end the sessions logged in to it)');
+          if (body.force !== undefined && typeof body.force !== 'boolean') throw new HttpError(400, 'HTTP_BAD_REQUEST', 'force must be true or false');
+          return send(res, 200, 'application/json', JSON.stringify(await routes.admin.removeVolume({ name: body.name, force: body.force === true })) + '\n');
         }
         case 'POST /rpo': {
           if (!routes.admin?.setRpo) throw new HttpError(404, 'HTTP_NOT_FOUND', 'no admin API here');

@@ -27,6 +27,12 @@ export interface VolumeDescriptor {
   uuid: string;
 }
 
+/** A volume the primary removed (offsite remove-volume): every record of it has a sequence number at or below `lastSeq`. */
+export interface RemovedVolumeDescriptor {
+  name: string;
+  lastSeq: number;
+}
+
 /** A named point of the primary's history (offsite bookmark), numbered by the primary. */
 export interface BookmarkDescriptor {
   id: number;
@@ -63,6 +69,8 @@ export interface ShipperSource {
   bookmarksAfter?(afterId: number): BookmarkDescriptor[];
   /** The first bookmarked sequence number > seq: a coalesced batch never reaches past it (a bookmark stays a point the replica can go back to). */
   nextBookmarkAfter?(seq: number): number | undefined;
+  /** The volumes this primary removed, sent in the handshake: the replica retires its copy of each once it has every write of it. */
+  removedVolumes?(): RemovedVolumeDescriptor[];
   /** The history this primary's data descends from (generations), sent in the handshake. */
   lineage?(): unknown;
   /** Full / delta sync of the images (absent: the replica must be fed from the journal alone). */
@@ -94,6 +102,8 @@ export interface ReceiverSink {
   appliedSeq(): number;
   /** The primary's identity at each handshake; throws to refuse a primary this replica does not follow. */
   acceptPrimary?(siteId: string, lineage?: unknown): Promise<void>;
+  /** The volumes the primary removed (each handshake; empty when none). */
+  primaryRemovedVolumes?(removed: RemovedVolumeDescriptor[]): Promise<void>;
   /** Make sure these volumes exist here (created empty when new). */
   ensureVolumes(volumes: VolumeDescriptor[]): Promise<void>;
   /**

@@ -9,7 +9,7 @@ import net from 'node:net';
 import type { Logger } from '../common/logger';
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import { FramedLink, newLinkCounters, type LinkCounters } from './link';
-import type { BookmarkDescriptor, ReceiverSink, ReplicatedRecord, VolumeDescriptor } from './ports';
+import type { BookmarkDescriptor, ReceiverSink, RemovedVolumeDescriptor, ReplicatedRecord, VolumeDescriptor } from './ports';
 import { FrameType, MAX_BOOKMARKS_PER_PING, MAX_VERIFY_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
 import { decodeSegment } from './segment';
 import { createSecureServer, type LinkKey } from './link-security';
@@ -346,8 +346,13 @@ export class Receiver {
     if (!Array.isArray(volumes) || !volumes.every((v) => v && typeof v.name === 'string' && Number.isSafeInteger(v.sizeBytes) && v.sizeBytes > 0)) {
       throw new ReplicationError(Code.Handshake, 'Hello carries an invalid volume list');
     }
+    const removed = m.removed ?? [];
+    if (!Array.isArray(removed) || removed.length > 100_000 || !removed.every((r: Partial<RemovedVolumeDescriptor> | null) => typeof r === 'object' && r !== null && typeof r.name === 'string' && r.name.length > 0 && r.name.length <= 64 && Number.isSafeInteger(r.lastSeq) && r.lastSeq! >= 0)) {
+      throw new ReplicationError(Code.Handshake, 'Hello carries an invalid list of removed volumes');
+    }
     await sink.acceptPrimary?.(String(m.siteId ?? ''), m.lineage);
     await sink.ensureVolumes(volumes);
+    await sink.primaryRemovedVolumes?.((removed as RemovedVolumeDescriptor[]).map((r) => ({ name: r.name, lastSeq: r.lastSeq })));
     const durable = sink.durableSeq();
     this.state.primarySiteId = String(m.siteId ?? '');
     this.state.connected = true;

@@ -12,4 +12,6 @@ export const VolumeErrorCode = {
   NoSpace: 'VOLUME_NO_SPACE',
   /** A volume may grow, never shrink (the blocks past the new end would be lost). */
   Shrink: 'VOLUME_SHRINK',
+  /** The volume was removed from the appliance (offsite remove-volume). */
+  Removed: 'VOLUME_REMOVED',
 } as const;

@@ -77,6 +77,9 @@ export class JournaledVolume implements Volume {
   /** Extra delay before acknowledging a write (the RPO controller's throttle), ms; 0 most of the time. */
   ackDelay?: () => number;
 
+  /** Removed (offsite remove-volume): no write is taken any more. */
+  retired = false;
+
   /** Split-brain protection: when set, a write is accepted only while this says yes (asked at every write). */
   writeGate?: () => boolean;
 
@@ -119,6 +122,7 @@ export class JournaledVolume implements Volume {
 
   private async change(op: JournalRecord['op'], offset: number, length: number, data: Buffer, fua: boolean, applyToImage: () => Promise<void>): Promise<void> {
     if (this.fenced) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' is fenced: this site may not accept writes now`);
+    if (this.retired) throw new VolumeError(VolumeErrorCode.Removed, `volume '${this.name}' was removed`);
     if (this.image.readOnly) return this.image.write(offset, data); // the image refuses with its own error
     const { seq, done } = this.journal.append(this.name, op, offset, length, data, fua);
     if (seq === 0) return done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
@@ -147,6 +151,15 @@ export class JournaledVolume implements Volume {
     }
     const delay = this.ackDelay?.() ?? 0;
     if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+  }
+
+  /**
+   * Once retired: resolves when every write taken before reached the journal and the image (or
+   * failed), with the highest sequence number any of them has.
+   */
+  async settled(): Promise<number> {
+    while (this.tracker.safeSeq(this.journal.headSeq()) < this.lastSeq) await new Promise((r) => setTimeout(r, 5));
+    return this.lastSeq;
   }
 
   async flush(): Promise<void> {
@@ -235,16 +248,18 @@ export async function recoverImages(journal: Journal, images: ReadonlyMap<string
 export async function replayOnto(journal: Journal, images: ReadonlyMap<string, FileVolume>, afterSeq: number, toSeq: number, logger?: Logger): Promise<{ records: number; bytes: number }> {
   let records = 0;
   let bytes = 0;
+  const skipped = new Map<string, number>();
   for await (const rec of journal.records(afterSeq, toSeq)) {
     const img = images.get(rec.volume);
     if (!img) {
-      logger?.warn({ volume: rec.volume, seq: rec.seq }, 'journal record for a volume that is not served; kept, not applied');
+      skipped.set(rec.volume, (skipped.get(rec.volume) ?? 0) + 1);
       continue;
     }
     await applyToVolume(img, rec);
     records++;
     bytes += rec.lengthBytes;
   }
+  for (const [volume, n] of skipped) logger?.warn({ volume, records: n }, 'journal records for a volume that is not served (removed, or left out of the configuration): kept, not applied');
   for (const img of images.values()) await img.flush();
   return { records, bytes };
 }
@@ -268,6 +283,11 @@ export interface KeeperOptions {
    * whose acknowledgements promise the primary durability of everything before them.
    */
   trimUnsynced?: boolean;
+  /**
+   * The size of a volume that has records in the journal but is not kept here any more (removed):
+   * its records are folded into its history base like any other's when they leave the window.
+   */
+  sizeOf?: (volume: string) => Promise<number | undefined>;
 }
 
 /**
@@ -322,8 +342,8 @@ export class JournalKeeper {
     const opened: ImageFileTarget[] = [];
     try {
       await this.journal.trim(async (volume): Promise<RecordTarget> => {
-        const size = sizes.get(volume);
-        if (size === undefined) throw new Error(`no size for volume ${volume}`);
+        const size = sizes.get(volume) ?? (await this.opts.sizeOf?.(volume));
+        if (size === undefined) throw new Error(`no size for volume ${volume} (not served here: removed, or left out of the configuration?)`);
         const t = await ImageFileTarget.open(this.journal.baseImagePath(volume), size, true);
         opened.push(t);
         return t;

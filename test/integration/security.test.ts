@@ -134,7 +134,7 @@ test('--metrics-listen: /status, /metrics, /history and /healthz on a second add
     const history = (await (await fetch(`${base}/history?bucket=10`)).json()) as { role: string; bucketSeconds: number };
     assert.deepEqual([history.role, history.bucketSeconds], ['primary', 10]);
     const auth = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' };
-    for (const route of ['/bandwidth', '/rpo', '/promote', '/demote', '/test-failover', '/replicate-to', '/verify', '/pause', '/resume', '/resize', '/volumes', '/bookmarks']) {
+    for (const route of ['/bandwidth', '/rpo', '/promote', '/demote', '/test-failover', '/replicate-to', '/verify', '/pause', '/resume', '/resize', '/volumes', '/volumes/remove', '/bookmarks']) {
       const res = await fetch(base + route, { method: 'POST', headers: auth, body: JSON.stringify({ rate: '1MB/s', name: 'w', volume: 'v', size: '2M' }) });
       assert.equal(res.status, 403, route);
       assert.equal(((await res.json()) as { code: string }).code, 'ADMIN_NOT_HERE');
