@@ -533,7 +533,7 @@ export class Appliance {
       await clearPause(this.dataDir.root);
       logger.info('replication pause dropped: this site is now a replica');
     }
-    const rewound = await ReplicaStore.finishInterruptedRewind(stateDir, journal, images, logger);
+    const rewound = await ReplicaStore.finishInterruptedRewind(stateDir, journal, images, logger, this.bookmarks);
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);
     if (staged && !staged.committing) {
@@ -561,7 +561,8 @@ export class Appliance {
     this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked, sizeOf: (name) => this.sizeOfUnserved(name) });
     const history = journal.keepsHistory;
     // The journal restarted at the point a cut-short promotion took the volumes back to.
-    if (rewound?.historyRestarted) store.rebaseNeeded = true;
+    // So did a reset that a crash kept from its rebase (a promotion's, a sync's).
+    if (rewound?.historyRestarted || journal.awaitsBase) store.rebaseNeeded = true;
     this.replicaTimer = setInterval(() => {
       this.retireRemovedCopies(store);
       if (history && store.rebaseNeeded && store.syncState() === 'consistent' && !store.isStaging()) {
@@ -575,14 +576,19 @@ export class Appliance {
     this.replicaTimer.unref();
     logger.info({ headSeq: journal.headSeq(), appliedSeq: store.appliedSeq(), state: store.syncState(), volumes: [...volumes.keys()] }, 'replica journal open');
     await this.listenIscsi();
-    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }), linkKey: await this.linkKey() });
-    const listen = config.replication.listen!;
-    this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
-    logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
+    await this.listenForPrimary(store);
     if (config.witness?.failoverAfterMs) {
       this.warnWitnessSetup();
       this.startFailoverMonitor(config.witness.addresses, config.witness.failoverAfterMs);
     }
+  }
+
+  private async listenForPrimary(store: ReplicaStore): Promise<void> {
+    const { config, logger } = this;
+    this.receiver = new Receiver({ sink: store, logger: logger.child({ layer: 'replication' }), linkKey: await this.linkKey() });
+    const listen = config.replication.listen!;
+    this.replicationAddress = await this.receiver.listen(listen.host, listen.port);
+    logger.info({ replication: formatHostPort(this.replicationAddress) }, 'replica listening for the primary');
   }
 
   /**
@@ -610,19 +616,31 @@ export class Appliance {
     if (atPoint && (state === 'syncing' || store.isStaging())) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is syncing: its history has no earlier point to promote at until it is consistent');
     }
+    // A point the history cannot give is refused while the replica still receives.
+    if (atPoint) await store.checkRewindPoint(at);
     if (this.receiver) await this.receiver.close();
     this.receiver = undefined;
-    // A delta sync staged over a consistent point is given up: the volumes hold that point.
-    if (store.isStaging()) await store.abandonStaging();
-    await store.idle();
     let back: Awaited<ReturnType<ReplicaStore['rewindForPromotion']>> | undefined;
-    if (atPoint) {
-      // The copies of a test failover would not survive the volumes going back under them.
-      if (store.testCopies.size) await this.testFailover('stop');
-      back = await store.rewindForPromotion(at);
-      if (back.seq < back.fromSeq) this.logger.warn({ seq: back.seq, fromSeq: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks }, 'promoting at an earlier point: the volumes went back; the later writes are saved aside');
+    try {
+      // A delta sync staged over a consistent point is given up: the volumes hold that point.
+      if (store.isStaging()) await store.abandonStaging();
+      await store.idle();
+      if (atPoint) {
+        // The copies of a test failover would not survive the volumes going back under them.
+        if (store.testCopies.size) await this.testFailover('stop');
+        back = await store.rewindForPromotion(at);
+        if (back.seq < back.fromSeq) this.logger.warn({ seq: back.seq, fromSeq: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks }, 'promoting at an earlier point: the volumes went back; the later writes are saved aside');
+      }
+    } catch (e) {
+      // Still a replica: it receives again, unless the volumes are half way back (a restart settles that first).
+      if (!store.rewindUnfinished()) await this.listenForPrimary(store).catch((err: unknown) => this.logger.error({ err }, 'listening for the primary again after a failed promotion failed'));
+      throw e;
     }
     const seq = store.appliedSeq();
+    // Bookmarks the primary sent ahead of records that never arrived would name points of the
+    // history this site now writes: forgotten.
+    const dropped = (await this.bookmarks?.dropAfter(seq)) ?? [];
+    if (dropped.length) this.logger.warn({ seq, bookmarks: dropped.map((b) => b.name) }, 'bookmarks past the promoted point forgotten (their writes never arrived here)');
     const file = LineageFile.in(this.dataDir.root);
     const lineage = await file.load();
     lineage.push(newGeneration(seq + 1));
@@ -718,7 +736,11 @@ export class Appliance {
   async addBookmark(name: string): Promise<BookmarkView> {
     if (this.config.role !== 'primary') throw new OffsiteError('NOT_PRIMARY', "a replica keeps its primary's bookmarks: take one on the primary");
     if (!this.journal || !this.bookmarks) throw new OffsiteError('NO_JOURNAL', 'this appliance runs without a journal (--no-journal): it has no history to name a point of');
-    const b = await this.bookmarks.add({ name, seq: this.journal.headSeq(), timeMs: Date.now() });
+    const seq = this.journal.headSeq();
+    // The records it names are made durable first: after a power cut the journal never comes
+    // back shorter than a bookmark, whose sequence number new writes would then reuse.
+    await this.journal.sync();
+    const b = await this.bookmarks.add({ name, seq, timeMs: Date.now() });
     this.replication?.bookmarked();
     this.logger.info({ bookmark: b.name, seq: b.seq }, 'bookmark taken');
     return this.bookmarkView(b);

@@ -54,7 +54,7 @@ export interface ReplicaState {
    * start that finds it either brings them forward again (the journal still holds the records
    * after `toSeq`) or finds them there (it no longer does): finishInterruptedRewind.
    */
-  rewinding?: { toSeq: number; toTimeMs: number; fromSeq: number };
+  rewinding?: { toSeq: number; toTimeMs: number; fromSeq: number; imagesDone?: boolean };
   /** The volumes the primary removed, as its last handshake said: each copy is retired once every write up to `lastSeq` is applied here. */
   primaryRemoved?: RemovedByPrimary[];
 }
@@ -98,6 +98,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   bookmarks?: Bookmarks;
   /** Throw-away test copies (offsite test-failover) that must keep their view as records land. */
   readonly testCopies = new Map<string, TestCopyVolume>();
+  /** Coalesced-batch marks past the durable head may exist (see store); true at start, for a process killed mid-store. */
+  private marksPastDurable = true;
   /** Copies retired here (the primary removed the volume): a stray record for one is skipped, not an error. */
   readonly retired = new Set<string>();
   /** A primary's lineage was checked in this process's life (until then nothing is trimmed). */
@@ -208,13 +210,18 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    * them, the volumes are at the point. Either way the site starts as the replica it still is.
    * Returns where the volumes are, or undefined when there was nothing to finish.
    */
-  static async finishInterruptedRewind(stateDir: string, journal: Journal, images: ReadonlyMap<string, FileVolume>, logger: Logger): Promise<{ seq: number; historyRestarted: boolean } | undefined> {
+  static async finishInterruptedRewind(stateDir: string, journal: Journal, images: ReadonlyMap<string, FileVolume>, logger: Logger, bookmarks?: Bookmarks): Promise<{ seq: number; historyRestarted: boolean } | undefined> {
     const file = path.join(stateDir, 'replica.json');
     const state = (await readJsonFile(file)) as ReplicaState | undefined;
     const r = state?.rewinding;
     if (!state || !r) return undefined;
     const head = journal.headSeq();
-    const forward = head > r.toSeq;
+    const forward = !r.imagesDone && head > r.toSeq;
+    if (r.imagesDone) {
+      // The images went back whole: the rest of the promotion's reset is done again (both steps are idempotent).
+      await bookmarks?.dropAfter(r.toSeq);
+      await journal.resetTo(r.toSeq);
+    }
     if (forward) {
       const { records } = await replayOnto(journal, images, r.toSeq, head, logger);
       logger.warn({ toSeq: r.toSeq, fromSeq: r.fromSeq, records }, 'a promotion at an earlier point was cut short: the volumes are brought forward again to where they were (nothing was promoted; the later writes were saved aside too); promote again');
@@ -236,6 +243,16 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    * the point are rewritten. The journal then restarts at the point, its history (when kept)
    * from the images as they are then.
    */
+  /** Throws as rewindForPromotion would for a point the retained history cannot give. */
+  async checkRewindPoint(at: { seq?: number; timeMs?: number }): Promise<void> {
+    await this.journal.holdHistory(() => resolvePoint(this.journal, at));
+  }
+
+  /** A promotion at an earlier point began to take the volumes back and did not finish. */
+  rewindUnfinished(): boolean {
+    return this.state.rewinding !== undefined;
+  }
+
   async rewindForPromotion(at: { seq?: number; timeMs?: number }): Promise<{ seq: number; timeMs?: number; fromSeq: number; savedTo?: string; blocks: number }> {
     await this.idle();
     const now = this.applied;
@@ -259,8 +276,12 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
           blocks += r.blocks;
         }
         for (const v of this.volumes.values()) await v.image.flush();
-        await this.journal.resetTo(seq);
+        // The volumes hold the point: from here a restart finishes the reset, never rolls forward
+        // (the reset below is not atomic: a journal cut short in it cannot say where the images are).
+        this.state.rewinding = { toSeq: seq, toTimeMs: timeMs ?? 0, fromSeq: now, imagesDone: true };
+        await this.save();
         await this.bookmarks?.dropAfter(seq);
+        await this.journal.resetTo(seq);
         this.durable = this.applied = seq;
         this.state.appliedSeq = seq;
         this.state.appliedTimeMs = timeMs ?? 0;
@@ -556,7 +577,16 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     if (this.applyError) throw this.applyError;
     // Fewer records than sequence numbers: some segment was coalesced. Its inner points are
     // marked (durably) before its records are stored, so replay never offers one.
-    if (records.length !== toSeq - this.durable) await this.markCoalesced(records, ends ?? [toSeq]);
+    // A store that failed (or a process killed) after marking leaves marks past the durable
+    // head: they name records never stored and would shadow the marks of what is sent instead.
+    if (this.marksPastDurable) {
+      await this.journal.forgetCoalescedAfter(this.durable);
+      this.marksPastDurable = false;
+    }
+    if (records.length !== toSeq - this.durable) {
+      this.marksPastDurable = true;
+      await this.markCoalesced(records, ends ?? [toSeq]);
+    }
     const dones: Promise<void>[] = [];
     for (const r of records) {
       const { done } = this.journal.appendAt(r.seq, r.timeMs, r.volume, r.op, r.offsetBytes, r.lengthBytes, r.data ?? EMPTY);
@@ -565,6 +595,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await Promise.all(dones);
     await this.journal.sync();
     this.durable = toSeq;
+    this.marksPastDurable = false;
     if (this.state.fresh) {
       this.state.fresh = false;
       await this.save();

@@ -36,6 +36,8 @@ export class Bookmarks {
   /** By sequence number, then id. */
   private list: Bookmark[] = [];
   private topId = 0;
+  /** Changes run one at a time: each checks the list, awaits its synced write, then changes the list. */
+  private changing: Promise<unknown> = Promise.resolve();
 
   private constructor(private readonly journal: Journal) {}
 
@@ -86,7 +88,17 @@ export class Bookmarks {
    * Take one (primary: a new id) or keep one received (replica: its id). The same name for the
    * same point again changes nothing; for another point it is refused.
    */
-  async add(b: Omit<Bookmark, 'id'> & { id?: number }): Promise<Bookmark> {
+  add(b: Omit<Bookmark, 'id'> & { id?: number }): Promise<Bookmark> {
+    return this.serial(() => this.addNow(b));
+  }
+
+  private serial<T>(change: () => Promise<T>): Promise<T> {
+    const p = this.changing.then(change, change);
+    this.changing = p.catch(() => undefined);
+    return p;
+  }
+
+  private async addNow(b: Omit<Bookmark, 'id'> & { id?: number }): Promise<Bookmark> {
     if (!BOOKMARK_NAME_RE.test(b.name)) throw new JournalError(JournalErrorCode.BadBookmark, `bookmark name '${b.name}': use 1-64 characters A-Z, a-z, 0-9, '.', '_', ':', '@', '+', '-', starting with a letter or digit`);
     const have = this.get(b.name);
     if (have) {
@@ -103,16 +115,20 @@ export class Bookmarks {
   }
 
   /** Forget the bookmarks after `seq` (that history was given up: a split, a promotion at an earlier point). */
-  async dropAfter(seq: number): Promise<Bookmark[]> {
-    const gone = this.list.filter((b) => b.seq > seq);
-    for (const b of gone) await this.remove(b);
-    return gone;
+  dropAfter(seq: number): Promise<Bookmark[]> {
+    return this.serial(async () => {
+      const gone = this.list.filter((b) => b.seq > seq);
+      for (const b of gone) await this.remove(b);
+      return gone;
+    });
   }
 
   /** Forget one by name (a primary's bookmark of the same name replaces it). */
-  async dropNamed(name: string): Promise<void> {
-    const b = this.get(name);
-    if (b) await this.remove(b);
+  dropNamed(name: string): Promise<void> {
+    return this.serial(async () => {
+      const b = this.get(name);
+      if (b) await this.remove(b);
+    });
   }
 
   private async remove(b: Bookmark): Promise<void> {

@@ -92,7 +92,7 @@ export async function reconstruct(o: ReconstructOptions): Promise<ReconstructRep
   } else {
     const base = j.baseInfo()!;
     const basePath = j.baseImagePath(o.volume);
-    const hasBase = base.seq > 0 && (await stat(basePath).catch(() => undefined)) !== undefined;
+    const hasBase = j.hasStoredBase && (await stat(basePath).catch(() => undefined)) !== undefined;
     if (hasBase) {
       await copyFile(basePath, o.out, fsc.COPYFILE_FICLONE);
       from = 'base';

@@ -199,6 +199,8 @@ function gapKey(toSeq: number): Buffer {
 }
 const EMPTY_DATA = Buffer.alloc(0);
 const DONE = Promise.resolve();
+/** Tests only: OFFSITE_FAILPOINT=journal-reset-midway kills the process inside a reset, once its records are dropped and before its checkpoint is written. */
+const RESET_FAILPOINT = process.env.OFFSITE_FAILPOINT === 'journal-reset-midway';
 
 /** An index entry still to be put in LevelDB (its record is already in a segment). */
 interface Pending {
@@ -550,7 +552,7 @@ class SegmentStore {
    * group commit still has to write to (`busy`; its fd would be closed, or reused by the next
    * file opened, under the pending writev).
    */
-  dropThrough(seq: number, busy: ReadonlySet<number> = new Set()): void {
+  dropThrough(seq: number, busy: ReadonlySet<number> = new Set(), unlinkNow = false): void {
     for (const [id, max] of this.maxSeq) {
       if (max > seq || id === this.current?.id || busy.has(id)) continue;
       const fd = this.readFds.get(id);
@@ -563,10 +565,26 @@ class SegmentStore {
         renameSync(this.path(id), spare);
         this.free.push(spare);
       } else {
-        // Off the event loop: freeing 64 MiB of page cache is not free.
-        unlink(this.path(id), () => undefined);
+        // Off the event loop: freeing 64 MiB of page cache is not free (a reset waits for it).
+        if (unlinkNow) unlinkSync(this.path(id));
+        else unlink(this.path(id), () => undefined);
       }
     }
+  }
+
+  /**
+   * Drop every segment file (a reset), the ones the index names and any it lost track of: a
+   * reset cut short after its index entries were cleared leaves files no entry names, whose
+   * records a later start would otherwise rebuild. Their directory is synced.
+   */
+  async dropAll(): Promise<void> {
+    for (const f of readdirSync(this.dir)) {
+      const m = /^(\d+)\.seg$/.exec(f);
+      const id = m ? Number(m[1]) : undefined;
+      if (id !== undefined && id !== this.current?.id && !this.maxSeq.has(id)) this.maxSeq.set(id, 0);
+    }
+    this.dropThrough(Number.MAX_SAFE_INTEGER, undefined, true);
+    await syncDir(this.dir);
   }
 
   limitSpares(n: number): void {
@@ -1075,11 +1093,12 @@ export class Journal {
     await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
+    if (RESET_FAILPOINT) process.kill(process.pid, 'SIGKILL');
     await this.db.clear({ gte: gapKey(0), lt: GAP_END });
     // The file being written goes too: the new history starts in a new file, where no dropped
     // record can be read back as one of its own after a crash.
     this.segments.retireCurrent();
-    this.segments.dropThrough(Number.MAX_SAFE_INTEGER);
+    await this.segments.dropAll();
     this.sizes.clear();
     this.totalBytes = 0;
     this.perVolume.clear();
@@ -1341,6 +1360,16 @@ export class Journal {
   }
 
   /** The point-in-time base (state right after `seq`), when history is kept. */
+  /** Base images are stored (a fold or a rebase wrote them), not the implicit empty volumes before seq 1. */
+  get hasStoredBase(): boolean {
+    return this.base !== undefined;
+  }
+
+  /** History was given up (a reset) and waits for a rebase to start again. */
+  get awaitsBase(): boolean {
+    return this.noBase;
+  }
+
   baseInfo(): { seq: number; timeMs: number } | undefined {
     if (this.base) return this.base;
     if (this.noBase) return undefined;
@@ -1373,6 +1402,15 @@ export class Journal {
     const v = Buffer.alloc(8);
     u64(v, 0, firstMissing);
     await this.db.put(gapKey(toSeq), v, { sync: true });
+  }
+
+  /**
+   * Forget the marks of batches ending after `seq`: a store that marked a batch and then failed
+   * (or was killed) before its records were appended leaves a mark for records never stored; the
+   * batch sent again in its place may reach further back, and its own mark must not be shadowed.
+   */
+  async forgetCoalescedAfter(seq: number): Promise<void> {
+    await this.db.clear({ gt: gapKey(seq), lt: GAP_END });
   }
 
   /** The coalesced batch `seq` lies inside (no replayable point), if any: its points from..to-1, to being its end. */

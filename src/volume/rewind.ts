@@ -43,7 +43,7 @@ export async function writeChangedBlocksAsOf(
   }
   // The base's content of those blocks (none, or none of this volume: it was empty then).
   const base = journal.baseInfo();
-  const baseFile = base && base.seq > 0 ? await fsp.open(journal.baseImagePath(volume), 'r').catch(() => undefined) : undefined;
+  const baseFile = base && journal.hasStoredBase ? await fsp.open(journal.baseImagePath(volume), 'r').catch(() => undefined) : undefined;
   let count = 0;
   try {
     const chunk = Buffer.alloc(Math.min(1 << 20, geometry.sizeBytes));

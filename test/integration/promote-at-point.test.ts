@@ -16,7 +16,7 @@ import { freePort, readVolume, startPrimary, startReplica, testLinkKey, waitCaug
 const io = async (url: string, ...cmds: string[]) => {
   const ro = cmds.every((c) => c.startsWith('read')) ? ['-r'] : [];
   const r = await run('qemu-io', [...ro, '-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), url]);
-  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.code, 0, r.stderr + r.stdout);
   assert.doesNotMatch(r.stdout + r.stderr, /Pattern verification failed|error/i, `${cmds.join('; ')}: ${r.stdout}`);
 };
 
@@ -107,6 +107,63 @@ test('promote at an earlier point: every volume goes back together, later writes
       assert.ok(x.equals(y), `volume ${v}: the old primary did not converge on the new one`);
     }
     assert.equal(readdirSync(aDir).filter((f) => f.startsWith('split-')).length, 1, 'the old primary keeps its split-off writes');
+  } finally {
+    await a?.stop();
+    await b.stop();
+    removeDir(dir);
+  }
+});
+
+test('promote at an earlier point: a refused one leaves the replica receiving; one cut short inside the journal reset is finished at start (the volumes are at the point), forgets the bookmarks past it, and history restarts there', { timeout: 240_000 }, async () => {
+  const dir = tempDir();
+  const bDir = path.join(dir, 'b');
+  const replPort = await freePort();
+  const retain = ['--journal-retain', '1h'];
+  let b = await startReplica(bDir, replPort, retain);
+  let a: RunningAppliance | undefined = await startPrimary(path.join(dir, 'a'), ['app:16M'], replPort);
+  const bookmarksOf = async (site: RunningAppliance) => ((await (await fetch(`http://127.0.0.1:${site.httpPort}/bookmarks`)).json()) as { bookmarks: { name: string }[] }).bookmarks.map((x) => x.name);
+  try {
+    await io(a.url('app'), 'write -P 0x11 0 2M', 'write -P 0x12 4M 1M');
+    const { headSeq: good } = await waitCaughtUp(a, b);
+    const goodApp = await readVolume(b, 'app', path.join(dir, 'good.img'));
+    await io(a.url('app'), 'write -P 0xee 0 1M', 'write -P 0xee 8M 1M');
+    let r = await run(process.execPath, [CLI, 'bookmark', '--http', `127.0.0.1:${a.httpPort}`, 'after-bad']);
+    assert.equal(r.code, 0, r.stderr);
+    await io(a.url('app'), 'write -P 0xef 12M 64k');
+    await waitCaughtUp(a, b);
+    for (let i = 0; i < 100 && !(await bookmarksOf(b)).includes('after-bad'); i++) await new Promise((res) => setTimeout(res, 100));
+    assert.ok((await bookmarksOf(b)).includes('after-bad'));
+
+    // Refused (outside the window) while the primary runs: the replica goes on receiving.
+    r = await promote(b, '--seq', '100000', '--force');
+    assert.match(r.stderr, /outside the retained window/);
+    await io(a.url('app'), 'write -P 0x33 2M 64k');
+    const { headSeq: bad } = await waitCaughtUp(a, b);
+    const badApp = await readVolume(b, 'app', path.join(dir, 'bad.img'));
+    assert.ok(!badApp.equals(goodApp));
+    await a.kill('SIGKILL');
+    a = undefined;
+
+    // Killed inside the journal's reset, after the volumes went back whole.
+    await b.stop();
+    b = await startReplica(bDir, replPort, retain, { OFFSITE_FAILPOINT: 'journal-reset-midway' });
+    const cut = await promote(b, '--seq', String(good));
+    assert.notEqual(cut.code, 0, 'the failpoint did not stop the promotion');
+    await new Promise<void>((resolve) => (b.proc.exitCode !== null || b.proc.signalCode !== null ? resolve() : b.proc.once('exit', () => resolve())));
+    b = await startReplica(bDir, replPort, retain);
+    assert.ok(b.logs.some((l) => String(l.msg).startsWith('a promotion at an earlier point was cut short after the volumes went back')), 'no log line about the interrupted promotion');
+    const st = await b.status();
+    assert.deepEqual([st.role, st.appliedSeq], ['replica', good], `it holds the point it went back to (went back from ${bad})`);
+    assert.ok((await readVolume(b, 'app', path.join(dir, 'after.img'))).equals(goodApp), 'the volume is not the state at the point');
+    assert.deepEqual(await bookmarksOf(b), [], 'a bookmark past the point survived');
+    // Its history restarts at the point (the rebase the crash prevented).
+    for (let i = 0; i < 100 && ((await b.status()).journal as { window: { fromSeq: number } }).window.fromSeq !== good; i++) await new Promise((res) => setTimeout(res, 100));
+    assert.equal(((await b.status()).journal as { window: { fromSeq: number } }).window.fromSeq, good);
+    r = await promote(b);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`writable at sequence ${good}\\b`));
+    await io(b.url('app'), 'read -P 0x11 0 2M', 'write -P 0x21 14M 64k');
+    assert.deepEqual(await bookmarksOf(b), []);
   } finally {
     await a?.stop();
     await b.stop();

@@ -44,3 +44,26 @@ test('bookmarks: taken, numbered, refused when misnamed or renamed to another po
     removeDir(dir);
   }
 });
+
+test('bookmarks: changes made at the same time (two pings carrying the same one, two operators) neither duplicate a bookmark nor share an id', async () => {
+  const dir = tempDir();
+  let j = await Journal.open({ dir: path.join(dir, 'journal') });
+  try {
+    const b = await Bookmarks.load(j);
+    const kept = { id: 7, name: 'sent-twice', seq: 10, timeMs: 1 };
+    await Promise.all([b.add(kept), b.add(kept), b.add({ ...kept, id: 8, name: 'other', seq: 20 })]);
+    assert.deepEqual(b.all().map((x) => `${x.name}#${x.id}`), ['sent-twice#7', 'other#8']);
+    const taken = await Promise.all([b.add({ name: 'x1', seq: 30, timeMs: 2 }), b.add({ name: 'x2', seq: 30, timeMs: 2 })]);
+    assert.deepEqual(taken.map((x) => x.id), [9, 10], 'each gets its own id');
+    // Replaced by name while another change runs: one bookmark of that name remains, at the new point.
+    await Promise.all([b.dropNamed('sent-twice').then(() => b.add({ id: 11, name: 'sent-twice', seq: 40, timeMs: 3 })), b.dropAfter(35)]);
+    await j.close();
+    j = await Journal.open({ dir: path.join(dir, 'journal') });
+    const again = await Bookmarks.load(j);
+    assert.deepEqual(again.all().map((x) => `${x.name}@${x.seq}`).sort(), b.all().map((x) => `${x.name}@${x.seq}`).sort(), 'what is kept is what was held');
+    assert.equal(again.all().filter((x) => x.name === 'sent-twice').length, 1);
+  } finally {
+    await j.close();
+    removeDir(dir);
+  }
+});
