@@ -31,7 +31,7 @@ import { chainBlock, freePort, pollReplica, startPairBehindProxy, readVolume, st
 const BLOCK = 4096;
 const MiB = 1024 * 1024;
 
-export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume', 'testAtPoint', 'bookmark'] as const;
+export const FAULT_KINDS = ['killPrimary', 'killReplica', 'restartPrimary', 'restartReplica', 'cut', 'stall', 'slow', 'duplicate', 'corrupt', 'pauseShipping', 'growVolume', 'addVolume', 'removeVolume', 'testAtPoint', 'bookmark'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface CampaignResult {
@@ -51,6 +51,9 @@ export interface CampaignResult {
   /** Bookmarks taken on the primary, and test copies made at one by name. */
   bookmarks: number;
   bookmarkCopies: number;
+  /** Added volumes removed right after a last write to them; how many the replica retired equal to the primary's moved-aside image. */
+  volumesRemoved: number;
+  removedCopiesEqual: number;
   /** Online verify runs that ended (done) during the faults, bytes they compared, differences they reported. */
   verifyRuns: number;
   verifiedBytes: number;
@@ -108,6 +111,8 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     pointsRefused: 0,
     bookmarks: 0,
     bookmarkCopies: 0,
+    volumesRemoved: 0,
+    removedCopiesEqual: 0,
     verifyRuns: 0,
     verifiedBytes: 0,
     verifyDifferences: 0,
@@ -234,6 +239,19 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
             if (res.status !== 201) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /volumes answered ${res.status}: ${await res.text()}`);
             break;
           }
+          case 'removeVolume': {
+            // An added volume, written to last and removed at once: the replica must get that write before it retires its copy.
+            const p = primary!;
+            const added = ((await p.status()).volumes as { name: string }[]).map((v) => v.name).filter((n) => n.startsWith('added-'));
+            if (!added.length) break;
+            const name = added[Math.floor(rand() * added.length)];
+            const w = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${(i % 250) + 1} ${Math.floor(rand() * 15) * 64 * 1024} 64k`, p.url(name)], { timeoutMs: 30_000 });
+            if (w.code !== 0) result.problems.push(`seed ${seed}: fault ${i + 1}: writing to ${name} before removing it failed: ${w.stderr}`);
+            const res = await fetch(`http://127.0.0.1:${p.httpPort}/volumes/remove`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name, force: true }) });
+            if (res.status !== 200) result.problems.push(`seed ${seed}: fault ${i + 1}: POST /volumes/remove answered ${res.status}: ${await res.text()}`);
+            else result.volumesRemoved++;
+            break;
+          }
           case 'testAtPoint': {
             // A copy at a random point of the replica's history: a prefix of the chain too.
             const r = replica;
@@ -312,6 +330,18 @@ export async function runCampaign(opts: { faults: number; seed?: number; log?: (
     await verifier;
     await waitCaughtUp(primary, replica!, 120_000);
     await reader.stop();
+    // Every removed volume: retired at the replica, its moved-aside copy equal to the primary's.
+    type Removed = { name: string; movedTo: string };
+    const removedAt = async (a: RunningAppliance) => ((await a.status()).removedVolumes as Removed[]) ?? [];
+    const gone = await removedAt(primary);
+    for (let t = 0; t < 600 && (await removedAt(replica!)).length < gone.length; t++) await pause(100);
+    const retired = await removedAt(replica!);
+    for (const g of gone) {
+      const r = retired.find((x) => x.name === g.name);
+      if (!r) result.problems.push(`seed ${seed}: volume ${g.name} was removed on the primary but the replica did not retire its copy`);
+      else if (!readFileSync(path.join(g.movedTo, `${g.name}.img`)).equals(readFileSync(path.join(r.movedTo, `${g.name}.img`)))) result.problems.push(`seed ${seed}: the replica's retired copy of ${g.name} differs from the primary's removed volume`);
+      else result.removedCopiesEqual++;
+    }
     // A last verify, quiet and caught up: every byte compared, all equal.
     const last = await run(process.execPath, [CLI, 'verify', '--http', `127.0.0.1:${primary.httpPort}`, '--wait'], { timeoutMs: 120_000 });
     if (last.code !== 0) result.problems.push(`seed ${seed}: the verify after catch-up ended with exit code ${String(last.code)}: ${last.stdout}${last.stderr}`);
@@ -353,6 +383,7 @@ export function formatResult(r: CampaignResult): string {
     `  chain records acknowledged ${r.recordsAcked}, replica reads checked ${r.replicaReads}`,
     `  data lost ${r.lostWrites}, non-prefix states ${r.nonPrefixStates}, crashes ${r.crashes}, full resyncs ${r.fullResyncs}, images equal ${r.imagesEqual}`,
     `  online verify during the faults: ${r.verifyRuns} runs done, ${(r.verifiedBytes / MiB).toFixed(0)} MiB compared, ${r.verifyDifferences} differences`,
+    `  volumes removed: ${r.volumesRemoved}, retired at the replica equal to the primary's: ${r.removedCopiesEqual}`,
     `  test copies at an earlier point: ${r.pointCopies} read (each a chain prefix; ${r.bookmarkCopies} at a bookmark, of ${r.bookmarks} taken), ${r.pointsRefused} points refused (coalesced or trimmed meanwhile)`,
   ].join('\n');
 }

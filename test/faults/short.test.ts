@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { formatResult, runCampaign } from './campaign';
 
-test('fault campaign (short): kills, restarts, cuts, stalls, slow, duplicated and corrupted links, paused shipping, volumes grown and added online lose nothing; online verify never sees a difference; test copies at an earlier point or a bookmark are chain prefixes', { timeout: 600_000 }, async () => {
+test('fault campaign (short): kills, restarts, cuts, stalls, slow, duplicated and corrupted links, paused shipping, volumes grown, added and removed online lose nothing (the replica retires a removed volume only after its last write, equal to the primary copy); online verify never sees a difference; test copies at an earlier point or a bookmark are chain prefixes', { timeout: 600_000 }, async () => {
   const faults = Number(process.env.OFFSITE_SHORT_FAULTS ?? 24);
   const seed = process.env.OFFSITE_FAULT_SEED ? Number(process.env.OFFSITE_FAULT_SEED) : undefined;
   const r = await runCampaign({ faults, seed, log: (l) => process.stdout.write(`${l}\n`) });
