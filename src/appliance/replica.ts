@@ -19,7 +19,7 @@ import type { Logger } from '../common/logger';
 import { randomUUID } from 'node:crypto';
 import { ImageFileTarget, Journal, type JournalRecord } from '../journal/wal';
 import { DATA_FORMAT, DATA_VERSION } from './datadir';
-import { readJsonFile, writeJsonFile } from '../common/json-file';
+import { readJsonFile, syncPath, writeJsonFile } from '../common/json-file';
 import { compareLineage, isLineage, LineageFile } from './lineage';
 import { ReplicationError, ReplicationErrorCode } from '../replication/errors';
 import type { BookmarkDescriptor, ReceiverSink, RemovedVolumeDescriptor, ReplicatedRecord, SyncCursor, SyncSink, VerifyAnswer, VolumeDescriptor } from '../replication/ports';
@@ -555,11 +555,15 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await fsp.mkdir(volDir, { recursive: true, mode: 0o700 });
     const identity = { format: DATA_FORMAT, version: DATA_VERSION, siteId: randomUUID(), createdAt: new Date().toISOString(), splitFrom: this.siteId, forkSeq };
     await fsp.writeFile(path.join(dir, 'offsite.json'), JSON.stringify(identity, null, 2) + '\n', { mode: 0o600 });
+    const copies = [path.join(dir, 'offsite.json')];
     for (const v of this.volumes.values()) {
       await v.image.flush();
       await fsp.copyFile(path.join(this.volumesDir, `${v.name}.json`), path.join(volDir, `${v.name}.json`));
       await fsp.copyFile(v.image.imagePath, path.join(volDir, `${v.name}.img`));
+      copies.push(path.join(volDir, `${v.name}.json`), path.join(volDir, `${v.name}.img`));
     }
+    // Durable before anything that depends on them (a promotion at a point then drops the records after it): a power cut keeps them.
+    for (const f of [...copies, volDir, dir, this.dataRoot]) await syncPath(f);
     const head = this.journal.headSeq();
     const split = await Journal.open({ dir: path.join(dir, 'journal') });
     try {

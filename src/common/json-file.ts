@@ -18,6 +18,16 @@ export async function writeJsonFile(file: string, value: unknown): Promise<void>
   await fsp.rename(tmp, file);
 }
 
+/** fsync a file or a directory (its entries) by path. */
+export async function syncPath(p: string): Promise<void> {
+  const fh = await fsp.open(p, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 /** The parsed file, or undefined when it does not exist. */
 export async function readJsonFile(file: string): Promise<unknown> {
   try {
