@@ -284,7 +284,7 @@ export class Appliance {
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
           bookmarks: this.bookmarks,
-          removedVolumes: () => this.removed.map((r) => ({ name: r.name, lastSeq: r.lastSeq })),
+          removedVolumes: () => this.removed.map((r) => ({ name: r.name, lastSeq: r.lastSeq, sizeBytes: r.sizeBytes, blockSize: r.blockSize })),
           linkKey: await this.linkKey(),
           verifyEveryMs: config.replication.verifyEveryMs,
           verifyRateBytesPerSec: config.replication.verifyRateBytesPerSec,
@@ -901,7 +901,7 @@ export class Appliance {
       await sv.image.flush();
       await sv.image.close();
       const now = new Date();
-      const entry: RemovedVolume = { name, sizeBytes: sv.image.sizeBytes, lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(name, now) };
+      const entry: RemovedVolume = { name, sizeBytes: sv.image.sizeBytes, blockSize: sv.image.blockSize, lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(name, now) };
       await recordRemovedVolume(this.dataDir.root, entry);
       this.removed.push(entry);
       await forgetAddedVolume(this.dataDir.root, name);
@@ -954,7 +954,7 @@ export class Appliance {
         await v.image.close();
       });
       const now = new Date();
-      const entry: RemovedVolume = { name: due.name, sizeBytes: v.image.sizeBytes, lastSeq: due.lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(due.name, now) };
+      const entry: RemovedVolume = { name: due.name, sizeBytes: v.image.sizeBytes, blockSize: v.image.blockSize, lastSeq: due.lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(due.name, now) };
       await recordRemovedVolume(this.dataDir.root, entry);
       this.removed.push(entry);
       await moveRemovedAside(this.dataDir.root, entry);

@@ -16,6 +16,7 @@ import { VOLUME_NAME_RE } from '../volume/file-volume';
 export interface RemovedVolume {
   name: string;
   sizeBytes: number;
+  blockSize?: number;
   /** Every record of the volume has a sequence number at or below this one. */
   lastSeq: number;
   removedAt: string;

@@ -579,6 +579,14 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 
   async store(records: ReplicatedRecord[], toSeq: number, payloads?: Buffer[], ends?: number[]): Promise<void> {
     if (this.applyError) throw this.applyError;
+    // Refused whole or not at all: a batch the journal took in part would leave records past the
+    // durable sequence that the primary, resending from there, could never store again.
+    let prev = Math.max(this.durable, this.journal.assignedSeq());
+    for (const r of records) {
+      if (r.seq <= prev || r.seq > toSeq) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} does not follow ${prev} (a batch up to ${toSeq})`);
+      if (!this.journal.hasVolume(r.volume)) throw new ReplicationError(ReplicationErrorCode.Sequence, `record ${r.seq} for volume ${r.volume}, unknown here`);
+      prev = r.seq;
+    }
     // Fewer records than sequence numbers: some segment was coalesced. Its inner points are
     // marked (durably) before its records are stored, so replay never offers one.
     // A store that failed (or a process killed) after marking leaves marks past the durable
@@ -656,6 +664,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
 
   /** The primary's removed volumes (Hello): kept, so that a copy is retired even if the link drops first. */
   async primaryRemovedVolumes(list: RemovedByPrimary[]): Promise<void> {
+    // A volume added and removed between two handshakes: this replica never had it, and its
+    // records are still to come. It is created to take them, then retired like the others.
+    const missing = list.filter((r) => !this.volumes.has(r.name) && !this.retired.has(r.name) && r.lastSeq > this.durable && r.sizeBytes);
+    if (missing.length) await this.ensureVolumes(missing.map((r) => ({ name: r.name, sizeBytes: r.sizeBytes!, blockSize: r.blockSize ?? 512, uuid: '' })));
+    list = list.map((r) => ({ name: r.name, lastSeq: r.lastSeq }));
     const had = this.state.primaryRemoved ?? [];
     if (had.length === list.length && had.every((r, i) => r.name === list[i].name && r.lastSeq === list[i].lastSeq)) return;
     this.state.primaryRemoved = list;

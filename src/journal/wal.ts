@@ -819,6 +819,10 @@ export class Journal {
     await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)));
   }
 
+  hasVolume(name: string): boolean {
+    return this.volumeIndex.has(name);
+  }
+
   volumeNames(): readonly string[] {
     return this.volumes;
   }

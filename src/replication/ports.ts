@@ -31,6 +31,9 @@ export interface VolumeDescriptor {
 export interface RemovedVolumeDescriptor {
   name: string;
   lastSeq: number;
+  /** Its geometry: a replica that never had the volume (added and removed between two handshakes) creates it to take the records still to come. */
+  sizeBytes?: number;
+  blockSize?: number;
 }
 
 /** A named point of the primary's history (offsite bookmark), numbered by the primary. */

@@ -113,6 +113,23 @@ test('remove-volume: refused while in use, then unserved and moved aside on the 
     await waitCaughtUp(primary, replica);
     assert.doesNotMatch(await targets(replica), /:old\b/);
     assert.equal((await removedOf(replica))[0]?.name, 'old');
+
+    // Added, written and removed while the replica is away: it never had the volume, creates it
+    // for the writes still to come, and retires it like the other.
+    await replica.stop();
+    r = await cli(primary, 'add-volume', 'brief', '1M');
+    assert.equal(r.code, 0, r.stderr);
+    r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 64k 128k', primary.url('brief')]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await cli(primary, 'remove-volume', 'brief');
+    assert.equal(r.code, 0, r.stderr);
+    replica = await startReplica(path.join(dir, 'b'), replPort, history);
+    await waitCaughtUp(primary, replica);
+    await until('the replica to retire the brief volume', async () => (await removedOf(replica)).some((x) => x.name === 'brief'), 30_000);
+    const [p2, r2] = [(await removedOf(primary)).find((x) => x.name === 'brief')!, (await removedOf(replica)).find((x) => x.name === 'brief')!];
+    const brief = readFileSync(path.join(p2.movedTo, 'brief.img'));
+    assert.equal(brief[64 * 1024], 0x5a);
+    assert.ok(readFileSync(path.join(r2.movedTo, 'brief.img')).equals(brief), "the replica's copy of a volume it never had equals the primary's");
   } finally {
     await session?.logout().catch(() => undefined);
     await primary.stop();
