@@ -618,6 +618,9 @@ export class Appliance {
     }
     // A point the history cannot give is refused while the replica still receives.
     if (atPoint) await store.checkRewindPoint(at);
+    // A copy being retired finishes first; then no removal told by the old primary applies any more.
+    await this.retiring;
+    await store.forgetPrimaryRemovals();
     if (this.receiver) await this.receiver.close();
     this.receiver = undefined;
     let back: Awaited<ReturnType<ReplicaStore['rewindForPromotion']>> | undefined;
@@ -661,6 +664,7 @@ export class Appliance {
     if (!store) throw new OffsiteError('NOT_REPLICA', 'test failover runs on a replica');
     if (action === 'start') {
       if (store.testCopies.size) throw new OffsiteError('TEST_FAILOVER_ACTIVE', 'a test failover is already running; stop it first');
+      await this.retiring; // no copy of a volume being retired
       const at = this.pointOfBookmark(asked);
       const atPoint = at.seq !== undefined || at.timeMs !== undefined;
       const journal = this.journal!;
@@ -898,6 +902,8 @@ export class Appliance {
       await sv.target.close().catch(() => undefined);
       let lastSeq = this.journal?.headSeq() ?? 0;
       if (sv.volume instanceof JournaledVolume) lastSeq = Math.max(lastSeq, await sv.volume.settled());
+      // Its records durable before the removal names them (after a power cut the journal must not come back shorter).
+      await this.journal?.sync();
       await sv.image.flush();
       await sv.image.close();
       const now = new Date();
@@ -937,7 +943,8 @@ export class Appliance {
    * aside like the primary's. Called every second.
    */
   private retireRemovedCopies(store: ReplicaStore): void {
-    if (this.retiring) return;
+    // Only on the word of a primary heard in this process's life (a list kept from before a promotion and demotion is not one).
+    if (this.retiring || !store.primaryChecked) return;
     const due = store.primaryRemoved().find((r) => store.volumes.has(r.name) && store.appliedSeq() >= r.lastSeq && !store.testCopies.has(r.name));
     if (!due || store.syncState() !== 'consistent' || store.isStaging()) return;
     this.retiring = (async () => {
@@ -954,10 +961,11 @@ export class Appliance {
         await v.image.close();
       });
       const now = new Date();
-      const entry: RemovedVolume = { name: due.name, sizeBytes: v.image.sizeBytes, blockSize: v.image.blockSize, lastSeq: due.lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(due.name, now) };
+      const entry: RemovedVolume = { name: due.name, sizeBytes: v.image.sizeBytes, blockSize: v.image.blockSize, lastSeq: due.lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(due.name, now), ...(due.incomplete ? { incomplete: true } : {}) };
       await recordRemovedVolume(this.dataDir.root, entry);
       this.removed.push(entry);
       await moveRemovedAside(this.dataDir.root, entry);
+      if (due.incomplete) this.logger.error({ volume: due.name, movedTo: path.join(this.dataDir.root, entry.movedTo) }, "the retired copy of a removed volume is INCOMPLETE: the primary's journal cap folded some of its writes before they were shipped, and a sync covers only the volumes it serves; the primary's moved-aside copy is the complete one");
       this.logger.warn({ volume: due.name, lastSeq: due.lastSeq, appliedSeq: store.appliedSeq(), movedTo: path.join(this.dataDir.root, entry.movedTo) }, 'the primary removed this volume and every write of it is here: copy retired, no longer served; its files are moved aside (delete them when no longer needed)');
     })()
       .catch((e: unknown) => this.logger.error({ err: e, volume: due.name }, 'retiring the copy of a removed volume failed; retried'))

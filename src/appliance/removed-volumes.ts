@@ -22,6 +22,8 @@ export interface RemovedVolume {
   removedAt: string;
   /** Where its files went, relative to the data directory. */
   movedTo: string;
+  /** A replica's copy that lacks writes the primary folded before shipping them (its moved-aside copy is the complete one). */
+  incomplete?: boolean;
 }
 
 const file = (dataDir: string) => path.join(dataDir, 'state', 'removed-volumes.json');
@@ -82,6 +84,8 @@ export async function moveRemovedAside(dataDir: string, r: RemovedVolume): Promi
     const st = await fsp.stat(from).catch(() => undefined);
     // state/<name> only as the volume's own directory (state/ also holds files of the site).
     if (!st || (dest.endsWith('state') && !st.isDirectory())) continue;
+    // Never over what an earlier move put there: that is the removed volume's own copy.
+    if (await fsp.stat(dest).then(() => true, () => false)) throw new OffsiteError('REMOVED_EXISTS', `${path.relative(dataDir, from)} is in the way of a removal recorded in state/removed-volumes.json (${r.name}, ${r.removedAt}), whose copy in ${r.movedTo} is kept: move it yourself, or take ${r.name} out of that list`);
     await fsp.mkdir(to, { recursive: true, mode: 0o700 });
     await fsp.rename(from, dest);
     moved.push(path.relative(dataDir, from));

@@ -56,7 +56,7 @@ export interface ReplicaState {
    */
   rewinding?: { toSeq: number; toTimeMs: number; fromSeq: number; imagesDone?: boolean };
   /** The volumes the primary removed, as its last handshake said: each copy is retired once every write up to `lastSeq` is applied here. */
-  primaryRemoved?: RemovedByPrimary[];
+  primaryRemoved?: (RemovedByPrimary & { incomplete?: boolean })[];
 }
 
 type RemovedByPrimary = RemovedVolumeDescriptor;
@@ -503,8 +503,12 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
         }
         continue;
       }
+      if (this.retired.has(d.name)) {
+        // Its copy here went aside (removed or retired); a new empty one would miss every write
+        // before this point while the replica says it is consistent.
+        throw new ReplicationError(ReplicationErrorCode.Handshake, `the primary serves volume ${d.name}, which was removed at this site (see state/removed-volumes.json and removed/): a new copy here would lack its earlier writes. Remove it on the primary (offsite remove-volume), or start this replica from a fresh data directory`);
+      }
       const image = await FileVolume.open({ dir: this.volumesDir, name: d.name, sizeBytes: d.sizeBytes, blockSize: d.blockSize, readOnly: false, create: true });
-      this.retired.delete(d.name); // a primary serves a volume of that name again (a later primary, after a failover)
       await this.journal.registerVolume(d.name);
       const v = new ReplicaVolume(image, this.gate);
       this.volumes.set(d.name, v);
@@ -567,7 +571,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     const head = this.journal.headSeq();
     const split = await Journal.open({ dir: path.join(dir, 'journal') });
     try {
-      for (const name of this.volumes.keys()) await split.registerVolume(name);
+      for (const name of this.journal.volumeNames()) await split.registerVolume(name);
       for await (const rec of this.journal.records(forkSeq, head)) await split.appendAt(rec.seq, rec.timeMs, rec.volume, rec.op, rec.offsetBytes, rec.lengthBytes, rec.data).done;
       await split.sync();
       await split.checkpoint(head);
@@ -663,20 +667,34 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   }
 
   /** The primary's removed volumes (Hello): kept, so that a copy is retired even if the link drops first. */
-  async primaryRemovedVolumes(list: RemovedByPrimary[]): Promise<void> {
+  async primaryRemovedVolumes(removed: RemovedByPrimary[], primaryOldestSeq?: number): Promise<void> {
     // A volume added and removed between two handshakes: this replica never had it, and its
     // records are still to come. It is created to take them, then retired like the others.
-    const missing = list.filter((r) => !this.volumes.has(r.name) && !this.retired.has(r.name) && r.lastSeq > this.durable && r.sizeBytes);
+    const missing = removed.filter((r) => !this.volumes.has(r.name) && !this.retired.has(r.name) && r.lastSeq > this.durable && r.sizeBytes);
     if (missing.length) await this.ensureVolumes(missing.map((r) => ({ name: r.name, sizeBytes: r.sizeBytes!, blockSize: r.blockSize ?? 512, uuid: '' })));
-    list = list.map((r) => ({ name: r.name, lastSeq: r.lastSeq }));
     const had = this.state.primaryRemoved ?? [];
-    if (had.length === list.length && had.every((r, i) => r.name === list[i].name && r.lastSeq === list[i].lastSeq)) return;
+    // Writes of it this replica lacks that the primary no longer holds as records (folded by its
+    // journal cap): the delta sync covers only the volumes the primary serves, so this copy ends
+    // without them. It is still retired, said to be incomplete.
+    const list = removed.map((r) => ({
+      name: r.name,
+      lastSeq: r.lastSeq,
+      incomplete: had.find((h) => h.name === r.name)?.incomplete || (r.lastSeq > this.durable && primaryOldestSeq !== undefined && primaryOldestSeq > this.durable + 1) || undefined,
+    }));
+    if (had.length === list.length && had.every((r, i) => r.name === list[i].name && r.lastSeq === list[i].lastSeq && r.incomplete === list[i].incomplete)) return;
     this.state.primaryRemoved = list;
     await this.save();
   }
 
-  primaryRemoved(): readonly RemovedByPrimary[] {
+  primaryRemoved(): readonly (RemovedByPrimary & { incomplete?: boolean })[] {
     return this.state.primaryRemoved ?? [];
+  }
+
+  /** A promotion: the removals a primary told of no longer apply (this site decides its volumes now). */
+  async forgetPrimaryRemovals(): Promise<void> {
+    if (!this.state.primaryRemoved?.length) return;
+    this.state.primaryRemoved = undefined;
+    await this.save();
   }
 
   /** Forget a volume whose copy is retired (the caller holds the apply gate and closes its image). */

@@ -105,8 +105,8 @@ export interface ReceiverSink {
   appliedSeq(): number;
   /** The primary's identity at each handshake; throws to refuse a primary this replica does not follow. */
   acceptPrimary?(siteId: string, lineage?: unknown): Promise<void>;
-  /** The volumes the primary removed (each handshake; empty when none). */
-  primaryRemovedVolumes?(removed: RemovedVolumeDescriptor[]): Promise<void>;
+  /** The volumes the primary removed (each handshake; empty when none), and the oldest sequence its journal still holds. */
+  primaryRemovedVolumes?(removed: RemovedVolumeDescriptor[], primaryOldestSeq?: number): Promise<void>;
   /** Make sure these volumes exist here (created empty when new). */
   ensureVolumes(volumes: VolumeDescriptor[]): Promise<void>;
   /**

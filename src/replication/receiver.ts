@@ -353,7 +353,7 @@ export class Receiver {
     await sink.acceptPrimary?.(String(m.siteId ?? ''), m.lineage);
     await sink.ensureVolumes(volumes);
     const size = (n: unknown) => (Number.isSafeInteger(n) && (n as number) > 0 ? (n as number) : undefined);
-    await sink.primaryRemovedVolumes?.((removed as RemovedVolumeDescriptor[]).map((r) => ({ name: r.name, lastSeq: r.lastSeq, sizeBytes: size(r.sizeBytes), blockSize: size(r.blockSize) })));
+    await sink.primaryRemovedVolumes?.((removed as RemovedVolumeDescriptor[]).map((r) => ({ name: r.name, lastSeq: r.lastSeq, sizeBytes: size(r.sizeBytes), blockSize: size(r.blockSize) })), size(m.oldestSeq));
     const durable = sink.durableSeq();
     this.state.primarySiteId = String(m.siteId ?? '');
     this.state.connected = true;

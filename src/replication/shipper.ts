@@ -413,7 +413,7 @@ export class Shipper {
       socket.once('close', () => reject(failure ?? new Error('connection closed')));
     });
 
-    link.send(FrameType.Hello, { version: PROTOCOL_VERSION, siteId: source.siteId, volumes: source.volumes(), headSeq: source.headSeq(), lineage: source.lineage?.() ?? [], removed: source.removedVolumes?.() ?? [] });
+    link.send(FrameType.Hello, { version: PROTOCOL_VERSION, siteId: source.siteId, volumes: source.volumes(), headSeq: source.headSeq(), oldestSeq: source.oldestSeq(), lineage: source.lineage?.() ?? [], removed: source.removedVolumes?.() ?? [] });
     const handshakeDeadline = Date.now() + (this.opts.deadAfterMs ?? 10_000);
     while (!helloAck) {
       if (failure) throw failure;

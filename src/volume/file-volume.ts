@@ -18,7 +18,8 @@ import { blockio, punchHole } from './blockio';
 import { VolumeError, VolumeErrorCode } from './errors';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
 
-export const VOLUME_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+/** Not ending in .json or .tmp: a volume's state directory sits beside the site's own state files. */
+export const VOLUME_NAME_RE = /^(?!.*\.(?:json|tmp)$)[a-z0-9][a-z0-9._-]{0,62}$/;
 const META_VERSION = 1;
 
 interface VolumeMeta {
@@ -129,7 +130,7 @@ export class FileVolume implements Volume {
   static async open(opts: OpenVolumeOptions): Promise<FileVolume> {
     const { dir, name } = opts;
     if (!VOLUME_NAME_RE.test(name)) {
-      throw new VolumeError(VolumeErrorCode.BadName, `invalid volume name '${name}': use 1-63 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit`);
+      throw new VolumeError(VolumeErrorCode.BadName, `invalid volume name '${name}': use 1-63 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit, not ending in .json or .tmp`);
     }
     const blockSize = opts.blockSize ?? 512;
     const metaPath = path.join(dir, `${name}.json`);

@@ -137,3 +137,39 @@ test('remove-volume: refused while in use, then unserved and moved aside on the 
     removeDir(dir);
   }
 });
+
+test('remove-volume: when the journal cap folded writes of the removed volume before the replica got them, the replica still retires its copy, but says it is incomplete', { timeout: 300_000 }, async () => {
+  const dir = tempDir();
+  const replPort = await freePort();
+  const bDir = path.join(dir, 'b');
+  let replica = await startReplica(bDir, replPort);
+  const primary = await startPrimary(path.join(dir, 'a'), ['vol:16M', 'old:4M'], replPort, ['--journal-max', '1M']);
+  try {
+    let r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x31 0 4M', primary.url('old')]);
+    assert.equal(r.code, 0, r.stderr);
+    await waitCaughtUp(primary, replica);
+    await replica.stop();
+    r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 0 64k', primary.url('old')]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await cli(primary, 'remove-volume', 'old');
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const [gone] = await removedOf(primary);
+    for (let i = 0; i < 3; i++) {
+      r = await run('qemu-io', ['-f', 'raw', '-c', `write -P ${0x41 + i} 0 4M`, primary.url('vol')]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    await until('the journal to fold records the replica never got', () => primary.logs.some((l) => String(l.msg).startsWith('journal over its cap with the replica behind')), 30_000);
+    replica = await startReplica(bDir, replPort);
+    await waitCaughtUp(primary, replica, 120_000);
+    await assertSameVolume(primary, replica, 'vol', dir);
+    await until('the replica to retire its copy', async () => (await removedOf(replica)).some((x) => x.name === 'old'), 30_000);
+    const [retired] = (await removedOf(replica)) as (Removed & { incomplete?: boolean })[];
+    assert.equal(retired.incomplete, true, 'the retired copy is said to be incomplete');
+    assert.ok(replica.logs.some((l) => String(l.msg).startsWith('the retired copy of a removed volume is INCOMPLETE')));
+    assert.equal(readFileSync(path.join(gone.movedTo, 'old.img'))[0], 0x77, "the primary's moved-aside copy is the complete one");
+  } finally {
+    await primary.stop();
+    await replica.stop();
+    removeDir(dir);
+  }
+});
