@@ -74,8 +74,8 @@ export interface ApplianceStatus {
    * removed, retired once every write of them arrived), where their files went, and on a
    * replica the removals it still waits to retire.
    */
-  removedVolumes: { name: string; sizeBytes: number; lastSeq: number; removedAt: string; movedTo: string }[];
-  pendingRemovals?: { name: string; lastSeq: number }[];
+  removedVolumes: { name: string; sizeBytes: number; lastSeq: number; removedAt: string; movedTo: string; incomplete?: boolean }[];
+  pendingRemovals?: { name: string; lastSeq: number; incomplete?: boolean }[];
   // --- primary with --replicate-to ---
   ackedSeq?: number;
   rpoSeconds?: number;
@@ -908,16 +908,21 @@ export class Appliance {
       await sv.image.close();
       const now = new Date();
       const entry: RemovedVolume = { name, sizeBytes: sv.image.sizeBytes, blockSize: sv.image.blockSize, lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(name, now) };
-      await recordRemovedVolume(this.dataDir.root, entry);
-      this.removed.push(entry);
+      await this.setAside(entry);
       await forgetAddedVolume(this.dataDir.root, name);
-      await moveRemovedAside(this.dataDir.root, entry);
       this.replication?.volumesChanged(`volume ${name} removed`);
       const movedTo = path.join(this.dataDir.root, entry.movedTo);
       this.logger.warn({ volume: name, target: sv.entry.name, lastSeq, movedTo, sessionsEnded: sessions.length, replicated: !!this.replication }, 'volume removed: no longer served; its files are moved aside (delete them when no longer needed)');
       return { volume: name, targetName: sv.entry.name, sizeBytes: entry.sizeBytes, lastSeq, movedTo, sessionsEnded: sessions.length, replicated: !!this.replication };
     };
     return this.volumeOp(run);
+  }
+
+  /** Record a removal, then move the volume's files aside (a start finishes a move cut short). */
+  private async setAside(entry: RemovedVolume): Promise<void> {
+    await recordRemovedVolume(this.dataDir.root, entry);
+    this.removed.push(entry);
+    await moveRemovedAside(this.dataDir.root, entry);
   }
 
   /** The volumes removed here; a move a crash cut short is finished (before any volume is opened). */
@@ -962,9 +967,7 @@ export class Appliance {
       });
       const now = new Date();
       const entry: RemovedVolume = { name: due.name, sizeBytes: v.image.sizeBytes, blockSize: v.image.blockSize, lastSeq: due.lastSeq, removedAt: now.toISOString(), movedTo: removedDirName(due.name, now), ...(due.incomplete ? { incomplete: true } : {}) };
-      await recordRemovedVolume(this.dataDir.root, entry);
-      this.removed.push(entry);
-      await moveRemovedAside(this.dataDir.root, entry);
+      await this.setAside(entry);
       if (due.incomplete) this.logger.error({ volume: due.name, movedTo: path.join(this.dataDir.root, entry.movedTo) }, "the retired copy of a removed volume is INCOMPLETE: the primary's journal cap folded some of its writes before they were shipped, and a sync covers only the volumes it serves; the primary's moved-aside copy is the complete one");
       this.logger.warn({ volume: due.name, lastSeq: due.lastSeq, appliedSeq: store.appliedSeq(), movedTo: path.join(this.dataDir.root, entry.movedTo) }, 'the primary removed this volume and every write of it is here: copy retired, no longer served; its files are moved aside (delete them when no longer needed)');
     })()
@@ -1148,11 +1151,11 @@ export class Appliance {
     return this.journal?.stats();
   }
 
-  /** How many bookmarks this site holds, and the newest (by time), for /status and the metrics. */
   private removedSummary(): ApplianceStatus['removedVolumes'] {
     return this.removed.map((r) => ({ ...r, movedTo: path.join(this.dataDir.root, r.movedTo) }));
   }
 
+  /** How many bookmarks this site holds, and the newest (by time), for /status and the metrics. */
   bookmarkSummary(): ApplianceStatus['bookmarks'] {
     const all = this.bookmarks?.all();
     if (!all) return undefined;
@@ -1202,7 +1205,6 @@ function toTargetAuth(a: TargetAuthConfig): TargetEntry['auth'] {
   return { chap: a.chap, mutualChap: a.mutualChap, allowedInitiators: a.allowedInitiators };
 }
 
-/** The answer to POST /volumes. */
 /** The answer to POST /volumes/remove. */
 export interface RemoveVolumeResult {
   volume: string;
@@ -1216,6 +1218,7 @@ export interface RemoveVolumeResult {
   replicated: boolean;
 }
 
+/** The answer to POST /volumes. */
 export interface AddVolumeResult {
   volume: string;
   sizeBytes: number;
