@@ -22,6 +22,16 @@ const io = async (url: string, ...cmds: string[]) => {
 
 const promote = (site: RunningAppliance, ...args: string[]) => run(process.execPath, [CLI, 'promote', '--http', `127.0.0.1:${site.httpPort}`, ...args]);
 
+/** Stop the replica, start it with a failpoint, promote at `seq` (the failpoint kills it), and start it again as it was configured. */
+async function promotionCutShort(b: RunningAppliance, bDir: string, replPort: number, retain: string[], failpoint: string, seq: number): Promise<RunningAppliance> {
+  await b.stop();
+  const cutting = await startReplica(bDir, replPort, retain, { OFFSITE_FAILPOINT: failpoint });
+  const cut = await promote(cutting, '--seq', String(seq));
+  assert.notEqual(cut.code, 0, 'the failpoint did not stop the promotion');
+  await new Promise<void>((resolve) => (cutting.proc.exitCode !== null || cutting.proc.signalCode !== null ? resolve() : cutting.proc.once('exit', () => resolve())));
+  return startReplica(bDir, replPort, retain);
+}
+
 test('promote at an earlier point: every volume goes back together, later writes saved aside, crash-safe, and the old primary fails back onto it', { timeout: 240_000 }, async () => {
   const dir = tempDir();
   const aDir = path.join(dir, 'a');
@@ -47,12 +57,7 @@ test('promote at an earlier point: every volume goes back together, later writes
     a = undefined;
 
     // A crash half way back: the replica comes up as it was (the bad state, still a replica).
-    await b.stop();
-    b = await startReplica(bDir, replPort, retain, { OFFSITE_FAILPOINT: 'promote-rewind-midway' });
-    const cut = await promote(b, '--seq', String(good));
-    assert.notEqual(cut.code, 0, 'the failpoint did not stop the promotion');
-    await new Promise<void>((resolve) => (b.proc.exitCode !== null || b.proc.signalCode !== null ? resolve() : b.proc.once('exit', () => resolve())));
-    b = await startReplica(bDir, replPort, retain);
+    b = await promotionCutShort(b, bDir, replPort, retain, 'promote-rewind-midway', good);
     assert.ok(b.logs.some((l) => String(l.msg).startsWith('a promotion at an earlier point was cut short: the volumes are brought forward again')), 'no log line about the interrupted promotion');
     const st0 = await b.status();
     assert.equal(st0.role, 'replica');
@@ -145,12 +150,7 @@ test('promote at an earlier point: a refused one leaves the replica receiving; o
     a = undefined;
 
     // Killed inside the journal's reset, after the volumes went back whole.
-    await b.stop();
-    b = await startReplica(bDir, replPort, retain, { OFFSITE_FAILPOINT: 'journal-reset-midway' });
-    const cut = await promote(b, '--seq', String(good));
-    assert.notEqual(cut.code, 0, 'the failpoint did not stop the promotion');
-    await new Promise<void>((resolve) => (b.proc.exitCode !== null || b.proc.signalCode !== null ? resolve() : b.proc.once('exit', () => resolve())));
-    b = await startReplica(bDir, replPort, retain);
+    b = await promotionCutShort(b, bDir, replPort, retain, 'journal-reset-midway', good);
     assert.ok(b.logs.some((l) => String(l.msg).startsWith('a promotion at an earlier point was cut short after the volumes went back')), 'no log line about the interrupted promotion');
     const st = await b.status();
     assert.deepEqual([st.role, st.appliedSeq], ['replica', good], `it holds the point it went back to (went back from ${bad})`);
