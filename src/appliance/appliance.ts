@@ -230,6 +230,7 @@ export class Appliance {
       const journal = (this.journal = await this.openJournal(!!config.replication.replicateTo));
       this.bookmarks = await Bookmarks.load(journal);
       for (const name of images.keys()) await journal.registerVolume(name);
+      await this.cutPartialCoalesced(journal);
       const writable = new Map([...images].filter(([, img]) => !img.readOnly));
       const report = await recoverImages(journal, writable, logger);
       if (report.records > 0) {
@@ -307,6 +308,15 @@ export class Appliance {
       this.replication.start();
       logger.info({ replicateTo: formatHostPort(config.replication.replicateTo!), rpoTargetSeconds: this.replication.status().rpo.targetSeconds, rpoPolicy: this.replication.status().rpo.policy, maxBandwidthBytesPerSec: this.replication.status().link.maxBandwidthBytesPerSec }, 'replication to the replica started');
     }
+  }
+
+  /**
+   * Before anything is replayed onto the volumes: the first records of a coalesced batch that a
+   * crash cut short (as a replica) go, since the volumes must never show them alone.
+   */
+  private async cutPartialCoalesced(journal: Journal): Promise<void> {
+    const cut = await journal.cutPartialCoalesced();
+    if (cut) this.logger.warn({ batchFrom: cut.from, batchTo: cut.to, recordsDropped: cut.records, headSeq: journal.headSeq() }, 'a coalesced batch was stored in part (crash or failed store): its records are dropped and come again from the primary');
   }
 
   /** This site's journal with the configured retention (`replicated`: keep records until the replica has them). */
@@ -534,6 +544,7 @@ export class Appliance {
       logger.info('replication pause dropped: this site is now a replica');
     }
     const rewound = await ReplicaStore.finishInterruptedRewind(stateDir, journal, images, logger, this.bookmarks);
+    await this.cutPartialCoalesced(journal);
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);
     if (staged && !staged.committing) {

@@ -608,8 +608,13 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       const { done } = this.journal.appendAt(r.seq, r.timeMs, r.volume, r.op, r.offsetBytes, r.lengthBytes, r.data ?? EMPTY);
       dones.push(done);
     }
-    await Promise.all(dones);
-    await this.journal.sync();
+    try {
+      await Promise.all(dones);
+      await this.journal.sync();
+    } catch (e) {
+      await this.cutBackToDurable();
+      throw e;
+    }
     this.durable = toSeq;
     this.marksPastDurable = false;
     if (this.state.fresh) {
@@ -625,6 +630,20 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     }
     this.queue.push({ records, toSeq, payloads });
     this.applying ??= this.applyLoop().finally(() => (this.applying = undefined));
+  }
+
+  /**
+   * A store that failed part-way (no space for a new segment file...): the records it did append
+   * go again, so that the batch the primary sends again from the durable sequence is taken
+   * (instead of refused, as not following them, until a restart).
+   */
+  private async cutBackToDurable(): Promise<void> {
+    try {
+      const cut = await this.journal.truncateAfter(this.durable);
+      if (cut) this.logger.warn({ records: cut, durableSeq: this.durable }, 'replica: a batch stored in part was cut back; the primary sends it again');
+    } catch (e) {
+      this.logger.error({ err: e, durableSeq: this.durable, journalHead: this.journal.headSeq() }, 'replica: a batch stored in part could not be cut back; records from the primary are refused until a restart');
+    }
   }
 
   /** Each coalesced segment among `records` (ending at `ends`): its points from the first missing record on are no state the primary had. */

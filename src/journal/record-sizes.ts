@@ -55,6 +55,12 @@ export class RecordSizes {
     this.first = this.end = 0;
   }
 
+  /** Forget the records after `seq` (the newest ones). */
+  truncateAfter(seq: number): void {
+    this.end = this.first + this.firstAfter(seq);
+    if (this.first === this.end) this.first = this.end = 0;
+  }
+
   /** The index of the record with this sequence number, or -1. */
   find(seq: number): number {
     const i = this.firstAfter(seq - 1);

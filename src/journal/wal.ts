@@ -43,7 +43,7 @@
  * Without one, the retained window is just the latest state. A size cap never stalls writes:
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
-import { closeSync, fdatasync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
@@ -570,6 +570,51 @@ class SegmentStore {
         else unlink(this.path(id), () => undefined);
       }
     }
+  }
+
+  /**
+   * Zero the magic of the records whose headers start at `headers` (they are being cut from the
+   * journal), and sync: no start after a crash reads them back as records.
+   */
+  zeroHeaders(headers: readonly { segment: number; position: number }[]): void {
+    const bySegment = new Map<number, number[]>();
+    for (const h of headers) {
+      const list = bySegment.get(h.segment);
+      if (list) list.push(h.position);
+      else bySegment.set(h.segment, [h.position]);
+    }
+    for (const [id, positions] of bySegment) {
+      const fd = openSync(this.path(id), 'r+');
+      try {
+        for (const p of positions) writeSync(fd, ZERO_MAGIC, 0, 4, p);
+        fdatasyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    }
+  }
+
+  /**
+   * After a cut: the files after `lastKept` (the one holding the newest kept record) hold only
+   * cut records and go; the next record starts a new file right after it, so that a start's scan
+   * (which goes on file by file) finds it. `keptSeq` is the newest record kept in `lastKept`.
+   */
+  async cutAfter(lastKept: number, keptSeq: number | undefined): Promise<void> {
+    for (const f of readdirSync(this.dir)) {
+      const m = /^(\d+)\.seg$/.exec(f);
+      const id = m ? Number(m[1]) : undefined;
+      if (id === undefined || id <= lastKept) continue;
+      const fd = this.readFds.get(id);
+      if (fd !== undefined) this.closeFd(fd);
+      this.readFds.delete(id);
+      this.maxSeq.delete(id);
+      this.dirty.delete(id);
+      unlinkSync(this.path(id));
+    }
+    if (keptSeq !== undefined) this.maxSeq.set(lastKept, keptSeq);
+    this.current = undefined;
+    this.nextId = lastKept + 1;
+    await syncDir(this.dir);
   }
 
   /**
@@ -1118,6 +1163,85 @@ export class Journal {
   }
 
   /**
+   * Forget the records after `seq`, the newest ones, so that records with those sequence numbers
+   * can be appended again: a replica's store that failed part-way (the primary sends the batch
+   * again from the replica's durable sequence), or a coalesced batch a crash cut short (its first
+   * records alone are no state the primary had). Their headers are zeroed and synced first, then
+   * the index loses them, then files holding nothing else go; a crash at any step leaves either
+   * all of them or none as records. Never below what the images hold (nothing after that is ever
+   * trimmed). Returns how many went.
+   */
+  async truncateAfter(seq: number): Promise<number> {
+    await this.drained();
+    if (this.head <= seq) return 0;
+    const inImages = Math.max(this.imageSeq, this.inImagesSeq);
+    if (seq < inImages) throw new JournalError(JournalErrorCode.Sequence, `the journal cannot go back to ${seq}: the images hold records up to ${inImages}`);
+    await this.indexed(Number.MAX_SAFE_INTEGER);
+    if (this.trimming) await this.trimming.catch(() => undefined);
+    const headers: { segment: number; position: number }[] = [];
+    let kept: { segment: number; seq: number } | undefined;
+    // Entries still queued (the index may be refusing writes): the cut ones leave the queue.
+    const queued = this.queue;
+    this.queue = [];
+    for (const p of queued) {
+      if (p.seq <= seq) {
+        this.queue.push(p);
+        kept = { segment: p.segment, seq: p.seq };
+      } else headers.push({ segment: p.segment, position: p.position - SEGMENT_HEADER });
+    }
+    const ops: ({ type: 'del'; key: Buffer } | { type: 'put'; key: Buffer; value: Buffer })[] = [];
+    let keptInIndex: { segment: number; seq: number } | undefined;
+    for await (const [gk, gv] of this.db.iterator({ gte: seqKey(seq + 1), lt: RECORD_END })) {
+      let keep = 0;
+      for (const [k, v] of indexEntries(gk, gv)) {
+        const d = decodeKey(k);
+        if (d.seq <= seq) {
+          keep++;
+          keptInIndex = { segment: v.readUInt32BE(0), seq: d.seq };
+        } else headers.push({ segment: v.readUInt32BE(0), position: r64(v, 4) - SEGMENT_HEADER });
+      }
+      ops.push({ type: 'del', key: Buffer.from(gk) });
+      if (keep) ops.push({ type: 'put', key: seqKey(keptInIndex!.seq), value: Buffer.from(gv.subarray(0, keep * ENTRY_BYTES)) });
+    }
+    if (!keptInIndex) {
+      for await (const [gk, gv] of this.db.iterator({ gte: seqKey(0), lt: seqKey(seq + 1), reverse: true, limit: 1 })) {
+        let last: Buffer | undefined;
+        for (const [k, v] of indexEntries(gk, gv)) last = Buffer.concat([k, v]);
+        if (last) keptInIndex = { segment: last.readUInt32BE(KEY_LEN), seq: decodeKey(last.subarray(0, KEY_LEN)).seq };
+      }
+    }
+    kept ??= keptInIndex;
+    this.segments.zeroHeaders(headers);
+    await this.db.batch(ops, { sync: true });
+    if (headers.length) {
+      const firstCut = headers.reduce((m, h) => Math.min(m, h.segment), Number.MAX_SAFE_INTEGER);
+      await this.segments.cutAfter(kept ? kept.segment : firstCut - 1, kept?.seq);
+    }
+    // The bookkeeping of the cut records.
+    const from = this.sizes.firstAfter(seq);
+    let cut = 0;
+    for (let i = from; i < this.sizes.size; i++) {
+      const bytes = this.sizes.bytesAt(i);
+      this.totalBytes -= bytes;
+      this.appendedBytes -= bytes;
+      const pv = this.perVolume.get(this.sizes.volAt(i));
+      if (pv) {
+        pv.records--;
+        pv.bytes -= bytes;
+      }
+      cut++;
+    }
+    this.sizes.truncateAfter(seq);
+    this.recent.clear();
+    this.head = this.assigned = seq;
+    this.writtenSeq = Math.min(this.writtenSeq, seq);
+    this.durableSeq = Math.min(this.durableSeq, seq);
+    this.fuaSeq = Math.min(this.fuaSeq, seq);
+    if (this.sizes.size === 0) this.oldest = seq + 1;
+    return cut;
+  }
+
+  /**
    * Point-in-time history starts at `seq`: `copyBases` has written the base images equal to the
    * volumes right after `seq` (every record ≤ seq applied). Records ≤ seq are then dropped.
    */
@@ -1425,6 +1549,19 @@ export class Journal {
       return from <= seq ? { from, to } : undefined;
     }
     return undefined;
+  }
+
+  /**
+   * A replica's coalesced batch that a crash (or a failed store) cut short: its first records
+   * alone are no state the primary had, and a start must not replay them onto the volumes. They
+   * go, with the batch's mark; the primary sends the batch again from the sequence before it.
+   */
+  async cutPartialCoalesced(): Promise<{ from: number; to: number; records: number } | undefined> {
+    const around = await this.coalescedAround(this.head);
+    if (!around) return undefined;
+    const records = await this.truncateAfter(around.from - 1);
+    await this.forgetCoalescedAfter(around.from - 1);
+    return { ...around, records };
   }
 
   /** Every coalesced batch still marked, oldest first (`offsite journal inspect`). */

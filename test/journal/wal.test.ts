@@ -478,3 +478,50 @@ test('a watched range is marked by the first later record that touches it, and o
     removeDir(dir);
   }
 });
+
+test('records cut after a sequence never come back, not even after a crash, and the ones appended in their place do', () =>
+  inJournalDir(async (jdir) => {
+    const j = await openWithV({ dir: jdir });
+    const datas = await appendMany(j, blocks(10, 4 * KiB));
+    // A replica's store that failed part-way: 7..10 go, and are sent again.
+    assert.equal(await j.truncateAfter(6), 4);
+    assert.equal(j.headSeq(), 6);
+    assert.equal(j.stats().records, 6);
+    // Never below what the images hold.
+    await j.checkpoint(6);
+    await assert.rejects(j.truncateAfter(5), /images hold records up to 6/);
+    const again = blocks(2, 4 * KiB);
+    await Promise.all(again.map((d, i) => j.appendAt(7 + i, 3000 + i, 'v', 'write', i * d.length, d.length, d).done));
+    assert.deepEqual((await readAll(j, 0)).map((r) => r.seq), [1, 2, 3, 4, 5, 6, 7, 8]);
+    await j.close();
+    // The crash: the index entries of 7 and 8 were never put; the segment alone tells them.
+    assert.ok((await dropIndexAfter(jdir, 6)) >= 1);
+    await startFinds(jdir, 'the new 7 and 8, not the cut 9 and 10', 8, 0, [1, 2, 3, 4, 5, 6, 7, 8], [...datas.slice(0, 6), ...again]);
+  }));
+
+test('a cut reaching into an earlier segment file takes the later files with it, and appends after it are found by the next start', () =>
+  inJournalDir(async (jdir) => {
+    const j = await openWithV({ dir: jdir });
+    // 1 MiB records: 63 fill the first 64 MiB file, 64..66 go to the second.
+    const datas = await appendMany(j, blocks(66, MiB));
+    const files = () => readdirSync(path.join(jdir, 'segments')).filter((f) => /^\d+\.seg$/.test(f)).sort();
+    assert.deepEqual(files(), ['00000001.seg', '00000002.seg']);
+    assert.equal(await j.truncateAfter(60), 6);
+    assert.deepEqual(files(), ['00000001.seg']);
+    const again = blocks(2, MiB);
+    await Promise.all(again.map((d, i) => j.appendAt(61 + i, 3000 + i, 'v', 'write', i * d.length, d.length, d).done));
+    assert.deepEqual(files(), ['00000001.seg', '00000002.seg'], 'the next record starts the file right after the kept one');
+    await j.close();
+    assert.ok((await dropIndexAfter(jdir, 60)) >= 1);
+    const seqs = Array.from({ length: 62 }, (_, i) => i + 1);
+    await startFinds(jdir, 'the new 61 and 62 (in the new second file), not the cut 63..66', 62, 0, seqs, [...datas.slice(0, 60), ...again]);
+  }));
+
+test('a cut with no appends after it stays a cut across a restart', () =>
+  inJournalDir(async (jdir) => {
+    const j = await openWithV({ dir: jdir });
+    const datas = await appendMany(j, blocks(10, 4 * KiB));
+    await j.truncateAfter(3);
+    await j.close();
+    await startFinds(jdir, 'the cut records are not rebuilt from the segment', 3, 0, [1, 2, 3], datas.slice(0, 3));
+  }));
