@@ -491,7 +491,7 @@ export class Appliance {
       targetName: name,
       luns: [{ lun: 0, volume }],
       stateDir: this.dataDir.stateDir(volume.name),
-      resolveByDesignator: (naa: Buffer) => this.volumeByDesignator(naa),
+      copyPeerByDesignator: (naa: Buffer) => this.targetByDesignator(naa),
       logger: logger.child({ volume: volume.name }),
       onCommandComplete: this.hooks.onCommandComplete && ((op: string, status: number, ns: bigint) => this.hooks.onCommandComplete!(volume.name, op, status, ns)),
     });
@@ -1068,8 +1068,13 @@ export class Appliance {
     return this.replicaStore && { store: this.replicaStore, receiver: this.receiver };
   }
 
-  private volumeByDesignator(naa: Buffer): Volume | undefined {
-    for (const s of this.served.values()) if (naaDesignator(s.volume).equals(naa)) return s.volume;
+  /**
+   * The SCSI target serving the volume with this NAA designator, for EXTENDED COPY between
+   * targets: it lends its LU only to an initiator port logged in to it, under that nexus's
+   * reservations (CopyPeer.copyTargetFor).
+   */
+  private targetByDesignator(naa: Buffer): ScsiTargetHandle | undefined {
+    for (const s of this.served.values()) if (naaDesignator(s.volume).equals(naa)) return s.target;
     return undefined;
   }
 

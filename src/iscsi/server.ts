@@ -7,6 +7,7 @@
 import * as net from 'node:net';
 import type { Logger } from '../common/logger';
 import type { HostPort } from '../common/units';
+import type { Nexus } from '../scsi/port';
 import { Connection, type ConnectionHost } from './connection';
 import { LoginStatus } from './constants';
 import type { LoginEnvironment, LoginMachine, LoginRequestFields } from './login';
@@ -141,7 +142,10 @@ export class IscsiServer implements ConnectionHost, SessionHost {
     let old: Session | undefined;
     if (target) for (const s of this.sessions.values()) if (s.key === session.key && !s.closed) old = s;
     this.sessions.set(tsih, session);
-    if (session.nexus && target) target.scsi.nexusStarted(session.nexus, !!old);
+    if (session.nexus && target) {
+      target.scsi.attachTransport({ abortNexusTasks: (lun, match) => this.abortNexusTasks(target.name, lun, match) });
+      target.scsi.nexusStarted(session.nexus, !!old);
+    }
     if (old) {
       this.count('reinstatements');
       this.logger.info({ initiator: old.initiatorName, target: target?.name, oldTsih: old.tsih, tsih }, 'session reinstated');
@@ -167,6 +171,20 @@ export class IscsiServer implements ConnectionHost, SessionHost {
 
   sessionsOf(targetName: string): readonly Session[] {
     return [...this.sessions.values()].filter((s) => s.target?.name === targetName && !s.closed);
+  }
+
+  /**
+   * The SCSI layer's PREEMPT AND ABORT: the tasks for `lun` of the target's sessions whose nexus
+   * `match` picks are aborted as by ABORT TASK SET (no status sent; see Session.taskManagement,
+   * which does the same for LU RESET over every session); resolves once those already executing
+   * have settled, so none of them lands after the PERSISTENT RESERVE OUT completes.
+   */
+  async abortNexusTasks(targetName: string, lun: number, match: (n: Nexus) => boolean): Promise<void> {
+    const sessions = this.sessionsOf(targetName).filter((s) => s.nexus !== undefined && match(s.nexus));
+    if (sessions.length === 0) return;
+    this.count('preempt_aborts', sessions.length);
+    this.logger.info({ target: targetName, lun, sessions: sessions.map((s) => s.tsih) }, 'PREEMPT AND ABORT: aborting the tasks of the preempted sessions');
+    await Promise.all(sessions.map((s) => s.abortTasks((l) => l === lun)));
   }
 
   /**

@@ -11,6 +11,7 @@ export const Status = {
   Busy: 0x08,
   ReservationConflict: 0x18,
   TaskSetFull: 0x28,
+  TaskAborted: 0x40,
 } as const;
 
 /** SPC-4 §4.5.6 sense keys. */

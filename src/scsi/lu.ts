@@ -7,6 +7,7 @@ import type { Volume } from '../volume/volume';
 import { EMPTY_PR_STATE, type PrState } from './pr';
 import { PrStore } from './pr-store';
 import { Spc2Reservation } from './reserve6';
+import { TaskAbortedError } from './sense';
 import { UnitAttentions } from './ua';
 
 /** Changeable mode parameters (current values; defaults in `mode.ts`). */
@@ -114,6 +115,19 @@ export class LogicalUnit {
   /** Serialises PR OUT so each one persists the state the next one starts from. */
   prQueue: Promise<unknown> = Promise.resolve();
   readonly copyResults = new Map<string, CopyResult>();
+  /**
+   * PREEMPT AND ABORT count, and the count at which each I_T nexus was last preempted that way:
+   * a task that waited for the gate compares them to learn whether its nexus was aborted while
+   * it waited (its reservation check is older than the preemption). Only that slow path looks.
+   */
+  private abortEpoch = 0;
+  private readonly abortedAt = new Map<string, number>();
+  /**
+   * EXTENDED COPY writes into this LU in flight, by the I_T nexus (of this LU's target) whose
+   * rights they use. A copy issued at another target is no task of that nexus here, so the
+   * transport cannot abort it: PREEMPT AND ABORT waits for its chunk instead (the copy then stops).
+   */
+  private readonly copyWrites = new Map<Promise<void>, string>();
 
   constructor(
     readonly lun: number,
@@ -136,6 +150,62 @@ export class LogicalUnit {
     if (blocks === this.blocks) return false;
     this.blocks = blocks;
     return true;
+  }
+
+  /** PREEMPT AND ABORT of these I_T nexuses: their tasks still waiting for the gate are refused. */
+  nexusesAborted(itns: Iterable<string>): void {
+    this.abortEpoch++;
+    for (const itn of itns) this.abortedAt.set(itn, this.abortEpoch);
+  }
+
+  /** Now, for `abortedSince` (read before a task starts waiting). */
+  get abortMark(): number {
+    return this.abortEpoch;
+  }
+
+  /** Whether the tasks of `itn` were aborted after `mark` (a value of `abortMark`). */
+  abortedSince(itn: string, mark: number): boolean {
+    return mark !== this.abortEpoch && (this.abortedAt.get(itn) ?? 0) > mark;
+  }
+
+  /**
+   * The slow path of entering the gate shared, for a task of `itn`: wait, then refuse it
+   * (leaving the gate) when PREEMPT AND ABORT aborted its nexus meanwhile, so that it cannot
+   * write after the preemption completed. Callers take the fast path themselves:
+   * `const w = lu.gate.enterShared(); if (w) await lu.waitShared(w, itn)`.
+   */
+  async waitShared(wait: Promise<void>, itn: string): Promise<void> {
+    const mark = this.abortEpoch;
+    await wait;
+    if (this.abortedSince(itn, mark)) {
+      this.gate.exitShared();
+      throw new TaskAbortedError();
+    }
+  }
+
+  /** Enter the gate exclusive for a task of `itn`; refused like `waitShared`. */
+  async enterExclusive(itn: string): Promise<void> {
+    const mark = this.abortEpoch;
+    await this.gate.enterExclusive();
+    if (this.abortedSince(itn, mark)) {
+      this.gate.exitExclusive();
+      throw new TaskAbortedError();
+    }
+  }
+
+  /** Run an EXTENDED COPY write into this LU for `itn`, tracked for `copyWritesSettled`. */
+  copyWrite(itn: string, write: Promise<void>): Promise<void> {
+    this.copyWrites.set(write, itn);
+    const done = () => void this.copyWrites.delete(write);
+    write.then(done, done);
+    return write;
+  }
+
+  /** Resolves once the EXTENDED COPY writes into this LU for these nexuses, in flight now, have settled. */
+  async copyWritesSettled(itns: readonly string[]): Promise<void> {
+    const waits: Promise<unknown>[] = [];
+    for (const [w, itn] of this.copyWrites) if (itns.includes(itn)) waits.push(w.catch(() => undefined));
+    await Promise.all(waits);
   }
 
   /** Writes refused: the volume is read-only or SWP is set. */

@@ -56,7 +56,7 @@ export interface ScsiRequest {
 }
 
 export interface ScsiResult {
-  /** SAM status byte (0 GOOD, 2 CHECK CONDITION, 8 BUSY, 0x18 RESERVATION CONFLICT, 0x28 TASK SET FULL). */
+  /** SAM status byte (0 GOOD, 2 CHECK CONDITION, 8 BUSY, 0x18 RESERVATION CONFLICT, 0x28 TASK SET FULL, 0x40 TASK ABORTED). */
   readonly status: number;
   /** Sense data (fixed or descriptor format) when status is CHECK CONDITION. */
   readonly sense?: Buffer;
@@ -101,6 +101,19 @@ export const enum TmfResponse {
   Rejected = 255,
 }
 
+/**
+ * What the SCSI layer asks of the transport that carries its I_T nexuses (the iSCSI server
+ * implements it): the SCSI layer decides which tasks end, only the transport holds them.
+ */
+export interface ScsiTransport {
+  /**
+   * Abort the tasks for `lun` of every I_T nexus `nexus` matches, as ABORT TASK SET does (no
+   * status is sent for them); resolves once those already executing have settled. Used by
+   * PREEMPT AND ABORT (SPC-4 §5.12.11.2.5), which completes only after this.
+   */
+  abortNexusTasks(lun: number, nexus: (n: Nexus) => boolean): Promise<void>;
+}
+
 /** One SCSI target device: its logical units and the task-management effects on them. */
 export interface ScsiTarget {
   /**
@@ -117,6 +130,11 @@ export interface ScsiTarget {
    * the target for CLEAR TASK SET, LU RESET and TARGET WARM RESET) before calling this.
    */
   taskManagement(fn: TmfFunction, lun: number, nexus: Nexus): TmfResponse;
+  /**
+   * The transport whose sessions carry this target's nexuses (set at each login; the last one
+   * wins). Without one, PREEMPT AND ABORT cannot abort the preempted nexuses' tasks in flight.
+   */
+  attachTransport(transport: ScsiTransport): void;
   /** A session of this nexus started (`reinstated`: it replaces an older session of the same ISID). */
   nexusStarted(nexus: Nexus, reinstated: boolean): void;
   /** The session ended (logout, drop, reinstatement); in-flight commands were aborted. */

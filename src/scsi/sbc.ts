@@ -84,7 +84,7 @@ export const write: Handler = async (lu, req, env) => {
   if (!data) return { status: Status.Good, dataOutLength: len };
   const fua = (!six && fuaBit(cdb)) || !lu.mode.wce;
   const wait = lu.gate.enterShared();
-  if (wait) await wait;
+  if (wait) await lu.waitShared(wait, env.itn(req.nexus));
   try {
     await lu.volume.write(lba * lu.blockSize, data, fua ? FUA : undefined);
   } finally {
@@ -96,10 +96,10 @@ export const write: Handler = async (lu, req, env) => {
 
 const FUA = Object.freeze({ fua: true });
 
-/** Write under the shared gate (used by the commands below). */
-async function gatedWrite(lu: LogicalUnit, offset: number, data: Buffer, fua: boolean): Promise<void> {
+/** Write under the shared gate for a task of `itn` (used by the commands below). */
+async function gatedWrite(lu: LogicalUnit, itn: string, offset: number, data: Buffer, fua: boolean): Promise<void> {
   const wait = lu.gate.enterShared();
-  if (wait) await wait;
+  if (wait) await lu.waitShared(wait, itn);
   try {
     await lu.volume.write(offset, data, fua ? FUA : undefined);
   } finally {
@@ -164,7 +164,7 @@ export const writeAndVerify: Handler = async (lu, req, env) => {
   const len = n << lu.blockShift;
   const data = deliveredBlocks(lu, req.dataOut, len);
   if (!data) return { status: Status.Good, dataOutLength: len };
-  await gatedWrite(lu, lba * lu.blockSize, data, true);
+  await gatedWrite(lu, env.itn(req.nexus), lba * lu.blockSize, data, true);
   env.counters.bytesWritten += data.length;
   return { status: Status.Good, dataOutLength: len };
 };
@@ -199,7 +199,7 @@ export const writeSame: Handler = async (lu, req, env) => {
   const offset = lba * lu.blockSize;
   const len = n * lu.blockSize;
   const wait = lu.gate.enterShared();
-  if (wait) await wait;
+  if (wait) await lu.waitShared(wait, env.itn(req.nexus));
   try {
     // UNMAP=1 deallocates; LBPRZ=1 makes the range read zeros (what libiscsi's WriteSame*.Unmap*
     // tests and LIO/tgt do, whatever the Data-Out block holds).
@@ -224,7 +224,7 @@ function zeroBlock(size: number): Buffer {
 
 
 /** UNMAP (SBC-3 §5.28): validate every descriptor first, then deallocate. */
-export const unmap: Handler = async (lu, req) => {
+export const unmap: Handler = async (lu, req, env) => {
   const cdb = req.cdb;
   if (!lu.volume.thin) throw invalidCdb(0);
   if (cdb[1] & 0x01) throw invalidCdb(1, 0); // ANCHOR
@@ -249,7 +249,7 @@ export const unmap: Handler = async (lu, req) => {
   if (lu.writeProtected) throw writeProtected();
   if (ranges.length === 0) return { status: Status.Good, dataOutLength: paramLen };
   const wait = lu.gate.enterShared();
-  if (wait) await wait;
+  if (wait) await lu.waitShared(wait, env.itn(req.nexus));
   try {
     for (let i = 0; i < ranges.length; i += 2) await lu.volume.unmap(ranges[i] * lu.blockSize, ranges[i + 1] * lu.blockSize);
   } finally {
@@ -323,7 +323,7 @@ export const compareAndWrite: Handler = async (lu, req, env) => {
   if (!data || data.length < 2 * len) throw invalidCdb(13);
   if (lu.writeProtected) throw writeProtected();
   const offset = lba * lu.blockSize;
-  await lu.gate.enterExclusive();
+  await lu.enterExclusive(env.itn(req.nexus));
   try {
     const medium = await lu.volume.read(offset, len);
     const d = firstDifference(medium, data.subarray(0, len));
@@ -349,7 +349,7 @@ export const orWrite: Handler = async (lu, req, env) => {
   const len = n << lu.blockShift;
   const data = needData(req.dataOut, len, 10);
   const offset = lba * lu.blockSize;
-  await lu.gate.enterExclusive();
+  await lu.enterExclusive(env.itn(req.nexus));
   try {
     const medium = await lu.volume.read(offset, len);
     for (let i = 0; i < len; i++) medium[i] |= data[i];

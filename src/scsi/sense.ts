@@ -29,6 +29,18 @@ export class SenseError extends Error {
   }
 }
 
+/**
+ * The task was aborted while it waited (its I_T nexus was preempted by PREEMPT AND ABORT):
+ * it ends with TASK ABORTED and never touches the medium. The iSCSI transport sends no
+ * status for such a task (TAS=0); the status is for transports that do.
+ */
+export class TaskAbortedError extends Error {
+  readonly code = 'SCSI_TASK_ABORTED';
+  constructor() {
+    super('task aborted: its I_T nexus was preempted (PREEMPT AND ABORT)');
+  }
+}
+
 /** INVALID FIELD IN CDB at `byte` (and `bit`). */
 export function invalidCdb(byte: number, bit?: number): SenseError {
   return new SenseError(SenseKey.IllegalRequest, Asc.InvalidFieldInCdb, { inCdb: true, byte, bit });
@@ -107,6 +119,7 @@ export function buildSense(
 export const GOOD: ScsiResult = Object.freeze({ status: Status.Good });
 export const RESERVATION_CONFLICT: ScsiResult = Object.freeze({ status: Status.ReservationConflict });
 export const CONDITION_MET: ScsiResult = Object.freeze({ status: Status.ConditionMet });
+export const TASK_ABORTED: ScsiResult = Object.freeze({ status: Status.TaskAborted });
 
 export function checkCondition(sense: Buffer, dataOutLength?: number): ScsiResult {
   return dataOutLength === undefined ? { status: Status.CheckCondition, sense } : { status: Status.CheckCondition, sense, dataOutLength };

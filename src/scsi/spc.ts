@@ -6,6 +6,7 @@
 import { Op, Status } from './constants';
 import type { Handler } from './env';
 import type { LogicalUnit } from './lu';
+import type { ScsiResult } from './port';
 import { type PrOutcome, decodePrOutParams, hasRegistrations, prIn, prOut } from './pr';
 import { PrStoreError } from './pr-store';
 import { Asc, SenseKey } from './constants';
@@ -74,14 +75,26 @@ export const persistentReserveIn: Handler = (lu, req) => {
 /**
  * PERSISTENT RESERVE OUT (SPC-4 §6.16). Serialised per LU; a changed state is written to the
  * store before the command completes, and only then becomes the LU's state.
+ *
+ * PREEMPT AND ABORT (SPC-4 §5.12.11.2.5): the preempted nexuses' tasks for this LU are aborted,
+ * as by ABORT TASK SET, before the command completes - otherwise a write of a fenced-off node
+ * already in flight could land, and be acknowledged, after the fencing node was told GOOD.
+ * Those still waiting for the write gate are refused at once (`LogicalUnit.nexusesAborted`);
+ * the transport aborts the rest and waits for those already at the volume, and so does this for
+ * an EXTENDED COPY issued at another target that writes here with their rights. That wait runs
+ * outside the PR OUT queue: a preempted nexus's own PR OUT queued behind this one must be
+ * able to finish (with RESERVATION CONFLICT) for its task to settle.
  */
 export const persistentReserveOut: Handler = (lu, req, env) => {
   const run = lu.prQueue.then(() => prOutLocked(lu, req.cdb, req.dataOut, env.itn(req.nexus), req.nexus.initiatorPortName, req.nexus.relativeTargetPortId));
   lu.prQueue = run.catch(() => undefined);
-  return run;
+  return run.then(async ({ result, aborted }) => {
+    if (aborted.length > 0) await Promise.all([env.abortNexusTasks(lu.lun, aborted), lu.copyWritesSettled(aborted)]);
+    return result;
+  });
 };
 
-async function prOutLocked(lu: LogicalUnit, cdb: Buffer, data: Buffer | undefined, itn: string, initiatorPortName: string, rtpi: number) {
+async function prOutLocked(lu: LogicalUnit, cdb: Buffer, data: Buffer | undefined, itn: string, initiatorPortName: string, rtpi: number): Promise<{ result: ScsiResult; aborted: readonly string[] }> {
   const sa = cdb[1] & 0x1f;
   const scope = cdb[2] >> 4;
   const type = cdb[2] & 0x0f;
@@ -89,7 +102,7 @@ async function prOutLocked(lu: LogicalUnit, cdb: Buffer, data: Buffer | undefine
   if (sa > 7) throw invalidCdb(1, 4);
   const params = decodePrOutParams(sa, paramLen, data);
   const outcome: PrOutcome = prOut(lu.pr, sa, scope, type, { itn, initiatorPortName, rtpi }, params);
-  if (outcome.conflict) return RESERVATION_CONFLICT;
+  if (outcome.conflict) return { result: RESERVATION_CONFLICT, aborted: NONE };
   if (outcome.changed) {
     try {
       await lu.prStore.save(outcome.next);
@@ -101,8 +114,12 @@ async function prOutLocked(lu: LogicalUnit, cdb: Buffer, data: Buffer | undefine
     lu.pr = outcome.next;
   }
   for (const [who, ascq] of outcome.uas) lu.ua.add(who, ascq);
-  return { status: Status.Good, dataOutLength: paramLen };
+  // In the same turn as the new state: no task of a preempted nexus gets through the gate after it.
+  if (outcome.aborted.length > 0) lu.nexusesAborted(outcome.aborted);
+  return { result: { status: Status.Good, dataOutLength: paramLen }, aborted: outcome.aborted };
 }
+
+const NONE: readonly string[] = Object.freeze([]);
 
 /** REPORT TARGET PORT GROUPS (SPC-4 §6.36): one group, one port, active/optimized. */
 export const reportTargetPortGroups: Handler = (_lu, req) => {

@@ -8,14 +8,15 @@ import { VolumeError, VolumeErrorCode } from '../volume/errors';
 import type { Volume } from '../volume/volume';
 import { Asc, Op, SENSE_KEY_NAMES, SenseKey, Status } from './constants';
 import { cdbLength } from './cdb';
-import type { TargetEnv } from './env';
+import type { CopyPeer, CopyTargetLu, TargetEnv } from './env';
 import { inquiry, standardInquiry } from './inquiry';
 import { type BlockLimits, LogicalUnit, type ProductInfo } from './lu';
-import { type Nexus, type ScsiRequest, type ScsiResult, type ScsiTarget, TmfFunction, TmfResponse } from './port';
+import { type Nexus, type ScsiRequest, type ScsiResult, type ScsiTarget, type ScsiTransport, TmfFunction, TmfResponse } from './port';
 import { Access, prConflict } from './pr';
-import { GOOD, RESERVATION_CONFLICT, SenseError, buildSense, invalidCdb } from './sense';
+import { GOOD, RESERVATION_CONFLICT, SenseError, TASK_ABORTED, TaskAbortedError, buildSense, invalidCdb } from './sense';
 import { reportLuns } from './spc';
 import { type CommandEntry, OPCODES, lookup } from './table';
+import { naaDesignator } from './vpd';
 
 export interface LogicalUnitConfig {
   lun: number;
@@ -38,8 +39,12 @@ export interface ScsiTargetOptions {
   revision?: string;
   /** Durable per-LU state (persistent reservations): one file per LU, replaced atomically. */
   stateDir: string;
-  /** Resolve another LU of the appliance by its NAA designator (16 bytes) for EXTENDED COPY. */
-  resolveByDesignator?: (naa: Buffer) => Volume | undefined;
+  /**
+   * The other target of the appliance holding an LU with this NAA designator (16 bytes), for
+   * EXTENDED COPY between targets. That target lends the LU only to an initiator port logged
+   * in to it, under that nexus's reservations (see `CopyPeer`).
+   */
+  copyPeerByDesignator?: (naa: Buffer) => CopyPeer | undefined;
   logger?: Logger;
   /** Called after every command with its name, SAM status and duration (latency histograms). */
   onCommandComplete?: (name: string, status: number, durationNs: bigint) => void;
@@ -59,7 +64,7 @@ export interface ScsiStats {
 }
 
 /** What the appliance holds of a target: the port iSCSI calls, plus statistics, capacity changes (a grown volume) and close. */
-export type ScsiTargetHandle = ScsiTarget & { stats(): ScsiStats; capacityChanged(): void; close(): Promise<void> };
+export type ScsiTargetHandle = ScsiTarget & CopyPeer & { stats(): ScsiStats; capacityChanged(): void; close(): Promise<void> };
 
 const MAX_TRANSFER_BYTES = 32 * 1024 * 1024;
 
@@ -88,7 +93,7 @@ const UNSUPPORTED_NAMES: string[] = Array.from({ length: 256 }, (_, i) => `UNSUP
 class Target implements ScsiTargetHandle, TargetEnv {
   readonly targetName: string;
   readonly luns = new Map<number, LogicalUnit>();
-  readonly resolveByDesignator?: (naa: Buffer) => Volume | undefined;
+  readonly copyPeerByDesignator?: (naa: Buffer) => CopyPeer | undefined;
   readonly counters = { bytesRead: 0, bytesWritten: 0 };
   private readonly commandCounts = new Map<string, number>();
   private readonly senseKeyCounts = new Array<number>(16).fill(0);
@@ -100,11 +105,12 @@ class Target implements ScsiTargetHandle, TargetEnv {
   private readonly product: ProductInfo;
   private readonly logger?: Logger;
   private readonly onComplete?: (name: string, status: number, durationNs: bigint) => void;
+  private transport?: ScsiTransport;
   private closed = false;
 
   constructor(opts: ScsiTargetOptions) {
     this.targetName = opts.targetName;
-    this.resolveByDesignator = opts.resolveByDesignator;
+    this.copyPeerByDesignator = opts.copyPeerByDesignator;
     this.logger = opts.logger;
     this.onComplete = opts.onCommandComplete;
     this.product = {
@@ -142,6 +148,42 @@ class Target implements ScsiTargetHandle, TargetEnv {
 
   hasLun(lun: number): boolean {
     return this.luns.has(lun);
+  }
+
+  attachTransport(transport: ScsiTransport): void {
+    this.transport = transport;
+  }
+
+  async abortNexusTasks(lun: number, itns: readonly string[]): Promise<void> {
+    if (!this.transport) {
+      this.logger?.warn({ lun, nexuses: itns }, 'PREEMPT AND ABORT without a transport: tasks in flight of the preempted nexuses are not aborted');
+      return;
+    }
+    const victims = new Set(itns);
+    await this.transport.abortNexusTasks(lun, (n) => victims.has(this.itn(n)));
+  }
+
+  /**
+   * EXTENDED COPY issued at another target of the appliance names an LU of this one. Lent only
+   * to an initiator port with a session here now: it logged in to this target, so passed its
+   * initiator ACL and CHAP - the rule LIO adopted for CVE-2020-28374 (only LUs the issuing
+   * initiator may reach). The copy then runs under that I_T nexus's reservations and unit
+   * attentions here. In this product every target has one port, so that nexus differs from
+   * the issuing one only by its target.
+   */
+  copyTargetFor(naa: Buffer, initiatorPortName: string): CopyTargetLu | undefined {
+    if (this.closed) return undefined;
+    const prefix = `${initiatorPortName}|`;
+    let itn: string | undefined;
+    for (const k of this.sessions.keys()) {
+      if (k.startsWith(prefix)) {
+        itn = k;
+        break;
+      }
+    }
+    if (itn === undefined) return undefined;
+    for (const lu of this.luns.values()) if (naaDesignator(lu.volume).equals(naa)) return { lu, itn };
+    return undefined;
   }
 
   async execute(req: ScsiRequest): Promise<ScsiResult> {
@@ -233,6 +275,7 @@ class Target implements ScsiTargetHandle, TargetEnv {
   /** Any failure becomes CHECK CONDITION; the format follows D_SENSE of the LU. */
   private fail(lu: LogicalUnit | undefined, e: unknown, opcode?: number): ScsiResult {
     const dsense = lu?.mode.dsense ?? false;
+    if (e instanceof TaskAbortedError) return TASK_ABORTED;
     if (e instanceof SenseError) {
       return { status: Status.CheckCondition, sense: buildSense(dsense, e.key, e.ascq, e.field, e.information) };
     }

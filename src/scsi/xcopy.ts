@@ -2,14 +2,25 @@
  * EXTENDED COPY (LID1) and RECEIVE COPY RESULTS (SPC-4 §6.3, §6.18): block-to-block segment
  * descriptors (0x02) between identification target descriptors (0xE4) naming LUs by their NAA
  * designator. The copy runs synchronously; the status is kept for COPY STATUS.
+ *
+ * The copy manager reaches only LUs the issuing initiator port may reach itself (what LIO
+ * settled on after CVE-2020-28374, where any LU of the host could be read or overwritten): the
+ * LUs of the issuing target, and an LU of another target of the appliance only while the same
+ * initiator port has a session to that target (so it passed that target's ACL and CHAP). Every
+ * LU a segment uses is accessed as its own I_T nexus would access it: a pending unit attention,
+ * an SPC-2 reservation of another nexus, or a persistent reservation denying read (source) or
+ * write (destination) access refuses the copy; the destination's write protection (read-only
+ * volume or SWP) too; and writes take the destination LU's write gate, so COMPARE AND WRITE
+ * there stays atomic. Reservations are checked again for each chunk, so a copy stops when a
+ * reservation taken meanwhile (e.g. PREEMPT AND ABORT) shuts the nexus out.
  */
-import type { Volume } from '../volume/volume';
+import { Access, prConflict } from './pr';
 import { Asc, Designator, SaRcr, SenseKey, Status, XcopyDescr } from './constants';
 import { read64, read24 } from './cdb';
 import type { TargetEnv } from './env';
 import type { LogicalUnit } from './lu';
 import type { ScsiRequest, ScsiResult } from './port';
-import { GOOD, SenseError, illegal, invalidCdb, invalidParam, paramListLengthError } from './sense';
+import { GOOD, SenseError, illegal, invalidCdb, invalidParam, paramListLengthError, writeProtected } from './sense';
 import { naaDesignator } from './vpd';
 
 /** Operating parameters we report (RECEIVE COPY RESULTS / OPERATING PARAMETERS). */
@@ -31,12 +42,27 @@ function copyAborted(ascq: number): SenseError {
   return new SenseError(SenseKey.CopyAborted, ascq);
 }
 
+/** An LU a segment copies from or to, and the I_T nexus whose access rights apply there. */
 interface CopyTarget {
-  volume: Volume;
-  blockSize: number;
+  lu: LogicalUnit;
+  itn: string;
 }
 
-function resolveTarget(desc: Buffer, self: LogicalUnit, env: TargetEnv): CopyTarget | undefined {
+/**
+ * A copy target the issuing nexus may not use. Errors met while processing segment descriptors
+ * end the command with COPY ABORTED (SPC-2 §7.2.3, SPC-4 §6.3); an unavailable copy target is
+ * COPY TARGET DEVICE NOT REACHABLE, what LIO answers too.
+ */
+function unreachable(): SenseError {
+  return copyAborted(Asc.CopyTargetDeviceNotReachable);
+}
+
+/**
+ * The LU an identification descriptor names, among those the issuing initiator port may reach
+ * (see the file comment); undefined otherwise, which fails the segment that uses it with COPY
+ * TARGET DEVICE NOT REACHABLE, the same as for an LU that does not exist.
+ */
+function resolveTarget(desc: Buffer, req: ScsiRequest, env: TargetEnv): CopyTarget | undefined {
   // Identification descriptor (SPC-4 §6.3.6.2): bytes 4.. are a designation descriptor.
   const codeSet = desc[4] & 0x0f;
   const assoc = (desc[5] >> 4) & 0x03;
@@ -44,10 +70,20 @@ function resolveTarget(desc: Buffer, self: LogicalUnit, env: TargetEnv): CopyTar
   const len = desc[7];
   if (codeSet !== Designator.CodeSetBinary || type !== Designator.TypeNaa || assoc !== Designator.AssocLu || len !== 16) return undefined;
   const naa = desc.subarray(8, 24);
-  for (const lu of env.luns.values()) if (naaDesignator(lu.volume).equals(naa)) return { volume: lu.volume, blockSize: lu.blockSize };
-  if (naaDesignator(self.volume).equals(naa)) return { volume: self.volume, blockSize: self.blockSize };
-  const v = env.resolveByDesignator?.(Buffer.from(naa));
-  return v ? { volume: v, blockSize: v.blockSize } : undefined;
+  for (const lu of env.luns.values()) if (naaDesignator(lu.volume).equals(naa)) return { lu, itn: env.itn(req.nexus) };
+  return env.copyPeerByDesignator?.(Buffer.from(naa))?.copyTargetFor(Buffer.from(naa), req.nexus.initiatorPortName);
+}
+
+/**
+ * The checks a command of `access` from `t.itn` would meet at `t.lu` (target.ts dispatch and the
+ * write handlers), without taking its unit attention: that belongs to the session of that nexus.
+ */
+function checkAccess(t: CopyTarget, access: Access, withAttention: boolean): void {
+  const lu = t.lu;
+  if (withAttention && lu.ua.pending(t.itn)) throw unreachable();
+  if (lu.spc2.conflicts(t.itn)) throw unreachable();
+  if (lu.pr.reservation !== undefined && prConflict(lu.pr, t.itn, access)) throw unreachable();
+  if (access === Access.Write && lu.writeProtected) throw writeProtected();
 }
 
 /** EXTENDED COPY (LID1). */
@@ -85,10 +121,10 @@ export async function extendedCopy(lu: LogicalUnit, req: ScsiRequest, env: Targe
       targets.push(undefined);
       continue;
     }
-    const t = resolveTarget(d, lu, env);
+    const t = resolveTarget(d, req, env);
     if (t) {
       const bs = read24(d, 29);
-      if (bs !== t.blockSize) throw invalidParam(o + 29);
+      if (bs !== t.lu.blockSize) throw invalidParam(o + 29);
     }
     targets.push(t);
   }
@@ -127,25 +163,29 @@ export async function extendedCopy(lu: LogicalUnit, req: ScsiRequest, env: Targe
     for (const s of segs) {
       const src = s.src < targets.length ? targets[s.src] : undefined;
       const dst = s.dst < targets.length ? targets[s.dst] : undefined;
-      if (!src || !dst) throw copyAborted(Asc.CopyTargetDeviceNotReachable);
-      if (dst.volume.readOnly) throw new SenseError(SenseKey.DataProtect, Asc.WriteProtected);
-      const srcBlocks = Math.floor(src.volume.sizeBytes / src.blockSize);
-      const dstBlocks = Math.floor(dst.volume.sizeBytes / dst.blockSize);
-      if (s.srcLba + s.n > srcBlocks || s.dstLba + s.n > dstBlocks) throw copyAborted(Asc.NoAdditionalSense);
-      if (src.blockSize !== dst.blockSize) throw copyAborted(Asc.NoAdditionalSense);
+      if (!src || !dst) throw unreachable();
+      checkAccess(src, Access.Read, true);
+      checkAccess(dst, Access.Write, true);
+      // PREEMPT AND ABORT of the nexus at either LU from now on stops the copy (see copyWrite).
+      const srcMark = src.lu.abortMark;
+      const dstMark = dst.lu.abortMark;
+      const bs = src.lu.blockSize;
+      if (s.srcLba + s.n > src.lu.blocks || s.dstLba + s.n > dst.lu.blocks) throw copyAborted(Asc.NoAdditionalSense);
+      if (bs !== dst.lu.blockSize) throw copyAborted(Asc.NoAdditionalSense);
       for (let done = 0; done < s.n; ) {
         const chunk = Math.min(XCOPY_LIMITS.chunkBlocks, s.n - done);
-        const buf = await src.volume.read((s.srcLba + done) * src.blockSize, chunk * src.blockSize);
-        if (dst.volume === lu.volume) {
-          const wait = lu.gate.enterShared();
-          if (wait) await wait;
-          try {
-            await dst.volume.write((s.dstLba + done) * dst.blockSize, buf);
-          } finally {
-            lu.gate.exitShared();
-          }
-        } else {
-          await dst.volume.write((s.dstLba + done) * dst.blockSize, buf);
+        checkAccess(src, Access.Read, false);
+        if (src.lu.abortedSince(src.itn, srcMark)) throw unreachable();
+        const buf = await src.lu.volume.read((s.srcLba + done) * bs, chunk * bs);
+        const wait = dst.lu.gate.enterShared();
+        if (wait) await wait;
+        try {
+          // Again under the gate: the read, or the wait, may have taken a while.
+          checkAccess(dst, Access.Write, false);
+          if (dst.lu.abortedSince(dst.itn, dstMark)) throw unreachable();
+          await dst.lu.copyWrite(dst.itn, dst.lu.volume.write((s.dstLba + done) * bs, buf));
+        } finally {
+          dst.lu.gate.exitShared();
         }
         env.counters.bytesRead += buf.length;
         env.counters.bytesWritten += buf.length;

@@ -257,14 +257,18 @@ const NEXUSES: Nexus[] = [A, B, C];
 
 interface Rig {
   h: Harness;
+  /** Another target of the "appliance" (EXTENDED COPY between targets: A and B have sessions to it, C has none). */
+  other: Harness;
   logs: LogCapture;
   naa: Buffer[];
 }
 
 /** Close a rig and remove its state directory (persistent reservations). */
 async function dispose(r: Rig): Promise<void> {
-  await r.h.target.close();
-  rmSync(r.h.stateDir, { recursive: true, force: true });
+  for (const h of [r.h, r.other]) {
+    await h.target.close();
+    rmSync(h.stateDir, { recursive: true, force: true });
+  }
 }
 
 async function rig(): Promise<Rig> {
@@ -273,12 +277,13 @@ async function rig(): Promise<Rig> {
   const v0 = new MemoryVolume('vol0', SIZE);
   const v1 = new MemoryVolume('vol1', SIZE, true);
   const other = new MemoryVolume('other', SIZE);
+  const otherH = await harness({ volume: other, extra: { logger } });
   const h = await harness({
     volume: v0,
-    extra: { logger, luns: [{ lun: 0, volume: v0 }, { lun: 1, volume: v1 }], resolveByDesignator: (naa) => (naa.equals(naaDesignator(other)) ? other : undefined) },
+    extra: { logger, luns: [{ lun: 0, volume: v0 }, { lun: 1, volume: v1 }], copyPeerByDesignator: (naa) => (naa.equals(naaDesignator(other)) ? otherH.target : undefined) },
   });
   h.target.nexusStarted(C, false);
-  return { h, logs, naa: [naaDesignator(v0), naaDesignator(v1), naaDesignator(other), Buffer.alloc(16, 0xee)] };
+  return { h, other: otherH, logs, naa: [naaDesignator(v0), naaDesignator(v1), naaDesignator(other), Buffer.alloc(16, 0xee)] };
 }
 
 function materialize(i: Input, r: Rig): { cdb: Buffer; data?: Buffer; edtl: number } {
@@ -312,7 +317,7 @@ async function runOne(r: Rig, i: Input): Promise<ScsiResult> {
   return res;
 }
 
-const STATUSES = new Set([0x00, 0x02, 0x04, 0x08, 0x18, 0x28]);
+const STATUSES = new Set([0x00, 0x02, 0x04, 0x08, 0x18, 0x28, 0x40]);
 
 function check(r: ScsiResult, cdb: Buffer, logs: LogCapture): void {
   const errors = logs.errors();

@@ -229,3 +229,117 @@ test('RESERVE(6) conflicts while persistent registrations exist', async () => {
   await out(h, A, REG_IGNORE, 0, 0n, K1);
   assert.equal((await h.run([0x16, 0, 0, 0, 0, 0], { nexus: B })).status, 0x18);
 });
+
+// ---- PREEMPT AND ABORT (SPC-4 §5.12.11.2.5): the preempted nexuses' tasks are aborted ----------
+
+const PREEMPT_AND_ABORT = 5;
+
+/** A transport as the iSCSI server is one: records what PREEMPT AND ABORT asks it to abort. */
+function fakeTransport(h: Harness, settle: () => Promise<void> = () => Promise.resolve()) {
+  const calls: { lun: number; aborted: string[] }[] = [];
+  h.target.attachTransport({
+    abortNexusTasks: (lun, match) => {
+      calls.push({ lun, aborted: [A, B, OBS].filter(match).map((n) => n.initiatorName.split(':')[1]) });
+      return settle();
+    },
+  });
+  return calls;
+}
+
+/** A volume whose reads wait while `hold` is set (to keep COMPARE AND WRITE inside the write gate). */
+class HeldVolume extends MemoryVolume {
+  hold?: Promise<void>;
+  override async read(o: number, n: number): Promise<Buffer> {
+    if (this.hold) await this.hold;
+    return super.read(o, n);
+  }
+}
+
+function compareAndWrite(lba: number, verify: Buffer, write: Buffer): [Buffer, Buffer] {
+  const c = Buffer.alloc(16);
+  c[0] = 0x89;
+  c.writeBigUInt64BE(BigInt(lba), 2);
+  c[13] = 1;
+  return [c, Buffer.concat([verify, write])];
+}
+
+test('PREEMPT AND ABORT has the transport abort the preempted nexus\'s tasks for the LU, and completes only after', async () => {
+  let settled!: () => void;
+  const h = await harness();
+  const calls = fakeTransport(h, () => new Promise((r) => { settled = r; }));
+  await out(h, A, REGISTER, 0, 0n, K1);
+  await out(h, B, REGISTER, 0, 0n, K2);
+  await out(h, B, RESERVE, 1, K2, 0n);
+  let completed = false;
+  const pa = out(h, A, PREEMPT_AND_ABORT, 1, K1, K2).then((r) => { completed = true; return r; });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(calls, [{ lun: 0, aborted: ['host-b'] }]);
+  assert.equal(completed, false, 'PREEMPT AND ABORT completed before the preempted tasks were aborted');
+  settled();
+  assert.equal((await pa).status, 0);
+  assert.deepEqual(await readReservation(h), { key: K1, type: 1 });
+  // PREEMPT (without abort) leaves the tasks alone.
+  assert.equal(senseOf(await h.run([0, 0, 0, 0, 0, 0], { nexus: B })), '6/2a/05');
+  assert.equal((await out(h, B, REGISTER, 0, 0n, K2)).status, 0);
+  calls.length = 0;
+  assert.equal((await out(h, A, PREEMPT, 1, K1, K2)).status, 0);
+  assert.deepEqual(calls, []);
+});
+
+test('PREEMPT AND ABORT: a WRITE of the preempted nexus waiting for the write gate is refused and never lands', async () => {
+  for (const reserved of [true, false]) {
+    const vol = new HeldVolume('held', 1024 * 512);
+    const h = await harness({ volume: vol });
+    fakeTransport(h);
+    await out(h, A, REGISTER, 0, 0n, K1);
+    await out(h, B, REGISTER, 0, 0n, K2);
+    if (reserved) await out(h, B, RESERVE, 1, K2, 0n); // B: Write Exclusive
+    let release!: () => void;
+    vol.hold = new Promise((r) => { release = r; });
+    // OBS's COMPARE AND WRITE holds the gate exclusive; B's WRITE queues behind it.
+    const [cawCdb, cawData] = compareAndWrite(0, Buffer.alloc(512), Buffer.alloc(512, 0xca));
+    const caw = h.run(cawCdb, { nexus: reserved ? B : OBS, data: cawData });
+    await new Promise((r) => setImmediate(r));
+    const write = h.run(cdb10(0x2a, 7, 1), { nexus: B, data: Buffer.alloc(512, 0xbb) });
+    await new Promise((r) => setImmediate(r));
+    assert.equal((await out(h, A, PREEMPT_AND_ABORT, 1, K1, K2)).status, 0);
+    vol.hold = undefined;
+    release();
+    const w = await write;
+    assert.equal(w.status, 0x40, `the preempted nexus's WRITE completed with status 0x${w.status.toString(16)} (reservation: ${reserved})`);
+    assert.ok((await vol.read(7 * 512, 512)).equals(Buffer.alloc(512)), 'the preempted nexus\'s WRITE landed after PREEMPT AND ABORT');
+    // The COMPARE AND WRITE already inside the gate finished; the preempted nexus learns of it next.
+    assert.equal((await caw).status, 0);
+    assert.equal(senseOf(await h.run(cdb10(0x28, 0, 1), { nexus: B })), '6/2a/05');
+    // Other nexuses' writes waiting alike are not refused.
+    vol.hold = new Promise((r) => { release = r; });
+    const caw2 = h.run(...spread(compareAndWrite(1, Buffer.alloc(512), Buffer.alloc(512, 0xcb)), A));
+    await new Promise((r) => setImmediate(r));
+    const mine = h.run(cdb10(0x2a, 8, 1), { nexus: A, data: Buffer.alloc(512, 0xaa) });
+    await new Promise((r) => setImmediate(r));
+    vol.hold = undefined;
+    release();
+    assert.equal((await caw2).status, 0);
+    assert.equal((await mine).status, 0);
+  }
+});
+
+function spread([cdb, data]: [Buffer, Buffer], nexus: typeof A): [Buffer, { data: Buffer; nexus: typeof A }] {
+  return [cdb, { data, nexus }];
+}
+
+test('PREEMPT AND ABORT does not wait on a PR OUT of the preempted nexus queued behind it', async () => {
+  const h = await harness();
+  // As the iSCSI layer does: abort means waiting for the preempted nexus's executing tasks.
+  let victimTask: Promise<unknown> = Promise.resolve();
+  fakeTransport(h, () => victimTask.then(() => undefined));
+  await out(h, A, REGISTER, 0, 0n, K1);
+  await out(h, B, REGISTER, 0, 0n, K2);
+  const pa = out(h, A, PREEMPT_AND_ABORT, 1, K1, K2);
+  victimTask = out(h, B, RESERVE, 1, K2, 0n); // queued behind the PREEMPT AND ABORT
+  const timeout = new Promise<string>((r) => setTimeout(() => r('timed out'), 2000).unref());
+  const r = await Promise.race([pa, timeout]);
+  assert.notEqual(r, 'timed out', 'PREEMPT AND ABORT and the preempted nexus\'s PR OUT wait on each other');
+  assert.equal((r as Awaited<typeof pa>).status, 0);
+  assert.equal(((await victimTask) as Awaited<typeof pa>).status, 0x18);
+});
