@@ -55,21 +55,32 @@ export class ImageTracker {
   }
 }
 
+/**
+ * A write appended to the journal and not yet in its image (waiting for its record, for the
+ * overlapping writes before it, or for its image write). Registered at append, before any await:
+ * a later overlapping write must see it even while it still waits for an earlier one, or the
+ * later write could reach the image first (C, then A over C, then B over A only: B would not
+ * wait for A). Nothing is allocated for whoever waits until someone does.
+ */
 interface Inflight {
   start: number;
   end: number;
-  /** The image write (may reject: whoever waits on it uses settled()). */
-  write: Promise<void>;
+  /** Resolves once the write is in its image or failed; made only when a later write (or close) waits. */
+  landed?: Promise<void>;
+  wake?: () => void;
 }
 
-const settled = (w: Inflight): Promise<unknown> => w.write.catch(() => undefined);
+/** Resolves when the write has landed (or failed): never rejects. */
+function landed(w: Inflight): Promise<void> {
+  return (w.landed ??= new Promise<void>((resolve) => (w.wake = resolve)));
+}
 
 export class JournaledVolume implements Volume {
   readonly name: string;
   readonly blockSize: number;
   readonly uuid: Buffer;
   readonly thin: boolean;
-  /** Image writes under way, in no order (removal swaps the last entry in). */
+  /** Writes appended and not yet in their image, in no order (removal swaps the last entry in). */
   private inflight: Inflight[] = [];
   /** Sequence number of the last record appended for this volume. */
   lastSeq = 0;
@@ -128,25 +139,26 @@ export class JournaledVolume implements Volume {
     if (seq === 0) return done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
     this.lastSeq = seq;
     this.tracker.begin(seq);
+    // Synchronously with the append, so that inflight holds exactly the writes appended before
+    // this one: the overlapping ones are waited for, and later ones see this one (see Inflight).
+    // The common case, nothing overlapping, allocates nothing more than the entry.
+    const end = offset + length;
+    let before: Promise<void>[] | undefined;
+    for (const w of this.inflight) if (w.start < end && offset < w.end) (before ??= []).push(landed(w));
+    const entry: Inflight = { start: offset, end };
+    this.inflight.push(entry);
     try {
       await done;
-      // Overlapping writes still in flight were appended earlier: let them land first.
-      const end = offset + length;
-      let before: Promise<unknown>[] | undefined;
-      for (const w of this.inflight) if (w.start < end && offset < w.end) (before ??= []).push(settled(w));
-      if (before) await Promise.all(before);
-      const entry: Inflight = { start: offset, end, write: applyToImage() };
-      this.inflight.push(entry);
-      try {
-        await entry.write;
-      } finally {
-        const i = this.inflight.indexOf(entry);
-        const last = this.inflight.pop()!;
-        if (last !== entry) this.inflight[i] = last;
-      }
+      if (before) await (before.length === 1 ? before[0] : Promise.all(before));
+      await applyToImage();
     } catch (e) {
       throw asVolumeError(e);
     } finally {
+      // Also when the append failed: the writes waiting on this one go on.
+      const i = this.inflight.indexOf(entry);
+      const last = this.inflight.pop()!;
+      if (last !== entry) this.inflight[i] = last;
+      entry.wake?.();
       this.tracker.end(seq);
     }
     const delay = this.ackDelay?.() ?? 0;
@@ -172,7 +184,7 @@ export class JournaledVolume implements Volume {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.inflight.map(settled));
+    await Promise.all(this.inflight.map(landed));
     await this.image.flush();
     await this.image.close();
   }

@@ -1,6 +1,7 @@
 /**
  * The image tracker's safe sequence; a journaled write waits for the overlapping image writes
- * before it (and only those). applyInOrder, the replica's apply: whatever mix of back-to-back writes (combined into one
+ * before it (and only those), also through a write that is itself waiting, so that overlapping
+ * writes reach the image in journal order. applyInOrder, the replica's apply: whatever mix of back-to-back writes (combined into one
  * pwritev), overlapping writes, WRITE SAME and UNMAP a segment holds, the image ends exactly as
  * if each record had been applied alone, in order (checked against a plain in-memory model).
  */
@@ -149,6 +150,139 @@ test('a journaled write waits for the overlapping image writes appended before i
     finish.get('4096+4096')!();
     await b;
     assert.deepEqual(started, ['0+8192', '65536+4096', '4096+4096']);
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+});
+
+/** An image whose writes, WRITE SAMEs and UNMAPs complete only when the test says so, recording when each started. */
+function heldImage(): { image: FileVolume; started: string[]; finish: (what: string) => void; until: (cond: () => boolean) => Promise<void> } {
+  const started: string[] = [];
+  const held = new Map<string, () => void>();
+  const hold = (what: string): Promise<void> => {
+    started.push(what);
+    return new Promise<void>((resolve) => held.set(what, resolve));
+  };
+  const image = {
+    name: 'v', blockSize: 512, sizeBytes: 1 << 20, uuid: Buffer.alloc(16), thin: false, readOnly: false,
+    writeCombined: (offset: number, data: Buffer) => hold(`write ${offset}+${data.length}`),
+    writeSame: (offset: number, length: number) => hold(`writeSame ${offset}+${length}`),
+    unmap: (offset: number, length: number) => hold(`unmap ${offset}+${length}`),
+  } as unknown as FileVolume;
+  const finish = (what: string) => {
+    const f = held.get(what);
+    assert.ok(f, `${what} has not started (started: ${started.join(', ')})`);
+    f();
+  };
+  const until = async (cond: () => boolean) => {
+    for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
+    assert.ok(cond(), `image writes started: ${started.join(', ')}`);
+  };
+  return { image, started, finish, until };
+}
+
+test('overlapping writes reach the image in journal order through a write that itself waits (UNMAP, then WRITE SAME over it, then a write over that alone)', async () => {
+  const dir = tempDir();
+  const journal = await Journal.open({ dir });
+  try {
+    await journal.registerVolume('v');
+    const { image, started, finish, until } = heldImage();
+    const vol = new JournaledVolume(image, journal, new ImageTracker());
+    const c = vol.unmap(0, 8192); // [0,8K)
+    const a = vol.writeSame(4096, 8192, Buffer.alloc(512, 0xaa)); // [4K,12K): overlaps c, waits for it
+    const b = vol.write(8192, Buffer.alloc(4096, 0xbb)); // [8K,12K): overlaps a only, must still wait for a
+    await until(() => started.length > 0);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(started, ['unmap 0+8192'], 'b waits for a although a is itself still waiting');
+    finish('unmap 0+8192');
+    await c;
+    await until(() => started.length > 1);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(started, ['unmap 0+8192', 'writeSame 4096+8192']);
+    finish('writeSame 4096+8192');
+    await a;
+    await until(() => started.length > 2);
+    finish('write 8192+4096');
+    await b;
+    assert.deepEqual(started, ['unmap 0+8192', 'writeSame 4096+8192', 'write 8192+4096']);
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+});
+
+test('two writes waiting for the same earlier write reach the image in journal order, not together', async () => {
+  const dir = tempDir();
+  const journal = await Journal.open({ dir });
+  try {
+    await journal.registerVolume('v');
+    const { image, started, finish, until } = heldImage();
+    const vol = new JournaledVolume(image, journal, new ImageTracker());
+    const c = vol.writeSame(0, 16384, Buffer.alloc(512, 1));
+    const a = vol.unmap(0, 4096);
+    const b = vol.write(0, Buffer.alloc(4096, 2));
+    await until(() => started.length > 0);
+    finish('writeSame 0+16384');
+    await c;
+    await until(() => started.length > 1);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(started, ['writeSame 0+16384', 'unmap 0+4096'], 'b waits for a as well as for c');
+    finish('unmap 0+4096');
+    await a;
+    await until(() => started.length > 2);
+    finish('write 0+4096');
+    await b;
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+});
+
+test('a write whose append failed does not hold up the overlapping writes after it', async () => {
+  const dir = tempDir();
+  const journal = await Journal.open({ dir });
+  try {
+    await journal.registerVolume('v');
+    const { image, started, finish, until } = heldImage();
+    const vol = new JournaledVolume(image, journal, new ImageTracker());
+    const real = journal.append.bind(journal);
+    let failNext = true;
+    journal.append = (...args: Parameters<Journal['append']>) => {
+      const r = real(...args);
+      if (!failNext) return r;
+      failNext = false;
+      return { seq: r.seq, done: r.done.then(() => Promise.reject(new Error('append failed (test)'))) };
+    };
+    const a = vol.write(0, Buffer.alloc(4096, 1));
+    const b = vol.write(0, Buffer.alloc(4096, 2));
+    await assert.rejects(a, /append failed/);
+    await until(() => started.length > 0);
+    finish('write 0+4096');
+    await b;
+    assert.deepEqual(started, ['write 0+4096']);
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+});
+
+test('overlapping writes through a waiting write leave the image as the journal orders them (real image: UNMAP, WRITE SAME, write)', async () => {
+  const dir = tempDir();
+  const journal = await Journal.open({ dir: `${dir}/journal` });
+  try {
+    await journal.registerVolume('v');
+    const image = await FileVolume.open({ dir, name: 'v', sizeBytes: 1 << 20, blockSize: 512 });
+    const vol = new JournaledVolume(image, journal, new ImageTracker());
+    await vol.write(0, Buffer.alloc(16384, 0x11));
+    // UNMAP and WRITE SAME run on the thread pool; the plain write goes inline, so without the
+    // ordering it lands before the WRITE SAME it overlaps, which then overwrites it.
+    await Promise.all([vol.unmap(0, 8192), vol.writeSame(4096, 8192, Buffer.alloc(512, 0xaa)), vol.write(8192, Buffer.alloc(4096, 0xbb))]);
+    const got = await image.read(0, 12288);
+    assert.ok(got.subarray(0, 4096).every((x) => x === 0), 'unmapped');
+    assert.ok(got.subarray(4096, 8192).every((x) => x === 0xaa), 'WRITE SAME after the UNMAP');
+    assert.ok(got.subarray(8192).every((x) => x === 0xbb), `the last write, last: 0x${got[8192].toString(16)}`);
+    await vol.close();
   } finally {
     await journal.close();
     removeDir(dir);
