@@ -148,6 +148,12 @@ export class Appliance {
   /** Named points of the history (offsite bookmark): taken here as a primary, kept from the primary as a replica. */
   private bookmarks?: Bookmarks;
   private keeper?: JournalKeeper;
+  /**
+   * Recovery left records of a volume not served writable out of its image (RecoveryReport.unappliedFromSeq):
+   * the journal keeps them until a start that serves it. Fixed for the process's life (a volume
+   * neither served nor removed cannot be added or removed at run time).
+   */
+  private keepFrom?: number;
   private readonly tracker = new ImageTracker();
   private iscsi?: IscsiServer;
   private identity?: DataDirIdentity;
@@ -232,7 +238,8 @@ export class Appliance {
       for (const name of images.keys()) await journal.registerVolume(name);
       await this.cutPartialCoalesced(journal);
       const writable = new Map([...images].filter(([, img]) => !img.readOnly));
-      const report = await recoverImages(journal, writable, logger);
+      const report = await recoverImages(journal, writable, logger, new Set(this.removed.map((r) => r.name)));
+      this.keepFrom = report.unappliedFromSeq;
       if (report.records > 0) {
         logger.warn({ ...report }, 'unclean stop detected: journal tail replayed onto the images');
       }
@@ -252,7 +259,7 @@ export class Appliance {
     }
     if (this.journal) {
       const journal = this.journal;
-      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true, sizeOf: (name) => this.sizeOfUnserved(name) });
+      this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true, sizeOf: (name) => this.sizeOfUnserved(name), keepFrom: this.keepFrom });
       const to = config.replication.replicateTo;
       if (to) {
         const configured = config.replication.maxBandwidthBytesPerSec;
@@ -550,7 +557,8 @@ export class Appliance {
     if (staged && !staged.committing) {
       logger.info({ heldSeq: staged.heldSeq, storedThrough: journal.headSeq() }, 'a delta sync is staged: the volumes stay at their consistent point until it completes');
     } else {
-      const report = await recoverImages(journal, images, logger);
+      const report = await recoverImages(journal, images, logger, new Set(this.removed.map((r) => r.name)));
+      this.keepFrom = report.unappliedFromSeq;
       if (report.records > 0) logger.warn({ ...report }, 'unclean stop detected: stored records replayed onto the replica volumes');
     }
     const store = (this.replicaStore = await ReplicaStore.open({
@@ -569,7 +577,7 @@ export class Appliance {
     for (const r of this.removed) if (!volumes.has(r.name)) store.retired.add(r.name);
     // Records stay until a primary's lineage has been checked: a demoted primary's last writes
     // may be split-off writes that must be saved aside, not trimmed.
-    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked, sizeOf: (name) => this.sizeOfUnserved(name) });
+    this.keeper = new JournalKeeper(journal, () => store.appliedSeq(), () => volumes.values(), logger.child({ layer: 'journal' }), { canTrim: () => store.primaryChecked, sizeOf: (name) => this.sizeOfUnserved(name), keepFrom: this.keepFrom });
     const history = journal.keepsHistory;
     // The journal restarted at the point a cut-short promotion took the volumes back to.
     // So did a reset that a crash kept from its rebase (a promotion's, a sync's).

@@ -240,40 +240,72 @@ export interface RecoveryReport {
   toSeq: number;
   records: number;
   bytes: number;
+  /**
+   * The first record not applied, of a volume neither given nor removed (left out of the
+   * configuration, or configured read-only): the checkpoint stays before it, and the journal
+   * must keep it and everything after it (KeeperOptions.keepFrom) until a start that serves the
+   * volume replays them. Undefined when every record reached its image.
+   */
+  unappliedFromSeq?: number;
+  /** The volumes whose records were not applied (as above). */
+  unappliedVolumes?: string[];
 }
 
 /**
  * After a crash: replay every record past the checkpoint onto its image (idempotent), fsync,
- * and move the checkpoint to the head.
+ * and move the checkpoint to the head, or to just before the first record left unapplied.
+ * Records of a volume not in `images` are skipped; unless the volume was removed (`removed`:
+ * its records all reached its image before it was set aside), they are not in its image, and
+ * a checkpoint past them would let the keeper trim them: the volume, served again, would miss
+ * acknowledged writes. Held there, the next start's recovery replays them.
  */
-export async function recoverImages(journal: Journal, images: ReadonlyMap<string, FileVolume>, logger?: Logger): Promise<RecoveryReport> {
+export async function recoverImages(journal: Journal, images: ReadonlyMap<string, FileVolume>, logger?: Logger, removed: ReadonlySet<string> = new Set()): Promise<RecoveryReport> {
   // Records trimmed while only in the images' page cache are past the checkpoint, not in the
   // journal: a crash of the process left them in the images.
   const from = Math.max(journal.checkpointSeq(), journal.oldestSeq() - 1);
   const to = journal.headSeq();
-  const { records, bytes } = await replayOnto(journal, images, from, to, logger);
-  await journal.checkpoint(to);
-  return { fromSeq: from + 1, toSeq: to, records, bytes };
+  const { records, bytes, skipped } = await replayOnto(journal, images, from, to, logger);
+  let unappliedFromSeq: number | undefined;
+  const unappliedVolumes: string[] = [];
+  for (const [volume, s] of skipped) {
+    if (removed.has(volume)) continue;
+    unappliedVolumes.push(volume);
+    if (unappliedFromSeq === undefined || s.firstSeq < unappliedFromSeq) unappliedFromSeq = s.firstSeq;
+  }
+  await journal.checkpoint(unappliedFromSeq === undefined ? to : unappliedFromSeq - 1);
+  if (unappliedFromSeq !== undefined) {
+    logger?.warn(
+      { volumes: unappliedVolumes, unappliedFromSeq },
+      'journal records of volumes not served writable are not in their images: the journal keeps them (and every record after them) until a start that serves those volumes writable applies them; it cannot be trimmed meanwhile',
+    );
+  }
+  return { fromSeq: from + 1, toSeq: to, records, bytes, unappliedFromSeq, unappliedVolumes: unappliedFromSeq === undefined ? undefined : unappliedVolumes };
 }
 
-/** Apply the journal's records in (afterSeq, toSeq] onto their images (idempotent), then flush the images. */
-export async function replayOnto(journal: Journal, images: ReadonlyMap<string, FileVolume>, afterSeq: number, toSeq: number, logger?: Logger): Promise<{ records: number; bytes: number }> {
+/**
+ * Apply the journal's records in (afterSeq, toSeq] onto their images (idempotent), then flush
+ * the images. Records of volumes not in `images` are skipped: `skipped` counts them per volume,
+ * with the first one's sequence.
+ */
+export async function replayOnto(journal: Journal, images: ReadonlyMap<string, FileVolume>, afterSeq: number, toSeq: number, logger?: Logger): Promise<{ records: number; bytes: number; skipped: Map<string, { records: number; firstSeq: number }> }> {
   let records = 0;
   let bytes = 0;
-  const skipped = new Map<string, number>();
+  const skipped = new Map<string, { records: number; firstSeq: number }>();
   for await (const rec of journal.records(afterSeq, toSeq)) {
     const img = images.get(rec.volume);
     if (!img) {
-      skipped.set(rec.volume, (skipped.get(rec.volume) ?? 0) + 1);
+      const s = skipped.get(rec.volume);
+      if (s) s.records++;
+      else skipped.set(rec.volume, { records: 1, firstSeq: rec.seq });
       continue;
     }
     await applyToVolume(img, rec);
     records++;
     bytes += rec.lengthBytes;
   }
-  for (const [volume, n] of skipped) logger?.warn({ volume, records: n }, 'journal records for a volume that is not served (removed, or left out of the configuration): kept, not applied');
+  for (const [volume, s] of skipped) logger?.warn({ volume, records: s.records, firstSeq: s.firstSeq }, 'journal records for a volume that is not served (removed, or left out of the configuration): kept, not applied');
   for (const img of images.values()) await img.flush();
-  return { records, bytes };
+  return { records, bytes, skipped };
 }
 
 /** What the keeper needs of a volume: its name, size and image. */
@@ -300,6 +332,12 @@ export interface KeeperOptions {
    * its records are folded into its history base like any other's when they leave the window.
    */
   sizeOf?: (volume: string) => Promise<number | undefined>;
+  /**
+   * Records from this sequence on are not all in their images (RecoveryReport.unappliedFromSeq:
+   * a volume not served writable): never checkpointed, trimmed or folded past, whatever the
+   * images of the served volumes hold.
+   */
+  keepFrom?: number;
 }
 
 /**
@@ -340,7 +378,7 @@ export class JournalKeeper {
 
   private async run(final: boolean): Promise<void> {
     await this.journal.checkSpace();
-    const safe = this.safeSeq();
+    const safe = this.opts.keepFrom === undefined ? this.safeSeq() : Math.min(this.safeSeq(), this.opts.keepFrom - 1);
     if (this.opts.trimUnsynced) this.journal.inImages(safe);
     if (this.checkpointDue(safe, final)) {
       this.lastCheckpointMs = Date.now();

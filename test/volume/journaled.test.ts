@@ -6,11 +6,12 @@
  * if each record had been applied alone, in order (checked against a plain in-memory model).
  */
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import test from 'node:test';
 import fc from 'fast-check';
 import { Journal, type JournalRecord } from '../../src/journal/wal';
 import { FileVolume } from '../../src/volume/file-volume';
-import { applyInOrder, ImageTracker, JournaledVolume, JournalKeeper } from '../../src/volume/journaled';
+import { applyInOrder, ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../../src/volume/journaled';
 import { removeDir, tempDir } from '../helpers/appliance';
 
 const BLOCK = 512;
@@ -314,6 +315,66 @@ test('the keeper of a primary trims what the images hold without fsyncing them, 
       assert.equal(journal.checkpointSeq(), 5, 'the last upkeep checkpoints everything');
       await journal.close();
     }
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('recovery leaves out a volume not served (left out of the configuration, or read-only): its records stay in the journal, through the keeper’s upkeep and history folds, until a start that serves it replays them', async () => {
+  const BS = 4096;
+  const dir = tempDir();
+  const jdir = path.join(dir, 'journal');
+  const vdir = path.join(dir, 'volumes');
+  try {
+    for (const name of ['v1', 'v2', 'gone']) await (await FileVolume.open({ dir: vdir, name, sizeBytes: 16 * BS, blockSize: 512 })).close();
+    // Life 1: writes to every volume are journaled (acknowledged), then a crash before any image
+    // had them (the images were never written). 'gone' is removed after: its records don't count.
+    let j = await Journal.open({ dir: jdir, retainMs: 1 });
+    for (const name of ['v1', 'gone', 'v2']) await j.registerVolume(name);
+    await j.append('v1', 'write', 0, BS, Buffer.alloc(BS, 0x11)).done;
+    await j.append('gone', 'write', 0, BS, Buffer.alloc(BS, 0x33)).done;
+    await j.append('v2', 'write', 0, BS, Buffer.alloc(BS, 0x22)).done;
+    await j.append('v1', 'write', BS, BS, Buffer.alloc(BS, 0x12)).done;
+    await j.close();
+
+    // Life 2: only v1 served writable.
+    j = await Journal.open({ dir: jdir, retainMs: 1 });
+    const v1 = await FileVolume.open({ dir: vdir, name: 'v1' });
+    const rep = await recoverImages(j, new Map([['v1', v1]]), undefined, new Set(['gone']));
+    assert.equal(rep.records, 2);
+    assert.equal(rep.unappliedFromSeq, 3, "v2's record 3 is the first not in its image");
+    assert.deepEqual(rep.unappliedVolumes, ['v2']);
+    assert.equal(j.checkpointSeq(), 2, 'the checkpoint stays before it');
+    const sizes = new Map([['v1', 16 * BS], ['v2', 16 * BS], ['gone', 16 * BS]]);
+    const keeper = new JournalKeeper(j, () => j.headSeq(), () => [{ name: 'v1', sizeBytes: v1.sizeBytes, image: v1 }], undefined, {
+      intervalMs: 3_600_000,
+      trimUnsynced: true,
+      sizeOf: async (name) => sizes.get(name),
+      keepFrom: rep.unappliedFromSeq,
+    });
+    await j.append('v1', 'write', 2 * BS, BS, Buffer.alloc(BS, 0x13)).done; // 5, in no image: the keeper is told the head is
+    await v1.write(2 * BS, Buffer.alloc(BS, 0x13));
+    await new Promise((r) => setTimeout(r, 10)); // past the history window
+    await keeper.tick();
+    await keeper.stop();
+    assert.equal(j.oldestSeq(), 3, 'records 1-2 folded and trimmed, none after');
+    assert.equal(j.checkpointSeq(), 2);
+    await v1.close();
+    await j.close();
+
+    // Life 3: v2 served again: its acknowledged write is replayed.
+    j = await Journal.open({ dir: jdir, retainMs: 1 });
+    const images = new Map<string, FileVolume>();
+    for (const name of ['v1', 'v2']) images.set(name, await FileVolume.open({ dir: vdir, name }));
+    const rep3 = await recoverImages(j, images, undefined, new Set(['gone']));
+    assert.equal(rep3.fromSeq, 3);
+    assert.equal(rep3.unappliedFromSeq, undefined);
+    assert.equal(j.checkpointSeq(), 5);
+    assert.equal((await images.get('v2')!.read(0, BS))[0], 0x22, "v2's acknowledged write is in its image");
+    const v1got = await images.get('v1')!.read(0, 3 * BS);
+    assert.deepEqual([v1got[0], v1got[BS], v1got[2 * BS]], [0x11, 0x12, 0x13]);
+    for (const img of images.values()) await img.close();
+    await j.close();
   } finally {
     removeDir(dir);
   }
