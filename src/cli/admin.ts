@@ -90,7 +90,7 @@ function historyText(h: HistoryView): string {
     `${h.role}: retained sequences ${w.fromSeq}..${w.toSeq}${w.fromTime ? ` (${w.fromTime} .. ${w.toTime ?? '?'})` : ''}${h.base ? `; from the base: state after sequence ${h.base.seq}${h.base.time ? ` (${h.base.time})` : ''}` : ''}`,
   ];
   if (!h.buckets.length) {
-    lines.push(w.fromSeq === w.toSeq ? 'no history retained: only the latest state (configure --journal-retain to keep some)' : 'no records retained');
+    lines.push(w.fromSeq !== w.toSeq ? 'no records retained' : h.base ? 'no records retained: every one was folded into the base (none written within --journal-retain); only the latest state' : 'no history retained: only the latest state (configure --journal-retain to keep some)');
     return lines.join('\n') + '\n';
   }
   const sorted = h.buckets.map((b) => b.bytes).sort((a, b) => a - b);

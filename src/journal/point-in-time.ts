@@ -29,7 +29,11 @@ export interface ReconstructReport {
 export function describeWindow(journal: Journal): string {
   const w = journal.window();
   const t = (ms?: number) => (ms ? new Date(ms).toISOString() : '?');
-  if (w.fromSeq === w.toSeq) return `only the latest state is retained (sequence ${w.toSeq}, ${t(w.toTimeMs)}); configure --journal-retain to keep history`;
+  if (w.fromSeq === w.toSeq) {
+    // History on, every record folded (none written within the window): the base is the latest state.
+    if (journal.keepsHistory && journal.baseInfo()) return `only the latest state is retained (sequence ${w.toSeq}, ${t(w.toTimeMs)}): every record was folded into the base, none was written within --journal-retain`;
+    return `only the latest state is retained (sequence ${w.toSeq}, ${t(w.toTimeMs)}); configure --journal-retain to keep history`;
+  }
   return `sequences ${w.fromSeq}..${w.toSeq} (${t(w.fromTimeMs)} .. ${t(w.toTimeMs)})`;
 }
 

@@ -1510,12 +1510,17 @@ export class Journal {
     return path.join(this.opts.dir, 'base', `${volume}.img`);
   }
 
-  /** Retained window for replay: from the base (or only the latest state) to the head. */
+  /**
+   * Retained window for replay: from the base (or only the latest state) to the head. Once every
+   * record is folded (an idle volume with history on) the head is the base: its time is the
+   * base's, not unknown (which refused every --time).
+   */
   window(): { fromSeq: number; toSeq: number; fromTimeMs?: number; toTimeMs?: number } {
     const base = this.baseInfo();
-    const toTimeMs = this.head ? this.timeOf(this.head) : undefined;
+    let toTimeMs = this.head ? this.timeOf(this.head) : undefined;
+    if (toTimeMs === undefined && base && base.seq === this.head && base.timeMs) toTimeMs = base.timeMs;
     if (!base) return { fromSeq: this.head, toSeq: this.head, fromTimeMs: toTimeMs, toTimeMs };
-    return { fromSeq: base.seq, toSeq: this.head, fromTimeMs: base.seq === 0 ? this.timeOf(this.oldest) : base.timeMs, toTimeMs };
+    return { fromSeq: base.seq, toSeq: this.head, fromTimeMs: base.seq === 0 ? (this.timeOf(this.oldest) ?? toTimeMs) : base.timeMs, toTimeMs };
   }
 
   /**

@@ -2,14 +2,15 @@
  * Point-in-time reconstruction on a replica's journal: a batch the primary shipped coalesced
  * holds only the newest version of each block it overwrote, so the points inside it are states
  * the primary never had. Replay refuses them by sequence number, and a time inside the batch
- * goes back to the last point before it; every other point still replays exactly.
+ * goes back to the last point before it; every other point still replays exactly. With history
+ * on and every record folded (an idle volume), the head is the base, at the base's time.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { checkReplayable, reconstruct } from '../../src/journal/point-in-time';
-import { Journal, seqAtTime } from '../../src/journal/wal';
+import { checkReplayable, describeWindow, pointAtTime, reconstruct, resolvePoint } from '../../src/journal/point-in-time';
+import { ImageFileTarget, Journal, seqAtTime } from '../../src/journal/wal';
 import { removeDir, tempDir } from '../helpers/appliance';
 
 const BS = 4096;
@@ -140,6 +141,31 @@ test('history: the retained records by time, in buckets holding records, per vol
     assert.deepEqual(j.history(10_000).map((b) => [b.firstSeq, b.lastSeq, b.records]), [[1, 5, 5]]);
   } finally {
     await j.close();
+    removeDir(dir);
+  }
+});
+
+test('history on and every record folded into the base (an idle volume): the window ends at the base, with its time, and --time now gives the head', async () => {
+  const dir = tempDir();
+  try {
+    const j = await Journal.open({ dir: path.join(dir, 'journal'), retainMs: 50 });
+    await j.registerVolume('v');
+    for (let s = 1; s <= 3; s++) await j.append('v', 'write', 0, BS, block(s)).done;
+    const lastWriteMs = j.timeOf(3)!;
+    await j.checkpoint(3);
+    await new Promise((r) => setTimeout(r, 100));
+    await j.trim(async (v) => ImageFileTarget.open(j.baseImagePath(v), 4 * BS, true));
+    assert.equal(j.stats().records, 0, 'every record folded');
+    const base = j.baseInfo()!;
+    assert.equal(base.seq, 3);
+    assert.deepEqual(j.window(), { fromSeq: 3, toSeq: 3, fromTimeMs: base.timeMs, toTimeMs: base.timeMs });
+    assert.equal(base.timeMs, lastWriteMs, 'the base has the time of its last record');
+    assert.ok(!describeWindow(j).includes('?'), describeWindow(j));
+    assert.equal(await pointAtTime(j, Date.now()), 3, '--time now');
+    assert.deepEqual(await resolvePoint(j, { timeMs: Date.now() }), { seq: 3, timeMs: base.timeMs });
+    await assert.rejects(pointAtTime(j, base.timeMs - 1000), /outside the retained window/, 'a time before the base is still refused');
+    await j.close();
+  } finally {
     removeDir(dir);
   }
 });
