@@ -7,9 +7,11 @@
  */
 import { acquireBuffer, releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
+import { Asc, SenseKey, Status } from '../scsi/constants';
 import { TaskAttribute, TmfFunction, TmfResponse, type Nexus, type ScsiResult } from '../scsi/port';
+import { buildSense } from '../scsi/sense';
 import {
-  CMD_ATTR_MASK, CMD_READ, CMD_WRITE, FINAL_BIT, InitiatorOp, LogoutReason, LogoutResponseCode, RESERVED_TAG,
+  BHS_LENGTH, CMD_ATTR_MASK, CMD_READ, CMD_WRITE, FINAL_BIT, InitiatorOp, LogoutReason, LogoutResponseCode, RESERVED_TAG,
   RESP_OVERFLOW, RESP_UNDERFLOW, RejectReason, ScsiResponseCode, TARGET_LIMITS,
 } from './constants';
 import { IscsiError, IscsiErrorCode, PduRejected } from './errors';
@@ -45,7 +47,6 @@ export interface SessionHost {
 interface R2tState {
   offset: number;
   length: number;
-  received: number;
   nextDataSN: number;
 }
 
@@ -61,6 +62,11 @@ interface Task {
   attr: TaskAttribute;
   /** Data-out buffer (the immediate data itself when it is all of it). */
   data?: Buffer;
+  /**
+   * Data-out bytes received. Data PDUs are accepted only in order (DataPDUInOrder and
+   * DataSequenceInOrder are always Yes: negotiation.ts), each at exactly this offset, so the
+   * bytes received are always [0, received) of `data`, each written once.
+   */
   received: number;
   /** Unsolicited Data-Out still allowed (InitialR2T=No, before the F bit). */
   unsolicitedOpen: boolean;
@@ -76,6 +82,22 @@ interface Task {
 }
 
 const LUN_INVALID = 0xffff;
+
+/**
+ * In `held`, in place of a command: its CmdSN was taken by ABORT TASK (RFC 7143 §11.5.1: a
+ * task not received yet whose RefCmdSN is in the window is considered received, and aborted)
+ * or the held command was aborted by a task set function. The CmdSN window passes it without
+ * executing anything, and the command itself, should it still come, is discarded.
+ */
+const ABORTED_CMDSN: P.Pdu = Object.freeze({ bhs: Buffer.alloc(0), data: Buffer.alloc(0) });
+
+/**
+ * CHECK CONDITION for Data-Out that does not add up to what was asked (an R2T answered with
+ * fewer bytes than its Desired Data Transfer Length, unsolicited data stopped short of
+ * FirstBurstLength or the transfer length): ABORTED COMMAND, INCORRECT AMOUNT OF DATA
+ * (RFC 7143 §11.4.7.2). Fixed format: the iSCSI layer does not know the LU's D_SENSE.
+ */
+const INCORRECT_AMOUNT_SENSE = buildSense(false, SenseKey.AbortedCommand, Asc.IncorrectAmountOfData);
 
 export class Session {
   readonly nexus?: Nexus;
@@ -154,7 +176,14 @@ export class Session {
       this.advance(pdu);
       return;
     }
-    if (P.snLessThan(this.expCmdSN, sn) && P.snLessOrEqual(sn, this.maxCmdSN) && !this.held.has(sn)) {
+    const held = this.held.get(sn);
+    if (held === ABORTED_CMDSN) {
+      // Aborted before it arrived (ABORT TASK naming its CmdSN in a gap): discarded, never executed.
+      this.host.count('cmdsn_aborted_discarded');
+      this.logger.info({ cmdSN: sn, itt: P.itt(pdu.bhs) }, 'command aborted before it arrived discarded');
+      return;
+    }
+    if (!held && P.snLessThan(this.expCmdSN, sn) && P.snLessOrEqual(sn, this.maxCmdSN)) {
       // Ahead of a gap: hold until the missing commands arrive.
       this.held.set(sn, { bhs: Buffer.from(pdu.bhs), ahs: pdu.ahs && Buffer.from(pdu.ahs), data: Buffer.from(pdu.data) });
       return;
@@ -164,13 +193,45 @@ export class Session {
     this.logger.warn({ cmdSN: sn, expCmdSN: this.expCmdSN, maxCmdSN: this.maxCmdSN, opcode: op }, 'command outside the CmdSN window ignored');
   }
 
+  /** `pdu` carries ExpCmdSN: dispatch it, then whatever it unblocks. */
   private advance(pdu: P.Pdu): void {
-    for (let next: P.Pdu | undefined = pdu; next; ) {
+    this.expCmdSN = (this.expCmdSN + 1) >>> 0;
+    this.dispatchInOrder(pdu);
+    this.dispatchHeld();
+  }
+
+  /**
+   * Dispatch the held commands from ExpCmdSN on for as long as the next one is here, passing
+   * over CmdSNs taken by aborts (each counts as received: ExpCmdSN moves past it).
+   */
+  private dispatchHeld(): void {
+    for (let next = this.held.get(this.expCmdSN); next; next = this.held.get(this.expCmdSN)) {
+      this.held.delete(this.expCmdSN);
       this.expCmdSN = (this.expCmdSN + 1) >>> 0;
-      this.dispatch(next, false);
-      next = this.held.get(this.expCmdSN);
-      if (next) this.held.delete(this.expCmdSN);
+      if (next !== ABORTED_CMDSN) this.dispatchInOrder(next);
     }
+  }
+
+  /**
+   * Dispatch a command in CmdSN order. One rejected (a PduRejected: a bad command, not a broken
+   * connection) is answered with a Reject here and has used its CmdSN (RFC 7143 §4.2.2.1):
+   * thrown on to the connection, it would end `dispatchHeld` and strand every command held after it,
+   * ExpCmdSN stuck below them for good.
+   */
+  private dispatchInOrder(pdu: P.Pdu): void {
+    try {
+      this.dispatch(pdu, false);
+    } catch (e) {
+      if (!(e instanceof PduRejected) || e.fatal) throw e;
+      this.host.count('rejects');
+      this.logger.warn({ reason: e.reason, err: e.message, opcode: P.opcode(pdu.bhs) }, 'PDU rejected');
+      this.sendReject(e.reason, pdu.bhs);
+    }
+  }
+
+  private sendReject(reason: RejectReason, bhs: Buffer): void {
+    const copy = Buffer.from(bhs.subarray(0, BHS_LENGTH));
+    this.link.send(P.reject(reason, this.seq(true), copy.length), copy);
   }
 
   private dispatch(pdu: P.Pdu, immediate: boolean): void {
@@ -183,6 +244,10 @@ export class Session {
       case InitiatorOp.TaskManagement:
         if (this.type === 'Discovery') throw new PduRejected(RejectReason.ProtocolError, 'task management in a discovery session');
         this.taskManagement(pdu).catch((e: unknown) => this.logger.error({ err: e }, 'task management failed'));
+        // An immediate ABORT TASK of a command not received yet may have taken ExpCmdSN itself
+        // (synchronously, before taskManagement's first await): pass it, and dispatch what
+        // waited behind it. (One in CmdSN order only names commands before it: dispatched.)
+        if (immediate) this.dispatchHeld();
         return;
       case InitiatorOp.TextRequest:
         return this.text(pdu);
@@ -265,6 +330,17 @@ export class Session {
     this.commands++;
   }
 
+  /**
+   * One Data-Out PDU. DataPDUInOrder and DataSequenceInOrder are Yes (the target never agrees
+   * to No), so every PDU must start exactly where the data received so far ends: unsolicited
+   * data after the immediate data, each R2T's sequence in the order the R2Ts went out (RFC 7143
+   * §11.8, §13.19, §13.20). A PDU elsewhere (a hole, an overlap, a repeat) breaks the
+   * connection, as one outside its R2T does (Linux LIO drops it too): the buffer comes from
+   * the pool, and bytes never received must never reach the medium. A sequence the F bit ends
+   * short of what was asked (an R2T's Desired Data Transfer Length; unsolicited data short of
+   * FirstBurstLength or the transfer length, §11.3.4) ends the command with INCORRECT AMOUNT
+   * OF DATA (§11.4.7.2). Only integer comparisons: this is the write path.
+   */
   private dataOut(pdu: P.Pdu): void {
     const bhs = pdu.bhs;
     const task = this.tasks.get(P.itt(bhs));
@@ -276,18 +352,21 @@ export class Session {
     const ttt = P.ttt(bhs);
     const offset = P.bufferOffset(bhs);
     const len = pdu.data.length;
-    if (offset + len > task.edtl) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out beyond the expected length (${offset}+${len} > ${task.edtl})`);
+    const end = offset + len;
+    if (end > task.edtl) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out beyond the expected length (${offset}+${len} > ${task.edtl})`);
     const final = (bhs[1] & FINAL_BIT) !== 0;
     const dsn = P.dataSN(bhs);
     if (ttt === RESERVED_TAG) {
-      if (!task.unsolicitedOpen || offset + len > task.unsolicitedLimit) throw new IscsiError(IscsiErrorCode.Protocol, 'unsolicited Data-Out not allowed here');
+      if (!task.unsolicitedOpen || end > task.unsolicitedLimit) throw new IscsiError(IscsiErrorCode.Protocol, 'unsolicited Data-Out not allowed here');
       if (dsn !== task.unsolicitedDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${task.unsolicitedDataSN}`);
+      if (offset !== task.received) throw outOfOrder(task, offset);
+      if (final && end !== task.unsolicitedLimit) return this.incorrectAmount(task, `unsolicited data ends at ${end}, expected ${task.unsolicitedLimit}`);
       task.unsolicitedDataSN++;
       pdu.data.copy(task.data, offset);
       releaseBuffer(pdu.data);
-      task.received += len;
-      task.nextR2tOffset = Math.max(task.nextR2tOffset, offset + len);
-      if (final || task.nextR2tOffset >= task.unsolicitedLimit) {
+      task.received = end;
+      task.nextR2tOffset = end;
+      if (final || end === task.unsolicitedLimit) {
         task.unsolicitedOpen = false;
         this.issueR2ts(task);
       }
@@ -295,17 +374,26 @@ export class Session {
     }
     const r = task.r2ts?.get(ttt);
     if (!r) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out with unknown TTT 0x${ttt.toString(16)}`);
-    if (offset < r.offset || offset + len > r.offset + r.length) throw new IscsiError(IscsiErrorCode.Protocol, 'Data-Out outside its R2T');
+    const r2tEnd = r.offset + r.length;
+    if (offset < r.offset || end > r2tEnd) throw new IscsiError(IscsiErrorCode.Protocol, 'Data-Out outside its R2T');
     if (dsn !== r.nextDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}`);
+    if (offset !== task.received) throw outOfOrder(task, offset);
+    if (final && end !== r2tEnd) return this.incorrectAmount(task, `R2T for ${r.offset}..${r2tEnd} answered up to ${end} only`);
     r.nextDataSN++;
     pdu.data.copy(task.data, offset);
     releaseBuffer(pdu.data);
-    task.received += len;
-    r.received += len;
-    if (final || r.received >= r.length) {
+    task.received = end;
+    if (end === r2tEnd) {
       task.r2ts!.delete(ttt);
       this.issueR2ts(task);
     }
+  }
+
+  /** Data-Out that ended short of what was asked: CHECK CONDITION, the command is not executed; the session goes on. */
+  private incorrectAmount(task: Task, why: string): void {
+    this.host.count('dataout_incorrect_amount');
+    this.logger.warn({ itt: task.itt, err: why }, 'Data-Out short of what was asked, command failed');
+    this.respond(task, { status: Status.CheckCondition, response: ScsiResponseCode.CommandCompleted, sense: INCORRECT_AMOUNT_SENSE });
   }
 
   /**
@@ -315,8 +403,7 @@ export class Session {
   private failDataOut(task: Task, pdu: P.Pdu, why: string): void {
     this.host.count('rejects');
     this.logger.warn({ itt: task.itt, err: why }, 'Data-Out rejected, command failed');
-    const copy = Buffer.from(pdu.bhs);
-    this.link.send(P.reject(RejectReason.ProtocolError, this.seq(true), copy.length), copy);
+    this.sendReject(RejectReason.ProtocolError, pdu.bhs);
     this.respond(task, { status: 0, response: ScsiResponseCode.TargetFailure });
   }
 
@@ -328,11 +415,17 @@ export class Session {
       let ttt = this.nextTtt++;
       if (this.nextTtt >= RESERVED_TAG) this.nextTtt = 1;
       if (ttt === RESERVED_TAG) ttt = this.nextTtt++;
-      r2ts.set(ttt, { offset: task.nextR2tOffset, length, received: 0, nextDataSN: 0 });
+      r2ts.set(ttt, { offset: task.nextR2tOffset, length, nextDataSN: 0 });
       this.link.send(P.r2t({ itt: task.itt, ttt, lunField: task.lunField, r2tSN: task.r2tSN++, bufferOffset: task.nextR2tOffset, desiredLength: length }, this.seq(false)));
       task.nextR2tOffset += length;
     }
     if (r2ts.size === 0 && !task.unsolicitedOpen && task.nextR2tOffset >= task.edtl) {
+      if (task.received !== task.edtl) {
+        // Cannot happen while dataOut keeps the data in order; if it ever did, the buffer
+        // (pooled: someone else's old bytes) must not reach the medium.
+        this.logger.error({ itt: task.itt, received: task.received, edtl: task.edtl }, 'data-out incomplete at execution, command failed');
+        return this.respond(task, { status: 0, response: ScsiResponseCode.TargetFailure });
+      }
       this.bufferedDataOut -= task.edtl;
       this.execute(task);
     }
@@ -439,6 +532,24 @@ export class Session {
     return Promise.all(waits);
   }
 
+  /**
+   * Abort the matching SCSI commands held behind a CmdSN gap (a task set function): the
+   * initiator sent them before the TMF and counts them among the tasks aborted. Each CmdSN is
+   * kept as taken (ABORTED_CMDSN), so that the window still passes it and the command is never
+   * executed. `before`: only commands ordered before this CmdSN (in the TMF's own session, those
+   * sent after it are not in its scope).
+   */
+  abortHeld(match: (lun: number) => boolean, before?: number): void {
+    for (const [sn, pdu] of this.held) {
+      if (pdu === ABORTED_CMDSN || P.opcode(pdu.bhs) !== InitiatorOp.ScsiCommand) continue;
+      if (before !== undefined && !P.snLessThan(sn, before)) continue;
+      const lun = P.decodeLun(pdu.bhs);
+      if (!match(lun < 0 ? LUN_INVALID : lun)) continue;
+      this.held.set(sn, ABORTED_CMDSN);
+      this.logger.info({ cmdSN: sn, itt: P.itt(pdu.bhs) }, 'command held behind a CmdSN gap aborted');
+    }
+  }
+
   private async taskManagement(pdu: P.Pdu): Promise<void> {
     const bhs = pdu.bhs;
     const itt = P.itt(bhs);
@@ -462,10 +573,15 @@ export class Session {
           this.logger.info({ itt: refItt }, 'task aborted');
           return reply(TmfResponse.FunctionComplete);
         }
-        // Not received yet (a CmdSN gap) but ordered before this TMF: it is considered received
-        // and aborted (RFC 7143 §11.5.1). A task that already completed does not exist any more.
-        if (P.snLessOrEqual(this.expCmdSN, refCmdSN) && P.snLessThan(refCmdSN, cmdSN)) {
-          this.held.delete(refCmdSN);
+        // Not received yet, or held behind a CmdSN gap, but in the window and ordered before
+        // this TMF: it is considered received, and aborted (RFC 7143 §11.5.1 case b). Its CmdSN
+        // stays taken (ABORTED_CMDSN): ExpCmdSN passes it once the commands before it are in
+        // (at once when it is ExpCmdSN itself: see dispatch), and should the command still
+        // come it is discarded, never executed. A task that already completed does not exist
+        // any more. Runs before the first await: dispatch passes ExpCmdSN on right after this call.
+        if (P.snLessOrEqual(this.expCmdSN, refCmdSN) && P.snLessThan(refCmdSN, cmdSN) && P.snLessOrEqual(refCmdSN, this.maxCmdSN)) {
+          this.held.set(refCmdSN, ABORTED_CMDSN);
+          this.logger.info({ itt: refItt, cmdSN: refCmdSN }, 'task aborted before it was dispatched');
           return reply(TmfResponse.FunctionComplete);
         }
         return reply(TmfResponse.TaskDoesNotExist);
@@ -475,13 +591,16 @@ export class Session {
       case TmfFunction.LogicalUnitReset: {
         if (!lunOk) return reply(TmfResponse.LunDoesNotExist);
         const sessions = fn === TmfFunction.AbortTaskSet ? [this] : this.host.sessionsOf(this.target.name);
+        for (const s of sessions) s.abortHeld((l) => l === lun, s === this ? cmdSN : undefined);
         await Promise.all(sessions.map((s) => s.abortTasks((l) => l === lun)));
         const resp = scsi.taskManagement(fn, lun, this.nexus);
         this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
         return reply(resp);
       }
       case TmfFunction.TargetWarmReset: {
-        await Promise.all(this.host.sessionsOf(this.target.name).map((s) => s.abortTasks(() => true)));
+        const sessions = this.host.sessionsOf(this.target.name);
+        for (const s of sessions) s.abortHeld(() => true, s === this ? cmdSN : undefined);
+        await Promise.all(sessions.map((s) => s.abortTasks(() => true)));
         const resp = scsi.taskManagement(fn, lun < 0 ? 0 : lun, this.nexus);
         this.logger.info({ function: TMF_NAMES[fn], response: resp }, 'task management');
         return reply(resp);
@@ -628,4 +747,9 @@ function extendedCdb(cdb: Buffer, ahs: Buffer): Buffer {
     off += (3 + len + 3) & ~3;
   }
   return cdb;
+}
+
+/** A Data-Out PDU not at the next offset of its task's data (DataPDUInOrder=Yes, DataSequenceInOrder=Yes). */
+function outOfOrder(task: Task, offset: number): IscsiError {
+  return new IscsiError(IscsiErrorCode.Protocol, `Data-Out at offset ${offset} for ITT 0x${task.itt.toString(16)}, expected ${task.received}: data must come in order, each byte once`);
 }

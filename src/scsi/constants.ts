@@ -44,6 +44,8 @@ export const Asc = {
   NoAdditionalSense: 0x0000,
   LogicalUnitNotReadyManualIntervention: 0x0403,
   WriteError: 0x0c00,
+  /** iSCSI: Data-Out not matching what was solicited (RFC 7143 §11.4.7.2). */
+  IncorrectAmountOfData: 0x0c0d,
   ReadError: 0x1100,
   UnreachableCopyTarget: 0x0804,
   CopyTargetDeviceNotReachable: 0x0d02,
