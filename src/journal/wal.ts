@@ -18,6 +18,8 @@
  *   'm' 'checkpoint'  → JSON { imageSeq, droppedSeq? }: every record ≤ imageSeq is durable in
  *       the images; droppedSeq, the newest record trimmed while it was only in their page cache
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
+ *   'm' 'fold'        → JSON { toSeq }: a fold into the base images through toSeq is under way;
+ *       the images may hold any mix of the states from the base's seq to toSeq until it is done
  *   'g' to(8)         → firstMissing(8): a replica's coalesced batch ending at `to`; the points
  *       firstMissing..to-1 are states the primary never had, which replay refuses
  *   'k' name          → JSON { id, seq, timeMs }: a bookmark (offsite bookmark, bookmarks.ts)
@@ -181,6 +183,7 @@ export function decodeKey(k: Buffer): DecodedKey {
 const META_VOLUMES = Buffer.from('mvolumes');
 const META_CHECKPOINT = Buffer.from('mcheckpoint');
 const META_BASE = Buffer.from('mbase');
+const META_FOLD = Buffer.from('mfold');
 const META_RETENTION = Buffer.from('mretention');
 const RECORD_END = Buffer.from([0x73]);
 /** A replica's coalesced batches: 'g' + the batch's last sequence → its first missing one. */
@@ -747,6 +750,12 @@ export class Journal {
   private droppedSeq = 0;
   private ackedSeq = 0;
   private base?: { seq: number; timeMs: number };
+  /**
+   * A fold into the base images through this sequence began and is not recorded done (a crash,
+   * a failed write): the base images hold any mix of the states from base.seq to it. Points
+   * before it are not replayable; the next fold re-applies (base.seq, foldTo] first.
+   */
+  private foldTo?: number;
   private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0, foldedUnshipped: 0 };
   private loggedUnshipped = false;
   private latencies: number[] = [];
@@ -812,6 +821,8 @@ export class Journal {
       if (b.seq < 0) this.noBase = true;
       else this.base = b;
     }
+    const fold = await this.db.get(META_FOLD);
+    if (fold) this.foldTo = (JSON.parse(fold.toString()) as { toSeq: number }).toSeq;
     let first = 0;
     let last: { segment: number; position: number } | undefined;
     for await (const [gk, gv] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
@@ -1159,7 +1170,11 @@ export class Journal {
     await this.putCheckpoint();
     this.base = undefined;
     this.noBase = true;
-    await this.db.put(META_BASE, Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 })), { sync: true });
+    this.foldTo = undefined;
+    await this.db.batch([
+      { type: 'put', key: META_BASE, value: Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 })) },
+      { type: 'del', key: META_FOLD },
+    ], { sync: true });
   }
 
   /**
@@ -1249,7 +1264,11 @@ export class Journal {
     await copyBases(path.join(this.opts.dir, 'base'));
     this.base = { seq, timeMs };
     this.noBase = false;
-    await this.db.put(META_BASE, Buffer.from(JSON.stringify(this.base)), { sync: true });
+    this.foldTo = undefined;
+    await this.db.batch([
+      { type: 'put', key: META_BASE, value: Buffer.from(JSON.stringify(this.base)) },
+      { type: 'del', key: META_FOLD },
+    ], { sync: true });
     if (seq >= this.oldest) await this.dropRecords(seq);
   }
 
@@ -1520,6 +1539,8 @@ export class Journal {
     let toTimeMs = this.head ? this.timeOf(this.head) : undefined;
     if (toTimeMs === undefined && base && base.seq === this.head && base.timeMs) toTimeMs = base.timeMs;
     if (!base) return { fromSeq: this.head, toSeq: this.head, fromTimeMs: toTimeMs, toTimeMs };
+    // A fold cut short: the base images may hold any state up to its end, the first point left.
+    if (this.foldTo !== undefined && this.foldTo > base.seq) return { fromSeq: this.foldTo, toSeq: this.head, fromTimeMs: this.timeOf(this.foldTo) ?? base.timeMs, toTimeMs };
     return { fromSeq: base.seq, toSeq: this.head, fromTimeMs: base.seq === 0 ? (this.timeOf(this.oldest) ?? toTimeMs) : base.timeMs, toTimeMs };
   }
 
@@ -1696,24 +1717,54 @@ export class Journal {
         upTo = capLimit;
       }
     }
+    const base = history && baseFor && !this.noBase ? this.baseInfo() ?? { seq: this.oldest - 1, timeMs: 0 } : undefined;
+    // A fold cut short is finished first: its records are still here (they go only once it is recorded).
+    if (base && this.foldTo !== undefined) upTo = Math.max(upTo, this.foldTo);
     if (upTo < this.oldest) return;
-    if (history && baseFor && !this.noBase) {
-      const targets = new Map<string, RecordTarget>();
-      let lastTime = 0;
-      for await (const rec of this.records(this.oldest - 1, upTo)) {
-        let t = targets.get(rec.volume);
-        if (!t) targets.set(rec.volume, (t = await baseFor(rec.volume)));
-        await t.apply(rec);
-        lastTime = rec.timeMs;
-      }
-      for (const t of targets.values()) await (t as RecordTarget & { sync?(): Promise<void> }).sync?.();
-      this.base = { seq: upTo, timeMs: lastTime || Date.now() };
-      await this.db.put(META_BASE, Buffer.from(JSON.stringify(this.base)));
+    if (base) {
+      if (upTo > base.seq) await this.fold(base, upTo, baseFor!);
     } else if (this.base) {
       this.base = undefined;
-      await this.db.del(META_BASE);
+      this.foldTo = undefined;
+      await this.db.batch([
+        { type: 'del', key: META_BASE },
+        { type: 'del', key: META_FOLD },
+      ]);
     }
     await this.dropRecords(upTo);
+  }
+
+  /**
+   * Apply the records (base.seq, upTo] to the base images. The fold is recorded as under way
+   * (synced) before the first base write and as done (the new base) after the images are
+   * synced, and its records are dropped only after that: a crash or a failed write in between
+   * leaves the base images anywhere between the two states, and the next fold re-applies
+   * (base.seq, upTo] from the start. That is idempotent: every record sets its range to content
+   * it carries whole (a write's bytes, a WRITE SAME block repeated, zeros for UNMAP), so applying
+   * them in order over any such mix ends at the state after upTo.
+   */
+  private async fold(base: { seq: number; timeMs: number }, upTo: number, baseFor: (volume: string) => Promise<RecordTarget>): Promise<void> {
+    if (this.foldTo === undefined || this.foldTo < upTo) {
+      await this.db.put(META_FOLD, Buffer.from(JSON.stringify({ toSeq: upTo })), { sync: true });
+      this.foldTo = upTo;
+    }
+    const targets = new Map<string, RecordTarget>();
+    let lastTime = 0;
+    for await (const rec of this.records(Math.max(this.oldest - 1, base.seq), upTo)) {
+      let t = targets.get(rec.volume);
+      if (!t) targets.set(rec.volume, (t = await baseFor(rec.volume)));
+      await t.apply(rec);
+      lastTime = rec.timeMs;
+    }
+    for (const t of targets.values()) await (t as RecordTarget & { sync?(): Promise<void> }).sync?.();
+    const done = { seq: upTo, timeMs: lastTime || Date.now() };
+    // Synced: the records' segment files may be deleted right after, outside LevelDB's log order.
+    await this.db.batch([
+      { type: 'put', key: META_BASE, value: Buffer.from(JSON.stringify(done)) },
+      { type: 'del', key: META_FOLD },
+    ], { sync: true });
+    this.base = done;
+    this.foldTo = undefined;
   }
 
   private async dropRecords(upTo: number): Promise<void> {
