@@ -7,7 +7,8 @@ import type { TargetDirectory, TargetEntry } from '../iscsi/targets';
 import { createScsiTarget, naaDesignator } from '../scsi';
 import type { Logger } from '../common/logger';
 import { formatHostPort, type HostPort } from '../common/units';
-import { mkdir } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { copyFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
@@ -235,7 +236,8 @@ export class Appliance {
     if (journaled) {
       const journal = (this.journal = await this.openJournal(!!config.replication.replicateTo));
       this.bookmarks = await Bookmarks.load(journal);
-      for (const name of images.keys()) await journal.registerVolume(name);
+      // A volume that was here before the journal knew it holds data no record has.
+      for (const name of images.keys()) await journal.registerVolume(name, { holdsData: existing.includes(name) });
       await this.cutPartialCoalesced(journal);
       const writable = new Map([...images].filter(([, img]) => !img.readOnly));
       const report = await recoverImages(journal, writable, logger, new Set(this.removed.map((r) => r.name)));
@@ -243,6 +245,7 @@ export class Appliance {
       if (report.records > 0) {
         logger.warn({ ...report }, 'unclean stop detected: journal tail replayed onto the images');
       }
+      if (journal.keepsHistory && journal.awaitsBase) await this.startHistory(journal, images);
       logger.info({ headSeq: journal.headSeq(), oldestSeq: journal.oldestSeq(), records: journal.stats().records }, 'journal open');
     } else if (config.role === 'primary') {
       logger.warn('journal disabled (--no-journal): writes go straight to the images; no replication or point-in-time replay');
@@ -324,6 +327,31 @@ export class Appliance {
   private async cutPartialCoalesced(journal: Journal): Promise<void> {
     const cut = await journal.cutPartialCoalesced();
     if (cut) this.logger.warn({ batchFrom: cut.from, batchTo: cut.to, recordsDropped: cut.records, headSeq: journal.headSeq() }, 'a coalesced batch was stored in part (crash or failed store): its records are dropped and come again from the primary');
+  }
+
+  /**
+   * Point-in-time history (re)starts here, at the journal's head: the images, which hold every
+   * record (recovered, checkpointed, nothing served yet), are copied as the base. Needed when
+   * the journal has no base for its records (history turned on after records were trimmed
+   * without it, a volume that held data before the journal knew it, a reset never rebased):
+   * folding onto empty images would build a base missing those writes. The records stay
+   * (the replica may still need them); points before the head are outside the window.
+   */
+  private async startHistory(journal: Journal, images: ReadonlyMap<string, FileVolume>): Promise<void> {
+    const seq = journal.headSeq();
+    await journal.rebase(
+      seq,
+      journal.timeOf(seq) ?? Date.now(),
+      async (baseDir) => {
+        await mkdir(baseDir, { recursive: true });
+        for (const [name, image] of images) {
+          await image.flush();
+          await copyFile(image.imagePath, path.join(baseDir, `${name}.img`), fsConstants.COPYFILE_FICLONE);
+        }
+      },
+      { keepRecords: true },
+    );
+    this.logger.warn({ seq }, 'point-in-time history starts now (the journal had no base for its records: history turned on after records were trimmed without it, a volume held data before the journal knew it, or a reset was never rebased): earlier points are not replayable');
   }
 
   /** This site's journal with the configured retention (`replicated`: keep records until the replica has them). */

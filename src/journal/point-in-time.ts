@@ -32,7 +32,8 @@ export function describeWindow(journal: Journal): string {
   if (w.fromSeq === w.toSeq) {
     // History on, every record folded (none written within the window): the base is the latest state.
     if (journal.keepsHistory && journal.baseInfo()) return `only the latest state is retained (sequence ${w.toSeq}, ${t(w.toTimeMs)}): every record was folded into the base, none was written within --journal-retain`;
-    return `only the latest state is retained (sequence ${w.toSeq}, ${t(w.toTimeMs)}); configure --journal-retain to keep history`;
+    const why = journal.keepsHistory && journal.awaitsBase ? 'history restarts when the appliance next starts (it had no base for its records)' : 'configure --journal-retain to keep history';
+    return `only the latest state is retained (sequence ${w.toSeq}, ${t(w.toTimeMs)}); ${why}`;
   }
   return `sequences ${w.fromSeq}..${w.toSeq} (${t(w.fromTimeMs)} .. ${t(w.toTimeMs)})`;
 }

@@ -17,7 +17,9 @@
  *   'm' 'volumes'     → JSON list of volume names (index = vol field)
  *   'm' 'checkpoint'  → JSON { imageSeq, droppedSeq? }: every record ≤ imageSeq is durable in
  *       the images; droppedSeq, the newest record trimmed while it was only in their page cache
- *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent
+ *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent (the
+ *       empty volumes before seq 1, trusted only while nothing was trimmed), or seq -1: no base
+ *       (history restarts with a rebase)
  *   'm' 'fold'        → JSON { toSeq }: a fold into the base images through toSeq is under way;
  *       the images may hold any mix of the states from the base's seq to toSeq until it is done
  *   'g' to(8)         → firstMissing(8): a replica's coalesced batch ending at `to`; the points
@@ -46,7 +48,7 @@
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
 import { closeSync, fdatasync, fdatasyncSync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync } from 'node:fs';
-import { mkdir, open, rm, statfs, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
 import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
@@ -184,6 +186,8 @@ const META_VOLUMES = Buffer.from('mvolumes');
 const META_CHECKPOINT = Buffer.from('mcheckpoint');
 const META_BASE = Buffer.from('mbase');
 const META_FOLD = Buffer.from('mfold');
+/** META_BASE's value while history waits for a rebase (noBase). */
+const NO_BASE = Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 }));
 const META_RETENTION = Buffer.from('mretention');
 const RECORD_END = Buffer.from([0x73]);
 /** A replica's coalesced batches: 'g' + the batch's last sequence → its first missing one. */
@@ -855,6 +859,13 @@ export class Journal {
     }
     this.oldest = first || this.head + 1;
     this.durableSeq = this.writtenSeq = this.assigned = this.head;
+    // Records were trimmed without a fold (no history then, or a journal from before trims
+    // recorded that): the empty volumes are no base for what is left, and history, if kept,
+    // waits for a rebase. Folding them onto empty images built a base missing those writes.
+    if (!this.base && !this.noBase && this.oldest !== 1) {
+      this.noBase = true;
+      if (this.opts.ownsRetention) await this.db.put(META_BASE, NO_BASE, { sync: true });
+    }
   }
 
   private track(seq: number, vol: number, bytes: number, timeMs: number): void {
@@ -867,12 +878,18 @@ export class Journal {
     pv.bytes += bytes;
   }
 
-  /** The index of a volume in this journal, registering it the first time. */
-  async registerVolume(name: string): Promise<void> {
+  /**
+   * The index of a volume in this journal, registering it the first time. `holdsData`: the
+   * volume's image existed before this journal knew it (served with --no-journal, or the journal
+   * was removed): what it held then is in no record and no base, so history restarts with a
+   * rebase (the empty volumes before seq 1 are no base for it).
+   */
+  async registerVolume(name: string, opts: { holdsData?: boolean } = {}): Promise<void> {
     if (this.volumeIndex.has(name)) return;
     this.volumes.push(name);
     this.volumeIndex.set(name, this.volumes.length - 1);
     await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)));
+    if (opts.holdsData && !this.noBase) await this.dropHistory();
   }
 
   hasVolume(name: string): boolean {
@@ -1168,13 +1185,22 @@ export class Journal {
     this.droppedSeq = 0;
     this.recent.clear();
     await this.putCheckpoint();
+    await this.dropHistory();
+  }
+
+  /**
+   * Give up the point-in-time history until a rebase: recorded first (a crash then leaves no
+   * base named), then the base images go, so that nothing folds onto them or reads them again.
+   */
+  private async dropHistory(): Promise<void> {
     this.base = undefined;
     this.noBase = true;
     this.foldTo = undefined;
     await this.db.batch([
-      { type: 'put', key: META_BASE, value: Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 })) },
+      { type: 'put', key: META_BASE, value: NO_BASE },
       { type: 'del', key: META_FOLD },
     ], { sync: true });
+    await rm(path.join(this.opts.dir, 'base'), { recursive: true, force: true });
   }
 
   /**
@@ -1258,18 +1284,30 @@ export class Journal {
 
   /**
    * Point-in-time history starts at `seq`: `copyBases` has written the base images equal to the
-   * volumes right after `seq` (every record ≤ seq applied). Records ≤ seq are then dropped.
+   * volumes right after `seq` (every record ≤ seq applied). Records ≤ seq are then dropped,
+   * unless `keepRecords` (a primary's, which its replica may still need: trimming drops them
+   * later without folding them again). Points before `seq` are outside the window from then on.
    */
-  async rebase(seq: number, timeMs: number, copyBases: (baseDir: string) => Promise<void>): Promise<void> {
-    await copyBases(path.join(this.opts.dir, 'base'));
+  async rebase(seq: number, timeMs: number, copyBases: (baseDir: string) => Promise<void>, opts: { keepRecords?: boolean } = {}): Promise<void> {
+    // Whatever base there was is overwritten: a crash while copying leaves no base named, and
+    // no base file of a volume the copy leaves out stays behind to be read as current.
+    await this.dropHistory();
+    const dir = path.join(this.opts.dir, 'base');
+    await mkdir(dir, { recursive: true });
+    await copyBases(dir);
+    // The copies are durable before the base names them.
+    for (const f of await readdir(dir).catch(() => [])) {
+      const fh = await open(path.join(dir, f), 'r+');
+      try {
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+    }
     this.base = { seq, timeMs };
     this.noBase = false;
-    this.foldTo = undefined;
-    await this.db.batch([
-      { type: 'put', key: META_BASE, value: Buffer.from(JSON.stringify(this.base)) },
-      { type: 'del', key: META_FOLD },
-    ], { sync: true });
-    if (seq >= this.oldest) await this.dropRecords(seq);
+    await this.db.put(META_BASE, Buffer.from(JSON.stringify(this.base)), { sync: true });
+    if (!opts.keepRecords && seq >= this.oldest) await this.dropRecords(seq);
   }
 
   /**
@@ -1520,7 +1558,8 @@ export class Journal {
   baseInfo(): { seq: number; timeMs: number } | undefined {
     if (this.base) return this.base;
     if (this.noBase) return undefined;
-    // Nothing ever trimmed with history on: the base is the empty volume before seq 1.
+    // Nothing ever trimmed, every volume created under this journal (a volume that held data
+    // before, or a trim without history, set noBase): the base is the empty volume before seq 1.
     if (this.keepsHistory) return this.oldest === 1 ? { seq: 0, timeMs: 0 } : undefined;
     return undefined;
   }
@@ -1717,19 +1756,16 @@ export class Journal {
         upTo = capLimit;
       }
     }
-    const base = history && baseFor && !this.noBase ? this.baseInfo() ?? { seq: this.oldest - 1, timeMs: 0 } : undefined;
+    const base = history && baseFor ? this.baseInfo() : undefined;
     // A fold cut short is finished first: its records are still here (they go only once it is recorded).
     if (base && this.foldTo !== undefined) upTo = Math.max(upTo, this.foldTo);
     if (upTo < this.oldest) return;
     if (base) {
       if (upTo > base.seq) await this.fold(base, upTo, baseFor!);
-    } else if (this.base) {
-      this.base = undefined;
-      this.foldTo = undefined;
-      await this.db.batch([
-        { type: 'del', key: META_BASE },
-        { type: 'del', key: META_FOLD },
-      ]);
+    } else if (!this.noBase) {
+      // Records leave without reaching a base: no base (stored, or the empty volumes) goes
+      // with what is left, and history, when turned on (again), restarts with a rebase.
+      await this.dropHistory();
     }
     await this.dropRecords(upTo);
   }
@@ -1750,6 +1786,7 @@ export class Journal {
     }
     const targets = new Map<string, RecordTarget>();
     let lastTime = 0;
+    // Records at or before the base (kept by a primary's rebase) are in it already.
     for await (const rec of this.records(Math.max(this.oldest - 1, base.seq), upTo)) {
       let t = targets.get(rec.volume);
       if (!t) targets.set(rec.volume, (t = await baseFor(rec.volume)));

@@ -1,10 +1,13 @@
 /**
  * The point-in-time base: a fold into the base images cut short (a crash, a failed write) never
- * leaves a base ahead of the sequence it is recorded at, and is finished by the next fold.
+ * leaves a base ahead of the sequence it is recorded at, and is finished by the next fold; a
+ * base is only ever built on what the volumes really held (never on empty images for a volume
+ * that held data, or once records were trimmed without history), and history dropped takes its
+ * base files with it.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { reconstruct, resolvePoint } from '../../src/journal/point-in-time';
@@ -178,6 +181,132 @@ test('a base write failing midway (EIO) leaves a mix of states in the base image
     await refused(j, 6);
     await j.close();
     await checkAfterCutShortFold(jdir, dir, m, 9);
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('history turned on for a journal that trimmed records without it: no base is folded onto empty images; it restarts with a rebase, refusing the points before it', async () => {
+  const dir = tempDir();
+  const jdir = path.join(dir, 'journal');
+  const image = path.join(dir, 'v.img');
+  try {
+    // Without history, 1 writes block 0 and is trimmed.
+    let j = await Journal.open({ dir: jdir, ownsRetention: true });
+    await j.registerVolume('v');
+    const m = new Model();
+    await m.append(j, 'write', 0, 1, 0x5a);
+    await j.checkpoint(1);
+    await keeperTrim(j);
+    assert.equal(j.oldestSeq(), 2);
+    await j.close();
+    writeFileSync(image, m.states.get(1)!);
+    // With history: 2..5 write block 1; the keeper's fold builds no base, there is none to build on.
+    j = await Journal.open({ dir: jdir, retainBytes: 2 * BS, ownsRetention: true });
+    try {
+      assert.ok(j.awaitsBase);
+      assert.equal(j.baseInfo(), undefined);
+      assert.equal(j.window().fromSeq, 1, 'only the latest state');
+      for (let b = 2; b <= 5; b++) await m.append(j, 'write', 1, 1, b);
+      await j.checkpoint(5);
+      await keeperTrim(j);
+      assert.equal(j.baseInfo(), undefined);
+      assert.ok(!existsSync(path.join(jdir, 'base', 'v.img')), 'no base image built from zeros');
+      await refused(j, 4);
+      // The appliance's start: the image (every record in it) is the base at the head.
+      writeFileSync(image, m.states.get(5)!);
+      await j.rebase(5, Date.now(), async (baseDir) => writeFileSync(path.join(baseDir, 'v.img'), readFileSync(image)), { keepRecords: true });
+      assert.ok(!j.awaitsBase);
+      await refused(j, 4);
+      for (let b = 6; b <= 9; b++) await m.append(j, 'write', b % 2 ? 2 : 3, 1, b);
+      await j.checkpoint(9);
+      writeFileSync(image, m.states.get(9)!);
+      // Records ≤ 5, kept for the replica, are trimmed without being folded again.
+      await keeperTrim(j);
+      assert.equal(j.baseInfo()?.seq, 7);
+      assert.equal(j.oldestSeq(), 8);
+      for (let s = 7; s <= 9; s++) assert.ok((await replayTo(j, dir, s, image)).equals(m.states.get(s)!), `replay of ${s}`);
+    } finally {
+      await j.close();
+    }
+    // The refusal survives a restart (as offsite replay opens the journal).
+    j = await Journal.open({ dir: jdir });
+    await refused(j, 6);
+    await j.close();
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('a volume that held data before the journal knew it (served with --no-journal) has no empty base before seq 1: history waits for a rebase', async () => {
+  const dir = tempDir();
+  const jdir = path.join(dir, 'journal');
+  try {
+    const before = Buffer.alloc(SIZE);
+    before.fill(0x5a, 0, BS);
+    let j = await Journal.open({ dir: jdir, retainMs: 3_600_000, ownsRetention: true });
+    await j.registerVolume('new');
+    assert.ok(!j.awaitsBase, 'a volume created under the journal starts from empty');
+    await j.registerVolume('v', { holdsData: true });
+    assert.ok(j.awaitsBase);
+    const m = new Model(before);
+    await m.append(j, 'write', 1, 1, 1);
+    await m.append(j, 'write', 1, 1, 2);
+    await refused(j, 1);
+    await j.close();
+    j = await Journal.open({ dir: jdir, retainMs: 3_600_000, ownsRetention: true });
+    // Registered again at the next start: still waiting (nothing told it otherwise).
+    await j.registerVolume('v', { holdsData: true });
+    assert.ok(j.awaitsBase);
+    await j.rebase(2, Date.now(), async (baseDir) => writeFileSync(path.join(baseDir, 'v.img'), m.states.get(2)!), { keepRecords: true });
+    await m.append(j, 'write', 2, 1, 3);
+    await m.append(j, 'write', 0, 1, 4);
+    assert.equal(j.window().fromSeq, 2);
+    await refused(j, 1);
+    const image = path.join(dir, 'v.img');
+    writeFileSync(image, m.states.get(4)!);
+    for (let s = 2; s <= 4; s++) assert.ok((await replayTo(j, dir, s, image)).equals(m.states.get(s)!), `replay of ${s}`);
+    await j.close();
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test('history turned off drops the base files with it; turned on again, nothing folds onto the stale ones', async () => {
+  const dir = tempDir();
+  const jdir = path.join(dir, 'journal');
+  try {
+    let j = await Journal.open({ dir: jdir, retainBytes: 2 * BS, ownsRetention: true });
+    await j.registerVolume('v');
+    const m = new Model();
+    for (let s = 1; s <= 4; s++) await m.append(j, 'write', s % 2, 1, s);
+    await j.checkpoint(4);
+    await keeperTrim(j);
+    assert.equal(j.baseInfo()?.seq, 2);
+    assert.ok(existsSync(j.baseImagePath('v')));
+    await j.close();
+    // Off: the records trimmed leave the base behind; it goes.
+    j = await Journal.open({ dir: jdir, ownsRetention: true });
+    assert.ok(!j.awaitsBase, 'nothing trimmed yet: the base still fits the records');
+    await m.append(j, 'write', 2, 1, 5);
+    await j.checkpoint(5);
+    await keeperTrim(j);
+    assert.equal(j.oldestSeq(), 6);
+    assert.ok(!existsSync(j.baseImagePath('v')), 'the base file is deleted with the history');
+    await j.close();
+    // On again: no base until a rebase.
+    j = await Journal.open({ dir: jdir, retainBytes: 2 * BS, ownsRetention: true });
+    try {
+      assert.ok(j.awaitsBase);
+      for (let s = 6; s <= 9; s++) await m.append(j, 'write', 3, 1, s);
+      await j.checkpoint(9);
+      await keeperTrim(j);
+      assert.equal(j.baseInfo(), undefined);
+      assert.ok(!existsSync(j.baseImagePath('v')));
+      await refused(j, 8);
+    } finally {
+      await j.close();
+    }
   } finally {
     removeDir(dir);
   }
