@@ -98,18 +98,30 @@ class CommandLatency {
   }
 }
 
-/** A gauge read at scrape time (no series while `value` is undefined). */
-function scrapeGauge(registry: client.Registry, name: string, help: string, value: () => number | undefined): client.Gauge {
-  return new client.Gauge({
-    name,
-    help,
-    registers: [registry],
-    collect() {
-      const v = value();
-      if (v === undefined) this.reset();
-      else this.set(v);
-    },
-  });
+/**
+ * A label-less gauge read at scrape time, with no series at all while `value` is undefined (what
+ * it measures does not exist at this site: no witness, no replication). Not a prom-client Gauge:
+ * its reset() leaves a label-less gauge at 0, and 0 is a state alert rules act on
+ * (`offsite_witness_reachable == 0` fired OffsiteWitnessUnreachable at every site without a
+ * witness). Registered like CommandLatency: the registry reads get() at scrape time.
+ */
+class ScrapedGauge {
+  readonly type = 'gauge';
+  readonly aggregator = 'sum';
+  constructor(readonly name: string, readonly help: string, private readonly value: () => number | undefined) {}
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: SampleValue[] } {
+    const v = this.value();
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: v === undefined ? [] : [{ metricName: this.name, labels: {}, value: v }] };
+  }
+
+  reset(): void {
+    // Nothing kept: every scrape reads the value afresh.
+  }
+}
+
+function scrapeGauge(registry: client.Registry, name: string, help: string, value: () => number | undefined): void {
+  registry.registerMetric(new ScrapedGauge(name, help, value) as unknown as client.Metric);
 }
 
 /** A counter read at scrape time from a running total. */

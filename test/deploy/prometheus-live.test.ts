@@ -93,6 +93,11 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     }, 60_000, 250).catch((e: Error) => {
       throw new Error(`${e.message}\n${promLog}`);
     });
+    // Only the sites with a witness (d, e) have offsite_witness_reachable: a site without one has
+    // no series (a 0 there fired OffsiteWitnessUnreachable at every witness-less site).
+    const withWitness = [`127.0.0.1:${d.httpPort}`, `127.0.0.1:${e.httpPort}`].sort();
+    const reachable = (await query(promPort, 'offsite_witness_reachable')).data.result as { metric: { instance: string } }[];
+    assert.deepEqual(reachable.map((r) => r.metric.instance).sort(), withWitness);
     await waitCaughtUp(a, b);
     // A chunk of the replica's copy damaged behind its back (away from the writer), found by an online verify.
     damageVolumeFile(path.join(dir, 'b'), 'vol', 50 * 1024 * 1024, Buffer.alloc(100, 0xee));
@@ -139,6 +144,10 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
     }, 30_000, 250).catch((e: Error) => {
       throw new Error(`${e.message}: ${silent.join(', ')} returned nothing`);
     });
+    // The witness alert is pending or firing for d alone (its witness never answers), not for
+    // the witness-less sites a, b and c.
+    const witnessAlerts = (await query(promPort, 'ALERTS{alertname="OffsiteWitnessUnreachable"}')).data.result as { metric: { instance: string } }[];
+    assert.deepEqual([...new Set(witnessAlerts.map((r) => r.metric.instance))], [`127.0.0.1:${d.httpPort}`]);
     // Prometheus loaded the rules from the file and they are healthy.
     const rulesApi = (await (await fetch(`http://127.0.0.1:${promPort}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
     const loaded = rulesApi.data.groups.flatMap((g) => g.rules);

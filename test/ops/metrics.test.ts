@@ -26,6 +26,14 @@ test('metrics: promtool check metrics is clean and I/O shows up in offsite_* ser
     assert.ok(value(/^offsite_buffer_pool_allocations_total (\d+)/m) >= 1);
     assert.ok(value(/^offsite_buffer_pool_bytes (\d+)/m) >= 256 * 1024);
     assert.equal(value(/^offsite_buffer_pool_evicted_bytes_total (\d+)/m), 0);
+    // No witness, no replication here: their gauges have no series, rather than a 0 that alert
+    // rules read as a state (offsite_witness_reachable == 0 is OffsiteWitnessUnreachable).
+    for (const name of ['offsite_witness_reachable', 'offsite_witnesses', 'offsite_witnesses_answering', 'offsite_fenced', 'offsite_link_up', 'offsite_rpo_seconds', 'offsite_replica_consistent']) {
+      assert.doesNotMatch(text, new RegExp(`^${name}[ {]`, 'm'), `${name} has a sample at a site without it`);
+    }
+    // Gauges that do apply still have theirs.
+    assert.match(text, /^offsite_journal_head_sequence \d+$/m);
+    assert.match(text, /^offsite_replication_configured 0$/m);
   } finally {
     await app.stop();
   }
