@@ -238,22 +238,25 @@ export function readSecretFile(file: string, what: string, field: string): Buffe
 /**
  * Read and check the HTTPS certificate and key: both given or neither, readable, the key not
  * readable by others, and the two a pair (TLS would otherwise fail only at the first client).
+ * Each comes with the name it was given by (config field, flag or variable) for the errors.
  */
-export function loadHttpTls(certFile: string | undefined, keyFile: string | undefined): HttpTlsConfig | undefined {
-  if (!certFile && !keyFile) return undefined;
-  if (!certFile || !keyFile) {
-    throw new ConfigError(`http-tls: give both --http-tls-cert FILE and --http-tls-key FILE (only the ${certFile ? 'certificate' : 'key'} was given)`, certFile ? 'httpTls.key' : 'httpTls.cert');
+export function loadHttpTls(certGiven: { value: string; from: string } | undefined, keyGiven: { value: string; from: string } | undefined): HttpTlsConfig | undefined {
+  if (!certGiven && !keyGiven) return undefined;
+  if (!certGiven || !keyGiven) {
+    throw new ConfigError(`http-tls: give both --http-tls-cert FILE and --http-tls-key FILE (only the ${certGiven ? 'certificate' : 'key'} was given, by ${(certGiven ?? keyGiven)!.from})`, certGiven ? 'httpTls.key' : 'httpTls.cert');
   }
-  const read = (file: string, what: string, field: string): Buffer => {
+  const read = (g: { value: string; from: string }, field: string): Buffer => {
     try {
-      return readFileSync(file);
+      return readFileSync(g.value);
     } catch (e) {
-      throw new ConfigError(`http-tls-${what}: cannot read ${file}: ${(e as Error).message}`, field);
+      throw new ConfigError(`${g.from}: cannot read ${g.value}: ${(e as Error).message}`, field);
     }
   };
-  const cert = read(certFile, 'cert', 'httpTls.cert');
-  const key = read(keyFile, 'key', 'httpTls.key');
-  checkOwnerOnly(keyFile, 'http-tls-key', 'httpTls.key');
+  const certFile = certGiven.value;
+  const keyFile = keyGiven.value;
+  const cert = read(certGiven, 'httpTls.cert');
+  const key = read(keyGiven, 'httpTls.key');
+  checkOwnerOnly(keyFile, keyGiven.from, 'httpTls.key');
   try {
     createSecureContext({ cert, key });
   } catch (e) {
@@ -264,16 +267,49 @@ export function loadHttpTls(certFile: string | undefined, keyFile: string | unde
   return { certFile, keyFile, cert, key };
 }
 
+/**
+ * One setting as given, and by what name: the file's field path (`journal.max`), the flag
+ * (`--journal-max`) or the variable (`OFFSITE_JOURNAL_MAX`), whichever was given last in the
+ * order file < flag < environment. Errors about its value use that name, so the operator is sent
+ * to where the bad value was written.
+ */
+interface Given<T> {
+  value: T;
+  from: string;
+}
+
+/** The three sources of one setting; an empty string counts as not given. */
+function settingOf<F, L>(env: NodeJS.ProcessEnv, fileField: string, fileValue: F | undefined, flag: string, flagValue: L | undefined, envName?: string): Given<F | L | string> | undefined {
+  let out: Given<F | L | string> | undefined;
+  if (fileValue !== undefined && (fileValue as unknown) !== '') out = { value: fileValue, from: fileField };
+  if (flagValue !== undefined && (flagValue as unknown) !== '') out = { value: flagValue, from: flag };
+  const e = envName === undefined ? undefined : env[envName];
+  if (e !== undefined && e !== '') out = { value: e, from: envName! };
+  return out;
+}
+
+/** A yes/no environment variable: 1/true/yes or 0/false/no; anything else is an error naming it. */
+function envSwitch(env: NodeJS.ProcessEnv, name: string, field: string): boolean | undefined {
+  const v = env[name];
+  if (v === undefined || v === '') return undefined;
+  if (/^(1|true|yes)$/i.test(v)) return true;
+  if (/^(0|false|no)$/i.test(v)) return false;
+  throw new ConfigError(`${name}: '${v}' must be 1, true or yes (or 0, false, no)`, field);
+}
+
 /** Build the effective configuration: file < flags < environment. */
 export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.ProcessEnv = process.env): ApplianceConfig {
-  const pick = <T>(...vals: (T | undefined)[]): T | undefined => {
-    let out: T | undefined;
-    for (const v of vals) if (v !== undefined && v !== '') out = v;
-    return out;
-  };
-  const role = pick(file.role, flags.role, env.OFFSITE_ROLE) ?? 'primary';
-  if (role !== 'primary' && role !== 'replica') throw new ConfigError(`role: '${role}' must be primary or replica`, 'role');
-  const dataDir = pick(file.data, flags.data, env.OFFSITE_DATA);
+  const setting = <F, L>(fileField: string, fileValue: F | undefined, flag: string, flagValue: L | undefined, envName?: string) => settingOf(env, fileField, fileValue, flag, flagValue, envName);
+  // Human units: a number in the file is bytes (sizes, rates) or seconds (durations).
+  const size = (g: Given<string | number> | undefined) => (g === undefined ? undefined : typeof g.value === 'number' ? g.value : parseSize(g.value, g.from));
+  const rate = (g: Given<string | number> | undefined) => (g === undefined ? undefined : typeof g.value === 'number' ? g.value : parseRate(g.value, g.from));
+  const ms = (g: Given<string | number> | undefined) => (g === undefined ? undefined : typeof g.value === 'number' ? g.value * 1000 : parseDuration(g.value, g.from));
+  const address = (g: Given<string> | undefined) => (g === undefined ? undefined : parseHostPort(g.value, g.from));
+
+  const roleGiven = setting('role', file.role, '--role', flags.role, 'OFFSITE_ROLE');
+  const role = roleGiven?.value ?? 'primary';
+  if (role !== 'primary' && role !== 'replica') throw new ConfigError(`${roleGiven!.from}: '${role}' must be primary or replica`, 'role');
+  const dataDir = setting('data', file.data, '--data', flags.data, 'OFFSITE_DATA')?.value;
   if (!dataDir) throw new ConfigError('data: a data directory is required (--data DIR)', 'data');
 
   let volumes: VolumeConfig[] = (file.volumes ?? []).map((v) =>
@@ -287,13 +323,14 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
     seen.add(v.name);
   }
 
-  const iscsiText = pick(file.iscsi, flags.iscsi, env.OFFSITE_ISCSI);
-  const httpText = pick(file.http, flags.http, env.OFFSITE_HTTP);
-  const metricsText = pick(file.metricsListen, flags.metricsListen, env.OFFSITE_METRICS_LISTEN);
-  const httpTls = loadHttpTls(pick(file.httpTls?.cert, flags.httpTlsCert, env.OFFSITE_HTTP_TLS_CERT), pick(file.httpTls?.key, flags.httpTlsKey, env.OFFSITE_HTTP_TLS_KEY));
-  const targetPrefix = pick(file.targetPrefix, flags.targetPrefix, env.OFFSITE_TARGET_PREFIX) ?? DEFAULT_TARGET_PREFIX;
+  const iscsi = address(setting('iscsi', file.iscsi, '--iscsi', flags.iscsi, 'OFFSITE_ISCSI'));
+  const http = address(setting('http', file.http, '--http', flags.http, 'OFFSITE_HTTP'));
+  const metricsListen = address(setting('metricsListen', file.metricsListen, '--metrics-listen', flags.metricsListen, 'OFFSITE_METRICS_LISTEN'));
+  const httpTls = loadHttpTls(setting('httpTls.cert', file.httpTls?.cert, '--http-tls-cert', flags.httpTlsCert, 'OFFSITE_HTTP_TLS_CERT'), setting('httpTls.key', file.httpTls?.key, '--http-tls-key', flags.httpTlsKey, 'OFFSITE_HTTP_TLS_KEY'));
+  const prefixGiven = setting('targetPrefix', file.targetPrefix, '--target-prefix', flags.targetPrefix, 'OFFSITE_TARGET_PREFIX');
+  const targetPrefix = prefixGiven?.value ?? DEFAULT_TARGET_PREFIX;
   if (!/^(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]*)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$/.test(targetPrefix)) {
-    throw new ConfigError(`target-prefix: '${targetPrefix}' is not an iSCSI name (example: iqn.2026-11.dev.offsite)`, 'targetPrefix');
+    throw new ConfigError(`${prefixGiven?.from ?? 'targetPrefix'}: '${targetPrefix}' is not an iSCSI name (example: iqn.2026-11.dev.offsite)`, 'targetPrefix');
   }
 
   const auth: TargetAuthConfig = { ...(file.auth ?? {}) };
@@ -311,90 +348,95 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
 
   // commander sets journal=true unless --no-journal: only `false` is a decision of the flags.
   const journalEnabled = flags.journal === false ? false : file.journal?.enabled ?? true;
-  const maxText = pick<string | number>(file.journal?.max, flags.journalMax, env.OFFSITE_JOURNAL_MAX);
-  const retainText = pick<string | number>(file.journal?.retain, flags.journalRetain, env.OFFSITE_JOURNAL_RETAIN);
-  const retainSize = file.journal?.retainSize;
-  const logLevel = pick(file.logLevel, flags.logLevel, env.OFFSITE_LOG_LEVEL) ?? 'info';
+  const journalMaxBytes = size(setting('journal.max', file.journal?.max, '--journal-max', flags.journalMax, 'OFFSITE_JOURNAL_MAX'));
+  const journalRetainMs = ms(setting('journal.retain', file.journal?.retain, '--journal-retain', flags.journalRetain, 'OFFSITE_JOURNAL_RETAIN'));
+  const journalRetainBytes = size(setting<string | number, string>('journal.retainSize', file.journal?.retainSize, '', undefined));
+  const logGiven = setting('logLevel', file.logLevel, '--log-level', flags.logLevel, 'OFFSITE_LOG_LEVEL');
+  const logLevel = logGiven?.value ?? 'info';
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(logLevel)) {
-    throw new ConfigError(`log-level: '${logLevel}' is not one of trace, debug, info, warn, error, fatal, silent`, 'logLevel');
+    throw new ConfigError(`${logGiven!.from}: '${logLevel}' is not one of trace, debug, info, warn, error, fatal, silent`, 'logLevel');
   }
 
-  const nopIntervalText = pick<string | number>(file.nop?.interval, flags.nopInterval, env.OFFSITE_NOP_INTERVAL);
-  const nopTimeoutText = pick<string | number>(file.nop?.timeout, flags.nopTimeout, env.OFFSITE_NOP_TIMEOUT);
-  const ms = (v: string | number | undefined, field: string, dflt: number) => (v === undefined ? dflt : typeof v === 'number' ? v * 1000 : parseDuration(v, field));
-  const nop = { intervalMs: ms(nopIntervalText, 'nop-interval', 5000), timeoutMs: ms(nopTimeoutText, 'nop-timeout', 30000) };
-  if (nop.intervalMs && nop.timeoutMs < 100) throw new ConfigError('nop-timeout: must be at least 100ms', 'nop.timeout');
+  const nopTimeout = setting('nop.timeout', file.nop?.timeout, '--nop-timeout', flags.nopTimeout, 'OFFSITE_NOP_TIMEOUT');
+  const nop = { intervalMs: ms(setting('nop.interval', file.nop?.interval, '--nop-interval', flags.nopInterval, 'OFFSITE_NOP_INTERVAL')) ?? 5000, timeoutMs: ms(nopTimeout) ?? 30000 };
+  if (nop.intervalMs && nop.timeoutMs < 100) throw new ConfigError(`${nopTimeout?.from ?? 'nop.timeout'}: must be at least 100ms`, 'nop.timeout');
 
   const rf = file.replication ?? {};
-  const replicateTo = pick(rf.replicateTo, flags.replicateTo, env.OFFSITE_REPLICATE_TO);
-  const listen = pick(rf.listen, flags.replicationListen, env.OFFSITE_REPLICATION_LISTEN);
-  const bwText = pick<string | number>(rf.maxBandwidth, flags.maxBandwidth, env.OFFSITE_MAX_BANDWIDTH);
-  const rpoText = pick<string | number>(rf.rpoTarget, flags.rpoTarget, env.OFFSITE_RPO_TARGET);
-  const rpoPolicy = pick(rf.rpoPolicy, flags.rpoPolicy, env.OFFSITE_RPO_POLICY) ?? 'coalesce';
-  if (!isRpoPolicy(rpoPolicy)) throw new ConfigError(`rpo-policy: '${rpoPolicy}' must be coalesce, throttle or alert`, 'rpoPolicy');
-  if (role === 'replica' && replicateTo) throw new ConfigError('replicate-to: a replica does not replicate (it receives on --replication-listen)', 'replicateTo');
-  if (role === 'primary' && listen) throw new ConfigError('replication-listen: only a replica listens for replication (use --role replica)', 'replicationListen');
-  if (role === 'replica' && !listen) throw new ConfigError('replication-listen: a replica needs --replication-listen HOST:PORT', 'replicationListen');
+  const replicateToGiven = setting('replication.replicateTo', rf.replicateTo, '--replicate-to', flags.replicateTo, 'OFFSITE_REPLICATE_TO');
+  const listenGiven = setting('replication.listen', rf.listen, '--replication-listen', flags.replicationListen, 'OFFSITE_REPLICATION_LISTEN');
+  const replicateTo = replicateToGiven?.value;
+  const listen = listenGiven?.value;
+  const policyGiven = setting('replication.rpoPolicy', rf.rpoPolicy, '--rpo-policy', flags.rpoPolicy, 'OFFSITE_RPO_POLICY');
+  const rpoPolicy = policyGiven?.value ?? 'coalesce';
+  if (!isRpoPolicy(rpoPolicy)) throw new ConfigError(`${policyGiven!.from}: '${rpoPolicy}' must be coalesce, throttle or alert`, 'replication.rpoPolicy');
+  if (role === 'replica' && replicateToGiven) throw new ConfigError(`${replicateToGiven.from}: a replica does not replicate (it receives on --replication-listen)`, 'replication.replicateTo');
+  if (role === 'primary' && listenGiven) throw new ConfigError(`${listenGiven.from}: only a replica listens for replication (use --role replica)`, 'replication.listen');
+  if (role === 'replica' && !listen) throw new ConfigError('replication-listen: a replica needs --replication-listen HOST:PORT', 'replication.listen');
   if (role === 'replica' && volumes.some((v) => v.sizeBytes !== undefined)) throw new ConfigError('volume: a replica learns its volumes from the primary; do not give --volume NAME:SIZE', 'volume');
-  if (replicateTo && !journalEnabled) throw new ConfigError('replicate-to: replication needs the journal (remove --no-journal)', 'replicateTo');
-  const linkKeyFile = pick(rf.linkKey, flags.linkKey, env.OFFSITE_LINK_KEY);
-  const insecureLink = flags.insecureLink ?? (env.OFFSITE_INSECURE_LINK !== undefined ? /^(1|true|yes)$/i.test(env.OFFSITE_INSECURE_LINK) : rf.insecureLink ?? false);
+  if (replicateToGiven && !journalEnabled) throw new ConfigError(`${replicateToGiven.from}: replication needs the journal (remove --no-journal)`, 'replication.replicateTo');
+  const linkKeyGiven = setting('replication.linkKey', rf.linkKey, '--link-key', flags.linkKey, 'OFFSITE_LINK_KEY');
+  const linkKeyFile = linkKeyGiven?.value;
+  // A switch like every other setting: the environment (either way) over the flag over the file.
+  const insecureGiven = setting('replication.insecureLink', rf.insecureLink, '--insecure-link', flags.insecureLink);
+  const insecureEnv = envSwitch(env, 'OFFSITE_INSECURE_LINK', 'replication.insecureLink');
+  const insecure = insecureEnv !== undefined ? { value: insecureEnv, from: 'OFFSITE_INSECURE_LINK' } : insecureGiven;
+  const insecureLink = insecure?.value === true;
   if ((replicateTo || listen) && !linkKeyFile && !insecureLink) {
-    throw new ConfigError('link-key: the replication link is authenticated and encrypted: give --link-key FILE (make it with offsite keygen --link-key FILE, same file at both sites) or, knowingly, --insecure-link', 'linkKey');
+    throw new ConfigError('link-key: the replication link is authenticated and encrypted: give --link-key FILE (make it with offsite keygen --link-key FILE, same file at both sites) or, knowingly, --insecure-link', 'replication.linkKey');
   }
-  if (linkKeyFile && insecureLink) throw new ConfigError('insecure-link: --insecure-link and --link-key exclude each other', 'insecureLink');
-  const verifyEveryText = pick<string | number>(rf.verifyEvery, flags.verifyEvery, env.OFFSITE_VERIFY_EVERY);
-  const verifyRateText = pick<string | number>(rf.verifyRate, flags.verifyRate, env.OFFSITE_VERIFY_RATE);
-  const verifyEveryMs = ms(verifyEveryText, 'verify-every', 0);
-  if (verifyEveryMs !== 0 && verifyEveryMs < 1000) throw new ConfigError('verify-every: at least 1s (0 turns the schedule off)', 'replication.verifyEvery');
-  if (verifyEveryMs && !replicateTo && !listen) throw new ConfigError('verify-every: online verify compares with a replica: give --replicate-to (or, on a replica, --replication-listen, for when it is promoted)', 'replication.verifyEvery');
-  const verifyRateBytesPerSec = verifyRateText === undefined ? 0 : typeof verifyRateText === 'number' ? verifyRateText : parseRate(verifyRateText, 'verify-rate');
-  const tokenFile = pick(file.admin?.tokenFile, flags.adminTokenFile);
+  if (linkKeyGiven && insecureLink) throw new ConfigError(`${insecure!.from}: insecure link and ${linkKeyGiven.from} exclude each other`, 'replication.insecureLink');
+  const verifyEvery = setting('replication.verifyEvery', rf.verifyEvery, '--verify-every', flags.verifyEvery, 'OFFSITE_VERIFY_EVERY');
+  const verifyEveryMs = ms(verifyEvery) ?? 0;
+  if (verifyEveryMs !== 0 && verifyEveryMs < 1000) throw new ConfigError(`${verifyEvery!.from}: at least 1s (0 turns the schedule off)`, 'replication.verifyEvery');
+  if (verifyEveryMs && !replicateTo && !listen) throw new ConfigError(`${verifyEvery!.from}: online verify compares with a replica: give --replicate-to (or, on a replica, --replication-listen, for when it is promoted)`, 'replication.verifyEvery');
+  const verifyRateBytesPerSec = rate(setting('replication.verifyRate', rf.verifyRate, '--verify-rate', flags.verifyRate, 'OFFSITE_VERIFY_RATE')) ?? 0;
+  const tokenFile = setting('admin.tokenFile', file.admin?.tokenFile, '--admin-token-file', flags.adminTokenFile);
   let adminToken = env.OFFSITE_ADMIN_TOKEN || undefined;
   if (!adminToken && tokenFile) {
     try {
-      adminToken = readFileSync(tokenFile, 'utf8').trim();
+      adminToken = readFileSync(tokenFile.value, 'utf8').trim();
     } catch (e) {
-      throw new ConfigError(`admin-token-file: cannot read ${tokenFile}: ${(e as Error).message}`, 'admin.tokenFile');
+      throw new ConfigError(`${tokenFile.from}: cannot read ${tokenFile.value}: ${(e as Error).message}`, 'admin.tokenFile');
     }
   }
-  const witnessGiven = pick<string | string[]>(file.witness?.address, flags.witness, env.OFFSITE_WITNESS);
-  const witnessAddresses = witnessGiven === undefined ? [] : (Array.isArray(witnessGiven) ? witnessGiven : witnessGiven.split(',')).map((w) => w.trim());
+  const witnessGiven = setting<string | string[], string>('witness.address', file.witness?.address, '--witness', flags.witness, 'OFFSITE_WITNESS');
+  const witnessFrom = witnessGiven?.from ?? 'witness.address';
+  const witnessAddresses = witnessGiven === undefined ? [] : (Array.isArray(witnessGiven.value) ? witnessGiven.value : witnessGiven.value.split(',')).map((w) => w.trim());
   const witnessAddr = witnessGiven === undefined ? undefined : witnessAddresses.join(',');
-  const failoverText = pick<string | number>(file.witness?.failoverAfter, flags.failoverAfter, env.OFFSITE_FAILOVER_AFTER);
-  for (const w of witnessAddresses) parseHostPort(w, 'witness');
-  if (new Set(witnessAddresses).size !== witnessAddresses.length) throw new ConfigError(`witness: ${witnessAddr} names a witness twice (a majority of distinct witnesses must agree)`, 'witness.address');
-  if (witnessAddresses.length > MAX_WITNESSES) throw new ConfigError(`witness: at most ${MAX_WITNESSES} witnesses (${witnessAddresses.length} given)`, 'witness.address');
-  const witnessKeyFile = pick(file.witness?.keyFile, flags.witnessKey, env.OFFSITE_WITNESS_KEY);
-  if (witnessKeyFile && !witnessAddr) throw new ConfigError('witness-key: give the witness too (--witness HOST:PORT)', 'witness.keyFile');
-  const witnessKey = witnessKeyFile ? readSecretFile(witnessKeyFile, 'witness-key', 'witness.keyFile') : undefined;
-  if (failoverText !== undefined && !witnessAddr) throw new ConfigError('failover-after: automatic takeover needs a witness (--witness HOST:PORT)', 'failoverAfter');
+  const failover = setting('witness.failoverAfter', file.witness?.failoverAfter, '--failover-after', flags.failoverAfter, 'OFFSITE_FAILOVER_AFTER');
+  for (const w of witnessAddresses) parseHostPort(w, witnessFrom);
+  if (new Set(witnessAddresses).size !== witnessAddresses.length) throw new ConfigError(`${witnessFrom}: ${witnessAddr} names a witness twice (a majority of distinct witnesses must agree)`, 'witness.address');
+  if (witnessAddresses.length > MAX_WITNESSES) throw new ConfigError(`${witnessFrom}: at most ${MAX_WITNESSES} witnesses (${witnessAddresses.length} given)`, 'witness.address');
+  const witnessKeyGiven = setting('witness.keyFile', file.witness?.keyFile, '--witness-key', flags.witnessKey, 'OFFSITE_WITNESS_KEY');
+  if (witnessKeyGiven && !witnessAddr) throw new ConfigError(`${witnessKeyGiven.from}: give the witness too (--witness HOST:PORT)`, 'witness.keyFile');
+  const witnessKey = witnessKeyGiven ? readSecretFile(witnessKeyGiven.value, witnessKeyGiven.from, 'witness.keyFile') : undefined;
+  if (failover && !witnessAddr) throw new ConfigError(`${failover.from}: automatic takeover needs a witness (--witness HOST:PORT)`, 'witness.failoverAfter');
   if (adminToken !== undefined && adminToken.length < 16) throw new ConfigError('admin token: use at least 16 characters (offsite keygen --admin-token FILE makes one)', 'admin.tokenFile');
 
   return {
     role,
     dataDir,
     volumes,
-    iscsi: iscsiText ? parseHostPort(iscsiText, 'iscsi') : DEFAULT_ISCSI,
-    http: httpText ? parseHostPort(httpText, 'http') : DEFAULT_HTTP,
-    metricsListen: metricsText ? parseHostPort(metricsText, 'metrics-listen') : undefined,
+    iscsi: iscsi ?? DEFAULT_ISCSI,
+    http: http ?? DEFAULT_HTTP,
+    metricsListen,
     httpTls,
     targetPrefix,
     auth,
     targets,
     journal: {
       enabled: journalEnabled,
-      maxBytes: maxText === undefined ? undefined : typeof maxText === 'number' ? maxText : parseSize(maxText, 'journal-max'),
-      retainMs: retainText === undefined ? undefined : typeof retainText === 'number' ? retainText * 1000 : parseDuration(retainText, 'journal-retain'),
-      retainBytes: retainSize === undefined ? undefined : typeof retainSize === 'number' ? retainSize : parseSize(retainSize, 'journal.retainSize'),
+      maxBytes: journalMaxBytes,
+      retainMs: journalRetainMs,
+      retainBytes: journalRetainBytes,
     },
     logLevel,
     nop,
     replication: {
-      replicateTo: replicateTo ? parseHostPort(replicateTo, 'replicate-to') : undefined,
-      listen: listen ? parseHostPort(listen, 'replication-listen') : undefined,
-      maxBandwidthBytesPerSec: bwText === undefined ? 0 : typeof bwText === 'number' ? bwText : parseRate(bwText, 'max-bandwidth'),
-      rpoTargetMs: rpoText === undefined ? 0 : typeof rpoText === 'number' ? rpoText * 1000 : parseDuration(rpoText, 'rpo-target'),
+      replicateTo: address(replicateToGiven),
+      listen: address(listenGiven),
+      maxBandwidthBytesPerSec: rate(setting('replication.maxBandwidth', rf.maxBandwidth, '--max-bandwidth', flags.maxBandwidth, 'OFFSITE_MAX_BANDWIDTH')) ?? 0,
+      rpoTargetMs: ms(setting('replication.rpoTarget', rf.rpoTarget, '--rpo-target', flags.rpoTarget, 'OFFSITE_RPO_TARGET')) ?? 0,
       rpoPolicy,
       linkKeyFile,
       insecureLink,
@@ -402,9 +444,7 @@ export function resolveConfig(file: ConfigFile, flags: ConfigFlags, env: NodeJS.
       verifyRateBytesPerSec,
     },
     adminToken,
-    witness: witnessAddr
-      ? { address: witnessAddr, addresses: witnessAddresses, key: witnessKey, failoverAfterMs: failoverText === undefined ? undefined : typeof failoverText === 'number' ? failoverText * 1000 : parseDuration(failoverText, 'failover-after') }
-      : undefined,
+    witness: witnessAddr ? { address: witnessAddr, addresses: witnessAddresses, key: witnessKey, failoverAfterMs: ms(failover) } : undefined,
   };
 }
 
