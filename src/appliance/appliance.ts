@@ -228,7 +228,7 @@ export class Appliance {
           await image.grow(v.sizeBytes);
           logger.warn({ volume: v.name, sizeBytes: image.sizeBytes, previousSizeBytes: from }, 'volume grown to its configured size');
         } else {
-          logger.warn({ volume: v.name, sizeBytes: image.sizeBytes, configuredSizeBytes: v.sizeBytes }, v.sizeBytes > image.sizeBytes ? 'volume is smaller than configured but read-only: served at its size' : 'volume is larger than configured (grown at run time): served at its size; volumes never shrink');
+          logger.warn({ volume: v.name, sizeBytes: image.sizeBytes, configuredSizeBytes: v.sizeBytes }, v.sizeBytes > image.sizeBytes ? 'volume is smaller than configured but read-only: served at its size' : 'volume is larger than the configured size (created larger, or grown since): served at its size; volumes never shrink');
         }
       }
     }

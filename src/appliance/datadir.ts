@@ -34,7 +34,7 @@ export class DataDir {
   /** Create (or validate) the directory and its identity. */
   async init(): Promise<DataDirIdentity> {
     try {
-      await fsp.mkdir(this.root, { recursive: true, mode: 0o700 });
+      await makeDirs(this.root);
       await fsp.access(this.root, fsc.W_OK | fsc.R_OK | fsc.X_OK);
     } catch (e) {
       throw new DataDirError('DATA_DIR_UNUSABLE', `data directory ${this.root} is not usable: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
@@ -54,6 +54,16 @@ export class DataDir {
     await fsp.rename(tmp, this.identityPath);
     await fsp.mkdir(this.volumesDir, { recursive: true, mode: 0o700 });
     return identity;
+  }
+
+  /**
+   * The directory's permission bits when group or others have any (0 when owner-only). It holds
+   * every byte written to the volumes (images, journal segments): a directory made before
+   * offsite ran, or chmodded since, may let other local users read them.
+   */
+  async openToOthers(): Promise<number> {
+    const mode = (await fsp.stat(this.root)).mode & 0o777;
+    return mode & 0o077 ? mode : 0;
   }
 
   async readIdentity(): Promise<DataDirIdentity> {
@@ -97,5 +107,33 @@ export class DataDir {
   async unlock(): Promise<void> {
     const text = await fsp.readFile(this.pidPath, 'utf8').catch(() => '');
     if (Number(text.trim()) === process.pid) await fsp.unlink(this.pidPath).catch(() => undefined);
+  }
+}
+
+/**
+ * mkdir -p, one level at a time, the last one owner-only. Not fs.mkdir({recursive}): on a
+ * file system that answers ENOENT to creating a directory (procfs: `--data /proc/x`), Node's
+ * recursive mkdir retries forever at full CPU. Here an ENOENT for a directory whose parent
+ * exists is final.
+ */
+async function makeDirs(dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    const st = await fsp.stat(d).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    if (st) {
+      if (!st.isDirectory()) throw Object.assign(new Error(`${d} is not a directory`), { code: 'ENOTDIR' });
+      break;
+    }
+    missing.unshift(d);
+    if (path.dirname(d) === d) break;
+  }
+  for (const [i, d] of missing.entries()) {
+    await fsp.mkdir(d, { mode: i === missing.length - 1 ? 0o700 : 0o777 }).catch((e: NodeJS.ErrnoException) => {
+      // Made meanwhile by someone else: fine, as long as it is a directory (checked by the caller's access()).
+      if (e.code !== 'EEXIST') throw e;
+    });
   }
 }

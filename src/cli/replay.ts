@@ -2,7 +2,7 @@
  * `offsite replay`: write a volume's image as it was right after sequence N (or at time T;
  * default the latest) from a stopped appliance's data directory (primary or replica).
  */
-import { readFile } from 'node:fs/promises';
+import { chmod, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
@@ -12,6 +12,7 @@ import { Journal } from '../journal/wal';
 import { pointAtTime, reconstruct } from '../journal/point-in-time';
 import { Bookmarks } from '../journal/bookmarks';
 import { fail } from './exit';
+import { OWNER_ONLY_UMASK } from './data-perms';
 import { checkPointOptions, seqNumber } from './args';
 
 /** Open a stopped appliance's journal, refusing a running or foreign data directory. */
@@ -35,12 +36,14 @@ export function register(program: Command): void {
     .description("write a volume's image as it was right after a journal sequence number or at a time (default: latest)")
     .requiredOption('--data <dir>', 'data directory of a stopped appliance (primary or replica)')
     .requiredOption('--volume <name>', 'volume to reconstruct')
-    .requiredOption('--out <file>', 'output image file (created or overwritten)')
+    .requiredOption('--out <file>', 'output image file (created owner-only, mode 600, or overwritten)')
     .option('--seq <n>', 'state right after this sequence number', seqNumber)
     .option('--time <iso8601>', 'state at this moment (the last write at or before it)')
     .option('--bookmark <name>', 'state at this bookmark (offsite bookmark)')
     .action(async (opts: { data: string; volume: string; out: string; seq?: number; time?: string; bookmark?: string }) => {
       const started = Date.now();
+      // The output image holds the volume's data: owner-only like the data directory it comes from.
+      process.umask(OWNER_ONLY_UMASK);
       let journal: Journal | undefined;
       try {
         checkPointOptions(opts);
@@ -59,6 +62,7 @@ export function register(program: Command): void {
         if (opts.time !== undefined) {
           seq = await pointAtTime(journal, Date.parse(opts.time));
         }
+        const outExisted = await stat(opts.out).then(() => true, () => false);
         const bar = process.stderr.isTTY ? new SingleBar({ format: 'replay |{bar}| {percentage}% {value}/{total} records', stream: process.stderr }) : undefined;
         bar?.start(1, 0);
         const report = await reconstruct({
@@ -74,6 +78,8 @@ export function register(program: Command): void {
           },
         });
         bar?.stop();
+        // A copied image or base keeps its source's mode (copyfile sets it, the umask aside).
+        if (!outExisted) await chmod(opts.out, 0o600);
         const secs = ((Date.now() - started) / 1000).toFixed(2);
         const when = report.timeMs ? ` (${new Date(report.timeMs).toISOString()})` : '';
         process.stdout.write(`replayed volume ${opts.volume} to sequence ${report.seq}${when} from ${report.from === 'empty' ? 'an empty volume' : `the ${report.from}`}: ${report.records} records applied, ${report.bytes} bytes, ${secs} s -> ${opts.out}\n`);

@@ -13,6 +13,7 @@ type ReplicationAdmin = ReturnType<Appliance['admin']>;
 import { createLogger } from '../ops/logging';
 import { createMetrics } from '../ops/metrics';
 import { fail } from './exit';
+import { OWNER_ONLY_UMASK, warnIfOpenToOthers } from './data-perms';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -57,7 +58,11 @@ export function register(program: Command): void {
       } catch (e) {
         fail(e, 'offsite serve');
       }
+      // Every file this process makes under the data directory (images, journal segments and
+      // its LevelDB index, state, split-off journals) is owner-only: they hold every byte written.
+      process.umask(OWNER_ONLY_UMASK);
       const logger = createLogger(config.logLevel);
+      await warnIfOpenToOthers(config.dataDir, (mode, msg) => logger.warn({ dataDir: config.dataDir, mode }, msg));
       const metrics = createMetrics();
       const override = await readRoleOverride(config.dataDir).catch(() => undefined);
       if (override && (override.role !== config.role || override.replicateTo || override.replicationListen)) {

@@ -1,6 +1,6 @@
 /** `offsite serve`: volumes created and reopened, clear errors and exit codes, /status, SIGTERM. */
 import assert from 'node:assert/strict';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
@@ -53,7 +53,7 @@ test('a configured size above the existing volume grows it at start (the data ke
   // The old configuration again: served at its grown size, said so, nothing lost.
   app = await startAppliance({ dataDir: data, volumes: ['alpha:64M'] });
   assert.equal(((await app.status()).volumes as { sizeBytes: number }[])[0].sizeBytes, 128 * 1024 * 1024);
-  assert.ok(app.logs.some((l) => String(l.msg).startsWith('volume is larger than configured (grown at run time)')));
+  assert.ok(app.logs.some((l) => String(l.msg).startsWith('volume is larger than the configured size')));
   r = await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 0x5d 127M 1M', app.url('alpha')]);
   assert.equal(r.code, 0, r.stderr);
   assert.doesNotMatch(r.stdout, /Pattern verification failed/);
@@ -103,4 +103,66 @@ test('a second appliance on the same data directory is refused while the first r
   assert.match(r.stderr, new RegExp(`in use by a running appliance \\(pid ${app.proc.pid}\\)`));
   await app.stop();
   removeDir(dir);
+});
+
+test('a size below a volume that was never resized: the warning does not claim it grew at run time', async () => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  let app = await startAppliance({ dataDir: data, volumes: ['alpha:64M'] });
+  await app.stop();
+  app = await startAppliance({ dataDir: data, volumes: ['alpha:32M'] });
+  assert.equal(((await app.status()).volumes as { sizeBytes: number }[])[0].sizeBytes, 64 * 1024 * 1024);
+  const warning = app.logs.find((l) => String(l.msg).startsWith('volume is larger than'));
+  assert.ok(warning, 'the smaller configured size is warned about');
+  assert.doesNotMatch(String(warning.msg), /grown at run time/);
+  assert.equal(warning.configuredSizeBytes, 32 * 1024 * 1024);
+  await app.stop();
+  removeDir(dir);
+});
+
+/** Every file and directory under dir whose mode gives group or others any access. */
+function openToOthers(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    const p = path.join(e.parentPath ?? e.path, e.name);
+    const mode = statSync(p).mode & 0o777;
+    if (mode & 0o077) out.push(`${path.relative(dir, p)} ${mode.toString(8)}`);
+  }
+  return out;
+}
+
+test('everything serve creates under the data directory is owner-only, whatever the umask; an existing directory open to others is warned about', async () => {
+  const dir = tempDir();
+  const data = path.join(dir, 'data');
+  // The usual shell umask (022) is what the appliance inherits.
+  const before = process.umask(0o022);
+  let app;
+  try {
+    app = await startAppliance({ dataDir: data, volumes: ['alpha:8M'], args: ['--journal-retain', '1h'] });
+  } finally {
+    process.umask(before);
+  }
+  const r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', app.url('alpha')]);
+  assert.equal(r.code, 0, r.stderr);
+  await app.stop();
+  assert.ok(readdirSync(path.join(data, 'journal')).length > 0, 'the journal exists');
+  assert.equal(statSync(data).mode & 0o777, 0o700);
+  assert.deepEqual(openToOthers(data), [], 'files and directories readable by group or others');
+  // A data directory made (or chmodded) by someone else: served, with a warning saying how to fix it.
+  chmodSync(data, 0o755);
+  app = await startAppliance({ dataDir: data, volumes: [] });
+  const warning = app.logs.find((l) => /accessible to group or others/.test(String(l.msg)));
+  assert.ok(warning, 'a warning about the data directory mode');
+  assert.equal(warning.mode, '755');
+  assert.match(String(warning.msg), /chmod 700/);
+  await app.stop();
+  removeDir(dir);
+});
+
+test('a data directory that cannot be created (under /proc) is refused at once, not retried forever', { skip: !statSync('/proc', { throwIfNoEntry: false })?.isDirectory() && 'no /proc' }, async () => {
+  const started = Date.now();
+  const r = await serve(['--data', '/proc/offsite-nope/data', '--volume', 'v:1M']);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /data directory \/proc\/offsite-nope\/data is not usable: ENOENT \[DATA_DIR_UNUSABLE\]/);
+  assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms`);
 });
