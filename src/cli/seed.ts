@@ -9,12 +9,40 @@ import type { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { DataDir } from '../appliance/datadir';
 import type { ReplicaState } from '../appliance/replica';
+import { LineageFile } from '../appliance/lineage';
+import { readRoleOverride } from '../appliance/site-role';
 import { OffsiteError } from '../common/errors';
 import { isZero } from '../common/bytes';
 import { FileVolume } from '../volume/file-volume';
+import { Journal } from '../journal/wal';
 import { fail } from './exit';
+import { OWNER_ONLY_UMASK, warnIfOpenToOthers } from './data-perms';
 
 const CHUNK = 1 << 20;
+
+/**
+ * Seeding writes a volume's image directly, behind any journal: only a replica that has not yet
+ * met its primary may take that. A directory that is (or was) a primary — switched to primary by
+ * a promotion, or holding a journal or a lineage without ever having run as a replica — keeps its
+ * writes in the journal and the lineage; an image overwritten under them would be served (and
+ * replicated) as data the journal says was never written.
+ */
+async function refuseNonReplica(dir: DataDir, replicaState: ReplicaState | null): Promise<void> {
+  const refuse = (why: string) => {
+    throw new OffsiteError('SEED_NOT_REPLICA', `${dir.root} ${why}; seed is for a new replica's data directory (seeding would overwrite its volume behind its journal)`);
+  };
+  const role = await readRoleOverride(dir.root).catch(() => undefined);
+  if (role?.role === 'primary') refuse(`is a primary (state/role.json: switched by ${role.reason} at ${role.changedAt})`);
+  if (replicaState) return;
+  if ((await LineageFile.in(dir.root).load().catch(() => [])).length > 0) refuse('holds a primary\'s data (it has a lineage: it has run as a primary)');
+  // A replica started before it met its primary has an empty journal; a primary's holds its writes.
+  if (await fsp.stat(dir.journalDir).catch(() => undefined)) {
+    const journal = await Journal.open({ dir: dir.journalDir });
+    const head = journal.headSeq();
+    await journal.close();
+    if (head > 0) refuse(`holds a primary's data (its journal has records up to sequence ${head}, and it never ran as a replica)`);
+  }
+}
 
 export function register(program: Command): void {
   program
@@ -25,19 +53,24 @@ export function register(program: Command): void {
     .requiredOption('--from <image>', 'raw image file of the volume (its size is the volume size)')
     .action(async (opts: { data: string; volume: string; from: string }) => {
       const started = Date.now();
+      process.umask(OWNER_ONLY_UMASK);
       const dir = new DataDir(opts.data);
       let volume: FileVolume | undefined;
       let locked = false;
+      // fail() exits the process: it comes after the lock is released, not inside the try.
+      let failure: { error: unknown } | undefined;
       try {
         const st = await fsp.stat(opts.from).catch(() => {
           throw new OffsiteError('SEED_NO_IMAGE', `cannot read the image ${opts.from}`);
         });
         if (!st.isFile() || st.size === 0 || st.size % 512 !== 0) throw new OffsiteError('SEED_BAD_IMAGE', `${opts.from} is not a raw image (size ${st.size} is not a positive multiple of 512)`);
+        await warnIfOpenToOthers(opts.data, (_mode, msg) => process.stderr.write(`offsite seed: warning: ${msg}\n`));
         await dir.init();
         await dir.lock();
         locked = true;
         const statePath = path.join(dir.root, 'state', 'replica.json');
         const state = JSON.parse(await fsp.readFile(statePath, 'utf8').catch(() => 'null')) as ReplicaState | null;
+        await refuseNonReplica(dir, state);
         if (state && !state.fresh && !state.sync) {
           throw new OffsiteError('SEED_NOT_FRESH', `${opts.data} already replicates from its primary; seeding is for a new replica`);
         }
@@ -72,10 +105,11 @@ export function register(program: Command): void {
         const secs = ((Date.now() - started) / 1000).toFixed(2);
         process.stdout.write(`seeded volume ${opts.volume} in ${opts.data}: ${st.size} bytes, ${copied} bytes of data copied, ${secs} s; the first sync will send only the chunks that differ\n`);
       } catch (e) {
-        fail(e, 'offsite seed');
+        failure = { error: e };
       } finally {
         await volume?.close().catch(() => undefined);
         if (locked) await dir.unlock();
       }
+      if (failure) fail(failure.error, 'offsite seed');
     });
 }
