@@ -271,21 +271,14 @@ export function register(program: Command): void {
     .description('turn a primary into a replica of the new primary; writes it took after the split are saved aside for offsite replay')
     .requiredOption('--http <[https://]host:port>', "the (old) primary's HTTP address")
     .option('--ca <file>', 'for https://: the PEM certificate (or its CA) to trust (default: OFFSITE_CA, else the system CAs)')
-    .option('--replication-listen <host:port>', 'where the new primary will connect (its --replicate-to); required, or as --replicate-from')
-    // Issue 5 spells the command `demote --replicate-from HOST:PORT`. Replication connects from
-    // the primary to the replica, so the address is still this site's listening one: the same
-    // value as --replication-listen, under the name operators may have read.
-    .option('--replicate-from <host:port>', 'the same as --replication-listen: the address at this site where the new primary will connect (its --replicate-to)')
-    .action(async (opts: { http: string; ca?: string; replicationListen?: string; replicateFrom?: string; tokenFile?: string }) => {
+    .requiredOption('--replication-listen <host:port>', 'where the new primary will connect (its --replicate-to)')
+    .action(async (opts: { http: string; ca?: string; replicationListen: string; tokenFile?: string }) => {
       caFile = opts.ca;
       tokenFile = opts.tokenFile;
       try {
-        if (opts.replicationListen && opts.replicateFrom && opts.replicationListen !== opts.replicateFrom) {
-          throw new OffsiteError('USAGE', `--replication-listen ${opts.replicationListen} and --replicate-from ${opts.replicateFrom} are the same option: give one`);
-        }
-        const listen = opts.replicationListen ?? opts.replicateFrom;
-        if (!listen) throw new OffsiteError('USAGE', "give --replication-listen HOST:PORT (or --replicate-from HOST:PORT): where the new primary will connect, at this site (the new primary's --replicate-to)");
-        parseHostPort(listen, opts.replicationListen ? '--replication-listen' : '--replicate-from');
+        // Checked here: a bad address is a usage error before the appliance stops being a primary.
+        parseHostPort(opts.replicationListen, '--replication-listen');
+        const listen = opts.replicationListen;
         const r = await call(opts.http, 'POST', '/demote', { replicationListen: listen });
         process.stdout.write(`demoted in ${String(r.ms)} ms: now a replica listening on ${listen}\n`);
       } catch (e) {

@@ -22,25 +22,19 @@ async function standIn(answer: Record<string, unknown>): Promise<{ port: number;
   return { port: (server.address() as AddressInfo).port, calls, close: () => new Promise((r) => server.close(() => r())) };
 }
 
-test('demote takes --replicate-from (issue 5\'s spelling) as --replication-listen: the address where the new primary connects', async () => {
+test('demote sends the address where the new primary connects, and refuses one that is no address before asking the appliance', async () => {
   const api = await standIn({ role: 'replica', ms: 12 });
   try {
     const addr = `127.0.0.1:${api.port}`;
-    let r = await run(process.execPath, [CLI, 'demote', '--http', addr, '--replicate-from', '127.0.0.1:7771']);
+    let r = await run(process.execPath, [CLI, 'demote', '--http', addr, '--replication-listen', '127.0.0.1:7772']);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /demoted in 12 ms: now a replica listening on 127\.0\.0\.1:7771/);
-    r = await run(process.execPath, [CLI, 'demote', '--http', addr, '--replication-listen', '127.0.0.1:7772']);
-    assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(api.calls.map((c) => [c.method, c.url, c.body]), [
-      ['POST', '/demote', { replicationListen: '127.0.0.1:7771' }],
-      ['POST', '/demote', { replicationListen: '127.0.0.1:7772' }],
-    ]);
-    // Both, disagreeing, or a value that is no address: usage errors, nothing asked of the appliance.
-    for (const args of [['--replicate-from', '127.0.0.1:7771', '--replication-listen', '127.0.0.1:7772'], ['--replicate-from', 'nowhere']]) {
+    assert.match(r.stdout, /demoted in 12 ms: now a replica listening on 127\.0\.0\.1:7772/);
+    assert.deepEqual(api.calls.map((c) => [c.method, c.url, c.body]), [['POST', '/demote', { replicationListen: '127.0.0.1:7772' }]]);
+    for (const args of [['--replication-listen', 'nowhere'], []]) {
       r = await run(process.execPath, [CLI, 'demote', '--http', addr, ...args]);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     }
-    assert.equal(api.calls.length, 2);
+    assert.equal(api.calls.length, 1);
   } finally {
     await api.close();
   }
