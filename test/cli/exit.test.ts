@@ -24,7 +24,7 @@ test('usage errors exit 2 like parse errors; run-time failures exit 1', async ()
       [['replay', '--data', data, '--volume', 'v', '--out', out, '--time', 'garbage'], /--time garbage is not an ISO-8601 time \[USAGE\]/],
       [['replay', '--data', data, '--volume', 'v', '--out', out, '--seq', '0', '--time', '2026-01-01T00:00:00Z'], /--seq and --time are mutually exclusive \[USAGE\]/],
       [['keygen'], /say what to create.*\[USAGE\]/],
-      [['demote', '--http', '127.0.0.1:1'], /give --replication-listen HOST:PORT \(or --replicate-from HOST:PORT\).*\[USAGE\]/],
+      [['demote', '--http', '127.0.0.1:1', '--replication-listen', 'nowhere'], /--replication-listen: 'nowhere' is not HOST:PORT/],
     ] as [string[], RegExp][]) {
       const r = await offsite(args);
       assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.stderr}`);
