@@ -672,8 +672,10 @@ export class Appliance {
     this.receiver = undefined;
     let back: Awaited<ReturnType<ReplicaStore['rewindForPromotion']>> | undefined;
     try {
-      // A delta sync staged over a consistent point is given up: the volumes hold that point.
-      if (store.isStaging()) await store.abandonStaging();
+      // A delta sync staged over a consistent point: committed when complete (everything through
+      // its consistent point is stored here: the newest consistent state), else given up (the
+      // volumes hold the point it was staged over).
+      if (store.isStaging()) await store.settleStagingForPromotion();
       await store.idle();
       if (atPoint) {
         // The copies of a test failover would not survive the volumes going back under them.

@@ -8,7 +8,8 @@
  * staged whole: chunks go to staging images, records after the sync point are stored but held,
  * and the volumes keep showing the old consistent point until everything through the sync's
  * consistent point is here; then one step under the apply gate moves them there. A crash while
- * staging resumes the sync; a crash while committing redoes the commit before serving.
+ * staging resumes the sync; a crash while committing redoes the commit before serving, and so
+ * does one between the sync's end and its commit, once that tail is stored.
  * Progress is persisted so an interrupted sync resumes where it stopped. The state file says
  * what the volumes hold.
  */
@@ -167,6 +168,13 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await fsp.rm(path.join(store.dataRoot, STAGING_DIR), { recursive: true, force: true });
     } else if (state.staged) {
       await store.openStaging(false);
+      // A process stopped after the sync ended (SyncDone saved) and before its commit began: the
+      // journal may already hold everything through the consistent point. Only a store() would
+      // commit then, and an idle primary sends none: the volumes would keep the older point
+      // (verify answering "syncing", a promotion giving up a complete sync) until it writes again.
+      // Committed here, before anything is served, like a commit a crash cut short.
+      store.maybeCommit();
+      await store.idle();
     }
     return store;
   }
@@ -349,13 +357,22 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
   }
 
   /**
-   * Give up a staged delta sync (promotion): the volumes already hold the consistent point it
-   * was staged over; the stored tail after the sync point is dropped with the staging area.
+   * A promotion while a delta sync is staged: the site must serve one consistent point. A sync
+   * that ended with everything through its consistent point stored here is complete, and the
+   * newest consistent state this site has: it is committed (as it would have been by the next
+   * store(), or at the next start), never thrown away. One still running (or whose journal tail
+   * is still missing) is given up: the volumes already hold the consistent point it was staged
+   * over, and the stored tail after the sync point is dropped with the staging area.
+   * Returns the sequence the volumes hold.
    */
-  async abandonStaging(): Promise<number> {
+  async settleStagingForPromotion(): Promise<number> {
     await this.idle();
     const st = this.state.staged;
     if (!st) return this.applied;
+    if (this.stagedComplete()) {
+      await this.commitNow();
+      return this.applied;
+    }
     await this.closeStaging(true);
     await this.journal.resetTo(st.heldSeq);
     this.durable = this.applied = st.heldSeq;
@@ -371,15 +388,27 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return st.heldSeq;
   }
 
-  private maybeCommit(): void {
+  /** The staged sync ended and the journal holds everything through its consistent point: it can be committed. */
+  private stagedComplete(): boolean {
     const st = this.state.staged;
-    if (!st || st.consistentSeq === undefined || this.state.sync || this.durable < st.consistentSeq || this.committing) return;
+    return !!st && st.consistentSeq !== undefined && !this.state.sync && this.durable >= st.consistentSeq;
+  }
+
+  private maybeCommit(): void {
+    if (!this.stagedComplete() || this.committing) return;
     this.committing = this.commit()
       .catch((e: unknown) => {
         this.logger.error({ err: e }, 'committing the staged delta sync failed; retrying');
         setTimeout(() => this.maybeCommit(), 1000).unref();
       })
       .finally(() => (this.committing = undefined));
+  }
+
+  /** Commit the complete staged sync now (a promotion), its failure thrown to the caller rather than retried later. */
+  private async commitNow(): Promise<void> {
+    const run = this.commit();
+    this.committing = run.catch(() => undefined).finally(() => (this.committing = undefined));
+    await run;
   }
 
   /**
