@@ -142,8 +142,8 @@ class JournalSource implements ShipperSource, VerifySource {
     return this.journal.oldestSeq();
   }
 
-  readAfter(afterSeq: number, maxBytes: number, into?: Buffer): Promise<ReplicatedRecord[]> {
-    return this.journal.readAfter(afterSeq, maxBytes, undefined, into);
+  readAfter(afterSeq: number, maxBytes: number, into?: Buffer, maxRecords?: number): Promise<ReplicatedRecord[]> {
+    return this.journal.readAfter(afterSeq, maxBytes, undefined, into, maxRecords);
   }
 
   waitForAppend(afterSeq: number): Promise<void> {

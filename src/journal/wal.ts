@@ -1424,13 +1424,15 @@ export class Journal {
    * record, it comes alone, in its own buffer):
    * a shipper that sends the records' data as one payload then has it without another copy.
    * Such records are valid only until the caller reuses `into`.
+   * `maxRecords` bounds the count as well (records without data, UNMAPs, add no bytes: a long
+   * run of them would otherwise be read whole, into memory, in one call).
    */
-  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.head, into?: Buffer): Promise<JournalRecord[]> {
+  async readAfter(afterSeq: number, maxBytes: number, untilSeq = this.head, into?: Buffer, maxRecords = Infinity): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let bytes = 0;
     // Recent records straight from memory, while they follow on without a gap.
     if (afterSeq >= this.oldest - 1) {
-      for (let seq = afterSeq + 1; seq <= untilSeq && bytes < maxBytes; seq++) {
+      for (let seq = afterSeq + 1; seq <= untilSeq && bytes < maxBytes && out.length < maxRecords; seq++) {
         const r = this.recent.get(seq);
         if (!r) break;
         retainBuffer(r.data);
@@ -1455,7 +1457,7 @@ export class Journal {
         const data = this.dataOf(v, fits ? into!.subarray(at, (at += len)) : undefined);
         out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
         bytes += data.length;
-        if (bytes >= maxBytes || alone) break scan;
+        if (bytes >= maxBytes || alone || out.length >= maxRecords) break scan;
       }
     }
     // The iterator reads a snapshot of the index: a record trimmed or folded since (between

@@ -56,8 +56,10 @@ export interface ShipperSource {
    * one if any). The caller gives each record's data back with `releaseBuffer` once done with it.
    * `into`: memory the source may read data into, one record after another from its start (then
    * valid only until the caller reuses it); records are never split across it and other memory.
+   * `maxRecords`: at most this many records (a run without data, such as UNMAPs, is bounded by
+   * nothing else); a source that reads more anyway has the rest given back by the caller.
    */
-  readAfter(afterSeq: number, maxBytes: number, into?: Buffer): Promise<ReplicatedRecord[]>;
+  readAfter(afterSeq: number, maxBytes: number, into?: Buffer, maxRecords?: number): Promise<ReplicatedRecord[]>;
   /** Resolves once headSeq() > afterSeq (or at once if it already is). */
   waitForAppend(afterSeq: number): Promise<void>;
   /** Data bytes of the records after `afterSeq` (absent: the shipper never waits for a fuller segment). */

@@ -12,13 +12,33 @@
  *                         (msgpack arrays: what every replica reads; 256 small arrays per
  *                         segment of 4K writes to pack, unpack and collect)
  *   payload               the records' data, concatenated in order
+ * A segment carries at most maxRecordsPerSegment records, so its meta always fits in a frame.
  */
 import { ReplicationError, ReplicationErrorCode as Code } from './errors';
 import type { RecordOp, ReplicatedRecord } from './ports';
+import { MAX_META_BYTES } from './protocol';
 
 const OPS: RecordOp[] = ['write', 'writeSame', 'unmap'];
 export const MAX_RECORDS_PER_SEGMENT = 65536;
 export const TABLE_ENTRY_BYTES = 40;
+/** meta.recs: an entry at most (a fixarray header and seven unsigned integers, each at most 9 bytes packed: uint64). */
+export const RECS_ENTRY_MAX_BYTES = 1 + 7 * 9;
+/**
+ * Meta bytes kept for all but the record table: from, to, the flags and the volume names (63
+ * characters at most, 65 bytes packed: this leaves room for some 2000 distinct volumes).
+ */
+const META_SLACK_BYTES = 128 * 1024;
+
+/**
+ * Records one segment may carry so that its meta always fits in a frame (MAX_META_BYTES) and
+ * the replica's decoder takes it (MAX_RECORDS_PER_SEGMENT). The data bytes alone do not bound
+ * it: a run of UNMAPs carries no data, and a coalescing read of 512-byte writes is 32768
+ * records; a segment over the limit could never be sent, and each new session built it again.
+ */
+export function maxRecordsPerSegment(opts: { table?: boolean } = {}): number {
+  const entry = opts.table ? TABLE_ENTRY_BYTES : RECS_ENTRY_MAX_BYTES;
+  return Math.min(MAX_RECORDS_PER_SEGMENT, Math.floor((MAX_META_BYTES - META_SLACK_BYTES) / entry));
+}
 
 export interface SegmentMeta {
   [key: string]: unknown;

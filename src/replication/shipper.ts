@@ -14,7 +14,7 @@ import { isZero } from '../common/bytes';
 import { compressBlockAsync } from '../common/lz4';
 import type { ShipperSource, SyncCursor, SyncSource, VerifyOutcome, VerifyProbe } from './ports';
 import { chunkHash, FrameType, MAX_BOOKMARKS_PER_PING, MIN_COMPRESS_BYTES, PROTOCOL_VERSION, SYNC_CHUNK_BYTES, type Frame } from './protocol';
-import { coalesce, encodeSegment } from './segment';
+import { coalesce, encodeSegment, maxRecordsPerSegment } from './segment';
 import { TokenBucket } from './shaper';
 import { connectSecure, type LinkKey } from './link-security';
 
@@ -488,7 +488,13 @@ export class Shipper {
         // Coalescing reads bigger batches: the more overwrites a batch holds, the more it saves.
         // Records read from the journal's files land in the payload's memory (not when
         // coalescing: dropping records would then move data within it).
-        const read = coalescing ? await source.readAfter(this.state.sentSeq, segmentBytes * 16) : await source.readAfter(this.state.sentSeq, segmentBytes, this.scratch(segmentBytes));
+        // The record count is bounded too, or the segment's record table could outgrow a frame's
+        // meta (UNMAPs carry no data; 16 segments of 512-byte writes are 32768 records): such a
+        // segment could never be sent, and every session would build the same one again.
+        const maxRecords = maxRecordsPerSegment(segmentOpts);
+        const read = coalescing ? await source.readAfter(this.state.sentSeq, segmentBytes * 16, undefined, maxRecords) : await source.readAfter(this.state.sentSeq, segmentBytes, this.scratch(segmentBytes), maxRecords);
+        // A source that read more anyway: the rest is the next segment's, read again then.
+        if (read.length > maxRecords) for (const r of read.splice(maxRecords)) if (r.data) releaseBuffer(r.data);
         let records = read;
         if (records.length && records[0].seq !== this.state.sentSeq + 1) {
           this.state.resyncsNeeded++;

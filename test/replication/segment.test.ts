@@ -9,8 +9,8 @@ import { randomBytes } from 'node:crypto';
 import test from 'node:test';
 import type { ReplicatedRecord } from '../../src/replication/ports';
 import { ReplicationError } from '../../src/replication/errors';
-import { TABLE_ENTRY_BYTES, decodeSegment, encodeSegment } from '../../src/replication/segment';
-import { FrameDecoder, FrameType, encodeFrame } from '../../src/replication/protocol';
+import { MAX_RECORDS_PER_SEGMENT, TABLE_ENTRY_BYTES, decodeSegment, encodeSegment, maxRecordsPerSegment } from '../../src/replication/segment';
+import { FrameDecoder, FrameType, MAX_META_BYTES, encodeFrame } from '../../src/replication/protocol';
 
 const KiB = 1024;
 
@@ -90,4 +90,24 @@ test('binary and msgpack record tables carry the same records through the wire, 
   const t = Buffer.from(binary.meta.table!);
   t[7] = 1;
   assert.throws(() => decodeSegment({ ...binary.meta, table: t }, binary.payload), /reserved/);
+});
+
+test('a segment of as many records as the limit allows fits in a frame and decodes, in either record table, however large its numbers', () => {
+  // Every number but the small indexes as large as the msgpack table packs it (9 bytes, uint64), eight
+  // volumes with the longest names, and no data (UNMAPs: nothing else bounds their count).
+  const vols = Array.from({ length: 8 }, (_, i) => `${i}`.padEnd(63, 'x'));
+  for (const table of [false, true]) {
+    const n = maxRecordsPerSegment({ table });
+    assert.ok(n <= MAX_RECORDS_PER_SEGMENT);
+    const from = 2 ** 52;
+    const records: ReplicatedRecord[] = Array.from({ length: n }, (_, i) => ({ seq: from + i, timeMs: 1_800_000_000_000 + i, volume: vols[i % vols.length], op: 'unmap', offsetBytes: 2 ** 50 + i * 4096, lengthBytes: 2 ** 40 + 4096 }));
+    const { meta, payload } = encodeSegment(records, undefined, undefined, { table });
+    const head = encodeFrame(FrameType.Segment, meta, payload);
+    const metaBytes = head.head.length - 20;
+    assert.ok(metaBytes <= MAX_META_BYTES - 64 * KiB, `${table ? 'binary' : 'msgpack'} table: meta of ${metaBytes} bytes leaves slack below ${MAX_META_BYTES}`);
+    const [frame] = new FrameDecoder().push(Buffer.concat([head.head, head.payload]));
+    const back = decodeSegment(frame.meta, frame.payload);
+    assert.equal(back.length, n);
+    assert.deepEqual(back[n - 1], { ...records[n - 1], data: undefined });
+  }
 });
