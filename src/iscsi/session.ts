@@ -7,9 +7,7 @@
  */
 import { acquireBuffer, releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
-import { Asc, SenseKey, Status } from '../scsi/constants';
-import { TaskAttribute, TmfFunction, TmfResponse, type Nexus, type ScsiResult } from '../scsi/port';
-import { buildSense } from '../scsi/sense';
+import { INCORRECT_AMOUNT_OF_DATA, TaskAttribute, TmfFunction, TmfResponse, type Nexus, type ScsiResult } from '../scsi/port';
 import {
   BHS_LENGTH, CMD_ATTR_MASK, CMD_READ, CMD_WRITE, FINAL_BIT, InitiatorOp, LogoutReason, LogoutResponseCode, RESERVED_TAG,
   RESP_OVERFLOW, RESP_UNDERFLOW, RejectReason, ScsiResponseCode, TARGET_LIMITS,
@@ -90,14 +88,6 @@ const LUN_INVALID = 0xffff;
  * executing anything, and the command itself, should it still come, is discarded.
  */
 const ABORTED_CMDSN: P.Pdu = Object.freeze({ bhs: Buffer.alloc(0), data: Buffer.alloc(0) });
-
-/**
- * CHECK CONDITION for Data-Out that does not add up to what was asked (an R2T answered with
- * fewer bytes than its Desired Data Transfer Length, unsolicited data stopped short of
- * FirstBurstLength or the transfer length): ABORTED COMMAND, INCORRECT AMOUNT OF DATA
- * (RFC 7143 §11.4.7.2). Fixed format: the iSCSI layer does not know the LU's D_SENSE.
- */
-const INCORRECT_AMOUNT_SENSE = buildSense(false, SenseKey.AbortedCommand, Asc.IncorrectAmountOfData);
 
 export class Session {
   readonly nexus?: Nexus;
@@ -393,7 +383,7 @@ export class Session {
   private incorrectAmount(task: Task, why: string): void {
     this.host.count('dataout_incorrect_amount');
     this.logger.warn({ itt: task.itt, err: why }, 'Data-Out short of what was asked, command failed');
-    this.respond(task, { status: Status.CheckCondition, response: ScsiResponseCode.CommandCompleted, sense: INCORRECT_AMOUNT_SENSE });
+    this.respond(task, { ...INCORRECT_AMOUNT_OF_DATA, response: ScsiResponseCode.CommandCompleted });
   }
 
   /**

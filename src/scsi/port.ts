@@ -4,6 +4,17 @@
  * `ScsiTarget`; `iscsi/` (one layer up) calls it and knows nothing of blocks or volumes.
  */
 
+import { Asc, SenseKey, Status } from './constants';
+import { buildSense } from './sense';
+
+/**
+ * The result a transport gives a command whose data-out did not add up to what was asked (an
+ * iSCSI R2T answered short, unsolicited data stopped early): CHECK CONDITION, ABORTED COMMAND,
+ * INCORRECT AMOUNT OF DATA (RFC 7143 §11.4.7.2). Fixed-format sense: the transport does not
+ * know the LU's D_SENSE. Built here, so that the transport needs no sense codes of its own.
+ */
+export const INCORRECT_AMOUNT_OF_DATA: ScsiResult = Object.freeze({ status: Status.CheckCondition, sense: buildSense(false, SenseKey.AbortedCommand, Asc.IncorrectAmountOfData) });
+
 /** An I_T nexus (SAM-5): one iSCSI session of one initiator port to one target port. */
 export interface Nexus {
   /** InitiatorName from login, e.g. iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test */

@@ -183,13 +183,24 @@ function heldImage(): { image: FileVolume; started: string[]; finish: (what: str
   return { image, started, finish, until };
 }
 
-test('overlapping writes reach the image in journal order through a write that itself waits (UNMAP, then WRITE SAME over it, then a write over that alone)', async () => {
+type Held = ReturnType<typeof heldImage>;
+
+/** A journaled volume 'v' over a held image (see heldImage) and a journal of its own, closed and removed after `fn`. */
+async function withHeldVolume(fn: (vol: JournaledVolume, held: Held, journal: Journal) => Promise<void>): Promise<void> {
   const dir = tempDir();
   const journal = await Journal.open({ dir });
   try {
     await journal.registerVolume('v');
-    const { image, started, finish, until } = heldImage();
-    const vol = new JournaledVolume(image, journal, new ImageTracker());
+    const held = heldImage();
+    await fn(new JournaledVolume(held.image, journal, new ImageTracker()), held, journal);
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+}
+
+test('overlapping writes reach the image in journal order through a write that itself waits (UNMAP, then WRITE SAME over it, then a write over that alone)', () =>
+  withHeldVolume(async (vol, { started, finish, until }) => {
     const c = vol.unmap(0, 8192); // [0,8K)
     const a = vol.writeSame(4096, 8192, Buffer.alloc(512, 0xaa)); // [4K,12K): overlaps c, waits for it
     const b = vol.write(8192, Buffer.alloc(4096, 0xbb)); // [8K,12K): overlaps a only, must still wait for a
@@ -207,19 +218,10 @@ test('overlapping writes reach the image in journal order through a write that i
     finish('write 8192+4096');
     await b;
     assert.deepEqual(started, ['unmap 0+8192', 'writeSame 4096+8192', 'write 8192+4096']);
-  } finally {
-    await journal.close();
-    removeDir(dir);
-  }
-});
+  }));
 
-test('two writes waiting for the same earlier write reach the image in journal order, not together', async () => {
-  const dir = tempDir();
-  const journal = await Journal.open({ dir });
-  try {
-    await journal.registerVolume('v');
-    const { image, started, finish, until } = heldImage();
-    const vol = new JournaledVolume(image, journal, new ImageTracker());
+test('two writes waiting for the same earlier write reach the image in journal order, not together', () =>
+  withHeldVolume(async (vol, { started, finish, until }) => {
     const c = vol.writeSame(0, 16384, Buffer.alloc(512, 1));
     const a = vol.unmap(0, 4096);
     const b = vol.write(0, Buffer.alloc(4096, 2));
@@ -234,19 +236,10 @@ test('two writes waiting for the same earlier write reach the image in journal o
     await until(() => started.length > 2);
     finish('write 0+4096');
     await b;
-  } finally {
-    await journal.close();
-    removeDir(dir);
-  }
-});
+  }));
 
-test('a write whose append failed does not hold up the overlapping writes after it', async () => {
-  const dir = tempDir();
-  const journal = await Journal.open({ dir });
-  try {
-    await journal.registerVolume('v');
-    const { image, started, finish, until } = heldImage();
-    const vol = new JournaledVolume(image, journal, new ImageTracker());
+test('a write whose append failed does not hold up the overlapping writes after it', () =>
+  withHeldVolume(async (vol, { started, finish, until }, journal) => {
     const real = journal.append.bind(journal);
     let failNext = true;
     journal.append = (...args: Parameters<Journal['append']>) => {
@@ -262,11 +255,7 @@ test('a write whose append failed does not hold up the overlapping writes after 
     finish('write 0+4096');
     await b;
     assert.deepEqual(started, ['write 0+4096']);
-  } finally {
-    await journal.close();
-    removeDir(dir);
-  }
-});
+  }));
 
 test('overlapping writes through a waiting write leave the image as the journal orders them (real image: UNMAP, WRITE SAME, write)', async () => {
   const dir = tempDir();
