@@ -93,6 +93,13 @@ export class Session {
   readonly nexus?: Nexus;
   expCmdSN: number;
   private held = new Map<number, P.Pdu>();
+  /**
+   * Unsolicited Data-Out for SCSI commands held behind a CmdSN gap, by ITT: the initiator sends
+   * it right after its command (InitialR2T=No), before the gap fills. Kept whole, in arrival
+   * order, and handed to `dataOut` once the command is dispatched (checked there as if live);
+   * dropped with the command when it is aborted.
+   */
+  private heldDataOut = new Map<number, { cmdSN: number; edtl: number; bytes: number; pdus: P.Pdu[] }>();
   private tasks = new TaskTable<Task>(TARGET_LIMITS.queueDepth * 2);
   private windowed = 0;
   private nextTtt = 1;
@@ -174,8 +181,13 @@ export class Session {
       return;
     }
     if (!held && P.snLessThan(this.expCmdSN, sn) && P.snLessOrEqual(sn, this.maxCmdSN)) {
-      // Ahead of a gap: hold until the missing commands arrive.
-      this.held.set(sn, { bhs: Buffer.from(pdu.bhs), ahs: pdu.ahs && Buffer.from(pdu.ahs), data: Buffer.from(pdu.data) });
+      // Ahead of a gap: hold until the missing commands arrive. (The reader hands over each
+      // PDU's buffers: a new BHS every PDU, the data segment from the pool, now the session's.)
+      this.held.set(sn, pdu);
+      if (op === InitiatorOp.ScsiCommand && (pdu.bhs[1] & CMD_WRITE) !== 0 && (pdu.bhs[1] & FINAL_BIT) === 0) {
+        const itt = P.itt(pdu.bhs);
+        if (!this.tasks.has(itt) && !this.heldDataOut.has(itt)) this.heldDataOut.set(itt, { cmdSN: sn, edtl: P.expectedDataLength(pdu.bhs), bytes: 0, pdus: [] });
+      }
       return;
     }
     // Outside the window: silently ignored (RFC 7143 §4.2.2.1).
@@ -196,9 +208,35 @@ export class Session {
    */
   private dispatchHeld(): void {
     for (let next = this.held.get(this.expCmdSN); next; next = this.held.get(this.expCmdSN)) {
-      this.held.delete(this.expCmdSN);
-      this.expCmdSN = (this.expCmdSN + 1) >>> 0;
-      if (next !== ABORTED_CMDSN) this.dispatchInOrder(next);
+      const sn = this.expCmdSN;
+      this.held.delete(sn);
+      this.expCmdSN = (sn + 1) >>> 0;
+      if (next === ABORTED_CMDSN) {
+        if (this.heldDataOut.size) this.dropHeldDataOut(sn);
+        continue;
+      }
+      this.dispatchInOrder(next);
+      if (this.heldDataOut.size && P.opcode(next.bhs) === InitiatorOp.ScsiCommand) this.replayHeldDataOut(P.itt(next.bhs), sn);
+    }
+  }
+
+  /** The Data-Out that came while the command (`itt`, `sn`) was held, to `dataOut` in arrival order. */
+  private replayHeldDataOut(itt: number, sn: number): void {
+    const h = this.heldDataOut.get(itt);
+    if (!h || h.cmdSN !== sn) return;
+    this.heldDataOut.delete(itt);
+    this.bufferedDataOut -= h.bytes;
+    for (const pdu of h.pdus) this.dataOut(pdu);
+  }
+
+  /** The held command at `sn` was aborted: its buffered Data-Out goes with it. */
+  private dropHeldDataOut(sn: number): void {
+    for (const [itt, h] of this.heldDataOut) {
+      if (h.cmdSN !== sn) continue;
+      this.heldDataOut.delete(itt);
+      this.bufferedDataOut -= h.bytes;
+      for (const pdu of h.pdus) releaseBuffer(pdu.data);
+      if (h.pdus.length) this.logger.info({ itt, cmdSN: sn, pdus: h.pdus.length, bytes: h.bytes }, 'Data-Out of an aborted held command discarded');
     }
   }
 
@@ -334,6 +372,10 @@ export class Session {
   private dataOut(pdu: P.Pdu): void {
     const bhs = pdu.bhs;
     const task = this.tasks.get(P.itt(bhs));
+    if (!task && this.heldDataOut.size) {
+      const h = this.heldDataOut.get(P.itt(bhs));
+      if (h) return this.holdDataOut(h, pdu);
+    }
     if (!task || task.executing || !task.data) {
       // The task was aborted or already has all its data: the PDU is discarded (RFC 7143 §11.7).
       this.host.count('dataout_discarded');
@@ -377,6 +419,22 @@ export class Session {
       task.r2ts!.delete(ttt);
       this.issueR2ts(task);
     }
+  }
+
+  /**
+   * Unsolicited Data-Out for a command held behind a CmdSN gap: kept until the command is
+   * dispatched. Only what the command can take is kept (its expected length, and the session's
+   * bound on buffered Data-Out); the rest breaks the connection, as it would once dispatched.
+   */
+  private holdDataOut(h: { edtl: number; bytes: number; pdus: P.Pdu[] }, pdu: P.Pdu): void {
+    const len = pdu.data.length;
+    if (P.ttt(pdu.bhs) !== RESERVED_TAG) throw new IscsiError(IscsiErrorCode.Protocol, 'solicited Data-Out for a command not dispatched yet (no R2T was sent)');
+    if (h.bytes + len > h.edtl) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out beyond the expected length (${h.bytes + len} > ${h.edtl}) for a held command`);
+    this.bufferedDataOut += len;
+    if (this.bufferedDataOut > TARGET_LIMITS.maxBufferedDataOutBytes) throw new IscsiError(IscsiErrorCode.Protocol, 'too much data-out buffered');
+    h.bytes += len;
+    h.pdus.push(pdu);
+    this.host.count('dataout_held');
   }
 
   /** Data-Out that ended short of what was asked: CHECK CONDITION, the command is not executed; the session goes on. */
@@ -714,6 +772,8 @@ export class Session {
     if (this.closed) return Promise.resolve();
     this.closed = true;
     this.held.clear();
+    for (const h of this.heldDataOut.values()) for (const pdu of h.pdus) releaseBuffer(pdu.data);
+    this.heldDataOut.clear();
     const settled = this.abortTasks(() => true);
     this.host.sessionEnded(this);
     return settled;

@@ -253,6 +253,45 @@ test('ABORT TASK SET (immediate) aborts the commands held behind a CmdSN gap and
   s.cmdSN = n + 3;
 });
 
+test('a WRITE held behind a CmdSN gap keeps the unsolicited Data-Out sent right after it: once the gap fills it executes with every byte, then the rest is solicited', async () => {
+  const s = await session({ ImmediateData: 'Yes', InitialR2T: 'No', FirstBurstLength: '16384', MaxBurstLength: '16384' });
+  const n = s.cmdSN;
+  const data = pattern(32 * KiB, 321);
+  writeCommand(s, 61, 2400, data.length, { cmdSN: n + 1, final: false, data: data.subarray(0, 4 * KiB) }); // held: n missing
+  sendData(s, 61, 0xffffffff, 0, 4 * KiB, data.subarray(4 * KiB, 8 * KiB), false);
+  sendData(s, 61, 0xffffffff, 1, 8 * KiB, data.subarray(8 * KiB, 16 * KiB), true);
+  assert.equal(await got(s, (p) => p.hdr.itt === 61, SILENCE_MS), false, 'a command behind a CmdSN gap was answered or solicited before the gap filled');
+  testUnitReady(s, 60, n); // fills the gap
+  assert.equal((await response(s, 60)).hdr.status, 0);
+  const r2t = await s.next((p) => p.hdr.opcode === OP.R2T && p.hdr.itt === 61);
+  assert.equal(r2t.hdr.bufferOffset, 16 * KiB, 'the unsolicited data sent while the command was held was not kept');
+  sendData(s, 61, r2t.hdr.ttt!, 0, 16 * KiB, data.subarray(16 * KiB), true);
+  assert.equal((await response(s, 61)).hdr.status, 0);
+  assert.ok((await medium(2400, data.length)).equals(data));
+  s.cmdSN = n + 2;
+});
+
+test('unsolicited Data-Out of a WRITE held behind a gap and then aborted (ABORT TASK) is dropped with it: nothing written, the window passes it', async () => {
+  const s = await session({ ImmediateData: 'No', InitialR2T: 'No' });
+  const n = s.cmdSN;
+  const before = await medium(2500, 8 * KiB);
+  writeCommand(s, 71, 2500, 8 * KiB, { cmdSN: n + 1, final: false }); // held
+  sendData(s, 71, 0xffffffff, 0, 0, Buffer.alloc(8 * KiB, 0x99), true);
+  s.send(tmfRequest({ fn: TMF.AbortTask, itt: 95, refItt: 71, refCmdSN: n + 1, cmdSN: n + 2, expStatSN: s.expStatSN }));
+  assert.equal((await s.next((p) => p.hdr.opcode === OP.TmfResponse && p.hdr.itt === 95)).bhs[2], FUNCTION_COMPLETE);
+  testUnitReady(s, 70, n);
+  assert.equal((await response(s, 70)).hdr.status, 0);
+  testUnitReady(s, 72, n + 2);
+  assert.equal((await response(s, 72)).hdr.expCmdSN, n + 3);
+  assert.equal(await answered(s, 71), false);
+  assert.ok((await medium(2500, 8 * KiB)).equals(before), 'an aborted WRITE reached the medium with the data sent while it was held');
+  // The ITT is free again: a new WRITE with it works.
+  const data = pattern(8 * KiB, 72);
+  s.cmdSN = n + 3;
+  assert.equal((await s.write10(2500, data)).status, 0);
+  assert.ok((await medium(2500, 8 * KiB)).equals(data));
+});
+
 test('the CmdSN window across 2^32: 64 commands in flight from CmdSN 0xfffffff0 all complete, ExpCmdSN wraps with them', async () => {
   const s = await RawInitiator.connect(port);
   opened.push(s);
