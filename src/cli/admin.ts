@@ -134,7 +134,7 @@ export function summarize(s: Record<string, unknown>): string {
     const paused = (s.replication as { paused?: { pausedAt: string; reason: string } | null } | undefined)?.paused;
     if (paused) lines.push(`shipping:    PAUSED since ${paused.pausedAt}${paused.reason ? ` (${paused.reason})` : ''}: writes are journaled, nothing is shipped; offsite resume ships again`);
     const rpoSet = r.rpo?.source === 'runtime' ? `; set at run time, configured ${String(r.rpo.configuredTargetSeconds)} s ${String(r.rpo.configuredPolicy)}` : '';
-    lines.push(`rpo:         ${String(s.rpoSeconds)} s (target ${String(r.rpo?.targetSeconds ?? 0)} s, policy ${String(r.rpo?.policy)}${rpoSet}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
+    lines.push(`rpo:         ${String(s.rpoSeconds)} s (${r.rpo?.targetSeconds ? `target ${String(r.rpo.targetSeconds)} s` : 'no target set'}, policy ${String(r.rpo?.policy)}${rpoSet}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
     const v = s.verify as VerifyView | undefined;

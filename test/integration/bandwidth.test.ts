@@ -32,6 +32,7 @@ test('bandwidth: a run-time change is saved and kept across restarts; a changed 
     assert.ok(existsSync(path.join(data, 'state', 'bandwidth.json')));
     r = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${primary.httpPort}`]);
     assert.match(r.stdout, /cap 4\.8 MiB\/s \(set at run time; configured 1\.9 MiB\/s\)/);
+    assert.match(r.stdout, /^rpo: .*\(no target set, policy coalesce\)/m, 'no --rpo-target: the status says so rather than "target 0 s"');
 
     // Same configuration after a restart: the change holds, and the log says so.
     await primary.stop();
