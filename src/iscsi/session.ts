@@ -89,6 +89,20 @@ const LUN_INVALID = 0xffff;
  */
 const ABORTED_CMDSN: P.Pdu = Object.freeze({ bhs: Buffer.alloc(0), data: Buffer.alloc(0) });
 
+/**
+ * A task set function (ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET WARM RESET)
+ * received as immediate ahead of a CmdSN gap (RFC 7143 §11.5.1, §11.6.2): it covers every
+ * command with a CmdSN below its own, received yet or not, and is answered only once all of those
+ * have been received, when ExpCmdSN reaches `cmdSN`. Until then, a SCSI command below `cmdSN`
+ * for a logical unit it `covers` is taken in (its CmdSN counts) and dropped: not executed, not answered.
+ */
+interface TaskSetFence {
+  cmdSN: number;
+  covers: (lun: number) => boolean;
+  function: string;
+  reached: () => void;
+}
+
 export class Session {
   readonly nexus?: Nexus;
   expCmdSN: number;
@@ -100,6 +114,7 @@ export class Session {
    * dropped with the command when it is aborted.
    */
   private heldDataOut = new Map<number, { cmdSN: number; edtl: number; bytes: number; pdus: P.Pdu[] }>();
+  private fences: TaskSetFence[] = [];
   private tasks = new TaskTable<Task>(TARGET_LIMITS.queueDepth * 2);
   private windowed = 0;
   private nextTtt = 1;
@@ -218,6 +233,7 @@ export class Session {
       this.dispatchInOrder(next);
       if (this.heldDataOut.size && P.opcode(next.bhs) === InitiatorOp.ScsiCommand) this.replayHeldDataOut(P.itt(next.bhs), sn);
     }
+    if (this.fences.length) this.passFences();
   }
 
   /** The Data-Out that came while the command (`itt`, `sn`) was held, to `dataOut` in arrival order. */
@@ -226,7 +242,9 @@ export class Session {
     if (!h || h.cmdSN !== sn) return;
     this.heldDataOut.delete(itt);
     this.bufferedDataOut -= h.bytes;
-    for (const pdu of h.pdus) this.dataOut(pdu);
+    // Not a task (rejected, or dropped by a deferred task set function): the data goes with it.
+    if (!this.tasks.has(itt)) for (const pdu of h.pdus) releaseBuffer(pdu.data);
+    else for (const pdu of h.pdus) this.dataOut(pdu);
   }
 
   /** The held command at `sn` was aborted: its buffered Data-Out goes with it. */
@@ -247,6 +265,7 @@ export class Session {
    * ExpCmdSN stuck below them for good.
    */
   private dispatchInOrder(pdu: P.Pdu): void {
+    if (this.fences.length && this.abortedByTaskSet(pdu)) return;
     try {
       this.dispatch(pdu, false);
     } catch (e) {
@@ -271,7 +290,7 @@ export class Session {
         return this.scsiCommand(pdu, immediate);
       case InitiatorOp.TaskManagement:
         if (this.type === 'Discovery') throw new PduRejected(RejectReason.ProtocolError, 'task management in a discovery session');
-        this.taskManagement(pdu).catch((e: unknown) => this.logger.error({ err: e }, 'task management failed'));
+        this.taskManagement(pdu, immediate).catch((e: unknown) => this.logger.error({ err: e }, 'task management failed'));
         // An immediate ABORT TASK of a command not received yet may have taken ExpCmdSN itself
         // (synchronously, before taskManagement's first await): pass it, and dispatch what
         // waited behind it. (One in CmdSN order only names commands before it: dispatched.)
@@ -598,7 +617,58 @@ export class Session {
     }
   }
 
-  private async taskManagement(pdu: P.Pdu): Promise<void> {
+  /**
+   * An immediate task set function with CmdSN `cmdSN`: when commands before it are still
+   * missing (ExpCmdSN below `cmdSN`), it waits for them (RFC 7143 §11.5.1: it covers them even
+   * not received yet, and is answered once they all are). Until ExpCmdSN reaches `cmdSN`, the
+   * commands below it for a logical unit it `covers` are dropped as they come (abortedByTaskSet).
+   * Resolves when ExpCmdSN reaches `cmdSN` (or the session ends); undefined when nothing is
+   * missing. Runs before taskManagement's first await: no command can slip past it.
+   * A CmdSN beyond what the window could ever reach is not waited for: the function is answered
+   * as before (an initiator sending one is broken; waiting would drop its commands for good).
+   */
+  private fence(fn: TmfFunction, cmdSN: number, covers: (lun: number) => boolean): Promise<void> | undefined {
+    if (!P.snLessThan(this.expCmdSN, cmdSN)) return undefined;
+    if (!P.snLessOrEqual(cmdSN, (this.expCmdSN + TARGET_LIMITS.queueDepth) >>> 0)) {
+      this.logger.warn({ function: TMF_NAMES[fn], cmdSN, expCmdSN: this.expCmdSN }, 'task management CmdSN beyond the window: not deferred');
+      return undefined;
+    }
+    this.host.count('tmf_deferred');
+    this.logger.info({ function: TMF_NAMES[fn], cmdSN, expCmdSN: this.expCmdSN }, 'task management deferred until the commands before it are received');
+    return new Promise<void>((reached) => this.fences.push({ cmdSN, covers, function: TMF_NAMES[fn], reached }));
+  }
+
+  /** Release the deferred task set functions that ExpCmdSN has reached: every command before them is in. */
+  private passFences(): void {
+    const pending: TaskSetFence[] = [];
+    for (const f of this.fences) {
+      if (P.snLessThan(this.expCmdSN, f.cmdSN) && !this.closed) pending.push(f);
+      else {
+        this.logger.info({ function: f.function, cmdSN: f.cmdSN }, 'deferred task management: the commands before it are all received');
+        f.reached();
+      }
+    }
+    this.fences = pending;
+  }
+
+  /**
+   * A SCSI command dispatched in CmdSN order (its CmdSN already counted) that a deferred task set
+   * function covers: below the function's CmdSN, for a logical unit it covers. It is dropped:
+   * never executed, never answered, no R2T (RFC 7143 §11.5.1: aborted although not received yet).
+   */
+  private abortedByTaskSet(pdu: P.Pdu): boolean {
+    if (P.opcode(pdu.bhs) !== InitiatorOp.ScsiCommand) return false;
+    const sn = P.cmdSN(pdu.bhs);
+    const l = P.decodeLun(pdu.bhs);
+    const lun = l < 0 ? LUN_INVALID : l;
+    const f = this.fences.find((x) => P.snLessThan(sn, x.cmdSN) && x.covers(lun));
+    if (!f) return false;
+    this.host.count('cmdsn_aborted_by_task_set');
+    this.logger.info({ cmdSN: sn, itt: P.itt(pdu.bhs), lun, function: f.function, tmfCmdSN: f.cmdSN }, 'command covered by a deferred task set function dropped');
+    return true;
+  }
+
+  private async taskManagement(pdu: P.Pdu, immediate: boolean): Promise<void> {
     const bhs = pdu.bhs;
     const itt = P.itt(bhs);
     const fn = (bhs[1] & 0x7f) as TmfFunction;
@@ -638,17 +708,21 @@ export class Session {
       case TmfFunction.ClearTaskSet:
       case TmfFunction.LogicalUnitReset: {
         if (!lunOk) return reply(TmfResponse.LunDoesNotExist);
+        const covers = (l: number) => l === lun;
         const sessions = fn === TmfFunction.AbortTaskSet ? [this] : this.host.sessionsOf(this.target.name);
-        for (const s of sessions) s.abortHeld((l) => l === lun, s === this ? cmdSN : undefined);
-        await Promise.all(sessions.map((s) => s.abortTasks((l) => l === lun)));
+        for (const s of sessions) s.abortHeld(covers, s === this ? cmdSN : undefined);
+        const reached = immediate ? this.fence(fn, cmdSN, covers) : undefined;
+        await Promise.all([reached, ...sessions.map((s) => s.abortTasks(covers))]);
         const resp = scsi.taskManagement(fn, lun, this.nexus);
         this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
         return reply(resp);
       }
       case TmfFunction.TargetWarmReset: {
+        const covers = () => true;
         const sessions = this.host.sessionsOf(this.target.name);
-        for (const s of sessions) s.abortHeld(() => true, s === this ? cmdSN : undefined);
-        await Promise.all(sessions.map((s) => s.abortTasks(() => true)));
+        for (const s of sessions) s.abortHeld(covers, s === this ? cmdSN : undefined);
+        const reached = immediate ? this.fence(fn, cmdSN, covers) : undefined;
+        await Promise.all([reached, ...sessions.map((s) => s.abortTasks(covers))]);
         const resp = scsi.taskManagement(fn, lun < 0 ? 0 : lun, this.nexus);
         this.logger.info({ function: TMF_NAMES[fn], response: resp }, 'task management');
         return reply(resp);
@@ -774,6 +848,7 @@ export class Session {
     this.held.clear();
     for (const h of this.heldDataOut.values()) for (const pdu of h.pdus) releaseBuffer(pdu.data);
     this.heldDataOut.clear();
+    this.passFences();
     const settled = this.abortTasks(() => true);
     this.host.sessionEnded(this);
     return settled;

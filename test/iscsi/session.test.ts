@@ -235,19 +235,22 @@ test('ABORT TASK of a command not received yet, itself behind a gap: the window 
   s.cmdSN = n + 3;
 });
 
-test('ABORT TASK SET (immediate) aborts the commands held behind a CmdSN gap and sent before it, not those sent after', async () => {
+test('ABORT TASK SET (immediate) over a CmdSN gap covers every command sent before it, held or not received yet, and is answered once they are all in; the command sent after it runs', async () => {
+  // RFC 7143 §11.5.1: an immediate task set function covers the commands with a CmdSN below its
+  // own, received or not; §11.6.2: the target waits for all of them before acting and answering.
   const s = await session();
   const n = s.cmdSN;
   const before = await medium(2300, 512);
   writeCommand(s, 51, 2300, 512, { cmdSN: n + 1, data: Buffer.alloc(512, 0x77) }); // held, sent before the TMF
   s.send(tmfRequest({ fn: TMF.AbortTaskSet, itt: 96, refItt: 0xffffffff, refCmdSN: 0, cmdSN: n + 2, expStatSN: s.expStatSN }));
-  assert.equal((await s.next((p) => p.hdr.opcode === OP.TmfResponse && p.hdr.itt === 96)).bhs[2], FUNCTION_COMPLETE);
+  assert.equal(await got(s, (p) => p.hdr.opcode === OP.TmfResponse && p.hdr.itt === 96, SILENCE_MS), false, 'answered with CmdSN n, sent before it, not received yet');
   testUnitReady(s, 52, n + 2); // held, sent after the TMF
-  testUnitReady(s, 50, n); // fills the gap
-  assert.equal((await response(s, 50)).hdr.status, 0);
+  testUnitReady(s, 50, n); // sent before the TMF, arrives last: fills the gap, covered, dropped
+  assert.equal((await s.next((p) => p.hdr.opcode === OP.TmfResponse && p.hdr.itt === 96)).bhs[2], FUNCTION_COMPLETE);
   const after = await response(s, 52);
   assert.equal(after.hdr.status, 0);
   assert.equal(after.hdr.expCmdSN, n + 3);
+  assert.equal(await answered(s, 50), false, 'a command sent before ABORT TASK SET and received after it was answered');
   assert.equal(await answered(s, 51), false, 'a command aborted by ABORT TASK SET was answered');
   assert.ok((await medium(2300, 512)).equals(before), 'a command aborted by ABORT TASK SET was executed');
   s.cmdSN = n + 3;
