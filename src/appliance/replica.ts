@@ -40,6 +40,11 @@ export interface ReplicaState {
   fresh: boolean;
   /** An image sync in progress. */
   sync?: SyncCursor;
+  /**
+   * A sync start was recorded (`sync`, `staged`) but its journal reset to this sequence may not
+   * have happened: a start redoes it before anything else (see begin).
+   */
+  syncResetPending?: number;
   /** After a sync: consistent once everything up to here is applied. */
   consistentSeq: number;
   /** Primary's time of the last applied record (the consistent point's time). */
@@ -160,6 +165,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     await fsp.mkdir(opts.stateDir, { recursive: true, mode: 0o700 });
     const store = new ReplicaStore(opts.siteId, opts.journal, opts.volumesDir, statePath, opts.volumes, opts.gate, opts.onVolume, opts.logger, state, opts.onGrown);
     store.bookmarks = opts.bookmarks;
+    if (state.syncResetPending !== undefined) await store.finishSyncStart(state.syncResetPending);
     if (state.staged?.committing) {
       // The appliance finished the interrupted commit (finishStagedCommit + journal recovery) before opening us.
       state.staged = undefined;
@@ -177,6 +183,22 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await store.idle();
     }
     return store;
+  }
+
+  /**
+   * A sync start that a crash cut between recording it and resetting the journal: the reset is
+   * redone (it is idempotent: nothing is stored between the two), so that the journal's head is
+   * the sync's starting point, as the primary expects when it resumes the sync.
+   */
+  private async finishSyncStart(fromSeq: number): Promise<void> {
+    const head = this.journal.headSeq();
+    await this.journal.resetTo(fromSeq);
+    this.durable = this.applied = fromSeq;
+    this.state.appliedSeq = fromSeq;
+    this.state.syncResetPending = undefined;
+    this.rebaseNeeded = true;
+    await this.save();
+    this.logger.warn({ fromSeq, journalHead: head }, 'a sync start was interrupted before the journal was reset to its starting point: reset redone before serving');
   }
 
   /** The staged delta sync recorded in a replica's state file, if any (read before the journal is recovered). */
@@ -483,6 +505,9 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await fh.close();
     }
     await fsp.rename(tmp, this.statePath);
+    // The rename itself durable: a power cut must not bring back the old state file under a
+    // journal already reset (sync start, divergence) on the strength of the new one.
+    await syncPath(path.dirname(this.statePath));
   }
 
   durableSeq(): number {
@@ -561,14 +586,19 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     }
     if (verdict.kind === 'diverged') {
       await this.idle();
+      // The resync is recorded before the journal goes back to the fork: a crash after the reset
+      // (the lineage not saved yet, so the next handshake sees a prefix, no divergence) must still
+      // find a resync due, or the split-off writes would stay in the volumes under the new
+      // primary's history. A crash before it diverges again at the next handshake and redoes all.
+      this.state.sync = { fromSeq: -1, volume: '', offsetBytes: 0, compare: true };
+      this.state.fresh = false;
+      await this.save();
       const saved = await this.saveSplit(verdict.forkSeq);
       this.logger.warn({ forkSeq: verdict.forkSeq, durableSeq: this.durable, savedTo: saved, primarySiteId: siteId }, 'this site holds writes the new primary never saw (split-off writes): saved aside for offsite replay; resyncing only differing blocks');
       const fork = Math.min(verdict.forkSeq, this.durable);
       await this.journal.resetTo(fork);
       await this.bookmarks?.dropAfter(fork);
       this.durable = this.applied = fork;
-      this.state.sync = { fromSeq: -1, volume: '', offsetBytes: 0, compare: true };
-      this.state.fresh = false;
     }
     this.state.primarySiteId = siteId;
     if (theirs.length) await this.lineageFile.save(theirs);
@@ -914,11 +944,17 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       cancelVerifies(this.queue, 'sync started');
       this.queue = [];
     }
-    await this.journal.resetTo(fromSeq);
-    this.durable = this.applied = fromSeq;
+    // Recorded before the journal is reset: a crash between the two must restart as syncing (the
+    // volumes do not hold the point the reset claims), never as consistent at `fromSeq`; a start
+    // that finds the reset pending redoes it (finishSyncStart).
     this.state.sync = { fromSeq, volume: volumes[0] ?? '', offsetBytes: 0, compare: !this.state.fresh };
     this.state.consistentSeq = fromSeq;
+    this.state.syncResetPending = fromSeq;
+    await this.save();
+    await this.journal.resetTo(fromSeq);
+    this.durable = this.applied = fromSeq;
     this.state.appliedSeq = fromSeq;
+    this.state.syncResetPending = undefined;
     this.rebaseNeeded = true;
     await this.save();
     this.logger.info({ fromSeq, fresh: this.state.fresh, stagedOver: this.state.staged?.heldSeq }, stage ? 'sync start: staged whole, the volumes keep their consistent point until it is complete' : 'sync start');

@@ -16,6 +16,7 @@ export async function writeJsonFile(file: string, value: unknown): Promise<void>
     await fh.close();
   }
   await fsp.rename(tmp, file);
+  await syncPath(path.dirname(file)); // the rename durable too (a power cut keeps the new content)
 }
 
 /** fsync a file or a directory (its entries) by path. */
