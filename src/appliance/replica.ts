@@ -192,12 +192,7 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    */
   private async finishSyncStart(fromSeq: number): Promise<void> {
     const head = this.journal.headSeq();
-    await this.journal.resetTo(fromSeq);
-    this.durable = this.applied = fromSeq;
-    this.state.appliedSeq = fromSeq;
-    this.state.syncResetPending = undefined;
-    this.rebaseNeeded = true;
-    await this.save();
+    await this.resetForSync(fromSeq);
     this.logger.warn({ fromSeq, journalHead: head }, 'a sync start was interrupted before the journal was reset to its starting point: reset redone before serving');
   }
 
@@ -951,13 +946,18 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     this.state.consistentSeq = fromSeq;
     this.state.syncResetPending = fromSeq;
     await this.save();
+    await this.resetForSync(fromSeq);
+    this.logger.info({ fromSeq, fresh: this.state.fresh, stagedOver: this.state.staged?.heldSeq }, stage ? 'sync start: staged whole, the volumes keep their consistent point until it is complete' : 'sync start');
+  }
+
+  /** The journal back to a sync's starting point (its records come from the sync), then the pending mark cleared. */
+  private async resetForSync(fromSeq: number): Promise<void> {
     await this.journal.resetTo(fromSeq);
     this.durable = this.applied = fromSeq;
     this.state.appliedSeq = fromSeq;
     this.state.syncResetPending = undefined;
     this.rebaseNeeded = true;
     await this.save();
-    this.logger.info({ fromSeq, fresh: this.state.fresh, stagedOver: this.state.staged?.heldSeq }, stage ? 'sync start: staged whole, the volumes keep their consistent point until it is complete' : 'sync start');
   }
 
   async hashes(volume: string, fromOffset: number): Promise<Buffer> {

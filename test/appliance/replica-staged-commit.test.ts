@@ -7,54 +7,14 @@
  * promotion. Real Journal, FileVolume images and ReplicaStore, restarted by reopening them.
  */
 import assert from 'node:assert/strict';
-import path from 'node:path';
-import { mkdirSync } from 'node:fs';
 import test from 'node:test';
-import { Journal } from '../../src/journal/wal';
-import { ReplicaStore } from '../../src/appliance/replica';
-import { FileVolume } from '../../src/volume/file-volume';
-import { ApplyGate, ReplicaVolume } from '../../src/volume/replica';
-import { silentLogger } from '../../src/common/logger';
 import { SYNC_CHUNK_BYTES, verifyHashes } from '../../src/replication/protocol';
-import type { ReplicatedRecord } from '../../src/replication/ports';
+import type { ReplicaStore } from '../../src/appliance/replica';
 import { removeDir, tempDir } from '../helpers/appliance';
+import { BS, closeSite, openSite, range, VOL, type Site } from '../helpers/replica-site';
 
-const BS = 4096;
-const VOL = { name: 'v', sizeBytes: 64 * SYNC_CHUNK_BYTES, blockSize: 512, uuid: '' };
-/** Record `seq` writes block `seq` full of the byte `seq`. */
-const rec = (seq: number): ReplicatedRecord => ({ seq, timeMs: 1000 + seq, volume: 'v', op: 'write', offsetBytes: seq * BS, lengthBytes: BS, data: Buffer.alloc(BS, seq) });
-const range = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => rec(a + i));
 /** The byte the first sync chunk (blocks 0..15) is staged with. */
 const CHUNK_BYTE = 0xee;
-
-interface Site {
-  journal: Journal;
-  store: ReplicaStore;
-  volumes: Map<string, ReplicaVolume>;
-}
-
-/** Open a replica site as the appliance does (images, journal, then the store). */
-async function openSite(root: string): Promise<Site> {
-  const journal = await Journal.open({ dir: path.join(root, 'journal') });
-  const gate = new ApplyGate();
-  const volumes = new Map<string, ReplicaVolume>();
-  const volumesDir = path.join(root, 'volumes');
-  mkdirSync(volumesDir, { recursive: true });
-  if ((await FileVolume.list(volumesDir)).includes('v')) {
-    const img = await FileVolume.open({ dir: volumesDir, name: 'v', readOnly: false });
-    volumes.set('v', new ReplicaVolume(img, gate));
-    await journal.registerVolume('v');
-  }
-  const store = await ReplicaStore.open({ siteId: 'replica', journal, volumesDir, stateDir: path.join(root, 'state'), volumes, gate, onVolume: async () => undefined, logger: silentLogger() });
-  return { journal, store, volumes };
-}
-
-async function closeSite(s: Site): Promise<void> {
-  // The store has no close of its own: its staging images (a staged sync) are closed here.
-  await (s.store as unknown as { closeStaging: (remove: boolean) => Promise<void> }).closeStaging(false);
-  for (const v of s.volumes.values()) await v.image.close();
-  await s.journal.close();
-}
 
 /** The byte a block of the volume is filled with (every byte of it must be that byte). */
 async function blockByte(s: Site, block: number): Promise<number> {

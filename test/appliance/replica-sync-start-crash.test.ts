@@ -8,50 +8,23 @@
  * the way the appliance's replica start does.
  */
 import assert from 'node:assert/strict';
-import path from 'node:path';
-import { mkdirSync } from 'node:fs';
 import test from 'node:test';
-import { Journal } from '../../src/journal/wal';
-import { ReplicaStore } from '../../src/appliance/replica';
-import { FileVolume } from '../../src/volume/file-volume';
-import { ApplyGate, ReplicaVolume } from '../../src/volume/replica';
-import { recoverImages } from '../../src/volume/journaled';
-import { silentLogger } from '../../src/common/logger';
-import { SYNC_CHUNK_BYTES } from '../../src/replication/protocol';
-import type { ReplicatedRecord } from '../../src/replication/ports';
+import type { Journal } from '../../src/journal/wal';
+import type { ReplicaStore } from '../../src/appliance/replica';
 import { removeDir, tempDir } from '../helpers/appliance';
+import { BS, closeSite, openSite as openReplicaSite, range, VOL, type Site } from '../helpers/replica-site';
 
-const BS = 4096;
-const VOL = { name: 'v', sizeBytes: 64 * SYNC_CHUNK_BYTES, blockSize: 512, uuid: '' };
-const rec = (seq: number): ReplicatedRecord => ({ seq, timeMs: 1000 + seq, volume: 'v', op: 'write', offsetBytes: seq * BS, lengthBytes: BS, data: Buffer.alloc(BS, seq) });
-const range = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => rec(a + i));
+/** Open the site as a restart after a kill does: the journal's tail recovered onto the images first. */
+const openSite = (root: string): Promise<Site> => openReplicaSite(root, { recover: true });
 
-interface Site { journal: Journal; store: ReplicaStore; volumes: Map<string, ReplicaVolume> }
-
-/** Open a replica site as the appliance's replica start does (journal, recovery, store). */
-async function openSite(root: string): Promise<Site> {
-  const journal = await Journal.open({ dir: path.join(root, 'journal') });
-  const gate = new ApplyGate();
-  const volumes = new Map<string, ReplicaVolume>();
-  const images = new Map<string, FileVolume>();
-  const volumesDir = path.join(root, 'volumes');
-  mkdirSync(volumesDir, { recursive: true });
-  if ((await FileVolume.list(volumesDir)).includes('v')) {
-    const img = await FileVolume.open({ dir: volumesDir, name: 'v', readOnly: false });
-    images.set('v', img);
-    volumes.set('v', new ReplicaVolume(img, gate));
-    await journal.registerVolume('v');
-  }
-  await journal.cutPartialCoalesced();
-  await recoverImages(journal, images);
-  const store = await ReplicaStore.open({ siteId: 'replica', journal, volumesDir, stateDir: path.join(root, 'state'), volumes, gate, onVolume: async () => undefined, logger: silentLogger() });
-  return { journal, store, volumes };
-}
-
-async function closeSite(s: Site): Promise<void> {
-  await (s.store as unknown as { closeStaging: (remove: boolean) => Promise<void> }).closeStaging(false);
-  for (const v of s.volumes.values()) await v.image.close();
-  await s.journal.close();
+/** A replica following `primary` with the volume `v`, holding the records 1..`upTo` (none if 0), applied and persisted. */
+async function replicaAt(s: Site, upTo: number): Promise<void> {
+  await s.store.acceptPrimary('primary', []);
+  await s.store.ensureVolumes([VOL]);
+  if (!upTo) return;
+  await s.store.store(range(1, upTo), upTo);
+  await s.store.idle();
+  await s.store.persist();
 }
 
 /** The process dies at the next state file write. */
@@ -73,8 +46,7 @@ test('a fresh replica killed as a sync starts does not come back "consistent" at
   const root = tempDir();
   try {
     let s = await openSite(root);
-    await s.store.acceptPrimary('primary', []);
-    await s.store.ensureVolumes([VOL]);
+    await replicaAt(s, 0);
     assert.equal(s.store.isFresh(), true);
     killAtNextSave(s.store);
     await assert.rejects(s.store.begin(100, ['v']));
@@ -99,11 +71,7 @@ test('a consistent replica killed as a staged delta sync starts keeps its point 
   const root = tempDir();
   try {
     let s = await openSite(root);
-    await s.store.acceptPrimary('primary', []);
-    await s.store.ensureVolumes([VOL]);
-    await s.store.store(range(1, 10), 10);
-    await s.store.idle();
-    await s.store.persist();
+    await replicaAt(s, 10);
     assert.equal(s.store.syncState(), 'consistent');
     // The primary folded 11..20 unshipped: a staged delta sync from 20 begins, and the process dies in it.
     killAtNextSave(s.store);
@@ -159,8 +127,7 @@ test('killed after a sync start was recorded, before its journal reset: the star
   const root = tempDir();
   try {
     let s = await openSite(root);
-    await s.store.acceptPrimary('primary', []);
-    await s.store.ensureVolumes([VOL]);
+    await replicaAt(s, 0);
     killAtReset(s.journal, false);
     await assert.rejects(s.store.begin(100, ['v']));
     await closeSite(s);
@@ -183,11 +150,7 @@ test('killed after a staged delta sync start was recorded, before its journal re
   const root = tempDir();
   try {
     let s = await openSite(root);
-    await s.store.acceptPrimary('primary', []);
-    await s.store.ensureVolumes([VOL]);
-    await s.store.store(range(1, 10), 10);
-    await s.store.idle();
-    await s.store.persist();
+    await replicaAt(s, 10);
     killAtReset(s.journal, false);
     await assert.rejects(s.store.begin(20, ['v']));
     await closeSite(s);
