@@ -26,7 +26,8 @@ export async function openStoppedJournal(dataDir: string): Promise<{ dir: DataDi
   }
   const pid = await dir.runningPid();
   if (pid !== undefined) throw new OffsiteError('DATA_DIR_LOCKED', `the appliance owning ${dataDir} is running (pid ${pid}); stop it first, or use its /status for live information`);
-  const journal = await Journal.open({ dir: dir.journalDir });
+  // Checked, never changed: a bad record is reported, not cut (the appliance's own start decides).
+  const journal = await Journal.open({ dir: dir.journalDir, inspectOnly: true });
   return { dir, journal };
 }
 

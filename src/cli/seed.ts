@@ -37,7 +37,7 @@ async function refuseNonReplica(dir: DataDir, replicaState: ReplicaState | null)
   if ((await LineageFile.in(dir.root).load().catch(() => [])).length > 0) refuse('holds a primary\'s data (it has a lineage: it has run as a primary)');
   // A replica started before it met its primary has an empty journal; a primary's holds its writes.
   if (await fsp.stat(dir.journalDir).catch(() => undefined)) {
-    const journal = await Journal.open({ dir: dir.journalDir });
+    const journal = await Journal.open({ dir: dir.journalDir, inspectOnly: true });
     const head = journal.headSeq();
     await journal.close();
     if (head > 0) refuse(`holds a primary's data (its journal has records up to sequence ${head}, and it never ran as a replica)`);

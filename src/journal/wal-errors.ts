@@ -5,6 +5,11 @@ export const JournalErrorCode = {
   Write: 'JOURNAL_WRITE',
   Closed: 'JOURNAL_CLOSED',
   Corrupt: 'JOURNAL_CORRUPT',
+  /**
+   * A record at or below the synced point (acknowledged as durable) fails its check: dropping it
+   * would lose an acknowledged write, so the journal refuses to open.
+   */
+  DurableRecordCorrupt: 'JOURNAL_DURABLE_RECORD_CORRUPT',
   UnknownVolume: 'JOURNAL_UNKNOWN_VOLUME',
   OutsideWindow: 'JOURNAL_OUTSIDE_WINDOW',
   /** Inside a batch a replica received coalesced: not a state the primary ever had. */

@@ -20,6 +20,11 @@
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent (the
  *       empty volumes before seq 1, trusted only while nothing was trimmed), or seq -1: no base
  *       (history restarts with a rebase)
+ *   'm' 'synced'      → seq(8): the synced point. Every record ≤ it was fdatasynced in its segment,
+ *       so its writer may have been told it is durable: a start that finds one of them corrupt
+ *       refuses (JOURNAL_DURABLE_RECORD_CORRUPT) rather than cut it. Put with the index batches
+ *       and checkpoints (no write of its own), so it may lag the truth, never lead it; lowered
+ *       (synced) before a cut or a reset zeroes or drops records.
  *   'm' 'fold'        → JSON { toSeq }: a fold into the base images through toSeq is under way;
  *       the images may hold any mix of the states from the base's seq to toSeq until it is done
  *   'g' to(8)         → firstMissing(8): a replica's coalesced batch ending at `to`; the points
@@ -91,6 +96,12 @@ export interface JournalOptions {
    * what history exists); tools leave this unset and use what was persisted.
    */
   ownsRetention?: boolean;
+  /**
+   * A tool reading a stopped appliance's journal (replay, journal inspect, seed): records are
+   * checked as at any open, but a bad one is reported (JOURNAL_CORRUPT, or
+   * JOURNAL_DURABLE_RECORD_CORRUPT) instead of cut, and the synced point is left as it is.
+   */
+  inspectOnly?: boolean;
 }
 
 /** The retained records of one stretch of time (`offsite history`). */
@@ -121,6 +132,8 @@ export interface JournalStats {
   folded: number;
   /** Of those, records the replica had not acknowledged (it then needs a delta sync). */
   foldedUnshipped: number;
+  /** Records cut at a start as a torn tail: bad, after the synced point, so never acknowledged as durable. */
+  tornRecordsDropped: number;
   imageSeq: number;
   replicaAckedSeq: number;
   baseSeq?: number;
@@ -189,6 +202,7 @@ const META_FOLD = Buffer.from('mfold');
 /** META_BASE's value while history waits for a rebase (noBase). */
 const NO_BASE = Buffer.from(JSON.stringify({ seq: -1, timeMs: 0 }));
 const META_RETENTION = Buffer.from('mretention');
+const META_SYNCED = Buffer.from('msynced');
 const RECORD_END = Buffer.from([0x73]);
 /** A replica's coalesced batches: 'g' + the batch's last sequence → its first missing one. */
 const GAP_PREFIX = 0x67;
@@ -197,6 +211,13 @@ const GAP_END = Buffer.from([GAP_PREFIX + 1]);
 /** Named entries (bookmarks): 'k' + the name. */
 const NAMED_PREFIX = Buffer.from('k');
 const NAMED_END = Buffer.from('l');
+
+/** The LevelDB put of the synced point (META_SYNCED): one per index batch at most, not per record. */
+function syncedPut(seq: number): { type: 'put'; key: Buffer; value: Buffer } {
+  const value = Buffer.allocUnsafe(8);
+  u64(value, 0, seq);
+  return { type: 'put', key: META_SYNCED, value };
+}
 
 function gapKey(toSeq: number): Buffer {
   const k = Buffer.alloc(9);
@@ -368,6 +389,11 @@ class SegmentStore {
     return path.join(this.dir, `${String(id).padStart(8, '0')}.seg`);
   }
 
+  /** The file of a segment, for messages. */
+  fileOf(id: number): string {
+    return this.path(id);
+  }
+
   /**
    * Room for one record (header + data) at the end of the current segment, opening the next
    * segment file when it would not fit. Reservations are contiguous: the journal writes the
@@ -517,6 +543,56 @@ class SegmentStore {
     return out;
   }
 
+  /**
+   * Why the record whose data starts at `position` in `segment` is not the record its index
+   * entry names (`key`, `dataLength`), or undefined when it is: the header's magic, key, data
+   * length and owning file, then the checksum over the header and the data (`data` when the
+   * caller read it already, else read here into a pooled buffer). `header` is the caller's
+   * scratch (SEGMENT_HEADER bytes): no allocation for a record without data.
+   */
+  checkRecord(segment: number, position: number, key: Buffer, dataLength: number, header: Buffer, data?: Buffer): string | undefined {
+    let own: Buffer | undefined;
+    try {
+      if (position < SEGMENT_HEADER) return `its index entry points before the file's first record (${position})`;
+      this.readInto(segment, position - SEGMENT_HEADER, header);
+      if (header.readUInt32BE(0) !== SEGMENT_MAGIC) return 'no record header (bad magic)';
+      const headerLength = header.readUInt32BE(8);
+      if (headerLength !== dataLength) return `its header gives ${headerLength} data bytes, the index ${dataLength}`;
+      if (key.compare(header, SEGMENT_KEY_AT, SEGMENT_KEY_AT + KEY_LEN, 0, KEY_LEN) !== 0) {
+        return r64(header, SEGMENT_KEY_AT + 1) === r64(key, 1) ? 'its header key differs from the index entry' : `its header holds record ${r64(header, SEGMENT_KEY_AT + 1)}`;
+      }
+      const owner = header.readUInt32BE(SEGMENT_OWNER_AT);
+      // 0: written before records named their file.
+      if (owner !== 0 && owner !== segment) return `it was written for segment file ${owner}`;
+      if (!data) data = dataLength ? (own = this.readInto(segment, position, acquireBuffer(dataLength))) : EMPTY_DATA;
+      if (recordChecksum(header, data, SEAL) !== header.readUInt32BE(4)) return 'checksum mismatch';
+      return undefined;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'its segment file is missing';
+      if (e instanceof JournalError) return e.message;
+      throw e;
+    } finally {
+      if (own) releaseBuffer(own);
+    }
+  }
+
+  /**
+   * fdatasync the segment files holding records after `seq` (the records an earlier process
+   * life left, maybe only in the page cache), and their directory.
+   */
+  async syncFilesAfter(seq: number): Promise<void> {
+    for (const [id, max] of this.maxSeq) {
+      if (max <= seq) continue;
+      const fh = await open(this.path(id), 'r');
+      try {
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+    }
+    await syncDir(this.dir);
+  }
+
   /** fdatasync (on the thread pool) every segment written since the last call. */
   async sync(): Promise<void> {
     const fds: number[] = [];
@@ -591,7 +667,14 @@ class SegmentStore {
       else bySegment.set(h.segment, [h.position]);
     }
     for (const [id, positions] of bySegment) {
-      const fd = openSync(this.path(id), 'r+');
+      let fd: number;
+      try {
+        fd = openSync(this.path(id), 'r+');
+      } catch (e) {
+        // A file already gone holds no record to read back.
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw e;
+      }
       try {
         for (const p of positions) writeSync(fd, ZERO_MAGIC, 0, 4, p);
         fdatasyncSync(fd);
@@ -730,6 +813,24 @@ export class Journal {
   private syncing: Promise<void> = DONE;
   private writing?: Promise<void>;
   private durableSeq = 0;
+  /**
+   * The synced point (META_SYNCED): every record ≤ it is fdatasynced. Unlike durableSeq (which
+   * starts at the head found by a start), it counts an earlier life's records only once they are
+   * synced (load), and a tool's journal (inspectOnly) never raises it.
+   */
+  private syncedSeq = 0;
+  /** The synced point as last put in LevelDB. */
+  private markedSeq = 0;
+  /** Checkpoints under way that carry the synced point (a lowering waits for them). */
+  private marking: Promise<unknown> = DONE;
+  /**
+   * Records of an earlier process life no start checked (those at or before the image
+   * checkpoint: verifyTail checks the ones after it), checked when first read; `seen` has a
+   * bit per sequence number of the range, set once checked.
+   */
+  private unchecked?: { from: number; to: number; seen?: Uint8Array };
+  /** A record header read back to check it (one at a time: checks are synchronous). */
+  private readonly checkHeader = Buffer.allocUnsafe(SEGMENT_HEADER);
   private writtenSeq = 0;
   /** Callers waiting for the index to catch up (it is then written without delay). */
   private urgent = 0;
@@ -760,7 +861,7 @@ export class Journal {
    * before it are not replayable; the next fold re-applies (base.seq, foldTo] first.
    */
   private foldTo?: number;
-  private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0, foldedUnshipped: 0 };
+  private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0, foldedUnshipped: 0, tornRecordsDropped: 0 };
   private loggedUnshipped = false;
   private latencies: number[] = [];
   private batchSizes: number[] = [];
@@ -791,7 +892,16 @@ export class Journal {
     } catch (e) {
       throw new JournalError(JournalErrorCode.Open, `cannot open journal at ${opts.dir}: ${(e as Error).message}`, { cause: e });
     }
-    await j.load();
+    try {
+      await j.load();
+    } catch (e) {
+      // A refused start lets go of LevelDB's lock and the segment files: the caller may report and retry.
+      j.closed = true;
+      clearTimeout(j.indexTimer);
+      j.segments.close();
+      await j.db.close().catch(() => undefined);
+      throw e;
+    }
     return j;
   }
 
@@ -827,6 +937,8 @@ export class Journal {
     }
     const fold = await this.db.get(META_FOLD);
     if (fold) this.foldTo = (JSON.parse(fold.toString()) as { toSeq: number }).toSeq;
+    const synced = await this.db.get(META_SYNCED);
+    if (synced?.length === 8) this.syncedSeq = this.markedSeq = r64(synced, 0);
     let first = 0;
     let last: { segment: number; position: number } | undefined;
     for await (const [gk, gv] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
@@ -859,6 +971,24 @@ export class Journal {
     }
     this.oldest = first || this.head + 1;
     this.durableSeq = this.writtenSeq = this.assigned = this.head;
+    if (this.syncedSeq > this.head) {
+      // The scan stopped short of synced records (torn, or their file gone): acknowledged writes are missing.
+      const file = last ? this.segments.fileOf(last.segment) : path.join(this.opts.dir, 'segments');
+      throw new JournalError(
+        JournalErrorCode.DurableRecordCorrupt,
+        `journal records ${this.head + 1}..${this.syncedSeq} were synced (acknowledged as durable) but are not readable after record ${this.head} (${file}): the start is refused rather than lose them; restore the data directory from a copy, or rebuild this site from its peer`,
+      );
+    }
+    await this.verifyTail();
+    const checkedAfter = Math.max(this.imageSeq, this.oldest - 1);
+    if (checkedAfter >= this.oldest && this.head >= this.oldest) this.unchecked = { from: this.oldest, to: Math.min(checkedAfter, this.head) };
+    if (!this.opts.inspectOnly && this.head > this.syncedSeq) {
+      // An earlier life's records may be only in the page cache (a crash of the process): synced
+      // now, they are below the synced point like this life's synced records (put with the next
+      // index batch or checkpoint).
+      await this.segments.syncFilesAfter(this.syncedSeq);
+      this.syncedSeq = this.head;
+    }
     // Records were trimmed without a fold (no history then, or a journal from before trims
     // recorded that): the empty volumes are no base for what is left, and history, if kept,
     // waits for a rebase. Folding them onto empty images built a base missing those writes.
@@ -866,6 +996,67 @@ export class Journal {
       this.noBase = true;
       if (this.opts.ownsRetention) await this.db.put(META_BASE, NO_BASE, { sync: true });
     }
+  }
+
+  /**
+   * Check every indexed record after the image checkpoint (what a recovery replays onto the
+   * images) against its segment: header, key, length, owning file and checksum. The first bad
+   * one ends the journal's good prefix. After the synced point, it and everything after it are a
+   * torn tail no writer was told was durable: cut (truncateAfter), counted and logged. At or
+   * below it, the start is refused: cutting would lose acknowledged writes. A tool
+   * (inspectOnly) refuses either way and changes nothing.
+   */
+  private async verifyTail(): Promise<void> {
+    const after = Math.max(this.imageSeq, this.oldest - 1);
+    if (this.head <= after) return;
+    let bad: { seq: number; segment: number; why: string } | undefined;
+    scan: for await (const [gk, gv] of this.db.iterator({ gte: seqKey(after + 1), lt: RECORD_END })) {
+      for (const [k, v] of indexEntries(gk, gv)) {
+        const seq = r64(k, 1);
+        if (seq <= after) continue;
+        const segment = v.readUInt32BE(0);
+        const why = this.segments.checkRecord(segment, r64(v, 4), k, dataLength(v), this.checkHeader);
+        if (why) {
+          bad = { seq, segment, why };
+          break scan;
+        }
+      }
+    }
+    if (!bad) return;
+    const file = this.segments.fileOf(bad.segment);
+    if (bad.seq <= this.syncedSeq) {
+      throw new JournalError(
+        JournalErrorCode.DurableRecordCorrupt,
+        `journal record ${bad.seq} in ${file} is corrupt (${bad.why}), and records up to ${this.syncedSeq} were synced: acknowledged as durable, it cannot be dropped, so the start is refused; restore the data directory from a copy, or rebuild this site from its peer`,
+      );
+    }
+    if (this.opts.inspectOnly) {
+      throw new JournalError(
+        JournalErrorCode.Corrupt,
+        `journal record ${bad.seq} in ${file} is corrupt (${bad.why}); it is after the synced point ${this.syncedSeq} (a torn tail, never acknowledged as durable), which the appliance's next start cuts; nothing was changed`,
+      );
+    }
+    const toSeq = this.head;
+    const dropped = await this.truncateAfter(bad.seq - 1);
+    this.counters.tornRecordsDropped += dropped;
+    this.opts.logger?.warn({ fromSeq: bad.seq, toSeq, records: dropped, file, reason: bad.why, syncedSeq: this.syncedSeq }, 'journal: torn tail dropped (records after the synced point that fail their check: never acknowledged as durable)');
+  }
+
+  /**
+   * A record of an earlier process life that no start checked (see `unchecked`) is checked the
+   * first time it is read, with its data as read: JOURNAL_CORRUPT when bad.
+   */
+  private checkOnFirstRead(seq: number, key: Buffer, ptr: Buffer, data: Buffer): void {
+    const u = this.unchecked;
+    if (u === undefined || seq < u.from || seq > u.to) return;
+    const bit = seq - u.from;
+    // One bit per sequence number; a range too wide for that is checked on every read.
+    if (u.seen === undefined && u.to - u.from < 2 ** 31) u.seen = new Uint8Array(Math.floor((u.to - u.from) / 8) + 1);
+    if (u.seen && u.seen[Math.floor(bit / 8)] & (1 << bit % 8)) return;
+    const segment = ptr.readUInt32BE(0);
+    const why = this.segments.checkRecord(segment, r64(ptr, 4), key, dataLength(ptr), this.checkHeader, data);
+    if (why) throw new JournalError(JournalErrorCode.Corrupt, `journal record ${seq} in ${this.segments.fileOf(segment)} is corrupt (${why})`);
+    if (u.seen) u.seen[Math.floor(bit / 8)] |= 1 << bit % 8;
   }
 
   private track(seq: number, vol: number, bytes: number, timeMs: number): void {
@@ -1169,6 +1360,9 @@ export class Journal {
     await this.drained();
     await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
+    await this.syncing;
+    // Nothing is synced while the records go (a crash midway leaves some of them, maybe torn).
+    await this.lowerSyncedPoint(0);
     await this.db.clear({ gte: seqKey(0), lt: RECORD_END });
     if (RESET_FAILPOINT) process.kill(process.pid, 'SIGKILL');
     await this.db.clear({ gte: gapKey(0), lt: GAP_END });
@@ -1184,6 +1378,9 @@ export class Journal {
     this.imageSeq = this.inImagesSeq = this.fuaSeq = seq;
     this.droppedSeq = 0;
     this.recent.clear();
+    this.unchecked = undefined;
+    // No record ≤ seq is left: the synced point goes there with the checkpoint.
+    this.syncedSeq = seq;
     await this.putCheckpoint();
     await this.dropHistory();
   }
@@ -1219,6 +1416,8 @@ export class Journal {
     if (seq < inImages) throw new JournalError(JournalErrorCode.Sequence, `the journal cannot go back to ${seq}: the images hold records up to ${inImages}`);
     await this.indexed(Number.MAX_SAFE_INTEGER);
     if (this.trimming) await this.trimming.catch(() => undefined);
+    // A sync under way would count the cut records as synced once it ends.
+    await this.syncing;
     const headers: { segment: number; position: number }[] = [];
     let kept: { segment: number; seq: number } | undefined;
     // Entries still queued (the index may be refusing writes): the cut ones leave the queue.
@@ -1252,6 +1451,7 @@ export class Journal {
       }
     }
     kept ??= keptInIndex;
+    await this.lowerSyncedPoint(seq);
     this.segments.zeroHeaders(headers);
     await this.db.batch(ops, { sync: true });
     if (headers.length) {
@@ -1278,6 +1478,7 @@ export class Journal {
     this.writtenSeq = Math.min(this.writtenSeq, seq);
     this.durableSeq = Math.min(this.durableSeq, seq);
     this.fuaSeq = Math.min(this.fuaSeq, seq);
+    if (this.unchecked && this.unchecked.to > seq) this.unchecked.to = seq;
     if (this.sizes.size === 0) this.oldest = seq + 1;
     return cut;
   }
@@ -1333,6 +1534,8 @@ export class Journal {
       }
       this.counters.syncs++;
       if (upTo > this.durableSeq) this.durableSeq = upTo;
+      // Every record ≤ upTo is synced: this life's in the files just synced, an earlier one's at load.
+      if (upTo > this.syncedSeq && !this.opts.inspectOnly) this.syncedSeq = upTo;
     });
     this.syncing = run.catch(() => undefined);
     return run;
@@ -1349,8 +1552,13 @@ export class Journal {
       for (let first = true; this.queue.length && (first || this.indexDue()); first = false) {
         const batch = this.queue;
         this.queue = [];
+        const ops = indexPuts(batch);
+        // The synced point rides along when it moved: no write of its own on the write path.
+        const mark = this.syncedSeq;
+        if (mark !== this.markedSeq) ops.push(syncedPut(mark));
         try {
-          await this.db.batch(indexPuts(batch));
+          await this.db.batch(ops);
+          if (mark > this.markedSeq) this.markedSeq = mark;
         } catch (e) {
           this.queue = batch.concat(this.queue);
           if (isNoSpace(e)) {
@@ -1455,6 +1663,13 @@ export class Journal {
         const alone = !!into && len > 0 && !fits;
         if (alone && out.length) break scan;
         const data = this.dataOf(v, fits ? into!.subarray(at, (at += len)) : undefined);
+        try {
+          this.checkOnFirstRead(d.seq, k, v, data);
+        } catch (e) {
+          // The pooled buffers go back; the caller's `into` stays the caller's.
+          for (const b of [...out.map((r) => r.data), data]) if (!into || b.buffer !== into.buffer) releaseBuffer(b);
+          throw e;
+        }
         out.push({ seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data });
         bytes += data.length;
         if (bytes >= maxBytes || alone || out.length >= maxRecords) break scan;
@@ -1480,7 +1695,14 @@ export class Journal {
         const d = decodeKey(k);
         if (d.seq <= afterSeq || (vol !== undefined && d.vol !== vol)) continue;
         if (d.seq > untilSeq) return;
-        yield { seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data: this.dataOf(v) };
+        const data = this.dataOf(v);
+        try {
+          this.checkOnFirstRead(d.seq, k, v, data);
+        } catch (e) {
+          releaseBuffer(data);
+          throw e;
+        }
+        yield { seq: d.seq, timeMs: d.timeMs, volume: this.volumes[d.vol], op: d.op, offsetBytes: d.offsetBytes, lengthBytes: d.lengthBytes, data };
       }
     }
   }
@@ -1498,13 +1720,38 @@ export class Journal {
     await this.indexed(seq);
     seq = Math.min(seq, this.writtenSeq);
     if (seq <= this.imageSeq) return;
+    // The synced point goes with the checkpoint: the records it covers are synced first, so
+    // that the journal's copy of what the images hold is durable too (the history replays it)
+    // and the point put beside the checkpoint is true.
+    if (seq > this.syncedSeq) await this.sync();
     this.imageSeq = seq;
     await this.putCheckpoint();
   }
 
-  private putCheckpoint(): Promise<void> {
+  /** The checkpoint, with the synced point when it moved (one LevelDB write either way). */
+  private async putCheckpoint(): Promise<void> {
     const droppedSeq = this.droppedSeq > this.imageSeq ? this.droppedSeq : undefined;
-    return this.db.put(META_CHECKPOINT, Buffer.from(JSON.stringify({ imageSeq: this.imageSeq, droppedSeq })));
+    const value = Buffer.from(JSON.stringify({ imageSeq: this.imageSeq, droppedSeq }));
+    const mark = this.syncedSeq;
+    if (mark === this.markedSeq) return this.db.put(META_CHECKPOINT, value);
+    const put = this.db.batch([{ type: 'put', key: META_CHECKPOINT, value }, syncedPut(mark)]);
+    this.marking = Promise.all([this.marking, put.catch(() => undefined)]);
+    await put;
+    if (mark > this.markedSeq) this.markedSeq = mark;
+  }
+
+  /**
+   * Lower the synced point to `seq` (and put it, synced) before records after it are zeroed
+   * or dropped: a crash after that leaves them, at worst, as a torn tail the next start cuts,
+   * never as corrupt synced records it refuses.
+   */
+  private async lowerSyncedPoint(seq: number): Promise<void> {
+    if (this.syncedSeq > seq) this.syncedSeq = seq;
+    // An index batch or a checkpoint under way may carry the point from before: it lands first.
+    while (this.writing) await this.writing;
+    await this.marking;
+    await this.db.put(META_SYNCED, syncedPut(this.syncedSeq).value, { sync: true });
+    this.markedSeq = this.syncedSeq;
   }
 
   /**

@@ -282,6 +282,7 @@ export function createMetrics(): Metrics {
   counter('offsite_journal_syncs_total', 'Journal syncs to disk (FUA, SYNCHRONIZE CACHE, replica stores).', () => journal()?.syncs);
   counter('offsite_journal_trimmed_records_total', 'Records removed from the journal (replicated, checkpointed, out of the history window).', () => journal()?.trimmed);
   counter('offsite_journal_folded_records_total', 'Records folded into the base by the size cap before their history window ended.', () => journal()?.folded);
+  counter('offsite_journal_torn_records_dropped_total', 'Records cut at a start as a torn tail: they failed their check after the synced point, so no writer was told they were durable.', () => journal()?.tornRecordsDropped);
   counter('offsite_journal_folded_unshipped_records_total', 'Records folded by the size cap before the replica acknowledged them (a delta sync brings the replica over).', () => journal()?.foldedUnshipped);
   const appendLatency = new client.Histogram({
     name: 'offsite_journal_append_duration_seconds',
