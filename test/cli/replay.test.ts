@@ -37,7 +37,7 @@ test('replay writes its output image mode 600 whatever the umask', async () => {
   }
 });
 
-test('replay from a data directory with a corrupt journal record fails with a message naming it, and changes no journal file', async () => {
+test('replay from a data directory with a corrupt journal record fails with a message naming it, journal inspect --verify finds it, and neither changes a journal file', async () => {
   const dir = tempDir();
   const data = path.join(dir, 'data');
   try {
@@ -47,6 +47,10 @@ test('replay from a data directory with a corrupt journal record fails with a me
       assert.equal(w.code, 0, w.stderr);
     }
     assert.equal(await app.stop(), 0);
+    const inspect = () => run(process.execPath, [CLI, 'journal', 'inspect', '--data', data, '--verify', '--json']);
+    const clean = await inspect();
+    assert.equal(clean.code, 0, clean.stderr);
+    assert.deepEqual((JSON.parse(clean.stdout) as { verified: unknown }).verified, { records: 2, bytes: 128 * 1024 });
     // One byte of the first write's data flipped in its segment file.
     const segDir = path.join(data, 'journal', 'segments');
     const files = readdirSync(segDir).filter((f) => /^\d+\.seg$/.test(f)).map((f) => path.join(segDir, f));
@@ -62,6 +66,11 @@ test('replay from a data directory with a corrupt journal record fails with a me
     const r = await run(process.execPath, [CLI, 'replay', '--data', data, '--volume', 'v', '--out', out, '--seq', '1']);
     assert.equal(r.code, 1, `exit code; stderr: ${r.stderr}`);
     assert.match(r.stderr, /^offsite replay: journal record 1 in \S+\.seg is corrupt \(checksum mismatch\).*\[JOURNAL_(DURABLE_RECORD_)?CORRUPT\]$/m);
+    // journal inspect opens the journal without reading record 1 (before the checkpoint); --verify reads it.
+    assert.equal((await run(process.execPath, [CLI, 'journal', 'inspect', '--data', data])).code, 0);
+    const v = await inspect();
+    assert.equal(v.code, 1, `exit code; stderr: ${v.stderr}`);
+    assert.match(v.stderr, /^offsite journal inspect: journal record 1 in \S+\.seg is corrupt \(checksum mismatch\).*\[JOURNAL_CORRUPT\]$/m);
     assert.deepEqual(files.map((f) => readFileSync(f)), before, 'the journal is as it was');
   } finally {
     removeDir(dir);
