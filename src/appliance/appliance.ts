@@ -50,6 +50,8 @@ export interface VolumeStatus {
   sizeBytes: number;
   readOnly: boolean;
   targetName: string;
+  /** Journaled writes whose image write failed, retried from the journal (writes are refused meanwhile); 0 normally. */
+  imageBehindRecords: number;
 }
 
 export interface ApplianceStatus {
@@ -262,6 +264,8 @@ export class Appliance {
     }
     if (this.journal) {
       const journal = this.journal;
+      const volumeLogger = logger.child({ layer: 'volume' });
+      this.forEachJournaledVolume((v) => (v.logger = volumeLogger));
       this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true, sizeOf: (name) => this.sizeOfUnserved(name), keepFrom: this.keepFrom });
       const to = config.replication.replicateTo;
       if (to) {
@@ -1139,6 +1143,7 @@ export class Appliance {
         sizeBytes: s.volume.sizeBytes,
         readOnly: s.volume.readOnly,
         targetName: s.entry.name,
+        imageBehindRecords: s.volume instanceof JournaledVolume ? s.volume.imageBehindRecords : 0,
       })),
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),

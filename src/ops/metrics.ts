@@ -179,6 +179,16 @@ export function createMetrics(): Metrics {
     },
   });
   new client.Gauge({
+    name: 'offsite_volume_image_behind_records',
+    help: 'Journaled writes whose image write failed (I/O error, no space), retried from the journal every second; writes to the volume are refused until they land. 0 normally.',
+    labelNames: ['volume'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      if (app) for (const v of app.status().volumes) this.set({ volume: v.name }, v.imageBehindRecords);
+    },
+  });
+  new client.Gauge({
     name: 'offsite_role',
     help: 'Role of this appliance (1 for the current role label).',
     labelNames: ['role'],

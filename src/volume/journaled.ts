@@ -5,6 +5,7 @@
  * checkpoints images and trims the journal in the background; `recover` replays the journal
  * tail onto the images after a crash, before anything is served.
  */
+import { releaseBuffer } from '../common/buffer-pool';
 import type { Logger } from '../common/logger';
 import { ImageFileTarget, type Journal, type JournalRecord, type RecordTarget } from '../journal/wal';
 import { VolumeError, VolumeErrorCode } from './errors';
@@ -94,6 +95,19 @@ export class JournaledVolume implements Volume {
   /** Split-brain protection: when set, a write is accepted only while this says yes (asked at every write). */
   writeGate?: () => boolean;
 
+  logger?: Logger;
+
+  /**
+   * Records appended whose image write failed (EIO, ENOSPC of a thin image...), by sequence
+   * number. The record is in the journal: the replica and `offsite replay` get it, and the image
+   * must too, in journal order. Until it does, the tracker keeps the safe sequence below the
+   * first of them (no checkpoint passes it, so a restart's recovery replays them), writes in
+   * flight are added here instead of reaching the image out of order, new writes are refused
+   * before they are journaled, and `retryImage` (every IMAGE_RETRY_MS) applies them from the
+   * journal, oldest first. Reads go on: a failed write leaves its blocks undetermined (SBC).
+   */
+  private behind?: { seqs: number[]; since: Date; reason: string; code: string; timer?: NodeJS.Timeout; retrying?: Promise<void> };
+
   /** Writes refused now because this site may not be the primary. */
   get fenced(): boolean {
     return this.writeGate !== undefined && !this.writeGate();
@@ -134,6 +148,7 @@ export class JournaledVolume implements Volume {
   private async change(op: JournalRecord['op'], offset: number, length: number, data: Buffer, fua: boolean, applyToImage: () => Promise<void>): Promise<void> {
     if (this.fenced) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' is fenced: this site may not accept writes now`);
     if (this.retired) throw new VolumeError(VolumeErrorCode.Removed, `volume '${this.name}' was removed`);
+    if (this.behind) throw new VolumeError(this.behind.code, `volume '${this.name}': journaled writes have not reached its image since ${this.behind.since.toISOString()} (${this.behind.reason}); new writes are refused until they do (retried every ${IMAGE_RETRY_MS / 1000} s)`);
     if (this.image.readOnly) return this.image.write(offset, data); // the image refuses with its own error
     const { seq, done } = this.journal.append(this.name, op, offset, length, data, fua);
     if (seq === 0) return done.catch((e: unknown) => Promise.reject(asVolumeError(e)));
@@ -147,22 +162,96 @@ export class JournaledVolume implements Volume {
     for (const w of this.inflight) if (w.start < end && offset < w.end) (before ??= []).push(landed(w));
     const entry: Inflight = { start: offset, end };
     this.inflight.push(entry);
+    let appended = false;
+    let lacking = false;
     try {
       await done;
+      appended = true;
       if (before) await (before.length === 1 ? before[0] : Promise.all(before));
+      // An earlier write failed its image write: this one waits its turn in the retries.
+      if (this.imageBehindRecords > 0) throw new VolumeError(VolumeErrorCode.Io, `an earlier journaled write has not reached the image of volume '${this.name}' yet`);
       await applyToImage();
     } catch (e) {
-      throw asVolumeError(e);
+      if (!appended) throw asVolumeError(e);
+      this.imageBehind(seq, e);
+      lacking = true;
+      // Journaled, so the replica and a recovery apply it: the blocks are undetermined until the
+      // retry lands (as after any failed write, SBC). A full disk keeps its own sense (SPACE
+      // ALLOCATION FAILED), anything else is a write error.
+      throw new VolumeError(this.imageBehindCode(), `volume '${this.name}': write journaled as record ${seq} but not in the image yet (${(e as Error).message}); retried every ${IMAGE_RETRY_MS / 1000} s`);
     } finally {
       // Also when the append failed: the writes waiting on this one go on.
       const i = this.inflight.indexOf(entry);
       const last = this.inflight.pop()!;
       if (last !== entry) this.inflight[i] = last;
       entry.wake?.();
-      this.tracker.end(seq);
+      // A record the image lacks keeps the safe sequence below it (see `behind`).
+      if (!lacking) this.tracker.end(seq);
     }
     const delay = this.ackDelay?.() ?? 0;
     if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+  }
+
+  /** Journaled records whose image write failed and waits for a retry (0 most of the time). */
+  get imageBehindRecords(): number {
+    return this.behind?.seqs.length ?? 0;
+  }
+
+  /** The error a write gets while the image lacks journaled records (a full disk keeps its own). */
+  private imageBehindCode(): string {
+    return this.behind?.code ?? VolumeErrorCode.Io;
+  }
+
+  /** The record `seq` is journaled and not in the image (why: `e`): see `behind`. */
+  private imageBehind(seq: number, e: unknown): void {
+    if (!this.behind) {
+      const reason = (e as Error)?.message ?? String(e);
+      const code = (e as { code?: string })?.code === VolumeErrorCode.NoSpace ? VolumeErrorCode.NoSpace : VolumeErrorCode.Io;
+      this.behind = { seqs: [], since: new Date(), reason, code };
+      this.behind.timer = setInterval(() => void this.retryImage(), IMAGE_RETRY_MS);
+      this.behind.timer.unref();
+      this.logger?.error({ volume: this.name, seq, err: e }, 'a journaled write could not reach the volume image: writes to this volume are refused until it does (retried from the journal); the replica and a recovery have it');
+    }
+    this.behind.seqs.push(seq);
+  }
+
+  /**
+   * Apply the records the image lacks from the journal, oldest first; once all are in, writes
+   * are taken again. A failure leaves the rest for the next try. Resolves when this try ends.
+   */
+  retryImage(): Promise<void> {
+    const b = this.behind;
+    if (!b) return Promise.resolve();
+    b.retrying ??= (async () => {
+      while (b.seqs.length) {
+        let first = 0;
+        for (let i = 1; i < b.seqs.length; i++) if (b.seqs[i] < b.seqs[first]) first = i;
+        const seq = b.seqs[first];
+        let found = false;
+        for await (const rec of this.journal.records(seq - 1, seq, this.name)) {
+          found = true;
+          try {
+            await applyToVolume(this.image, rec);
+          } finally {
+            releaseBuffer(rec.data);
+          }
+        }
+        if (!found) throw new Error(`journal record ${seq} of volume '${this.name}' is not in the journal`);
+        b.seqs.splice(first, 1);
+        this.tracker.end(seq);
+      }
+      clearInterval(b.timer);
+      this.behind = undefined;
+      this.logger?.warn({ volume: this.name, since: b.since.toISOString() }, 'journaled writes that had failed to reach the volume image are in it now: writes are taken again');
+    })()
+      .catch((e: unknown) => {
+        const reason = (e as Error)?.message ?? String(e);
+        // Once per new reason, not every second of a long outage.
+        if (reason !== b.reason) this.logger?.warn({ volume: this.name, err: e, records: b.seqs.length }, 'volume image still refuses the journaled writes it lacks; retrying');
+        b.reason = reason;
+      })
+      .finally(() => (b.retrying = undefined));
+    return b.retrying;
   }
 
   /**
@@ -185,12 +274,16 @@ export class JournaledVolume implements Volume {
 
   async close(): Promise<void> {
     await Promise.all(this.inflight.map(landed));
+    // What the image still lacks stays in the journal (the checkpoint is below it): the next start replays it.
+    if (this.behind) clearInterval(this.behind.timer);
     await this.image.flush();
     await this.image.close();
   }
 }
 
 const EMPTY = Buffer.alloc(0);
+/** How often a volume whose image refused journaled writes tries them again. */
+const IMAGE_RETRY_MS = 1000;
 
 /** A journal that cannot take the record is, to the initiator, a volume without space. */
 function asVolumeError(e: unknown): unknown {

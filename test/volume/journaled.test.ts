@@ -368,3 +368,47 @@ test('recovery leaves out a volume not served (left out of the configuration, or
     removeDir(dir);
   }
 });
+
+test('an image write that fails after its record was journaled: a write error, the safe sequence held below it, overlapping writes in flight held back, new writes refused unjournaled, then the retry applies them from the journal in order', async () => {
+  const dir = tempDir();
+  const journal = await Journal.open({ dir: path.join(dir, 'journal') });
+  try {
+    await journal.registerVolume('v');
+    const image = await FileVolume.open({ dir, name: 'v', sizeBytes: 1 << 20, blockSize: BLOCK });
+    const tracker = new ImageTracker();
+    const vol = new JournaledVolume(image, journal, tracker);
+    await vol.write(0, Buffer.alloc(4096, 0x11));
+    // The next image write fails (EIO under the image, ENOSPC of a thin image...), a moment after it began.
+    const real = image.writeCombined.bind(image);
+    let failing = true;
+    image.writeCombined = async (offset: number, data: Buffer) => {
+      if (!failing) return real(offset, data);
+      failing = false;
+      await new Promise((r) => setTimeout(r, 20));
+      throw Object.assign(new Error('EIO: i/o error, write (test)'), { code: 'EIO' });
+    };
+    const failed = vol.write(0, Buffer.alloc(4096, 0x22));
+    const overlapping = vol.write(2048, Buffer.alloc(4096, 0x33)); // appended after it, waits for it
+    await assert.rejects(failed, (e: Error & { code?: string }) => e.code === 'VOLUME_IO' && /journaled as record 2/.test(e.message));
+    await assert.rejects(overlapping, (e: Error & { code?: string }) => e.code === 'VOLUME_IO');
+    assert.equal(journal.headSeq(), 3);
+    assert.equal(tracker.safeSeq(journal.headSeq()), 1, 'the keeper could checkpoint past a record the image lacks: a restart would never replay it');
+    assert.equal(vol.imageBehindRecords, 2);
+    assert.ok((await vol.read(0, 4096)).every((b) => b === 0x11), 'the overlapping write reached the image before the failed one it follows');
+    await assert.rejects(vol.write(65536, Buffer.alloc(512, 0x44)), (e: Error & { code?: string }) => e.code === 'VOLUME_IO');
+    assert.equal(journal.headSeq(), 3, 'a write refused meanwhile was journaled');
+
+    await vol.retryImage();
+    assert.equal(vol.imageBehindRecords, 0);
+    assert.equal(tracker.safeSeq(journal.headSeq()), 3);
+    const expect = Buffer.alloc(6144, 0x22);
+    expect.fill(0x33, 2048);
+    assert.ok((await vol.read(0, 6144)).equals(expect), 'the image is not what the journal says, in its order');
+    await vol.write(65536, Buffer.alloc(512, 0x44));
+    assert.equal(journal.headSeq(), 4);
+    await vol.close();
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+});
