@@ -201,10 +201,13 @@ export const writeSame: Handler = async (lu, req, env) => {
   const wait = lu.gate.enterShared();
   if (wait) await lu.waitShared(wait, env.itn(req.nexus));
   try {
-    // UNMAP=1 deallocates; LBPRZ=1 makes the range read zeros (what libiscsi's WriteSame*.Unmap*
-    // tests and LIO/tgt do, whatever the Data-Out block holds).
-    if (unmap) await lu.volume.unmap(offset, len);
-    else await lu.volume.writeSame(offset, len, pattern, fuaBit(cdb) || !lu.mode.wce ? FUA : undefined);
+    // UNMAP=1 deallocates; LBPRZ=1 makes the range read zeros, whatever the Data-Out block holds.
+    // A strict reading of SBC-4 ("reads behave as if the block was written") would write a
+    // non-zero block instead; libiscsi's conformance suite (WriteSame10.UnmapUntilEnd sends 0xFF
+    // with UNMAP=1 and expects zeros back), LIO and tgt deallocate. Linux sends zeros anyway.
+    const fua = fuaBit(cdb) || !lu.mode.wce ? FUA : undefined;
+    if (unmap) await lu.volume.unmap(offset, len, fua);
+    else await lu.volume.writeSame(offset, len, pattern, fua);
   } finally {
     lu.gate.exitShared();
   }
@@ -251,7 +254,9 @@ export const unmap: Handler = async (lu, req, env) => {
   const wait = lu.gate.enterShared();
   if (wait) await lu.waitShared(wait, env.itn(req.nexus));
   try {
-    for (let i = 0; i < ranges.length; i += 2) await lu.volume.unmap(ranges[i] * lu.blockSize, ranges[i + 1] * lu.blockSize);
+    // WCE=0: each range durable before GOOD, as a write would be (FUA).
+    const fua = lu.mode.wce ? undefined : FUA;
+    for (let i = 0; i < ranges.length; i += 2) await lu.volume.unmap(ranges[i] * lu.blockSize, ranges[i + 1] * lu.blockSize, fua);
   } finally {
     lu.gate.exitShared();
   }

@@ -23,6 +23,9 @@ import type { ScsiRequest, ScsiResult } from './port';
 import { GOOD, SenseError, illegal, invalidCdb, invalidParam, paramListLengthError, writeProtected } from './sense';
 import { naaDesignator } from './vpd';
 
+/** A destination write with WCE=0: durable before the copy completes. */
+const WRITE_THROUGH = Object.freeze({ fua: true });
+
 /** Operating parameters we report (RECEIVE COPY RESULTS / OPERATING PARAMETERS). */
 export const XCOPY_LIMITS = {
   maxTargetDescriptors: 2,
@@ -183,7 +186,8 @@ export async function extendedCopy(lu: LogicalUnit, req: ScsiRequest, env: Targe
           // Again under the gate: the read, or the wait, may have taken a while.
           checkAccess(dst, Access.Write, false);
           if (dst.lu.abortedSince(dst.itn, dstMark)) throw unreachable();
-          await dst.lu.copyWrite(dst.itn, dst.lu.volume.write((s.dstLba + done) * bs, buf));
+          // WCE=0: durable before GOOD, as a WRITE would be (FUA).
+          await dst.lu.copyWrite(dst.itn, dst.lu.volume.write((s.dstLba + done) * bs, buf, dst.lu.mode.wce ? undefined : WRITE_THROUGH));
         } finally {
           dst.lu.gate.exitShared();
         }

@@ -327,12 +327,13 @@ export class FileVolume implements Volume {
     if (opts?.fua) await this.fh.datasync();
   }
 
-  async unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
+  async unmap(offsetBytes: number, lengthBytes: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
     this.check(offsetBytes, lengthBytes);
     if (lengthBytes === 0) return;
-    if (blockio) return punchHole(blockio, this.fh.fd, offsetBytes, lengthBytes);
-    await this.writeSame(offsetBytes, lengthBytes, Buffer.alloc(this.blockSize));
+    if (blockio) await punchHole(blockio, this.fh.fd, offsetBytes, lengthBytes);
+    else await this.writeSame(offsetBytes, lengthBytes, Buffer.alloc(this.blockSize));
+    if (opts?.fua) await this.fh.datasync();
   }
 
   async flush(): Promise<void> {

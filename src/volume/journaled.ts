@@ -141,8 +141,8 @@ export class JournaledVolume implements Volume {
     return this.change('writeSame', offsetBytes, lengthBytes, pattern, opts?.fua ?? false, () => this.image.writeSame(offsetBytes, lengthBytes, pattern));
   }
 
-  unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.change('unmap', offsetBytes, lengthBytes, EMPTY, false, () => this.image.unmap(offsetBytes, lengthBytes));
+  unmap(offsetBytes: number, lengthBytes: number, opts?: WriteOptions): Promise<void> {
+    return this.change('unmap', offsetBytes, lengthBytes, EMPTY, opts?.fua ?? false, () => this.image.unmap(offsetBytes, lengthBytes));
   }
 
   private async change(op: JournalRecord['op'], offset: number, length: number, data: Buffer, fua: boolean, applyToImage: () => Promise<void>): Promise<void> {

@@ -43,8 +43,8 @@ export interface Volume {
   write(offsetBytes: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   /** Write `pattern` (exactly one block) repeatedly over the range (WRITE SAME). */
   writeSame(offsetBytes: number, lengthBytes: number, pattern: Buffer, opts?: WriteOptions): Promise<void>;
-  /** Deallocate the range; it then reads back as zeros (LBPRZ=1). */
-  unmap(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /** Deallocate the range; it then reads back as zeros (LBPRZ=1). Durable when it resolves with fua (WCE=0). */
+  unmap(offsetBytes: number, lengthBytes: number, opts?: WriteOptions): Promise<void>;
   /** Everything acknowledged before this call is durable when it resolves (SYNCHRONIZE CACHE). */
   flush(): Promise<void>;
   /** Allocation status starting at `offset` (GET LBA STATUS); at least one extent. */

@@ -22,7 +22,7 @@ export class MemoryVolume implements Volume {
   async writeSame(offsetBytes: number, lengthBytes: number, pattern: Buffer): Promise<void> {
     for (let o = 0; o < lengthBytes; o += pattern.length) pattern.copy(this.data, offsetBytes + o);
   }
-  async unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
+  async unmap(offsetBytes: number, lengthBytes: number, _opts?: WriteOptions): Promise<void> {
     this.data.fill(0, offsetBytes, offsetBytes + lengthBytes);
   }
   async flush(): Promise<void> {

@@ -1,6 +1,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryVolume } from '../helpers/memory-volume';
+import { naaDesignator } from '../../src/scsi';
 import { B, cdb10, cdb16, harness, senseOf } from '../helpers/scsi-harness';
 import type { WriteOptions } from '../../src/volume/volume';
 import { VolumeError, VolumeErrorCode } from '../../src/volume/errors';
@@ -176,13 +177,17 @@ test('WRITE AND VERIFY writes durably', async () => {
   assert.deepEqual((await h.run(cdb10(0x28, 9, 1))).dataIn, d);
 });
 
-test('WRITE SAME 10/16: pattern, UNMAP with zeros, NDOB, ANCHOR invalid, 0 blocks to the end, limit', async () => {
+test('WRITE SAME 10/16: pattern, UNMAP with zeros, UNMAP with a non-zero block (deallocated, as libiscsi expects), NDOB, ANCHOR invalid, 0 blocks to the end, limit', async () => {
   const h = await harness({ extra: { limits: { maxWriteSameBlocks: 1 << 20 } } });
   const pat = Buffer.alloc(512, 0x5a);
   assert.equal((await h.run(cdb10(0x41, 10, 4), { data: pat })).status, 0);
   const r = (await h.run(cdb10(0x28, 10, 4))).dataIn!;
   assert.ok(r.equals(Buffer.alloc(2048, 0x5a)));
-  assert.equal((await h.run(cdb16(0x93, 10, 4, 0x08), { data: Buffer.alloc(512, 0xff) })).status, 0); // UNMAP: deallocates whatever the block
+  assert.equal((await h.run(cdb16(0x93, 10, 4, 0x08), { data: Buffer.alloc(512) })).status, 0); // UNMAP with zeros: deallocated (LBPRZ)
+  assert.ok((await h.run(cdb10(0x28, 10, 4))).dataIn!.equals(Buffer.alloc(2048)));
+  // UNMAP with any other block: deallocated too (libiscsi's WriteSame10.UnmapUntilEnd sends 0xFF and expects zeros; LIO and tgt agree).
+  await h.run(cdb10(0x41, 10, 4), { data: pat });
+  assert.equal((await h.run(cdb16(0x93, 10, 4, 0x08), { data: Buffer.alloc(512, 0xab) })).status, 0);
   assert.ok((await h.run(cdb10(0x28, 10, 4))).dataIn!.equals(Buffer.alloc(2048)));
   await h.run(cdb10(0x41, 10, 4), { data: pat });
   assert.equal((await h.run(cdb16(0x93, 10, 4, 0x01))).status, 0); // NDOB
@@ -339,4 +344,49 @@ test('stats count commands, bytes and sense keys', async () => {
   assert.equal(s.bytesWritten, 1024);
   assert.equal(s.bytesRead, 512);
   assert.deepEqual(s.errorsBySenseKey, { ILLEGAL_REQUEST: 1 });
+});
+
+test('with WCE=0, UNMAP, WRITE SAME with UNMAP=1 and EXTENDED COPY are durable before GOOD (FUA), as WRITE is', async () => {
+  const seen: { op: string; fua: boolean }[] = [];
+  const v = new (class extends MemoryVolume {
+    override async write(o: number, d: Buffer, opts?: WriteOptions) {
+      seen.push({ op: 'write', fua: !!opts?.fua });
+      return super.write(o, d, opts);
+    }
+    override async unmap(o: number, n: number, opts?: WriteOptions) {
+      seen.push({ op: 'unmap', fua: !!opts?.fua });
+      return super.unmap(o, n, opts);
+    }
+  })('v', 2048 * 512);
+  const h = await harness({ volume: v });
+  (h.target as unknown as { luns: Map<number, { mode: { wce: boolean } }> }).luns.get(0)!.mode.wce = false; // MODE SELECT: WCE=0
+  assert.equal((await h.run(cdb10(0x2a, 0, 1), { data: Buffer.alloc(512, 1) })).status, 0);
+  assert.equal((await h.run(cdb16(0x93, 8, 8, 0x08))).status, 0); // WRITE SAME(16) UNMAP=1, no data-out
+  const params = Buffer.from([0, 22, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 8, 0, 0, 0, 0]); // LBA 16, 8 blocks
+  assert.equal((await h.run(Buffer.from([0x42, 0, 0, 0, 0, 0, 0, 0, params.length, 0]), { data: params })).status, 0);
+  // EXTENDED COPY of block 0 to block 100 within the LU.
+  const td = Buffer.alloc(32);
+  td[0] = 0xe4;
+  td[4] = 0x01;
+  td[5] = 0x03;
+  td[7] = 16;
+  naaDesignator(v).copy(td, 8);
+  td.writeUIntBE(512, 29, 3);
+  const seg = Buffer.alloc(28);
+  seg[0] = 0x02;
+  seg.writeUInt16BE(24, 2);
+  seg.writeUInt16BE(1, 10);
+  seg.writeBigUInt64BE(0n, 12);
+  seg.writeBigUInt64BE(100n, 20);
+  const hdr = Buffer.alloc(16);
+  hdr[0] = 1;
+  hdr.writeUInt16BE(td.length, 2);
+  hdr.writeUInt32BE(seg.length, 8);
+  const p = Buffer.concat([hdr, td, seg]);
+  const xcopy = Buffer.alloc(16);
+  xcopy[0] = 0x83;
+  xcopy.writeUInt32BE(p.length, 10);
+  const r = await h.run(xcopy, { data: p });
+  assert.equal(r.status, 0, senseOf(r));
+  assert.deepEqual(seen, [{ op: 'write', fua: true }, { op: 'unmap', fua: true }, { op: 'unmap', fua: true }, { op: 'write', fua: true }]);
 });
