@@ -26,6 +26,12 @@ export interface IscsiServerOptions {
   nopTimeoutMs?: number;
   /** Drop a connection that has not finished logging in after this long. Default 15 s. */
   loginTimeoutMs?: number;
+  /**
+   * How long ABORT TASK SET and CLEAR TASK SET wait for the initiator to answer the R2Ts of the
+   * tasks they abort (RFC 7143 §11.6.2) before they are answered anyway. Default: the NOP
+   * timeout, at most 10 s.
+   */
+  tmfTransferWaitMs?: number;
   /** Connections accepted at once (beyond: refused). Default 1024. */
   maxConnections?: number;
   /**
@@ -52,6 +58,7 @@ export class IscsiServer implements ConnectionHost, SessionHost {
   readonly nopIntervalMs: number;
   readonly nopTimeoutMs: number;
   readonly loginTimeoutMs: number;
+  readonly tmfTransferWaitMs: number;
   private readonly maxConns: number;
   private readonly server: net.Server;
   private readonly connections = new Set<Connection>();
@@ -71,6 +78,7 @@ export class IscsiServer implements ConnectionHost, SessionHost {
     this.nopIntervalMs = opts.nopIntervalMs ?? 5000;
     this.nopTimeoutMs = opts.nopTimeoutMs ?? 30000;
     this.loginTimeoutMs = opts.loginTimeoutMs ?? 15000;
+    this.tmfTransferWaitMs = opts.tmfTransferWaitMs ?? Math.min(this.nopTimeoutMs || 10_000, 10_000);
     this.maxConns = opts.maxConnections ?? 1024;
     // Paused: each connection then reads into its own buffer (Connection).
     this.server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));

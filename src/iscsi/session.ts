@@ -40,6 +40,8 @@ export interface SessionHost {
   visibleTargets(initiatorName: string): readonly TargetEntry[];
   sessionEnded(s: Session): void;
   count(event: string, n?: number): void;
+  /** How long a task set function waits for the R2Ts of the tasks it aborts to be answered (RFC 7143 §11.6.2 b). */
+  readonly tmfTransferWaitMs: number;
 }
 
 interface R2tState {
@@ -77,6 +79,36 @@ interface Task {
   executing: boolean;
   aborted: boolean;
   done?: Promise<void>;
+  /**
+   * Set when ABORT TASK SET or CLEAR TASK SET aborted the task while R2Ts were outstanding (RFC
+   * 7143 §11.6.2): it stays in the table, its data buffer gone, until the initiator has answered
+   * each of them (`drainDataOut`: checked as live data, then dropped). No R2T more, no response.
+   */
+  drain?: { done: Promise<void>; resolve: () => void };
+}
+
+/**
+ * An aborted task's outstanding R2T the initiator may still answer: an aborted task whose R2T
+ * nobody waits for (ABORT TASK, the resets, PREEMPT AND ABORT, a task set function that gave
+ * up waiting). Data-Out for it is checked and dropped; were it taken as a stranger's, a
+ * command reusing the ITT after the TMF response would see an unknown TTT and the connection drop.
+ */
+interface RetiredR2t {
+  itt: number;
+  /** The next offset expected, and the R2T's end. */
+  next: number;
+  end: number;
+  nextDataSN: number;
+}
+
+/** Retired R2Ts kept at most (the oldest are forgotten first). */
+const RETIRED_R2T_LIMIT = 1024;
+
+/** A task set function's wait for one aborted task's outstanding R2Ts to be answered. */
+export interface TransferWait {
+  done: Promise<void>;
+  /** Stop waiting: the task ends, its R2Ts retired. */
+  giveUp(): void;
 }
 
 const LUN_INVALID = 0xffff;
@@ -118,6 +150,7 @@ export class Session {
   private tasks = new TaskTable<Task>(TARGET_LIMITS.queueDepth * 2);
   private windowed = 0;
   private nextTtt = 1;
+  private retiredR2ts = new Map<number, RetiredR2t>();
   private bufferedDataOut = 0;
   private loggingOut = false;
   private textContinuation?: { itt: number; ttt: number; rest: Buffer };
@@ -396,7 +429,10 @@ export class Session {
       if (h) return this.holdDataOut(h, pdu);
     }
     if (!task || task.executing || !task.data) {
+      if (task?.drain) return this.drainDataOut(task, pdu);
+      if (this.retiredR2ts.size && this.retiredDataOut(pdu)) return;
       // The task was aborted or already has all its data: the PDU is discarded (RFC 7143 §11.7).
+      releaseBuffer(pdu.data);
       this.host.count('dataout_discarded');
       return;
     }
@@ -424,7 +460,10 @@ export class Session {
       return;
     }
     const r = task.r2ts?.get(ttt);
-    if (!r) throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out with unknown TTT 0x${ttt.toString(16)}`);
+    if (!r) {
+      if (this.retiredR2ts.size && this.retiredDataOut(pdu)) return;
+      throw unknownTtt(ttt);
+    }
     const r2tEnd = r.offset + r.length;
     if (offset < r.offset || end > r2tEnd) throw new IscsiError(IscsiErrorCode.Protocol, 'Data-Out outside its R2T');
     if (dsn !== r.nextDataSN) return this.failDataOut(task, pdu, `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}`);
@@ -438,6 +477,116 @@ export class Session {
       task.r2ts!.delete(ttt);
       this.issueR2ts(task);
     }
+  }
+
+  /**
+   * Data-Out answering an R2T of a task aborted by ABORT TASK SET or CLEAR TASK SET (RFC 7143
+   * §11.6.2: the initiator goes on answering them, the target waits). Checked as for a live task
+   * (its R2T, offset, DataSN: a PDU that breaks the sequence still breaks the connection), then
+   * dropped. The R2T is answered with the last PDU of its sequence (the end of its range, or the
+   * F bit); once all are, the task ends, unanswered, and the function waiting for it goes on.
+   */
+  private drainDataOut(task: Task, pdu: P.Pdu): void {
+    const bhs = pdu.bhs;
+    const ttt = P.ttt(bhs);
+    const r = task.r2ts?.get(ttt);
+    if (!r) {
+      if (ttt !== RESERVED_TAG && this.retiredR2ts.size && this.retiredDataOut(pdu)) return;
+      if (ttt === RESERVED_TAG) throw new IscsiError(IscsiErrorCode.Protocol, 'unsolicited Data-Out not allowed here');
+      throw unknownTtt(ttt);
+    }
+    const offset = P.bufferOffset(bhs);
+    const end = offset + pdu.data.length;
+    const r2tEnd = r.offset + r.length;
+    if (offset < r.offset || end > r2tEnd) throw new IscsiError(IscsiErrorCode.Protocol, 'Data-Out outside its R2T');
+    const dsn = P.dataSN(bhs);
+    if (dsn !== r.nextDataSN) {
+      // As for a live task: rejected, and the task (aborted already) ends.
+      this.host.count('rejects');
+      this.logger.warn({ itt: task.itt, err: `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}` }, 'Data-Out of an aborted task rejected');
+      this.sendReject(RejectReason.ProtocolError, bhs);
+      releaseBuffer(pdu.data);
+      return this.endDrain(task, false);
+    }
+    if (offset !== task.received) throw outOfOrder(task, offset);
+    releaseBuffer(pdu.data);
+    this.host.count('dataout_drained');
+    r.nextDataSN++;
+    task.received = end;
+    if ((bhs[1] & FINAL_BIT) === 0 && end !== r2tEnd) return;
+    // The sequence is over (short of the R2T or not: nothing is written either way).
+    task.r2ts!.delete(ttt);
+    task.received = r2tEnd;
+    if (task.r2ts!.size === 0) this.endDrain(task, false);
+  }
+
+  /**
+   * Data-Out for a retired R2T (an aborted task's, not waited for): checked against what is
+   * left of its sequence and dropped. False when the TTT is not a retired one of this ITT.
+   */
+  private retiredDataOut(pdu: P.Pdu): boolean {
+    const bhs = pdu.bhs;
+    const ttt = P.ttt(bhs);
+    const r = this.retiredR2ts.get(ttt);
+    if (!r || r.itt !== P.itt(bhs)) return false;
+    const offset = P.bufferOffset(bhs);
+    const end = offset + pdu.data.length;
+    if (offset !== r.next || end > r.end) {
+      throw new IscsiError(IscsiErrorCode.Protocol, `Data-Out at ${offset}+${pdu.data.length} for the retired TTT 0x${ttt.toString(16)}, expected ${r.next} up to ${r.end}`);
+    }
+    releaseBuffer(pdu.data);
+    const dsn = P.dataSN(bhs);
+    if (dsn !== r.nextDataSN) {
+      this.host.count('rejects');
+      this.logger.warn({ itt: r.itt, ttt, err: `Data-Out DataSN ${dsn}, expected ${r.nextDataSN}` }, 'Data-Out for a retired R2T rejected');
+      this.sendReject(RejectReason.ProtocolError, bhs);
+      this.retiredR2ts.delete(ttt);
+      return true;
+    }
+    this.host.count('dataout_retired_r2t');
+    r.next = end;
+    r.nextDataSN++;
+    if ((bhs[1] & FINAL_BIT) !== 0 || end === r.end) this.retiredR2ts.delete(ttt);
+    return true;
+  }
+
+  /** An aborted task's outstanding R2Ts, answered or not: Data-Out for them is dropped from now on (retiredDataOut). */
+  private retireR2ts(task: Task): void {
+    if (!task.r2ts?.size) return;
+    for (const [ttt, r] of task.r2ts) {
+      const end = r.offset + r.length;
+      const next = task.received > r.offset && task.received < end ? task.received : r.offset;
+      if (this.retiredR2ts.size >= RETIRED_R2T_LIMIT) this.retiredR2ts.delete(this.retiredR2ts.keys().next().value!);
+      this.retiredR2ts.set(ttt, { itt: task.itt, next, end, nextDataSN: r.nextDataSN });
+    }
+    this.host.count('r2ts_retired', task.r2ts.size);
+    task.r2ts.clear();
+  }
+
+  /**
+   * An aborted task waiting for its R2Ts to be answered (RFC 7143 §11.6.2 b): its data buffer
+   * goes back now (nothing of it will be written), the Data-Out still to come is only checked.
+   */
+  private startDrain(task: Task): TransferWait {
+    if (!task.drain) {
+      this.bufferedDataOut -= task.edtl;
+      if (task.data) releaseBuffer(task.data);
+      task.data = undefined;
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => { resolve = r; });
+      task.drain = { done, resolve };
+      this.host.count('tasks_drained');
+      this.logger.info({ itt: task.itt, outstandingR2ts: task.r2ts?.size }, 'aborted task waits for the Data-Out answering its R2Ts');
+    }
+    return { done: task.drain.done, giveUp: () => this.endDrain(task, true) };
+  }
+
+  /** The draining task ends (no response: it was aborted); `retire`: its R2Ts are not all answered. */
+  private endDrain(task: Task, retire: boolean): void {
+    if (this.tasks.get(task.itt) !== task) return;
+    if (retire && !this.closed) this.retireR2ts(task);
+    this.finish(task);
+    task.drain?.resolve();
   }
 
   /**
@@ -587,16 +736,51 @@ export class Session {
 
   // ---- Task management ----------------------------------------------------------------------
 
-  /** Abort matching tasks: no response is sent for them. Resolves when those already executing have settled. */
-  abortTasks(match: (lun: number, itt: number) => boolean): Promise<unknown> {
+  /**
+   * Abort matching tasks: no response is sent for them. Resolves when those already executing
+   * have settled. `transfers` (ABORT TASK SET, CLEAR TASK SET: RFC 7143 §11.6.2): a task with
+   * R2Ts outstanding stays until the initiator has answered them (`drainDataOut`), and its wait
+   * is added there. Without it, such a task ends at once and its R2Ts are retired: the
+   * initiator may still answer them (retiredDataOut).
+   */
+  abortTasks(match: (lun: number, itt: number) => boolean, transfers?: TransferWait[]): Promise<unknown> {
     const waits: Promise<void>[] = [];
     for (const t of this.tasks.values()) {
       if (!match(t.lun, t.itt)) continue;
       t.aborted = true;
       if (t.executing && t.done) waits.push(t.done);
-      else this.finish(t);
+      else if (t.r2ts?.size && transfers && !this.closed) transfers.push(this.startDrain(t));
+      else if (t.drain) this.endDrain(t, true);
+      else {
+        if (t.r2ts?.size && !this.closed) this.retireR2ts(t);
+        this.finish(t);
+        // Not executing: the data buffer (pooled, partly filled) is ours; nothing of it is written.
+        if (t.data) releaseBuffer(t.data);
+        t.data = undefined;
+      }
     }
     return Promise.all(waits);
+  }
+
+  /**
+   * Wait for the aborted tasks' R2Ts to be answered (RFC 7143 §11.6.2 b), at most
+   * tmfTransferWaitMs: an initiator that stops answering them does not hold the function up for
+   * good. Those still waiting then end, their R2Ts retired.
+   */
+  private async awaitTransfers(fn: TmfFunction, transfers: TransferWait[]): Promise<void> {
+    if (transfers.length === 0) return;
+    this.host.count('tmf_waited_for_ttt');
+    this.logger.info({ function: TMF_NAMES[fn], tasks: transfers.length }, 'task management waits for the R2Ts of the aborted tasks to be answered');
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      Promise.all(transfers.map((t) => t.done)).then(() => false),
+      new Promise<boolean>((r) => { timer = setTimeout(() => r(true), this.host.tmfTransferWaitMs); }),
+    ]);
+    clearTimeout(timer);
+    if (!timedOut) return;
+    this.host.count('tmf_ttt_wait_timeouts');
+    this.logger.warn({ function: TMF_NAMES[fn], waitedMs: this.host.tmfTransferWaitMs }, 'initiator did not answer the R2Ts of the aborted tasks: task management goes on without them');
+    for (const t of transfers) t.giveUp();
   }
 
   /**
@@ -712,7 +896,12 @@ export class Session {
         const sessions = fn === TmfFunction.AbortTaskSet ? [this] : this.host.sessionsOf(this.target.name);
         for (const s of sessions) s.abortHeld(covers, s === this ? cmdSN : undefined);
         const reached = immediate ? this.fence(fn, cmdSN, covers) : undefined;
-        await Promise.all([reached, ...sessions.map((s) => s.abortTasks(covers))]);
+        // ABORT TASK SET and CLEAR TASK SET wait for the R2Ts of the tasks they abort to be
+        // answered (RFC 7143 §11.6.2 b), LOGICAL UNIT RESET does not: the initiator is not
+        // bound to answer them, and Linux (FastAbort=Yes, its default) stops.
+        const transfers: TransferWait[] | undefined = fn === TmfFunction.LogicalUnitReset ? undefined : [];
+        const aborted = sessions.map((s) => s.abortTasks(covers, transfers));
+        await Promise.all([reached, ...aborted, transfers && this.awaitTransfers(fn, transfers)]);
         const resp = scsi.taskManagement(fn, lun, this.nexus);
         this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
         return reply(resp);
@@ -848,6 +1037,7 @@ export class Session {
     this.held.clear();
     for (const h of this.heldDataOut.values()) for (const pdu of h.pdus) releaseBuffer(pdu.data);
     this.heldDataOut.clear();
+    this.retiredR2ts.clear();
     this.passFences();
     const settled = this.abortTasks(() => true);
     this.host.sessionEnded(this);
@@ -872,6 +1062,10 @@ function extendedCdb(cdb: Buffer, ahs: Buffer): Buffer {
     off += (3 + len + 3) & ~3;
   }
   return cdb;
+}
+
+function unknownTtt(ttt: number): IscsiError {
+  return new IscsiError(IscsiErrorCode.Protocol, `Data-Out with unknown TTT 0x${ttt.toString(16)}`);
 }
 
 /** A Data-Out PDU not at the next offset of its task's data (DataPDUInOrder=Yes, DataSequenceInOrder=Yes). */
