@@ -583,6 +583,9 @@ export class Appliance {
       logger.info('replication pause dropped: this site is now a replica');
     }
     const rewound = await ReplicaStore.finishInterruptedRewind(stateDir, journal, images, logger, this.bookmarks);
+    // A staged sync a promotion was giving up (its chunks may be gone): given up for good before
+    // the journal's tail (that sync's, stored after the point the volumes hold) could be replayed.
+    await ReplicaStore.finishAbandonedStaging(stateDir, this.dataDir.root, journal, logger);
     await this.cutPartialCoalesced(journal);
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);
@@ -688,8 +691,9 @@ export class Appliance {
         if (back.seq < back.fromSeq) this.logger.warn({ seq: back.seq, fromSeq: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks }, 'promoting at an earlier point: the volumes went back; the later writes are saved aside');
       }
     } catch (e) {
-      // Still a replica: it receives again, unless the volumes are half way back (a restart settles that first).
-      if (!store.rewindUnfinished()) await this.listenForPrimary(store).catch((err: unknown) => this.logger.error({ err }, 'listening for the primary again after a failed promotion failed'));
+      // Still a replica: it receives again, unless the volumes are half way back or a staged sync
+      // is half given up (its staging area may be gone): a restart, or the next promotion, settles that first.
+      if (!store.rewindUnfinished() && !store.stagingAbandonUnfinished()) await this.listenForPrimary(store).catch((err: unknown) => this.logger.error({ err }, 'listening for the primary again after a failed promotion failed'));
       throw e;
     }
     const seq = store.appliedSeq();

@@ -53,8 +53,11 @@ export interface ReplicaState {
   /**
    * A delta sync staged whole: the volumes still hold the consistent point `heldSeq`; once the
    * sync ended (`consistentSeq` known) and the journal tail through it is stored, it is committed.
+   * `abandoning`: a promotion gives it up (settleStagingForPromotion); the staging area and the
+   * journal after `heldSeq` may already be gone: a start finishes that first
+   * (finishAbandonedStaging), never resumes or commits the sync.
    */
-  staged?: { heldSeq: number; heldTimeMs: number; consistentSeq?: number; consistentTimeMs?: number; committing?: boolean };
+  staged?: { heldSeq: number; heldTimeMs: number; consistentSeq?: number; consistentTimeMs?: number; committing?: boolean; abandoning?: boolean };
   /**
    * A promotion at an earlier point is taking the volumes back from `fromSeq` to `toSeq`. A
    * start that finds it either brings them forward again (the journal still holds the records
@@ -82,6 +85,16 @@ interface Pending {
   payloads?: Buffer[];
   /** An online-verify comparison placed here in the stream (no records): run when its turn comes. */
   verify?: { volume: string; offsetBytes: number; lengthBytes: number; hashes: Buffer; answer: (a: VerifyAnswer) => void; data?: Buffer };
+}
+
+/** The state once a staged sync is given up: the volumes hold its held point, no sync is under way. */
+function forgetStaged(state: ReplicaState, st: NonNullable<ReplicaState['staged']>): void {
+  state.appliedSeq = st.heldSeq;
+  state.appliedTimeMs = st.heldTimeMs;
+  state.staged = undefined;
+  state.sync = undefined;
+  state.syncResetPending = undefined;
+  state.consistentSeq = 0;
 }
 
 /** Queued comparisons that will not run (the queue was reset under them) answer "not ready". */
@@ -155,6 +168,8 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     bookmarks?: Bookmarks;
   }): Promise<ReplicaStore> {
     const statePath = path.join(opts.stateDir, 'replica.json');
+    // The appliance does this before it recovers the images; a no-op then.
+    await ReplicaStore.finishAbandonedStaging(opts.stateDir, path.dirname(opts.volumesDir), opts.journal, opts.logger);
     let state: ReplicaState;
     try {
       state = JSON.parse(await fsp.readFile(statePath, 'utf8')) as ReplicaState;
@@ -203,6 +218,28 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * At start, before the journal's tail is replayed onto the images: a staged delta sync that a
+   * promotion was giving up when the process stopped (settleStagingForPromotion). Its staging
+   * area (chunks and their lists) may be gone, its stored tail too: resuming it would commit the
+   * sync without its chunks, and replaying that tail would move the volumes past the point they
+   * hold without them. The give-up is finished instead: the journal back to the held point, the
+   * staging area removed, the sync forgotten (the primary starts a new one at the next handshake).
+   * Every step is idempotent. Returns whether there was one to finish.
+   */
+  static async finishAbandonedStaging(stateDir: string, dataRoot: string, journal: Journal, logger: Logger): Promise<boolean> {
+    const file = path.join(stateDir, 'replica.json');
+    const state = (await readJsonFile(file)) as ReplicaState | undefined;
+    const st = state?.staged;
+    if (!state || !st?.abandoning) return false;
+    await journal.resetTo(st.heldSeq);
+    await fsp.rm(path.join(dataRoot, STAGING_DIR), { recursive: true, force: true });
+    forgetStaged(state, st);
+    await writeJsonFile(file, state);
+    logger.warn({ heldSeq: st.heldSeq }, 'a promotion was giving up a staged delta sync when the appliance stopped: finished before serving; the volumes stay at their consistent point');
+    return true;
   }
 
   /**
@@ -356,6 +393,9 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       }
       await fsp.rename(tmp, path.join(dir, `${name}.chunks`));
     }
+    // The renames durable too: the sync cursor saved after this claims these chunks, and a power
+    // cut must not bring back older lists under it (the chunks they miss would never be sent again).
+    await syncPath(dir);
   }
 
   /** A delta sync is being staged: the volumes hold an older consistent point meanwhile. */
@@ -380,6 +420,11 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    * store(), or at the next start), never thrown away. One still running (or whose journal tail
    * is still missing) is given up: the volumes already hold the consistent point it was staged
    * over, and the stored tail after the sync point is dropped with the staging area.
+   * The decision is saved first: a kill after the staging area or the tail went must not restart
+   * as a replica still staging that sync (it would commit it later without its chunks); a start
+   * that finds the mark finishes the give-up (finishAbandonedStaging), and so does the next call
+   * here when a step failed without a crash (meanwhile the site does not receive:
+   * stagingAbandonUnfinished).
    * Returns the sequence the volumes hold.
    */
   async settleStagingForPromotion(): Promise<number> {
@@ -390,14 +435,18 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
       await this.commitNow();
       return this.applied;
     }
+    st.abandoning = true;
+    try {
+      await this.save();
+    } catch (e) {
+      // Nothing was touched yet: still staging, and receiving again is safe.
+      st.abandoning = undefined;
+      throw e;
+    }
     await this.closeStaging(true);
     await this.journal.resetTo(st.heldSeq);
     this.durable = this.applied = st.heldSeq;
-    this.state.appliedSeq = st.heldSeq;
-    this.state.appliedTimeMs = st.heldTimeMs;
-    this.state.staged = undefined;
-    this.state.sync = undefined;
-    this.state.consistentSeq = 0;
+    forgetStaged(this.state, st);
     cancelVerifies(this.queue, 'staged sync abandoned');
     this.queue = [];
     await this.save();
@@ -405,10 +454,15 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
     return st.heldSeq;
   }
 
-  /** The staged sync ended and the journal holds everything through its consistent point: it can be committed. */
+  /** A promotion began to give up the staged sync and did not finish (a step failed): its staging area may be gone. */
+  stagingAbandonUnfinished(): boolean {
+    return !!this.state.staged?.abandoning;
+  }
+
+  /** The staged sync ended and the journal holds everything through its consistent point: it can be committed (never one being given up). */
   private stagedComplete(): boolean {
     const st = this.state.staged;
-    return !!st && st.consistentSeq !== undefined && !this.state.sync && this.durable >= st.consistentSeq;
+    return !!st && !st.abandoning && st.consistentSeq !== undefined && !this.state.sync && this.durable >= st.consistentSeq;
   }
 
   private maybeCommit(): void {

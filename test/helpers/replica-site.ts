@@ -27,8 +27,10 @@ export interface Site {
 }
 
 /**
- * Open the site. `recover`: as after a crash, cut a coalesced batch a kill left partial and
- * replay the journal's tail onto the images before the store opens.
+ * Open the site. `recover`: as the appliance's replica start after a crash, before the store
+ * opens: finish a staged sync's give-up a kill cut short, cut a coalesced batch a kill left
+ * partial, redo a staged commit a kill cut short, and replay the journal's tail onto the images
+ * (not while a sync is staged: its stored records are held until it commits).
  */
 export async function openSite(root: string, opts: { recover?: boolean } = {}): Promise<Site> {
   const journal = await Journal.open({ dir: path.join(root, 'journal') });
@@ -43,11 +45,15 @@ export async function openSite(root: string, opts: { recover?: boolean } = {}): 
     volumes.set('v', new ReplicaVolume(img, gate));
     await journal.registerVolume('v');
   }
+  const stateDir = path.join(root, 'state');
   if (opts.recover) {
+    await ReplicaStore.finishAbandonedStaging(stateDir, root, journal, silentLogger());
     await journal.cutPartialCoalesced();
-    await recoverImages(journal, images);
+    const staged = await ReplicaStore.stagedAtStart(stateDir);
+    if (staged?.committing) await ReplicaStore.finishStagedCommit(root, images, silentLogger());
+    if (!staged || staged.committing) await recoverImages(journal, images);
   }
-  const store = await ReplicaStore.open({ siteId: 'replica', journal, volumesDir, stateDir: path.join(root, 'state'), volumes, gate, onVolume: async () => undefined, logger: silentLogger() });
+  const store = await ReplicaStore.open({ siteId: 'replica', journal, volumesDir, stateDir, volumes, gate, onVolume: async () => undefined, logger: silentLogger() });
   return { journal, store, volumes };
 }
 
