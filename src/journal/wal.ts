@@ -52,7 +52,7 @@
  * Without one, the retained window is just the latest state. A size cap never stalls writes:
  * past it, trimming ignores the history window (the oldest history is folded into the base).
  */
-import { closeSync, fdatasync, fdatasyncSync, openSync, readSync, readdirSync, renameSync, unlink, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, openSync, readSync, readdirSync, renameSync, rmSync, unlink, unlinkSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, rm, statfs, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Level } from 'level';
@@ -211,6 +211,9 @@ const GAP_END = Buffer.from([GAP_PREFIX + 1]);
 /** Named entries (bookmarks): 'k' + the name. */
 const NAMED_PREFIX = Buffer.from('k');
 const NAMED_END = Buffer.from('l');
+
+/** One write of a LevelDB batch. */
+type LevelOp = { type: 'del'; key: Buffer } | { type: 'put'; key: Buffer; value: Buffer };
 
 /** The LevelDB put of the synced point (META_SYNCED): one per index batch at most, not per record. */
 function syncedPut(seq: number): { type: 'put'; key: Buffer; value: Buffer } {
@@ -454,11 +457,11 @@ class SegmentStore {
 
   /**
    * Records written after `after` (the last indexed record, or the start of the oldest segment
-   * when the index is empty) that the index does not know, read back in order. A file's live
-   * records end at the first one that is torn (header or checksum), written for another file
-   * (the old contents of a reused spare) or not after the one before (sequence numbers increase;
-   * a replica's have gaps where batches were coalesced); the next file must go on from there, or
-   * the scan ends. Each process life writes into a new file, so the live part of the last indexed
+   * when the index is empty, or of the next one when that record's file is gone) that the index
+   * does not know, read back in order. A file's live records end at the first one that is torn
+   * (header or checksum), written for another file (the old contents of a reused spare) or not
+   * after the one before (sequence numbers increase; a replica's have gaps where batches were
+   * coalesced); the next file must go on from there, or the scan ends. Each process life writes into a new file, so the live part of the last indexed
    * segment is often followed by a reused file's old records, with the rest in the next file.
    */
   *scan(after: { segment: number; position: number } | undefined, afterSeq: number): Generator<{ key: Buffer; segment: number; position: number; dataLength: number }> {
@@ -469,10 +472,13 @@ class SegmentStore {
       .sort((a, b) => a - b);
     if (!ids.length) return;
     // Without an indexed record to start from, read from the oldest segment and pass over the
-    // records the index trimmed (≤ afterSeq).
-    let skipping = !after;
-    let id = after ? after.segment : ids[0];
-    let pos = after ? after.position : 0;
+    // records the index trimmed (≤ afterSeq). The same when the last indexed record's file is
+    // gone (its records were trimmed, and LevelDB lost the write that forgot them): the records
+    // after it are in the later files.
+    const from = after && ids.includes(after.segment) ? after : undefined;
+    let skipping = !from;
+    let id = from ? from.segment : after ? (ids.find((x) => x > after.segment) ?? -1) : ids[0];
+    let pos = from ? from.position : 0;
     let last = afterSeq;
     let moved = false;
     const header = Buffer.allocUnsafe(SEGMENT_HEADER);
@@ -631,13 +637,25 @@ class SegmentStore {
   }
 
   /**
-   * Delete segments whose records are all ≤ seq: never the one being written, nor one that a
+   * The segments whose records are all ≤ seq: never the one being written, nor one that a
    * group commit still has to write to (`busy`; its fd would be closed, or reused by the next
-   * file opened, under the pending writev).
+   * file opened, under the pending writev). They stay so: only the current file gets records.
    */
+  droppable(seq: number, busy: ReadonlySet<number> = new Set()): number[] {
+    const ids: number[] = [];
+    for (const [id, max] of this.maxSeq) if (max <= seq && id !== this.current?.id && !busy.has(id)) ids.push(id);
+    return ids;
+  }
+
+  /** Delete segments whose records are all ≤ seq (see droppable). */
   dropThrough(seq: number, busy: ReadonlySet<number> = new Set(), unlinkNow = false): void {
-    for (const [id, max] of this.maxSeq) {
-      if (max > seq || id === this.current?.id || busy.has(id)) continue;
+    this.drop(this.droppable(seq, busy), unlinkNow);
+  }
+
+  /** Delete these segments (from droppable), or keep them as spares for reuse. */
+  drop(ids: readonly number[], unlinkNow = false): void {
+    for (const id of ids) {
+      if (!this.maxSeq.has(id)) continue;
       const fd = this.readFds.get(id);
       if (fd !== undefined) this.closeFd(fd);
       this.readFds.delete(id);
@@ -645,11 +663,16 @@ class SegmentStore {
       this.dirty.delete(id);
       if (this.free.length < this.spareLimit) {
         const spare = path.join(this.dir, `free-${id}.seg`);
-        renameSync(this.path(id), spare);
-        this.free.push(spare);
+        try {
+          renameSync(this.path(id), spare);
+          this.free.push(spare);
+        } catch (e) {
+          // Gone already: the index named it after a power loss undid the trim that dropped it.
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        }
       } else {
         // Off the event loop: freeing 64 MiB of page cache is not free (a reset waits for it).
-        if (unlinkNow) unlinkSync(this.path(id));
+        if (unlinkNow) rmSync(this.path(id), { force: true });
         else unlink(this.path(id), () => undefined);
       }
     }
@@ -1728,14 +1751,19 @@ export class Journal {
     await this.putCheckpoint();
   }
 
-  /** The checkpoint, with the synced point when it moved (one LevelDB write either way). */
-  private async putCheckpoint(): Promise<void> {
+  /**
+   * The checkpoint, with the synced point when it moved and `also` (a trim's index deletes): one
+   * LevelDB write either way, synced when `sync`.
+   */
+  private async putCheckpoint(also: readonly LevelOp[] = [], sync = false): Promise<void> {
     const droppedSeq = this.droppedSeq > this.imageSeq ? this.droppedSeq : undefined;
     const value = Buffer.from(JSON.stringify({ imageSeq: this.imageSeq, droppedSeq }));
     const mark = this.syncedSeq;
-    if (mark === this.markedSeq) return this.db.put(META_CHECKPOINT, value);
-    const put = this.db.batch([{ type: 'put', key: META_CHECKPOINT, value }, syncedPut(mark)]);
-    this.marking = Promise.all([this.marking, put.catch(() => undefined)]);
+    if (mark === this.markedSeq && !also.length) return this.db.put(META_CHECKPOINT, value, { sync });
+    const ops: LevelOp[] = [...also, { type: 'put', key: META_CHECKPOINT, value }];
+    if (mark !== this.markedSeq) ops.push(syncedPut(mark));
+    const put = this.db.batch(ops, { sync });
+    if (mark !== this.markedSeq) this.marking = Promise.all([this.marking, put.catch(() => undefined)]);
     await put;
     if (mark > this.markedSeq) this.markedSeq = mark;
   }
@@ -2053,25 +2081,33 @@ export class Journal {
     this.foldTo = undefined;
   }
 
+  /**
+   * Drop the records ≤ upTo: their index entries, the replica's batches ending by then and the
+   * checkpoint (where the sequence goes on once nothing is left) go in one LevelDB write, then the
+   * segment files holding only dropped records are deleted or kept as spares (reused for new
+   * records under a new number). That write is synced when a file goes: else a power loss could
+   * bring LevelDB back with entries naming records in a file that is gone or holds other
+   * records, and its start would lose the synced records written since (scan).
+   */
   private async dropRecords(upTo: number): Promise<void> {
-    if (upTo > this.imageSeq && upTo > this.droppedSeq) {
-      // Before anything goes: a start after a crash must know where the sequence goes on.
-      this.droppedSeq = upTo;
-      await this.putCheckpoint();
-    }
-    await this.db.clear({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) });
+    // With the entries' deletes: a start after a crash must know where the sequence goes on.
+    if (upTo > this.imageSeq && upTo > this.droppedSeq) this.droppedSeq = upTo;
+    const ops: LevelOp[] = [];
+    for await (const key of this.db.keys({ gte: seqKey(this.oldest), lt: seqKey(upTo + 1) })) ops.push({ type: 'del', key });
     // Batches that ended by upTo hold no point the window still has.
-    await this.db.clear({ gte: gapKey(0), lt: gapKey(upTo + 1) });
+    for await (const key of this.db.keys({ gte: gapKey(0), lt: gapKey(upTo + 1) })) ops.push({ type: 'del', key });
     // The group holding upTo + 1 may begin with dropped records: keep only the rest of it (its
-    // segments may go now). A crash before this put only leaves dropped records indexed a while
-    // longer, their segments still there.
+    // segments may go now).
     for await (const [gk, gv] of this.db.iterator({ gte: seqKey(upTo + 1), lt: RECORD_END, limit: 1 })) {
       if (gk.length === KEY_LEN) break;
       let at = 0;
       while (at < gv.length && r64(gv, at + 1) <= upTo) at += ENTRY_BYTES;
-      if (at > 0) await this.db.put(gk, gv.subarray(at));
+      if (at > 0) ops.push({ type: 'put', key: Buffer.from(gk), value: Buffer.from(gv.subarray(at)) });
     }
-    this.segments.dropThrough(upTo, new Set(this.batches.map((b) => b.segment)));
+    // Synced only when a file goes: once per freed segment, not at every trim (the keeper's run every second).
+    const files = this.segments.droppable(upTo, new Set(this.batches.map((b) => b.segment)));
+    await this.putCheckpoint(ops, files.length > 0);
+    this.segments.drop(files);
     let n = 0;
     while (this.sizes.size && this.sizes.seqAt(0) <= upTo) {
       const bytes = this.sizes.bytesAt(0);
