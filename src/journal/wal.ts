@@ -14,7 +14,8 @@
  *       128 KiB values through its log, memtable and compactions halved write throughput
  *       (≈270 MB/s here); a value log costs one page-cache copy. Segments are deleted whole (or
  *       kept as spares for reuse) once every record in them is trimmed.
- *   'm' 'volumes'     → JSON list of volume names (index = vol field)
+ *   'm' 'volumes'     → JSON list of volume names (index = vol field); put synced, before any
+ *       record of a new volume
  *   'm' 'checkpoint'  → JSON { imageSeq, droppedSeq? }: every record ≤ imageSeq is durable in
  *       the images; droppedSeq, the newest record trimmed while it was only in their page cache
  *   'm' 'base'        → JSON { seq, timeMs } of the point-in-time base images, or absent (the
@@ -980,8 +981,8 @@ export class Journal {
     // Records acknowledged after the index's last batch (a crash): rebuilt from the segments.
     const found: Pending[] = [];
     for (const r of this.segments.scan(last, this.head)) {
+      // A volume the list does not have is indexed too: verifyTail refuses or cuts from there.
       const d = decodeKey(r.key);
-      if (d.vol >= this.volumes.length) break;
       found.push({ keys: r.key, keyAt: 0, segment: r.segment, position: r.position, dataLength: r.dataLength, seq: d.seq });
       if (!first) first = d.seq;
       this.head = d.seq;
@@ -1032,12 +1033,19 @@ export class Journal {
   private async verifyTail(): Promise<void> {
     const after = Math.max(this.imageSeq, this.oldest - 1);
     if (this.head <= after) return;
-    let bad: { seq: number; segment: number; why: string } | undefined;
+    let bad: { seq: number; segment: number; why: string; vol?: number } | undefined;
     scan: for await (const [gk, gv] of this.db.iterator({ gte: seqKey(after + 1), lt: RECORD_END })) {
       for (const [k, v] of indexEntries(gk, gv)) {
         const seq = r64(k, 1);
         if (seq <= after) continue;
         const segment = v.readUInt32BE(0);
+        // A volume missing from the list (META_VOLUMES lost, as before it was put synced): its
+        // record cannot be replayed, nor skipped (the records after it depend on it).
+        const vol = k.readUInt16BE(9);
+        if (vol >= this.volumes.length) {
+          bad = { seq, segment, vol, why: `it is of volume index ${vol}, which the journal's volume list (${this.volumes.join(', ') || 'empty'}) does not have` };
+          break scan;
+        }
         const why = this.segments.checkRecord(segment, r64(v, 4), k, dataLength(v), this.checkHeader);
         if (why) {
           bad = { seq, segment, why };
@@ -1047,16 +1055,23 @@ export class Journal {
     }
     if (!bad) return;
     const file = this.segments.fileOf(bad.segment);
+    const what = `journal record ${bad.seq} in ${file} ${bad.vol === undefined ? 'is corrupt' : 'cannot be replayed'} (${bad.why})`;
+    if (bad.vol !== undefined) {
+      this.opts.logger?.error(
+        { seq: bad.seq, volumeIndex: bad.vol, volumes: this.volumes, file, syncedSeq: this.syncedSeq },
+        `journal: record ${bad.seq} is of a volume the journal's volume list does not have (lost with a LevelDB write); neither it nor the records after it can be replayed`,
+      );
+    }
     if (bad.seq <= this.syncedSeq) {
       throw new JournalError(
         JournalErrorCode.DurableRecordCorrupt,
-        `journal record ${bad.seq} in ${file} is corrupt (${bad.why}), and records up to ${this.syncedSeq} were synced: acknowledged as durable, it cannot be dropped, so the start is refused; restore the data directory from a copy, or rebuild this site from its peer`,
+        `${what}, and records up to ${this.syncedSeq} were synced: acknowledged as durable, it cannot be dropped, so the start is refused; restore the data directory from a copy, or rebuild this site from its peer`,
       );
     }
     if (this.opts.inspectOnly) {
       throw new JournalError(
         JournalErrorCode.Corrupt,
-        `journal record ${bad.seq} in ${file} is corrupt (${bad.why}); it is after the synced point ${this.syncedSeq} (a torn tail, never acknowledged as durable), which the appliance's next start cuts; nothing was changed`,
+        `${what}; it is after the synced point ${this.syncedSeq} (a torn tail, never acknowledged as durable), which the appliance's next start cuts; nothing was changed`,
       );
     }
     const toSeq = this.head;
@@ -1102,7 +1117,9 @@ export class Journal {
     if (this.volumeIndex.has(name)) return;
     this.volumes.push(name);
     this.volumeIndex.set(name, this.volumes.length - 1);
-    await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)));
+    // Synced: its records may be acknowledged as durable (FUA) right after, and a start that
+    // finds records of a volume it does not know cannot replay them (verifyTail).
+    await this.db.put(META_VOLUMES, Buffer.from(JSON.stringify(this.volumes)), { sync: true });
     if (opts.holdsData && !this.noBase) await this.dropHistory();
   }
 
@@ -2131,7 +2148,8 @@ export class Journal {
   stats(): JournalStats {
     const perVolume: JournalStats['perVolume'] = {};
     this.perVolume.forEach((v, k) => {
-      perVolume[this.volumes[k]] = { records: v.records, bytes: v.bytes };
+      // Not a volume the list lost (its records, found at a start, were cut or refused it).
+      if (k < this.volumes.length) perVolume[this.volumes[k]] = { records: v.records, bytes: v.bytes };
     });
     const base = this.baseInfo();
     return {
