@@ -590,7 +590,12 @@ class SegmentStore {
   async syncFilesAfter(seq: number): Promise<void> {
     for (const [id, max] of this.maxSeq) {
       if (max <= seq) continue;
-      const fh = await open(this.path(id), 'r');
+      // Gone (a reset or a trim deleted it, and a power loss took back the index write that forgot it): nothing to sync.
+      const fh = await open(this.path(id), 'r').catch((e: NodeJS.ErrnoException) => {
+        if (e.code === 'ENOENT') return undefined;
+        throw e;
+      });
+      if (!fh) continue;
       try {
         await fh.datasync();
       } finally {
@@ -1409,7 +1414,6 @@ export class Journal {
     // The file being written goes too: the new history starts in a new file, where no dropped
     // record can be read back as one of its own after a crash.
     this.segments.retireCurrent();
-    await this.segments.dropAll();
     this.sizes.clear();
     this.totalBytes = 0;
     this.perVolume.clear();
@@ -1419,9 +1423,12 @@ export class Journal {
     this.droppedSeq = 0;
     this.recent.clear();
     this.unchecked = undefined;
-    // No record ≤ seq is left: the synced point goes there with the checkpoint.
+    // No record ≤ seq is left: the synced point goes there with the checkpoint. Synced, and so are
+    // the clears before it (one log): only then do the files go, or a power loss could bring back
+    // the old index, naming files that are gone, under the old checkpoint.
     this.syncedSeq = seq;
-    await this.putCheckpoint();
+    await this.putCheckpoint([], true);
+    await this.segments.dropAll();
     await this.dropHistory();
   }
 
