@@ -190,6 +190,10 @@ export class JournaledVolume implements Volume {
     }
     const delay = this.ackDelay?.() ?? 0;
     if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+    // Asked again before the acknowledgement: a site that lost its lease while the write was in
+    // flight (a stalled disk, a paused process) may have been taken over; acknowledging now would
+    // make two sites acknowledge writes. The write is journaled, so its blocks are undetermined.
+    if (this.fenced) throw new VolumeError(VolumeErrorCode.ReadOnly, `volume '${this.name}' was fenced while the write was in flight: not acknowledged (this site may not accept writes now)`);
   }
 
   /** Journaled records whose image write failed and waits for a retry (0 most of the time). */

@@ -412,3 +412,26 @@ test('an image write that fails after its record was journaled: a write error, t
     removeDir(dir);
   }
 });
+
+test('a write in flight when its site is fenced (lease lost during a stalled image write) is not acknowledged', async () => {
+  const dir = tempDir();
+  const journal = await Journal.open({ dir: path.join(dir, 'journal') });
+  try {
+    await journal.registerVolume('v');
+    const image = await FileVolume.open({ dir, name: 'v', sizeBytes: 1 << 20, blockSize: BLOCK });
+    const vol = new JournaledVolume(image, journal, new ImageTracker());
+    let allowed = true;
+    vol.writeGate = () => allowed;
+    await vol.write(0, Buffer.alloc(4096, 0x11));
+    const real = image.writeCombined.bind(image);
+    image.writeCombined = async (offset: number, data: Buffer) => {
+      allowed = false; // the lease runs out while the image write stalls
+      return real(offset, data);
+    };
+    await assert.rejects(vol.write(0, Buffer.alloc(4096, 0x22)), (e: Error & { code?: string }) => e.code === 'VOLUME_READ_ONLY' && /in flight/.test(e.message));
+    await vol.close();
+  } finally {
+    await journal.close();
+    removeDir(dir);
+  }
+});
