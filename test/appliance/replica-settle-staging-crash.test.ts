@@ -13,11 +13,9 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import type { Journal } from '../../src/journal/wal';
-import type { ReplicaStore } from '../../src/appliance/replica';
 import { SYNC_CHUNK_BYTES } from '../../src/replication/protocol';
 import { removeDir, tempDir } from '../helpers/appliance';
-import { BS, closeSite, openSite as openReplicaSite, range, VOL, type Site } from '../helpers/replica-site';
+import { BS, closeSite, killAtNextSave, killAtReset, openSite as openReplicaSite, range, replicaAt, type Site } from '../helpers/replica-site';
 
 /** Open the site as a restart after a kill does (see the helper's `recover`). */
 const openSite = (root: string): Promise<Site> => openReplicaSite(root, { recover: true });
@@ -35,11 +33,7 @@ async function blockByte(s: Site, block: number): Promise<number> {
  */
 async function stagedWithTailMissing(root: string): Promise<Site> {
   const s = await openSite(root);
-  await s.store.acceptPrimary('primary', []);
-  await s.store.ensureVolumes([VOL]);
-  await s.store.store(range(1, 10), 10);
-  await s.store.idle();
-  await s.store.persist();
+  await replicaAt(s, 10);
   await s.store.begin(20, ['v']);
   await s.store.chunk('v', 0, SYNC_CHUNK_BYTES, Buffer.alloc(SYNC_CHUNK_BYTES, CHUNK_BYTE));
   await s.store.store(range(21, 23), 23);
@@ -84,21 +78,6 @@ async function assertGivenUp(s: Site): Promise<void> {
   assert.equal(s.store.appliedTimeMs(), 1010);
   assert.equal(s.journal.headSeq(), 10, 'the stored tail of the given-up sync is still in the journal');
   assert.equal(s.store.cursor(), undefined);
-}
-
-/** The process dies at the next state file write. */
-function killAtNextSave(store: ReplicaStore): void {
-  (store as unknown as { save: () => Promise<void> }).save = () => Promise.reject(new Error('SIGKILL (simulated) before the state file was written'));
-}
-
-/** The process dies right before (`after`: false) or right after the journal's next reset. */
-function killAtReset(journal: Journal, after: boolean): void {
-  const j = journal as unknown as { resetTo: (seq: number) => Promise<void> };
-  const real = j.resetTo.bind(journal);
-  j.resetTo = async (seq: number) => {
-    if (after) await real(seq);
-    throw new Error(`SIGKILL (simulated) ${after ? 'after' : 'before'} the journal reset`);
-  };
 }
 
 test('a promotion killed before it recorded giving up a staged sync: the restart still stages it, chunks kept, and commits it with them', async () => {

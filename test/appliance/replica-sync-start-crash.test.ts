@@ -9,38 +9,11 @@
  */
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import type { Journal } from '../../src/journal/wal';
-import type { ReplicaStore } from '../../src/appliance/replica';
 import { removeDir, tempDir } from '../helpers/appliance';
-import { BS, closeSite, openSite as openReplicaSite, range, VOL, type Site } from '../helpers/replica-site';
+import { BS, closeSite, killAtNextSave, killAtReset, openSite as openReplicaSite, range, replicaAt, VOL, type Site } from '../helpers/replica-site';
 
 /** Open the site as a restart after a kill does: the journal's tail recovered onto the images first. */
 const openSite = (root: string): Promise<Site> => openReplicaSite(root, { recover: true });
-
-/** A replica following `primary` with the volume `v`, holding the records 1..`upTo` (none if 0), applied and persisted. */
-async function replicaAt(s: Site, upTo: number): Promise<void> {
-  await s.store.acceptPrimary('primary', []);
-  await s.store.ensureVolumes([VOL]);
-  if (!upTo) return;
-  await s.store.store(range(1, upTo), upTo);
-  await s.store.idle();
-  await s.store.persist();
-}
-
-/** The process dies at the next state file write. */
-function killAtNextSave(store: ReplicaStore): void {
-  (store as unknown as { save: () => Promise<void> }).save = () => Promise.reject(new Error('SIGKILL (simulated) before the state file was written'));
-}
-
-/** The process dies right before (`after`: false) or right after the journal's next reset. */
-function killAtReset(journal: Journal, after: boolean): void {
-  const j = journal as unknown as { resetTo: (seq: number) => Promise<void> };
-  const real = j.resetTo.bind(journal);
-  j.resetTo = async (seq: number) => {
-    if (after) await real(seq);
-    throw new Error(`SIGKILL (simulated) ${after ? 'after' : 'before'} the journal reset`);
-  };
-}
 
 test('a fresh replica killed as a sync starts does not come back "consistent" at the sync point with empty volumes', async () => {
   const root = tempDir();

@@ -9,6 +9,7 @@
 import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Level } from 'level';
+import { removeDir, tempDir } from './appliance';
 
 type Write = (this: { location: string }, ...args: unknown[]) => unknown;
 const WRITES = [
@@ -71,5 +72,15 @@ export class LevelPowerLoss {
     rmSync(this.copyDir, { recursive: true, force: true });
     mkdirSync(this.copyDir, { recursive: true });
     for (const f of levelFiles(this.dir)) cpSync(path.join(this.dir, f), path.join(this.copyDir, f));
+  }
+}
+
+/** A journal directory and a place for LevelDB's copy, for one test, removed afterwards. */
+export async function inJournalDir(fn: (jdir: string, copyDir: string) => Promise<void>): Promise<void> {
+  const dir = tempDir();
+  try {
+    await fn(path.join(dir, 'j'), path.join(dir, 'level-copy'));
+  } finally {
+    removeDir(dir);
   }
 }

@@ -63,3 +63,28 @@ export async function closeSite(s: Site): Promise<void> {
   for (const v of s.volumes.values()) await v.image.close();
   await s.journal.close();
 }
+
+/** A replica following `primary` with the volume `v`, holding the records 1..`upTo` (none if 0), applied and persisted. */
+export async function replicaAt(s: Site, upTo: number): Promise<void> {
+  await s.store.acceptPrimary('primary', []);
+  await s.store.ensureVolumes([VOL]);
+  if (!upTo) return;
+  await s.store.store(range(1, upTo), upTo);
+  await s.store.idle();
+  await s.store.persist();
+}
+
+/** The process dies at the store's next state file write. */
+export function killAtNextSave(store: ReplicaStore): void {
+  (store as unknown as { save: () => Promise<void> }).save = () => Promise.reject(new Error('SIGKILL (simulated) before the state file was written'));
+}
+
+/** The process dies right before (`after`: false) or right after the journal's next reset. */
+export function killAtReset(journal: Journal, after: boolean): void {
+  const j = journal as unknown as { resetTo: (seq: number) => Promise<void> };
+  const real = j.resetTo.bind(journal);
+  j.resetTo = async (seq: number) => {
+    if (after) await real(seq);
+    throw new Error(`SIGKILL (simulated) ${after ? 'after' : 'before'} the journal reset`);
+  };
+}

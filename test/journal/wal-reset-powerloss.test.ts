@@ -6,25 +6,21 @@
  * checkpoint (where the sequence would go on from the wrong number).
  */
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import test from 'node:test';
 import { Journal } from '../../src/journal/wal';
-import { removeDir, tempDir } from '../helpers/appliance';
-import { LevelPowerLoss } from '../helpers/level-power-loss';
+import { inJournalDir, LevelPowerLoss } from '../helpers/level-power-loss';
 
 const BS = 4096;
 
 test('a power loss right after a reset deleted the segment files: the start finds the journal at the reset point, empty', async () => {
-  const dir = tempDir();
-  const jdir = path.join(dir, 'j');
-  try {
+  await inJournalDir(async (jdir, copyDir) => {
     let j = await Journal.open({ dir: jdir });
     await j.registerVolume('v');
     for (let s = 1; s <= 5; s++) await j.append('v', 'write', s * BS, BS, Buffer.alloc(BS, s), true).done;
     await j.checkpoint(3);
     await j.close();
 
-    const power = new LevelPowerLoss(jdir, path.join(dir, 'level-copy'));
+    const power = new LevelPowerLoss(jdir, copyDir);
     j = await Journal.open({ dir: jdir });
     // The power goes once the reset has deleted the segment files, before its last write (history).
     (j as unknown as { dropHistory: () => Promise<void> }).dropHistory = async () => {
@@ -44,7 +40,5 @@ test('a power loss right after a reset deleted the segment files: the start find
     } finally {
       await j.close();
     }
-  } finally {
-    removeDir(dir);
-  }
+  });
 });

@@ -7,24 +7,12 @@
  * goes on in the later files rather than stop there.
  */
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import test from 'node:test';
 import { ImageFileTarget, Journal, type JournalOptions } from '../../src/journal/wal';
-import { removeDir, tempDir } from '../helpers/appliance';
-import { LevelPowerLoss } from '../helpers/level-power-loss';
+import { inJournalDir, LevelPowerLoss } from '../helpers/level-power-loss';
 
 const BS = 4096;
 const block = (seq: number) => Buffer.alloc(BS, seq);
-
-/** A journal directory and a place for LevelDB's copy, for one test, removed afterwards. */
-async function inJournalDir(fn: (jdir: string, copyDir: string) => Promise<void>): Promise<void> {
-  const dir = tempDir();
-  try {
-    await fn(path.join(dir, 'j'), path.join(dir, 'level-copy'));
-  } finally {
-    removeDir(dir);
-  }
-}
 
 /** Records 1..5 of volume 'v' in one segment file, in the images (checkpoint); the journal closed. */
 async function fiveInImages(opts: JournalOptions): Promise<void> {

@@ -6,26 +6,14 @@
  * those after it are cut as a torn tail; either way an error names it.
  */
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import test from 'node:test';
 import { Level } from 'level';
 import pino from 'pino';
 import { Journal, type JournalOptions } from '../../src/journal/wal';
-import { removeDir, tempDir } from '../helpers/appliance';
-import { LevelPowerLoss } from '../helpers/level-power-loss';
+import { inJournalDir, LevelPowerLoss } from '../helpers/level-power-loss';
 
 const BS = 4096;
 const block = (seq: number) => Buffer.alloc(BS, seq);
-
-/** A journal directory and a place for LevelDB's copy, for one test, removed afterwards. */
-async function inJournalDir(fn: (jdir: string, copyDir: string) => Promise<void>): Promise<void> {
-  const dir = tempDir();
-  try {
-    await fn(path.join(dir, 'j'), path.join(dir, 'level-copy'));
-  } finally {
-    removeDir(dir);
-  }
-}
 
 /** A logger keeping what it gets (warnings and errors). */
 function capturingLogger(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
