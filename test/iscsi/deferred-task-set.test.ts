@@ -7,15 +7,11 @@
  * answered or sent an R2T. Driven over a real socket with hand-made PDUs (test/helpers/iscsi-wire).
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import pino from 'pino';
-import { IscsiServer } from '../../src/iscsi/server';
-import type { TargetDirectory, TargetEntry } from '../../src/iscsi/targets';
 import { cdb as CDB, scsiCommand, tmfRequest } from '../helpers/iscsi-wire';
 import { MemoryVolume } from '../helpers/memory-volume';
 import { RawInitiator, type Received } from '../helpers/raw-initiator';
-import { harness, type Harness } from '../helpers/scsi-harness';
+import { RawTarget } from '../helpers/raw-target';
 
 const TARGET = 'iqn.2026-11.dev.offsite:deferred-task-set';
 const KiB = 1024;
@@ -25,42 +21,21 @@ const FUNCTION_COMPLETE = 0;
 /** How long a test waits for an answer that must not come. */
 const SILENCE_MS = 400;
 
-let h: Harness;
 let lun1: MemoryVolume;
-let server: IscsiServer;
-let port: number;
-const opened: RawInitiator[] = [];
-let sessions = 0;
+let t: RawTarget;
 
 before(async () => {
-  const logger = pino({ level: 'silent' });
   const lun0 = new MemoryVolume('vol0', 1024 * KiB, false);
   lun1 = new MemoryVolume('vol1', 1024 * KiB, false);
-  h = await harness({ volume: lun0, extra: { logger, luns: [{ lun: 0, volume: lun0 }, { lun: 1, volume: lun1 }] } });
-  const target: TargetEntry = { name: TARGET, auth: {}, scsi: h.target };
-  const directory: TargetDirectory = { targets: () => [target], lookup: (n) => (n === TARGET ? target : undefined) };
-  server = new IscsiServer({ directory, logger, nopIntervalMs: 0 });
-  ({ port } = await server.listen('127.0.0.1', 0));
+  t = await RawTarget.start(TARGET, { volume: lun0, extra: { luns: [{ lun: 0, volume: lun0 }, { lun: 1, volume: lun1 }] } });
 });
 
-after(async () => {
-  for (const s of opened) s.destroy();
-  await server?.close(100);
-  await h?.target.close();
-  if (h) rmSync(h.stateDir, { recursive: true, force: true });
-});
+after(() => t?.close());
 
 /** A new session (its own ISID, so its own I_T nexus) with immediate data and solicited data only. */
-async function session(): Promise<RawInitiator> {
-  const n = ++sessions;
-  const s = await RawInitiator.session(port, {
-    initiatorName: `iqn.2026-11.dev.offsite.test:deferred-${n}`, targetName: TARGET, keys: { ImmediateData: 'Yes', InitialR2T: 'Yes' }, isid: Buffer.from([0x80, 0, 0, 0, 1, n]),
-  });
-  opened.push(s);
-  return s;
-}
+const session = (): Promise<RawInitiator> => t.session('deferred', 1, { ImmediateData: 'Yes', InitialR2T: 'Yes' });
 
-const events = (): Record<string, number> => server.stats().events;
+const events = (): Record<string, number> => t.server.stats().events;
 const response = (s: RawInitiator, itt: number, ms = 3000): Promise<Received> => s.next((p) => p.hdr.opcode === OP.ScsiResponse && p.hdr.itt === itt, ms);
 const tmfResponse = (s: RawInitiator, itt: number, ms = 3000): Promise<Received> => s.next((p) => p.hdr.opcode === OP.TmfResponse && p.hdr.itt === itt, ms);
 
@@ -89,7 +64,7 @@ function taskSetFunction(s: RawInitiator, fn: number, itt: number, cmdSN: number
 test('immediate ABORT TASK SET over a CmdSN gap: no response until the gap fills; the WRITEs below its CmdSN arriving late are neither executed, answered nor sent an R2T; the command after it runs', async () => {
   const s = await session();
   const n = s.cmdSN;
-  const before0 = await h.volume.read(100 * 512, 2 * 512);
+  const before0 = await t.h.volume.read(100 * 512, 2 * 512);
   const ev0 = events();
   taskSetFunction(s, TMF.AbortTaskSet, 0x90, n + 2); // n and n + 1 not received yet
   assert.equal(await got(s, (p) => p.hdr.opcode === OP.TmfResponse), false, 'ABORT TASK SET answered before the commands sent before it were received');
@@ -103,7 +78,7 @@ test('immediate ABORT TASK SET over a CmdSN gap: no response until the gap fills
   assert.equal(later.hdr.expCmdSN, n + 3, 'the window did not pass the dropped commands\' CmdSNs');
   assert.equal(await heardOf(s, 0x10), false, 'a WRITE covered by ABORT TASK SET was answered');
   assert.equal(await heardOf(s, 0x11, 50), false, 'a WRITE covered by ABORT TASK SET was answered or sent an R2T');
-  assert.ok((await h.volume.read(100 * 512, 2 * 512)).equals(before0), 'a WRITE covered by ABORT TASK SET reached the volume');
+  assert.ok((await t.h.volume.read(100 * 512, 2 * 512)).equals(before0), 'a WRITE covered by ABORT TASK SET reached the volume');
   const ev = events();
   assert.equal((ev.tmf_deferred ?? 0) - (ev0.tmf_deferred ?? 0), 1);
   assert.equal((ev.cmdsn_aborted_by_task_set ?? 0) - (ev0.cmdsn_aborted_by_task_set ?? 0), 2);
@@ -117,7 +92,7 @@ for (const [name, fn] of [['ABORT TASK SET', TMF.AbortTaskSet], ['CLEAR TASK SET
     const s = await session();
     const n = s.cmdSN;
     const lba = 200 + fn * 4;
-    const before0 = await h.volume.read(lba * 512, 512);
+    const before0 = await t.h.volume.read(lba * 512, 512);
     taskSetFunction(s, fn, 0x91, n + 2, 0);
     write(s, 0x21, n + 1, lba, { lun: 1, fill: 0x61 }); // LUN 1: not covered; held behind n
     assert.equal(await got(s, (p) => p.hdr.opcode === OP.TmfResponse), false, `${name} answered before the commands sent before it were received`);
@@ -126,7 +101,7 @@ for (const [name, fn] of [['ABORT TASK SET', TMF.AbortTaskSet], ['CLEAR TASK SET
     assert.equal((await response(s, 0x21)).hdr.status, 0, 'a command for another logical unit was not executed');
     assert.ok((await lun1.read(lba * 512, 512)).equals(Buffer.alloc(512, 0x61)));
     assert.equal(await heardOf(s, 0x20), false, `a command covered by ${name} was answered`);
-    assert.ok((await h.volume.read(lba * 512, 512)).equals(before0), `a WRITE covered by ${name} reached the volume`);
+    assert.ok((await t.h.volume.read(lba * 512, 512)).equals(before0), `a WRITE covered by ${name} reached the volume`);
     testUnitReady(s, 0x22, n + 2); // after the TMF: answered (a reset may report it with a unit attention)
     assert.equal((await response(s, 0x22)).hdr.expCmdSN, n + 3);
     s.cmdSN = n + 3;
@@ -136,7 +111,7 @@ for (const [name, fn] of [['ABORT TASK SET', TMF.AbortTaskSet], ['CLEAR TASK SET
 test('immediate TARGET WARM RESET over a CmdSN gap: the late commands below its CmdSN are dropped on every logical unit; answered once they are all in; the command after it is answered', async () => {
   const s = await session();
   const n = s.cmdSN;
-  const b0 = await h.volume.read(300 * 512, 512);
+  const b0 = await t.h.volume.read(300 * 512, 512);
   const b1 = await lun1.read(300 * 512, 512);
   taskSetFunction(s, TMF.TargetWarmReset, 0x92, n + 2, 0);
   testUnitReady(s, 0x32, n + 2); // after the TMF: held
@@ -147,7 +122,7 @@ test('immediate TARGET WARM RESET over a CmdSN gap: the late commands below its 
   assert.equal((await response(s, 0x32)).hdr.expCmdSN, n + 3, 'the command sent after the reset was not answered');
   assert.equal(await heardOf(s, 0x30), false);
   assert.equal(await heardOf(s, 0x31, 50), false);
-  assert.ok((await h.volume.read(300 * 512, 512)).equals(b0), 'a WRITE covered by TARGET WARM RESET reached LUN 0');
+  assert.ok((await t.h.volume.read(300 * 512, 512)).equals(b0), 'a WRITE covered by TARGET WARM RESET reached LUN 0');
   assert.ok((await lun1.read(300 * 512, 512)).equals(b1), 'a WRITE covered by TARGET WARM RESET reached LUN 1');
   s.cmdSN = n + 3;
 });
@@ -162,6 +137,6 @@ test('immediate ABORT TASK SET with no CmdSN gap: answered at once, not deferred
   assert.equal(events().tmf_deferred ?? 0, ev0.tmf_deferred ?? 0);
   write(s, 0x40, n, 400, { fill: 0x44 });
   assert.equal((await response(s, 0x40)).hdr.status, 0);
-  assert.ok((await h.volume.read(400 * 512, 512)).equals(Buffer.alloc(512, 0x44)));
+  assert.ok((await t.h.volume.read(400 * 512, 512)).equals(Buffer.alloc(512, 0x44)));
   s.cmdSN = n + 1;
 });

@@ -5,15 +5,11 @@
  * bytes, commands out of CmdSN order, and task management naming commands behind a CmdSN gap.
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import pino from 'pino';
-import { IscsiServer } from '../../src/iscsi/server';
-import type { TargetDirectory, TargetEntry } from '../../src/iscsi/targets';
 import { parseSense } from '../../src/scsi/sense';
 import { cdb as CDB, dataOut, scsiCommand, tmfRequest } from '../helpers/iscsi-wire';
 import { pattern, RawInitiator, type Received } from '../helpers/raw-initiator';
-import { harness, type Harness } from '../helpers/scsi-harness';
+import { RawTarget } from '../helpers/raw-target';
 
 const TARGET = 'iqn.2026-11.dev.offsite:session-test';
 const KiB = 1024;
@@ -26,37 +22,16 @@ const FUNCTION_COMPLETE = 0;
 /** How long a test waits for an answer that must not come. */
 const SILENCE_MS = 400;
 
-let h: Harness;
-let server: IscsiServer;
-let port: number;
-const opened: RawInitiator[] = [];
-let sessions = 0;
+let t: RawTarget;
 
 before(async () => {
-  const logger = pino({ level: 'silent' });
-  h = await harness({ sizeBytes: 4 * 1024 * KiB, extra: { logger } });
-  const target: TargetEntry = { name: TARGET, auth: {}, scsi: h.target };
-  const directory: TargetDirectory = { targets: () => [target], lookup: (n) => (n === TARGET ? target : undefined) };
-  server = new IscsiServer({ directory, logger, nopIntervalMs: 0 });
-  ({ port } = await server.listen('127.0.0.1', 0));
+  t = await RawTarget.start(TARGET, { sizeBytes: 4 * 1024 * KiB });
 });
 
-after(async () => {
-  for (const s of opened) s.destroy();
-  await server?.close(100);
-  await h?.target.close();
-  if (h) rmSync(h.stateDir, { recursive: true, force: true });
-});
+after(() => t?.close());
 
 /** A new session (each its own ISID); `keys` override the raw initiator's operational keys. */
-async function session(keys: Record<string, string> = {}): Promise<RawInitiator> {
-  const n = ++sessions;
-  const s = await RawInitiator.session(port, {
-    initiatorName: `iqn.2026-11.dev.offsite.test:session-${n}`, targetName: TARGET, keys, isid: Buffer.from([0x80, 0, 0, 0, 0, n]),
-  });
-  opened.push(s);
-  return s;
-}
+const session = (keys: Record<string, string> = {}): Promise<RawInitiator> => t.session('session', 0, keys);
 
 const response = (s: RawInitiator, itt: number, ms = 3000): Promise<Received> => s.next((p) => p.hdr.opcode === OP.ScsiResponse && p.hdr.itt === itt, ms);
 
@@ -71,7 +46,7 @@ async function got(s: RawInitiator, pred: (p: Received) => boolean, ms = 50): Pr
 }
 
 async function medium(lba: number, bytes: number): Promise<Buffer> {
-  return h.volume.read(lba * 512, bytes);
+  return t.h.volume.read(lba * 512, bytes);
 }
 
 /** A WRITE(10) of `edtl` bytes at `lba` with no immediate data; its data is up to the test. */
@@ -296,8 +271,8 @@ test('unsolicited Data-Out of a WRITE held behind a gap and then aborted (ABORT 
 });
 
 test('the CmdSN window across 2^32: 64 commands in flight from CmdSN 0xfffffff0 all complete, ExpCmdSN wraps with them', async () => {
-  const s = await RawInitiator.connect(port);
-  opened.push(s);
+  const s = await RawInitiator.connect(t.port);
+  t.track(s);
   s.cmdSN = 0xfffffff0;
   const lr = await s.login({ initiatorName: 'iqn.2026-11.dev.offsite.test:session-wrap', targetName: TARGET });
   assert.equal(lr.status, 0);

@@ -8,14 +8,10 @@
  * over a real socket with hand-made PDUs (test/helpers/iscsi-wire).
  */
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import pino from 'pino';
-import { IscsiServer } from '../../src/iscsi/server';
-import type { TargetDirectory, TargetEntry } from '../../src/iscsi/targets';
 import { cdb as CDB, dataOut, scsiCommand, tmfRequest } from '../helpers/iscsi-wire';
 import { pattern, RawInitiator, type Received } from '../helpers/raw-initiator';
-import { harness, type Harness } from '../helpers/scsi-harness';
+import { RawTarget } from '../helpers/raw-target';
 
 const TARGET = 'iqn.2026-11.dev.offsite:tmf-transfer-wait';
 const KiB = 1024;
@@ -27,41 +23,20 @@ const SILENCE_MS = 400;
 /** The server's bound on the wait for the R2Ts of aborted tasks. */
 const WAIT_MS = 1500;
 
-let h: Harness;
-let server: IscsiServer;
-let port: number;
-const opened: RawInitiator[] = [];
-let sessions = 0;
+let t: RawTarget;
 
 before(async () => {
-  const logger = pino({ level: 'silent' });
-  h = await harness({ sizeBytes: 4 * 1024 * KiB, extra: { logger } });
-  const target: TargetEntry = { name: TARGET, auth: {}, scsi: h.target };
-  const directory: TargetDirectory = { targets: () => [target], lookup: (n) => (n === TARGET ? target : undefined) };
-  server = new IscsiServer({ directory, logger, nopIntervalMs: 0, tmfTransferWaitMs: WAIT_MS });
-  ({ port } = await server.listen('127.0.0.1', 0));
+  t = await RawTarget.start(TARGET, { sizeBytes: 4 * 1024 * KiB }, { tmfTransferWaitMs: WAIT_MS });
 });
 
-after(async () => {
-  for (const s of opened) s.destroy();
-  await server?.close(100);
-  await h?.target.close();
-  if (h) rmSync(h.stateDir, { recursive: true, force: true });
-});
+after(() => t?.close());
 
 /** A new session with solicited data only (ImmediateData=No, InitialR2T=Yes). */
-async function session(keys: Record<string, string> = {}): Promise<RawInitiator> {
-  const n = ++sessions;
-  const s = await RawInitiator.session(port, {
-    initiatorName: `iqn.2026-11.dev.offsite.test:tmf-wait-${n}`, targetName: TARGET, keys: { ImmediateData: 'No', InitialR2T: 'Yes', ...keys }, isid: Buffer.from([0x80, 0, 0, 0, 2, n]),
-  });
-  opened.push(s);
-  return s;
-}
+const session = (keys: Record<string, string> = {}): Promise<RawInitiator> => t.session('tmf-wait', 2, { ImmediateData: 'No', InitialR2T: 'Yes', ...keys });
 
-const events = (): Record<string, number> => server.stats().events;
+const events = (): Record<string, number> => t.server.stats().events;
 const delta = (ev0: Record<string, number>, name: string): number => (events()[name] ?? 0) - (ev0[name] ?? 0);
-const medium = (lba: number, bytes: number): Promise<Buffer> => h.volume.read(lba * 512, bytes);
+const medium = (lba: number, bytes: number): Promise<Buffer> => t.h.volume.read(lba * 512, bytes);
 const response = (s: RawInitiator, itt: number, ms = 3000): Promise<Received> => s.next((p) => p.hdr.opcode === OP.ScsiResponse && p.hdr.itt === itt, ms);
 const tmfResponse = (s: RawInitiator, itt: number, ms = 3000): Promise<Received> => s.next((p) => p.hdr.opcode === OP.TmfResponse && p.hdr.itt === itt, ms);
 const r2t = (s: RawInitiator, itt: number, ms = 3000): Promise<Received> => s.next((p) => p.hdr.opcode === OP.R2T && p.hdr.itt === itt, ms);
