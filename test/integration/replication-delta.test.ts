@@ -79,8 +79,11 @@ async function replicaLeftBehind(name: string, held: number, upTo: number, slow?
     await until('the fold of unshipped records', () => logged(primary, 'journal over its cap with the replica behind'));
     const m = await metrics(primary);
     assert.ok((metricValue(m, 'offsite_journal_folded_unshipped_records_total') ?? 0) > 0, 'the metric counts the unshipped records folded');
-    const journal = (await primary.status()).journal as { oldestSeq: number };
-    assert.ok(journal.oldestSeq > held + 1, `the primary no longer holds record ${held + 1} (oldest ${journal.oldestSeq})`);
+    // The log line comes as the fold begins; the records go when it ends.
+    const oldest = async () => ((await primary.status()).journal as { oldestSeq: number }).oldestSeq;
+    await until('the folded records to leave the journal', async () => (await oldest()) > held + 1).catch(() => undefined);
+    const oldestSeq = await oldest();
+    assert.ok(oldestSeq > held + 1, `the primary no longer holds record ${held + 1} (oldest ${oldestSeq})`);
     return setup;
   } catch (e) {
     writer.destroy();
