@@ -24,6 +24,7 @@ import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
 import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
+import { clearWitnessEpochs, loadWitnessEpochs, saveWitnessEpochs, type WitnessEpochs } from './witness-epochs';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { clearRpoChange, saveRpoChange, startingRpo, type RpoSetting } from './rpo-setting';
 import { clearPause, savePause, savedPause } from './pause-setting';
@@ -143,6 +144,12 @@ export interface ApplianceHooks {
   requestPromotion?: (reason: string) => Promise<unknown>;
 }
 
+/** Without a witness, how long the primary must have been silent before an operator's promote (not --force): OFFSITE_PROMOTE_QUIET_MS, default 2 s. */
+export function promoteQuietMs(): number {
+  const v = Number(process.env.OFFSITE_PROMOTE_QUIET_MS ?? 2000);
+  return Number.isFinite(v) && v >= 0 ? v : 2000;
+}
+
 export class Appliance {
   private readonly served = new Map<string, ServedVolume>();
   /** The earlier point the running test failover's copies show (undefined: the point it started at). */
@@ -196,7 +203,7 @@ export class Appliance {
   private async open(): Promise<void> {
     const { config, logger } = this;
     this.identity = await this.dataDir.init();
-    await this.dataDir.lock();
+    const { uncleanStop } = await this.dataDir.lock();
     await this.loadRemoved();
     if (config.role === 'replica') return this.openReplica();
     this.lineage = await LineageFile.in(this.dataDir.root).load();
@@ -261,6 +268,8 @@ export class Appliance {
       // The first generation of this data: it starts with the first write ever journaled here.
       this.lineage = [newGeneration(1)];
       await LineageFile.in(this.dataDir.root).save(this.lineage);
+    } else if (this.journal) {
+      await this.startGeneration(this.journal.headSeq(), uncleanStop);
     }
     if (this.journal) {
       const journal = this.journal;
@@ -298,6 +307,7 @@ export class Appliance {
           configuredRpo,
           logger: logger.child({ layer: 'replication' }),
           lineage: () => this.lineage,
+          forkHistory: () => this.forkHistory(),
           bookmarks: this.bookmarks,
           removedVolumes: () => this.removed.map((r) => ({ name: r.name, lastSeq: r.lastSeq, sizeBytes: r.sizeBytes, blockSize: r.blockSize })),
           linkKey: await this.linkKey(),
@@ -315,7 +325,7 @@ export class Appliance {
     }
     if (config.witness) {
       this.warnWitnessSetup();
-      this.startLeaseKeeper(config.witness.addresses);
+      this.startLeaseKeeper(config.witness.addresses, await loadWitnessEpochs(this.dataDir.root));
     }
     await this.listenIscsi();
     if (this.replication) {
@@ -410,10 +420,13 @@ export class Appliance {
    * hears its primary does not take over: it waits for a silence of at least a whole lease, and
    * the witness gives the lease away only a whole lease after the last renewal). An open
    * connection is not enough: on a network gone silent it stays open for minutes. Fenced from the
-   * start until one of the two holds; fenced for good once another site holds the lease.
+   * start until one of the two holds; fenced for good once another site holds the lease, or a
+   * witness says the lease passed to another site since this one held it (superseded: its
+   * renewal carries the epoch it was granted, saved in the data directory before it is used).
    * Renewed every quarter lease, checked every 100 ms.
    */
-  private startLeaseKeeper(witnesses: string[]): void {
+  private startLeaseKeeper(witnesses: string[], savedEpochs: WitnessEpochs): void {
+    let epochs = savedEpochs;
     const leaseMs = witnessLeaseMs();
     const siteId = this.identity!.siteId;
     /** Another site holds the lease and this one never has (e.g. just promoted while the old primary's runs out). */
@@ -438,10 +451,24 @@ export class Appliance {
     this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
       const asked = instant();
-      const { answer: r, votes } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs);
+      const { answer: r, votes, epochs: got } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs, epochs);
       this.fence.votes = votes;
       this.fence.witnessReachable = r !== undefined;
-      if (r?.granted) {
+      if (r?.superseded && !this.fence.takenOver) {
+        this.logger.error({ holder: r.holder }, 'the witness gave the lease to another site since this site held it: this site was taken over (demote it and resync it as a replica)');
+        this.fence.takenOver = true;
+        this.fence.reason = `taken over by ${r.holder ?? 'another site'} (the witness lease passed to it since this site held it)`;
+        this.setFenced(true, this.fence.reason);
+      }
+      if (r?.granted && witnesses.some((w) => got[w] !== undefined && got[w] !== epochs[w])) {
+        // Saved before the grant is used: a crash after it still renews with the new epochs.
+        const next = { ...epochs, ...got };
+        await saveWitnessEpochs(this.dataDir.root, next);
+        epochs = next;
+      }
+      if (this.fence.takenOver) {
+        // Fenced for good: nothing below may lift it.
+      } else if (r?.granted) {
         // Counted from the asking: each witness granted no earlier, so its lease runs at least this long.
         if (!granted || asked.mono > granted.mono) granted = asked;
         heldBy = undefined;
@@ -521,6 +548,46 @@ export class Appliance {
 
   fenceStatus(): typeof this.fence {
     return { ...this.fence };
+  }
+
+  /**
+   * A primary starts a new generation of its data, right after its journal head and before it
+   * takes a write, whenever it may have shipped records it does not hold any more. The shipper
+   * sends records before they are synced (the replica syncs them itself), so a primary that lost
+   * power can come back at a head below what its replica holds, and would number its next writes
+   * like the lost ones; a data directory restored from a backup does the same. The new generation
+   * tells the replica where this history forks from the one it holds: the handshake (replica.ts
+   * acceptPrimary) saves the records past the head aside and resyncs only differing blocks. A
+   * replica that holds nothing past the head finds a prefix and just goes on.
+   *
+   * When: at every start after writes in the current generation (a restored backup shows no other
+   * sign), and after an unclean stop (the pid file left behind) even without any: the writes of
+   * the last run may all be lost, while the replica got them. A clean restart of an idle primary
+   * keeps its generation, so the lineage grows only with runs that wrote.
+   */
+  private async startGeneration(head: number, uncleanStop: boolean): Promise<void> {
+    const last = this.lineage[this.lineage.length - 1];
+    if (head < last.fromSeq && !uncleanStop) return;
+    const lineage = [...this.lineage, newGeneration(head + 1)];
+    await LineageFile.in(this.dataDir.root).save(lineage);
+    this.lineage = lineage;
+    this.logger.info({ headSeq: head, uncleanStop, generation: lineage[lineage.length - 1].id, generations: lineage.length }, 'new generation of this data: the next write is numbered right after the journal head');
+  }
+
+  /**
+   * The replica holds records of the current generation that this primary does not (its journal
+   * lost them without a new generation starting: a backup restored over a directory whose last
+   * run wrote nothing, a pid file removed by hand). Where the two histories part inside the
+   * generation is unknown, so a generation starting where the current one starts is added: the
+   * replica's records of the current one all count as split off (saved aside, then only
+   * differing blocks resync), and this primary's own go on unchanged.
+   */
+  private async forkHistory(): Promise<void> {
+    const last = this.lineage[this.lineage.length - 1];
+    const lineage = [...this.lineage, newGeneration(last.fromSeq)];
+    await LineageFile.in(this.dataDir.root).save(lineage);
+    this.lineage = lineage;
+    this.logger.warn({ fromSeq: last.fromSeq, forkedGeneration: last.id, generation: lineage[lineage.length - 1].id }, 'the replica holds records of this generation that this primary does not: a new generation starts at the same point, so that the replica resyncs from there');
   }
 
   private async serveVolume(volume: Volume, image: FileVolume, created: boolean): Promise<void> {
@@ -661,6 +728,7 @@ export class Appliance {
     if (link?.connected && !force && !automatic) {
       throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${link.primarySiteId}) is connected to this replica right now, last heard ${Math.round(this.receiver!.silentMs())} ms ago: promoting would leave two sites accepting writes. Stop the primary, or for a planned switch demote it first; --force promotes anyway`);
     }
+    if (!force && !automatic) await this.awaitPrimarySilence();
     const state = store.syncState();
     if (state === 'syncing' && !force) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is still syncing (not consistent): promoting would expose a mixed state; use --force to promote anyway');
@@ -701,6 +769,8 @@ export class Appliance {
     // history this site now writes: forgotten.
     const dropped = (await this.bookmarks?.dropAfter(seq)) ?? [];
     if (dropped.length) this.logger.warn({ seq, bookmarks: dropped.map((b) => b.name) }, 'bookmarks past the promoted point forgotten (their writes never arrived here)');
+    // The promoted site claims the witness lease afresh (it renews under the epochs it is granted then).
+    await clearWitnessEpochs(this.dataDir.root);
     const file = LineageFile.in(this.dataDir.root);
     const lineage = await file.load();
     lineage.push(newGeneration(seq + 1));
@@ -709,6 +779,31 @@ export class Appliance {
     this.logger.warn({ seq, state, forced: force && (state === 'syncing' || !!link?.connected), automatic, generation: lineage[lineage.length - 1].id }, 'promoting this replica: volumes become writable at the last consistent point');
     const wentBack = back && back.seq < back.fromSeq ? { wentBackFrom: back.fromSeq, savedTo: back.savedTo, blocksRewritten: back.blocks } : {};
     return { seq, state, primaryTime: t ? new Date(t).toISOString() : undefined, ...wentBack };
+  }
+
+  /**
+   * An operator's promote (not --force) goes ahead only once the primary has been silent for a
+   * while, not merely disconnected at this instant (a link between two reconnects). With a
+   * witness, for a whole lease: a primary that stops hearing this replica stays unfenced for half
+   * a lease on its last pong (startLeaseKeeper), so by then it refuses writes, as for an automatic
+   * takeover. Without one, promoteQuietMs(). Waits for it; refused if the primary comes back.
+   */
+  private async awaitPrimarySilence(): Promise<void> {
+    const receiver = this.receiver;
+    if (!receiver) return;
+    const quietMs = this.config.witness ? witnessLeaseMs() : promoteQuietMs();
+    let logged = false;
+    for (;;) {
+      const silent = receiver.silentMs();
+      const link = receiver.stats();
+      if (link.connected) {
+        throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${link.primarySiteId}) is connected to this replica right now, last heard ${Math.round(silent)} ms ago: promoting would leave two sites accepting writes. Stop the primary, or for a planned switch demote it first; --force promotes anyway`);
+      }
+      if (silent >= quietMs) return;
+      if (!logged) this.logger.info({ silentMs: Math.round(silent), quietMs }, 'promote: waiting until the primary has been silent long enough');
+      logged = true;
+      await new Promise((r) => setTimeout(r, Math.min(100, quietMs - silent)));
+    }
   }
 
   /**
@@ -1249,14 +1344,22 @@ export class Appliance {
       clearInterval(this.replicaTimer);
       if (this.replicaStore) await step('replica apply', () => this.replicaStore!.idle());
       if (this.replicaStore?.testCopies.size) await step('test failover', () => this.testFailover('stop'));
+      let synced = true;
+      const closeFailed = (what: string, extra?: object) => (e: unknown) => {
+        synced = false;
+        logErr(what, extra)(e);
+      };
       for (const s of this.served.values()) await step('scsi targets', () => s.target.close());
       if (this.keeper) await step('checkpoint', () => this.keeper!.stop(), logErr('final journal checkpoint failed'));
       for (const [name, s] of this.served) {
         await step(`close ${name}`, () => s.target.close(), logErr('scsi target close failed', { volume: name }));
-        await step(`close ${name}`, () => s.volume.close(), logErr('volume close failed', { volume: name }));
+        await step(`close ${name}`, () => s.volume.close(), closeFailed('volume close failed', { volume: name }));
       }
-      if (this.journal) await step('journal', () => this.journal!.close(), logErr('journal close failed'));
-      await step('unlock', () => this.dataDir.unlock());
+      if (this.journal) await step('journal', () => this.journal!.close(), closeFailed('journal close failed'));
+      // The pid file goes only after a clean close: left behind, it tells the next start that
+      // records may be missing (startGeneration).
+      if (synced) await step('unlock', () => this.dataDir.unlock());
+      else this.logger.warn('the journal did not close cleanly: the next start treats this stop as unclean');
       this.stopStep = 'done';
       this.logger.info('appliance stopped');
     })();

@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { constants as fsc, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { OffsiteError } from '../common/errors';
+import { syncPath } from '../common/json-file';
 
 export const DATA_FORMAT = 'offsite-data';
 export const DATA_VERSION = 1;
@@ -95,13 +96,30 @@ export class DataDir {
     }
   }
 
-  /** Take the pid lock; refuses while another live appliance holds it. */
-  async lock(): Promise<void> {
+  /**
+   * Take the pid lock; refuses while another live appliance holds it. Says whether a pid file was
+   * left behind: the last appliance here did not stop cleanly (killed, crashed, or the power went),
+   * since a clean stop removes the file once everything is synced. The file is made durable, so a
+   * power cut at any time after the start leaves it for the next start to see.
+   */
+  async lock(): Promise<{ uncleanStop: boolean }> {
     const other = await this.runningPid();
     if (other !== undefined) {
       throw new DataDirError('DATA_DIR_LOCKED', `data directory ${this.root} is in use by a running appliance (pid ${other})`);
     }
-    await fsp.writeFile(this.pidPath, `${process.pid}\n`, { mode: 0o600 });
+    const left = await fsp.stat(this.pidPath).then(
+      () => true,
+      () => false,
+    );
+    const fh = await fsp.open(this.pidPath, 'w', 0o600);
+    try {
+      await fh.writeFile(`${process.pid}\n`);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await syncPath(this.root);
+    return { uncleanStop: left };
   }
 
   async unlock(): Promise<void> {

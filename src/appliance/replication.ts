@@ -33,6 +33,8 @@ export interface PrimaryReplicationOptions {
   configuredRpo?: { targetMs: number; policy: RpoPolicy };
   logger: Logger;
   lineage: () => unknown;
+  /** See ShipperSource.forkHistory. */
+  forkHistory?: () => Promise<void>;
   /** Named points (offsite bookmark) to ship to the replica. */
   bookmarks?: Bookmarks;
   /** The volumes removed from this primary (offsite remove-volume), told to the replica at each handshake. */
@@ -116,6 +118,7 @@ class JournalSource implements ShipperSource, VerifySource {
     readonly lineage: () => unknown,
     private readonly marks?: Bookmarks,
     readonly removedVolumes?: () => RemovedVolumeDescriptor[],
+    readonly forkHistory?: () => Promise<void>,
   ) {
     this.sync = {
       imageSeq: () => this.tracker.safeSeq(this.journal.headSeq()),
@@ -208,6 +211,12 @@ export class PrimaryReplication {
   private timer?: NodeJS.Timeout;
   private lastBacklog = 0;
   private lastAppended = 0;
+  /** Whether the link was up and a sync ran at the previous observation (a change starts a new baseline). */
+  private lastShape = { syncing: false, connected: false };
+  /** The time of the oldest write the replica lacked at the last look (see backlog). */
+  private oldestMissingMs?: number;
+  /** The same, as an image sync began: the replica lacks it until the sync ends. */
+  private syncMissingSinceMs?: number;
   private missed = false;
   private coalescingLogged = false;
   /** The schedule counts from here until a run over every volume has started. */
@@ -221,7 +230,7 @@ export class PrimaryReplication {
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
     this.rpoSource = opts.rpoSource ?? 'configured';
     this.pausedBy = opts.paused ?? null;
-    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage, opts.bookmarks, opts.removedVolumes);
+    this.source = new JournalSource(opts.siteId, opts.journal, opts.tracker, opts.images, opts.lineage, opts.bookmarks, opts.removedVolumes, opts.forkHistory);
     this.controller = new RpoController(opts.rpoTargetMs / 1000, opts.rpoPolicy, opts.maxBandwidthBytesPerSec);
     this.shipper = new Shipper({
       source: this.source,
@@ -322,14 +331,36 @@ export class PrimaryReplication {
     this.bandwidthSource = source;
   }
 
-  private backlog(): { acked: number; backlogBytes: number; oldestUnackedMs?: number } {
+  /**
+   * What the replica lacks: the bytes still to send, and the time of the oldest write it does not
+   * hold. While an image sync runs the shipper's acknowledged point is already the sync's, which
+   * the replica reaches only when the copy ends: the oldest write it lacks stays the one it lacked
+   * as the sync began. Records folded before they were shipped leave no time behind: the one last
+   * seen stands for them (it is no newer than theirs).
+   */
+  private backlog(): { acked: number; backlogBytes: number; oldestUnackedMs?: number; syncing: boolean; connected: boolean } {
     const j = this.opts.journal;
-    const acked = this.shipper.stats().ackedSeq;
+    const s = this.shipper.stats();
+    const acked = s.ackedSeq;
     const head = j.headSeq();
-    if (head <= acked) return { acked, backlogBytes: 0 };
+    if (s.syncing) this.syncMissingSinceMs ??= this.oldestMissingMs ?? j.stats().oldestTimeMs ?? Date.now();
+    // Until the replica has everything through the point the sync ended at (a sync cut short
+    // and resumed has not ended), it is not consistent at any newer point.
+    if (this.syncMissingSinceMs !== undefined && (s.syncing || s.syncConsistentSeq === 0 || acked < s.syncConsistentSeq)) {
+      return { acked, backlogBytes: j.bytesAfter(acked) + (s.syncing ? s.syncRemainingBytes : 0), oldestUnackedMs: this.syncMissingSinceMs, syncing: s.syncing, connected: s.connected };
+    }
+    const afterSync = this.syncMissingSinceMs;
+    this.syncMissingSinceMs = undefined;
+    if (head <= acked) {
+      this.oldestMissingMs = undefined;
+      return { acked, backlogBytes: 0, syncing: false, connected: s.connected };
+    }
     const backlogBytes = j.bytesAfter(acked);
-    const oldestUnackedMs = j.timeOf(acked + 1) ?? j.stats().oldestTimeMs ?? Date.now();
-    return { acked, backlogBytes, oldestUnackedMs };
+    let t: number | undefined;
+    if (acked + 1 >= j.oldestSeq()) t = j.timeOfFirstAfter(acked);
+    else t = Math.min(afterSync ?? Infinity, this.oldestMissingMs ?? Infinity, j.stats().oldestTimeMs ?? Date.now());
+    this.oldestMissingMs = t ?? Date.now();
+    return { acked, backlogBytes, oldestUnackedMs: this.oldestMissingMs, syncing: false, connected: s.connected };
   }
 
   /** When the next scheduled verify is due (ms since the epoch), if there is a schedule. */
@@ -374,7 +405,18 @@ export class PrimaryReplication {
     this.lastAppended = appended;
     const ackedDelta = Math.max(0, this.lastBacklog + appendedDelta - b.backlogBytes);
     this.lastBacklog = b.backlogBytes;
-    const d = this.controller.observe({ nowMs: Date.now(), oldestUnackedMs: b.oldestUnackedMs, backlogBytes: b.backlogBytes, ackedBytesDelta: ackedDelta, appendedBytesDelta: appendedDelta, paused: this.pausedBy !== null });
+    const newBaseline = b.syncing !== this.lastShape.syncing || b.connected !== this.lastShape.connected;
+    this.lastShape = { syncing: b.syncing, connected: b.connected };
+    const d = this.controller.observe({
+      nowMs: Date.now(),
+      oldestUnackedMs: b.oldestUnackedMs,
+      backlogBytes: b.backlogBytes,
+      ackedBytesDelta: ackedDelta,
+      appendedBytesDelta: appendedDelta,
+      paused: this.pausedBy !== null,
+      throttleCannotHelp: !b.connected || b.syncing,
+      newBaseline,
+    });
     const log = this.opts.logger;
     if (d.targetMissed !== this.missed) {
       this.missed = d.targetMissed;

@@ -5,9 +5,17 @@
  * (stops acknowledging writes) well before its lease runs out when it can reach neither the
  * witness nor its replica, so the two never accept writes at the same time.
  *
- *   POST /lease {siteId, role, timeMs}  → 200 {granted: true, expiresAt, leaseMs} | 409 {granted: false, holder, expiresInMs, leaseMs}
+ *   POST /lease {siteId, role, timeMs, epoch?} → 200 {granted: true, expiresAt, leaseMs, epoch}
+ *                                               | 409 {granted: false, holder, expiresInMs, leaseMs, superseded?}
  *   GET  /status                        → the current holder
  *   GET  /metrics                       → Prometheus metrics (when the ops layer supplies them)
+ *
+ * Every change of holder starts a new epoch (`<incarnation>:<n>`, the incarnation drawn at the
+ * witness's start). A grant names the epoch; a site renewing a lease it held sends that epoch,
+ * and is refused (`superseded`) once the lease has passed to another site since, even after that
+ * site's lease ran out: an old primary that was cut off while a replica took over (and whose own
+ * promotion may be slow to renew) never gets the lease back by asking again. Only a claim without
+ * an epoch (a replica taking over, a site just promoted, a new site) may take an expired lease.
  *
  * A witness that (re)starts knows no holder, while the last one's lease may still run: for one
  * lease after its start it grants nothing (503 WITNESS_STARTING, which the sites treat like an
@@ -19,7 +27,7 @@
  * site's previous request (no replays); the answer carries an HMAC of the request's MAC and the
  * answer's body, so a site trusts no answer the witness did not give to that very request.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { grantorNow } from '../common/clock';
@@ -42,8 +50,8 @@ export interface WitnessOptions {
 export interface WitnessStats {
   grants: number;
   takeovers: number;
-  /** Refused requests, by why: held (another site's lease runs), starting, unauthorized, clock, replay, bad_request. */
-  refused: Record<'held' | 'starting' | 'unauthorized' | 'clock' | 'replay' | 'bad_request', number>;
+  /** Refused requests, by why: held (another site's lease runs), superseded (the lease moved on since this site held it), starting, unauthorized, clock, replay, bad_request. */
+  refused: Record<'held' | 'superseded' | 'starting' | 'unauthorized' | 'clock' | 'replay' | 'bad_request', number>;
 }
 
 export interface RunningWitness {
@@ -77,31 +85,49 @@ export interface Lease {
   role: string;
   expiresAt: number;
   grantedAt: number;
+  /** This holder's epoch: `<incarnation>:<n>`, n counting the holders since the witness started. */
+  epoch: string;
 }
+
+export type LeaseVerdict =
+  | { granted: true; lease: Lease; takeover: boolean }
+  | { granted: false; holder: Lease; superseded?: boolean }
+  | { granted: false; quietForMs: number };
 
 /** Pure lease logic (kept apart from HTTP so it can be reasoned about and tested alone). */
 export class LeaseBook {
   holder?: Lease;
+  private holders = 0;
 
   /** `quietUntil`: no grants before this time (a restarted witness: see the top of this file). */
   constructor(
     private readonly leaseMs: number,
     private readonly quietUntil = 0,
+    readonly incarnation: string = randomBytes(6).toString('hex'),
   ) {}
 
-  request(siteId: string, role: string, now: number): { granted: true; lease: Lease; takeover: boolean } | { granted: false; holder: Lease } | { granted: false; quietForMs: number } {
+  /**
+   * `epoch`: the one this site was granted when it last held the lease (a renewal), or undefined
+   * (a claim). A renewal whose epoch this witness gave is refused once another site has held the
+   * lease since; one from an earlier incarnation of the witness counts as a claim.
+   */
+  request(siteId: string, role: string, now: number, epoch?: string): LeaseVerdict {
     if (now < this.quietUntil) return { granted: false, quietForMs: this.quietUntil - now };
     const h = this.holder;
-    if (h && h.siteId !== siteId && h.expiresAt > now) return { granted: false, holder: h };
-    const takeover = !!h && h.siteId !== siteId;
-    this.holder = { siteId, role, expiresAt: now + this.leaseMs, grantedAt: h && h.siteId === siteId ? h.grantedAt : now };
+    if (h && h.siteId !== siteId) {
+      if (h.expiresAt > now) return { granted: false, holder: h };
+      if (epoch !== undefined && epoch.startsWith(`${this.incarnation}:`) && epoch !== h.epoch) return { granted: false, holder: h, superseded: true };
+    }
+    const same = !!h && h.siteId === siteId;
+    const takeover = !!h && !same;
+    this.holder = { siteId, role, expiresAt: now + this.leaseMs, grantedAt: same ? h.grantedAt : now, epoch: same ? h.epoch : `${this.incarnation}:${++this.holders}` };
     return { granted: true, lease: this.holder, takeover };
   }
 }
 
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<RunningWitness> {
   const now = opts.now ?? grantorNow;
-  const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0 } };
+  const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, superseded: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0 } };
   const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs));
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
@@ -152,7 +178,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         }
         requestMac = given;
       }
-      let msg: { siteId?: unknown; role?: unknown; timeMs?: unknown };
+      let msg: { siteId?: unknown; role?: unknown; timeMs?: unknown; epoch?: unknown };
       try {
         msg = JSON.parse(body) as typeof msg;
       } catch {
@@ -174,7 +200,11 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         if (sent <= (lastTime.get(msg.siteId) ?? 0)) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} no newer than one already answered (a replay)`, 'replay');
         lastTime.set(msg.siteId, sent);
       }
-      const r = book.request(msg.siteId, String(msg.role ?? ''), t);
+      if (msg.epoch !== undefined && typeof msg.epoch !== 'string') {
+        stats.refused.bad_request++;
+        return reply(400, { error: 'epoch must be a string' });
+      }
+      const r = book.request(msg.siteId, String(msg.role ?? ''), t, msg.epoch);
       if ('quietForMs' in r) {
         stats.refused.starting++;
         return reply(503, { granted: false, code: 'WITNESS_STARTING', error: `the witness started less than a lease ago: no grants for ${r.quietForMs} ms more`, retryInMs: r.quietForMs });
@@ -185,7 +215,12 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
           stats.takeovers++;
           opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
         }
-        return reply(200, { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs });
+        return reply(200, { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs, epoch: r.lease.epoch });
+      }
+      if (r.superseded) {
+        stats.refused.superseded++;
+        opts.logger.warn({ siteId: msg.siteId, holder: r.holder.siteId, epoch: msg.epoch }, 'witness: lease refused: this site held it before another site took over (superseded)');
+        return reply(409, { granted: false, superseded: true, holder: r.holder.siteId, expiresInMs: Math.max(0, r.holder.expiresAt - t), leaseMs: opts.leaseMs });
       }
       stats.refused.held++;
       opts.logger.info({ siteId: msg.siteId, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t }, 'witness: lease refused (held by another site)');
@@ -217,16 +252,16 @@ export function witnessLeaseMs(): number {
 
 let lastRequestTime = 0;
 
-export type LeaseAnswer = { granted: boolean; holder?: string; expiresInMs?: number; leaseMs?: number };
+export type LeaseAnswer = { granted: boolean; holder?: string; expiresInMs?: number; leaseMs?: number; epoch?: string; superseded?: boolean };
 
 /**
  * Ask the witness for (or renew) the lease, signed with `key` when given. No usable answer
  * (unreachable, refused, an answer that is not the witness's): undefined, and `problem` says why.
  */
-export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number): Promise<LeaseAnswer | undefined> {
+export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number, epoch?: string): Promise<LeaseAnswer | undefined> {
   // Strictly increasing, even within a millisecond: the witness takes no request twice.
   const timeMs = (lastRequestTime = Math.max(Date.now(), lastRequestTime + 1));
-  const body = JSON.stringify({ siteId, role, timeMs });
+  const body = JSON.stringify(epoch === undefined ? { siteId, role, timeMs } : { siteId, role, timeMs, epoch });
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   const mac = key ? witnessMac(key, 'request', body) : '';
   if (key) headers[MAC_HEADER] = mac;
@@ -271,7 +306,7 @@ export function witnessMajority(n: number): number {
   return Math.floor(n / 2) + 1;
 }
 
-export type WitnessVote = { address: string; vote: 'granted' | 'refused' | 'none'; holder?: string };
+export type WitnessVote = { address: string; vote: 'granted' | 'refused' | 'none'; holder?: string; superseded?: boolean };
 
 /**
  * Ask every witness at once and count. Granted when a majority granted; held by another site
@@ -280,20 +315,26 @@ export type WitnessVote = { address: string; vote: 'granted' | 'refused' | 'none
  * never both hold a majority: the witness they share grants one lease at a time. With one witness
  * this is exactly that witness's answer.
  */
-export async function requestQuorumLease(witnesses: readonly string[], siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number): Promise<{ answer: LeaseAnswer | undefined; votes: WitnessVote[] }> {
-  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem, leaseMs)));
-  const votes: WitnessVote[] = answers.map((a, i) => ({ address: witnesses[i], vote: a === undefined ? 'none' : a.granted ? 'granted' : 'refused', ...(a && !a.granted && a.holder ? { holder: a.holder } : {}) }));
+export async function requestQuorumLease(witnesses: readonly string[], siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number, epochs?: Readonly<Record<string, string>>): Promise<{ answer: LeaseAnswer | undefined; votes: WitnessVote[]; epochs: Record<string, string> }> {
+  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem, leaseMs, epochs?.[w])));
+  const votes: WitnessVote[] = answers.map((a, i) => ({ address: witnesses[i], vote: a === undefined ? 'none' : a.granted ? 'granted' : 'refused', ...(a && !a.granted && a.holder ? { holder: a.holder } : {}), ...(a?.superseded ? { superseded: true } : {}) }));
+  /** The epoch each granting witness named (the site's to send with its next renewal there). */
+  const granted: Record<string, string> = {};
+  answers.forEach((a, i) => {
+    if (a?.granted && typeof a.epoch === 'string') granted[witnesses[i]] = a.epoch;
+  });
   const need = witnessMajority(witnesses.length);
   const grants = votes.filter((v) => v.vote === 'granted').length;
   const refused = answers.filter((a): a is LeaseAnswer => a !== undefined && !a.granted);
-  if (grants >= need) return { answer: { granted: true }, votes };
+  if (grants >= need) return { answer: { granted: true }, votes, epochs: granted };
   if (refused.length >= need) {
     const count = new Map<string, number>();
     for (const a of refused) count.set(a.holder ?? '', (count.get(a.holder ?? '') ?? 0) + 1);
     const holder = [...count].sort((x, y) => y[1] - x[1])[0][0] || undefined;
     const expiresInMs = Math.max(...refused.map((a) => a.expiresInMs ?? 0));
-    return { answer: { granted: false, holder, expiresInMs }, votes };
+    const superseded = refused.some((a) => a.superseded) || undefined;
+    return { answer: { granted: false, holder, expiresInMs, ...(superseded ? { superseded } : {}) }, votes, epochs: granted };
   }
   if (witnesses.length > 1) problem?.(`witness quorum not reached: ${grants} of ${witnesses.length} granted, ${refused.length} refused, ${witnesses.length - grants - refused.length} gave no usable answer (${need} must agree)`);
-  return { answer: undefined, votes };
+  return { answer: undefined, votes, epochs: granted };
 }

@@ -1202,6 +1202,12 @@ export class Journal {
     return i < 0 ? undefined : this.sizes.timeAt(i);
   }
 
+  /** The time of the oldest retained record after `seq` (undefined: none). */
+  timeOfFirstAfter(seq: number): number | undefined {
+    const i = this.sizes.firstAfter(seq);
+    return i < this.sizes.size ? this.sizes.timeAt(i) : undefined;
+  }
+
   /**
    * Append one record. The sequence number is assigned now (call order is journal order); the
    * promise resolves once the record is written to its segment, with the others of its group

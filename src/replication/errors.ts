@@ -13,4 +13,6 @@ export const ReplicationErrorCode = {
   FramePayload: 'REPL_FRAME_PAYLOAD',
   Sequence: 'REPL_SEQUENCE',
   Handshake: 'REPL_HANDSHAKE',
+  /** The replica holds records past this primary's head in the same history: it stays refused. */
+  ReplicaAhead: 'REPL_REPLICA_AHEAD',
 } as const;

@@ -78,6 +78,12 @@ export interface ShipperSource {
   removedVolumes?(): RemovedVolumeDescriptor[];
   /** The history this primary's data descends from (generations), sent in the handshake. */
   lineage?(): unknown;
+  /**
+   * The replica holds records of this primary's current generation past its head, that this
+   * primary lost: start a generation that forks at the current one's start (sent in the next
+   * handshake), so that the replica gives up that generation's records and resyncs.
+   */
+  forkHistory?(): Promise<void>;
   /** Full / delta sync of the images (absent: the replica must be fed from the journal alone). */
   readonly sync?: SyncSource;
 }

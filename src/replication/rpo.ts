@@ -6,7 +6,9 @@
  * As projected rpo approaches the target it (1) coalesces — ships only the newest version of
  * overwritten blocks; (2) with policy `throttle`, delays write acknowledgements just enough that
  * the backlog drains inside the target; (3) alerts (log line + metric) while the target is missed.
- * While the operator has paused shipping it only measures: no coalescing, no throttle.
+ * While the operator has paused shipping it only measures: no coalescing, no throttle. Nor does
+ * it throttle while the link is down or an image sync runs: slower writers would not bring the
+ * replica's point any closer.
  * Pure state machine: the caller feeds it observations and reads its decisions.
  */
 export const RPO_POLICIES = ['coalesce', 'throttle', 'alert'] as const;
@@ -31,6 +33,16 @@ export interface RpoObservation {
    * RPO and a missed target are still reported as they are.
    */
   paused?: boolean;
+  /**
+   * Nothing writers do changes how soon the replica catches up: the link is down, or an image
+   * sync runs (the replica's point moves only when it ends). Not throttled; RPO still reported.
+   */
+  throttleCannotHelp?: boolean;
+  /**
+   * The backlog changed meaning since the previous observation (a sync began or ended, the link
+   * came up or went down): the difference is no acknowledgement, so no drain is learnt from it.
+   */
+  newBaseline?: boolean;
 }
 
 export interface RpoDecision {
@@ -70,7 +82,7 @@ export class RpoController {
       const drainNow = o.ackedBytesDelta / dt;
       // Only learn the drain rate while there is a backlog to drain; otherwise it just mirrors load.
       // Paused, nothing drains: the link's rate is not learnt as zero.
-      if (!o.paused && (o.backlogBytes > 0 || drainNow > this.drain)) this.drain += alpha * (drainNow - this.drain);
+      if (!o.paused && !o.newBaseline && (o.backlogBytes > 0 || drainNow > this.drain)) this.drain += alpha * (drainNow - this.drain);
       this.incoming += alpha * (o.appendedBytesDelta / dt - this.incoming);
     }
     this.last = o;
@@ -88,7 +100,7 @@ export class RpoController {
 
     // (2) throttle: proportional control on the projected RPO above 60% of the target,
     // bounded so that writers are slowed, never stopped.
-    if (enabled && this.policy === 'throttle' && !o.paused) {
+    if (enabled && this.policy === 'throttle' && !o.paused && !o.throttleCannotHelp) {
       const pressure = (projected - 0.6 * target) / (0.4 * target);
       if (pressure > 0) this.throttleMs = Math.min(200, Math.max(this.throttleMs * 1.25 + 0.1, pressure * 20));
       else this.throttleMs = Math.max(0, this.throttleMs * 0.8 - 0.05);

@@ -72,6 +72,8 @@ export interface ShipperStats extends LinkCounters {
   syncing: boolean;
   /** Bytes of volume left to scan in the current sync. */
   syncRemainingBytes: number;
+  /** The point the last image sync made the replica consistent at once it has it (0: the sync under way, or none yet, has not ended). */
+  syncConsistentSeq: number;
   syncTotalBytes: number;
   syncChunksSent: number;
   syncChunksSkipped: number;
@@ -108,6 +110,8 @@ export class Shipper {
   /** When the newest ping that came back was sent: the replica heard this site no earlier. */
   private confirmed?: Instant;
   private pingId = 0;
+  /** A replica found ahead of this primary, and this primary's head then (checkNotAhead). */
+  private aheadReplica?: { siteId: string; head: number };
   /** Where segment payloads are gathered before compression (grown as needed, reused). */
   private scratchBuf = Buffer.alloc(0);
   readonly counters = newLinkCounters();
@@ -129,6 +133,7 @@ export class Shipper {
     syncsCompleted: 0,
     syncing: false,
     syncRemainingBytes: 0,
+    syncConsistentSeq: 0,
     syncTotalBytes: 0,
     syncChunksSent: 0,
     syncChunksSkipped: 0,
@@ -317,6 +322,38 @@ export class Shipper {
     return new Promise((resolve) => (this.wake = resolve));
   }
 
+  /**
+   * A replica whose durable point is past this primary's head, in a history the lineage check
+   * found shared, holds records this primary does not have, and its records after the point
+   * where they parted differ from the ones this primary numbers the same. Where the source can
+   * fork its history (a new generation at the current one's start), it does, and the next
+   * handshake makes the replica resync from there (once: a replica still ahead then is refused).
+   * Otherwise, or if that fails, the refusal is sticky: it holds while the replica reports anything past the head first seen here, however
+   * far this primary's head has moved on since (resuming at the replica's point would skip the
+   * differing records), and ends when the replica comes back at or below it.
+   */
+  private async checkNotAhead(source: ShipperSource, replicaSiteId: string, durable: number, head: number): Promise<void> {
+    const seen = this.aheadReplica;
+    if (seen && seen.siteId === replicaSiteId) {
+      if (durable > seen.head) throw new ReplicationError(Code.ReplicaAhead, `replica ${replicaSiteId} holds records up to ${durable}, past this primary's head ${seen.head} when it was first seen ahead: the records after that differ between the sites`);
+      this.aheadReplica = undefined;
+    }
+    if (durable <= head) return;
+    this.opts.logger.error({ replicaSiteId, replicaDurableSeq: durable, headSeq: head }, 'the replica is ahead of this primary in the same history (this primary lost records it had shipped)');
+    let forked = false;
+    if (source.forkHistory) {
+      try {
+        await source.forkHistory();
+        forked = true;
+      } catch (e) {
+        this.opts.logger.error({ err: e }, 'could not start a new generation for the replica to resync from');
+      }
+    }
+    // Remembered either way: a replica still ahead at the next handshake is refused, not forked for again.
+    this.aheadReplica = { siteId: replicaSiteId, head };
+    throw new ReplicationError(Code.ReplicaAhead, `replica is ahead of this primary (replica durable ${durable}, primary head ${head}): ${forked ? 'a new generation was started; the replica resyncs at the next handshake' : 'nothing is shipped to it until it is resynced'}`);
+  }
+
   private async run(): Promise<void> {
     const { logger } = this.opts;
     let backoff = this.opts.backoffMinMs ?? 100;
@@ -423,10 +460,9 @@ export class Shipper {
     }
     const durable = Number(helloAck.meta.durableSeq);
     if (!Number.isSafeInteger(durable) || durable < 0) throw new ReplicationError(Code.Handshake, `replica sent durableSeq ${String(helloAck.meta.durableSeq)}`);
-    if (durable > source.headSeq()) {
-      throw new ReplicationError(Code.Handshake, `replica is ahead of this primary (replica durable ${durable}, primary head ${source.headSeq()}): the sites have diverged`);
-    }
-    this.state.replicaSiteId = String(helloAck.meta.siteId ?? '');
+    const replicaSiteId = String(helloAck.meta.siteId ?? '');
+    await this.checkNotAhead(source, replicaSiteId, durable, source.headSeq());
+    this.state.replicaSiteId = replicaSiteId;
     // Replicas that read binary record tables say so; older ones get msgpack arrays.
     const segmentOpts = { table: helloAck.meta.segmentTable === true };
     this.replicaVerifies = helloAck.meta.verify === true;
@@ -597,6 +633,7 @@ export class Shipper {
     let remaining = 0;
     for (let i = startIndex; i < volumes.length; i++) remaining += volumes[i].sizeBytes - (i === startIndex && cursor ? cursor.offsetBytes : 0);
     this.state.syncing = true;
+    this.state.syncConsistentSeq = 0;
     this.state.syncTotalBytes = this.state.syncRemainingBytes = remaining;
     logger.info({ fromSeq, resumed: !!cursor, bytesToScan: remaining, compareHashes: theirs.size > 0 }, 'sync start');
     const zero = Buffer.alloc(SYNC_CHUNK_BYTES);
@@ -668,6 +705,7 @@ export class Shipper {
       // The primary time of that point: its newest record's, or now when that record is already trimmed.
       link.send(FrameType.SyncDone, { fromSeq, consistentSeq, consistentTimeMs: source.timeOf(consistentSeq) ?? Date.now() });
       this.state.syncsCompleted++;
+      this.state.syncConsistentSeq = consistentSeq;
       logger.info({ fromSeq, consistentSeq, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped, wireBytes: this.state.syncBytesSent }, 'sync end: the journal takes over');
     } finally {
       this.state.syncing = false;

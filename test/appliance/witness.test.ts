@@ -27,7 +27,7 @@ test('a keyed witness: signed requests only, no replays or stale times, and answ
   try {
     const problems: string[] = [];
     const note = (why: string) => problems.push(why);
-    assert.deepEqual(await requestLease(at, 'site-a', 'primary', 2000, KEY, note), { granted: true, expiresAt: w.book.holder!.expiresAt, leaseMs: 5000 });
+    assert.deepEqual(await requestLease(at, 'site-a', 'primary', 2000, KEY, note), { granted: true, expiresAt: w.book.holder!.expiresAt, leaseMs: 5000, epoch: w.book.holder!.epoch });
     // Another key, or none: refused by the witness, no lease changes hands.
     assert.equal(await requestLease(at, 'site-b', 'replica', 2000, OTHER, note), undefined);
     assert.match(problems.pop()!, /refused the request: wrong signature/);

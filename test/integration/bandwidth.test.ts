@@ -4,12 +4,13 @@
  * the same for the RPO target and policy (offsite rpo, POST /rpo).
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { ADMIN_TOKEN, CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
-import { freePort, startPrimary } from '../helpers/replication';
+import { freePort, startPrimary, startReplica } from '../helpers/replication';
 import { until } from '../helpers/wait';
 
 type Link = { maxBandwidthBytesPerSec: number; maxBandwidthSource: string; configuredMaxBandwidthBytesPerSec: number };
@@ -92,10 +93,11 @@ const rpoCli = (a: RunningAppliance, ...args: string[]) => run(process.execPath,
 test('rpo: the target and policy changed at run time take effect at once and are kept across restarts; a changed configuration or --reset returns to the configured ones', { timeout: 120_000 }, async () => {
   const dir = tempDir();
   const data = path.join(dir, 'a');
-  // No replica listens: every write stays in the backlog, so the RPO grows past any target.
+  // No replica listens at first: every write stays in the backlog, so the RPO grows past any target.
   const replPort = await freePort();
-  const configured = ['--rpo-target', '10s', '--rpo-policy', 'throttle'];
+  const configured = ['--rpo-target', '10s', '--rpo-policy', 'throttle', '--max-bandwidth', '128KB/s'];
   let primary = await startPrimary(data, ['rpo:4M'], replPort, configured);
+  let replica: RunningAppliance | undefined;
   try {
     let x = await rpo(primary);
     assert.deepEqual([x.targetSeconds, x.policy, x.source], [10, 'throttle', 'configured']);
@@ -114,7 +116,26 @@ test('rpo: the target and policy changed at run time take effect at once and are
     assert.equal(r.code, 0, r.stderr);
     x = await rpo(primary);
     assert.deepEqual([x.targetSeconds, x.policy, x.source], [1, 'throttle', 'runtime']);
+    // The link is down: slower writers would not bring the replica any closer, so none are slowed.
+    await new Promise((res) => setTimeout(res, 1500));
+    x = await rpo(primary);
+    assert.equal(x.throttleDelayMs, 0, 'writers slowed while no replica is there to drain the backlog');
+    assert.equal(x.targetMissed, true);
+    // A replica behind a slow link (128 KB/s for a 3 MiB backlog): now the throttle works on the missed target.
+    replica = await startReplica(path.join(dir, 'b'), replPort);
+    await until('the replica to be replicating (its first sync done)', async () => (await primary.status()).consistency === 'replicating', 30_000, 100);
+    // Incompressible (the link, not lz4, decides), in 48 writes of 64 KiB: the first segment goes
+    // at once, the next wait their turn at the cap.
+    const pieces: string[] = [];
+    for (let k = 0; k < 48; k++) {
+      const noise = path.join(dir, `noise-${k}.bin`);
+      writeFileSync(noise, randomBytes(65536));
+      pieces.push('-c', `write -s ${noise} ${(1 << 20) + k * 65536} 64k`);
+    }
+    r = await run('qemu-io', ['-f', 'raw', ...pieces, primary.url('rpo')]);
+    assert.equal(r.code, 0, r.stderr);
     await until('the throttle to slow writers', async () => (await rpo(primary)).throttleDelayMs > 0, 20_000, 100);
+    await until('the 1 s target to be missed over the slow link', async () => (await rpo(primary)).targetMissed, 20_000, 100);
     r = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${primary.httpPort}`]);
     assert.match(r.stdout, /rpo: .*\(target 1 s, policy throttle; set at run time, configured 10 s throttle, MISSED\)/);
 
@@ -149,6 +170,7 @@ test('rpo: the target and policy changed at run time take effect at once and are
     assert.equal((await rpo(primary)).policy, 'throttle');
   } finally {
     await primary.stop();
+    await replica?.stop();
     removeDir(dir);
   }
 });

@@ -52,12 +52,19 @@ test('initial sync of a primary holding data: runs during writes, resumes after 
         const s = (await primary.status()).replication as { sync: SyncStatus };
         return s.sync.running && s.sync.remainingBytes < s.sync.totalBytes * 0.6 ? true : undefined;
       });
+      const halfway = Date.now();
       const rs = await replica.status();
       assert.equal(rs.state, 'syncing', 'a replica in the middle of a sync is not consistent');
       assert.equal(rs.consistentPoint, null);
       // New writes keep flowing during the sync; they land through the journal.
+      await new Promise((res) => setTimeout(res, 1500));
       r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 1M 1M', '-c', 'write -P 0x78 50M 2M', primary.url('big')]);
       assert.equal(r.code, 0, r.stderr);
+      // The replica has no consistent point yet: the RPO counts from no later than the sync's
+      // start, not from the writes just made (the shipper's point is already the sync's).
+      const during = Number((await primary.status()).rpoSeconds);
+      const floor = (Date.now() - halfway) / 1000 - 0.3;
+      assert.ok(during >= floor, `RPO ${during} s during the sync, which began more than ${floor.toFixed(1)} s ago`);
       proxy.cut();
       proxy.setRate(0);
       await waitCaughtUp(primary, replica, 120_000);

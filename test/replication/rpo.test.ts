@@ -84,3 +84,18 @@ test('paused by the operator: the RPO and a missed target are reported, but noth
   d = c.observe({ nowMs: 50_100, oldestUnackedMs: 30_000, backlogBytes: backlog, ackedBytesDelta: 0, appendedBytesDelta: 0 });
   assert.ok(d.throttleDelayMs > 0 && d.coalesce);
 });
+
+test('link down or an image sync under way: writers are not throttled (slower writes would not bring the replica closer); a change of baseline teaches no drain rate', () => {
+  const c = new RpoController(2, 'throttle');
+  simulate(c, 20e6, 10e6, 30);
+  assert.ok(c.current.throttleDelayMs > 0);
+  const drain = c.current.drainBytesPerSec;
+  // A sync starts: the shipper's point jumps, the backlog shrinks at once. No acknowledgement that fast happened.
+  let d = c.observe({ nowMs: 30_100, oldestUnackedMs: 25_000, backlogBytes: 1e6, ackedBytesDelta: 500e6, appendedBytesDelta: 2e6, throttleCannotHelp: true, newBaseline: true });
+  assert.equal(d.throttleDelayMs, 0);
+  assert.ok(d.drainBytesPerSec <= drain * 1.01, `drain ${d.drainBytesPerSec} (was ${drain}): learnt from the jump`);
+  for (let t = 30_200; t <= 40_000; t += 100) d = c.observe({ nowMs: t, oldestUnackedMs: 25_000, backlogBytes: 1e6, ackedBytesDelta: 1e6, appendedBytesDelta: 1e6, throttleCannotHelp: true });
+  assert.equal(d.throttleDelayMs, 0);
+  assert.equal(d.targetMissed, true, 'the RPO is still reported');
+  assert.ok(d.rpoSeconds >= 14.9, `rpo ${d.rpoSeconds}`);
+});
