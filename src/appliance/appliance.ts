@@ -8,7 +8,7 @@ import { createScsiTarget, naaDesignator } from '../scsi';
 import type { Logger } from '../common/logger';
 import { formatHostPort, type HostPort } from '../common/units';
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
@@ -318,6 +318,7 @@ export class Appliance {
             save: (s) => writeJsonFile(this.verifyResultFile(), s),
           },
           paused: pause === 'unreadable' ? undefined : pause,
+          repairDue: await this.repairDue(uncleanStop),
         }));
         this.forEachJournaledVolume((v) => (v.ackDelay = () => repl.ackDelayMs()));
         await repl.restoreVerifyResult();
@@ -588,6 +589,31 @@ export class Appliance {
     await LineageFile.in(this.dataDir.root).save(lineage);
     this.lineage = lineage;
     this.logger.warn({ fromSeq: last.fromSeq, forkedGeneration: last.id, generation: lineage[lineage.length - 1].id }, 'the replica holds records of this generation that this primary does not: a new generation starts at the same point, so that the replica resyncs from there');
+  }
+
+  /**
+   * A repair run (online verify with --repair) is due after an unclean stop of a replicating
+   * primary, and stays due (state/repair-due.json, written before anything is shipped) until one
+   * has gone over every volume: see PrimaryReplication.checkRepairDue.
+   */
+  private async repairDue(uncleanStop: boolean): Promise<{ since: string; done(): Promise<void> } | undefined> {
+    const file = path.join(this.dataDir.root, 'state', 'repair-due.json');
+    const saved = (await readJsonFile(file).catch(() => undefined)) as { since?: unknown } | undefined;
+    let since = typeof saved?.since === 'string' ? saved.since : undefined;
+    if (uncleanStop && since === undefined) {
+      since = new Date().toISOString();
+      await writeJsonFile(file, { since, reason: 'unclean stop' });
+    }
+    if (since === undefined) return undefined;
+    return {
+      since,
+      done: async () => {
+        await unlink(file).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT') throw e;
+        });
+        this.logger.info({ since }, 'the repair run after the unclean stop is done');
+      },
+    };
   }
 
   private async serveVolume(volume: Volume, image: FileVolume, created: boolean): Promise<void> {

@@ -47,6 +47,11 @@ export interface PrimaryReplicationOptions {
   verifyResult?: { load(): Promise<VerifyStatus | undefined>; save(s: VerifyStatus): Promise<void> };
   /** Start with shipping paused (an operator's offsite pause, kept across restarts). */
   paused?: ReplicationPause;
+  /**
+   * A repair run is due (the site stopped uncleanly since the last one finished): started once
+   * the replica is connected and not syncing; `done` once a run over every volume has ended.
+   */
+  repairDue?: { since: string; done(): Promise<void> };
 }
 
 /** Shipping paused by the operator (offsite pause): since when, and why (their words). */
@@ -211,6 +216,8 @@ export class PrimaryReplication {
   private timer?: NodeJS.Timeout;
   private lastBacklog = 0;
   private lastAppended = 0;
+  /** The verifier's run is the repair run after an unclean stop (checkRepairDue). */
+  private repairRunning = false;
   /** Whether the link was up and a sync ran at the previous observation (a change starts a new baseline). */
   private lastShape = { syncing: false, connected: false };
   /** The time of the oldest write the replica lacked at the last look (see backlog). */
@@ -381,7 +388,43 @@ export class PrimaryReplication {
   }
 
   /** Start the scheduled verify when it is due and the replica is there to compare with (else: as soon as it is). */
+  /**
+   * After an unclean stop of this primary the images may hold a write whose record the journal
+   * lost (the two reach the disk independently): the replica never gets it, and would differ
+   * there until the block is written again, later writes built on it. A repair run compares every
+   * volume with the replica and sends what differs. It waits for any other run to end.
+   */
+  private checkRepairDue(): boolean {
+    const due = this.opts.repairDue;
+    if (!due) return false;
+    if (this.repairRunning) {
+      if (this.verifier.running) return true;
+      this.repairRunning = false;
+      const st = this.verifier.status();
+      if (st.state === 'done' && st.trigger === 'unclean-stop') {
+        this.opts.repairDue = undefined;
+        due.done().catch((e: unknown) => this.opts.logger.error({ err: e }, 'could not record the repair run after the unclean stop as done (it runs again at the next start)'));
+        return false;
+      }
+    }
+    if (this.verifier.running || this.pausedBy) return true;
+    const s = this.shipper.stats();
+    if (!s.connected || s.syncing) return true;
+    try {
+      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, true, 'unclean-stop');
+      this.repairRunning = true;
+      this.scheduleRefusal = '';
+      this.opts.logger.warn({ since: due.since }, 'repair run after an unclean stop: comparing every volume with the replica (an image may hold a write whose record was lost)');
+    } catch (e) {
+      const why = (e as Error).message;
+      if (why !== this.scheduleRefusal) this.opts.logger.warn({ err: e }, 'the repair run after an unclean stop could not start (tried again)');
+      this.scheduleRefusal = why;
+    }
+    return true;
+  }
+
   private checkSchedule(): void {
+    if (this.checkRepairDue()) return;
     const due = this.nextVerifyAt();
     // Paused: due when shipping resumes.
     if (due === undefined || this.verifier.running || this.pausedBy || Date.now() < due) return;

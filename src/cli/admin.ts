@@ -138,7 +138,7 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
     const v = s.verify as VerifyView | undefined;
-    if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}${v.trigger === 'schedule' ? ' (scheduled)' : ''}`);
+    if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}${v.trigger === 'schedule' ? ' (scheduled)' : v.trigger === 'unclean-stop' ? ' (repair after an unclean stop)' : ''}`);
     if (v?.scheduleEverySeconds) lines.push(`${v.state === 'idle' ? 'verify:      not run yet;' : '            '} every ${String(v.scheduleEverySeconds)} s; next ${v.state === 'running' ? 'after this one' : String(v.nextScheduledAt)}`);
   } else if (s.role === 'replica') {
     const cp = s.consistentPoint as { seq: number; primaryTime?: string } | null;

@@ -55,7 +55,8 @@ export interface VerifyStatus {
   /** The run repairs what differs (--repair): the replica's chunks are overwritten with the primary's. */
   repair: boolean;
   /** Who started the run: an operator (offsite verify, POST /verify) or the schedule (--verify-every). */
-  trigger: 'operator' | 'schedule';
+  /** Who started the run: an operator, the schedule, or a start after an unclean stop (a repair run, see appliance/replication.ts). */
+  trigger: 'operator' | 'schedule' | 'unclean-stop';
   /** When the latest run over every volume started (this one or an earlier one): the schedule counts from it. */
   lastFullRunStartedAt?: string;
   /** Differing chunks overwritten with the primary's data (a repair run); the rest of mismatchedChunks stay different. */
@@ -132,7 +133,7 @@ export class Verifier {
       unverifiedBytes: num(s.unverifiedBytes),
       retries: num(s.retries),
       repair: s.repair === true,
-      trigger: s.trigger === 'schedule' ? 'schedule' : 'operator',
+      trigger: s.trigger === 'schedule' || s.trigger === 'unclean-stop' ? s.trigger : 'operator',
       repairedChunks: num(s.repairedChunks),
       mismatches: ranges(s.mismatches),
       unverified: ranges(s.unverified),
