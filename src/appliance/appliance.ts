@@ -678,7 +678,7 @@ export class Appliance {
     const rewound = await ReplicaStore.finishInterruptedRewind(stateDir, journal, images, logger, this.bookmarks);
     // A staged sync a promotion was giving up (its chunks may be gone): given up for good before
     // the journal's tail (that sync's, stored after the point the volumes hold) could be replayed.
-    await ReplicaStore.finishAbandonedStaging(stateDir, this.dataDir.root, journal, logger);
+    await ReplicaStore.finishAbandonedStaging(stateDir, this.dataDir.root, journal, logger, this.bookmarks);
     await this.cutPartialCoalesced(journal);
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(this.dataDir.root, images, logger);

@@ -229,12 +229,14 @@ export class ReplicaStore implements ReceiverSink, SyncSink {
    * staging area removed, the sync forgotten (the primary starts a new one at the next handshake).
    * Every step is idempotent. Returns whether there was one to finish.
    */
-  static async finishAbandonedStaging(stateDir: string, dataRoot: string, journal: Journal, logger: Logger): Promise<boolean> {
+  static async finishAbandonedStaging(stateDir: string, dataRoot: string, journal: Journal, logger: Logger, bookmarks?: Bookmarks): Promise<boolean> {
     const file = path.join(stateDir, 'replica.json');
     const state = (await readJsonFile(file)) as ReplicaState | undefined;
     const st = state?.staged;
     if (!state || !st?.abandoning) return false;
     await journal.resetTo(st.heldSeq);
+    // Points of the given-up tail are gone with it (as at a promotion: appliance.ts).
+    await bookmarks?.dropAfter(st.heldSeq);
     await fsp.rm(path.join(dataRoot, STAGING_DIR), { recursive: true, force: true });
     forgetStaged(state, st);
     await writeJsonFile(file, state);

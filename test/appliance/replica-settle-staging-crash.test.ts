@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
+import { Bookmarks } from '../../src/journal/bookmarks';
 import { SYNC_CHUNK_BYTES } from '../../src/replication/protocol';
 import { removeDir, tempDir } from '../helpers/appliance';
 import { BS, closeSite, killAtNextSave, killAtReset, openSite as openReplicaSite, range, replicaAt, type Site } from '../helpers/replica-site';
@@ -107,12 +108,18 @@ test('a promotion killed after the staging area went, before the journal reset: 
   const root = tempDir();
   try {
     let s = await stagedWithTailMissing(root);
+    // A bookmark the primary sent for a point of the stored tail, and one at the held point.
+    await (await Bookmarks.load(s.journal)).add({ name: 'in-tail', seq: 22, timeMs: 1022 });
+    await (await Bookmarks.load(s.journal)).add({ name: 'held', seq: 10, timeMs: 1010 });
     killAtReset(s.journal, false);
     await assert.rejects(s.store.settleStagingForPromotion());
     await closeSite(s);
 
     s = await openSite(root);
     try {
+      const marks = await Bookmarks.load(s.journal);
+      assert.equal(marks.get('in-tail'), undefined, 'a bookmark of the given-up tail is still offered');
+      assert.equal(marks.get('held')?.seq, 10);
       await primaryResumes(s);
       await assertVolumeAt(s, 10);
       await assertGivenUp(s);

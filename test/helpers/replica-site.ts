@@ -12,6 +12,7 @@ import type { ReplicatedRecord } from '../../src/replication/ports';
 import { SYNC_CHUNK_BYTES } from '../../src/replication/protocol';
 import { FileVolume } from '../../src/volume/file-volume';
 import { recoverImages } from '../../src/volume/journaled';
+import { Bookmarks } from '../../src/journal/bookmarks';
 import { ApplyGate, ReplicaVolume } from '../../src/volume/replica';
 
 export const BS = 4096;
@@ -47,7 +48,7 @@ export async function openSite(root: string, opts: { recover?: boolean } = {}): 
   }
   const stateDir = path.join(root, 'state');
   if (opts.recover) {
-    await ReplicaStore.finishAbandonedStaging(stateDir, root, journal, silentLogger());
+    await ReplicaStore.finishAbandonedStaging(stateDir, root, journal, silentLogger(), await Bookmarks.load(journal));
     await journal.cutPartialCoalesced();
     const staged = await ReplicaStore.stagedAtStart(stateDir);
     if (staged?.committing) await ReplicaStore.finishStagedCommit(root, images, silentLogger());
