@@ -1202,6 +1202,20 @@ export class Journal {
     return i < 0 ? undefined : this.sizes.timeAt(i);
   }
 
+  /**
+   * The newest retained record before the first one written after `timeMs` (0: none), from the
+   * in-memory index: no record is read (a point in time of one volume used to read every
+   * volume's records up to it).
+   */
+  lastSeqUpTo(timeMs: number): number {
+    let seq = 0;
+    for (let i = 0; i < this.sizes.size; i++) {
+      if (this.sizes.timeAt(i) > timeMs) break;
+      seq = this.sizes.seqAt(i);
+    }
+    return seq;
+  }
+
   /** The time of the oldest retained record after `seq` (undefined: none). */
   timeOfFirstAfter(seq: number): number | undefined {
     const i = this.sizes.firstAfter(seq);
@@ -2255,10 +2269,5 @@ export async function removeJournal(dir: string): Promise<void> {
 
 /** The last retained sequence number written at or before `timeMs` (0 when none). */
 export async function seqAtTime(journal: Journal, timeMs: number): Promise<number> {
-  let seq = 0;
-  for await (const rec of journal.records(journal.oldestSeq() - 1, journal.headSeq())) {
-    if (rec.timeMs > timeMs) break;
-    seq = rec.seq;
-  }
-  return journal.consistentAtOrBefore(seq);
+  return journal.consistentAtOrBefore(journal.lastSeqUpTo(timeMs));
 }
