@@ -133,6 +133,10 @@ interface TaskSetFence {
   covers: (lun: number) => boolean;
   function: string;
   reached: () => void;
+  /** Resolves when ExpCmdSN reaches `cmdSN` (or the session ends). */
+  passed: Promise<void>;
+  /** ExpCmdSN reached it: it holds the barrier until endFence. */
+  released: boolean;
 }
 
 export class Session {
@@ -147,6 +151,12 @@ export class Session {
    */
   private heldDataOut = new Map<number, { cmdSN: number; edtl: number; bytes: number; pdus: P.Pdu[] }>();
   private fences: TaskSetFence[] = [];
+  /**
+   * Deferred task set functions released (ExpCmdSN reached them) whose action has not run yet:
+   * while any is, no command at or after their CmdSN is dispatched (they were sent after the
+   * function, which must not cover them: a reset would undo what they did).
+   */
+  private barrier = 0;
   private tasks = new TaskTable<Task>(TARGET_LIMITS.queueDepth * 2);
   private windowed = 0;
   private nextTtt = 1;
@@ -217,7 +227,7 @@ export class Session {
     // A NOP-Out answering our ping carries ITT 0xffffffff and does not take a CmdSN.
     if (P.isImmediate(pdu.bhs) || (op === InitiatorOp.NopOut && P.itt(pdu.bhs) === RESERVED_TAG)) return this.dispatch(pdu, true);
     const sn = P.cmdSN(pdu.bhs);
-    if (sn === this.expCmdSN) {
+    if (sn === this.expCmdSN && !this.barrier) {
       this.advance(pdu);
       return;
     }
@@ -228,7 +238,7 @@ export class Session {
       this.logger.info({ cmdSN: sn, itt: P.itt(pdu.bhs) }, 'command aborted before it arrived discarded');
       return;
     }
-    if (!held && P.snLessThan(this.expCmdSN, sn) && P.snLessOrEqual(sn, this.maxCmdSN)) {
+    if (!held && (P.snLessThan(this.expCmdSN, sn) || sn === this.expCmdSN) && P.snLessOrEqual(sn, this.maxCmdSN)) {
       // Ahead of a gap: hold until the missing commands arrive. (The reader hands over each
       // PDU's buffers: a new BHS every PDU, the data segment from the pool, now the session's.)
       this.held.set(sn, pdu);
@@ -255,7 +265,12 @@ export class Session {
    * over CmdSNs taken by aborts (each counts as received: ExpCmdSN moves past it).
    */
   private dispatchHeld(): void {
-    for (let next = this.held.get(this.expCmdSN); next; next = this.held.get(this.expCmdSN)) {
+    for (;;) {
+      // A deferred task set function ExpCmdSN has reached acts before anything after it.
+      if (this.fences.length) this.passFences();
+      if (this.barrier) return;
+      const next = this.held.get(this.expCmdSN);
+      if (!next) return;
       const sn = this.expCmdSN;
       this.held.delete(sn);
       this.expCmdSN = (sn + 1) >>> 0;
@@ -266,8 +281,9 @@ export class Session {
       this.dispatchInOrder(next);
       if (this.heldDataOut.size && P.opcode(next.bhs) === InitiatorOp.ScsiCommand) this.replayHeldDataOut(P.itt(next.bhs), sn);
     }
-    if (this.fences.length) this.passFences();
   }
+
+
 
   /** The Data-Out that came while the command (`itt`, `sn`) was held, to `dataOut` in arrival order. */
   private replayHeldDataOut(itt: number, sn: number): void {
@@ -811,7 +827,7 @@ export class Session {
    * A CmdSN beyond what the window could ever reach is not waited for: the function is answered
    * as before (an initiator sending one is broken; waiting would drop its commands for good).
    */
-  private fence(fn: TmfFunction, cmdSN: number, covers: (lun: number) => boolean): Promise<void> | undefined {
+  private fence(fn: TmfFunction, cmdSN: number, covers: (lun: number) => boolean): TaskSetFence | undefined {
     if (!P.snLessThan(this.expCmdSN, cmdSN)) return undefined;
     if (!P.snLessOrEqual(cmdSN, (this.expCmdSN + TARGET_LIMITS.queueDepth) >>> 0)) {
       this.logger.warn({ function: TMF_NAMES[fn], cmdSN, expCmdSN: this.expCmdSN }, 'task management CmdSN beyond the window: not deferred');
@@ -819,7 +835,26 @@ export class Session {
     }
     this.host.count('tmf_deferred');
     this.logger.info({ function: TMF_NAMES[fn], cmdSN, expCmdSN: this.expCmdSN }, 'task management deferred until the commands before it are received');
-    return new Promise<void>((reached) => this.fences.push({ cmdSN, covers, function: TMF_NAMES[fn], reached }));
+    let reached = () => {};
+    const passed = new Promise<void>((r) => (reached = r));
+    const f: TaskSetFence = { cmdSN, covers, function: TMF_NAMES[fn], reached, passed, released: false };
+    this.fences.push(f);
+    return f;
+  }
+
+  /**
+   * The function of fence `f` has acted (and answered), or given up: released, the commands after
+   * it go on; not yet, it no longer holds anything back.
+   */
+  private endFence(f: TaskSetFence | undefined): void {
+    if (!f) return;
+    if (!f.released) {
+      this.fences = this.fences.filter((x) => x !== f);
+      return;
+    }
+    f.released = false;
+    this.barrier--;
+    if (!this.barrier && !this.closed) this.dispatchHeld();
   }
 
   /** Release the deferred task set functions that ExpCmdSN has reached: every command before them is in. */
@@ -829,6 +864,8 @@ export class Session {
       if (P.snLessThan(this.expCmdSN, f.cmdSN) && !this.closed) pending.push(f);
       else {
         this.logger.info({ function: f.function, cmdSN: f.cmdSN }, 'deferred task management: the commands before it are all received');
+        this.barrier++;
+        f.released = true;
         f.reached();
       }
     }
@@ -895,26 +932,34 @@ export class Session {
         const covers = (l: number) => l === lun;
         const sessions = fn === TmfFunction.AbortTaskSet ? [this] : this.host.sessionsOf(this.target.name);
         for (const s of sessions) s.abortHeld(covers, s === this ? cmdSN : undefined);
-        const reached = immediate ? this.fence(fn, cmdSN, covers) : undefined;
+        const fence = immediate ? this.fence(fn, cmdSN, covers) : undefined;
         // ABORT TASK SET and CLEAR TASK SET wait for the R2Ts of the tasks they abort to be
         // answered (RFC 7143 §11.6.2 b), LOGICAL UNIT RESET does not: the initiator is not
         // bound to answer them, and Linux (FastAbort=Yes, its default) stops.
         const transfers: TransferWait[] | undefined = fn === TmfFunction.LogicalUnitReset ? undefined : [];
         const aborted = sessions.map((s) => s.abortTasks(covers, transfers));
-        await Promise.all([reached, ...aborted, transfers && this.awaitTransfers(fn, transfers)]);
-        const resp = scsi.taskManagement(fn, lun, this.nexus);
-        this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
-        return reply(resp);
+        try {
+          await Promise.all([fence?.passed, ...aborted, transfers && this.awaitTransfers(fn, transfers)]);
+          const resp = scsi.taskManagement(fn, lun, this.nexus);
+          this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
+          return reply(resp);
+        } finally {
+          this.endFence(fence);
+        }
       }
       case TmfFunction.TargetWarmReset: {
         const covers = () => true;
         const sessions = this.host.sessionsOf(this.target.name);
         for (const s of sessions) s.abortHeld(covers, s === this ? cmdSN : undefined);
-        const reached = immediate ? this.fence(fn, cmdSN, covers) : undefined;
-        await Promise.all([reached, ...sessions.map((s) => s.abortTasks(covers))]);
-        const resp = scsi.taskManagement(fn, lun < 0 ? 0 : lun, this.nexus);
-        this.logger.info({ function: TMF_NAMES[fn], response: resp }, 'task management');
-        return reply(resp);
+        const fence = immediate ? this.fence(fn, cmdSN, covers) : undefined;
+        try {
+          await Promise.all([fence?.passed, ...sessions.map((s) => s.abortTasks(covers))]);
+          const resp = scsi.taskManagement(fn, lun < 0 ? 0 : lun, this.nexus);
+          this.logger.info({ function: TMF_NAMES[fn], response: resp }, 'task management');
+          return reply(resp);
+        } finally {
+          this.endFence(fence);
+        }
       }
       case TmfFunction.ClearAca:
         if (!lunOk) return reply(TmfResponse.LunDoesNotExist);

@@ -140,3 +140,25 @@ test('immediate ABORT TASK SET with no CmdSN gap: answered at once, not deferred
   assert.ok((await t.h.volume.read(400 * 512, 512)).equals(Buffer.alloc(512, 0x44)));
   s.cmdSN = n + 1;
 });
+
+test('immediate LOGICAL UNIT RESET over a CmdSN gap acts before the commands sent after it: the TEST UNIT READY after it sees the reset (UNIT ATTENTION), answered after the function', async () => {
+  const s = await session();
+  const n = s.cmdSN;
+  taskSetFunction(s, TMF.LogicalUnitReset, 0x93, n + 1, 0); // n not received yet
+  testUnitReady(s, 0x41, n + 1, 0); // sent after the reset: held behind the gap
+  testUnitReady(s, 0x42, n + 2, 0);
+  assert.equal(await got(s, (p) => p.hdr.opcode === OP.TmfResponse), false);
+  write(s, 0x40, n, 400, { lun: 1, fill: 0x44 }); // LUN 1: not covered; fills the gap
+  const order: number[] = [];
+  const seen = (p: Received) => {
+    if (p.hdr.itt === 0x93 || p.hdr.itt === 0x41 || p.hdr.itt === 0x42) order.push(p.hdr.itt);
+    return order.length === 3;
+  };
+  await s.next(seen, 3000);
+  assert.deepEqual(order, [0x93, 0x41, 0x42], 'a command sent after the reset was answered before it');
+  const tur = await response(s, 0x41);
+  assert.equal(tur.hdr.status, 2, 'the TEST UNIT READY sent after the reset ran before it (no unit attention)');
+  const key = tur.data.length > 4 ? tur.data[2 + 2] & 0x0f : -1;
+  assert.equal(key, 6, 'UNIT ATTENTION');
+  s.cmdSN = n + 3;
+});
