@@ -23,7 +23,7 @@ import { readLinkKey, type LinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
 import { LineageFile, newGeneration, type Lineage } from './lineage';
 import { elapsedMaxMs, instant, type Instant } from '../common/clock';
-import { requestQuorumLease, witnessLeaseMs, witnessMajority, type WitnessVote } from './witness';
+import { requestQuorumLease, witnessLeaseMs, witnessMajority, type LeaseAnswer, type WitnessVote } from './witness';
 import { clearWitnessEpochs, loadWitnessEpochs, saveWitnessEpochs, type WitnessEpochs } from './witness-epochs';
 import { clearBandwidthChange, saveBandwidthChange, startingBandwidth } from './bandwidth-setting';
 import { clearRpoChange, saveRpoChange, startingRpo, type RpoSetting } from './rpo-setting';
@@ -144,10 +144,14 @@ export interface ApplianceHooks {
   requestPromotion?: (reason: string) => Promise<unknown>;
 }
 
-/** Without a witness, how long the primary must have been silent before an operator's promote (not --force): OFFSITE_PROMOTE_QUIET_MS, default 2 s. */
+/**
+ * Without a witness, how long the primary must have been silent before an operator's promote
+ * (not --force): OFFSITE_PROMOTE_QUIET_MS, default 10 s, twice a primary's longest wait between
+ * two attempts to reconnect (the shipper's backoff tops out at 5 s).
+ */
 export function promoteQuietMs(): number {
-  const v = Number(process.env.OFFSITE_PROMOTE_QUIET_MS ?? 2000);
-  return Number.isFinite(v) && v >= 0 ? v : 2000;
+  const v = Number(process.env.OFFSITE_PROMOTE_QUIET_MS ?? 10_000);
+  return Number.isFinite(v) && v >= 0 ? v : 10_000;
 }
 
 export class Appliance {
@@ -185,6 +189,12 @@ export class Appliance {
   /** A replica retiring its copy of a volume the primary removed (one at a time). */
   private retiring?: Promise<void>;
 
+  /**
+   * The start got through open(): what an unclean stop before it calls for (a new generation, a
+   * repair run) is recorded. Until then a stop keeps the pid file (the next start redoes it).
+   */
+  private opened = false;
+
   private constructor(readonly config: ApplianceConfig, readonly logger: Logger, private readonly hooks: ApplianceHooks = {}) {
     this.dataDir = new DataDir(config.dataDir);
   }
@@ -193,6 +203,7 @@ export class Appliance {
     const app = new Appliance(config, logger, hooks);
     try {
       await app.open();
+      app.opened = true;
     } catch (e) {
       await app.stop().catch(() => undefined);
       throw e;
@@ -451,6 +462,9 @@ export class Appliance {
     };
     this.setFenced(true, 'waiting for the witness lease');
     const tick = async () => {
+      // Taken over: fenced for good, and asks no more (a grant it got from a witness that
+      // restarted and knows no holder would take the lease from the site that has it).
+      if (this.fence.takenOver) return;
       const asked = instant();
       const { answer: r, votes, epochs: got } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs, epochs);
       this.fence.votes = votes;
@@ -552,23 +566,17 @@ export class Appliance {
   }
 
   /**
-   * A primary starts a new generation of its data, right after its journal head and before it
-   * takes a write, whenever it may have shipped records it does not hold any more. The shipper
-   * sends records before they are synced (the replica syncs them itself), so a primary that lost
-   * power can come back at a head below what its replica holds, and would number its next writes
-   * like the lost ones; a data directory restored from a backup does the same. The new generation
-   * tells the replica where this history forks from the one it holds: the handshake (replica.ts
-   * acceptPrimary) saves the records past the head aside and resyncs only differing blocks. A
-   * replica that holds nothing past the head finds a prefix and just goes on.
-   *
-   * When: at every start after writes in the current generation (a restored backup shows no other
-   * sign), and after an unclean stop (the pid file left behind) even without any: the writes of
-   * the last run may all be lost, while the replica got them. A clean restart of an idle primary
-   * keeps its generation, so the lineage grows only with runs that wrote.
+   * A primary starts a new generation of its data at every start, right after its journal head
+   * and before it takes a write. The shipper sends records before they are synced (the replica
+   * syncs them itself), so a primary that lost power can come back at a head below what its
+   * replica holds, and would number its next writes like the lost ones; a data directory restored
+   * from a backup does the same, and shows no sign of it (its last stop was clean). The new
+   * generation tells the replica where this history forks from the one it holds: the handshake
+   * (replica.ts acceptPrimary) saves the records past the head aside and resyncs only differing
+   * blocks; a replica that holds nothing past the head finds a prefix and just goes on. One
+   * lineage entry per start: the cost of not having to tell a restored backup from a restart.
    */
   private async startGeneration(head: number, uncleanStop: boolean): Promise<void> {
-    const last = this.lineage[this.lineage.length - 1];
-    if (head < last.fromSeq && !uncleanStop) return;
     const lineage = [...this.lineage, newGeneration(head + 1)];
     await LineageFile.in(this.dataDir.root).save(lineage);
     this.lineage = lineage;
@@ -754,7 +762,8 @@ export class Appliance {
     if (link?.connected && !force && !automatic) {
       throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${link.primarySiteId}) is connected to this replica right now, last heard ${Math.round(this.receiver!.silentMs())} ms ago: promoting would leave two sites accepting writes. Stop the primary, or for a planned switch demote it first; --force promotes anyway`);
     }
-    if (!force && !automatic) await this.awaitPrimarySilence();
+    const heardAt = !force && !automatic ? await this.awaitPrimarySilence() : undefined;
+    if (!force && !automatic && this.config.witness) await this.takeLeaseForPromotion(this.config.witness.addresses);
     const state = store.syncState();
     if (state === 'syncing' && !force) {
       throw new OffsiteError('REPLICA_SYNCING', 'the replica is still syncing (not consistent): promoting would expose a mixed state; use --force to promote anyway');
@@ -769,10 +778,16 @@ export class Appliance {
     // A copy being retired finishes first; then no removal told by the old primary applies any more.
     await this.retiring;
     await store.forgetPrimaryRemovals();
-    if (this.receiver) await this.receiver.close();
+    const receiver = this.receiver;
+    if (receiver) await receiver.close();
     this.receiver = undefined;
     let back: Awaited<ReturnType<ReplicaStore['rewindForPromotion']>> | undefined;
     try {
+      // The primary came back between the silence check and the close (the steps in between can
+      // take a while): refused, and this site receives again.
+      if (heardAt !== undefined && receiver && receiver.stats().lastContactMs !== heardAt) {
+        throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${receiver.stats().primarySiteId}) connected to this replica while the promotion was getting ready: promoting would leave two sites accepting writes. --force promotes anyway`);
+      }
       // A delta sync staged over a consistent point: committed when complete (everything through
       // its consistent point is stored here: the newest consistent state), else given up (the
       // volumes hold the point it was staged over).
@@ -814,9 +829,9 @@ export class Appliance {
    * a lease on its last pong (startLeaseKeeper), so by then it refuses writes, as for an automatic
    * takeover. Without one, promoteQuietMs(). Waits for it; refused if the primary comes back.
    */
-  private async awaitPrimarySilence(): Promise<void> {
+  private async awaitPrimarySilence(): Promise<number | undefined> {
     const receiver = this.receiver;
-    if (!receiver) return;
+    if (!receiver) return undefined;
     const quietMs = this.config.witness ? witnessLeaseMs() : promoteQuietMs();
     let logged = false;
     for (;;) {
@@ -825,11 +840,44 @@ export class Appliance {
       if (link.connected) {
         throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${link.primarySiteId}) is connected to this replica right now, last heard ${Math.round(silent)} ms ago: promoting would leave two sites accepting writes. Stop the primary, or for a planned switch demote it first; --force promotes anyway`);
       }
-      if (silent >= quietMs) return;
+      if (silent >= quietMs) return link.lastContactMs;
       if (!logged) this.logger.info({ silentMs: Math.round(silent), quietMs }, 'promote: waiting until the primary has been silent long enough');
       logged = true;
       await new Promise((r) => setTimeout(r, Math.min(100, quietMs - silent)));
     }
+  }
+
+  /**
+   * An operator's promote with a witness takes the lease first, as an automatic takeover does
+   * (role replica, a claim): the witness grants it only a whole lease after the primary last
+   * renewed. A primary that still renews (cut off from this replica only) keeps it, and the
+   * promote is refused: promoted anyway, this site would wait fenced while the old primary went on
+   * acknowledging writes that the promoted history never gets. No usable answer: refused too.
+   */
+  private async takeLeaseForPromotion(witnesses: string[]): Promise<void> {
+    const leaseMs = witnessLeaseMs();
+    // A primary that just stopped holds its lease for up to one more: asked again until then.
+    const deadline = Date.now() + leaseMs * 1.5;
+    for (;;) {
+      const { answer, votes } = await requestQuorumLease(witnesses, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs);
+      this.fence.votes = votes;
+      if (answer?.granted) {
+        this.logger.warn({ witness: witnesses.join(','), granted: votes.filter((v) => v.vote === 'granted').length }, 'promote: the witness granted this site the lease');
+        return;
+      }
+      if (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, Math.min(Math.max(50, (answer?.expiresInMs ?? leaseMs / 4) + 20), leaseMs / 2)));
+        continue;
+      }
+      this.refuseLease(answer);
+    }
+  }
+
+  private refuseLease(answer: LeaseAnswer | undefined): never {
+    if (answer) {
+      throw new OffsiteError('PRIMARY_HOLDS_LEASE', `the witness lease is held by ${answer.holder ?? "another site"}, renewed for longer than a lease while this promote waited: the primary is alive and renewing it (cut off from this replica only). Promoting would leave it acknowledging writes this site never gets; stop it, or --force promotes anyway`);
+    }
+    throw new OffsiteError('WITNESS_UNREACHABLE', 'no usable answer from the witness (see the log for why): this site cannot tell whether the primary still holds the lease; --force promotes anyway');
   }
 
   /**
@@ -1382,10 +1430,11 @@ export class Appliance {
         await step(`close ${name}`, () => s.volume.close(), closeFailed('volume close failed', { volume: name }));
       }
       if (this.journal) await step('journal', () => this.journal!.close(), closeFailed('journal close failed'));
-      // The pid file goes only after a clean close: left behind, it tells the next start that
-      // records may be missing (startGeneration).
-      if (synced) await step('unlock', () => this.dataDir.unlock());
-      else this.logger.warn('the journal did not close cleanly: the next start treats this stop as unclean');
+      // The pid file goes only after a clean close of a site that started: left behind, it
+      // tells the next start that records may be missing (startGeneration, repairDue). A start
+      // that failed part-way may not have recorded what an earlier unclean stop called for.
+      if (synced && this.opened) await step('unlock', () => this.dataDir.unlock());
+      else if (!synced) this.logger.warn('the journal did not close cleanly: the next start treats this stop as unclean');
       this.stopStep = 'done';
       this.logger.info('appliance stopped');
     })();

@@ -5,7 +5,7 @@
  * (stops acknowledging writes) well before its lease runs out when it can reach neither the
  * witness nor its replica, so the two never accept writes at the same time.
  *
- *   POST /lease {siteId, role, timeMs, epoch?} → 200 {granted: true, expiresAt, leaseMs, epoch}
+ *   POST /lease {siteId, role, timeMs, epoch?, renewing?} → 200 {granted: true, expiresAt, leaseMs, epoch}
  *                                               | 409 {granted: false, holder, expiresInMs, leaseMs, superseded?}
  *   GET  /status                        → the current holder
  *   GET  /metrics                       → Prometheus metrics (when the ops layer supplies them)
@@ -14,8 +14,10 @@
  * witness's start). A grant names the epoch; a site renewing a lease it held sends that epoch,
  * and is refused (`superseded`) once the lease has passed to another site since, even after that
  * site's lease ran out: an old primary that was cut off while a replica took over (and whose own
- * promotion may be slow to renew) never gets the lease back by asking again. Only a claim without
- * an epoch (a replica taking over, a site just promoted, a new site) may take an expired lease.
+ * promotion may be slow to renew) never gets the lease back by asking again. A site renewing
+ * through several witnesses says so (`renewing`) also to a witness that gave it no epoch, which
+ * then refuses it too if another site has held the lease there. Only a claim (a replica taking
+ * over, a site just promoted, a new site) may take an expired lease.
  *
  * A witness that (re)starts knows no holder, while the last one's lease may still run: for one
  * lease after its start it grants nothing (503 WITNESS_STARTING, which the sites treat like an
@@ -107,16 +109,23 @@ export class LeaseBook {
   ) {}
 
   /**
-   * `epoch`: the one this site was granted when it last held the lease (a renewal), or undefined
-   * (a claim). A renewal whose epoch this witness gave is refused once another site has held the
-   * lease since; one from an earlier incarnation of the witness counts as a claim.
+   * `epoch`: the one this site was granted when it last held the lease here; `renewing`: the
+   * site holds (or held) the lease since its last promotion, through this witness or others.
+   * Neither: a claim (a replica taking over, a site just promoted, a new one), which may take an
+   * expired lease. A renewal is refused (superseded) when another site holds the lease here,
+   * even an expired one: another site took over at this witness, after this site's epoch began
+   * (or, with no epoch of this witness's, at a time nothing orders against this site's turn).
    */
-  request(siteId: string, role: string, now: number, epoch?: string): LeaseVerdict {
+  request(siteId: string, role: string, now: number, epoch?: string, renewing = false): LeaseVerdict {
     if (now < this.quietUntil) return { granted: false, quietForMs: this.quietUntil - now };
     const h = this.holder;
     if (h && h.siteId !== siteId) {
       if (h.expiresAt > now) return { granted: false, holder: h };
-      if (epoch !== undefined && epoch.startsWith(`${this.incarnation}:`) && epoch !== h.epoch) return { granted: false, holder: h, superseded: true };
+      const ours = epoch !== undefined && epoch.startsWith(`${this.incarnation}:`);
+      // A renewal under one of our epochs: the lease has moved on since. A renewal with none of
+      // ours (the site holds the lease through other witnesses, or ours is from before a restart):
+      // another site held it here, and nothing says that was before this site's turn.
+      if (ours || renewing) return { granted: false, holder: h, superseded: true };
     }
     const same = !!h && h.siteId === siteId;
     const takeover = !!h && !same;
@@ -178,7 +187,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         }
         requestMac = given;
       }
-      let msg: { siteId?: unknown; role?: unknown; timeMs?: unknown; epoch?: unknown };
+      let msg: { siteId?: unknown; role?: unknown; timeMs?: unknown; epoch?: unknown; renewing?: unknown };
       try {
         msg = JSON.parse(body) as typeof msg;
       } catch {
@@ -204,7 +213,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         stats.refused.bad_request++;
         return reply(400, { error: 'epoch must be a string' });
       }
-      const r = book.request(msg.siteId, String(msg.role ?? ''), t, msg.epoch);
+      const r = book.request(msg.siteId, String(msg.role ?? ''), t, msg.epoch, msg.renewing === true);
       if ('quietForMs' in r) {
         stats.refused.starting++;
         return reply(503, { granted: false, code: 'WITNESS_STARTING', error: `the witness started less than a lease ago: no grants for ${r.quietForMs} ms more`, retryInMs: r.quietForMs });
@@ -258,10 +267,10 @@ export type LeaseAnswer = { granted: boolean; holder?: string; expiresInMs?: num
  * Ask the witness for (or renew) the lease, signed with `key` when given. No usable answer
  * (unreachable, refused, an answer that is not the witness's): undefined, and `problem` says why.
  */
-export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number, epoch?: string): Promise<LeaseAnswer | undefined> {
+export async function requestLease(witness: string, siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number, epoch?: string, renewing = false): Promise<LeaseAnswer | undefined> {
   // Strictly increasing, even within a millisecond: the witness takes no request twice.
   const timeMs = (lastRequestTime = Math.max(Date.now(), lastRequestTime + 1));
-  const body = JSON.stringify(epoch === undefined ? { siteId, role, timeMs } : { siteId, role, timeMs, epoch });
+  const body = JSON.stringify({ siteId, role, timeMs, ...(epoch === undefined ? {} : { epoch }), ...(renewing ? { renewing } : {}) });
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   const mac = key ? witnessMac(key, 'request', body) : '';
   if (key) headers[MAC_HEADER] = mac;
@@ -316,7 +325,9 @@ export type WitnessVote = { address: string; vote: 'granted' | 'refused' | 'none
  * this is exactly that witness's answer.
  */
 export async function requestQuorumLease(witnesses: readonly string[], siteId: string, role: string, timeoutMs: number, key?: Buffer, problem?: (why: string) => void, leaseMs?: number, epochs?: Readonly<Record<string, string>>): Promise<{ answer: LeaseAnswer | undefined; votes: WitnessVote[]; epochs: Record<string, string> }> {
-  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem, leaseMs, epochs?.[w])));
+  // A site that holds epochs renews everywhere, also where it has none (see LeaseBook.request).
+  const renewing = !!epochs && Object.keys(epochs).length > 0;
+  const answers = await Promise.all(witnesses.map((w) => requestLease(w, siteId, role, timeoutMs, key, problem, leaseMs, epochs?.[w], renewing)));
   const votes: WitnessVote[] = answers.map((a, i) => ({ address: witnesses[i], vote: a === undefined ? 'none' : a.granted ? 'granted' : 'refused', ...(a && !a.granted && a.holder ? { holder: a.holder } : {}), ...(a?.superseded ? { superseded: true } : {}) }));
   /** The epoch each granting witness named (the site's to send with its next renewal there). */
   const granted: Record<string, string> = {};

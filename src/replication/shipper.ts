@@ -605,6 +605,10 @@ export class Shipper {
       this.state.syncsStarted++;
       link.send(FrameType.SyncStart, { fromSeq, resume: false });
     }
+    // Under way from here: the acknowledged point is the sync's from now on, which the replica
+    // reaches only when the copy ends (the RPO counts from before it: appliance/replication.ts).
+    this.state.syncing = true;
+    this.state.syncConsistentSeq = 0;
     // Records after fromSeq must stay until the replica has them (trim stops at the acked sequence).
     source.replicaAcked(fromSeq);
     this.state.ackedSeq = fromSeq;
@@ -616,24 +620,30 @@ export class Shipper {
       if (this.stopped) throw new ReplicationError(Code.Handshake, 'shipper stopping');
     };
     // The replica answers with its chunk hashes (or none, when its volumes are fresh).
-    while (!this.hashesDone) {
-      check();
-      if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
-      await Promise.race([this.waitForPoke(), sleep(200)]);
+    try {
+      while (!this.hashesDone) {
+        check();
+        if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
+        await Promise.race([this.waitForPoke(), sleep(200)]);
+      }
+    } catch (e) {
+      this.state.syncing = false;
+      throw e;
     }
     const theirs = new Map<string, { from: number; hashes: Buffer }>();
     for (const f of this.hashFrames) {
       const vol = String(f.meta.volume);
       const from = Number(f.meta.offset);
-      if (f.payload.length % 8 !== 0 || !Number.isSafeInteger(from) || from % SYNC_CHUNK_BYTES !== 0) throw new ReplicationError(Code.FrameMeta, `bad sync hashes for ${vol}`);
+      if (f.payload.length % 8 !== 0 || !Number.isSafeInteger(from) || from % SYNC_CHUNK_BYTES !== 0) {
+        this.state.syncing = false;
+        throw new ReplicationError(Code.FrameMeta, `bad sync hashes for ${vol}`);
+      }
       theirs.set(vol, { from, hashes: f.payload });
     }
     const volumes = [...source.volumes()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     const startIndex = cursor ? Math.max(0, volumes.findIndex((v) => v.name === cursor!.volume)) : 0;
     let remaining = 0;
     for (let i = startIndex; i < volumes.length; i++) remaining += volumes[i].sizeBytes - (i === startIndex && cursor ? cursor.offsetBytes : 0);
-    this.state.syncing = true;
-    this.state.syncConsistentSeq = 0;
     this.state.syncTotalBytes = this.state.syncRemainingBytes = remaining;
     logger.info({ fromSeq, resumed: !!cursor, bytesToScan: remaining, compareHashes: theirs.size > 0 }, 'sync start');
     const zero = Buffer.alloc(SYNC_CHUNK_BYTES);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { LeaseBook, requestLease, startWitness } from '../../src/appliance/witness';
+import { LeaseBook, requestLease, requestQuorumLease, startWitness } from '../../src/appliance/witness';
 import { createLogger } from '../../src/ops/logging';
 import { removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
@@ -41,6 +41,33 @@ test('a renewal under an epoch the lease has moved on from is refused (supersede
   // A claim takes an expired lease (a promoted site).
   const d = book.request('site-a', 'primary', 9000);
   assert.ok(d.granted && d.takeover && d.lease.epoch === 'w1:3');
+});
+
+test('several witnesses: an old primary cannot gather a new majority through a witness that gave it no epoch but another site held since', async () => {
+  const logger = createLogger('silent');
+  const ws = await Promise.all([0, 1, 2].map(() => startWitness('127.0.0.1', 0, { leaseMs: 800, logger, quietMs: 0 })));
+  const at = ws.map((w) => `127.0.0.1:${w.address.port}`);
+  try {
+    // A holds the lease through the first two (the third unreachable for it): its epochs name those two.
+    const a = await requestQuorumLease(at.slice(0, 2).concat('127.0.0.1:1'), 'site-a', 'primary', 500, undefined, undefined, 800);
+    assert.equal(a.answer?.granted, true);
+    assert.deepEqual(Object.keys(a.epochs).sort(), at.slice(0, 2).sort());
+    // A is cut off; its leases run out; B takes over through the second and the third.
+    await new Promise((res) => setTimeout(res, 900));
+    const b = await requestQuorumLease(['127.0.0.1:1', at[1], at[2]], 'site-b', 'replica', 500, undefined, undefined, 800);
+    assert.equal(b.answer?.granted, true);
+    // B falls silent; its leases run out too. A asks everywhere, renewing.
+    await new Promise((res) => setTimeout(res, 900));
+    const again = await requestQuorumLease(at, 'site-a', 'primary', 500, undefined, undefined, 800, a.epochs);
+    assert.equal(again.answer?.granted, false, `the old primary got a majority back: ${JSON.stringify(again.votes)}`);
+    assert.equal(again.answer?.superseded, true);
+    assert.deepEqual(again.votes.map((v) => v.vote), ['granted', 'refused', 'refused']);
+    assert.ok(again.votes[2].superseded, 'the witness that never gave A an epoch refused it as superseded');
+    // A claim (a site just promoted, no epochs) may still take the expired lease there.
+    assert.equal((await requestLease(at[2], 'site-c', 'primary', 500))?.granted, true);
+  } finally {
+    await Promise.all(ws.map((w) => w.close()));
+  }
 });
 
 test('a primary restarted after another site took the lease over stays fenced though that site\'s lease ran out', { timeout: 60_000 }, async () => {
