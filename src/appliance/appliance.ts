@@ -8,7 +8,7 @@ import { createScsiTarget, naaDesignator } from '../scsi';
 import type { Logger } from '../common/logger';
 import { formatHostPort, type HostPort } from '../common/units';
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, mkdir, unlink } from 'node:fs/promises';
+import { copyFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { TestCopyVolume } from '../volume/test-copy';
 import { Journal } from '../journal/wal';
@@ -21,7 +21,7 @@ import type { Volume } from '../volume/volume';
 import { Receiver } from '../replication/receiver';
 import { readLinkKey, type LinkKey } from '../replication/link-security';
 import { ReplicaStore } from './replica';
-import { LineageFile, newGeneration, type Lineage } from './lineage';
+import { LineageFile, newGeneration, type Generation, type Lineage } from './lineage';
 import { elapsedMaxMs, instant, type Instant } from '../common/clock';
 import { requestQuorumLease, witnessLeaseMs, witnessMajority, type LeaseAnswer, type WitnessVote } from './witness';
 import { clearWitnessEpochs, loadWitnessEpochs, saveWitnessEpochs, type WitnessEpochs } from './witness-epochs';
@@ -33,7 +33,7 @@ import { moveRemovedAside, recordRemovedVolume, removedDirName, removedVolumes, 
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus, type ReplicationPause } from './replication';
 import { VerifyError, type VerifyRequest, type VerifyStatus } from '../replication/verify';
-import { readJsonFile, writeJsonFile } from '../common/json-file';
+import { readJsonFile, removeJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
 
@@ -277,8 +277,7 @@ export class Appliance {
     }
     if (this.journal && this.lineage.length === 0) {
       // The first generation of this data: it starts with the first write ever journaled here.
-      this.lineage = [newGeneration(1)];
-      await LineageFile.in(this.dataDir.root).save(this.lineage);
+      await this.pushGeneration(1);
     } else if (this.journal) {
       await this.startGeneration(this.journal.headSeq(), uncleanStop);
     }
@@ -469,31 +468,29 @@ export class Appliance {
       const { answer: r, votes, epochs: got } = await requestQuorumLease(witnesses, siteId, 'primary', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs, epochs);
       this.fence.votes = votes;
       this.fence.witnessReachable = r !== undefined;
-      if (r?.superseded && !this.fence.takenOver) {
-        this.logger.error({ holder: r.holder }, 'the witness gave the lease to another site since this site held it: this site was taken over (demote it and resync it as a replica)');
+      const takenOver = (why: string, reason: string) => {
+        if (this.fence.takenOver) return; // another tick got there first
+        this.logger.error({ holder: r?.holder }, why);
         this.fence.takenOver = true;
-        this.fence.reason = `taken over by ${r.holder ?? 'another site'} (the witness lease passed to it since this site held it)`;
-        this.setFenced(true, this.fence.reason);
-      }
+        this.fence.reason = reason;
+        this.setFenced(true, reason);
+      };
       if (r?.granted && witnesses.some((w) => got[w] !== undefined && got[w] !== epochs[w])) {
         // Saved before the grant is used: a crash after it still renews with the new epochs.
         const next = { ...epochs, ...got };
         await saveWitnessEpochs(this.dataDir.root, next);
         epochs = next;
       }
-      if (this.fence.takenOver) {
-        // Fenced for good: nothing below may lift it.
+      if (r?.superseded) {
+        takenOver('the witness gave the lease to another site since this site held it: this site was taken over (demote it and resync it as a replica)', `taken over by ${r.holder ?? 'another site'} (the witness lease passed to it since this site held it)`);
       } else if (r?.granted) {
         // Counted from the asking: each witness granted no earlier, so its lease runs at least this long.
         if (!granted || asked.mono > granted.mono) granted = asked;
         heldBy = undefined;
       } else if (r && !granted) {
         heldBy = `${r.holder ?? 'another site'} for ${r.expiresInMs ?? '?'} ms more`;
-      } else if (r && !this.fence.takenOver) {
-        this.logger.error({ holder: r.holder }, 'another site holds the witness lease: this site was taken over');
-        this.fence.takenOver = true;
-        this.fence.reason = `taken over by ${r.holder ?? 'another site'}`;
-        this.setFenced(true, this.fence.reason);
+      } else if (r) {
+        takenOver('another site holds the witness lease: this site was taken over', `taken over by ${r.holder ?? 'another site'}`);
       }
       check();
     };
@@ -577,10 +574,17 @@ export class Appliance {
    * lineage entry per start: the cost of not having to tell a restored backup from a restart.
    */
   private async startGeneration(head: number, uncleanStop: boolean): Promise<void> {
-    const lineage = [...this.lineage, newGeneration(head + 1)];
+    const g = await this.pushGeneration(head + 1);
+    this.logger.info({ headSeq: head, uncleanStop, generation: g.id, generations: this.lineage.length }, 'new generation of this data: the next write is numbered right after the journal head');
+  }
+
+  /** Add a generation starting at `fromSeq` to this primary's lineage, saved before it counts. */
+  private async pushGeneration(fromSeq: number): Promise<Generation> {
+    const g = newGeneration(fromSeq);
+    const lineage = [...this.lineage, g];
     await LineageFile.in(this.dataDir.root).save(lineage);
     this.lineage = lineage;
-    this.logger.info({ headSeq: head, uncleanStop, generation: lineage[lineage.length - 1].id, generations: lineage.length }, 'new generation of this data: the next write is numbered right after the journal head');
+    return g;
   }
 
   /**
@@ -593,10 +597,8 @@ export class Appliance {
    */
   private async forkHistory(): Promise<void> {
     const last = this.lineage[this.lineage.length - 1];
-    const lineage = [...this.lineage, newGeneration(last.fromSeq)];
-    await LineageFile.in(this.dataDir.root).save(lineage);
-    this.lineage = lineage;
-    this.logger.warn({ fromSeq: last.fromSeq, forkedGeneration: last.id, generation: lineage[lineage.length - 1].id }, 'the replica holds records of this generation that this primary does not: a new generation starts at the same point, so that the replica resyncs from there');
+    const g = await this.pushGeneration(last.fromSeq);
+    this.logger.warn({ fromSeq: last.fromSeq, forkedGeneration: last.id, generation: g.id }, 'the replica holds records of this generation that this primary does not: a new generation starts at the same point, so that the replica resyncs from there');
   }
 
   /**
@@ -616,9 +618,7 @@ export class Appliance {
     return {
       since,
       done: async () => {
-        await unlink(file).catch((e: NodeJS.ErrnoException) => {
-          if (e.code !== 'ENOENT') throw e;
-        });
+        await removeJsonFile(file);
         this.logger.info({ since }, 'the repair run after the unclean stop is done');
       },
     };
@@ -759,9 +759,7 @@ export class Appliance {
     const store = this.replicaStore;
     if (!store) throw new OffsiteError('NOT_REPLICA', 'this site is not a replica: nothing to promote');
     const link = this.receiver?.stats();
-    if (link?.connected && !force && !automatic) {
-      throw new OffsiteError('PRIMARY_CONNECTED', `the primary (site ${link.primarySiteId}) is connected to this replica right now, last heard ${Math.round(this.receiver!.silentMs())} ms ago: promoting would leave two sites accepting writes. Stop the primary, or for a planned switch demote it first; --force promotes anyway`);
-    }
+    // Refused at once while the primary is connected (awaitPrimarySilence).
     const heardAt = !force && !automatic ? await this.awaitPrimarySilence() : undefined;
     if (!force && !automatic && this.config.witness) await this.takeLeaseForPromotion(this.config.witness.addresses);
     const state = store.syncState();

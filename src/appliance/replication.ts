@@ -387,7 +387,6 @@ export class PrimaryReplication {
     return { ...this.verifier.status(), scheduleEverySeconds: (this.opts.verifyEveryMs ?? 0) / 1000, nextScheduledAt: next === undefined ? undefined : new Date(next).toISOString() };
   }
 
-  /** Start the scheduled verify when it is due and the replica is there to compare with (else: as soon as it is). */
   /**
    * After an unclean stop of this primary the images may hold a write whose record the journal
    * lost (the two reach the disk independently): the replica never gets it, and would differ
@@ -410,19 +409,14 @@ export class PrimaryReplication {
     if (this.verifier.running || this.pausedBy) return true;
     const s = this.shipper.stats();
     if (!s.connected || s.syncing) return true;
-    try {
-      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, true, 'unclean-stop');
+    if (this.startRun('unclean-stop', 'the repair run after an unclean stop could not start (tried again)')) {
       this.repairRunning = true;
-      this.scheduleRefusal = '';
       this.opts.logger.warn({ since: due.since }, 'repair run after an unclean stop: comparing every volume with the replica (an image may hold a write whose record was lost)');
-    } catch (e) {
-      const why = (e as Error).message;
-      if (why !== this.scheduleRefusal) this.opts.logger.warn({ err: e }, 'the repair run after an unclean stop could not start (tried again)');
-      this.scheduleRefusal = why;
     }
     return true;
   }
 
+  /** Start the scheduled verify when it is due and the replica is there to compare with (else: as soon as it is). */
   private checkSchedule(): void {
     if (this.checkRepairDue()) return;
     const due = this.nextVerifyAt();
@@ -430,13 +424,20 @@ export class PrimaryReplication {
     if (due === undefined || this.verifier.running || this.pausedBy || Date.now() < due) return;
     const s = this.shipper.stats();
     if (!s.connected || s.syncing) return;
+    this.startRun('schedule', 'scheduled verify could not start');
+  }
+
+  /** A run over every volume this site starts itself (a repair one after an unclean stop); a refusal is logged once per reason. */
+  private startRun(trigger: 'schedule' | 'unclean-stop', refused: string): boolean {
     try {
-      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, false, 'schedule');
+      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, trigger === 'unclean-stop', trigger);
       this.scheduleRefusal = '';
+      return true;
     } catch (e) {
       const why = (e as Error).message;
-      if (why !== this.scheduleRefusal) this.opts.logger.warn({ err: e }, 'scheduled verify could not start');
+      if (why !== this.scheduleRefusal) this.opts.logger.warn({ err: e }, refused);
       this.scheduleRefusal = why;
+      return false;
     }
   }
 

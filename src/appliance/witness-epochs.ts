@@ -5,8 +5,7 @@
  * A promotion clears them: the promoted site claims the lease, and learns its own epochs.
  */
 import path from 'node:path';
-import { promises as fsp } from 'node:fs';
-import { readJsonFile, syncPath, writeJsonFile } from '../common/json-file';
+import { readJsonFile, removeJsonFile, writeJsonFile } from '../common/json-file';
 
 export type WitnessEpochs = Record<string, string>;
 
@@ -32,12 +31,6 @@ export function saveWitnessEpochs(dataDir: string, epochs: WitnessEpochs): Promi
   return writeJsonFile(file(dataDir), { epochs, savedAt: new Date().toISOString() });
 }
 
-export async function clearWitnessEpochs(dataDir: string): Promise<void> {
-  try {
-    await fsp.unlink(file(dataDir));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw e;
-  }
-  await syncPath(path.dirname(file(dataDir)));
+export function clearWitnessEpochs(dataDir: string): Promise<void> {
+  return removeJsonFile(file(dataDir));
 }

@@ -19,6 +19,17 @@ export async function writeJsonFile(file: string, value: unknown): Promise<void>
   await syncPath(path.dirname(file)); // the rename durable too (a power cut keeps the new content)
 }
 
+/** Remove a state file (gone already: nothing to do), the removal durable like writeJsonFile's rename. */
+export async function removeJsonFile(file: string): Promise<void> {
+  try {
+    await fsp.unlink(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  await syncPath(path.dirname(file));
+}
+
 /** fsync a file or a directory (its entries) by path. */
 export async function syncPath(p: string): Promise<void> {
   const fh = await fsp.open(p, 'r');

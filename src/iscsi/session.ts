@@ -238,8 +238,9 @@ export class Session {
       this.logger.info({ cmdSN: sn, itt: P.itt(pdu.bhs) }, 'command aborted before it arrived discarded');
       return;
     }
-    if (!held && (P.snLessThan(this.expCmdSN, sn) || sn === this.expCmdSN) && P.snLessOrEqual(sn, this.maxCmdSN)) {
-      // Ahead of a gap: hold until the missing commands arrive. (The reader hands over each
+    if (!held && P.snLessOrEqual(this.expCmdSN, sn) && P.snLessOrEqual(sn, this.maxCmdSN)) {
+      // Ahead of a gap (or at ExpCmdSN behind a released task set function's barrier): hold until
+      // the missing commands arrive or the function has acted. (The reader hands over each
       // PDU's buffers: a new BHS every PDU, the data segment from the pool, now the session's.)
       this.held.set(sn, pdu);
       if (op === InitiatorOp.ScsiCommand && (pdu.bhs[1] & CMD_WRITE) !== 0 && (pdu.bhs[1] & FINAL_BIT) === 0) {
@@ -282,8 +283,6 @@ export class Session {
       if (this.heldDataOut.size && P.opcode(next.bhs) === InitiatorOp.ScsiCommand) this.replayHeldDataOut(P.itt(next.bhs), sn);
     }
   }
-
-
 
   /** The Data-Out that came while the command (`itt`, `sn`) was held, to `dataOut` in arrival order. */
   private replayHeldDataOut(itt: number, sn: number): void {

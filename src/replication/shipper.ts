@@ -328,9 +328,10 @@ export class Shipper {
    * where they parted differ from the ones this primary numbers the same. Where the source can
    * fork its history (a new generation at the current one's start), it does, and the next
    * handshake makes the replica resync from there (once: a replica still ahead then is refused).
-   * Otherwise, or if that fails, the refusal is sticky: it holds while the replica reports anything past the head first seen here, however
-   * far this primary's head has moved on since (resuming at the replica's point would skip the
-   * differing records), and ends when the replica comes back at or below it.
+   * Otherwise, or if that fails, the refusal is sticky: it holds while the replica reports
+   * anything past the head first seen here, however far this primary's head has moved on since
+   * (resuming at the replica's point would skip the differing records), and ends when the replica
+   * comes back at or below it.
    */
   private async checkNotAhead(source: ShipperSource, replicaSiteId: string, durable: number, head: number): Promise<void> {
     const seen = this.aheadReplica;
@@ -591,6 +592,19 @@ export class Shipper {
    * journal: records after `fromSeq` replay whatever changed during the copy. Returns fromSeq.
    */
   private async syncImages(link: FramedLink, sync: SyncSource, cursor: SyncCursor | undefined, failed: () => Error | undefined): Promise<number> {
+    // Under way from the start: the acknowledged point becomes the sync's, which the replica
+    // reaches only when the copy ends (the RPO counts from before it: appliance/replication.ts).
+    this.state.syncing = true;
+    this.state.syncConsistentSeq = 0;
+    try {
+      return await this.copyImages(link, sync, cursor, failed);
+    } finally {
+      this.state.syncing = false;
+    }
+  }
+
+  /** syncImages' work, with the sync marked under way. */
+  private async copyImages(link: FramedLink, sync: SyncSource, cursor: SyncCursor | undefined, failed: () => Error | undefined): Promise<number> {
     const { source, logger } = this.opts;
     let fromSeq: number;
     this.hashFrames = [];
@@ -605,10 +619,6 @@ export class Shipper {
       this.state.syncsStarted++;
       link.send(FrameType.SyncStart, { fromSeq, resume: false });
     }
-    // Under way from here: the acknowledged point is the sync's from now on, which the replica
-    // reaches only when the copy ends (the RPO counts from before it: appliance/replication.ts).
-    this.state.syncing = true;
-    this.state.syncConsistentSeq = 0;
     // Records after fromSeq must stay until the replica has them (trim stops at the acked sequence).
     source.replicaAcked(fromSeq);
     this.state.ackedSeq = fromSeq;
@@ -620,24 +630,16 @@ export class Shipper {
       if (this.stopped) throw new ReplicationError(Code.Handshake, 'shipper stopping');
     };
     // The replica answers with its chunk hashes (or none, when its volumes are fresh).
-    try {
-      while (!this.hashesDone) {
-        check();
-        if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
-        await Promise.race([this.waitForPoke(), sleep(200)]);
-      }
-    } catch (e) {
-      this.state.syncing = false;
-      throw e;
+    while (!this.hashesDone) {
+      check();
+      if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
+      await Promise.race([this.waitForPoke(), sleep(200)]);
     }
     const theirs = new Map<string, { from: number; hashes: Buffer }>();
     for (const f of this.hashFrames) {
       const vol = String(f.meta.volume);
       const from = Number(f.meta.offset);
-      if (f.payload.length % 8 !== 0 || !Number.isSafeInteger(from) || from % SYNC_CHUNK_BYTES !== 0) {
-        this.state.syncing = false;
-        throw new ReplicationError(Code.FrameMeta, `bad sync hashes for ${vol}`);
-      }
+      if (f.payload.length % 8 !== 0 || !Number.isSafeInteger(from) || from % SYNC_CHUNK_BYTES !== 0) throw new ReplicationError(Code.FrameMeta, `bad sync hashes for ${vol}`);
       theirs.set(vol, { from, hashes: f.payload });
     }
     const volumes = [...source.volumes()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -650,76 +652,72 @@ export class Shipper {
     const zeroHash = chunkHash(zero);
     let lastPing = 0;
     let lastLog = Date.now();
-    try {
-      for (let vi = startIndex; vi < volumes.length; vi++) {
-        const v = volumes[vi];
-        const hashes = theirs.get(v.name);
-        let off = vi === startIndex && cursor ? cursor.offsetBytes - (cursor.offsetBytes % SYNC_CHUNK_BYTES) : 0;
-        const WINDOW = 64 << 20;
-        while (off < v.sizeBytes) {
-          const windowEnd = Math.min(v.sizeBytes, off + WINDOW);
-          const extents = await sync.allocated(v.name, off, windowEnd - off);
-          for (let chunk = off; chunk < windowEnd; chunk += SYNC_CHUNK_BYTES) {
-            check();
-            // Paused: the sync holds its place (the link stays up, pinged) until shipping resumes.
-            if (this.pausedFlag) {
-              logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes }, 'sync paused');
-              this.sendPing(link); // the replica hears of the pause at once
-              lastPing = Date.now();
-              while (this.pausedFlag) {
-                check();
-                if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Date.now() - this.lastHeardMs} ms`);
-                if (Date.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
-                  lastPing = Date.now();
-                  this.sendPing(link);
-                }
-                await Promise.race([this.waitForPoke(), sleep(Math.min(this.opts.pingIntervalMs ?? 1000, 250))]);
+    for (let vi = startIndex; vi < volumes.length; vi++) {
+      const v = volumes[vi];
+      const hashes = theirs.get(v.name);
+      let off = vi === startIndex && cursor ? cursor.offsetBytes - (cursor.offsetBytes % SYNC_CHUNK_BYTES) : 0;
+      const WINDOW = 64 << 20;
+      while (off < v.sizeBytes) {
+        const windowEnd = Math.min(v.sizeBytes, off + WINDOW);
+        const extents = await sync.allocated(v.name, off, windowEnd - off);
+        for (let chunk = off; chunk < windowEnd; chunk += SYNC_CHUNK_BYTES) {
+          check();
+          // Paused: the sync holds its place (the link stays up, pinged) until shipping resumes.
+          if (this.pausedFlag) {
+            logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes }, 'sync paused');
+            this.sendPing(link); // the replica hears of the pause at once
+            lastPing = Date.now();
+            while (this.pausedFlag) {
+              check();
+              if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Date.now() - this.lastHeardMs} ms`);
+              if (Date.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
+                lastPing = Date.now();
+                this.sendPing(link);
               }
-              this.sendPing(link);
-              logger.info({ volume: v.name, remainingBytes: this.state.syncRemainingBytes }, 'sync resumed');
+              await Promise.race([this.waitForPoke(), sleep(Math.min(this.opts.pingIntervalMs ?? 1000, 250))]);
             }
-            const len = Math.min(SYNC_CHUNK_BYTES, v.sizeBytes - chunk);
-            const mapped = extents.some((e) => e.mapped && e.offsetBytes < chunk + len && chunk < e.offsetBytes + e.lengthBytes);
-            let data: Buffer | undefined = mapped ? await sync.readImage(v.name, chunk, len) : undefined;
-            if (data && isZero(data)) data = undefined;
-            let send: boolean;
-            if (hashes) {
-              const idx = (chunk - hashes.from) / SYNC_CHUNK_BYTES;
-              const theirHash = idx >= 0 && (idx + 1) * 8 <= hashes.hashes.length ? hashes.hashes.subarray(idx * 8, idx * 8 + 8) : undefined;
-              const ours = data ? chunkHash(data) : len === SYNC_CHUNK_BYTES ? zeroHash : chunkHash(Buffer.alloc(len));
-              send = !theirHash || !theirHash.equals(ours);
-            } else send = data !== undefined;
-            if (send) {
-              const wire = link.send(FrameType.SyncChunk, { volume: v.name, offset: chunk, length: len, zero: data === undefined }, data, this.opts.compress ?? true);
-              this.state.syncChunksSent++;
-              this.state.syncBytesSent += wire;
-              await this.shaper.take(wire);
-              await link.drained();
-            } else this.state.syncChunksSkipped++;
-            this.state.syncRemainingBytes = Math.max(0, this.state.syncRemainingBytes - len);
-            const now = Date.now();
-            if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
-              lastPing = now;
-              this.sendPing(link);
-            }
-            if (now - lastLog >= 5000) {
-              lastLog = now;
-              logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped }, 'sync progress');
-            }
+            this.sendPing(link);
+            logger.info({ volume: v.name, remainingBytes: this.state.syncRemainingBytes }, 'sync resumed');
           }
-          off = windowEnd;
+          const len = Math.min(SYNC_CHUNK_BYTES, v.sizeBytes - chunk);
+          const mapped = extents.some((e) => e.mapped && e.offsetBytes < chunk + len && chunk < e.offsetBytes + e.lengthBytes);
+          let data: Buffer | undefined = mapped ? await sync.readImage(v.name, chunk, len) : undefined;
+          if (data && isZero(data)) data = undefined;
+          let send: boolean;
+          if (hashes) {
+            const idx = (chunk - hashes.from) / SYNC_CHUNK_BYTES;
+            const theirHash = idx >= 0 && (idx + 1) * 8 <= hashes.hashes.length ? hashes.hashes.subarray(idx * 8, idx * 8 + 8) : undefined;
+            const ours = data ? chunkHash(data) : len === SYNC_CHUNK_BYTES ? zeroHash : chunkHash(Buffer.alloc(len));
+            send = !theirHash || !theirHash.equals(ours);
+          } else send = data !== undefined;
+          if (send) {
+            const wire = link.send(FrameType.SyncChunk, { volume: v.name, offset: chunk, length: len, zero: data === undefined }, data, this.opts.compress ?? true);
+            this.state.syncChunksSent++;
+            this.state.syncBytesSent += wire;
+            await this.shaper.take(wire);
+            await link.drained();
+          } else this.state.syncChunksSkipped++;
+          this.state.syncRemainingBytes = Math.max(0, this.state.syncRemainingBytes - len);
+          const now = Date.now();
+          if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
+            lastPing = now;
+            this.sendPing(link);
+          }
+          if (now - lastLog >= 5000) {
+            lastLog = now;
+            logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped }, 'sync progress');
+          }
         }
+        off = windowEnd;
       }
-      check();
-      const consistentSeq = Math.max(fromSeq, source.headSeq());
-      // The primary time of that point: its newest record's, or now when that record is already trimmed.
-      link.send(FrameType.SyncDone, { fromSeq, consistentSeq, consistentTimeMs: source.timeOf(consistentSeq) ?? Date.now() });
-      this.state.syncsCompleted++;
-      this.state.syncConsistentSeq = consistentSeq;
-      logger.info({ fromSeq, consistentSeq, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped, wireBytes: this.state.syncBytesSent }, 'sync end: the journal takes over');
-    } finally {
-      this.state.syncing = false;
     }
+    check();
+    const consistentSeq = Math.max(fromSeq, source.headSeq());
+    // The primary time of that point: its newest record's, or now when that record is already trimmed.
+    link.send(FrameType.SyncDone, { fromSeq, consistentSeq, consistentTimeMs: source.timeOf(consistentSeq) ?? Date.now() });
+    this.state.syncsCompleted++;
+    this.state.syncConsistentSeq = consistentSeq;
+    logger.info({ fromSeq, consistentSeq, chunksSent: this.state.syncChunksSent, chunksSkipped: this.state.syncChunksSkipped, wireBytes: this.state.syncBytesSent }, 'sync end: the journal takes over');
     return fromSeq;
   }
 

@@ -90,35 +90,25 @@ async function lostTail(t: { diagnostic(s: string): void }, opts: { idleRestartB
   }
 }
 
-test('a primary restored from a backup (clean stops): its start begins a new generation and the replica resyncs from the backup point', { timeout: 180_000 }, async (t) => {
-  const { primaryLogs } = await lostTail(t, {
-    idleRestartBeforeSave: false,
-    killLastRun: false,
-    lose: (aDir, before) => copyDir(before, aDir),
-  });
-  assert.ok(primaryLogs.some((l) => l.msg === 'new generation of this data: the next write is numbered right after the journal head' && l.uncleanStop === false));
-});
+const NEW_GENERATION = 'new generation of this data: the next write is numbered right after the journal head';
 
-test('a primary that lost power after a run whose records were all unsynced: the pid file left behind begins a new generation', { timeout: 180_000 }, async (t) => {
-  const { primaryLogs } = await lostTail(t, {
-    idleRestartBeforeSave: true,
-    killLastRun: true,
-    // What the power loss keeps: the lineage and pid file (synced at the run's start); the
-    // journal and volumes as before the run (none of its writes reached the disk).
-    lose: (aDir, before) => {
-      for (const sub of ['journal', 'volumes']) copyDir(path.join(before, sub), path.join(aDir, sub));
-      assert.ok(existsSync(path.join(aDir, 'offsite.pid')));
-    },
-  });
-  assert.ok(primaryLogs.some((l) => l.msg === 'new generation of this data: the next write is numbered right after the journal head' && l.uncleanStop === true));
-});
+const restoreBackup: Lose = (aDir, before) => copyDir(before, aDir);
+/** What a power loss keeps: the lineage and pid file (synced at the run's start); the journal and volumes as before the run (none of its writes reached the disk). */
+const loseLastRun: Lose = (aDir, before) => {
+  for (const sub of ['journal', 'volumes']) copyDir(path.join(before, sub), path.join(aDir, sub));
+  assert.ok(existsSync(path.join(aDir, 'offsite.pid')));
+};
 
-test('a backup of an idle run restored (its last generation holds no record here, the replica has records of it): the new start\'s generation still makes the replica resync', { timeout: 180_000 }, async (t) => {
-  const { primaryLogs } = await lostTail(t, {
-    idleRestartBeforeSave: true,
-    killLastRun: false,
-    lose: (aDir, before) => copyDir(before, aDir),
+const CASES: { name: string; idleRestartBeforeSave: boolean; killLastRun: boolean; lose: Lose; uncleanStop: boolean; lineageCaughtIt?: boolean }[] = [
+  { name: 'a primary restored from a backup (clean stops): its start begins a new generation and the replica resyncs from the backup point', idleRestartBeforeSave: false, killLastRun: false, lose: restoreBackup, uncleanStop: false },
+  { name: 'a primary that lost power after a run whose records were all unsynced: the pid file left behind begins a new generation', idleRestartBeforeSave: true, killLastRun: true, lose: loseLastRun, uncleanStop: true },
+  { name: "a backup of an idle run restored (its last generation holds no record here, the replica has records of it): the new start's generation still makes the replica resync", idleRestartBeforeSave: true, killLastRun: false, lose: restoreBackup, uncleanStop: false, lineageCaughtIt: true },
+];
+
+for (const c of CASES) {
+  test(c.name, { timeout: 180_000 }, async (t) => {
+    const { primaryLogs } = await lostTail(t, c);
+    assert.ok(primaryLogs.some((l) => l.msg === NEW_GENERATION && l.uncleanStop === c.uncleanStop));
+    if (c.lineageCaughtIt) assert.ok(!primaryLogs.some((l) => l.msg === 'the replica is ahead of this primary in the same history (this primary lost records it had shipped)'), 'the lineage check, not the last-resort refusal, caught it');
   });
-  assert.ok(primaryLogs.some((l) => l.msg === 'new generation of this data: the next write is numbered right after the journal head' && l.uncleanStop === false));
-  assert.ok(!primaryLogs.some((l) => l.msg === 'the replica is ahead of this primary in the same history (this primary lost records it had shipped)'), 'the lineage check, not the last-resort refusal, caught it');
-});
+}
