@@ -33,6 +33,8 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { grantorNow } from '../common/clock';
+import { OffsiteError } from '../common/errors';
+import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { logGate, type Logger } from '../common/logger';
 
 export interface WitnessOptions {
@@ -46,14 +48,49 @@ export interface WitnessOptions {
   quietMs?: number;
   /** GET /metrics answers with this (the ops layer's Prometheus exposition); absent: 404. */
   metrics?: () => Promise<{ contentType: string; body: string }>;
+  /**
+   * Keep the lease book's state in this file (WitnessState), written durably at every change of
+   * holder before that change is answered, and read back at start. Absent: memory only.
+   */
+  stateFile?: string;
+}
+
+/** A state file that cannot be used (unreadable, not a witness's, or from a newer version). */
+export class WitnessStateError extends OffsiteError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('WITNESS_STATE_INVALID', message, options);
+  }
+}
+
+/** The state file's content checked field by field; undefined when there is no file yet. */
+export async function readWitnessState(file: string): Promise<WitnessState | undefined> {
+  let v: unknown;
+  try {
+    v = await readJsonFile(file);
+  } catch (e) {
+    throw new WitnessStateError(`witness state ${file} cannot be read: ${(e as Error).message} (move it aside to start with no memory of earlier holders)`, { cause: e });
+  }
+  if (v === undefined) return undefined;
+  const bad = (why: string) => new WitnessStateError(`witness state ${file} is not usable: ${why} (move it aside to start with no memory of earlier holders)`);
+  const o = v as Partial<Record<keyof WitnessState, unknown>>;
+  if (typeof v !== 'object' || v === null) throw bad('not a JSON object');
+  if (o.version !== 1) throw bad(`version ${JSON.stringify(o.version)}, this witness reads version 1`);
+  if (typeof o.incarnation !== 'string' || !/^[0-9a-zA-Z]+$/.test(o.incarnation)) throw bad('no incarnation');
+  if (!Number.isSafeInteger(o.holders) || (o.holders as number) < 0) throw bad('no count of holders');
+  const h = o.holder as Partial<Record<string, unknown>> | null | undefined;
+  if (h !== null) {
+    if (typeof h !== 'object' || h === undefined) throw bad('no holder (null for none)');
+    if (typeof h.siteId !== 'string' || !h.siteId || typeof h.role !== 'string' || typeof h.epoch !== 'string' || !h.epoch.startsWith(`${o.incarnation}:`) || typeof h.grantedAt !== 'number') throw bad('a holder without a site, role, epoch of this incarnation or grant time');
+  }
+  return { version: 1, incarnation: o.incarnation, holders: o.holders as number, holder: h === null ? null : { siteId: h.siteId as string, role: h.role as string, epoch: h.epoch as string, grantedAt: h.grantedAt as number } };
 }
 
 /** What a witness has answered since it started, by kind (for its metrics). */
 export interface WitnessStats {
   grants: number;
   takeovers: number;
-  /** Refused requests, by why: held (another site's lease runs), superseded (the lease moved on since this site held it), starting, unauthorized, clock, replay, bad_request. */
-  refused: Record<'held' | 'superseded' | 'starting' | 'unauthorized' | 'clock' | 'replay' | 'bad_request', number>;
+  /** Refused requests, by why: held (another site's lease runs), superseded (the lease moved on since this site held it), starting, unauthorized, clock, replay, bad_request, state (the state file could not be written). */
+  refused: Record<'held' | 'superseded' | 'starting' | 'unauthorized' | 'clock' | 'replay' | 'bad_request' | 'state', number>;
 }
 
 export interface RunningWitness {
@@ -96,17 +133,49 @@ export type LeaseVerdict =
   | { granted: false; holder: Lease; superseded?: boolean }
   | { granted: false; quietForMs: number };
 
+/**
+ * What a witness with `--state` keeps on disk: enough to go on deciding as before a restart. The
+ * incarnation and the count of holders keep epochs unique and the ones granted before valid; the
+ * last holder (no expiry: a restarted witness grants nothing for a lease, by which time whatever
+ * lease it had has run out) keeps a site the lease moved on from refused (superseded).
+ */
+export interface WitnessState {
+  version: 1;
+  incarnation: string;
+  holders: number;
+  holder: { siteId: string; role: string; epoch: string; grantedAt: number } | null;
+}
+
 /** Pure lease logic (kept apart from HTTP so it can be reasoned about and tested alone). */
 export class LeaseBook {
   holder?: Lease;
   private holders = 0;
+  /** Counts changes of holder: what a state file must catch up with. */
+  changes = 0;
 
-  /** `quietUntil`: no grants before this time (a restarted witness: see the top of this file). */
+  /**
+   * `quietUntil`: no grants before this time (a restarted witness: see the top of this file).
+   * `restored`: the state a previous run of this witness left (its incarnation then wins).
+   */
   constructor(
     private readonly leaseMs: number,
     private readonly quietUntil = 0,
     readonly incarnation: string = randomBytes(6).toString('hex'),
-  ) {}
+    restored?: WitnessState,
+  ) {
+    if (restored) {
+      this.incarnation = restored.incarnation;
+      this.holders = restored.holders;
+      // Its lease ran out by the end of the quiet time at the latest (grantedAt is from the old clock: kept as a label only).
+      if (restored.holder) this.holder = { ...restored.holder, expiresAt: quietUntil };
+    }
+  }
+
+  /** What a state file keeps (see WitnessState). */
+  state(): WitnessState {
+    const h = this.holder;
+    return { version: 1, incarnation: this.incarnation, holders: this.holders, holder: h ? { siteId: h.siteId, role: h.role, epoch: h.epoch, grantedAt: h.grantedAt } : null };
+  }
 
   /**
    * `epoch`: the one this site was granted when it last held the lease here; `renewing`: the
@@ -129,6 +198,7 @@ export class LeaseBook {
     }
     const same = !!h && h.siteId === siteId;
     const takeover = !!h && !same;
+    if (!same) this.changes++;
     this.holder = { siteId, role, expiresAt: now + this.leaseMs, grantedAt: same ? h.grantedAt : now, epoch: same ? h.epoch : `${this.incarnation}:${++this.holders}` };
     return { granted: true, lease: this.holder, takeover };
   }
@@ -136,8 +206,29 @@ export class LeaseBook {
 
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<RunningWitness> {
   const now = opts.now ?? grantorNow;
-  const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, superseded: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0 } };
-  const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs));
+  const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, superseded: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0, state: 0 } };
+  const restored = opts.stateFile ? await readWitnessState(opts.stateFile) : undefined;
+  const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs), undefined, restored);
+  if (opts.stateFile) {
+    const h = restored?.holder;
+    opts.logger.info({ stateFile: opts.stateFile, incarnation: book.incarnation, holder: h?.siteId, epoch: h?.epoch }, restored ? 'witness: state restored (the lease holders before this start are remembered)' : 'witness: no state file yet; starting one');
+  }
+  /** Changes of holder the state file holds; persisting: the write under way, if any. */
+  let saved = restored ? book.changes : -1;
+  let persisting: Promise<void> = Promise.resolve();
+  /** Resolves once the state file holds every change of holder made so far (it failed: rejects, and the next call writes again). */
+  const persist = (): Promise<void> => {
+    if (!opts.stateFile) return Promise.resolve();
+    persisting = persisting.catch(() => undefined).then(async () => {
+      const changes = book.changes;
+      if (changes === saved) return;
+      await writeJsonFile(opts.stateFile!, book.state());
+      saved = changes;
+    });
+    return persisting;
+  };
+  // The incarnation is fixed on disk before any epoch of it is handed out.
+  await persist();
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
@@ -219,12 +310,23 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         return reply(503, { granted: false, code: 'WITNESS_STARTING', error: `the witness started less than a lease ago: no grants for ${r.quietForMs} ms more`, retryInMs: r.quietForMs });
       }
       if (r.granted) {
-        stats.grants++;
         if (r.takeover) {
           stats.takeovers++;
           opts.logger.warn({ siteId: msg.siteId, role: msg.role }, 'witness: lease taken over (the previous holder stopped renewing)');
         }
-        return reply(200, { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs, epoch: r.lease.epoch });
+        const granted = { granted: true, expiresAt: r.lease.expiresAt, leaseMs: opts.leaseMs, epoch: r.lease.epoch };
+        // No grant is answered before the state file holds it (and every change of holder before it).
+        return void persist().then(
+          () => {
+            stats.grants++;
+            reply(200, granted);
+          },
+          (e: unknown) => {
+            stats.refused.state++;
+            opts.logger.error({ err: e, stateFile: opts.stateFile, siteId: msg.siteId }, 'witness: state file not written; the grant is not given');
+            reply(503, { granted: false, code: 'WITNESS_STATE', error: `the witness could not write its state file: ${(e as Error).message}` });
+          },
+        );
       }
       if (r.superseded) {
         stats.refused.superseded++;

@@ -445,7 +445,7 @@ export function witnessMetrics(witness: () => RunningWitness | undefined): { reg
   counter('offsite_witness_takeovers_total', 'Leases given to a site other than the previous holder, once that one stopped renewing.', (s) => s.takeovers);
   new client.Counter({
     name: 'offsite_witness_refused_total',
-    help: 'Lease requests refused, by reason: held (another site holds the lease), starting (first lease after a start), unauthorized, clock, replay, bad_request.',
+    help: 'Lease requests refused, by reason: held (another site holds the lease), superseded (the lease moved on since the asking site held it), starting (first lease after a start), unauthorized, clock, replay, bad_request, state (a grant not given: the --state file could not be written).',
     labelNames: ['reason'],
     registers: [registry],
     collect() {

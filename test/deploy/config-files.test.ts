@@ -252,7 +252,7 @@ test('docker-compose: each offsite service resolves (its mounted site file + its
   assert.equal(sites['site-a'].replication.replicateTo?.host, 'site-b', 'site-a replicates to the site-b service by name');
 });
 
-test('docker-compose with deploy/docker-compose.witness.yml: a witness service runs the image\'s witness command with the key the keys service writes; the sites resolve with it; run here, the witness grants site-a its lease and its healthcheck passes', { skip: !have('docker-compose') && 'docker-compose is not installed (make test installs it)', timeout: 60_000 }, async () => {
+test('docker-compose with deploy/docker-compose.witness.yml: a witness service runs the image\'s witness command with the key the keys service writes; the sites resolve with it; run here, the witness grants site-a its lease, keeps it in its state file, and its healthcheck passes', { skip: !have('docker-compose') && 'docker-compose is not installed (make test installs it)', timeout: 60_000 }, async () => {
   const r = await run('docker-compose', ['-f', path.join(DEPLOY, 'docker-compose.yml'), '-f', path.join(DEPLOY, 'docker-compose.witness.yml'), 'config'], { timeoutMs: 60_000, env: { ...process.env, WAN_BANDWIDTH: '', RPO_TARGET: '', RPO_POLICY: '', FAILOVER_AFTER: '' } });
   assert.equal(r.code, 0, r.stderr);
   type Svc = { image?: string; command?: string[]; entrypoint?: string[]; environment?: Record<string, string>; volumes?: string[]; healthcheck?: { test: string[] } };
@@ -265,6 +265,8 @@ test('docker-compose with deploy/docker-compose.witness.yml: a witness service r
   const keyPath = cmd[cmd.indexOf('--key-file') + 1];
   assert.ok(keyPath && (w.volumes ?? []).some((v) => v.split(':')[1] === path.posix.dirname(keyPath)), `the witness mounts ${keyPath}`);
   assert.ok(services.keys.command?.join(' ').includes(`keygen --witness-key ${keyPath}`), 'the keys service writes the witness key');
+  const statePath = cmd[cmd.indexOf('--state') + 1];
+  assert.ok(cmd.includes('--state') && (w.volumes ?? []).some((v) => v.split(':')[1] === path.posix.dirname(statePath)), `the witness keeps its state (${statePath}) in a volume`);
   // The sites, through the real loader; the key file they name exists only in the volume, so a local one stands in.
   const dir = tempDir('offsite-compose-witness-');
   try {
@@ -284,12 +286,14 @@ test('docker-compose with deploy/docker-compose.witness.yml: a witness service r
     for (const [name, c] of [['site-a', a], ['site-b', b]] as const) assert.equal(c.witness?.failoverAfterMs, parseDuration('30s'), `${name} takes over after FAILOVER_AFTER (default 30s) whenever it is the replica`);
     // The witness command as the image runs it (entry point: the CLI), on loopback with the local key; then a site and the healthcheck.
     const port = await freePort();
-    const args = cmd.map((a) => (a === '0.0.0.0:7790' ? `127.0.0.1:${port}` : a === keyPath ? localKey : a));
+    const localState = path.join(dir, 'witness-state.json');
+    const args = cmd.map((a) => (a === '0.0.0.0:7790' ? `127.0.0.1:${port}` : a === keyPath ? localKey : a === statePath ? localState : a));
     const witness = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     try {
       const primary = await startAppliance({ dataDir: path.join(dir, 'a'), volumes: ['v:1M'], args: ['--witness', `127.0.0.1:${port}`, '--witness-key', localKey] });
       try {
         await until('site-a to get its lease', async () => !((await primary.status()).witness as { fenced: boolean }).fenced, 15_000, 100);
+        assert.match(readFileSync(localState, 'utf8'), /"holder": \{/, 'the witness wrote the holder to its state file');
       } finally {
         await primary.stop();
       }
