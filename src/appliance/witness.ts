@@ -232,6 +232,12 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
+  /**
+   * Requests signed before this start are refused too: whatever this witness answered before a
+   * restart, its newest request times were lost with it, and a request captured then could be
+   * replayed within the clock window. A site whose clock is behind is refused until it passes this.
+   */
+  const startedWall = Date.now();
   const gate = logGate(1000);
   const refuse = (reply: (code: number, body: unknown) => void, peer: string | undefined, code: string, error: string, kind: 'unauthorized' | 'clock' | 'replay') => {
     stats.refused[kind]++;
@@ -298,6 +304,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
           return refuse(reply, peer, 'WITNESS_CLOCK', `request time ${Number.isFinite(sent) ? `${Math.round((sent - wall) / 1000)} s off` : 'missing'}: the clocks of the site and the witness must agree within ${WITNESS_SKEW_MS / 1000} s`, 'clock');
         }
         if (sent <= (lastTime.get(msg.siteId) ?? 0)) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} no newer than one already answered (a replay)`, 'replay');
+        if (sent < startedWall) return refuse(reply, peer, 'WITNESS_REPLAY', `a request of site ${msg.siteId} signed ${startedWall - sent} ms before the witness started (a replay, or the site's clock is behind)`, 'replay');
         lastTime.set(msg.siteId, sent);
       }
       if (msg.epoch !== undefined && typeof msg.epoch !== 'string') {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { LeaseBook, readWitnessState, requestLease, startWitness, WitnessStateError } from '../../src/appliance/witness';
+import { LeaseBook, MAC_HEADER, readWitnessState, requestLease, startWitness, witnessMac, WitnessStateError } from '../../src/appliance/witness';
 import { createLogger } from '../../src/ops/logging';
 import { CLI, removeDir, startAppliance, tempDir } from '../helpers/appliance';
 import { run } from '../helpers/exec';
@@ -92,6 +92,34 @@ test('no grant is answered before the state file holds it; a failed write refuse
     const b = await requestLease(at, 'site-b', 'replica', 2000);
     assert.equal(b?.granted, true);
     assert.equal((JSON.parse(readFileSync(f, 'utf8')) as { holder: { siteId: string } }).holder.siteId, 'site-b');
+  } finally {
+    await w.close();
+    removeDir(dir);
+  }
+});
+
+test('a keyed witness refuses, after a restart, a request signed before it started (a replay its lost memory would have taken)', async () => {
+  const key = Buffer.from('a-witness-key-of-at-least-32-characters');
+  const dir = tempDir();
+  const f = path.join(dir, 'state.json');
+  const logger = createLogger('silent');
+  let w = await startWitness('127.0.0.1', 0, { leaseMs: 1000, logger, key, quietMs: 0, stateFile: f });
+  const post = (port: number, body: string) => fetch(`http://127.0.0.1:${port}/lease`, { method: 'POST', headers: { 'content-type': 'application/json', [MAC_HEADER]: witnessMac(key, 'request', body) }, body });
+  try {
+    // site-b's claim, answered before the restart and captured on the way.
+    const claim = JSON.stringify({ siteId: 'site-b', role: 'replica', timeMs: Date.now() });
+    assert.equal((await post(w.address.port, claim)).status, 200);
+    await w.close();
+    await sleep(5);
+    w = await startWitness('127.0.0.1', 0, { leaseMs: 1000, logger, key, quietMs: 0, stateFile: f });
+    const replayed = await post(w.address.port, claim);
+    assert.equal(replayed.status, 401);
+    const answer = (await replayed.json()) as { code: string; error: string };
+    assert.equal(answer.code, 'WITNESS_REPLAY');
+    assert.match(answer.error, /signed \d+ ms before the witness started/);
+    assert.equal(w.stats().refused.replay, 1);
+    // A request signed now counts.
+    assert.equal((await requestLease(`127.0.0.1:${w.address.port}`, 'site-b', 'replica', 2000, key))?.granted, true);
   } finally {
     await w.close();
     removeDir(dir);
