@@ -315,11 +315,20 @@ export class Connection {
       }
       return;
     }
-    if (now - this.lastRx >= this.host.nopIntervalMs) {
-      this.pingTtt = (this.pingTtt % 0x7fffffff) + 1;
-      this.pingSentAt = now;
-      this.send(P.nopIn(RESERVED_TAG, this.pingTtt, undefined, this.session.seq(false), 0));
-    }
+    if (now - this.lastRx >= this.host.nopIntervalMs) this.ping(now);
+  }
+
+  /** A NOP-In the initiator must answer (TTT not 0xffffffff): liveness, and an up-to-date ExpStatSN. */
+  private ping(now: number): void {
+    this.pingTtt = (this.pingTtt % 0x7fffffff) + 1;
+    this.pingSentAt = now;
+    this.send(P.nopIn(RESERVED_TAG, this.pingTtt, undefined, this.session!.seq(false), 0));
+  }
+
+  solicitAck(): void {
+    if (this.closed || this.ending || !this.session) return;
+    this.host.count('nop_solicited');
+    this.ping(Date.now());
   }
 
   private onClose(): void {

@@ -27,6 +27,8 @@ export interface SessionLink {
   send(bhs: Buffer, data?: Buffer, onSent?: () => void): void;
   /** Close after queued output is written. */
   end(): void;
+  /** Send a NOP-In that asks for an answer (RFC 7143 §11.19: its NOP-Out carries ExpStatSN). */
+  solicitAck(): void;
   readonly localAddress: string;
   readonly localPort: number;
 }
@@ -40,7 +42,10 @@ export interface SessionHost {
   visibleTargets(initiatorName: string): readonly TargetEntry[];
   sessionEnded(s: Session): void;
   count(event: string, n?: number): void;
-  /** How long a task set function waits for the R2Ts of the tasks it aborts to be answered (RFC 7143 §11.6.2 b). */
+  /**
+   * How long a task set function waits for the R2Ts of the tasks it aborts to be answered (RFC
+   * 7143 §11.6.2 b), and then for the statuses sent before it to be acknowledged (§11.6.2 d).
+   */
   readonly tmfTransferWaitMs: number;
 }
 
@@ -165,6 +170,14 @@ export class Session {
   private loggingOut = false;
   private textContinuation?: { itt: number; ttt: number; rest: Buffer };
   private textPending: Buffer[] = [];
+  /**
+   * The initiator's ExpStatSN (every StatSN below it acknowledged), from the PDUs it sends; a
+   * value past the last StatSN sent is not taken. Starts at the link's next StatSN: the login's
+   * answers need no acknowledgement here.
+   */
+  private statAcked: number;
+  /** Waits for ExpStatSN to pass a StatSN (task set functions, RFC 7143 §11.6.2 d). */
+  private ackWaiters: { statSN: number; resolve: () => void }[] = [];
   closed = false;
   readonly startedAt = Date.now();
   commands = 0;
@@ -182,6 +195,7 @@ export class Session {
     readonly logger: Logger,
   ) {
     this.expCmdSN = initialCmdSN >>> 0;
+    this.statAcked = link.statSN;
     if (type === 'Normal' && target) {
       const isidHex = isid.toString('hex');
       this.nexus = {
@@ -218,6 +232,9 @@ export class Session {
   /** One full-feature-phase PDU from the connection. Throws IscsiError when the connection must drop. */
   receive(pdu: P.Pdu): void {
     const op = P.opcode(pdu.bhs);
+    // Every PDU an initiator sends in full feature phase carries ExpStatSN at bytes 28-31.
+    const acked = pdu.bhs.readUInt32BE(28);
+    if (acked !== this.statAcked) this.noteStatAcked(acked);
     if (op === InitiatorOp.DataOut) return this.dataOut(pdu);
     if (op === InitiatorOp.SnackRequest) throw new PduRejected(RejectReason.SnackReject, 'SNACK is not supported at ErrorRecoveryLevel 0');
     if (op === InitiatorOp.LoginRequest) throw new PduRejected(RejectReason.ProtocolError, 'Login Request in full feature phase');
@@ -751,6 +768,55 @@ export class Session {
 
   // ---- Task management ----------------------------------------------------------------------
 
+  private noteStatAcked(acked: number): void {
+    // Only forward, and never past what was sent (a confused initiator acknowledges nothing unsent).
+    if (!P.snLessThan(this.statAcked, acked) || P.snLessThan(this.link.statSN, acked)) return;
+    this.statAcked = acked;
+    if (this.ackWaiters.length) {
+      this.ackWaiters = this.ackWaiters.filter((w) => {
+        if (P.snLessThan(w.statSN, acked)) w.resolve();
+        return !P.snLessThan(w.statSN, acked);
+      });
+    }
+  }
+
+  /**
+   * Resolves once the initiator has acknowledged every status this session sent so far (RFC
+   * 7143 §11.6.2 d: the target notes the last StatSN sent on each connection sharing the task
+   * set, and waits for its acknowledgement, asking for one with a NOP-In). At once when it has
+   * (the common case: the function's own PDU acknowledged it), or the session ends.
+   */
+  statusesAcknowledged(): Promise<void> {
+    const last = (this.link.statSN - 1) >>> 0;
+    if (this.closed || P.snLessThan(last, this.statAcked)) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.ackWaiters.push({ statSN: last, resolve });
+      this.link.solicitAck();
+    });
+  }
+
+  /** Whether `wait` is still pending after tmfTransferWaitMs (a task set function's limit on each of its waits). */
+  private async outlasts(wait: Promise<unknown>): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      wait.then(() => false),
+      new Promise<boolean>((r) => { timer = setTimeout(() => r(true), this.host.tmfTransferWaitMs); }),
+    ]);
+    clearTimeout(timer);
+    return timedOut;
+  }
+
+  /**
+   * A task set function's step d (RFC 7143 §11.6.2): wait until each session sharing the task
+   * set has acknowledged the statuses it sent, at most tmfTransferWaitMs: an initiator that does
+   * not answer the NOP-In does not hold the function up for good.
+   */
+  private async awaitStatusAcks(fn: TmfFunction, sessions: readonly Session[]): Promise<void> {
+    if (!(await this.outlasts(Promise.all(sessions.map((s) => s.statusesAcknowledged()))))) return;
+    this.host.count('tmf_status_ack_timeouts');
+    this.logger.warn({ function: TMF_NAMES[fn], waitedMs: this.host.tmfTransferWaitMs }, 'initiator did not acknowledge the statuses sent before the task set function: answered without it');
+  }
+
   /**
    * Abort matching tasks: no response is sent for them. Resolves when those already executing
    * have settled. `transfers` (ABORT TASK SET, CLEAR TASK SET: RFC 7143 §11.6.2): a task with
@@ -786,13 +852,7 @@ export class Session {
     if (transfers.length === 0) return;
     this.host.count('tmf_waited_for_ttt');
     this.logger.info({ function: TMF_NAMES[fn], tasks: transfers.length }, 'task management waits for the R2Ts of the aborted tasks to be answered');
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      Promise.all(transfers.map((t) => t.done)).then(() => false),
-      new Promise<boolean>((r) => { timer = setTimeout(() => r(true), this.host.tmfTransferWaitMs); }),
-    ]);
-    clearTimeout(timer);
-    if (!timedOut) return;
+    if (!(await this.outlasts(Promise.all(transfers.map((t) => t.done))))) return;
     this.host.count('tmf_ttt_wait_timeouts');
     this.logger.warn({ function: TMF_NAMES[fn], waitedMs: this.host.tmfTransferWaitMs }, 'initiator did not answer the R2Ts of the aborted tasks: task management goes on without them');
     for (const t of transfers) t.giveUp();
@@ -941,6 +1001,8 @@ export class Session {
           await Promise.all([fence?.passed, ...aborted, transfers && this.awaitTransfers(fn, transfers)]);
           const resp = scsi.taskManagement(fn, lun, this.nexus);
           this.logger.info({ function: TMF_NAMES[fn], lun, response: resp }, 'task management');
+          // ABORT TASK SET and CLEAR TASK SET: the statuses sent before are acknowledged first (§11.6.2 d).
+          if (fn !== TmfFunction.LogicalUnitReset) await this.awaitStatusAcks(fn, sessions);
           return reply(resp);
         } finally {
           this.endFence(fence);
@@ -1083,6 +1145,7 @@ export class Session {
     this.heldDataOut.clear();
     this.retiredR2ts.clear();
     this.passFences();
+    for (const w of this.ackWaiters.splice(0)) w.resolve();
     const settled = this.abortTasks(() => true);
     this.host.sessionEnded(this);
     return settled;
