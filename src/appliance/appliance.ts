@@ -329,6 +329,7 @@ export class Appliance {
           },
           paused: pause === 'unreadable' ? undefined : pause,
           repairDue: await this.repairDue(uncleanStop),
+          missingSince: await this.missingSince(),
         }));
         this.forEachJournaledVolume((v) => (v.ackDelay = () => repl.ackDelayMs()));
         await repl.restoreVerifyResult();
@@ -606,6 +607,21 @@ export class Appliance {
    * primary, and stays due (state/repair-due.json, written before anything is shipped) until one
    * has gone over every volume: see PrimaryReplication.checkRepairDue.
    */
+  /**
+   * The time of the oldest write the replica lacks while folded records hold it
+   * (state/rpo-missing-since.json; see PrimaryReplicationOptions.missingSince).
+   */
+  private async missingSince(): Promise<{ at?: number; save(ms: number | undefined): Promise<void> }> {
+    const file = this.missingSinceFile();
+    const saved = (await readJsonFile(file).catch(() => undefined)) as { sinceMs?: unknown } | undefined;
+    const at = typeof saved?.sinceMs === 'number' && Number.isFinite(saved.sinceMs) ? saved.sinceMs : undefined;
+    return { at, save: (ms) => (ms === undefined ? removeJsonFile(file) : writeJsonFile(file, { sinceMs: ms, since: new Date(ms).toISOString() })) };
+  }
+
+  private missingSinceFile(): string {
+    return path.join(this.dataDir.root, 'state', 'rpo-missing-since.json');
+  }
+
   private async repairDue(uncleanStop: boolean): Promise<{ since: string; done(): Promise<void> } | undefined> {
     const file = path.join(this.dataDir.root, 'state', 'repair-due.json');
     const saved = (await readJsonFile(file).catch(() => undefined)) as { since?: unknown } | undefined;
@@ -810,6 +826,8 @@ export class Appliance {
     if (dropped.length) this.logger.warn({ seq, bookmarks: dropped.map((b) => b.name) }, 'bookmarks past the promoted point forgotten (their writes never arrived here)');
     // The promoted site claims the witness lease afresh (it renews under the epochs it is granted then).
     await clearWitnessEpochs(this.dataDir.root);
+    // A time kept when this site was a primary before: the new history's replica lacks nothing of it.
+    await removeJsonFile(this.missingSinceFile());
     const file = LineageFile.in(this.dataDir.root);
     const lineage = await file.load();
     lineage.push(newGeneration(seq + 1));

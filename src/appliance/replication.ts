@@ -52,6 +52,12 @@ export interface PrimaryReplicationOptions {
    * the replica is connected and not syncing; `done` once a run over every volume has ended.
    */
   repairDue?: { since: string; done(): Promise<void> };
+  /**
+   * The time of the oldest write the replica lacks, kept across restarts while records it never
+   * got are folded away (no retained record carries their time): `at` as saved at the last run,
+   * `save` keeps a new value (undefined: nothing folded is missing any more).
+   */
+  missingSince?: { at?: number; save(ms: number | undefined): Promise<void> };
 }
 
 /** Shipping paused by the operator (offsite pause): since when, and why (their words). */
@@ -224,6 +230,9 @@ export class PrimaryReplication {
   private oldestMissingMs?: number;
   /** The same, as an image sync began: the replica lacks it until the sync ends. */
   private syncMissingSinceMs?: number;
+  /** What opts.missingSince holds (or is being given), and the save under way. */
+  private savedMissingMs?: number;
+  private savingMissing: Promise<void> = Promise.resolve();
   private missed = false;
   private coalescingLogged = false;
   /** The schedule counts from here until a run over every volume has started. */
@@ -234,6 +243,7 @@ export class PrimaryReplication {
   private pausedBy: ReplicationPause | null;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
+    this.oldestMissingMs = this.savedMissingMs = opts.missingSince?.at;
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
     this.rpoSource = opts.rpoSource ?? 'configured';
     this.pausedBy = opts.paused ?? null;
@@ -360,14 +370,30 @@ export class PrimaryReplication {
     this.syncMissingSinceMs = undefined;
     if (head <= acked) {
       this.oldestMissingMs = undefined;
+      this.keepMissingSince(undefined);
       return { acked, backlogBytes: 0, syncing: false, connected: s.connected };
     }
     const backlogBytes = j.bytesAfter(acked);
     let t: number | undefined;
-    if (acked + 1 >= j.oldestSeq()) t = j.timeOfFirstAfter(acked);
+    const folded = acked + 1 < j.oldestSeq();
+    if (!folded) t = j.timeOfFirstAfter(acked);
     else t = Math.min(afterSync ?? Infinity, this.oldestMissingMs ?? Infinity, j.stats().oldestTimeMs ?? Date.now());
     this.oldestMissingMs = t ?? Date.now();
+    // Folded records leave their time nowhere else: kept, so that a restart goes on counting from it.
+    this.keepMissingSince(folded ? this.oldestMissingMs : undefined);
     return { acked, backlogBytes, oldestUnackedMs: this.oldestMissingMs, syncing: false, connected: s.connected };
+  }
+
+  /** Give opts.missingSince a new value (one save at a time; a failed one is tried again at the next look). */
+  private keepMissingSince(ms: number | undefined): void {
+    const keeper = this.opts.missingSince;
+    if (!keeper || ms === this.savedMissingMs) return;
+    const before = this.savedMissingMs;
+    this.savedMissingMs = ms;
+    this.savingMissing = this.savingMissing.then(() => keeper.save(ms)).catch((e: unknown) => {
+      if (this.savedMissingMs === ms) this.savedMissingMs = before;
+      this.opts.logger.warn({ err: e }, 'could not keep the time of the oldest folded write the replica lacks; the RPO after a restart may count from a later one');
+    });
   }
 
   /** When the next scheduled verify is due (ms since the epoch), if there is a schedule. */
