@@ -7,7 +7,7 @@
  *
  *   POST /lease {siteId, role, timeMs, epoch?, renewing?} → 200 {granted: true, expiresAt, leaseMs, epoch}
  *                                               | 409 {granted: false, holder, expiresInMs, leaseMs, superseded?}
- *   GET  /status                        → the current holder
+ *   GET  /status                        → the current holder, the incarnation, the state file (null: none)
  *   GET  /metrics                       → Prometheus metrics (when the ops layer supplies them)
  *
  * Every change of holder starts a new epoch (`<incarnation>:<n>`, the incarnation drawn at the
@@ -268,7 +268,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       );
       return;
     }
-    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held });
+    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held, incarnation: book.incarnation, stateFile: opts.stateFile ?? null });
     if (req.method !== 'POST' || url.pathname !== '/lease') return reply(404, { error: 'not found' });
     let body = '';
     req.on('data', (c: Buffer) => {

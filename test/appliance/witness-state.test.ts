@@ -147,6 +147,10 @@ test('a primary taken over stays fenced across a restart of the witness kept wit
     await witness.stop('SIGKILL');
     witness = await startWitnessProcess(port, ['--lease', '1s', '--state', stateFile]);
     assert.ok(witness.logs.some((l) => l.msg === 'witness: state restored (the lease holders before this start are remembered)' && l.holder === 'site-b'));
+    const status = (await (await fetch(`http://${at}/status`)).json()) as { incarnation: string; stateFile: string; holder: { siteId: string } };
+    assert.equal(status.stateFile, stateFile);
+    assert.equal(status.holder.siteId, 'site-b', 'the restarted witness names the holder it remembers');
+    assert.equal(status.incarnation, (JSON.parse(readFileSync(stateFile, 'utf8')) as { incarnation: string }).incarnation);
     // The old primary comes back while site-b is still slow to renew: it must not get the lease.
     a = await startAppliance({ dataDir, volumes: ['v:1M'], args: ['--witness', at] });
     await until('the primary to hear from the witness', async () => ((await a.status()) as W).witness.takenOver, 15_000, 100);
