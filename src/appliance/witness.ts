@@ -30,7 +30,9 @@
  * answer's body, so a site trusts no answer the witness did not give to that very request.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { mkdir, open, readFile, unlink } from 'node:fs/promises';
 import http from 'node:http';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { grantorNow } from '../common/clock';
 import { OffsiteError } from '../common/errors';
@@ -55,10 +57,51 @@ export interface WitnessOptions {
   stateFile?: string;
 }
 
-/** A state file that cannot be used (unreadable, not a witness's, or from a newer version). */
+/** A state file that cannot be used (unreadable, not a witness's, or from a newer version), or one another witness uses. */
 export class WitnessStateError extends OffsiteError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('WITNESS_STATE_INVALID', message, options);
+  constructor(message: string, options?: { cause?: unknown; code?: 'WITNESS_STATE_INVALID' | 'WITNESS_STATE_LOCKED' }) {
+    super(options?.code ?? 'WITNESS_STATE_INVALID', message, options);
+  }
+}
+
+/**
+ * Take `<file>.pid` for this process: two witnesses keeping one state file would each overwrite
+ * what the other decided. Refused while the pid it names is alive (not this process); a pid file
+ * a stopped or killed witness left is taken over. Returns the release (removes it if still ours).
+ */
+export async function lockWitnessState(file: string): Promise<() => Promise<void>> {
+  const pidFile = `${file}.pid`;
+  await mkdir(path.dirname(pidFile), { recursive: true, mode: 0o700 });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fh = await open(pidFile, 'wx', 0o600);
+      try {
+        await fh.writeFile(`${process.pid}\n`);
+      } finally {
+        await fh.close();
+      }
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw e;
+      const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new WitnessStateError(`witness state ${file} is in use by another witness (pid ${pid}): give each witness its own --state file`, { code: 'WITNESS_STATE_LOCKED' });
+      }
+      await unlink(pidFile).catch(() => undefined); // left by a witness that is gone
+    }
+  }
+  return async () => {
+    const text = await readFile(pidFile, 'utf8').catch(() => '');
+    if (Number(text.trim()) === process.pid) await unlink(pidFile).catch(() => undefined);
+  };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -207,7 +250,14 @@ export class LeaseBook {
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<RunningWitness> {
   const now = opts.now ?? grantorNow;
   const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, superseded: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0, state: 0 } };
-  const restored = opts.stateFile ? await readWitnessState(opts.stateFile) : undefined;
+  const unlock = opts.stateFile ? await lockWitnessState(opts.stateFile) : async () => undefined;
+  let restored: WitnessState | undefined;
+  try {
+    restored = opts.stateFile ? await readWitnessState(opts.stateFile) : undefined;
+  } catch (e) {
+    await unlock();
+    throw e;
+  }
   const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs), undefined, restored);
   if (opts.stateFile) {
     const h = restored?.holder;
@@ -228,7 +278,10 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
     return persisting;
   };
   // The incarnation is fixed on disk before any epoch of it is handed out.
-  await persist();
+  await persist().catch(async (e: unknown) => {
+    await unlock();
+    throw e;
+  });
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
@@ -348,6 +401,9 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve());
+  }).catch(async (e: unknown) => {
+    await unlock();
+    throw e;
   });
   return {
     address: server.address() as AddressInfo,
@@ -359,7 +415,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
     close: () => new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
-    }),
+    }).then(() => persisting.catch(() => undefined)).then(unlock),
   };
 }
 

@@ -63,6 +63,32 @@ test('a state file that is not a witness\'s is refused with its name and what to
   }
 });
 
+test('one state file, one witness: a second witness given the same file refuses to start while the first runs; a file a killed witness left is taken over', async () => {
+  const dir = tempDir();
+  const f = path.join(dir, 'state.json');
+  const logger = createLogger('silent');
+  const w = await startWitness('127.0.0.1', 0, { leaseMs: 1000, logger, quietMs: 0, stateFile: f });
+  try {
+    assert.equal(readFileSync(`${f}.pid`, 'utf8').trim(), String(process.pid));
+    // Another process (the CLI) with the same file.
+    const r = await run(process.execPath, [CLI, 'witness', '--listen', '127.0.0.1:0', '--state', f], { timeoutMs: 20_000 });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, new RegExp(`in use by another witness \\(pid ${process.pid}\\).*WITNESS_STATE_LOCKED`));
+  } finally {
+    await w.close();
+  }
+  assert.throws(() => readFileSync(`${f}.pid`), /ENOENT/, 'a witness that stopped leaves no pid file');
+  // A pid file naming a process that is gone (a killed witness): taken over.
+  writeFileSync(`${f}.pid`, '999999999\n');
+  const again = await startWitness('127.0.0.1', 0, { leaseMs: 1000, logger, quietMs: 0, stateFile: f });
+  try {
+    assert.equal(readFileSync(`${f}.pid`, 'utf8').trim(), String(process.pid));
+  } finally {
+    await again.close();
+    removeDir(dir);
+  }
+});
+
 test('no grant is answered before the state file holds it; a failed write refuses the grant (503 WITNESS_STATE) and the next one writes again', async () => {
   const dir = tempDir();
   const stateDir = path.join(dir, 'w');
