@@ -11,6 +11,7 @@ import { constants as fsc, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { OffsiteError } from '../common/errors';
 import { syncPath } from '../common/json-file';
+import { processAlive } from '../common/process';
 
 export const DATA_FORMAT = 'offsite-data';
 export const DATA_VERSION = 1;
@@ -88,12 +89,7 @@ export class DataDir {
     }
     const pid = Number(text.trim());
     if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
-    try {
-      process.kill(pid, 0);
-      return pid;
-    } catch (e) {
-      return (e as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
-    }
+    return processAlive(pid) ? pid : undefined;
   }
 
   /**

@@ -38,6 +38,7 @@ import { grantorNow } from '../common/clock';
 import { OffsiteError } from '../common/errors';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { logGate, type Logger } from '../common/logger';
+import { processAlive } from '../common/process';
 
 export interface WitnessOptions {
   leaseMs: number;
@@ -84,7 +85,7 @@ export async function lockWitnessState(file: string): Promise<() => Promise<void
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw e;
       const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
         throw new WitnessStateError(`witness state ${file} is in use by another witness (pid ${pid}): give each witness its own --state file`, { code: 'WITNESS_STATE_LOCKED' });
       }
       await unlink(pidFile).catch(() => undefined); // left by a witness that is gone
@@ -94,15 +95,6 @@ export async function lockWitnessState(file: string): Promise<() => Promise<void
     const text = await readFile(pidFile, 'utf8').catch(() => '');
     if (Number(text.trim()) === process.pid) await unlink(pidFile).catch(() => undefined);
   };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** The state file's content checked field by field; undefined when there is no file yet. */
