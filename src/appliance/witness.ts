@@ -56,6 +56,8 @@ export interface WitnessOptions {
    * holder before that change is answered, and read back at start. Absent: memory only.
    */
   stateFile?: string;
+  /** With a state file: rewrite it this often (default 30 s), so that a file that can no longer be written shows (stateWritable) before a takeover needs it. */
+  stateCheckMs?: number;
 }
 
 /** A state file that cannot be used (unreadable, not a witness's, or from a newer version), or one another witness uses. */
@@ -136,6 +138,8 @@ export interface RunningWitness {
   stats(): WitnessStats;
   /** The lease clock (grantorNow unless a test gave another). */
   now(): number;
+  /** With --state: whether the last write of the state file succeeded (undefined without one). */
+  stateWritable(): boolean | undefined;
   close(): Promise<void>;
 }
 
@@ -259,12 +263,22 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   let saved = restored ? book.changes : -1;
   let persisting: Promise<void> = Promise.resolve();
   /** Resolves once the state file holds every change of holder made so far (it failed: rejects, and the next call writes again). */
-  const persist = (): Promise<void> => {
+  let writable = true;
+  /** `check`: write even when nothing changed (the periodic check that the file can still be written). */
+  const persist = (check = false): Promise<void> => {
     if (!opts.stateFile) return Promise.resolve();
     persisting = persisting.catch(() => undefined).then(async () => {
       const changes = book.changes;
-      if (changes === saved) return;
-      await writeJsonFile(opts.stateFile!, book.state());
+      if (changes === saved && !check) return;
+      try {
+        await writeJsonFile(opts.stateFile!, book.state());
+      } catch (e) {
+        if (writable) opts.logger.error({ err: e, stateFile: opts.stateFile }, 'witness: the state file cannot be written: no lease can change hands until it can');
+        writable = false;
+        throw e;
+      }
+      if (!writable) opts.logger.warn({ stateFile: opts.stateFile }, 'witness: the state file can be written again');
+      writable = true;
       saved = changes;
     });
     return persisting;
@@ -274,6 +288,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
     await unlock();
     throw e;
   });
+  const checker = opts.stateFile ? setInterval(() => void persist(true).catch(() => undefined), opts.stateCheckMs ?? 30_000).unref() : undefined;
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
@@ -313,7 +328,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       );
       return;
     }
-    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held, incarnation: book.incarnation, stateFile: opts.stateFile ?? null });
+    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held, incarnation: book.incarnation, stateFile: opts.stateFile ?? null, stateWritable: opts.stateFile ? writable : null });
     if (req.method !== 'POST' || url.pathname !== '/lease') return reply(404, { error: 'not found' });
     let body = '';
     req.on('data', (c: Buffer) => {
@@ -375,7 +390,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
           },
           (e: unknown) => {
             stats.refused.state++;
-            opts.logger.error({ err: e, stateFile: opts.stateFile, siteId: msg.siteId }, 'witness: state file not written; the grant is not given');
+            opts.logger.warn({ err: e, stateFile: opts.stateFile, siteId: msg.siteId }, 'witness: state file not written; the grant is not given');
             reply(503, { granted: false, code: 'WITNESS_STATE', error: `the witness could not write its state file: ${(e as Error).message}` });
           },
         );
@@ -404,7 +419,9 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
     authenticated: !!key,
     stats: () => structuredClone(stats),
     now,
+    stateWritable: () => (opts.stateFile ? writable : undefined),
     close: () => new Promise<void>((resolve) => {
+      clearInterval(checker);
       server.close(() => resolve());
       server.closeAllConnections();
     }).then(() => persisting.catch(() => undefined)).then(unlock),

@@ -428,6 +428,7 @@ export function witnessMetrics(witness: () => RunningWitness | undefined): { reg
   gauge('offsite_witness_lease_seconds', 'Lease length this witness grants.', () => { const w = witness(); return w && w.leaseMs / 1000; });
   gauge('offsite_witness_authenticated', '1 when requests must be signed with the shared key (--key-file).', () => { const w = witness(); return w && (w.authenticated ? 1 : 0); });
   gauge('offsite_witness_lease_held', '1 while a site holds an unexpired lease.', () => (witness() ? (holder() ? 1 : 0) : undefined));
+  gauge('offsite_witness_state_writable', 'With --state: 1 while the state file can be written (checked at each change of holder and every 30 s); 0: no lease can change hands. No series without --state.', () => { const v = witness()?.stateWritable(); return v === undefined ? undefined : v ? 1 : 0; });
   gauge('offsite_witness_lease_remaining_seconds', 'Time left on the current lease (0: none held).', () => { const x = holder(); return witness() ? (x ? (x.h.expiresAt - x.w.now()) / 1000 : 0) : undefined; });
   new client.Gauge({
     name: 'offsite_witness_lease_holder_info',

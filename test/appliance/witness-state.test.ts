@@ -89,13 +89,14 @@ test('one state file, one witness: a second witness given the same file refuses 
   }
 });
 
-test('no grant is answered before the state file holds it; a failed write refuses the grant (503 WITNESS_STATE) and the next one writes again', async () => {
+test('no grant is answered before the state file holds it; a periodic check notices a file that cannot be written; a failed write refuses the grant (503 WITNESS_STATE) and the next one writes again', async () => {
   const dir = tempDir();
   const stateDir = path.join(dir, 'w');
   const f = path.join(stateDir, 'state.json');
-  const w = await startWitness('127.0.0.1', 0, { leaseMs: 1000, logger: createLogger('silent'), quietMs: 0, stateFile: f });
+  const w = await startWitness('127.0.0.1', 0, { leaseMs: 1000, logger: createLogger('silent'), quietMs: 0, stateFile: f, stateCheckMs: 100 });
   const at = `127.0.0.1:${w.address.port}`;
   try {
+    assert.equal(w.stateWritable(), true);
     const fresh = JSON.parse(readFileSync(f, 'utf8')) as { incarnation: string; holder: unknown };
     assert.equal(fresh.incarnation, w.book.incarnation, 'the incarnation is on disk before any grant');
     assert.equal(fresh.holder, null);
@@ -106,6 +107,9 @@ test('no grant is answered before the state file holds it; a failed write refuse
     // The directory is replaced by a file: the next change of holder cannot be written.
     renameSync(stateDir, `${stateDir}.away`);
     writeFileSync(stateDir, 'not a directory');
+    // The periodic check finds out before any change of holder is asked for.
+    await until('the witness to notice its state cannot be written', () => w.stateWritable() === false, 3000, 20);
+    assert.equal(((await (await fetch(`http://${at}/status`)).json()) as { stateWritable: boolean }).stateWritable, false);
     await sleep(1100);
     const problems: string[] = [];
     assert.equal(await requestLease(at, 'site-b', 'replica', 2000, undefined, (p) => problems.push(p)), undefined, 'a grant answered though it was not written');
@@ -115,6 +119,7 @@ test('no grant is answered before the state file holds it; a failed write refuse
     // Back in place: B's next request gets the lease, and the file names it.
     removeDir(stateDir);
     renameSync(`${stateDir}.away`, stateDir);
+    await until('the state to be writable again', () => w.stateWritable() === true, 3000, 20);
     const b = await requestLease(at, 'site-b', 'replica', 2000);
     assert.equal(b?.granted, true);
     assert.equal((JSON.parse(readFileSync(f, 'utf8')) as { holder: { siteId: string } }).holder.siteId, 'site-b');

@@ -11,7 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import YAML from 'yaml';
@@ -52,10 +52,13 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
   // A primary with a quorum of three witnesses, one of them down: it holds its lease (two of
   // three grant), degraded.
   const quiet = createLogger('silent');
-  const witnesses = await Promise.all([0, 1].map(() => {
+  // The second keeps a state file, checked twice a second (its directory is broken below).
+  const stateDir = path.join(dir, 'witness-state');
+  const witnesses = await Promise.all([0, 1].map((i) => {
     let w: RunningWitness | undefined;
     const m = witnessMetrics(() => w);
-    return startWitness('127.0.0.1', 0, { leaseMs: 6000, quietMs: 0, logger: quiet, metrics: m.render }).then((x) => (w = x));
+    const state = i === 1 ? { stateFile: path.join(stateDir, 'state.json'), stateCheckMs: 500 } : {};
+    return startWitness('127.0.0.1', 0, { leaseMs: 6000, quietMs: 0, logger: quiet, metrics: m.render, ...state }).then((x) => (w = x));
   }));
   const e = await startAppliance({ dataDir: path.join(dir, 'e'), volumes: ['g:1M'], args: ['--witness', [...witnesses.map((w) => `127.0.0.1:${w.address.port}`), `127.0.0.1:${await freePort()}`].join(',')] });
   const promPort = await freePort();
@@ -131,6 +134,9 @@ test('Prometheus scrapes the appliances: every dashboard query and every alert e
       const r = await run('qemu-io', ['-f', 'raw', '-c', `write -P 9 ${40 * 1024 * 1024 + i * 1024 * 1024} 1M`, a.url('vol')]);
       assert.equal(r.code, 0, r.stderr);
     }
+    // The second witness's state directory becomes a file: its state can no longer be written.
+    renameSync(stateDir, `${stateDir}.away`);
+    writeFileSync(stateDir, 'not a directory');
     await new Promise((r) => setTimeout(r, 3000));
     const silent: string[] = [];
     await until('every alert expression to return data', async () => {
