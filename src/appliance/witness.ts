@@ -262,9 +262,13 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
   /** Changes of holder the state file holds; persisting: the write under way, if any. */
   let saved = restored ? book.changes : -1;
   let persisting: Promise<void> = Promise.resolve();
-  /** Resolves once the state file holds every change of holder made so far (it failed: rejects, and the next call writes again). */
+  /** Whether the last write of the state file succeeded. */
   let writable = true;
-  /** `check`: write even when nothing changed (the periodic check that the file can still be written). */
+  /**
+   * Resolves once the state file holds every change of holder made so far (it failed: rejects,
+   * and the next call writes again). `check`: write even when nothing changed (the periodic check
+   * that the file can still be written).
+   */
   const persist = (check = false): Promise<void> => {
     if (!opts.stateFile) return Promise.resolve();
     persisting = persisting.catch(() => undefined).then(async () => {
@@ -277,7 +281,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
         writable = false;
         throw e;
       }
-      if (!writable) opts.logger.warn({ stateFile: opts.stateFile }, 'witness: the state file can be written again');
+      if (!writable) opts.logger.info({ stateFile: opts.stateFile }, 'witness: the state file can be written again');
       writable = true;
       saved = changes;
     });
