@@ -603,11 +603,6 @@ export class Appliance {
   }
 
   /**
-   * A repair run (online verify with --repair) is due after an unclean stop of a replicating
-   * primary, and stays due (state/repair-due.json, written before anything is shipped) until one
-   * has gone over every volume: see PrimaryReplication.checkRepairDue.
-   */
-  /**
    * The time of the oldest write the replica lacks while folded records hold it
    * (state/rpo-missing-since.json; see PrimaryReplicationOptions.missingSince).
    */
@@ -622,6 +617,11 @@ export class Appliance {
     return path.join(this.dataDir.root, 'state', 'rpo-missing-since.json');
   }
 
+  /**
+   * A repair run (online verify with --repair) is due after an unclean stop of a replicating
+   * primary, and stays due (state/repair-due.json, written before anything is shipped) until one
+   * has gone over every volume: see PrimaryReplication.checkRepairDue.
+   */
   private async repairDue(uncleanStop: boolean): Promise<{ since: string; done(): Promise<void> } | undefined> {
     const file = path.join(this.dataDir.root, 'state', 'repair-due.json');
     const saved = (await readJsonFile(file).catch(() => undefined)) as { since?: unknown } | undefined;

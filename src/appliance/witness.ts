@@ -99,6 +99,73 @@ export async function lockWitnessState(file: string): Promise<() => Promise<void
   };
 }
 
+/**
+ * A witness's --state file while it runs: locked to this process, read back at start, then
+ * written at every change of holder (before the change is answered) and every `checkMs`.
+ */
+class WitnessStateFile {
+  /** Whether the last write succeeded. */
+  writable = true;
+  /** Changes of holder the file holds (-1: nothing written yet). */
+  private saved = -1;
+  private writing: Promise<void> = Promise.resolve();
+  private checker?: NodeJS.Timeout;
+
+  private constructor(
+    readonly file: string,
+    readonly restored: WitnessState | undefined,
+    private readonly logger: Logger,
+    private readonly release: () => Promise<void>,
+  ) {}
+
+  static async open(file: string, logger: Logger): Promise<WitnessStateFile> {
+    const release = await lockWitnessState(file);
+    try {
+      return new WitnessStateFile(file, await readWitnessState(file), logger, release);
+    } catch (e) {
+      await release();
+      throw e;
+    }
+  }
+
+  /** Write `book` now (a fresh file: its incarnation), then keep it: every `checkMs` the file is written again to find out whether it still can be. */
+  async keep(book: LeaseBook, checkMs: number): Promise<void> {
+    const h = this.restored?.holder;
+    this.logger.info({ stateFile: this.file, incarnation: book.incarnation, holder: h?.siteId, epoch: h?.epoch }, this.restored ? 'witness: state restored (the lease holders before this start are remembered)' : 'witness: no state file yet; starting one');
+    if (this.restored) this.saved = book.changes;
+    await this.persist(book);
+    this.checker = setInterval(() => void this.persist(book, true).catch(() => undefined), checkMs).unref();
+  }
+
+  /**
+   * Resolves once the file holds every change of holder made so far (it failed: rejects, and the
+   * next call writes again). `check`: write even when nothing changed.
+   */
+  persist(book: LeaseBook, check = false): Promise<void> {
+    this.writing = this.writing.catch(() => undefined).then(async () => {
+      const changes = book.changes;
+      if (changes === this.saved && !check) return;
+      try {
+        await writeJsonFile(this.file, book.state());
+      } catch (e) {
+        if (this.writable) this.logger.error({ err: e, stateFile: this.file }, 'witness: the state file cannot be written: no lease can change hands until it can');
+        this.writable = false;
+        throw e;
+      }
+      if (!this.writable) this.logger.info({ stateFile: this.file }, 'witness: the state file can be written again');
+      this.writable = true;
+      this.saved = changes;
+    });
+    return this.writing;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.checker);
+    await this.writing.catch(() => undefined);
+    await this.release();
+  }
+}
+
 /** The state file's content checked field by field; undefined when there is no file yet. */
 export async function readWitnessState(file: string): Promise<WitnessState | undefined> {
   let v: unknown;
@@ -246,53 +313,9 @@ export class LeaseBook {
 export async function startWitness(host: string, port: number, opts: WitnessOptions): Promise<RunningWitness> {
   const now = opts.now ?? grantorNow;
   const stats: WitnessStats = { grants: 0, takeovers: 0, refused: { held: 0, superseded: 0, starting: 0, unauthorized: 0, clock: 0, replay: 0, bad_request: 0, state: 0 } };
-  const unlock = opts.stateFile ? await lockWitnessState(opts.stateFile) : async () => undefined;
-  let restored: WitnessState | undefined;
-  try {
-    restored = opts.stateFile ? await readWitnessState(opts.stateFile) : undefined;
-  } catch (e) {
-    await unlock();
-    throw e;
-  }
-  const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs), undefined, restored);
-  if (opts.stateFile) {
-    const h = restored?.holder;
-    opts.logger.info({ stateFile: opts.stateFile, incarnation: book.incarnation, holder: h?.siteId, epoch: h?.epoch }, restored ? 'witness: state restored (the lease holders before this start are remembered)' : 'witness: no state file yet; starting one');
-  }
-  /** Changes of holder the state file holds; persisting: the write under way, if any. */
-  let saved = restored ? book.changes : -1;
-  let persisting: Promise<void> = Promise.resolve();
-  /** Whether the last write of the state file succeeded. */
-  let writable = true;
-  /**
-   * Resolves once the state file holds every change of holder made so far (it failed: rejects,
-   * and the next call writes again). `check`: write even when nothing changed (the periodic check
-   * that the file can still be written).
-   */
-  const persist = (check = false): Promise<void> => {
-    if (!opts.stateFile) return Promise.resolve();
-    persisting = persisting.catch(() => undefined).then(async () => {
-      const changes = book.changes;
-      if (changes === saved && !check) return;
-      try {
-        await writeJsonFile(opts.stateFile!, book.state());
-      } catch (e) {
-        if (writable) opts.logger.error({ err: e, stateFile: opts.stateFile }, 'witness: the state file cannot be written: no lease can change hands until it can');
-        writable = false;
-        throw e;
-      }
-      if (!writable) opts.logger.info({ stateFile: opts.stateFile }, 'witness: the state file can be written again');
-      writable = true;
-      saved = changes;
-    });
-    return persisting;
-  };
-  // The incarnation is fixed on disk before any epoch of it is handed out.
-  await persist().catch(async (e: unknown) => {
-    await unlock();
-    throw e;
-  });
-  const checker = opts.stateFile ? setInterval(() => void persist(true).catch(() => undefined), opts.stateCheckMs ?? 30_000).unref() : undefined;
+  const state = opts.stateFile ? await WitnessStateFile.open(opts.stateFile, opts.logger) : undefined;
+  const book = new LeaseBook(opts.leaseMs, now() + (opts.quietMs ?? opts.leaseMs), undefined, state?.restored);
+  const persist = (): Promise<void> => state?.persist(book) ?? Promise.resolve();
   const key = opts.key;
   /** The newest signed request time accepted per site: an older or equal one is a replay. */
   const lastTime = new Map<string, number>();
@@ -332,7 +355,7 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       );
       return;
     }
-    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held, incarnation: book.incarnation, stateFile: opts.stateFile ?? null, stateWritable: opts.stateFile ? writable : null });
+    if (req.method === 'GET' && url.pathname === '/status') return reply(200, { leaseMs: opts.leaseMs, authenticated: !!key, holder: book.holder ?? null, grants: stats.grants, refusals: stats.refused.held, incarnation: book.incarnation, stateFile: opts.stateFile ?? null, stateWritable: state?.writable ?? null });
     if (req.method !== 'POST' || url.pathname !== '/lease') return reply(404, { error: 'not found' });
     let body = '';
     req.on('data', (c: Buffer) => {
@@ -409,13 +432,17 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
       return reply(409, { granted: false, holder: r.holder.siteId, expiresInMs: r.holder.expiresAt - t, leaseMs: opts.leaseMs });
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  }).catch(async (e: unknown) => {
-    await unlock();
+  try {
+    // The incarnation is fixed on disk before any epoch of it is handed out.
+    await state?.keep(book, opts.stateCheckMs ?? 30_000);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+  } catch (e) {
+    await state?.close();
     throw e;
-  });
+  }
   return {
     address: server.address() as AddressInfo,
     book,
@@ -423,12 +450,14 @@ export async function startWitness(host: string, port: number, opts: WitnessOpti
     authenticated: !!key,
     stats: () => structuredClone(stats),
     now,
-    stateWritable: () => (opts.stateFile ? writable : undefined),
-    close: () => new Promise<void>((resolve) => {
-      clearInterval(checker);
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }).then(() => persisting.catch(() => undefined)).then(unlock),
+    stateWritable: () => state?.writable,
+    close: async () => {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+      await state?.close();
+    },
   };
 }
 

@@ -795,24 +795,13 @@ export class Session {
     });
   }
 
-  /** Whether `wait` is still pending after tmfTransferWaitMs (a task set function's limit on each of its waits). */
-  private async outlasts(wait: Promise<unknown>): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      wait.then(() => false),
-      new Promise<boolean>((r) => { timer = setTimeout(() => r(true), this.host.tmfTransferWaitMs); }),
-    ]);
-    clearTimeout(timer);
-    return timedOut;
-  }
-
   /**
    * A task set function's step d (RFC 7143 §11.6.2): wait until each session sharing the task
    * set has acknowledged the statuses it sent, at most tmfTransferWaitMs: an initiator that does
    * not answer the NOP-In does not hold the function up for good.
    */
   private async awaitStatusAcks(fn: TmfFunction, sessions: readonly Session[]): Promise<void> {
-    if (!(await this.outlasts(Promise.all(sessions.map((s) => s.statusesAcknowledged()))))) return;
+    if (!(await outlasts(Promise.all(sessions.map((s) => s.statusesAcknowledged())), this.host.tmfTransferWaitMs))) return;
     this.host.count('tmf_status_ack_timeouts');
     this.logger.warn({ function: TMF_NAMES[fn], waitedMs: this.host.tmfTransferWaitMs }, 'initiator did not acknowledge the statuses sent before the task set function: answered without it');
   }
@@ -852,7 +841,7 @@ export class Session {
     if (transfers.length === 0) return;
     this.host.count('tmf_waited_for_ttt');
     this.logger.info({ function: TMF_NAMES[fn], tasks: transfers.length }, 'task management waits for the R2Ts of the aborted tasks to be answered');
-    if (!(await this.outlasts(Promise.all(transfers.map((t) => t.done))))) return;
+    if (!(await outlasts(Promise.all(transfers.map((t) => t.done)), this.host.tmfTransferWaitMs))) return;
     this.host.count('tmf_ttt_wait_timeouts');
     this.logger.warn({ function: TMF_NAMES[fn], waitedMs: this.host.tmfTransferWaitMs }, 'initiator did not answer the R2Ts of the aborted tasks: task management goes on without them');
     for (const t of transfers) t.giveUp();
@@ -1129,11 +1118,7 @@ export class Session {
   /** Wait for executing commands (bounded), then mark closed. Responses after this are dropped. */
   async drain(timeoutMs: number): Promise<void> {
     const pending = this.tasks.values().map((t) => t.done).filter((d): d is Promise<void> => !!d);
-    if (pending.length) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.all(pending), new Promise((r) => { timer = setTimeout(r, timeoutMs); })]);
-      clearTimeout(timer);
-    }
+    if (pending.length) await outlasts(Promise.all(pending), timeoutMs);
   }
 
   /** The connection is gone: abort everything. */
@@ -1150,6 +1135,17 @@ export class Session {
     this.host.sessionEnded(this);
     return settled;
   }
+}
+
+/** Whether `wait` is still pending after `ms` (it is not waited for any longer). */
+async function outlasts(wait: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = await Promise.race([
+    wait.then(() => false),
+    new Promise<boolean>((r) => { timer = setTimeout(() => r(true), ms); }),
+  ]);
+  clearTimeout(timer);
+  return timedOut;
 }
 
 const KNOWN_LOGIN_ONLY = new Set(['HeaderDigest', 'DataDigest', 'MaxBurstLength', 'FirstBurstLength', 'ImmediateData', 'InitialR2T', 'MaxOutstandingR2T', 'DataPDUInOrder', 'DataSequenceInOrder', 'DefaultTime2Wait', 'DefaultTime2Retain', 'ErrorRecoveryLevel', 'MaxConnections', 'InitiatorName', 'TargetName', 'SessionType', 'AuthMethod']);
