@@ -16,6 +16,7 @@ import { resolvePoint } from '../journal/point-in-time';
 import { Bookmarks } from '../journal/bookmarks';
 import { FileVolume } from '../volume/file-volume';
 import { ImageTracker, JournaledVolume, JournalKeeper, recoverImages } from '../volume/journaled';
+import { readIntentFile, WriteIntentMap, type IntentFound } from '../volume/write-intent';
 import { ApplyGate, ReplicaVolume } from '../volume/replica';
 import type { Volume } from '../volume/volume';
 import { Receiver } from '../replication/receiver';
@@ -32,7 +33,7 @@ import { addedVolumes, forgetAddedVolume, recordAddedVolume } from './added-volu
 import { moveRemovedAside, recordRemovedVolume, removedDirName, removedVolumes, type RemovedVolume } from './removed-volumes';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus, type ReplicationPause } from './replication';
-import { VerifyError, type VerifyRequest, type VerifyStatus } from '../replication/verify';
+import { VerifyError, type VerifyRange, type VerifyRequest, type VerifyStatus } from '../replication/verify';
 import { readJsonFile, removeJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
@@ -53,6 +54,11 @@ export interface VolumeStatus {
   targetName: string;
   /** Journaled writes whose image write failed, retried from the journal (writes are refused meanwhile); 0 normally. */
   imageBehindRecords: number;
+  /**
+   * Bytes in the regions the write-intent map has marked (written since the last checkpoint):
+   * what the repair after a power cut now would compare. 0 for a volume without a map.
+   */
+  writeIntentBytes: number;
 }
 
 export interface ApplianceStatus {
@@ -270,9 +276,12 @@ export class Appliance {
     } else if (config.role === 'primary') {
       logger.warn('journal disabled (--no-journal): writes go straight to the images; no replication or point-in-time replay');
     }
+    // What the write-intent maps held, read before anything is written again (see repairDue).
+    const intents = this.journal && uncleanStop ? await this.readIntents(images) : undefined;
     for (const v of wanted) {
       const image = images.get(v.name)!;
       const volume: Volume = this.journal && !image.readOnly ? new JournaledVolume(image, this.journal, this.tracker) : image;
+      if (volume instanceof JournaledVolume) await this.attachIntent(volume, false);
       await this.serveVolume(volume, image, !existing.includes(v.name));
     }
     if (this.journal && this.lineage.length === 0) {
@@ -328,12 +337,14 @@ export class Appliance {
             save: (s) => writeJsonFile(this.verifyResultFile(), s),
           },
           paused: pause === 'unreadable' ? undefined : pause,
-          repairDue: await this.repairDue(uncleanStop),
+          repairDue: await this.repairDue(uncleanStop, intents, images),
           missingSince: await this.missingSince(),
         }));
         this.forEachJournaledVolume((v) => (v.ackDelay = () => repl.ackDelayMs()));
         await repl.restoreVerifyResult();
       }
+      // The maps start clear (what they held is in the repair due), before the first write.
+      for (const v of this.journaledVolumes()) await v.intent?.reset();
     }
     if (config.witness) {
       this.warnWitnessSetup();
@@ -617,22 +628,61 @@ export class Appliance {
     return path.join(this.dataDir.root, 'state', 'rpo-missing-since.json');
   }
 
+  /** Where a volume's write-intent map is kept (src/volume/write-intent.ts). */
+  private intentFile(volume: string): string {
+    return path.join(this.dataDir.stateDir(volume), 'write-intent.map');
+  }
+
+  /** Give a journaled volume its write-intent map (`reset`: cleared now; else by the start, once repairDue has read them). */
+  private async attachIntent(v: JournaledVolume, reset: boolean): Promise<void> {
+    const { map } = await WriteIntentMap.open(this.intentFile(v.name), v.sizeBytes);
+    if (reset) await map.reset();
+    v.intent = map;
+  }
+
+  /** The maps of these volumes as the last run left them. */
+  private async readIntents(images: ReadonlyMap<string, FileVolume>): Promise<Map<string, IntentFound>> {
+    const found = new Map<string, IntentFound>();
+    for (const name of images.keys()) found.set(name, await readIntentFile(this.intentFile(name)));
+    return found;
+  }
+
   /**
    * A repair run (online verify with --repair) is due after an unclean stop of a replicating
    * primary, and stays due (state/repair-due.json, written before anything is shipped) until one
-   * has gone over every volume: see PrimaryReplication.checkRepairDue.
+   * has gone over the ranges it names: see PrimaryReplication.checkRepairDue. The ranges are the
+   * regions the write-intent maps had marked (a whole volume where its map is missing or
+   * unreadable), added to those of a repair still due; a file without ranges (written before
+   * there were maps) means every volume. No region marked, nothing due: no image write was under way.
    */
-  private async repairDue(uncleanStop: boolean): Promise<{ since: string; done(): Promise<void> } | undefined> {
+  private async repairDue(uncleanStop: boolean, intents: ReadonlyMap<string, IntentFound> | undefined, images: ReadonlyMap<string, FileVolume>): Promise<{ since: string; ranges?: VerifyRange[]; done(): Promise<void> } | undefined> {
     const file = path.join(this.dataDir.root, 'state', 'repair-due.json');
-    const saved = (await readJsonFile(file).catch(() => undefined)) as { since?: unknown } | undefined;
+    const saved = (await readJsonFile(file).catch(() => undefined)) as { since?: unknown; ranges?: unknown } | undefined;
     let since = typeof saved?.since === 'string' ? saved.since : undefined;
-    if (uncleanStop && since === undefined) {
-      since = new Date().toISOString();
-      await writeJsonFile(file, { since, reason: 'unclean stop' });
+    let ranges = since === undefined ? [] : savedRanges(saved?.ranges);
+    if (uncleanStop) {
+      const marked: VerifyRange[] = [];
+      for (const [volume, image] of images) {
+        const found = intents?.get(volume) ?? { unknown: 'missing', reason: 'not read' };
+        if ('ranges' in found) {
+          for (const r of found.ranges) if (r.offsetBytes < image.sizeBytes) marked.push({ volume, offsetBytes: r.offsetBytes, lengthBytes: Math.min(r.lengthBytes, image.sizeBytes - r.offsetBytes) });
+        } else {
+          this.logger.warn({ volume, reason: found.reason }, 'write-intent map unusable after the unclean stop: the repair covers the whole volume');
+          marked.push({ volume, offsetBytes: 0, lengthBytes: image.sizeBytes });
+        }
+      }
+      if (ranges) ranges.push(...marked);
+      if (since === undefined && ranges?.length === 0) {
+        this.logger.info('unclean stop: the write-intent maps show no region being written, so no image can hold a write the journal lost: no repair due');
+        return undefined;
+      }
+      since ??= new Date().toISOString();
+      await writeJsonFile(file, { since, reason: 'unclean stop', ranges });
     }
     if (since === undefined) return undefined;
     return {
       since,
+      ranges,
       done: async () => {
         await removeJsonFile(file);
         this.logger.info({ since }, 'the repair run after the unclean stop is done');
@@ -1106,6 +1156,7 @@ export class Appliance {
       if (this.journal) {
         await this.journal.registerVolume(name);
         const jv = new JournaledVolume(image, this.journal, this.tracker);
+        await this.attachIntent(jv, true);
         for (const setup of this.journaledVolumeSetup) setup(jv);
         volume = jv;
       }
@@ -1333,6 +1384,7 @@ export class Appliance {
         readOnly: s.volume.readOnly,
         targetName: s.entry.name,
         imageBehindRecords: s.volume instanceof JournaledVolume ? s.volume.imageBehindRecords : 0,
+        writeIntentBytes: s.volume instanceof JournaledVolume ? s.volume.writeIntentBytes : 0,
       })),
       headSeq: this.journal?.headSeq() ?? 0,
       journal: this.journal && this.journalStatus(this.journal),
@@ -1506,4 +1558,14 @@ export interface PauseResult {
 /** A replica's /status verified: what the primary's online verify compared and found here. */
 function verifiedHere(c: ReturnType<ReplicaStore['counters']>): NonNullable<ApplianceStatus['verified']> {
   return { comparedBytes: c.verifiedBytes, mismatchedChunks: c.verifyMismatches, repairedBytes: c.repairedBytes };
+}
+
+/** The ranges of a repair due as saved; undefined (every volume) when there are none or they are not ranges. */
+function savedRanges(v: unknown): VerifyRange[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const ok = (r: unknown): r is VerifyRange => {
+    const x = r as VerifyRange;
+    return !!x && typeof x.volume === 'string' && Number.isSafeInteger(x.offsetBytes) && x.offsetBytes >= 0 && Number.isSafeInteger(x.lengthBytes) && x.lengthBytes > 0;
+  };
+  return v.every(ok) ? v.map((r: VerifyRange) => ({ volume: r.volume, offsetBytes: r.offsetBytes, lengthBytes: r.lengthBytes })) : undefined;
 }

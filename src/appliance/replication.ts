@@ -8,7 +8,7 @@ import type { BookmarkDescriptor, RemovedVolumeDescriptor, ReplicatedRecord, Shi
 import type { Bookmarks } from '../journal/bookmarks';
 import type { SettingSource } from './runtime-setting';
 import { verifyHashes } from '../replication/protocol';
-import { Verifier, type VerifySource, type VerifyStatus } from '../replication/verify';
+import { Verifier, type VerifyRange, type VerifySource, type VerifyStatus } from '../replication/verify';
 import { RpoController, type RpoDecision, type RpoPolicy } from '../replication/rpo';
 import { Shipper, type ShipperStats } from '../replication/shipper';
 import type { LinkKey } from '../replication/link-security';
@@ -49,9 +49,10 @@ export interface PrimaryReplicationOptions {
   paused?: ReplicationPause;
   /**
    * A repair run is due (the site stopped uncleanly since the last one finished): started once
-   * the replica is connected and not syncing; `done` once a run over every volume has ended.
+   * the replica is connected and not syncing; `done` once a run over them has ended. `ranges`:
+   * where the images may differ (the write-intent maps); every volume when undefined.
    */
-  repairDue?: { since: string; done(): Promise<void> };
+  repairDue?: { since: string; ranges?: VerifyRange[]; done(): Promise<void> };
   /**
    * The time of the oldest write the replica lacks, kept across restarts while records it never
    * got are folded away (no retained record carries their time): `at` as saved at the last run,
@@ -416,8 +417,9 @@ export class PrimaryReplication {
   /**
    * After an unclean stop of this primary the images may hold a write whose record the journal
    * lost (the two reach the disk independently): the replica never gets it, and would differ
-   * there until the block is written again, later writes built on it. A repair run compares every
-   * volume with the replica and sends what differs. It waits for any other run to end.
+   * there until the block is written again, later writes built on it. A repair run compares the
+   * regions that were being written (every volume when the maps could not say) with the replica
+   * and sends what differs. It waits for any other run to end.
    */
   private checkRepairDue(): boolean {
     const due = this.opts.repairDue;
@@ -435,9 +437,10 @@ export class PrimaryReplication {
     if (this.verifier.running || this.pausedBy) return true;
     const s = this.shipper.stats();
     if (!s.connected || s.syncing) return true;
-    if (this.startRun('unclean-stop', 'the repair run after an unclean stop could not start (tried again)')) {
+    if (this.startRun('unclean-stop', 'the repair run after an unclean stop could not start (tried again)', due.ranges)) {
       this.repairRunning = true;
-      this.opts.logger.warn({ since: due.since }, 'repair run after an unclean stop: comparing every volume with the replica (an image may hold a write whose record was lost)');
+      const bytes = due.ranges?.reduce((n, r) => n + r.lengthBytes, 0);
+      this.opts.logger.warn({ since: due.since, ranges: due.ranges?.length, bytes }, due.ranges ? 'repair run after an unclean stop: comparing the regions that were being written with the replica (an image may hold a write whose record was lost)' : 'repair run after an unclean stop: comparing every volume with the replica (an image may hold a write whose record was lost)');
     }
     return true;
   }
@@ -454,9 +457,9 @@ export class PrimaryReplication {
   }
 
   /** A run over every volume this site starts itself (a repair one after an unclean stop); a refusal is logged once per reason. */
-  private startRun(trigger: 'schedule' | 'unclean-stop', refused: string): boolean {
+  private startRun(trigger: 'schedule' | 'unclean-stop', refused: string, only?: VerifyRange[]): boolean {
     try {
-      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, trigger === 'unclean-stop', trigger);
+      this.verifier.start([], this.opts.verifyRateBytesPerSec ?? 0, trigger === 'unclean-stop', trigger, only);
       this.scheduleRefusal = '';
       return true;
     } catch (e) {

@@ -189,6 +189,16 @@ export function createMetrics(): Metrics {
     },
   });
   new client.Gauge({
+    name: 'offsite_volume_write_intent_bytes',
+    help: 'Bytes in the regions of the volume written since the last checkpoint (its write-intent map): what the repair after a power cut would compare with the replica now.',
+    labelNames: ['volume'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      if (app) for (const v of app.status().volumes) this.set({ volume: v.name }, v.writeIntentBytes);
+    },
+  });
+  new client.Gauge({
     name: 'offsite_role',
     help: 'Role of this appliance (1 for the current role label).',
     labelNames: ['role'],

@@ -152,20 +152,23 @@ export class Verifier {
   /**
    * Start a run over these volumes (all when empty), scanning at most `rateBytesPerSec` (0: no
    * cap); with `repair`, each differing chunk is overwritten at the replica with the primary's data.
+   * `only`: just these ranges (the volumes are theirs; a range past a volume's end is cut there).
    */
-  start(volumeNames: string[], rateBytesPerSec = 0, repair = false, trigger: VerifyStatus['trigger'] = 'operator'): VerifyStatus {
+  start(volumeNames: string[], rateBytesPerSec = 0, repair = false, trigger: VerifyStatus['trigger'] = 'operator', only?: VerifyRange[]): VerifyStatus {
     if (this.run) throw new VerifyError('VERIFY_RUNNING', `a verify is already running (${this.current.checkedBytes} of ${this.current.totalBytes} bytes checked); stop it first`);
     const all = this.source.volumes();
+    if (only) volumeNames = [...new Set(only.map((r) => r.volume))].filter((n) => all.some((v) => v.name === n));
     for (const n of volumeNames) if (!all.some((v) => v.name === n)) throw new VerifyError('UNKNOWN_VOLUME', `no volume ${n} (volumes: ${all.map((v) => v.name).join(', ') || 'none'})`);
     if (!this.target.connected()) throw new VerifyError('REPLICA_DISCONNECTED', 'the replica is not connected (or an image sync is running): verify compares against a consistent replica');
-    const volumes = all.filter((v) => volumeNames.length === 0 || volumeNames.includes(v.name)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const volumes = all.filter((v) => (only ? volumeNames.includes(v.name) : volumeNames.length === 0 || volumeNames.includes(v.name))).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const ranges = only ? clipped(only, volumes) : volumes.map((v) => ({ volume: v.name, offsetBytes: 0, lengthBytes: v.sizeBytes }));
     const startedAt = new Date().toISOString();
-    const lastFullRunStartedAt = volumes.length === all.length ? startedAt : this.current.lastFullRunStartedAt;
-    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt, lastFullRunStartedAt, totalBytes: volumes.reduce((n, v) => n + v.sizeBytes, 0), repair, trigger };
+    const lastFullRunStartedAt = !only && volumes.length === all.length ? startedAt : this.current.lastFullRunStartedAt;
+    this.current = { ...emptyStatus(), state: 'running', volumes: volumes.map((v) => v.name), startedAt, lastFullRunStartedAt, totalBytes: ranges.reduce((n, r) => n + r.lengthBytes, 0), repair, trigger };
     this.stopping = false;
-    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, rateBytesPerSec, repair, trigger }, 'verify started: comparing the volumes with the replica');
+    this.logger.info({ volumes: this.current.volumes, totalBytes: this.current.totalBytes, ranges: only ? ranges.length : undefined, rateBytesPerSec, repair, trigger }, 'verify started: comparing the volumes with the replica');
     const rate = new TokenBucket(rateBytesPerSec);
-    this.run = this.scan(volumes, rate)
+    this.run = this.scan(ranges, rate)
       .then(
         () => {
           this.current.state = this.stopping ? 'stopped' : 'done';
@@ -205,9 +208,12 @@ export class Verifier {
     }
   }
 
-  private async scan(volumes: VolumeDescriptor[], rate: TokenBucket): Promise<void> {
+  private async scan(within: VerifyRange[], rate: TokenBucket): Promise<void> {
     const ranges = (function* () {
-      for (const v of volumes) for (let off = 0; off < v.sizeBytes; off += VERIFY_RANGE_BYTES) yield { volume: v.name, offsetBytes: off, lengthBytes: Math.min(VERIFY_RANGE_BYTES, v.sizeBytes - off) };
+      for (const w of within) {
+        const end = w.offsetBytes + w.lengthBytes;
+        for (let off = w.offsetBytes; off < end; off += VERIFY_RANGE_BYTES) yield { volume: w.volume, offsetBytes: off, lengthBytes: Math.min(VERIFY_RANGE_BYTES, end - off) };
+      }
     })();
     let failure: Error | undefined;
     const worker = async () => {
@@ -316,6 +322,30 @@ export class Verifier {
 
 function emptyStatus(): VerifyStatus {
   return { state: 'idle', volumes: [], totalBytes: 0, checkedBytes: 0, mismatchedChunks: 0, mismatchedBytes: 0, unverifiedBytes: 0, retries: 0, waitingForReplica: false, repair: false, trigger: 'operator', repairedChunks: 0, chunkBytes: SYNC_CHUNK_BYTES, mismatches: [], unverified: [] };
+}
+
+/**
+ * Ranges within their volumes, in volume order then offset, starting on a chunk boundary (the
+ * replica compares whole chunks), overlaps joined.
+ */
+function clipped(only: VerifyRange[], volumes: VolumeDescriptor[]): VerifyRange[] {
+  const out: VerifyRange[] = [];
+  for (const v of volumes) {
+    const mine = only
+      .filter((r) => r.volume === v.name)
+      .map((r) => {
+        const start = Math.max(0, Math.floor(r.offsetBytes / SYNC_CHUNK_BYTES) * SYNC_CHUNK_BYTES);
+        return { start, end: Math.min(v.sizeBytes, r.offsetBytes + r.lengthBytes) };
+      })
+      .filter((r) => r.end > r.start)
+      .sort((a, b) => a.start - b.start);
+    for (const r of mine) {
+      const last = out[out.length - 1];
+      if (last && last.volume === v.name && last.offsetBytes + last.lengthBytes >= r.start) last.lengthBytes = Math.max(last.lengthBytes, r.end - last.offsetBytes);
+      else out.push({ volume: v.name, offsetBytes: r.start, lengthBytes: r.end - r.start });
+    }
+  }
+  return out;
 }
 
 /** Add a range to a list (the workers finish ranges in any order: merged() tidies it at the end). */

@@ -11,6 +11,7 @@ import { ImageFileTarget, type Journal, type JournalRecord, type RecordTarget } 
 import { VolumeError, VolumeErrorCode } from './errors';
 import type { FileVolume } from './file-volume';
 import type { AllocationExtent, Volume, WriteOptions } from './volume';
+import type { WriteIntentMap } from './write-intent';
 
 /**
  * Sequence numbers appended but not yet in their image, across every volume of the journal.
@@ -92,6 +93,12 @@ export class JournaledVolume implements Volume {
   /** Removed (offsite remove-volume): no write is taken any more. */
   retired = false;
 
+  /**
+   * The regions a power cut could leave different from the journal (write-intent.ts): marked,
+   * durably, before a write reaches the image; unmarked by the keeper's checkpoints.
+   */
+  intent?: WriteIntentMap;
+
   /** Split-brain protection: when set, a write is accepted only while this says yes (asked at every write). */
   writeGate?: () => boolean;
 
@@ -170,6 +177,8 @@ export class JournaledVolume implements Volume {
       if (before) await (before.length === 1 ? before[0] : Promise.all(before));
       // An earlier write failed its image write: this one waits its turn in the retries.
       if (this.imageBehindRecords > 0) throw new VolumeError(VolumeErrorCode.Io, `an earlier journaled write has not reached the image of volume '${this.name}' yet`);
+      const marking = this.intent?.mark(offset, length, seq);
+      if (marking) await marking;
       await applyToImage();
     } catch (e) {
       if (!appended) throw asVolumeError(e);
@@ -235,6 +244,7 @@ export class JournaledVolume implements Volume {
         for await (const rec of this.journal.records(seq - 1, seq, this.name)) {
           found = true;
           try {
+            await this.intent?.mark(rec.offsetBytes, rec.lengthBytes, seq);
             await applyToVolume(this.image, rec);
           } finally {
             releaseBuffer(rec.data);
@@ -276,12 +286,25 @@ export class JournaledVolume implements Volume {
     return this.image.allocation(offsetBytes, lengthBytes);
   }
 
+  /** Bytes in the regions the write-intent map has marked (0 without a map). */
+  get writeIntentBytes(): number {
+    let n = 0;
+    for (const r of this.intent?.markedRanges(this.sizeBytes) ?? []) n += r.lengthBytes;
+    return n;
+  }
+
+  /** The keeper's checkpoint made every record ≤ seq durable in the journal and the images. */
+  checkpointed(seq: number): void {
+    this.intent?.checkpointed(seq);
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.inflight.map(landed));
     // What the image still lacks stays in the journal (the checkpoint is below it): the next start replays it.
     if (this.behind) clearInterval(this.behind.timer);
     await this.image.flush();
     await this.image.close();
+    await this.intent?.close();
   }
 }
 
@@ -410,6 +433,8 @@ export interface KeptVolume {
   readonly name: string;
   readonly sizeBytes: number;
   readonly image: { flush(): Promise<void> };
+  /** Told after each checkpoint, with its sequence number. */
+  checkpointed?(seq: number): void;
 }
 
 export interface KeeperOptions {
@@ -482,6 +507,8 @@ export class JournalKeeper {
       await this.journal.sync();
       for (const v of this.volumes()) await v.image.flush();
       await this.journal.checkpoint(safe);
+      const at = this.journal.checkpointSeq();
+      for (const v of this.volumes()) v.checkpointed?.(at);
     }
     if (!(this.opts.canTrim?.() ?? true)) return;
     const sizes = new Map<string, number>();
