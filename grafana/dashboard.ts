@@ -92,6 +92,9 @@ export const PANELS: PanelSpec[] = [
     { expr: `offsite_verify_unverified_bytes{${site}}`, legend: '{{instance}} not compared' },
     { expr: `offsite_verify_total_bytes{${site}}`, legend: '{{instance}} total' },
   ] },
+  { row: 'Online verify', title: 'Repair a power cut would need now (regions being written)', unit: 'bytes', queries: [
+    { expr: `offsite_volume_write_intent_bytes{${site}}`, legend: '{{instance}} {{volume}}' },
+  ] },
 ];
 
 export function buildDashboard(): unknown {
