@@ -196,7 +196,8 @@ export class WriteIntentMap {
     MAGIC.copy(header, 0);
     header.writeUInt32BE(this.regionBytes, 8);
     const snapshot = Buffer.from(this.bytes);
-    await this.fh.writev([header, snapshot], 0);
+    const { bytesWritten } = await this.fh.writev([header, snapshot], 0);
+    if (bytesWritten !== header.length + snapshot.length) throw new Error(`short write (${bytesWritten} of ${header.length + snapshot.length} bytes)`);
     await this.fh.datasync();
   }
 }
