@@ -116,6 +116,11 @@ export interface PrimaryReplicationStatus {
   replicaAppliedSeq: number;
   /** Shipping paused by the operator (offsite pause; the link stays up, the journal keeps every write), or null. */
   paused: ReplicationPause | null;
+  /**
+   * The repair after an unclean stop, while it is due (waiting for the replica, or running), or
+   * null: since when, and the bytes it compares (`ranges` of them; every volume when null).
+   */
+  repairDue: { since: string; running: boolean; ranges: number | null; bytes: number | null } | null;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -556,7 +561,14 @@ export class PrimaryReplication {
       },
       replicaAppliedSeq: s.replicaAppliedSeq,
       paused: this.pausedBy && { ...this.pausedBy },
+      repairDue: this.repairDueStatus(),
     };
+  }
+
+  private repairDueStatus(): PrimaryReplicationStatus['repairDue'] {
+    const due = this.opts.repairDue;
+    if (!due) return null;
+    return { since: due.since, running: this.repairRunning, ranges: due.ranges?.length ?? null, bytes: due.ranges ? due.ranges.reduce((n, r) => n + r.lengthBytes, 0) : null };
   }
 }
 

@@ -137,6 +137,8 @@ export function summarize(s: Record<string, unknown>): string {
     lines.push(`rpo:         ${String(s.rpoSeconds)} s (${r.rpo?.targetSeconds ? `target ${String(r.rpo.targetSeconds)} s` : 'no target set'}, policy ${String(r.rpo?.policy)}${rpoSet}${r.rpo?.targetMissed ? ', MISSED' : ''}), backlog ${bytes(s.backlogBytes)}`);
     lines.push(`link:        ${bytes(link.bytesRaw)} raw, ${bytes(link.bytesWire)} on the wire, rtt ${String(link.rttMs)} ms, cap ${capText(link.maxBandwidthBytesPerSec)}${link.maxBandwidthSource === 'runtime' ? ` (set at run time; configured ${capText(link.configuredMaxBandwidthBytesPerSec)})` : ''}`);
     if (r.sync?.running) lines.push(`sync:        ${bytes(r.sync.remainingBytes)} of ${bytes(r.sync.totalBytes)} left`);
+    const due = (s.replication as { repairDue?: { since: string; running: boolean; ranges: number | null; bytes: number | null } | null } | undefined)?.repairDue;
+    if (due && !due.running) lines.push(`repair:      due since ${due.since} (unclean stop): ${due.bytes === null ? 'every volume' : `${bytes(due.bytes)} in ${String(due.ranges)} range${due.ranges === 1 ? '' : 's'} being written then`} to compare with the replica, once it is connected and not syncing`);
     const v = s.verify as VerifyView | undefined;
     if (v && v.state !== 'idle') lines.push(`verify:      ${verifyLine(v)}${v.trigger === 'schedule' ? ' (scheduled)' : v.trigger === 'unclean-stop' ? ' (repair after an unclean stop)' : ''}`);
     if (v?.scheduleEverySeconds) lines.push(`${v.state === 'idle' ? 'verify:      not run yet;' : '            '} every ${String(v.scheduleEverySeconds)} s; next ${v.state === 'running' ? 'after this one' : String(v.nextScheduledAt)}`);

@@ -82,7 +82,7 @@ test('the repair after an unclean stop covers only the regions being written the
   const dir = tempDir();
   const aDir = path.join(dir, 'a');
   const replPort = await freePort();
-  const replica = await startReplica(path.join(dir, 'b'), replPort);
+  let replica = await startReplica(path.join(dir, 'b'), replPort);
   let primary = await startPrimary(aDir, ['v:512M'], replPort);
   try {
     // Region 2, written with FUA: the checkpoint that follows unmarks it.
@@ -100,7 +100,14 @@ test('the repair after an unclean stop covers only the regions being written the
     // Blocks of the marked regions reached the image, their records never reached the journal.
     damageVolumeFile(aDir, 'v', 3 * MiB, Buffer.alloc(4096, 0x5a));
     damageVolumeFile(aDir, 'v', 6 * REGION + 20 * MiB, Buffer.alloc(4096, 0x6b));
+    // The replica away: the repair waits for it, and says so.
+    await replica.stop();
     primary = await startPrimary(aDir, [], replPort);
+    const due = ((await primary.status()).replication as { repairDue: unknown }).repairDue;
+    assert.deepEqual(due, { since: (due as { since: string }).since, running: false, ranges: 2, bytes: 2 * REGION });
+    const st = await run(process.execPath, [CLI, 'status', '--http', `127.0.0.1:${primary.httpPort}`]);
+    assert.match(st.stdout, /^repair: +due since \S+ \(unclean stop\): 128\.0 MiB in 2 ranges being written then to compare with the replica/m);
+    replica = await startReplica(path.join(dir, 'b'), replPort);
     const v = await repairRun(primary, 90_000);
     assert.equal(v.state, 'done');
     assert.equal(v.totalBytes, 2 * REGION, 'two regions of eight compared');
@@ -108,6 +115,7 @@ test('the repair after an unclean stop covers only the regions being written the
     assert.equal(v.mismatchedChunks, 2);
     assert.equal(v.repairedChunks, 2);
     assert.deepEqual(await marked(aDir, 'v'), { ranges: [] }, 'the map starts clear once the repair due holds what it had');
+    await until('the repair to be no longer due', async () => ((await primary.status()).replication as { repairDue: unknown }).repairDue === null, 10_000, 100);
     await waitCaughtUp(primary, replica);
     await assertSameVolume(primary, replica, 'v', dir);
   } finally {
