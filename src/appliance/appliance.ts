@@ -295,7 +295,11 @@ export class Appliance {
       const volumeLogger = logger.child({ layer: 'volume' });
       this.forEachJournaledVolume((v) => (v.logger = volumeLogger));
       this.keeper = new JournalKeeper(journal, () => this.tracker.safeSeq(journal.headSeq()), () => this.journaledVolumes(), logger.child({ layer: 'journal' }), { trimUnsynced: true, sizeOf: (name) => this.sizeOfUnserved(name), keepFrom: this.keepFrom });
+      // Recorded with or without a replica now: one that comes later (resuming from its point)
+      // lacks what a power cut left in the images just the same.
+      const repairDue = await this.repairDue(uncleanStop, intents, images);
       const to = config.replication.replicateTo;
+      if (repairDue && !to) logger.warn({ since: repairDue.since, ranges: repairDue.ranges?.length }, 'a repair after an unclean stop is due: it runs once this primary replicates again (state/repair-due.json)');
       if (to) {
         const configured = config.replication.maxBandwidthBytesPerSec;
         const bw = await startingBandwidth(this.dataDir.root, configured);
@@ -337,7 +341,7 @@ export class Appliance {
             save: (s) => writeJsonFile(this.verifyResultFile(), s),
           },
           paused: pause === 'unreadable' ? undefined : pause,
-          repairDue: await this.repairDue(uncleanStop, intents, images),
+          repairDue,
           missingSince: await this.missingSince(),
         }));
         this.forEachJournaledVolume((v) => (v.ackDelay = () => repl.ackDelayMs()));

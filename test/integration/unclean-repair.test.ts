@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { CLI, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { CLI, removeDir, startAppliance, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { assertSameVolume, damageVolumeFile, freePort, metrics, metricValue, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
@@ -149,6 +149,43 @@ test('an unclean stop with no region being written leaves no repair due; a map t
     const v = await repairRun(primary, 60_000);
     assert.equal(v.state, 'done');
     assert.equal(v.totalBytes, 128 * MiB);
+  } finally {
+    await primary.stop();
+    await replica.stop();
+    removeDir(dir);
+  }
+});
+
+test('an unclean stop while not replicating keeps the repair due until the primary replicates again', { timeout: 120_000 }, async () => {
+  const dir = tempDir();
+  const aDir = path.join(dir, 'a');
+  const replPort = await freePort();
+  const replica = await startReplica(path.join(dir, 'b'), replPort);
+  // With a history window the records stay, so the replica resumes from its point (no resync
+  // that would copy the image anyway): only the repair brings it the lost write.
+  const retain = ['--journal-retain', '1h'];
+  let primary = await startPrimary(aDir, ['v:256M'], replPort, retain);
+  try {
+    await qemuIo(primary.url('v'), 'write -P 5 0 1M');
+    await waitCaughtUp(primary, replica);
+    await primary.stop();
+    // Started without --replicate-to for a while, and stopped uncleanly there.
+    primary = await startAppliance({ dataDir: aDir, volumes: [], args: retain });
+    await qemuIo(primary.url('v'), `write -P 6 ${REGION} 1M`);
+    await primary.kill('SIGKILL');
+    damageVolumeFile(aDir, 'v', REGION + 2 * MiB, Buffer.alloc(4096, 0x7c));
+    primary = await startAppliance({ dataDir: aDir, volumes: [], args: retain });
+    assert.ok(primary.logs.some((l) => String(l.msg).startsWith('a repair after an unclean stop is due: it runs once this primary replicates again')));
+    await primary.stop();
+    // Replicating again: the replica resumes from its point, and the repair covers region 1.
+    primary = await startPrimary(aDir, [], replPort, retain);
+    const v = await repairRun(primary, 60_000);
+    assert.equal(v.state, 'done');
+    assert.equal(v.totalBytes, REGION);
+    assert.equal(v.mismatchedChunks, 1, 'the lost write reached the replica only through the repair');
+    assert.equal(v.repairedChunks, 1);
+    await waitCaughtUp(primary, replica);
+    await assertSameVolume(primary, replica, 'v', dir);
   } finally {
     await primary.stop();
     await replica.stop();
