@@ -652,7 +652,7 @@ export class Appliance {
   }
 
   /**
-   * A repair run (online verify with --repair) is due after an unclean stop of a replicating
+   * A repair run (online verify with --repair) is due after an unclean stop of a journaled
    * primary, and stays due (state/repair-due.json, written before anything is shipped) until one
    * has gone over the ranges it names: see PrimaryReplication.checkRepairDue. The ranges are the
    * regions the write-intent maps had marked (a whole volume where its map is missing or
@@ -675,7 +675,7 @@ export class Appliance {
           marked.push({ volume, offsetBytes: 0, lengthBytes: image.sizeBytes });
         }
       }
-      if (ranges) ranges.push(...marked);
+      if (ranges) ranges = joinRanges([...ranges, ...marked]);
       if (since === undefined && ranges?.length === 0) {
         this.logger.info('unclean stop: the write-intent maps show no region being written, so no image can hold a write the journal lost: no repair due');
         return undefined;
@@ -1572,4 +1572,15 @@ function savedRanges(v: unknown): VerifyRange[] | undefined {
     return !!x && typeof x.volume === 'string' && Number.isSafeInteger(x.offsetBytes) && x.offsetBytes >= 0 && Number.isSafeInteger(x.lengthBytes) && x.lengthBytes > 0;
   };
   return v.every(ok) ? v.map((r: VerifyRange) => ({ volume: r.volume, offsetBytes: r.offsetBytes, lengthBytes: r.lengthBytes })) : undefined;
+}
+
+/** Ranges sorted by volume and offset, overlapping or adjacent ones joined (a repair due that grew over several unclean stops). */
+function joinRanges(list: VerifyRange[]): VerifyRange[] {
+  const out: VerifyRange[] = [];
+  for (const r of [...list].sort((a, b) => (a.volume !== b.volume ? (a.volume < b.volume ? -1 : 1) : a.offsetBytes - b.offsetBytes))) {
+    const last = out[out.length - 1];
+    if (last && last.volume === r.volume && r.offsetBytes <= last.offsetBytes + last.lengthBytes) last.lengthBytes = Math.max(last.lengthBytes, r.offsetBytes + r.lengthBytes - last.offsetBytes);
+    else out.push({ ...r });
+  }
+  return out;
 }
