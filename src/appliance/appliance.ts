@@ -33,7 +33,7 @@ import { addedVolumes, forgetAddedVolume, recordAddedVolume } from './added-volu
 import { moveRemovedAside, recordRemovedVolume, removedDirName, removedVolumes, type RemovedVolume } from './removed-volumes';
 import { OffsiteError } from '../common/errors';
 import { PrimaryReplication, type PrimaryReplicationStatus, type ReplicationPause } from './replication';
-import { VerifyError, type VerifyRange, type VerifyRequest, type VerifyStatus } from '../replication/verify';
+import { joinRanges, VerifyError, type VerifyRange, type VerifyRequest, type VerifyStatus } from '../replication/verify';
 import { readJsonFile, removeJsonFile, writeJsonFile } from '../common/json-file';
 import { targetName, type ApplianceConfig, type TargetAuthConfig, type VolumeConfig } from './config';
 import { DataDir, type DataDirIdentity } from './datadir';
@@ -639,7 +639,7 @@ export class Appliance {
 
   /** Give a journaled volume its write-intent map (`reset`: cleared now; else by the start, once repairDue has read them). */
   private async attachIntent(v: JournaledVolume, reset: boolean): Promise<void> {
-    const { map } = await WriteIntentMap.open(this.intentFile(v.name), v.sizeBytes);
+    const map = await WriteIntentMap.open(this.intentFile(v.name), v.sizeBytes);
     if (reset) await map.reset();
     v.intent = map;
   }
@@ -647,7 +647,7 @@ export class Appliance {
   /** The maps of these volumes as the last run left them. */
   private async readIntents(images: ReadonlyMap<string, FileVolume>): Promise<Map<string, IntentFound>> {
     const found = new Map<string, IntentFound>();
-    for (const name of images.keys()) found.set(name, await readIntentFile(this.intentFile(name)));
+    for (const [name, image] of images) found.set(name, await readIntentFile(this.intentFile(name), image.sizeBytes));
     return found;
   }
 
@@ -669,7 +669,7 @@ export class Appliance {
       for (const [volume, image] of images) {
         const found = intents?.get(volume) ?? { unknown: 'missing', reason: 'not read' };
         if ('ranges' in found) {
-          for (const r of found.ranges) if (r.offsetBytes < image.sizeBytes) marked.push({ volume, offsetBytes: r.offsetBytes, lengthBytes: Math.min(r.lengthBytes, image.sizeBytes - r.offsetBytes) });
+          for (const r of found.ranges) marked.push({ volume, ...r });
         } else {
           this.logger.warn({ volume, reason: found.reason }, 'write-intent map unusable after the unclean stop: the repair covers the whole volume');
           marked.push({ volume, offsetBytes: 0, lengthBytes: image.sizeBytes });
@@ -1574,13 +1574,3 @@ function savedRanges(v: unknown): VerifyRange[] | undefined {
   return v.every(ok) ? v.map((r: VerifyRange) => ({ volume: r.volume, offsetBytes: r.offsetBytes, lengthBytes: r.lengthBytes })) : undefined;
 }
 
-/** Ranges sorted by volume and offset, overlapping or adjacent ones joined (a repair due that grew over several unclean stops). */
-function joinRanges(list: VerifyRange[]): VerifyRange[] {
-  const out: VerifyRange[] = [];
-  for (const r of [...list].sort((a, b) => (a.volume !== b.volume ? (a.volume < b.volume ? -1 : 1) : a.offsetBytes - b.offsetBytes))) {
-    const last = out[out.length - 1];
-    if (last && last.volume === r.volume && r.offsetBytes <= last.offsetBytes + last.lengthBytes) last.lengthBytes = Math.max(last.lengthBytes, r.offsetBytes + r.lengthBytes - last.offsetBytes);
-    else out.push({ ...r });
-  }
-  return out;
-}

@@ -11,7 +11,7 @@ import { constants as fsc, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { OffsiteError } from '../common/errors';
 import { syncPath } from '../common/json-file';
-import { processAlive } from '../common/process';
+import { pidFileOwner, removeOwnPidFile } from '../common/process';
 
 export const DATA_FORMAT = 'offsite-data';
 export const DATA_VERSION = 1;
@@ -80,16 +80,8 @@ export class DataDir {
   }
 
   /** The pid of a live appliance owning this directory, if any. */
-  async runningPid(): Promise<number | undefined> {
-    let text: string;
-    try {
-      text = await fsp.readFile(this.pidPath, 'utf8');
-    } catch {
-      return undefined;
-    }
-    const pid = Number(text.trim());
-    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return undefined;
-    return processAlive(pid) ? pid : undefined;
+  runningPid(): Promise<number | undefined> {
+    return pidFileOwner(this.pidPath);
   }
 
   /**
@@ -118,9 +110,8 @@ export class DataDir {
     return { uncleanStop: left };
   }
 
-  async unlock(): Promise<void> {
-    const text = await fsp.readFile(this.pidPath, 'utf8').catch(() => '');
-    if (Number(text.trim()) === process.pid) await fsp.unlink(this.pidPath).catch(() => undefined);
+  unlock(): Promise<void> {
+    return removeOwnPidFile(this.pidPath);
   }
 }
 

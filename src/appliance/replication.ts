@@ -444,8 +444,8 @@ export class PrimaryReplication {
     if (!s.connected || s.syncing) return true;
     if (this.startRun('unclean-stop', 'the repair run after an unclean stop could not start (tried again)', due.ranges)) {
       this.repairRunning = true;
-      const bytes = due.ranges?.reduce((n, r) => n + r.lengthBytes, 0);
-      this.opts.logger.warn({ since: due.since, ranges: due.ranges?.length, bytes }, due.ranges ? 'repair run after an unclean stop: comparing the regions that were being written with the replica (an image may hold a write whose record was lost)' : 'repair run after an unclean stop: comparing every volume with the replica (an image may hold a write whose record was lost)');
+      const { ranges, bytes } = this.repairDueStatus()!;
+      this.opts.logger.warn({ since: due.since, ranges, bytes }, due.ranges ? 'repair run after an unclean stop: comparing the regions that were being written with the replica (an image may hold a write whose record was lost)' : 'repair run after an unclean stop: comparing every volume with the replica (an image may hold a write whose record was lost)');
     }
     return true;
   }

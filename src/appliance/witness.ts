@@ -30,7 +30,7 @@
  * answer's body, so a site trusts no answer the witness did not give to that very request.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { mkdir, open, readFile, unlink } from 'node:fs/promises';
+import { mkdir, open, unlink } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -38,7 +38,7 @@ import { grantorNow } from '../common/clock';
 import { OffsiteError } from '../common/errors';
 import { readJsonFile, writeJsonFile } from '../common/json-file';
 import { logGate, type Logger } from '../common/logger';
-import { processAlive } from '../common/process';
+import { pidFileOwner, removeOwnPidFile } from '../common/process';
 
 export interface WitnessOptions {
   leaseMs: number;
@@ -86,17 +86,14 @@ export async function lockWitnessState(file: string): Promise<() => Promise<void
       break;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw e;
-      const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
+      const pid = await pidFileOwner(pidFile);
+      if (pid !== undefined) {
         throw new WitnessStateError(`witness state ${file} is in use by another witness (pid ${pid}): give each witness its own --state file`, { code: 'WITNESS_STATE_LOCKED' });
       }
       await unlink(pidFile).catch(() => undefined); // left by a witness that is gone
     }
   }
-  return async () => {
-    const text = await readFile(pidFile, 'utf8').catch(() => '');
-    if (Number(text.trim()) === process.pid) await unlink(pidFile).catch(() => undefined);
-  };
+  return () => removeOwnPidFile(pidFile);
 }
 
 /**

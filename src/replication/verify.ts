@@ -329,21 +329,25 @@ function emptyStatus(): VerifyStatus {
  * replica compares whole chunks), overlaps joined.
  */
 function clipped(only: VerifyRange[], volumes: VolumeDescriptor[]): VerifyRange[] {
+  const sizes = new Map(volumes.map((v) => [v.name, v.sizeBytes]));
+  const within: VerifyRange[] = [];
+  for (const r of only) {
+    const size = sizes.get(r.volume);
+    if (size === undefined) continue;
+    const start = Math.max(0, Math.floor(r.offsetBytes / SYNC_CHUNK_BYTES) * SYNC_CHUNK_BYTES);
+    const end = Math.min(size, r.offsetBytes + r.lengthBytes);
+    if (end > start) within.push({ volume: r.volume, offsetBytes: start, lengthBytes: end - start });
+  }
+  return joinRanges(within);
+}
+
+/** Ranges sorted by volume and offset, overlapping or adjacent ones joined. */
+export function joinRanges(list: readonly VerifyRange[]): VerifyRange[] {
   const out: VerifyRange[] = [];
-  for (const v of volumes) {
-    const mine = only
-      .filter((r) => r.volume === v.name)
-      .map((r) => {
-        const start = Math.max(0, Math.floor(r.offsetBytes / SYNC_CHUNK_BYTES) * SYNC_CHUNK_BYTES);
-        return { start, end: Math.min(v.sizeBytes, r.offsetBytes + r.lengthBytes) };
-      })
-      .filter((r) => r.end > r.start)
-      .sort((a, b) => a.start - b.start);
-    for (const r of mine) {
-      const last = out[out.length - 1];
-      if (last && last.volume === v.name && last.offsetBytes + last.lengthBytes >= r.start) last.lengthBytes = Math.max(last.lengthBytes, r.end - last.offsetBytes);
-      else out.push({ volume: v.name, offsetBytes: r.start, lengthBytes: r.end - r.start });
-    }
+  for (const r of [...list].sort((a, b) => (a.volume !== b.volume ? (a.volume < b.volume ? -1 : 1) : a.offsetBytes - b.offsetBytes))) {
+    const last = out[out.length - 1];
+    if (last && last.volume === r.volume && r.offsetBytes <= last.offsetBytes + last.lengthBytes) last.lengthBytes = Math.max(last.lengthBytes, r.offsetBytes + r.lengthBytes - last.offsetBytes);
+    else out.push({ ...r });
   }
   return out;
 }
@@ -357,12 +361,5 @@ function addRange(list: VerifyRange[], r: VerifyRange): void {
 
 /** Sorted, adjacent ranges joined, at most MAX_LISTED. */
 function merged(list: VerifyRange[]): VerifyRange[] {
-  const sorted = [...list].sort((a, b) => (a.volume !== b.volume ? (a.volume < b.volume ? -1 : 1) : a.offsetBytes - b.offsetBytes));
-  const out: VerifyRange[] = [];
-  for (const r of sorted) {
-    const last = out[out.length - 1];
-    if (last && last.volume === r.volume && last.offsetBytes + last.lengthBytes === r.offsetBytes) last.lengthBytes += r.lengthBytes;
-    else out.push({ ...r });
-  }
-  return out.slice(0, MAX_LISTED);
+  return joinRanges(list).slice(0, MAX_LISTED);
 }

@@ -52,6 +52,7 @@ export class WriteIntentMap {
   private closed = false;
   /** The last write or sync failure (cleared by a success). */
   failure?: Error;
+  private readonly header: Buffer;
 
   private constructor(
     readonly file: string,
@@ -62,20 +63,20 @@ export class WriteIntentMap {
     this.bytes = Buffer.alloc(regions);
     this.durable = new Uint8Array(regions);
     this.lastSeq = new Float64Array(regions);
+    this.header = Buffer.alloc(HEADER_BYTES);
+    MAGIC.copy(this.header, 0);
+    this.header.writeUInt32BE(regionBytes, 8);
   }
 
   /**
-   * Open (creating) the map of a volume of `sizeBytes`. What the file held is returned as found,
-   * and the map starts clear: the caller keeps what was found where it needs it (the repair due)
+   * Open (creating) the map of a volume of `sizeBytes`. The map starts clear, the file as it was:
+   * the caller keeps what the file held (readIntentFile) where it needs it (the repair due)
    * before the first write, then calls `reset` to make the clear map durable.
    */
-  static async open(file: string, sizeBytes: number, regionBytes = WRITE_INTENT_REGION_BYTES): Promise<{ map: WriteIntentMap; found: IntentFound }> {
+  static async open(file: string, sizeBytes: number, regionBytes = WRITE_INTENT_REGION_BYTES): Promise<WriteIntentMap> {
     await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-    const found = await readIntentFile(file);
-    // Kept as it is until `reset`: a crash before then finds the same marks again.
     const fh = await fsp.open(file, fsc.O_RDWR | fsc.O_CREAT, 0o600);
-    const map = new WriteIntentMap(file, fh, regionBytes, Math.max(1, Math.ceil(sizeBytes / regionBytes)));
-    return { map, found };
+    return new WriteIntentMap(file, fh, regionBytes, Math.max(1, Math.ceil(sizeBytes / regionBytes)));
   }
 
   /**
@@ -192,18 +193,15 @@ export class WriteIntentMap {
   }
 
   private async write(): Promise<void> {
-    const header = Buffer.alloc(HEADER_BYTES);
-    MAGIC.copy(header, 0);
-    header.writeUInt32BE(this.regionBytes, 8);
     const snapshot = Buffer.from(this.bytes);
-    const { bytesWritten } = await this.fh.writev([header, snapshot], 0);
-    if (bytesWritten !== header.length + snapshot.length) throw new Error(`short write (${bytesWritten} of ${header.length + snapshot.length} bytes)`);
+    const { bytesWritten } = await this.fh.writev([this.header, snapshot], 0);
+    if (bytesWritten !== HEADER_BYTES + snapshot.length) throw new Error(`short write (${bytesWritten} of ${HEADER_BYTES + snapshot.length} bytes)`);
     await this.fh.datasync();
   }
 }
 
-/** The marked regions of a map file (for the repair due after an unclean stop). */
-export async function readIntentFile(file: string): Promise<IntentFound> {
+/** The marked regions of a map file, cut at `sizeBytes` (for the repair due after an unclean stop). */
+export async function readIntentFile(file: string, sizeBytes = Number.MAX_SAFE_INTEGER): Promise<IntentFound> {
   let data: Buffer;
   try {
     data = await fsp.readFile(file);
@@ -216,7 +214,7 @@ export async function readIntentFile(file: string): Promise<IntentFound> {
   if (regionBytes === 0 || regionBytes % 512 !== 0) return { unknown: 'invalid', reason: `${file}: region size ${regionBytes}` };
   const bytes = data.subarray(HEADER_BYTES);
   for (const b of bytes) if (b > 1) return { unknown: 'invalid', reason: `${file}: a region byte is ${b}` };
-  return { ranges: rangesOf(bytes, regionBytes, Number.MAX_SAFE_INTEGER) };
+  return { ranges: rangesOf(bytes, regionBytes, sizeBytes) };
 }
 
 /** Marked regions as ranges (adjacent ones joined), clipped to `sizeBytes`. */

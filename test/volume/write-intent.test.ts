@@ -17,8 +17,8 @@ test('a mark is in the file before it resolves; marked regions cost nothing more
   const dir = tempDir();
   const file = path.join(dir, 'state', 'v', 'write-intent.map');
   try {
-    const { map, found } = await WriteIntentMap.open(file, 64 * MiB, REGION);
-    assert.deepEqual(found, { unknown: 'missing', reason: `${file} does not exist` });
+    assert.deepEqual(await readIntentFile(file), { unknown: 'missing', reason: `${file} does not exist` });
+    const map = await WriteIntentMap.open(file, 64 * MiB, REGION);
     await map.reset();
     assert.deepEqual(await readIntentFile(file), { ranges: [] });
     // A write across the boundary of regions 1 and 2, then one into region 9.
@@ -35,13 +35,13 @@ test('a mark is in the file before it resolves; marked regions cost nothing more
     assert.deepEqual(await readIntentFile(file), { ranges: [{ offsetBytes: 9 * REGION, lengthBytes: REGION }] });
     // Reopened as after a crash: the marks are still there until reset.
     const again = await WriteIntentMap.open(file, 64 * MiB, REGION);
-    assert.deepEqual(again.found, { ranges: [{ offsetBytes: 9 * REGION, lengthBytes: REGION }] });
-    assert.ok(again.map.mark(9 * REGION, 512, 4), 'a mark read back is not taken as synced by this run: the write waits for its own');
-    await again.map.reset();
+    assert.deepEqual(await readIntentFile(file), { ranges: [{ offsetBytes: 9 * REGION, lengthBytes: REGION }] });
+    assert.ok(again.mark(9 * REGION, 512, 4), 'a mark read back is not taken as synced by this run: the write waits for its own');
+    await again.reset();
     assert.deepEqual(await readIntentFile(file), { ranges: [] });
     // A write past the size the map was opened with (the volume grew) extends it.
-    await again.map.mark(100 * REGION, 4096, 5);
-    await again.map.close();
+    await again.mark(100 * REGION, 4096, 5);
+    await again.close();
     assert.deepEqual(await readIntentFile(file), { ranges: [{ offsetBytes: 100 * REGION, lengthBytes: REGION }] });
   } finally {
     removeDir(dir);
@@ -52,7 +52,7 @@ test('a mark written again after a region was unmarked; concurrent marks share a
   const dir = tempDir();
   const file = path.join(dir, 'write-intent.map');
   try {
-    const { map } = await WriteIntentMap.open(file, 16 * MiB, REGION);
+    const map = await WriteIntentMap.open(file, 16 * MiB, REGION);
     await map.reset();
     await map.mark(0, 4096, 1);
     map.checkpointed(1);
@@ -73,7 +73,7 @@ test('a mark that cannot be written rejects (the write must not reach the image)
   const dir = tempDir();
   const file = path.join(dir, 'write-intent.map');
   try {
-    const { map } = await WriteIntentMap.open(file, 16 * MiB, REGION);
+    const map = await WriteIntentMap.open(file, 16 * MiB, REGION);
     await map.reset();
     // Its file handle closed behind its back: every write of the map fails (EBADF).
     await (map as unknown as { fh: { close(): Promise<void> } }).fh.close();
@@ -94,7 +94,7 @@ test('an unusable map says why', async () => {
     writeFileSync(file, 'not a map at all');
     const found = await readIntentFile(file);
     assert.ok('unknown' in found && found.unknown === 'invalid', JSON.stringify(found));
-    const { map } = await WriteIntentMap.open(file, MiB, REGION);
+    const map = await WriteIntentMap.open(file, MiB, REGION);
     await map.reset();
     await map.close();
     assert.deepEqual(await readIntentFile(file), { ranges: [] });
