@@ -2049,6 +2049,8 @@ export class Journal {
       historyLimit = Math.min(limit, i >= 0 ? this.sizes.seqAt(i) : this.oldest - 1);
     }
     let upTo = historyLimit;
+    // Counted and logged once the records are gone (status and metrics agree at every moment).
+    let folding: { n: number; unshipped: number; capLimit: number } | undefined;
     const over = o.maxBytes !== undefined && this.totalBytes > o.maxBytes;
     if (over) {
       // The cap wins over history and over a replica that is behind (never over the images):
@@ -2061,19 +2063,7 @@ export class Journal {
       if (capLimit > upTo) {
         const n = this.countBetween(upTo, capLimit);
         const unshipped = o.replicated && capLimit > this.ackedSeq ? this.countBetween(Math.max(upTo, this.ackedSeq), capLimit) : 0;
-        this.counters.folded += n;
-        this.counters.foldedUnshipped += unshipped;
-        const now = Date.now();
-        if (now - this.lastFoldLog > 10_000 || (unshipped && !this.loggedUnshipped)) {
-          this.lastFoldLog = now;
-          this.loggedUnshipped = unshipped > 0;
-          this.opts.logger?.warn(
-            { folded: n, foldedTotal: this.counters.folded, unshipped, replicaAckedSeq: o.replicated ? this.ackedSeq : undefined, throughSeq: capLimit, journalBytes: this.totalBytes, maxBytes: o.maxBytes },
-            unshipped
-              ? 'journal over its cap with the replica behind: oldest records folded, including records the replica never got (it will be brought over by a delta sync of the changed blocks)'
-              : 'journal over its cap: oldest records folded into the base (points before them are no longer replayable)',
-          );
-        }
+        folding = { n, unshipped, capLimit };
         upTo = capLimit;
       }
     }
@@ -2089,6 +2079,24 @@ export class Journal {
       await this.dropHistory();
     }
     await this.dropRecords(upTo);
+    if (folding) this.countFold(folding.n, folding.unshipped, folding.capLimit);
+  }
+
+  private countFold(n: number, unshipped: number, throughSeq: number): void {
+    const o = this.opts;
+    this.counters.folded += n;
+    this.counters.foldedUnshipped += unshipped;
+    const now = Date.now();
+    if (now - this.lastFoldLog > 10_000 || (unshipped && !this.loggedUnshipped)) {
+      this.lastFoldLog = now;
+      this.loggedUnshipped = unshipped > 0;
+      this.opts.logger?.warn(
+        { folded: n, foldedTotal: this.counters.folded, unshipped, replicaAckedSeq: o.replicated ? this.ackedSeq : undefined, throughSeq, journalBytes: this.totalBytes, maxBytes: o.maxBytes },
+        unshipped
+          ? 'journal over its cap with the replica behind: oldest records folded, including records the replica never got (it will be brought over by a delta sync of the changed blocks)'
+          : 'journal over its cap: oldest records folded into the base (points before them are no longer replayable)',
+      );
+    }
   }
 
   /**
