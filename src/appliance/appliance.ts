@@ -568,7 +568,7 @@ export class Appliance {
   /** Why the witness gave no usable answer: logged when the reason changes, else every 30 s. */
   private lastWitnessProblem = { why: '', at: 0 };
   private readonly witnessProblem = (why: string): void => {
-    const now = Date.now();
+    const now = performance.now();
     if (why === this.lastWitnessProblem.why && now - this.lastWitnessProblem.at < 30_000) return;
     this.lastWitnessProblem = { why, at: now };
     this.logger.warn({ witness: this.config.witness?.address }, why);
@@ -927,7 +927,7 @@ export class Appliance {
   private async takeLeaseForPromotion(witnesses: string[]): Promise<void> {
     const leaseMs = witnessLeaseMs();
     // A primary that just stopped holds its lease for up to one more: asked again until then.
-    const deadline = Date.now() + leaseMs * 1.5;
+    const deadline = performance.now() + leaseMs * 1.5;
     for (;;) {
       const { answer, votes } = await requestQuorumLease(witnesses, this.identity!.siteId, 'replica', leaseMs / 4, this.config.witness?.key, this.witnessProblem, leaseMs);
       this.fence.votes = votes;
@@ -935,7 +935,7 @@ export class Appliance {
         this.logger.warn({ witness: witnesses.join(','), granted: votes.filter((v) => v.vote === 'granted').length }, 'promote: the witness granted this site the lease');
         return;
       }
-      if (Date.now() < deadline) {
+      if (performance.now() < deadline) {
         await new Promise((r) => setTimeout(r, Math.min(Math.max(50, (answer?.expiresInMs ?? leaseMs / 4) + 20), leaseMs / 2)));
         continue;
       }

@@ -3,6 +3,7 @@
  * the images for syncs, and the RPO controller closing the loop (coalesce, throttle, alert).
  */
 import type { Logger } from '../common/logger';
+import { monoOfWall, wallOfMono } from '../common/clock';
 import type { Journal } from '../journal/wal';
 import type { BookmarkDescriptor, RemovedVolumeDescriptor, ReplicatedRecord, ShipperSource, SyncSource, VerifyProbe, VolumeDescriptor } from '../replication/ports';
 import type { Bookmarks } from '../journal/bookmarks';
@@ -178,6 +179,11 @@ class JournalSource implements ShipperSource, VerifySource {
     return this.journal.timeOf(seq);
   }
 
+  writtenAgoMs(seq: number): number | undefined {
+    const mono = this.journal.monoOf(seq);
+    return mono === undefined ? undefined : performance.now() - mono;
+  }
+
   shipped(seq: number): void {
     this.journal.shipped(seq);
   }
@@ -205,8 +211,8 @@ class JournalSource implements ShipperSource, VerifySource {
     const release = () => this.journal.unwatch(w);
     try {
       const seq = this.journal.assignedSeq();
-      for (const until = Date.now() + 10_000; this.tracker.safeSeq(this.journal.assignedSeq()) < seq; ) {
-        if (Date.now() > until || w.dirtySeq !== Infinity) return release(), undefined;
+      for (const until = performance.now() + 10_000; this.tracker.safeSeq(this.journal.assignedSeq()) < seq; ) {
+        if (performance.now() > until || w.dirtySeq !== Infinity) return release(), undefined;
         await sleep(2);
       }
       const data = await image.read(offsetBytes, lengthBytes);
@@ -232,12 +238,16 @@ export class PrimaryReplication {
   private repairRunning = false;
   /** Whether the link was up and a sync ran at the previous observation (a change starts a new baseline). */
   private lastShape = { syncing: false, connected: false };
-  /** The time of the oldest write the replica lacked at the last look (see backlog). */
-  private oldestMissingMs?: number;
+  /**
+   * When the oldest write the replica lacked at the last look was made (see backlog), on the
+   * monotonic clock (performance.now()), as every time the RPO is measured with: a wall clock set
+   * back or forward moves no RPO.
+   */
+  private oldestMissingMono?: number;
   /** The same, as an image sync began: the replica lacks it until the sync ends. */
-  private syncMissingSinceMs?: number;
-  /** What opts.missingSince holds (or is being given), and the save under way. */
-  private savedMissingMs?: number;
+  private syncMissingSinceMono?: number;
+  /** What opts.missingSince holds (or is being given; on the monotonic clock), and the save under way. */
+  private savedMissingMono?: number;
   private savingMissing: Promise<void> = Promise.resolve();
   private missed = false;
   private coalescingLogged = false;
@@ -249,7 +259,8 @@ export class PrimaryReplication {
   private pausedBy: ReplicationPause | null;
 
   constructor(private readonly opts: PrimaryReplicationOptions) {
-    this.oldestMissingMs = this.savedMissingMs = opts.missingSince?.at;
+    const since = opts.missingSince?.at;
+    this.oldestMissingMono = this.savedMissingMono = since === undefined ? undefined : monoOfWall(since);
     this.bandwidthSource = opts.bandwidthSource ?? 'configured';
     this.rpoSource = opts.rpoSource ?? 'configured';
     this.pausedBy = opts.paused ?? null;
@@ -361,43 +372,48 @@ export class PrimaryReplication {
    * as the sync began. Records folded before they were shipped leave no time behind: the one last
    * seen stands for them (it is no newer than theirs).
    */
-  private backlog(): { acked: number; backlogBytes: number; oldestUnackedMs?: number; syncing: boolean; connected: boolean } {
+  private backlog(): { acked: number; backlogBytes: number; oldestUnackedMono?: number; syncing: boolean; connected: boolean } {
     const j = this.opts.journal;
     const s = this.shipper.stats();
     const acked = s.ackedSeq;
     const head = j.headSeq();
-    if (s.syncing) this.syncMissingSinceMs ??= this.oldestMissingMs ?? j.stats().oldestTimeMs ?? Date.now();
+    if (s.syncing) this.syncMissingSinceMono ??= this.oldestMissingMono ?? j.oldestMonoMs() ?? performance.now();
     // Until the replica has everything through the point the sync ended at (a sync cut short
     // and resumed has not ended), it is not consistent at any newer point.
-    if (this.syncMissingSinceMs !== undefined && (s.syncing || s.syncConsistentSeq === 0 || acked < s.syncConsistentSeq)) {
-      return { acked, backlogBytes: j.bytesAfter(acked) + (s.syncing ? s.syncRemainingBytes : 0), oldestUnackedMs: this.syncMissingSinceMs, syncing: s.syncing, connected: s.connected };
+    if (this.syncMissingSinceMono !== undefined && (s.syncing || s.syncConsistentSeq === 0 || acked < s.syncConsistentSeq)) {
+      return { acked, backlogBytes: j.bytesAfter(acked) + (s.syncing ? s.syncRemainingBytes : 0), oldestUnackedMono: this.syncMissingSinceMono, syncing: s.syncing, connected: s.connected };
     }
-    const afterSync = this.syncMissingSinceMs;
-    this.syncMissingSinceMs = undefined;
+    const afterSync = this.syncMissingSinceMono;
+    this.syncMissingSinceMono = undefined;
     if (head <= acked) {
-      this.oldestMissingMs = undefined;
+      this.oldestMissingMono = undefined;
       this.keepMissingSince(undefined);
       return { acked, backlogBytes: 0, syncing: false, connected: s.connected };
     }
     const backlogBytes = j.bytesAfter(acked);
     let t: number | undefined;
     const folded = acked + 1 < j.oldestSeq();
-    if (!folded) t = j.timeOfFirstAfter(acked);
-    else t = Math.min(afterSync ?? Infinity, this.oldestMissingMs ?? Infinity, j.stats().oldestTimeMs ?? Date.now());
-    this.oldestMissingMs = t ?? Date.now();
+    if (!folded) t = j.monoOfFirstAfter(acked);
+    else t = Math.min(afterSync ?? Infinity, this.oldestMissingMono ?? Infinity, j.oldestMonoMs() ?? performance.now());
+    this.oldestMissingMono = t ?? performance.now();
     // Folded records leave their time nowhere else: kept, so that a restart goes on counting from it.
-    this.keepMissingSince(folded ? this.oldestMissingMs : undefined);
-    return { acked, backlogBytes, oldestUnackedMs: this.oldestMissingMs, syncing: false, connected: s.connected };
+    this.keepMissingSince(folded ? this.oldestMissingMono : undefined);
+    return { acked, backlogBytes, oldestUnackedMono: this.oldestMissingMono, syncing: false, connected: s.connected };
   }
 
-  /** Give opts.missingSince a new value (one save at a time; a failed one is tried again at the next look). */
-  private keepMissingSince(ms: number | undefined): void {
+  /**
+   * Give opts.missingSince a new value (one save at a time; a failed one is tried again at the
+   * next look). Saved as a wall-clock time (by the clocks' offset when saved): a restart reads it
+   * back onto its own monotonic clock.
+   */
+  private keepMissingSince(mono: number | undefined): void {
     const keeper = this.opts.missingSince;
-    if (!keeper || ms === this.savedMissingMs) return;
-    const before = this.savedMissingMs;
-    this.savedMissingMs = ms;
-    this.savingMissing = this.savingMissing.then(() => keeper.save(ms)).catch((e: unknown) => {
-      if (this.savedMissingMs === ms) this.savedMissingMs = before;
+    if (!keeper || mono === this.savedMissingMono) return;
+    const before = this.savedMissingMono;
+    this.savedMissingMono = mono;
+    const wall = mono === undefined ? undefined : wallOfMono(mono);
+    this.savingMissing = this.savingMissing.then(() => keeper.save(wall)).catch((e: unknown) => {
+      if (this.savedMissingMono === mono) this.savedMissingMono = before;
       this.opts.logger.warn({ err: e }, 'could not keep the time of the oldest folded write the replica lacks; the RPO after a restart may count from a later one');
     });
   }
@@ -486,8 +502,8 @@ export class PrimaryReplication {
     const newBaseline = b.syncing !== this.lastShape.syncing || b.connected !== this.lastShape.connected;
     this.lastShape = { syncing: b.syncing, connected: b.connected };
     const d = this.controller.observe({
-      nowMs: Date.now(),
-      oldestUnackedMs: b.oldestUnackedMs,
+      nowMs: performance.now(),
+      oldestUnackedMs: b.oldestUnackedMono,
       backlogBytes: b.backlogBytes,
       ackedBytesDelta: ackedDelta,
       appendedBytesDelta: appendedDelta,
@@ -515,7 +531,7 @@ export class PrimaryReplication {
     const s: ShipperStats = this.shipper.stats();
     const b = this.backlog();
     const d = this.controller.current;
-    const rpoSeconds = b.oldestUnackedMs === undefined ? 0 : Math.max(0, (Date.now() - b.oldestUnackedMs) / 1000);
+    const rpoSeconds = b.oldestUnackedMono === undefined ? 0 : Math.max(0, (performance.now() - b.oldestUnackedMono) / 1000);
     return {
       ackedSeq: s.ackedSeq,
       rpoSeconds: round(rpoSeconds),

@@ -33,3 +33,18 @@ export function elapsedMinMs(since: Instant): number {
 export function grantorNow(): number {
   return Math.floor(performance.timeOrigin + performance.now());
 }
+
+/**
+ * A wall-clock time (ms since the epoch) on the monotonic clock (performance.now()), by the
+ * clocks' offset now, and never later than now: ages of stamps from another process life (or
+ * another site) count from here on, whatever steps the wall clock takes later.
+ */
+export function monoOfWall(wallMs: number): number {
+  const now = performance.now();
+  return Math.min(now, wallMs + (now - Date.now()));
+}
+
+/** A monotonic time as a wall-clock time (whole ms since the epoch), by the clocks' offset now. */
+export function wallOfMono(monoMs: number): number {
+  return Math.floor(Date.now() - (performance.now() - monoMs));
+}

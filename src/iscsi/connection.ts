@@ -94,7 +94,7 @@ export class Connection {
   private dataDigest = false;
   private corked = false;
   private closed = false;
-  private lastRx = Date.now();
+  private lastRx = performance.now();
   private pingTtt = 0;
   private pingSentAt = 0;
   private timer?: NodeJS.Timeout;
@@ -135,7 +135,7 @@ export class Connection {
 
   /** Bytes in: a chunk to copy from, or the count that landed in the reader's own buffer. */
   private onData(chunk: Buffer | number): void {
-    this.lastRx = Date.now();
+    this.lastRx = performance.now();
     try {
       if (typeof chunk === 'number') this.reader.landed(chunk);
       else this.reader.push(chunk);
@@ -296,7 +296,7 @@ export class Connection {
   // ---- Liveness -----------------------------------------------------------------------------
 
   private onTimer(): void {
-    const now = Date.now();
+    const now = performance.now();
     if (!this.session) {
       if (now - this.lastRx > this.host.loginTimeoutMs) {
         this.logger.warn({ ms: this.host.loginTimeoutMs }, 'login timed out, dropping connection');
@@ -328,7 +328,7 @@ export class Connection {
   solicitAck(): void {
     if (this.closed || this.ending || !this.session) return;
     this.host.count('nop_solicited');
-    this.ping(Date.now());
+    this.ping(performance.now());
   }
 
   private onClose(): void {
@@ -344,7 +344,7 @@ export class Connection {
     const s = this.session;
     if (s) {
       s.close().catch(() => undefined);
-      this.logger.info({ commands: s.commands, seconds: Math.round((Date.now() - s.startedAt) / 1000) }, 'connection closed');
+      this.logger.info({ commands: s.commands, seconds: Math.round((performance.now() - s.startedAt) / 1000) }, 'connection closed');
     }
     this.host.connectionClosed(this);
   }

@@ -106,7 +106,7 @@ export class IscsiServer implements ConnectionHost, SessionHost {
     const from = socket.remoteAddress ?? '';
     const until = this.blocked.get(from);
     if (until !== undefined) {
-      if (Date.now() < until) {
+      if (performance.now() < until) {
         this.count('connections_rate_limited');
         socket.destroy();
         return;
@@ -120,7 +120,7 @@ export class IscsiServer implements ConnectionHost, SessionHost {
 
   loginRefused(remoteAddress: string): void {
     const limit = this.opts.loginRateLimit ?? { failures: 10, windowMs: 60_000, blockMs: 60_000 };
-    const now = Date.now();
+    const now = performance.now();
     const recent = (this.failures.get(remoteAddress) ?? []).filter((t) => now - t < limit.windowMs);
     recent.push(now);
     this.failures.set(remoteAddress, recent);

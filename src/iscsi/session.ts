@@ -179,7 +179,7 @@ export class Session {
   /** Waits for ExpStatSN to pass a StatSN (task set functions, RFC 7143 §11.6.2 d). */
   private ackWaiters: { statSN: number; resolve: () => void }[] = [];
   closed = false;
-  readonly startedAt = Date.now();
+  readonly startedAt = performance.now();
   commands = 0;
 
   constructor(

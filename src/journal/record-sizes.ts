@@ -1,6 +1,7 @@
 /**
  * The journal's bookkeeping of its retained records, oldest first: sequence number, volume, data
- * bytes, time, and the bytes appended up to and including the record. Held in typed-array
+ * bytes, time (the record's wall-clock stamp), the monotonic time it was written (ages: a stepped
+ * wall clock moves no age), and the bytes appended up to and including the record. Held in typed-array
  * columns: as one object per record it lived until the record was trimmed, so every record's
  * entry outlived the young generation and cost the garbage collector a copy and a marking.
  * Records join at the new end (increasing sequence numbers) and leave from the old end. Indexes
@@ -10,6 +11,7 @@ export class RecordSizes {
   private seqs = new Float64Array(1024);
   private bytes = new Float64Array(1024);
   private times = new Float64Array(1024);
+  private monos = new Float64Array(1024);
   private cums = new Float64Array(1024);
   private vols = new Uint16Array(1024);
   private first = 0;
@@ -19,13 +21,14 @@ export class RecordSizes {
     return this.end - this.first;
   }
 
-  push(seq: number, vol: number, bytes: number, timeMs: number, cumBytes: number): void {
+  push(seq: number, vol: number, bytes: number, timeMs: number, monoMs: number, cumBytes: number): void {
     if (this.end === this.seqs.length) this.makeRoom();
     const at = this.end++;
     this.seqs[at] = seq;
     this.vols[at] = vol;
     this.bytes[at] = bytes;
     this.times[at] = timeMs;
+    this.monos[at] = monoMs;
     this.cums[at] = cumBytes;
   }
 
@@ -40,6 +43,10 @@ export class RecordSizes {
   }
   timeAt(i: number): number {
     return this.times[this.first + i];
+  }
+  /** performance.now() when the record was written (or, for one from an earlier process life, its stamp on that scale). */
+  monoAt(i: number): number {
+    return this.monos[this.first + i];
   }
   cumAt(i: number): number {
     return this.cums[this.first + i];
@@ -92,6 +99,7 @@ export class RecordSizes {
     this.seqs = move(this.seqs, (n) => new Float64Array(n));
     this.bytes = move(this.bytes, (n) => new Float64Array(n));
     this.times = move(this.times, (n) => new Float64Array(n));
+    this.monos = move(this.monos, (n) => new Float64Array(n));
     this.cums = move(this.cums, (n) => new Float64Array(n));
     this.vols = move(this.vols, (n) => new Uint16Array(n));
     this.first = 0;

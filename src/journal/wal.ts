@@ -892,6 +892,9 @@ export class Journal {
   private foldTo?: number;
   private counters = { appends: 0, batches: 0, batchedRecords: 0, syncs: 0, trimmed: 0, folded: 0, foldedUnshipped: 0, tornRecordsDropped: 0 };
   private loggedUnshipped = false;
+  /** The newest record time handed out or read (stamps never go back: see stamp). */
+  private lastStampMs = 0;
+  private loggedClockBackAt = -Infinity;
   private latencies: number[] = [];
   private batchSizes: number[] = [];
   private failed?: unknown;
@@ -970,6 +973,11 @@ export class Journal {
     if (synced?.length === 8) this.syncedSeq = this.markedSeq = r64(synced, 0);
     let first = 0;
     let last: { segment: number; position: number } | undefined;
+    // Records of an earlier process life: their ages from their stamps, by the clocks' offset now
+    // (none in the future: a clock set back since then leaves them written just now).
+    const nowMono = performance.now();
+    const offset = nowMono - Date.now();
+    const monoOf = (timeMs: number): number => Math.min(nowMono, timeMs + offset);
     for await (const [gk, gv] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
       for (const [k, v] of indexEntries(gk, gv)) {
         const d = decodeKey(k);
@@ -977,7 +985,7 @@ export class Journal {
         this.head = d.seq;
         last = { segment: v.readUInt32BE(0), position: r64(v, 4) + dataLength(v) };
         this.segments.noteSeq(v.readUInt32BE(0), d.seq);
-        this.track(d.seq, d.vol, dataLength(v), d.timeMs);
+        this.track(d.seq, d.vol, dataLength(v), d.timeMs, monoOf(d.timeMs));
       }
     }
     // An empty journal goes on after everything it ever held: its sequence numbers are never
@@ -992,7 +1000,7 @@ export class Journal {
       if (!first) first = d.seq;
       this.head = d.seq;
       this.segments.noteSeq(r.segment, d.seq);
-      this.track(d.seq, d.vol, r.dataLength, d.timeMs);
+      this.track(d.seq, d.vol, r.dataLength, d.timeMs, monoOf(d.timeMs));
     }
     if (found.length) {
       await this.db.batch(indexPuts(found));
@@ -1102,9 +1110,10 @@ export class Journal {
     if (u.seen) u.seen[Math.floor(bit / 8)] |= 1 << bit % 8;
   }
 
-  private track(seq: number, vol: number, bytes: number, timeMs: number): void {
+  private track(seq: number, vol: number, bytes: number, timeMs: number, monoMs: number): void {
     this.appendedBytes += bytes;
-    this.sizes.push(seq, vol, bytes, timeMs, this.appendedBytes);
+    if (timeMs > this.lastStampMs) this.lastStampMs = timeMs;
+    this.sizes.push(seq, vol, bytes, timeMs, monoMs, this.appendedBytes);
     this.totalBytes += bytes;
     let pv = this.perVolume.get(vol);
     if (!pv) this.perVolume.set(vol, (pv = { records: 0, bytes: 0 }));
@@ -1202,6 +1211,12 @@ export class Journal {
     return i < 0 ? undefined : this.sizes.timeAt(i);
   }
 
+  /** When the record with this sequence number was written, on the monotonic clock (performance.now()), if retained. */
+  monoOf(seq: number): number | undefined {
+    const i = this.sizes.find(seq);
+    return i < 0 ? undefined : this.sizes.monoAt(i);
+  }
+
   /**
    * The newest retained record before the first one written after `timeMs` (0: none), from the
    * in-memory index: no record is read (a point in time of one volume used to read every
@@ -1223,6 +1238,20 @@ export class Journal {
   }
 
   /**
+   * When the oldest retained record after `seq` was written, on the monotonic clock
+   * (performance.now(); undefined: none): for ages that a stepped wall clock must not move.
+   */
+  monoOfFirstAfter(seq: number): number | undefined {
+    const i = this.sizes.firstAfter(seq);
+    return i < this.sizes.size ? this.sizes.monoAt(i) : undefined;
+  }
+
+  /** When the oldest retained record was written, on the monotonic clock (undefined: none). */
+  oldestMonoMs(): number | undefined {
+    return this.sizes.size ? this.sizes.monoAt(0) : undefined;
+  }
+
+  /**
    * Append one record. The sequence number is assigned now (call order is journal order); the
    * promise resolves once the record is written to its segment, with the others of its group
    * commit (and synced to disk, with everything before it, when `sync`).
@@ -1231,8 +1260,27 @@ export class Journal {
     // The records of one group commit (one turn of the event loop) share its first one's time:
     // two clock reads less per record, the biggest part of a 4K record's own cost after the copy.
     const open = this.batches[this.batches.length - 1];
-    const timeMs = open?.recs.length ? open.recs[0].timeMs : Date.now();
+    const timeMs = open?.recs.length ? open.recs[0].timeMs : this.stamp();
     return this.appendRecord(this.assigned + 1, timeMs, volume, op, offsetBytes, lengthBytes, data, sync);
+  }
+
+  /**
+   * The time of a new record: the wall clock, but never before the newest record's, so that
+   * times follow sequence numbers (the point at a time is one point). A clock set back (NTP
+   * stepping a clock that ran ahead, an operator) holds the stamps until it passes them again;
+   * ages (the RPO, the history window) are measured on the monotonic clock, which no step moves.
+   */
+  private stamp(): number {
+    const now = Date.now();
+    if (now >= this.lastStampMs) return (this.lastStampMs = now);
+    if (this.lastStampMs - now > 1000 && performance.now() - this.loggedClockBackAt > 60_000) {
+      this.loggedClockBackAt = performance.now();
+      this.opts.logger?.warn(
+        { behindMs: this.lastStampMs - now, newestRecordTime: new Date(this.lastStampMs).toISOString() },
+        'journal: the wall clock is behind the newest record (it was set back): new records keep that record\'s time until the clock passes it; the RPO and the history window are measured on the monotonic clock and are unaffected',
+      );
+    }
+    return this.lastStampMs;
   }
 
   /**
@@ -1313,10 +1361,13 @@ export class Journal {
   private batchWritten(b: SegmentBatch): void {
     this.batches.shift();
     const cache = this.opts.cacheRecent ?? this.opts.replicated;
+    // The records' monotonic time: the batch's start (stamped here), or, for records stamped
+    // elsewhere (a replica storing the primary's), their stamp by the clocks' offset, never later.
+    const offset = performance.now() - Date.now();
     for (let i = 0; i < b.recs.length; i++) {
       const r = b.recs[i];
       this.head = r.seq;
-      this.track(r.seq, r.vol, r.data.length, r.timeMs);
+      this.track(r.seq, r.vol, r.data.length, r.timeMs, Math.min(b.startedMs, r.timeMs + offset));
       if (cache) this.recent.add(r);
       this.queue.push({ keys: b.headers, keyAt: i * SEGMENT_HEADER + SEGMENT_KEY_AT, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
     }
@@ -2035,13 +2086,13 @@ export class Journal {
     const history = this.keepsHistory;
     let historyLimit = limit;
     if (history) {
-      const now = Date.now();
+      const now = performance.now();
       let keepBytes = 0;
       // Walk back from the newest retained record while inside the window.
       let i = this.sizes.size - 1;
       for (; i >= 0; i--) {
         const bytes = this.sizes.bytesAt(i);
-        const inTime = o.retainMs ? now - this.sizes.timeAt(i) <= o.retainMs : false;
+        const inTime = o.retainMs ? now - this.sizes.monoAt(i) <= o.retainMs : false;
         const inBytes = o.retainBytes ? keepBytes + bytes <= o.retainBytes : false;
         if (!inTime && !inBytes) break;
         keepBytes += bytes;

@@ -66,6 +66,11 @@ export interface ShipperSource {
   bytesAfter?(afterSeq: number): number;
   /** Time (ms) of the record with this sequence number, if still retained. */
   timeOf(seq: number): number | undefined;
+  /**
+   * How long ago (ms, by the monotonic clock) the record with this sequence number was written,
+   * if still retained. Absent: the age comes from timeOf and the wall clock (which a step moves).
+   */
+  writtenAgoMs?(seq: number): number | undefined;
   /** The replica holds everything ≤ seq durably: the source may trim it. */
   replicaAcked(seq: number): void;
   /** Everything ≤ seq was sent (a reconnect resends from the last ack): a hint to let go of cached records. */

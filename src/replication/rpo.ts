@@ -19,6 +19,7 @@ export function isRpoPolicy(v: unknown): v is RpoPolicy {
 }
 
 export interface RpoObservation {
+  /** Now, on a clock no step moves (the appliance gives performance.now()); the times below are on it too. */
   nowMs: number;
   /** Time of the oldest write not yet acknowledged by the replica; undefined when caught up. */
   oldestUnackedMs?: number;

@@ -253,7 +253,7 @@ export class Shipper {
     if (this.pausedFlag) return Promise.resolve({ kind: 'notReady', reason: 'replication is paused' });
     if (this.state.syncing) return Promise.resolve({ kind: 'notReady', reason: 'an image sync is running' });
     return new Promise((resolve) => {
-      this.probesQueued.push({ probe, queuedAt: Date.now(), resolve });
+      this.probesQueued.push({ probe, queuedAt: performance.now(), resolve });
       this.probesScannedAt = -1; // a new probe may be placeable now
       this.poke();
     });
@@ -263,7 +263,7 @@ export class Shipper {
   private placeProbes(link: FramedLink): void {
     if (this.probesQueued.length === 0) return;
     const sent = this.state.sentSeq;
-    const now = Date.now();
+    const now = performance.now();
     // Nothing placeable since the last look (the timeouts are checked at least once a second).
     if (sent === this.probesScannedAt && now - this.probesScanTime < 1000) return;
     this.probesScannedAt = sent;
@@ -359,7 +359,7 @@ export class Shipper {
     const { logger } = this.opts;
     let backoff = this.opts.backoffMinMs ?? 100;
     while (!this.stopped) {
-      const startedAt = Date.now();
+      const startedAt = performance.now();
       try {
         await this.session();
       } catch (e) {
@@ -384,7 +384,7 @@ export class Shipper {
       this.link = undefined;
       if (this.stopped) break;
       if (planned) continue;
-      if (Date.now() - startedAt > 10_000) backoff = this.opts.backoffMinMs ?? 100;
+      if (performance.now() - startedAt > 10_000) backoff = this.opts.backoffMinMs ?? 100;
       // A planned reconnect (reconnect()) cuts the wait short.
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, backoff);
@@ -405,7 +405,7 @@ export class Shipper {
     let failure: Error | undefined;
     let helloAck: Frame | undefined;
     const onFrame = (f: Frame) => {
-      this.lastHeardMs = Date.now();
+      this.lastHeardMs = performance.now();
       switch (f.type) {
         case FrameType.HelloAck:
           helloAck = f;
@@ -452,11 +452,11 @@ export class Shipper {
     });
 
     link.send(FrameType.Hello, { version: PROTOCOL_VERSION, siteId: source.siteId, volumes: source.volumes(), headSeq: source.headSeq(), oldestSeq: source.oldestSeq(), lineage: source.lineage?.() ?? [], removed: source.removedVolumes?.() ?? [] });
-    const handshakeDeadline = Date.now() + (this.opts.deadAfterMs ?? 10_000);
+    const handshakeDeadline = performance.now() + (this.opts.deadAfterMs ?? 10_000);
     while (!helloAck) {
       if (failure) throw failure;
       if (!link.open) throw new ReplicationError(Code.Handshake, 'replica closed the connection during the handshake');
-      if (Date.now() > handshakeDeadline) throw new ReplicationError(Code.Handshake, 'no handshake answer from the replica');
+      if (performance.now() > handshakeDeadline) throw new ReplicationError(Code.Handshake, 'no handshake answer from the replica');
       await Promise.race([this.waitForPoke(), sleep(200)]);
     }
     const durable = Number(helloAck.meta.durableSeq);
@@ -471,7 +471,7 @@ export class Shipper {
     this.state.replicaAppliedSeq = Number(helloAck.meta.appliedSeq ?? 0);
     this.inflight = [];
     this.inflightBytes = 0;
-    this.lastHeardMs = Date.now();
+    this.lastHeardMs = performance.now();
     this.state.connected = true;
     // A new connection (maybe a new replica process): every bookmark goes again until confirmed.
     this.bookmarksConfirmed = 0;
@@ -502,8 +502,8 @@ export class Shipper {
     while (!this.stopped) {
       if (failure) throw failure;
       if (!link.open) throw new ReplicationError(Code.Handshake, 'connection closed');
-      const now = Date.now();
-      if (now - this.lastHeardMs > deadAfter) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${now - this.lastHeardMs} ms`);
+      const now = performance.now();
+      if (now - this.lastHeardMs > deadAfter) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Math.round(now - this.lastHeardMs)} ms`);
       this.placeProbes(link);
       // A pause (or resume), or a new bookmark, is told at once, not at the next ping.
       if (now - lastPing >= pingEvery || this.pausedFlag !== pausedTold || this.bookmarkNews) {
@@ -583,8 +583,15 @@ export class Shipper {
     const { source } = this.opts;
     const linger = this.opts.lingerMs ?? 10;
     if (linger <= 0 || !source.bytesAfter || source.bytesAfter(this.state.sentSeq) >= segmentBytes) return 0;
-    const oldest = source.timeOf(this.state.sentSeq + 1);
-    return oldest === undefined ? 0 : Math.max(0, Math.min(linger, oldest + linger - Date.now()));
+    const next = this.state.sentSeq + 1;
+    // By the monotonic clock where the source has it: after the wall clock was set back, the
+    // stamps of the waiting records stay ahead of it, and the wait for a fuller segment never ended.
+    let ago = source.writtenAgoMs?.(next);
+    if (ago === undefined && !source.writtenAgoMs) {
+      const t = source.timeOf(next);
+      if (t !== undefined) ago = Date.now() - t;
+    }
+    return ago === undefined ? 0 : Math.max(0, Math.min(linger, linger - ago));
   }
 
   /**
@@ -632,7 +639,7 @@ export class Shipper {
     // The replica answers with its chunk hashes (or none, when its volumes are fresh).
     while (!this.hashesDone) {
       check();
-      if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
+      if (performance.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000) * 6) throw new ReplicationError(Code.Handshake, 'no sync hashes from the replica');
       await Promise.race([this.waitForPoke(), sleep(200)]);
     }
     const theirs = new Map<string, { from: number; hashes: Buffer }>();
@@ -651,7 +658,7 @@ export class Shipper {
     const zero = Buffer.alloc(SYNC_CHUNK_BYTES);
     const zeroHash = chunkHash(zero);
     let lastPing = 0;
-    let lastLog = Date.now();
+    let lastLog = performance.now();
     for (let vi = startIndex; vi < volumes.length; vi++) {
       const v = volumes[vi];
       const hashes = theirs.get(v.name);
@@ -666,12 +673,12 @@ export class Shipper {
           if (this.pausedFlag) {
             logger.info({ volume: v.name, offset: chunk, remainingBytes: this.state.syncRemainingBytes }, 'sync paused');
             this.sendPing(link); // the replica hears of the pause at once
-            lastPing = Date.now();
+            lastPing = performance.now();
             while (this.pausedFlag) {
               check();
-              if (Date.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Date.now() - this.lastHeardMs} ms`);
-              if (Date.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
-                lastPing = Date.now();
+              if (performance.now() - this.lastHeardMs > (this.opts.deadAfterMs ?? 10_000)) throw new ReplicationError(Code.Handshake, `no frame from the replica for ${Math.round(performance.now() - this.lastHeardMs)} ms`);
+              if (performance.now() - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
+                lastPing = performance.now();
                 this.sendPing(link);
               }
               await Promise.race([this.waitForPoke(), sleep(Math.min(this.opts.pingIntervalMs ?? 1000, 250))]);
@@ -698,7 +705,7 @@ export class Shipper {
             await link.drained();
           } else this.state.syncChunksSkipped++;
           this.state.syncRemainingBytes = Math.max(0, this.state.syncRemainingBytes - len);
-          const now = Date.now();
+          const now = performance.now();
           if (now - lastPing >= (this.opts.pingIntervalMs ?? 1000)) {
             lastPing = now;
             this.sendPing(link);

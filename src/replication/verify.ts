@@ -223,7 +223,7 @@ export class Verifier {
         if (next.done) return;
         // Paced, but a stop does not wait out the pace (with many ranges in flight and a low
         // rate, the last of them is due minutes from now).
-        for (const until = Date.now() + rate.reserve(next.value.lengthBytes); !this.stopping && Date.now() < until; ) await sleep(Math.min(100, until - Date.now()));
+        for (const until = performance.now() + rate.reserve(next.value.lengthBytes); !this.stopping && performance.now() < until; ) await sleep(Math.min(100, until - performance.now()));
         if (this.stopping) return;
         try {
           if (!(await this.verifyRange(next.value, MAX_ATTEMPTS))) {
@@ -272,8 +272,8 @@ export class Verifier {
     for (let attempt = 1; !this.stopping; ) {
       if (!this.target.connected()) {
         this.current.waitingForReplica = true;
-        awaySince ??= Date.now();
-        if (Date.now() - awaySince > REPLICA_AWAY_LIMIT_MS) throw new VerifyError('REPLICA_DISCONNECTED', `the replica has been away for ${Math.round(REPLICA_AWAY_LIMIT_MS / 60_000)} minutes`);
+        awaySince ??= performance.now();
+        if (performance.now() - awaySince > REPLICA_AWAY_LIMIT_MS) throw new VerifyError('REPLICA_DISCONNECTED', `the replica has been away for ${Math.round(REPLICA_AWAY_LIMIT_MS / 60_000)} minutes`);
         await sleep(250);
         continue;
       }

@@ -475,7 +475,7 @@ const CHECKPOINT_EVERY_MS = 30_000;
 export class JournalKeeper {
   private timer?: NodeJS.Timeout;
   private running?: Promise<void>;
-  private lastCheckpointMs = Date.now();
+  private lastCheckpointMs = performance.now();
 
   constructor(
     private readonly journal: Journal,
@@ -503,7 +503,7 @@ export class JournalKeeper {
     const safe = this.opts.keepFrom === undefined ? this.safeSeq() : Math.min(this.safeSeq(), this.opts.keepFrom - 1);
     if (this.opts.trimUnsynced) this.journal.inImages(safe);
     if (this.checkpointDue(safe, final)) {
-      this.lastCheckpointMs = Date.now();
+      this.lastCheckpointMs = performance.now();
       await this.journal.sync();
       for (const v of this.volumes()) await v.image.flush();
       await this.journal.checkpoint(safe);
@@ -531,7 +531,7 @@ export class JournalKeeper {
     const cp = this.journal.checkpointSeq();
     if (safe <= cp) return false;
     if (!this.opts.trimUnsynced || final) return true;
-    return this.journal.lastFuaSeq() > cp || Date.now() - this.lastCheckpointMs >= CHECKPOINT_EVERY_MS;
+    return this.journal.lastFuaSeq() > cp || performance.now() - this.lastCheckpointMs >= CHECKPOINT_EVERY_MS;
   }
 
   /** The last upkeep, with a checkpoint of everything in the images. */

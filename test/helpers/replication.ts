@@ -34,8 +34,8 @@ export function startReplica(dataDir: string, replPort: number, args: string[] =
   return startAppliance({ dataDir, volumes: [], args: ['--role', 'replica', '--replication-listen', `127.0.0.1:${replPort}`, ...linkArgs(args), ...args], env });
 }
 
-export function startPrimary(dataDir: string, volumes: string[], replicateTo: number, args: string[] = []): Promise<RunningAppliance> {
-  return startAppliance({ dataDir, volumes, args: ['--replicate-to', `127.0.0.1:${replicateTo}`, ...linkArgs(args), ...args] });
+export function startPrimary(dataDir: string, volumes: string[], replicateTo: number, args: string[] = [], env?: NodeJS.ProcessEnv): Promise<RunningAppliance> {
+  return startAppliance({ dataDir, volumes, args: ['--replicate-to', `127.0.0.1:${replicateTo}`, ...linkArgs(args), ...args], env });
 }
 
 /** Poll until the replica holds (durably and applied) everything the primary has. */

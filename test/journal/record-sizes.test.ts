@@ -13,6 +13,7 @@ interface Rec {
   vol: number;
   bytes: number;
   timeMs: number;
+  monoMs: number;
   cum: number;
 }
 
@@ -32,11 +33,11 @@ test('RecordSizes matches an array model under appends, trims, lookups and clear
         if (st.kind === 'push') {
           seq += st.gap;
           for (let k = 0; k < st.n; k++) {
-            const r = { seq: ++seq, vol: seq % 7, bytes: (seq * 37) % 5000, timeMs: 1_700_000_000_000 + seq, cum: 0 };
+            const r = { seq: ++seq, vol: seq % 7, bytes: (seq * 37) % 5000, timeMs: 1_700_000_000_000 + seq, monoMs: 1000 + seq / 3, cum: 0 };
             cum += r.bytes;
             r.cum = cum;
             model.push(r);
-            s.push(r.seq, r.vol, r.bytes, r.timeMs, r.cum);
+            s.push(r.seq, r.vol, r.bytes, r.timeMs, r.monoMs, r.cum);
           }
         } else if (st.kind === 'trim') {
           for (let k = 0; k < st.n && model.length; k++) {
@@ -51,7 +52,7 @@ test('RecordSizes matches an array model under appends, trims, lookups and clear
         for (const i of [0, model.length >> 1, model.length - 1]) {
           if (i < 0 || i >= model.length) continue;
           const m = model[i];
-          assert.deepEqual([s.seqAt(i), s.volAt(i), s.bytesAt(i), s.timeAt(i), s.cumAt(i)], [m.seq, m.vol, m.bytes, m.timeMs, m.cum]);
+          assert.deepEqual([s.seqAt(i), s.volAt(i), s.bytesAt(i), s.timeAt(i), s.monoAt(i), s.cumAt(i)], [m.seq, m.vol, m.bytes, m.timeMs, m.monoMs, m.cum]);
         }
         for (const probe of [0, seq - 1, seq, seq + 1, model[0]?.seq, (model[0]?.seq ?? 0) - 1, model[model.length >> 1]?.seq]) {
           if (probe === undefined) continue;
