@@ -1040,7 +1040,8 @@ export class Appliance {
     // The records it names are made durable first: after a power cut the journal never comes
     // back shorter than a bookmark, whose sequence number new writes would then reuse.
     await this.journal.sync();
-    const b = await this.bookmarks.add({ name, seq, timeMs: Date.now() });
+    // Never before the time of the records it names (a wall clock set back: see the journal's stamp).
+    const b = await this.bookmarks.add({ name, seq, timeMs: Math.max(Date.now(), this.journal.timeOf(seq) ?? 0) });
     this.replication?.bookmarked();
     this.logger.info({ bookmark: b.name, seq: b.seq }, 'bookmark taken');
     return this.bookmarkView(b);

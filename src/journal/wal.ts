@@ -1277,7 +1277,7 @@ export class Journal {
       this.loggedClockBackAt = performance.now();
       this.opts.logger?.warn(
         { behindMs: this.lastStampMs - now, newestRecordTime: new Date(this.lastStampMs).toISOString() },
-        'journal: the wall clock is behind the newest record (it was set back): new records keep that record\'s time until the clock passes it; the RPO and the history window are measured on the monotonic clock and are unaffected',
+        'journal: the wall clock is behind the newest record (it was set back, or the record came from a site whose clock is ahead): new records keep that record\'s time until the clock passes it; the RPO and the history window are measured on the monotonic clock and are unaffected',
       );
     }
     return this.lastStampMs;

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
-import { removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
+import { ADMIN_TOKEN, removeDir, tempDir, type RunningAppliance } from '../helpers/appliance';
 import { run } from '../helpers/exec';
 import { freePort, startPrimary, startReplica, waitCaughtUp } from '../helpers/replication';
 import { until } from '../helpers/wait';
@@ -56,6 +56,11 @@ test('a stepped wall clock moves no RPO: set back, the RPO of a write the replic
     await write('1M');
     await until('the journal to see the clock set back', () => Promise.resolve(primary.logs.some((l) => /wall clock is behind the newest record/.test(String(l.msg)))), 10_000, 100);
     assert.ok((await newestTime()) >= firstTime, 'the record written after the step is not stamped before the first one');
+    // A bookmark names the point after both: its time is not before theirs either.
+    const res = await fetch(`http://127.0.0.1:${primary.httpPort}/bookmarks`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'after-step' }) });
+    assert.equal(res.status, 201, await res.clone().text());
+    const bookmark = (await res.json()) as { time: string };
+    assert.ok(Date.parse(bookmark.time) >= firstTime, `bookmark at ${bookmark.time}, before the records it names`);
     await new Promise((r) => setTimeout(r, 1500));
     await checkRpo(firstWriteAt, 'an hour set back');
 
