@@ -34,14 +34,18 @@ export function grantorNow(): number {
   return Math.floor(performance.timeOrigin + performance.now());
 }
 
+/** What to add to a wall-clock time to put it on the monotonic clock (performance.now()), by the clocks now. */
+export function wallToMonoOffset(): number {
+  return performance.now() - Date.now();
+}
+
 /**
- * A wall-clock time (ms since the epoch) on the monotonic clock (performance.now()), by the
- * clocks' offset now, and never later than now: ages of stamps from another process life (or
- * another site) count from here on, whatever steps the wall clock takes later.
+ * A wall-clock time (ms since the epoch) on the monotonic clock, by the clocks' offset (now, or
+ * one read once for many stamps), and never later than `notAfter` (now): ages of stamps from
+ * another process life (or another site) count from here on, whatever steps the wall clock takes later.
  */
-export function monoOfWall(wallMs: number): number {
-  const now = performance.now();
-  return Math.min(now, wallMs + (now - Date.now()));
+export function monoOfWall(wallMs: number, offset = wallToMonoOffset(), notAfter = performance.now()): number {
+  return Math.min(notAfter, wallMs + offset);
 }
 
 /** A monotonic time as a wall-clock time (whole ms since the epoch), by the clocks' offset now. */

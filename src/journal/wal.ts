@@ -58,6 +58,7 @@ import { mkdir, open, readdir, rm, statfs, type FileHandle } from 'node:fs/promi
 import path from 'node:path';
 import { Level } from 'level';
 import { acquireBuffer, releaseBuffer, retainBuffer } from '../common/buffer-pool';
+import { monoOfWall, wallToMonoOffset } from '../common/clock';
 import { deferred } from '../common/deferred';
 import type { Logger } from '../common/logger';
 import { JournalError, JournalErrorCode } from './wal-errors';
@@ -976,8 +977,7 @@ export class Journal {
     // Records of an earlier process life: their ages from their stamps, by the clocks' offset now
     // (none in the future: a clock set back since then leaves them written just now).
     const nowMono = performance.now();
-    const offset = nowMono - Date.now();
-    const monoOf = (timeMs: number): number => Math.min(nowMono, timeMs + offset);
+    const offset = wallToMonoOffset();
     for await (const [gk, gv] of this.db.iterator({ gte: seqKey(0), lt: RECORD_END })) {
       for (const [k, v] of indexEntries(gk, gv)) {
         const d = decodeKey(k);
@@ -985,7 +985,7 @@ export class Journal {
         this.head = d.seq;
         last = { segment: v.readUInt32BE(0), position: r64(v, 4) + dataLength(v) };
         this.segments.noteSeq(v.readUInt32BE(0), d.seq);
-        this.track(d.seq, d.vol, dataLength(v), d.timeMs, monoOf(d.timeMs));
+        this.track(d.seq, d.vol, dataLength(v), d.timeMs, monoOfWall(d.timeMs, offset, nowMono));
       }
     }
     // An empty journal goes on after everything it ever held: its sequence numbers are never
@@ -1000,7 +1000,7 @@ export class Journal {
       if (!first) first = d.seq;
       this.head = d.seq;
       this.segments.noteSeq(r.segment, d.seq);
-      this.track(d.seq, d.vol, r.dataLength, d.timeMs, monoOf(d.timeMs));
+      this.track(d.seq, d.vol, r.dataLength, d.timeMs, monoOfWall(d.timeMs, offset, nowMono));
     }
     if (found.length) {
       await this.db.batch(indexPuts(found));
@@ -1363,11 +1363,11 @@ export class Journal {
     const cache = this.opts.cacheRecent ?? this.opts.replicated;
     // The records' monotonic time: the batch's start (stamped here), or, for records stamped
     // elsewhere (a replica storing the primary's), their stamp by the clocks' offset, never later.
-    const offset = performance.now() - Date.now();
+    const offset = wallToMonoOffset();
     for (let i = 0; i < b.recs.length; i++) {
       const r = b.recs[i];
       this.head = r.seq;
-      this.track(r.seq, r.vol, r.data.length, r.timeMs, Math.min(b.startedMs, r.timeMs + offset));
+      this.track(r.seq, r.vol, r.data.length, r.timeMs, monoOfWall(r.timeMs, offset, b.startedMs));
       if (cache) this.recent.add(r);
       this.queue.push({ keys: b.headers, keyAt: i * SEGMENT_HEADER + SEGMENT_KEY_AT, segment: b.segment, position: r.at + SEGMENT_HEADER, dataLength: r.data.length, seq: r.seq });
     }

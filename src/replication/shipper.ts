@@ -586,11 +586,8 @@ export class Shipper {
     const next = this.state.sentSeq + 1;
     // By the monotonic clock where the source has it: after the wall clock was set back, the
     // stamps of the waiting records stay ahead of it, and the wait for a fuller segment never ended.
-    let ago = source.writtenAgoMs?.(next);
-    if (ago === undefined && !source.writtenAgoMs) {
-      const t = source.timeOf(next);
-      if (t !== undefined) ago = Date.now() - t;
-    }
+    const stamp = source.writtenAgoMs ? undefined : source.timeOf(next);
+    const ago = source.writtenAgoMs?.(next) ?? (stamp === undefined ? undefined : Date.now() - stamp);
     return ago === undefined ? 0 : Math.max(0, Math.min(linger, linger - ago));
   }
 

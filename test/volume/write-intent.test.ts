@@ -13,6 +13,19 @@ import { readIntentFile, WriteIntentMap } from '../../src/volume/write-intent';
 const MiB = 1024 * 1024;
 const REGION = 4 * MiB;
 
+/** A cleared 16 MiB map in a fresh directory, for `fn`; the directory goes afterwards. */
+async function withClearMap(fn: (map: WriteIntentMap, file: string) => Promise<void>): Promise<void> {
+  const dir = tempDir();
+  const file = path.join(dir, 'write-intent.map');
+  try {
+    const map = await WriteIntentMap.open(file, 16 * MiB, REGION);
+    await map.reset();
+    await fn(map, file);
+  } finally {
+    removeDir(dir);
+  }
+}
+
 test('a mark is in the file before it resolves; marked regions cost nothing more; checkpoints unmark', async () => {
   const dir = tempDir();
   const file = path.join(dir, 'state', 'v', 'write-intent.map');
@@ -48,12 +61,8 @@ test('a mark is in the file before it resolves; marked regions cost nothing more
   }
 });
 
-test('a mark written again after a region was unmarked; concurrent marks share a write', async () => {
-  const dir = tempDir();
-  const file = path.join(dir, 'write-intent.map');
-  try {
-    const map = await WriteIntentMap.open(file, 16 * MiB, REGION);
-    await map.reset();
+test('a mark written again after a region was unmarked; concurrent marks share a write', () =>
+  withClearMap(async (map, file) => {
     await map.mark(0, 4096, 1);
     map.checkpointed(1);
     // Unmarked (in memory at once, in the file soon): the next write into it waits again.
@@ -64,17 +73,10 @@ test('a mark written again after a region was unmarked; concurrent marks share a
     await Promise.all([again, other]);
     assert.deepEqual(await readIntentFile(file), { ranges: [{ offsetBytes: 0, lengthBytes: 2 * REGION }] });
     await map.close();
-  } finally {
-    removeDir(dir);
-  }
-});
+  }));
 
-test('a mark that cannot be written rejects (the write must not reach the image), and the region stays unmarked', async () => {
-  const dir = tempDir();
-  const file = path.join(dir, 'write-intent.map');
-  try {
-    const map = await WriteIntentMap.open(file, 16 * MiB, REGION);
-    await map.reset();
+test('a mark that cannot be written rejects (the write must not reach the image), and the region stays unmarked', () =>
+  withClearMap(async (map) => {
     // Its file handle closed behind its back: every write of the map fails (EBADF).
     await (map as unknown as { fh: { close(): Promise<void> } }).fh.close();
     await assert.rejects(map.mark(0, 4096, 1)!, /write-intent map .*write-intent\.map/);
@@ -82,10 +84,7 @@ test('a mark that cannot be written rejects (the write must not reach the image)
     const next = map.mark(0, 4096, 2);
     assert.ok(next, 'not taken as marked: the next write into the region tries again');
     await assert.rejects(next);
-  } finally {
-    removeDir(dir);
-  }
-});
+  }));
 
 test('an unusable map says why', async () => {
   const dir = tempDir();
